@@ -1,0 +1,1 @@
+//! cosell-sync domain crate (placeholder while the model lands).
