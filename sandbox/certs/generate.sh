@@ -45,6 +45,7 @@ for k in leaf rogue salesforce-connected-app; do
   openssl pkcs8 -topk8 -nocrypt -in "$k.key.pem" -out "$k.pk8.pem"
   mv "$k.pk8.pem" "$k.key.pem"
 done
+openssl x509 -in salesforce-connected-app.cert.pem -pubkey -noout > salesforce-connected-app.pub.pem
 openssl x509 -in leaf.cert.pem -outform DER -out leaf.cer
 openssl x509 -in rogue.cert.pem -outform DER -out rogue.cer
 rm -f ./*.csr ./*.srl root.key.pem intermediate.key.pem

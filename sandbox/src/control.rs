@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::TokenInfo;
 use crate::faults::{Fault, Service};
 use crate::pki;
 use crate::state::AppState;
@@ -29,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/_sandbox/deliveries", get(list_deliveries))
         .route("/_sandbox/webhooks", post(switch_webhooks))
         .route("/_sandbox/clock", get(clock).post(advance_clock))
+        .route("/_sandbox/tokens", post(issue_token))
         .route("/_sandbox/pki/root.pem", get(|| pem(pki::ROOT_CERT_PEM)))
         .route(
             "/_sandbox/pki/intermediate.pem",
@@ -131,4 +133,34 @@ async fn advance_clock(
     let mut world = state.world();
     world.clock_offset += chrono::Duration::seconds(advance.advance_secs);
     Json(json!({ "now": world.now() }))
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    audience: String,
+    subject: String,
+    #[serde(default)]
+    delegated: bool,
+    /// Lifetime in seconds (defaults to the configured token lifetime).
+    #[serde(default)]
+    expires_in: Option<i64>,
+}
+
+/// Issues an access token directly (benchmarks and tests that are not about sign-in).
+async fn issue_token(
+    State(state): State<AppState>,
+    Json(request): Json<TokenRequest>,
+) -> Json<serde_json::Value> {
+    let lifetime = request
+        .expires_in
+        .unwrap_or(state.config.token_lifetime.as_secs() as i64);
+    let mut world = state.world();
+    let expires_at = world.now() + chrono::Duration::seconds(lifetime);
+    let token = world.tokens.issue(TokenInfo {
+        audience: request.audience,
+        subject: request.subject,
+        delegated: request.delegated,
+        expires_at,
+    });
+    Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": lifetime }))
 }

@@ -21,6 +21,7 @@ pub mod identities;
 pub mod odata;
 pub mod partner_center;
 pub mod pki;
+pub mod records;
 pub mod salesforce;
 pub mod state;
 
