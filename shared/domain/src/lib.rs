@@ -1,1 +1,65 @@
-//! cosell-sync domain crate (placeholder while the model lands).
+//! cosell-sync's domain: the Partner Center referral and CRM opportunity models, the field
+//! mapping both ways, validation, the referral state machine and the port traits the adapters
+//! implement.
+//!
+//! Pure: no AWS SDK, no HTTP client, no async runtime. Wire types ([`referral`], [`webhook`])
+//! are tolerant readers; they are converted into validated domain types ([`ids`], [`values`],
+//! [`opportunity`]) at the edge by [`mapping`].
+//!
+//! | Module | Holds |
+//! |---|---|
+//! | [`ids`] | `ReferralId`, `EngagementId`, `SolutionId`, `DataverseId`, `SalesforceId`, `CrmRecordId`, `ETag` |
+//! | [`values`] | `CountryCode`, `CurrencyCode`, `Money`, `DealValue` |
+//! | [`referral`] | the Referral wire model, `ReferralPage`, `PatchOp` |
+//! | [`webhook`] | `WebhookEvent`, `EventName`, registration and validation-event payloads |
+//! | [`status`] | `ReferralStatus`, `ReferralSubstatus`, `ReferralState` and its transition table |
+//! | [`opportunity`] | the canonical `Opportunity` and its fingerprint |
+//! | [`mapping`] | `MappingConfig` and the mapping functions for Partner Center, Dataverse, Salesforce |
+//! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity` or every problem |
+//! | [`ports`] | `PartnerCenter`, `CrmStore`, `IdempotencyStore`, `RetryQueue`, `AuditLog`, `LinkStore`, `PortError` |
+//! | [`error`] | `ParseError`, `TransitionError`, `ValidationProblem` |
+//! | [`serde_helpers`], [`datetime`] | tolerant serde helpers (decimal from number or string, lenient dates) |
+
+pub(crate) mod macros;
+
+pub mod crm_wire;
+pub mod datetime;
+pub mod error;
+pub mod ids;
+pub mod mapping;
+pub mod opportunity;
+pub mod ports;
+pub mod referral;
+pub mod serde_helpers;
+pub mod status;
+pub mod validation;
+pub mod values;
+pub mod webhook;
+
+pub use datetime::WireDateTime;
+pub use error::{ParseError, TransitionError, ValidationProblem};
+pub use ids::{
+    CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId, SolutionId,
+};
+pub use mapping::{
+    BodyScope, DataverseLinks, DataverseRecord, MappingConfig, SalesforceRecord, StageNames,
+    dataverse_account_body, dataverse_contact_body, dataverse_opportunity_body,
+    opportunity_from_dataverse, opportunity_from_salesforce, referral_create_body, referral_patch,
+    referral_to_opportunity, salesforce_account_body, salesforce_contact_body,
+    salesforce_opportunity_body,
+};
+pub use opportunity::{
+    Account, AssistanceRequest, Contact, CrmOpportunity, LostReason, Opportunity, OpportunityStage,
+    RecordRef,
+};
+pub use ports::{
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyRecord,
+    IdempotencyState, IdempotencyStatus, IdempotencyStore, Link, LinkStore, OpportunityWrite,
+    PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
+    SyncDirection, Upserted,
+};
+pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+pub use status::{ReferralState, ReferralStatus, ReferralSubstatus};
+pub use validation::{ValidatedOpportunity, validate_for_partner_center};
+pub use values::{CountryCode, CurrencyCode, DealValue, Money};
+pub use webhook::{EventName, WebhookEvent, WebhookRegistration};

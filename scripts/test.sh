@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace, the way CI does:
+#   formatting, clippy (-D warnings), then all unit, contract and integration tests.
+# Installs what the tests need when it is missing (moto server for DynamoDB/SQS),
+# starts moto on a free loopback port, and stops it again on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+ensure_moto() {
+  if ! command -v moto_server >/dev/null 2>&1; then
+    log "installing moto server (pip install 'moto[server]')"
+    python3 -m pip install --quiet 'moto[server]>=5.1,<6'
+    hash -r
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+start_moto() {
+  local port
+  port=$(free_port)
+  moto_server -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/cosell-moto-$port.log" 2>&1 &
+  MOTO_PID=$!
+  trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
+  # Wait (bounded) until moto answers.
+  for _ in $(seq 1 100); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then
+      break
+    fi
+    if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+      echo "moto server failed to start; log: ${TMPDIR:-/tmp}/cosell-moto-$port.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+  export COSELL_MOTO_ENDPOINT="$AWS_ENDPOINT_URL"
+  log "moto server on $AWS_ENDPOINT_URL"
+}
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+ensure_moto
+start_moto
+
+log "cargo test"
+cargo test --workspace --locked

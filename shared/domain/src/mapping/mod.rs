@@ -1,0 +1,51 @@
+//! Configurable field mapping between Partner Center, the canonical [`Opportunity`] and the
+//! two CRMs. Pure functions, `serde_json::Value` in and out; defaults follow Microsoft's Power
+//! Automate co-sell connector (reference §5.4–5.5).
+//!
+//! | Direction | Entry point |
+//! |---|---|
+//! | PC → model | [`referral_to_opportunity`] |
+//! | model → PC (create) | [`referral_create_body`] (from a [`ValidatedOpportunity`]) |
+//! | model → PC (update) | [`referral_patch`] |
+//! | Dataverse → model | [`opportunity_from_dataverse`] |
+//! | model → Dataverse | [`dataverse_opportunity_body`], [`dataverse_account_body`], [`dataverse_contact_body`] |
+//! | Salesforce → model | [`opportunity_from_salesforce`] |
+//! | model → Salesforce | [`salesforce_opportunity_body`], [`salesforce_account_body`], [`salesforce_contact_body`] |
+//!
+//! [`Opportunity`]: crate::opportunity::Opportunity
+//! [`ValidatedOpportunity`]: crate::validation::ValidatedOpportunity
+
+mod config;
+mod dataverse;
+mod partner_center;
+pub(crate) mod read;
+mod salesforce;
+
+pub use config::{
+    DataverseAccountFields, DataverseContactFields, DataverseFields, DataverseOpportunityFields,
+    DataverseStatusCodes, MappingConfig, SalesforceAccountFields, SalesforceContactFields,
+    SalesforceFields, SalesforceOpportunityFields, StageNames,
+};
+pub use dataverse::{
+    DataverseLinks, DataverseRecord, dataverse_account_body, dataverse_contact_body,
+    dataverse_opportunity_body, dataverse_state, opportunity_from_dataverse,
+};
+pub use partner_center::{referral_create_body, referral_patch, referral_to_opportunity, stage_of};
+pub use salesforce::{
+    SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,
+    salesforce_contact_body, salesforce_opportunity_body, salesforce_stage_name,
+};
+
+/// Which fields a CRM body carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodyScope {
+    /// Every mapped field: creating the opportunity from a new referral.
+    Create,
+    /// The Partner Center → CRM update set (reference §5.4: currency, deal value, closing date,
+    /// notes, status) plus the connector's own columns. The name, customer, help, visibility and
+    /// solutions stay as the CRM user left them.
+    Update,
+}
+
+#[cfg(test)]
+mod tests;

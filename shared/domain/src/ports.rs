@@ -1,0 +1,1068 @@
+//! The port traits the adapters implement, and the value types they exchange.
+//!
+//! Ports are capability-sized (a function's signature mirrors its IAM policy), statically
+//! dispatched (handlers are generic over them; no `dyn`, no `async_trait`), and use
+//! return-position `impl Future<Output = …> + Send`, so a handler future stays `Send` for
+//! `lambda_http::run`. No runtime is assumed.
+//!
+//! Every port returns [`PortError`], whose variants make the retry decision explicit.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ParseError;
+use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
+use crate::mapping::BodyScope;
+use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity};
+use crate::referral::{PatchOp, Referral, ReferralPage};
+use crate::status::ReferralStatus;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// The external service a port talks to, for messages and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// The Partner Center Referrals API.
+    PartnerCenter,
+    /// The Partner Center webhook registration API.
+    PartnerCenterWebhooks,
+    /// Token endpoints (Microsoft Entra ID, Salesforce OAuth).
+    Identity,
+    /// The Dataverse Web API.
+    Dataverse,
+    /// The Salesforce REST API.
+    Salesforce,
+    /// The idempotency table.
+    IdempotencyStore,
+    /// The retry queue.
+    RetryQueue,
+    /// The audit log table.
+    AuditLog,
+    /// The referral ⇄ CRM link table.
+    LinkStore,
+    /// Anything else.
+    Other(String),
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PartnerCenter => "Partner Center",
+            Self::PartnerCenterWebhooks => "Partner Center webhooks",
+            Self::Identity => "the identity provider",
+            Self::Dataverse => "Dataverse",
+            Self::Salesforce => "Salesforce",
+            Self::IdempotencyStore => "the idempotency store",
+            Self::RetryQueue => "the retry queue",
+            Self::AuditLog => "the audit log",
+            Self::LinkStore => "the link store",
+            Self::Other(name) => name,
+        })
+    }
+}
+
+impl From<CrmKind> for Service {
+    fn from(kind: CrmKind) -> Self {
+        match kind {
+            CrmKind::Dataverse => Self::Dataverse,
+            CrmKind::Salesforce => Self::Salesforce,
+        }
+    }
+}
+
+/// The one error type of every port. The variant decides whether to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// Worth retrying later: 5xx, 429, timeouts, a token still rejected after a refresh.
+    #[error(
+        "{service} is temporarily unavailable: {reason}{}",
+        retry_hint(retry_after)
+    )]
+    Transient {
+        /// The service.
+        service: Service,
+        /// What happened (no secrets, no contact data).
+        reason: String,
+        /// How long the service asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Will fail again unchanged: validation errors and other 4xx. The message is actionable.
+    #[error("{service} rejected the request: {message}")]
+    Permanent {
+        /// The service.
+        service: Service,
+        /// What to fix.
+        message: String,
+    },
+    /// The record does not exist (404).
+    #[error("{service}: {what} was not found")]
+    NotFound {
+        /// The service.
+        service: Service,
+        /// What was looked for, e.g. "referral 4111fffc-…".
+        what: String,
+    },
+    /// The record changed since it was read (412 on `If-Match`).
+    #[error(
+        "{service}: the record changed since it was read (412 Precondition Failed); it will be \
+         re-read and the change applied again"
+    )]
+    PreconditionFailed {
+        /// The service.
+        service: Service,
+    },
+    /// The credentials lack a permission (401 after refresh / 403).
+    #[error("{service} denied access: {message}{}", role_hint(missing_role))]
+    AccessDenied {
+        /// The service.
+        service: Service,
+        /// The role or permission to grant, when known (e.g. "Referrals admin").
+        missing_role: Option<String>,
+        /// What was denied.
+        message: String,
+    },
+}
+
+fn retry_hint(retry_after: &Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| format!(" (retry after {} s)", d.as_secs()))
+}
+
+fn role_hint(role: &Option<String>) -> String {
+    role.as_ref().map_or_else(String::new, |r| {
+        format!(". Fix: grant the {r} role to the connector's user")
+    })
+}
+
+impl PortError {
+    /// Whether the operation should be retried: transient failures, and a failed precondition
+    /// (a retried job re-reads the record first, so the second attempt uses a fresh ETag).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Transient { .. } | Self::PreconditionFailed { .. }
+        )
+    }
+
+    /// The wait the service asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The service that failed.
+    pub fn service(&self) -> &Service {
+        match self {
+            Self::Transient { service, .. }
+            | Self::Permanent { service, .. }
+            | Self::NotFound { service, .. }
+            | Self::PreconditionFailed { service }
+            | Self::AccessDenied { service, .. } => service,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partner Center
+// ---------------------------------------------------------------------------------------------
+
+/// A query for `GET /v1.0/engagements/referrals`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReferralQuery {
+    /// Only referrals updated at or after this instant (`updatedDateTime ge …`; documented as
+    /// filterable only in the 2019 docs).
+    pub updated_since: Option<DateTime<Utc>>,
+    /// Only referrals of this engagement (the related referrals).
+    pub engagement_id: Option<EngagementId>,
+    /// Only referrals in this status.
+    pub status: Option<ReferralStatus>,
+    /// Page size (`$top`); the service's default and maximum are UNKNOWN.
+    pub top: Option<u32>,
+    /// Continue from a previous page's `@odata.nextLink` (used as is; the other fields are
+    /// ignored then).
+    pub next_link: Option<String>,
+}
+
+impl ReferralQuery {
+    /// The OData `$filter` expression for the set conditions, `None` when there are none.
+    pub fn odata_filter(&self) -> Option<String> {
+        let mut clauses = Vec::new();
+        if let Some(since) = self.updated_since {
+            clauses.push(format!(
+                "updatedDateTime ge {}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        if let Some(engagement) = &self.engagement_id {
+            clauses.push(format!("engagementId eq '{engagement}'"));
+        }
+        if let Some(status) = &self.status {
+            clauses.push(format!(
+                "status eq '{}'",
+                status.as_str().replace('\'', "''")
+            ));
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" and "))
+    }
+}
+
+/// The Partner Center Referrals API.
+pub trait PartnerCenter: Send + Sync {
+    /// `GET /v1.0/engagements/referrals/{id}`, including its `eTag`.
+    fn get_referral(
+        &self,
+        id: &ReferralId,
+    ) -> impl Future<Output = Result<Referral, PortError>> + Send;
+
+    /// One page of `GET /v1.0/engagements/referrals`.
+    fn list_referrals(
+        &self,
+        query: &ReferralQuery,
+    ) -> impl Future<Output = Result<ReferralPage, PortError>> + Send;
+
+    /// `POST /v1.0/engagements/referrals`; returns the created referral.
+    fn create_referral(
+        &self,
+        referral: &Referral,
+    ) -> impl Future<Output = Result<Referral, PortError>> + Send;
+
+    /// `PATCH /v1.0/engagements/referrals/{id}` with JSON Patch; `If-Match` when given
+    /// (a mismatch is [`PortError::PreconditionFailed`]).
+    fn patch_referral(
+        &self,
+        id: &ReferralId,
+        if_match: Option<&ETag>,
+        ops: &[PatchOp],
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRM
+// ---------------------------------------------------------------------------------------------
+
+/// What to write when upserting an opportunity keyed by its referral id.
+#[derive(Debug, Clone, Copy)]
+pub struct OpportunityWrite<'a> {
+    /// The key (the CRM's "Referral Identifier" column / External ID field).
+    pub referral_id: &'a ReferralId,
+    /// The values.
+    pub opportunity: &'a Opportunity,
+    /// The customer account to link (create only).
+    pub account: Option<&'a CrmRecordId>,
+    /// The customer contact to link (create only).
+    pub contact: Option<&'a CrmRecordId>,
+    /// Text for the Audit column.
+    pub audit: Option<&'a str>,
+    /// Which fields to write.
+    pub scope: BodyScope,
+}
+
+/// The result of an upsert.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Upserted {
+    /// The opportunity.
+    pub id: CrmRecordId,
+    /// Whether it was created (rather than updated).
+    pub created: bool,
+}
+
+/// One CRM (implemented once for Dataverse, once for Salesforce).
+pub trait CrmStore: Send + Sync {
+    /// Which CRM this is.
+    fn kind(&self) -> CrmKind;
+
+    /// The opportunity carrying this referral id, if any.
+    fn find_opportunity_by_referral(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<Option<CrmOpportunity>, PortError>> + Send;
+
+    /// An opportunity with its account and contact ([`PortError::NotFound`] if absent).
+    fn get_opportunity(
+        &self,
+        id: &CrmRecordId,
+    ) -> impl Future<Output = Result<CrmOpportunity, PortError>> + Send;
+
+    /// Create or update the opportunity keyed by its referral id.
+    fn upsert_opportunity(
+        &self,
+        write: &OpportunityWrite<'_>,
+    ) -> impl Future<Output = Result<Upserted, PortError>> + Send;
+
+    /// An account by company name and postal code (how the connector matches customers).
+    fn find_account(
+        &self,
+        name: &str,
+        postal_code: Option<&str>,
+    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send;
+
+    /// Create an account.
+    fn create_account(
+        &self,
+        account: &Account,
+    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send;
+
+    /// A contact by email.
+    fn find_contact_by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send;
+
+    /// Create a contact, linked to its account when given.
+    fn create_contact(
+        &self,
+        contact: &Contact,
+        account: Option<&CrmRecordId>,
+    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send;
+
+    /// Write the opportunity's Audit column.
+    fn write_audit(
+        &self,
+        opportunity: &CrmRecordId,
+        text: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------------------------
+
+const KEY_EXPECTED: &str = "a non-empty idempotency key of at most 1024 characters";
+
+/// The idempotency key of one delivery, e.g. `pc:<event hash>` or `sf:<notification id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The longest accepted key.
+    pub const MAX_LEN: usize = 1024;
+
+    /// `<source>:<id>`.
+    pub fn new(source: &str, id: &str) -> Result<Self, ParseError> {
+        Self::try_from(format!("{source}:{id}"))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = ParseError;
+    fn try_from(key: String) -> Result<Self, ParseError> {
+        if key.trim().is_empty() {
+            Err(ParseError::empty("idempotency key", KEY_EXPECTED))
+        } else if key.chars().count() > Self::MAX_LEN {
+            Err(ParseError::invalid("idempotency key", &key, KEY_EXPECTED))
+        } else {
+            Ok(Self(key))
+        }
+    }
+}
+
+impl TryFrom<&str> for IdempotencyKey {
+    type Error = ParseError;
+    fn try_from(key: &str) -> Result<Self, ParseError> {
+        Self::try_from(key.to_owned())
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(key: IdempotencyKey) -> String {
+        key.0
+    }
+}
+
+/// The stored status of an idempotency record. `EXPIRED` is never stored: it is computed on
+/// read ([`IdempotencyRecord::state_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IdempotencyStatus {
+    /// Someone is processing the delivery.
+    #[serde(rename = "INPROGRESS")]
+    InProgress,
+    /// Processed; the response is stored.
+    #[serde(rename = "COMPLETED")]
+    Completed,
+}
+
+/// An idempotency record, with AWS Powertools semantics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The key.
+    pub key: IdempotencyKey,
+    /// Stored status.
+    pub status: IdempotencyStatus,
+    /// After this instant the record counts as absent (the TTL attribute; DynamoDB deletes
+    /// expired items lazily, days later, so readers must check it themselves).
+    pub expires_at: DateTime<Utc>,
+    /// For `INPROGRESS`: the holder's deadline (the Lambda deadline); after it, another
+    /// invocation may take over.
+    pub in_progress_until: Option<DateTime<Utc>>,
+    /// For `COMPLETED`: the response to hand to duplicates.
+    pub response: Option<Value>,
+    /// Optional hash of the payload, to detect a reused key with a different payload.
+    pub payload_hash: Option<String>,
+}
+
+/// What an idempotency record means at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyState<'a> {
+    /// No live record: the delivery may be processed.
+    Absent,
+    /// Another invocation holds it and is within its deadline.
+    InProgress,
+    /// Already processed; the stored response, if any.
+    Completed(Option<&'a Value>),
+}
+
+/// The outcome of [`IdempotencyStore::acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// The caller holds the key and must `complete` or `release` it.
+    Acquired,
+    /// Already processed: here is the stored response (`null` if none was stored).
+    Duplicate(Value),
+    /// Another invocation is processing it: answer so the sender retries later, or report a
+    /// batch item failure.
+    InProgress,
+}
+
+impl IdempotencyRecord {
+    /// The record's meaning at `now`, as Powertools reads it: an expired record
+    /// (`expires_at < now`) is absent, and so is an `INPROGRESS` record whose holder's deadline
+    /// passed (`in_progress_until < now`).
+    pub fn state_at(&self, now: DateTime<Utc>) -> IdempotencyState<'_> {
+        if self.expires_at < now {
+            return IdempotencyState::Absent;
+        }
+        match self.status {
+            IdempotencyStatus::InProgress => match self.in_progress_until {
+                Some(deadline) if deadline < now => IdempotencyState::Absent,
+                _ => IdempotencyState::InProgress,
+            },
+            IdempotencyStatus::Completed => IdempotencyState::Completed(self.response.as_ref()),
+        }
+    }
+
+    /// The outcome of acquiring a key whose current record is `existing` (the conditional
+    /// write `attribute_not_exists(pk) OR expiration < now OR (INPROGRESS AND
+    /// in_progress_expiration < now)`, as a pure function).
+    pub fn acquire_outcome(existing: Option<&Self>, now: DateTime<Utc>) -> AcquireOutcome {
+        match existing.map(|record| record.state_at(now)) {
+            None | Some(IdempotencyState::Absent) => AcquireOutcome::Acquired,
+            Some(IdempotencyState::InProgress) => AcquireOutcome::InProgress,
+            Some(IdempotencyState::Completed(response)) => {
+                AcquireOutcome::Duplicate(response.cloned().unwrap_or(Value::Null))
+            }
+        }
+    }
+}
+
+/// The idempotency table.
+pub trait IdempotencyStore: Send + Sync {
+    /// Take the key for processing until `in_progress_until`, unless a live record exists.
+    fn acquire(
+        &self,
+        key: &IdempotencyKey,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<AcquireOutcome, PortError>> + Send;
+
+    /// Mark the key processed, storing the response for duplicates until `expires_at`.
+    fn complete(
+        &self,
+        key: &IdempotencyKey,
+        response: &Value,
+        expires_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Give the key up after a failure, so a retry can process it.
+    fn release(&self, key: &IdempotencyKey) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry queue
+// ---------------------------------------------------------------------------------------------
+
+/// Where a retried job came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrySource {
+    /// A Partner Center webhook event.
+    PartnerCenter,
+    /// A Dataverse webhook.
+    Dataverse,
+    /// A Salesforce Outbound Message notification.
+    Salesforce,
+    /// A reconciliation run.
+    Reconcile,
+}
+
+/// A job on the retry queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryJob {
+    /// Where it came from.
+    pub source: RetrySource,
+    /// Its idempotency / deduplication key.
+    pub key: String,
+    /// 1 for the first retry.
+    pub attempt: u32,
+    /// What to process again (the event, never tokens).
+    pub payload: Value,
+}
+
+impl RetryJob {
+    /// The first wait.
+    pub const BASE_DELAY: Duration = Duration::from_secs(30);
+    /// The longest wait (SQS `DelaySeconds` tops out at 900).
+    pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
+    /// The same job, one attempt later.
+    pub fn next_attempt(&self) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            ..self.clone()
+        }
+    }
+
+    /// How long to wait before this attempt: 30 s doubling per attempt, at least the
+    /// service's `Retry-After`, at most 15 minutes.
+    pub fn delay(&self, retry_after: Option<Duration>) -> Duration {
+        let exponent = self.attempt.saturating_sub(1).min(16);
+        let backoff = Self::BASE_DELAY.saturating_mul(1 << exponent);
+        backoff
+            .max(retry_after.unwrap_or_default())
+            .min(Self::MAX_DELAY)
+    }
+}
+
+/// The retry queue.
+pub trait RetryQueue: Send + Sync {
+    /// Put a job on the queue, visible after `delay`.
+    fn enqueue(
+        &self,
+        job: &RetryJob,
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log
+// ---------------------------------------------------------------------------------------------
+
+/// Which way a sync went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncDirection {
+    /// Partner Center → CRM.
+    ToCrm,
+    /// CRM → Partner Center.
+    ToPartnerCenter,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A change event arrived.
+    Received,
+    /// The same delivery arrived again; skipped.
+    DuplicateSkipped,
+    /// Nothing mapped changed; skipped.
+    UnchangedSkipped,
+    /// Our own write came back as an event; skipped.
+    EchoSkipped,
+    /// A record was created on the other side.
+    Created,
+    /// A record was updated on the other side.
+    Updated,
+    /// Ids / links / audit were written back to the source.
+    WrittenBack,
+    /// The sync failed and needs a person: why, and what to do.
+    Failed {
+        /// What went wrong (no contact data).
+        reason: String,
+        /// What to do about it.
+        fix: String,
+    },
+    /// Put on the retry queue.
+    RetryEnqueued {
+        /// The attempt that will run.
+        attempt: u32,
+    },
+    /// Moved back from the dead-letter queue by an operator.
+    Redriven,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Which way, when it applies.
+    pub direction: Option<SyncDirection>,
+    /// The referral, when known.
+    pub referral_id: Option<ReferralId>,
+    /// The CRM record, when known.
+    pub crm: Option<CrmRecordId>,
+    /// The delivery / request correlation id, when known.
+    pub correlation_id: Option<String>,
+    /// What happened.
+    pub event: AuditEvent,
+}
+
+impl AuditEntry {
+    /// Whether this entry needs a person (a failure).
+    pub fn needs_attention(&self) -> bool {
+        matches!(self.event, AuditEvent::Failed { .. })
+    }
+
+    /// One line for the CRM's Audit column, e.g.
+    /// `2026-01-05T10:00:00Z Updated Partner Center referral 4111fffc-…`.
+    pub fn crm_text(&self) -> String {
+        let at = self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let target = match self.direction {
+            Some(SyncDirection::ToPartnerCenter) => "Partner Center referral",
+            _ => "from Partner Center referral",
+        };
+        let referral = self
+            .referral_id
+            .map_or_else(String::new, |id| format!(" {id}"));
+        match &self.event {
+            AuditEvent::Failed { reason, fix } => {
+                format!("{at} Sync failed: {reason} Fix: {fix}")
+            }
+            AuditEvent::Created => format!("{at} Created {target}{referral}"),
+            AuditEvent::Updated => format!("{at} Updated {target}{referral}"),
+            AuditEvent::WrittenBack => format!("{at} Linked to Partner Center referral{referral}"),
+            AuditEvent::RetryEnqueued { attempt } => {
+                format!("{at} Sync delayed; retry {attempt} is scheduled")
+            }
+            AuditEvent::Received => format!("{at} Change received"),
+            AuditEvent::DuplicateSkipped => format!("{at} Duplicate delivery skipped"),
+            AuditEvent::UnchangedSkipped => format!("{at} No mapped field changed"),
+            AuditEvent::EchoSkipped => format!("{at} Own change skipped"),
+            AuditEvent::Redriven => format!("{at} Retried by an operator"),
+        }
+    }
+}
+
+/// The audit log.
+pub trait AuditLog: Send + Sync {
+    /// Append an entry.
+    fn append(&self, entry: &AuditEntry) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// The newest entries of a referral, newest first.
+    fn by_referral(
+        &self,
+        referral_id: &ReferralId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send;
+
+    /// The newest entries of a CRM record, newest first.
+    fn by_crm_record(
+        &self,
+        crm: &CrmRecordId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send;
+
+    /// The newest entries that need attention (failures), newest first.
+    fn needs_attention(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Links
+// ---------------------------------------------------------------------------------------------
+
+/// The link between a referral and its CRM opportunity, with what was last synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The referral.
+    pub referral_id: ReferralId,
+    /// The CRM opportunity.
+    pub crm: CrmRecordId,
+    /// The referral's `eTag` when last read or written.
+    pub last_referral_etag: Option<ETag>,
+    /// The referral's `updatedDateTime` when last read.
+    pub last_referral_updated: Option<DateTime<Utc>>,
+    /// [`Opportunity::fingerprint`] of what was last written to the CRM.
+    pub last_fingerprint_to_crm: Option<String>,
+    /// [`Opportunity::fingerprint`] of what was last sent to Partner Center.
+    pub last_fingerprint_to_pc: Option<String>,
+    /// When the link was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Link {
+    /// A CRM change whose mapped content equals what we last wrote to the CRM is our own
+    /// write coming back: skip it.
+    pub fn is_echo_from_crm(&self, fingerprint: &str) -> bool {
+        self.last_fingerprint_to_crm.as_deref() == Some(fingerprint)
+    }
+
+    /// A CRM change whose mapped content equals what we last sent to Partner Center has
+    /// nothing new for Partner Center: skip it.
+    pub fn is_unchanged_for_pc(&self, fingerprint: &str) -> bool {
+        self.last_fingerprint_to_pc.as_deref() == Some(fingerprint)
+    }
+
+    /// A referral read that is older than the last one seen (out-of-order delivery): skip it.
+    pub fn is_stale_referral(&self, updated: Option<DateTime<Utc>>) -> bool {
+        matches!((self.last_referral_updated, updated), (Some(last), Some(seen)) if seen < last)
+    }
+}
+
+/// The referral ⇄ CRM link table.
+pub trait LinkStore: Send + Sync {
+    /// The link of a referral.
+    fn get_by_referral(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send;
+
+    /// The link of a CRM record.
+    fn get_by_crm(
+        &self,
+        crm: &CrmRecordId,
+    ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send;
+
+    /// Create or replace a link.
+    fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::collections::HashMap;
+    use std::pin::pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+            .single()
+            .unwrap()
+    }
+
+    fn record(status: IdempotencyStatus, expires: i64, deadline: Option<i64>) -> IdempotencyRecord {
+        IdempotencyRecord {
+            key: IdempotencyKey::new("pc", "event-1").unwrap(),
+            status,
+            expires_at: at(expires),
+            in_progress_until: deadline.map(at),
+            response: Some(serde_json::json!({ "status": 200 })),
+            payload_hash: None,
+        }
+    }
+
+    #[test]
+    fn idempotency_records_follow_powertools_expiry_semantics() {
+        use IdempotencyStatus::{Completed, InProgress};
+        let response = serde_json::json!({ "status": 200 });
+        let cases = [
+            // (status, expires_at, in_progress_until, now, expected)
+            (
+                Completed,
+                100,
+                None,
+                50,
+                IdempotencyState::Completed(Some(&response)),
+            ),
+            (
+                Completed,
+                100,
+                None,
+                100,
+                IdempotencyState::Completed(Some(&response)),
+            ),
+            (Completed, 100, None, 101, IdempotencyState::Absent),
+            (InProgress, 100, Some(60), 50, IdempotencyState::InProgress),
+            (InProgress, 100, Some(60), 60, IdempotencyState::InProgress),
+            (InProgress, 100, Some(60), 61, IdempotencyState::Absent),
+            (InProgress, 100, None, 99, IdempotencyState::InProgress),
+            (InProgress, 100, Some(200), 101, IdempotencyState::Absent),
+        ];
+        for (status, expires, deadline, now, expected) in cases {
+            let record = record(status, expires, deadline);
+            assert_eq!(
+                record.state_at(at(now)),
+                expected,
+                "{status:?} {expires} {deadline:?} at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn acquiring_a_key_depends_only_on_the_live_record() {
+        let now = at(50);
+        assert_eq!(
+            IdempotencyRecord::acquire_outcome(None, now),
+            AcquireOutcome::Acquired
+        );
+        let done = record(IdempotencyStatus::Completed, 100, None);
+        assert_eq!(
+            IdempotencyRecord::acquire_outcome(Some(&done), now),
+            AcquireOutcome::Duplicate(serde_json::json!({ "status": 200 }))
+        );
+        assert_eq!(
+            IdempotencyRecord::acquire_outcome(Some(&done), at(101)),
+            AcquireOutcome::Acquired
+        );
+        let busy = record(IdempotencyStatus::InProgress, 100, Some(60));
+        assert_eq!(
+            IdempotencyRecord::acquire_outcome(Some(&busy), now),
+            AcquireOutcome::InProgress
+        );
+        assert_eq!(
+            IdempotencyRecord::acquire_outcome(Some(&busy), at(61)),
+            AcquireOutcome::Acquired
+        );
+    }
+
+    #[test]
+    fn idempotency_statuses_are_stored_in_powertools_spelling() {
+        assert_eq!(
+            serde_json::to_string(&IdempotencyStatus::InProgress).unwrap(),
+            "\"INPROGRESS\""
+        );
+        assert_eq!(
+            serde_json::to_string(&IdempotencyStatus::Completed).unwrap(),
+            "\"COMPLETED\""
+        );
+        assert!(IdempotencyKey::try_from("").is_err());
+        assert!(IdempotencyKey::try_from("x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn only_transient_and_precondition_failures_are_retried() {
+        let transient = PortError::Transient {
+            service: Service::PartnerCenter,
+            reason: "429 Too Many Requests".into(),
+            retry_after: Some(Duration::from_secs(57)),
+        };
+        assert!(transient.is_retryable());
+        assert_eq!(transient.retry_after(), Some(Duration::from_secs(57)));
+        assert!(transient.to_string().contains("retry after 57 s"));
+        assert!(
+            PortError::PreconditionFailed {
+                service: Service::Dataverse
+            }
+            .is_retryable()
+        );
+        let denied = PortError::AccessDenied {
+            service: Service::PartnerCenter,
+            missing_role: Some("Referrals admin".into()),
+            message: "403 Forbidden".into(),
+        };
+        assert!(!denied.is_retryable());
+        assert!(
+            denied
+                .to_string()
+                .contains("grant the Referrals admin role"),
+            "{denied}"
+        );
+        for permanent in [
+            PortError::Permanent {
+                service: Service::Salesforce,
+                message: "INVALID_FIELD".into(),
+            },
+            PortError::NotFound {
+                service: Service::Dataverse,
+                what: "opportunity x".into(),
+            },
+        ] {
+            assert!(!permanent.is_retryable());
+            assert_eq!(permanent.retry_after(), None);
+        }
+    }
+
+    #[test]
+    fn retry_delays_back_off_exponentially_within_sqs_limits() {
+        let job = RetryJob {
+            source: RetrySource::PartnerCenter,
+            key: "pc:1".into(),
+            attempt: 1,
+            payload: Value::Null,
+        };
+        assert_eq!(job.delay(None), Duration::from_secs(30));
+        assert_eq!(job.next_attempt().delay(None), Duration::from_secs(60));
+        assert_eq!(job.next_attempt().attempt, 2);
+        assert_eq!(
+            job.delay(Some(Duration::from_secs(57))),
+            Duration::from_secs(57)
+        );
+        let late = RetryJob { attempt: 40, ..job };
+        assert_eq!(late.delay(None), RetryJob::MAX_DELAY);
+        assert_eq!(
+            late.delay(Some(Duration::from_secs(3600))),
+            RetryJob::MAX_DELAY
+        );
+    }
+
+    #[test]
+    fn referral_queries_build_an_odata_filter() {
+        let query = ReferralQuery {
+            updated_since: Some(at(0)),
+            engagement_id: Some(
+                EngagementId::try_from("37ef26aa-1d15-4533-9f93-a69bd33ab1e5").unwrap(),
+            ),
+            status: Some(ReferralStatus::Active),
+            ..ReferralQuery::default()
+        };
+        assert_eq!(
+            query.odata_filter().unwrap(),
+            "updatedDateTime ge 2027-01-15T08:00:00Z and engagementId eq \
+             '37ef26aa-1d15-4533-9f93-a69bd33ab1e5' and status eq 'Active'"
+        );
+        assert_eq!(ReferralQuery::default().odata_filter(), None);
+    }
+
+    #[test]
+    fn audit_events_serialize_with_a_kind_tag_and_failures_need_attention() {
+        let entry = AuditEntry {
+            at: at(0),
+            direction: Some(SyncDirection::ToPartnerCenter),
+            referral_id: None,
+            crm: Some(CrmRecordId::try_from("salesforce:006000000000001").unwrap()),
+            correlation_id: None,
+            event: AuditEvent::Failed {
+                reason: "Solution ID is required.".into(),
+                fix: "Add a solution ID.".into(),
+            },
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["event"]["kind"], "failed");
+        assert_eq!(serde_json::from_value::<AuditEntry>(json).unwrap(), entry);
+        assert!(entry.needs_attention());
+        assert_eq!(
+            entry.crm_text(),
+            "2027-01-15T08:00:00Z Sync failed: Solution ID is required. Fix: Add a solution ID."
+        );
+        let created = AuditEntry {
+            event: AuditEvent::Created,
+            referral_id: Some(
+                ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
+            ),
+            ..entry
+        };
+        assert!(!created.needs_attention());
+        assert!(
+            created
+                .crm_text()
+                .ends_with("Created Partner Center referral 4111fffc-f9ee-4d53-bba6-569135228642")
+        );
+    }
+
+    #[test]
+    fn links_recognise_echoes_and_stale_reads() {
+        let link = Link {
+            referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
+            crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
+            last_referral_etag: None,
+            last_referral_updated: Some(at(10)),
+            last_fingerprint_to_crm: Some("abc".into()),
+            last_fingerprint_to_pc: Some("def".into()),
+            updated_at: at(10),
+        };
+        assert!(link.is_echo_from_crm("abc") && !link.is_echo_from_crm("def"));
+        assert!(link.is_unchanged_for_pc("def"));
+        assert!(link.is_stale_referral(Some(at(9))));
+        assert!(!link.is_stale_referral(Some(at(10))) && !link.is_stale_referral(None));
+    }
+
+    /// An in-memory link store: proves the port is implementable without a runtime and that
+    /// its futures are `Send`.
+    #[derive(Debug, Default)]
+    struct MemoryLinks(Mutex<HashMap<ReferralId, Link>>);
+
+    impl LinkStore for MemoryLinks {
+        fn get_by_referral(
+            &self,
+            referral_id: &ReferralId,
+        ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send {
+            let found = self.0.lock().unwrap().get(referral_id).cloned();
+            async move { Ok(found) }
+        }
+
+        fn get_by_crm(
+            &self,
+            crm: &CrmRecordId,
+        ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send {
+            let found = self
+                .0
+                .lock()
+                .unwrap()
+                .values()
+                .find(|l| &l.crm == crm)
+                .cloned();
+            async move { Ok(found) }
+        }
+
+        fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(link.referral_id, link.clone());
+            async { Ok(()) }
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    fn assert_send<T: Send>(value: T) -> T {
+        value
+    }
+
+    async fn remember<S: LinkStore>(store: &S, link: &Link) -> Result<Option<Link>, PortError> {
+        store.put(link).await?;
+        store.get_by_crm(&link.crm).await
+    }
+
+    #[test]
+    fn a_generic_handler_over_a_port_runs_and_stays_send() {
+        let store = MemoryLinks::default();
+        let link = Link {
+            referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
+            crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),
+            last_referral_etag: Some(ETag::try_from("\"1\"").unwrap()),
+            last_referral_updated: None,
+            last_fingerprint_to_crm: None,
+            last_fingerprint_to_pc: None,
+            updated_at: at(0),
+        };
+        let found = block_on(assert_send(remember(&store, &link))).unwrap();
+        assert_eq!(found, Some(link.clone()));
+        assert_eq!(
+            block_on(store.get_by_referral(&link.referral_id)).unwrap(),
+            Some(link)
+        );
+    }
+}

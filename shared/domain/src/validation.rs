@@ -1,0 +1,595 @@
+//! Checking a CRM opportunity before it may go to Partner Center (reference §5.6).
+//!
+//! [`validate_for_partner_center`] returns every problem at once, each naming the record, the
+//! configured CRM field and the fix, or a [`ValidatedOpportunity`]: the only input
+//! [`crate::mapping::referral_create_body`] accepts.
+
+use crate::error::ValidationProblem;
+use crate::ids::CrmKind;
+use crate::mapping::MappingConfig;
+use crate::opportunity::{
+    AssistanceRequest, CrmOpportunity, Opportunity, OpportunityField, RecordRef,
+};
+use crate::values::{CountryCode, DealValue};
+
+/// A CRM opportunity that passed [`validate_for_partner_center`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedOpportunity(CrmOpportunity);
+
+impl ValidatedOpportunity {
+    /// The CRM record.
+    pub fn record(&self) -> &RecordRef {
+        &self.0.record
+    }
+
+    /// The opportunity.
+    pub fn opportunity(&self) -> &Opportunity {
+        &self.0.opportunity
+    }
+
+    /// The deal value, known to be greater than zero.
+    pub fn deal_value(&self) -> Option<DealValue> {
+        self.0
+            .opportunity
+            .deal_value
+            .and_then(|m| DealValue::try_from(m.amount).ok())
+    }
+
+    /// Back to the unchecked form.
+    pub fn into_inner(self) -> CrmOpportunity {
+        self.0
+    }
+}
+
+/// The CRM field names the messages refer to, as configured.
+struct Fields {
+    sync: String,
+    name: String,
+    deal_value: String,
+    currency: String,
+    closing_date: String,
+    country: String,
+    solutions: String,
+    contact: String,
+    help: String,
+    referral_id: String,
+}
+
+impl Fields {
+    fn of(crm: CrmKind, config: &MappingConfig) -> Self {
+        match crm {
+            CrmKind::Dataverse => {
+                let o = &config.dataverse.opportunity;
+                Self {
+                    sync: o.sync.clone(),
+                    name: o.name.clone(),
+                    deal_value: o.estimated_value.clone(),
+                    currency: o.currency.clone(),
+                    closing_date: o.estimated_close_date.clone(),
+                    country: config.dataverse.account.country.clone(),
+                    solutions: o.solutions.clone(),
+                    contact: o.parent_contact.clone(),
+                    help: o.help.clone(),
+                    referral_id: o.referral_identifier.clone(),
+                }
+            }
+            CrmKind::Salesforce => {
+                let sf = &config.salesforce;
+                let o = &sf.opportunity;
+                Self {
+                    sync: o.sync.clone(),
+                    name: o.name.clone(),
+                    deal_value: o.amount.clone(),
+                    currency: if sf.multi_currency {
+                        o.currency_iso_code.clone()
+                    } else {
+                        "the connector's default_currency setting".to_owned()
+                    },
+                    closing_date: o.close_date.clone(),
+                    country: sf.account.country.clone(),
+                    solutions: o.solutions.clone(),
+                    contact: o.contact_id.clone(),
+                    help: o.help.clone(),
+                    referral_id: o.referral_identifier.clone(),
+                }
+            }
+        }
+    }
+}
+
+/// Check everything Partner Center needs before a referral is created or updated:
+///
+/// - "Sync with Partner Center" is on;
+/// - the opportunity has a name;
+/// - the deal value is greater than 0 and the closing date is set;
+/// - the currency is a valid ISO 4217 code;
+/// - the customer country is an ISO 3166-1 two-letter code;
+/// - with Microsoft's help requested: at least one solution ("Solution ID is required") and a
+///   customer contact with a name and an email or phone;
+/// - "How can Microsoft help?" is one of the six options; the stored referral id and the
+///   solution ids are well-formed.
+///
+/// Returns all problems at once.
+pub fn validate_for_partner_center(
+    candidate: &CrmOpportunity,
+    config: &MappingConfig,
+) -> Result<ValidatedOpportunity, Vec<ValidationProblem>> {
+    let record = &candidate.record;
+    let opportunity = &candidate.opportunity;
+    let fields = Fields::of(record.crm, config);
+    let found = |field: OpportunityField| candidate.rejected(field).map(|r| r.found.clone());
+    let mut problems = Vec::new();
+
+    if !opportunity.sync {
+        problems.push(ValidationProblem::SyncFlagOff {
+            record: record.clone(),
+            field: fields.sync.clone(),
+        });
+    }
+    if opportunity
+        .name
+        .as_deref()
+        .is_none_or(|n| n.trim().is_empty())
+    {
+        problems.push(ValidationProblem::NameMissing {
+            record: record.clone(),
+            field: fields.name.clone(),
+        });
+    }
+
+    match candidate.amount {
+        Some(amount) if DealValue::try_from(amount).is_ok() => {}
+        amount => problems.push(ValidationProblem::DealValueMissing {
+            record: record.clone(),
+            field: fields.deal_value.clone(),
+            found: found(OpportunityField::DealValue)
+                .or_else(|| amount.map(|a| a.normalize().to_string())),
+        }),
+    }
+    if candidate.currency.is_none() {
+        problems.push(ValidationProblem::CurrencyInvalid {
+            record: record.clone(),
+            field: fields.currency.clone(),
+            found: found(OpportunityField::Currency),
+        });
+    }
+    if opportunity.closing_date.is_none() {
+        problems.push(ValidationProblem::ClosingDateMissing {
+            record: record.clone(),
+            field: fields.closing_date.clone(),
+            found: found(OpportunityField::ClosingDate),
+        });
+    }
+
+    if opportunity.account.country.is_none() {
+        let found = found(OpportunityField::Country);
+        let suggestion = found.as_deref().and_then(CountryCode::suggest);
+        problems.push(ValidationProblem::CountryCodeInvalid {
+            record: record.clone(),
+            field: fields.country.clone(),
+            account: opportunity.account.name.clone(),
+            found,
+            suggestion,
+        });
+    }
+
+    if opportunity.wants_help() {
+        if opportunity.solutions.is_empty() {
+            problems.push(ValidationProblem::SolutionIdMissing {
+                record: record.clone(),
+                field: fields.solutions.clone(),
+            });
+        }
+        let detail = match &opportunity.contact {
+            None => Some("no customer contact is linked"),
+            Some(c) if !c.has_name() && !c.is_reachable() => {
+                Some("the linked contact has no name and no email or phone")
+            }
+            Some(c) if !c.has_name() => Some("the linked contact has no first or last name"),
+            Some(c) if !c.is_reachable() => Some("the linked contact has no email or phone"),
+            Some(_) => None,
+        };
+        if let Some(detail) = detail {
+            problems.push(ValidationProblem::ContactMissingForHelp {
+                record: record.clone(),
+                field: fields.contact.clone(),
+                detail,
+            });
+        }
+    }
+    if let Some(AssistanceRequest::Unknown(raw)) = &opportunity.help {
+        problems.push(ValidationProblem::HelpOptionUnknown {
+            record: record.clone(),
+            field: fields.help.clone(),
+            found: raw.clone(),
+        });
+    }
+    for rejected in &candidate.rejected {
+        match rejected.field {
+            OpportunityField::Solution => problems.push(ValidationProblem::SolutionIdInvalid {
+                record: record.clone(),
+                field: fields.solutions.clone(),
+                found: rejected.found.clone(),
+            }),
+            OpportunityField::ReferralId => problems.push(ValidationProblem::ReferralIdInvalid {
+                record: record.clone(),
+                field: fields.referral_id.clone(),
+                found: rejected.found.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(ValidatedOpportunity(candidate.clone()))
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{CrmRecordId, SolutionId};
+    use crate::mapping::{
+        DataverseRecord, SalesforceRecord, opportunity_from_dataverse, opportunity_from_salesforce,
+    };
+    use serde_json::{Map, Value, json};
+
+    const OPPORTUNITY_ID: &str = "6d81597f-0f9f-e711-8122-000d3aa2331c";
+    /// Contact data that must never show up in a message.
+    const SECRETS: [&str; 4] = ["Sue", "Smith", "sue.smith@contoso.com", "425 555 0100"];
+
+    fn obj(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    /// A Dataverse opportunity that passes every rule.
+    fn good_dataverse_row() -> Map<String, Value> {
+        obj(json!({
+            "opportunityid": OPPORTUNITY_ID,
+            "name": "Contoso ERP",
+            "estimatedvalue": 50000,
+            "estimatedclosedate": "2026-06-30",
+            "transactioncurrencyid": { "isocurrencycode": "USD" },
+            "msft_microsoftpartnercenterreferralsync": true,
+            "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
+            "msft_microsoftpartnercentersolutions": "SOL-34104-EBB",
+            "parentaccountid": { "name": "Contoso", "address1_country": "us" },
+            "parentcontactid": { "firstname": "Sue", "lastname": "Smith", "emailaddress1": "sue.smith@contoso.com", "telephone1": "+1 425 555 0100" }
+        }))
+    }
+
+    fn dataverse(row: &Map<String, Value>) -> CrmOpportunity {
+        opportunity_from_dataverse(&DataverseRecord::new(row), &MappingConfig::default())
+    }
+
+    fn problems(row: &Map<String, Value>) -> Vec<ValidationProblem> {
+        validate_for_partner_center(&dataverse(row), &MappingConfig::default()).unwrap_err()
+    }
+
+    fn only_problem(row: &Map<String, Value>) -> ValidationProblem {
+        let mut all = problems(row);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        all.remove(0)
+    }
+
+    fn assert_actionable(problem: &ValidationProblem, code: &str, field: &str) {
+        let message = problem.to_string();
+        assert_eq!(problem.code(), code, "{message}");
+        assert_eq!(problem.field(), field);
+        assert!(
+            message.starts_with(&format!(
+                "Opportunity \"Contoso ERP\" (opportunity {OPPORTUNITY_ID}):"
+            )),
+            "{message}"
+        );
+        assert!(message.contains(field), "names the field: {message}");
+        assert!(message.contains("Fix: "), "names the fix: {message}");
+        for secret in SECRETS {
+            assert!(!message.contains(secret), "leaks contact data: {message}");
+        }
+    }
+
+    #[test]
+    fn a_complete_co_sell_opportunity_passes() {
+        let candidate = dataverse(&good_dataverse_row());
+        let validated = validate_for_partner_center(&candidate, &MappingConfig::default()).unwrap();
+        assert_eq!(
+            validated.record().id,
+            Some(CrmRecordId::try_from(format!("dataverse:{OPPORTUNITY_ID}")).unwrap())
+        );
+        assert_eq!(
+            validated.deal_value().map(|v| v.amount()),
+            Some(50000.into())
+        );
+        assert_eq!(
+            validated.opportunity().solutions,
+            vec![SolutionId::try_from("SOL-34104-EBB").unwrap()]
+        );
+    }
+
+    #[test]
+    fn the_sync_flag_must_be_on() {
+        let mut row = good_dataverse_row();
+        row.insert(
+            "msft_microsoftpartnercenterreferralsync".into(),
+            json!(false),
+        );
+        let problem = only_problem(&row);
+        assert_actionable(
+            &problem,
+            "sync_flag_off",
+            "msft_microsoftpartnercenterreferralsync",
+        );
+        assert!(problem.to_string().contains("to Yes"));
+    }
+
+    #[test]
+    fn a_co_sell_opportunity_needs_a_solution_id() {
+        let mut row = good_dataverse_row();
+        row.remove("msft_microsoftpartnercentersolutions");
+        let problem = only_problem(&row);
+        assert_actionable(
+            &problem,
+            "solution_id_missing",
+            "msft_microsoftpartnercentersolutions",
+        );
+        assert!(
+            problem.to_string().contains("Solution ID is required"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn without_help_no_solution_or_contact_is_required() {
+        let mut row = good_dataverse_row();
+        row.remove("msft_microsoftpartnercenterhelpneed");
+        row.remove("msft_microsoftpartnercentersolutions");
+        row.remove("parentcontactid");
+        assert!(validate_for_partner_center(&dataverse(&row), &MappingConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn malformed_solution_ids_are_reported_with_what_was_found() {
+        let mut row = good_dataverse_row();
+        row.insert(
+            "msft_microsoftpartnercentersolutions".into(),
+            json!("SOL-34104-EBB; SOL 1"),
+        );
+        let problem = only_problem(&row);
+        assert_actionable(
+            &problem,
+            "solution_id_invalid",
+            "msft_microsoftpartnercentersolutions",
+        );
+        assert!(problem.to_string().contains("\"SOL 1\""), "{problem}");
+    }
+
+    #[test]
+    fn the_country_must_be_a_two_letter_code_and_the_message_says_what_was_found() {
+        let mut row = good_dataverse_row();
+        row.insert(
+            "parentaccountid".into(),
+            json!({ "name": "Contoso", "address1_country": "USA" }),
+        );
+        let problem = only_problem(&row);
+        assert_actionable(&problem, "country_code_invalid", "address1_country");
+        assert_eq!(
+            problem.to_string(),
+            format!(
+                "Opportunity \"Contoso ERP\" (opportunity {OPPORTUNITY_ID}): customer country \"USA\" is not \
+                 an ISO 3166-1 two-letter code. Fix: set address1_country on account \"Contoso\" to a \
+                 two-letter code such as \"US\"."
+            )
+        );
+
+        row.insert(
+            "parentaccountid".into(),
+            json!({ "name": "Contoso", "address1_country": "Deutschland" }),
+        );
+        let problem = only_problem(&row);
+        assert!(problem.to_string().contains("\"Deutschland\""), "{problem}");
+
+        row.insert("parentaccountid".into(), json!({ "name": "Contoso" }));
+        let problem = only_problem(&row);
+        assert_actionable(&problem, "country_code_invalid", "address1_country");
+        assert!(
+            problem.to_string().contains("country is missing"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn help_requires_a_reachable_named_contact() {
+        let cases = [
+            (None, "no customer contact is linked"),
+            (
+                Some(json!({ "emailaddress1": "sue.smith@contoso.com" })),
+                "has no first or last name",
+            ),
+            (
+                Some(json!({ "firstname": "Sue", "lastname": "Smith" })),
+                "has no email or phone",
+            ),
+        ];
+        for (contact, detail) in cases {
+            let mut row = good_dataverse_row();
+            match contact {
+                Some(contact) => row.insert("parentcontactid".into(), contact),
+                None => row.remove("parentcontactid"),
+            };
+            let problem = only_problem(&row);
+            assert_actionable(&problem, "contact_missing_for_help", "parentcontactid");
+            assert!(problem.to_string().contains(detail), "{problem}");
+        }
+        let mut phone_only = good_dataverse_row();
+        phone_only.insert(
+            "parentcontactid".into(),
+            json!({ "lastname": "Smith", "telephone1": "+1 425 555 0100" }),
+        );
+        assert!(
+            validate_for_partner_center(&dataverse(&phone_only), &MappingConfig::default()).is_ok()
+        );
+    }
+
+    #[test]
+    fn the_deal_value_must_be_greater_than_zero() {
+        for (value, shown) in [
+            (None, None),
+            (Some(json!(0)), Some("\"0\"")),
+            (Some(json!(-5)), Some("\"-5\"")),
+            (Some(json!("ten")), Some("\"ten\"")),
+        ] {
+            let mut row = good_dataverse_row();
+            match value {
+                Some(value) => row.insert("estimatedvalue".into(), value),
+                None => row.remove("estimatedvalue"),
+            };
+            let problem = only_problem(&row);
+            assert_actionable(&problem, "deal_value_missing", "estimatedvalue");
+            let message = problem.to_string();
+            match shown {
+                Some(shown) => assert!(message.contains(shown), "{message}"),
+                None => assert!(message.contains("deal value is missing"), "{message}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_closing_date_is_required() {
+        let mut row = good_dataverse_row();
+        row.remove("estimatedclosedate");
+        assert_actionable(
+            &only_problem(&row),
+            "closing_date_missing",
+            "estimatedclosedate",
+        );
+        row.insert("estimatedclosedate".into(), json!("next quarter"));
+        let problem = only_problem(&row);
+        assert_actionable(&problem, "closing_date_missing", "estimatedclosedate");
+        assert!(
+            problem
+                .to_string()
+                .contains("\"next quarter\" is not a date"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn the_currency_must_be_a_valid_iso_4217_code() {
+        let mut row = good_dataverse_row();
+        row.insert(
+            "transactioncurrencyid".into(),
+            json!({ "isocurrencycode": "EURO" }),
+        );
+        let problem = only_problem(&row);
+        assert_actionable(&problem, "currency_invalid", "transactioncurrencyid");
+        assert!(
+            problem
+                .to_string()
+                .contains("\"EURO\" is not an ISO 4217 code"),
+            "{problem}"
+        );
+        row.remove("transactioncurrencyid");
+        let problem = only_problem(&row);
+        assert!(
+            problem.to_string().contains("currency is missing"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn unknown_help_options_and_bad_referral_ids_are_reported() {
+        let mut row = good_dataverse_row();
+        row.insert(
+            "msft_microsoftpartnercenterhelpneed".into(),
+            json!("Marketing funds"),
+        );
+        row.insert(
+            "msft_microsoftpartnercenterreferralidentifier".into(),
+            json!("REF-1"),
+        );
+        let all = problems(&row);
+        let codes: Vec<&str> = all.iter().map(ValidationProblem::code).collect();
+        assert_eq!(codes, ["help_option_unknown", "referral_id_invalid"]);
+        assert_actionable(
+            &all[0],
+            "help_option_unknown",
+            "msft_microsoftpartnercenterhelpneed",
+        );
+        assert!(
+            all[0].to_string().contains("Proof of concept or demo"),
+            "{}",
+            all[0]
+        );
+        assert_actionable(
+            &all[1],
+            "referral_id_invalid",
+            "msft_microsoftpartnercenterreferralidentifier",
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let row = obj(
+            json!({ "opportunityid": OPPORTUNITY_ID, "name": "Contoso ERP", "msft_microsoftpartnercenterhelpneed": "General or other" }),
+        );
+        let codes: Vec<&str> = problems(&row).iter().map(ValidationProblem::code).collect();
+        assert_eq!(
+            codes,
+            [
+                "sync_flag_off",
+                "deal_value_missing",
+                "currency_invalid",
+                "closing_date_missing",
+                "country_code_invalid",
+                "solution_id_missing",
+                "contact_missing_for_help",
+            ]
+        );
+        let unnamed = obj(json!({}));
+        let all = problems(&unnamed);
+        assert!(all.iter().any(|p| p.code() == "name_missing"));
+        assert!(
+            all[0]
+                .to_string()
+                .starts_with("Opportunity (no name) (opportunity, not saved yet):"),
+            "{}",
+            all[0]
+        );
+    }
+
+    #[test]
+    fn salesforce_messages_name_the_configured_salesforce_fields() {
+        let mut config = MappingConfig::default();
+        config.salesforce.account.country = "BillingCountryCode".into();
+        let row = obj(json!({
+            "Id": "006000000000001", "Name": "Contoso ERP", "Amount": 0, "CloseDate": "2026-06-30",
+            "CurrencyIsoCode": "usd", "Sync_with_Partner_Center__c": true,
+            "How_can_Microsoft_help__c": "Quotes or licensing",
+            "Account": { "Name": "Contoso", "BillingCountryCode": "United States" }
+        }));
+        let candidate = opportunity_from_salesforce(&SalesforceRecord::new(&row), &config);
+        let all = validate_for_partner_center(&candidate, &config).unwrap_err();
+        let fields: Vec<(&str, &str)> = all.iter().map(|p| (p.code(), p.field())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("deal_value_missing", "Amount"),
+                ("country_code_invalid", "BillingCountryCode"),
+                ("solution_id_missing", "Microsoft_Solutions__c"),
+                ("contact_missing_for_help", "ContactId"),
+            ]
+        );
+        let message = all[1].to_string();
+        assert!(
+            message.starts_with("Opportunity \"Contoso ERP\" (Opportunity 006000000000001AAA):"),
+            "{message}"
+        );
+        assert!(
+            message.contains("\"United States\"") && message.contains("such as \"US\""),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! Partner Center webhook payloads (reference §4): the event callback, the registration and the
+//! validation (test) event responses.
+//!
+//! Members are PascalCase on the wire (`EventName`, `ResourceUri`, …); camelCase is accepted too
+//! and unknown members are kept. The event carries no referral data: the receiver reads the
+//! referral id from `ResourceUri` and GETs the referral.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::datetime::WireDateTime;
+use crate::error::ParseError;
+use crate::ids::ReferralId;
+use crate::macros::wire_key;
+use crate::serde_helpers as h;
+
+/// The kind of a webhook event.
+///
+/// Parsed leniently (`referral-created`, `ReferralCreated`, `referral_created` are the same);
+/// unknown names (`subscription-updated`, `usagerecords-thresholdExceeded`) are kept in
+/// [`EventName::Unknown`]. Written in the documented kebab-case form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventName {
+    /// `referral-created`.
+    ReferralCreated,
+    /// `referral-updated`.
+    ReferralUpdated,
+    /// `related-referral-created`.
+    RelatedReferralCreated,
+    /// `related-referral-updated`.
+    RelatedReferralUpdated,
+    /// `test-created`: a validation event sent on request.
+    TestCreated,
+    /// Any other event, kept verbatim.
+    Unknown(String),
+}
+
+impl EventName {
+    /// The four referral events the connector registers for.
+    pub const REFERRAL_EVENTS: [EventName; 4] = [
+        EventName::ReferralCreated,
+        EventName::ReferralUpdated,
+        EventName::RelatedReferralCreated,
+        EventName::RelatedReferralUpdated,
+    ];
+
+    const KNOWN: [(EventName, &'static str); 5] = [
+        (EventName::ReferralCreated, "referral-created"),
+        (EventName::ReferralUpdated, "referral-updated"),
+        (
+            EventName::RelatedReferralCreated,
+            "related-referral-created",
+        ),
+        (
+            EventName::RelatedReferralUpdated,
+            "related-referral-updated",
+        ),
+        (EventName::TestCreated, "test-created"),
+    ];
+
+    /// Parse leniently; never fails.
+    pub fn parse(text: &str) -> Self {
+        let key = wire_key(text);
+        Self::KNOWN
+            .into_iter()
+            .find(|(_, wire)| wire_key(wire) == key)
+            .map_or_else(|| Self::Unknown(text.trim().to_owned()), |(name, _)| name)
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::ReferralCreated => "referral-created",
+            Self::ReferralUpdated => "referral-updated",
+            Self::RelatedReferralCreated => "related-referral-created",
+            Self::RelatedReferralUpdated => "related-referral-updated",
+            Self::TestCreated => "test-created",
+            Self::Unknown(other) => other,
+        }
+    }
+
+    /// Whether the event is about a referral (one of the four referral events).
+    pub fn is_referral_event(&self) -> bool {
+        Self::REFERRAL_EVENTS.contains(self)
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for EventName {
+    fn from(text: &str) -> Self {
+        Self::parse(text)
+    }
+}
+
+impl Serialize for EventName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| Self::parse(&text))
+    }
+}
+
+/// The callback body Partner Center POSTs for every event.
+///
+/// Verify the signature over the raw bytes **before** deserializing this (reference §4.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WebhookEvent {
+    /// `{resource}-{action}`.
+    #[serde(alias = "eventName")]
+    pub event_name: EventName,
+    /// The URI of the changed resource. For referrals its host and path
+    /// (`api.partnercenter.microsoft.com/engagements/v1/referrals/{id}`) differ from the
+    /// referrals API, so only its last segment is used ([`WebhookEvent::referral_id`]).
+    #[serde(alias = "resourceUri")]
+    pub resource_uri: String,
+    /// `referral` or `test`.
+    #[serde(
+        default,
+        alias = "resourceName",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_name: Option<String>,
+    /// The audit record URI; `null` in every sample. The webhooks page calls it `AuditUrl`.
+    #[serde(
+        default,
+        alias = "auditUri",
+        alias = "AuditUrl",
+        alias = "auditUrl",
+        deserialize_with = "h::opt_string"
+    )]
+    pub audit_uri: Option<String>,
+    /// When the resource changed (7 fractional digits plus offset in the samples).
+    #[serde(
+        default,
+        alias = "resourceChangeUtcDate",
+        deserialize_with = "h::opt_datetime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub resource_change_utc_date: Option<WireDateTime>,
+    /// Unknown members, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl WebhookEvent {
+    /// The last path segment of `ResourceUri` (ignoring a query, a fragment and trailing
+    /// slashes), whatever the host and path look like.
+    pub fn resource_id(&self) -> &str {
+        last_segment(&self.resource_uri)
+    }
+
+    /// Whether this is the `test-created` validation event.
+    pub fn is_test(&self) -> bool {
+        self.event_name == EventName::TestCreated
+            || self
+                .resource_name
+                .as_deref()
+                .is_some_and(|name| name.eq_ignore_ascii_case("test"))
+    }
+
+    /// The referral the event is about: the last path segment of `ResourceUri`, as a GUID.
+    ///
+    /// Fails for the `test-created` event (its last segment is a correlation id) and when the
+    /// segment is not a GUID (the documentation samples carry the placeholder `{{ReferralID}}`).
+    /// For `related-referral-*` events it is UNKNOWN whether the id is the partner's own
+    /// referral or the related one; callers GET it and follow its `engagementId`.
+    pub fn referral_id(&self) -> Result<ReferralId, ParseError> {
+        if self.is_test() {
+            return Err(ParseError::invalid(
+                "referral id",
+                &self.resource_uri,
+                "a referral event; test-created events carry a correlation id",
+            ));
+        }
+        ReferralId::try_from(self.resource_id())
+    }
+}
+
+/// The last non-empty path segment of a URI, percent-decoding nothing (GUIDs need none).
+fn last_segment(uri: &str) -> &str {
+    let end = uri.find(['?', '#']).unwrap_or(uri.len());
+    let path = uri[..end].trim().trim_end_matches('/');
+    path.rsplit('/').next().unwrap_or(path).trim()
+}
+
+/// Webhook registration, as sent to and returned by `/webhooks/v1/registration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WebhookRegistration {
+    /// Returned on register/update.
+    #[serde(
+        default,
+        alias = "subscriberId",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subscriber_id: Option<String>,
+    /// The callback URL.
+    #[serde(
+        default,
+        alias = "webhookUrl",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub webhook_url: Option<String>,
+    /// The events to deliver.
+    #[serde(default, alias = "webhookEvents", deserialize_with = "h::lenient_vec")]
+    pub webhook_events: Vec<EventName>,
+    /// Send the signature in `x-ms-signature` instead of `Authorization`. The old sample writes
+    /// it in camelCase.
+    #[serde(
+        default,
+        alias = "signatureTokenToMsSignatureHeader",
+        deserialize_with = "h::opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signature_token_to_ms_signature_header: Option<bool>,
+    /// Unknown members, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The answer to `POST /webhooks/v1/registration/validationEvents`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationEventResponse {
+    /// The id to poll the delivery status with.
+    #[serde(
+        default,
+        alias = "CorrelationId",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub correlation_id: Option<String>,
+    /// Unknown members, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The delivery status of a validation event (`GET …/validationEvents/{correlationId}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationEventStatus {
+    /// The correlation id.
+    #[serde(
+        default,
+        alias = "CorrelationId",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub correlation_id: Option<String>,
+    /// The partner.
+    #[serde(
+        default,
+        alias = "PartnerId",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub partner_id: Option<String>,
+    /// E.g. `completed`.
+    #[serde(
+        default,
+        alias = "Status",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status: Option<String>,
+    /// Where the event was delivered.
+    #[serde(
+        default,
+        alias = "CallbackUrl",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callback_url: Option<String>,
+    /// One result per delivery attempt.
+    #[serde(default, alias = "Results", deserialize_with = "h::lenient_vec")]
+    pub results: Vec<ValidationEventResult>,
+    /// Unknown members, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One delivery attempt of a validation event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationEventResult {
+    /// E.g. `OK`.
+    #[serde(
+        default,
+        alias = "ResponseCode",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_code: Option<String>,
+    /// The receiver's answer, if any.
+    #[serde(
+        default,
+        alias = "ResponseMessage",
+        deserialize_with = "h::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_message: Option<String>,
+    /// Whether Partner Center itself failed.
+    #[serde(
+        default,
+        alias = "SystemError",
+        deserialize_with = "h::opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub system_error: Option<bool>,
+    /// When (no offset in the sample: UTC).
+    #[serde(
+        default,
+        alias = "DateTimeUtc",
+        deserialize_with = "h::opt_datetime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub date_time_utc: Option<WireDateTime>,
+    /// Unknown members, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const REFERRAL_CREATED: &str = include_str!("../tests/data/webhook-referral-created.json");
+    const REFERRAL_UPDATED: &str = include_str!("../tests/data/webhook-referral-updated.json");
+    const RELATED_CREATED: &str =
+        include_str!("../tests/data/webhook-related-referral-created.json");
+    const RELATED_UPDATED: &str =
+        include_str!("../tests/data/webhook-related-referral-updated.json");
+    const TEST_CREATED: &str = include_str!("../tests/data/webhook-test-created.json");
+    const EVENT_MODEL: &str = include_str!("../tests/data/webhook-event-model-sample.json");
+    const EVENTS_LIST: &str = include_str!("../tests/data/webhook-events-list-response.json");
+    const REGISTRATION_GET: &str = include_str!("../tests/data/registration-get-response.json");
+    const REGISTRATION_REQUEST: &str = include_str!("../tests/data/registration-request.json");
+    const REGISTRATION_REFERRALS: &str =
+        include_str!("../tests/data/registration-request-referrals.json");
+    const REGISTRATION_RESPONSE: &str = include_str!("../tests/data/registration-response.json");
+    const VALIDATION_RESPONSE: &str = include_str!("../tests/data/validation-event-response.json");
+    const VALIDATION_STATUS: &str =
+        include_str!("../tests/data/validation-event-status-response.json");
+
+    const ID: &str = "4111fffc-f9ee-4d53-bba6-569135228642";
+
+    #[test]
+    fn every_referral_event_sample_parses_with_its_name_and_date() {
+        for (sample, name) in [
+            (REFERRAL_CREATED, EventName::ReferralCreated),
+            (REFERRAL_UPDATED, EventName::ReferralUpdated),
+            (RELATED_CREATED, EventName::RelatedReferralCreated),
+            (RELATED_UPDATED, EventName::RelatedReferralUpdated),
+        ] {
+            let event: WebhookEvent = serde_json::from_str(sample).unwrap();
+            assert_eq!(event.event_name, name);
+            assert!(event.event_name.is_referral_event());
+            assert_eq!(event.resource_name.as_deref(), Some("referral"));
+            assert_eq!(event.audit_uri, None);
+            assert!(event.resource_change_utc_date.as_ref().unwrap().is_valid());
+            // The samples carry a placeholder, not a GUID.
+            let err = event.referral_id().unwrap_err();
+            assert!(err.to_string().contains("{{ReferralID}}"), "{err}");
+            let back = serde_json::to_value(&event).unwrap();
+            assert_eq!(back, serde_json::from_str::<Value>(sample).unwrap());
+        }
+    }
+
+    #[test]
+    fn test_created_samples_parse_and_are_not_referral_events() {
+        for sample in [TEST_CREATED, EVENT_MODEL] {
+            let event: WebhookEvent = serde_json::from_str(sample).unwrap();
+            assert_eq!(event.event_name, EventName::TestCreated);
+            assert!(event.is_test());
+            assert!(event.referral_id().is_err());
+        }
+        let event: WebhookEvent = serde_json::from_str(EVENT_MODEL).unwrap();
+        assert_eq!(event.resource_id(), "c0bfd694-3075-4ec5-9a3c-733d3a890a1f");
+    }
+
+    #[test]
+    fn the_referral_id_is_the_last_segment_of_any_uri_shape() {
+        for uri in [
+            format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}"),
+            format!("https://api.partner.microsoft.com/v1.0/engagements/referrals/{ID}/"),
+            format!(
+                "https://example.test/x/{}?expand=all#frag",
+                ID.to_uppercase()
+            ),
+            format!("/engagements/v1/referrals/{{{ID}}}"),
+            ID.to_owned(),
+        ] {
+            let event: WebhookEvent = serde_json::from_value(json!({
+                "EventName": "referral-updated", "ResourceUri": uri
+            }))
+            .unwrap();
+            assert_eq!(event.referral_id().unwrap().to_string(), ID, "{uri}");
+        }
+    }
+
+    #[test]
+    fn camel_case_members_and_lenient_event_names_are_accepted() {
+        let event: WebhookEvent = serde_json::from_value(json!({
+            "eventName": "ReferralCreated",
+            "resourceUri": format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}"),
+            "resourceName": "referral",
+            "auditUrl": "https://api.partnercenter.microsoft.com/auditactivity/v1/auditrecords/1",
+            "resourceChangeUtcDate": "2018-02-17T00:05:39.5485487+00:00",
+            "DeliveryAttempt": 3
+        }))
+        .unwrap();
+        assert_eq!(event.event_name, EventName::ReferralCreated);
+        assert!(event.audit_uri.is_some());
+        assert_eq!(event.extra["DeliveryAttempt"], 3);
+        let back = serde_json::to_value(&event).unwrap();
+        assert_eq!(back["EventName"], "referral-created");
+        assert_eq!(back["DeliveryAttempt"], 3);
+    }
+
+    #[test]
+    fn unknown_event_names_are_kept() {
+        let names: Vec<EventName> = serde_json::from_str(EVENTS_LIST).unwrap();
+        assert_eq!(names[0], EventName::Unknown("subscription-updated".into()));
+        assert_eq!(names[1], EventName::TestCreated);
+        assert_eq!(
+            serde_json::to_string(&names[2]).unwrap(),
+            "\"usagerecords-thresholdExceeded\""
+        );
+    }
+
+    #[test]
+    fn registration_samples_parse_in_either_case() {
+        for sample in [
+            REGISTRATION_GET,
+            REGISTRATION_REQUEST,
+            REGISTRATION_REFERRALS,
+            REGISTRATION_RESPONSE,
+        ] {
+            let registration: WebhookRegistration = serde_json::from_str(sample).unwrap();
+            assert!(registration.webhook_url.is_some());
+            assert!(!registration.webhook_events.is_empty());
+        }
+        let referrals: WebhookRegistration = serde_json::from_str(REGISTRATION_REFERRALS).unwrap();
+        assert_eq!(referrals.signature_token_to_ms_signature_header, Some(true));
+        assert_eq!(
+            referrals.webhook_events,
+            EventName::REFERRAL_EVENTS[..2].to_vec()
+        );
+        let response: WebhookRegistration = serde_json::from_str(REGISTRATION_RESPONSE).unwrap();
+        assert_eq!(
+            response.subscriber_id.as_deref(),
+            Some("e82cac64-dc67-4cd3-849b-78b6127dd57d")
+        );
+        let written = serde_json::to_value(&referrals).unwrap();
+        assert_eq!(written["SignatureTokenToMsSignatureHeader"], true);
+    }
+
+    #[test]
+    fn validation_event_samples_parse() {
+        let response: ValidationEventResponse = serde_json::from_str(VALIDATION_RESPONSE).unwrap();
+        assert_eq!(
+            response.correlation_id.as_deref(),
+            Some("04af2aea-d413-42db-824e-f328001484d1")
+        );
+        let status: ValidationEventStatus = serde_json::from_str(VALIDATION_STATUS).unwrap();
+        assert_eq!(status.status.as_deref(), Some("completed"));
+        let result = &status.results[0];
+        assert_eq!(result.response_code.as_deref(), Some("OK"));
+        assert_eq!(result.response_message, None);
+        assert_eq!(result.system_error, Some(false));
+        assert!(result.date_time_utc.as_ref().unwrap().is_valid());
+    }
+}
