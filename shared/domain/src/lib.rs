@@ -17,6 +17,8 @@
 //! | [`mapping`] | `MappingConfig` and the mapping functions for Partner Center, Dataverse, Salesforce |
 //! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity` or every problem |
 //! | [`ports`] | `PartnerCenter`, `CrmStore`, `IdempotencyStore`, `RetryQueue`, `AuditLog`, `LinkStore`, `PortError` |
+//! | [`sync`] | the sync core: `handle_partner_center_event`, `run_retry_job`, `Outcome`, exactly once |
+//! | [`in_memory`] | in-memory idempotency store, audit log, link store and retry queue |
 //! | [`error`] | `ParseError`, `TransitionError`, `ValidationProblem` |
 //! | [`serde_helpers`], [`datetime`] | tolerant serde helpers (decimal from number or string, lenient dates) |
 
@@ -26,12 +28,14 @@ pub mod crm_wire;
 pub mod datetime;
 pub mod error;
 pub mod ids;
+pub mod in_memory;
 pub mod mapping;
 pub mod opportunity;
 pub mod ports;
 pub mod referral;
 pub mod serde_helpers;
 pub mod status;
+pub mod sync;
 pub mod validation;
 pub mod values;
 pub mod webhook;

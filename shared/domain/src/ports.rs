@@ -236,12 +236,17 @@ pub trait PartnerCenter: Send + Sync {
 
     /// `PATCH /v1.0/engagements/referrals/{id}` with JSON Patch; `If-Match` when given
     /// (a mismatch is [`PortError::PreconditionFailed`]).
+    ///
+    /// Returns the referral's new `eTag` (send `Prefer: return=representation` and read the
+    /// returned referral's `eTag`, or the `ETag` response header), or `None` when the service
+    /// did not say. The sync core keeps it so the `referral-updated` event that its own
+    /// write-back raises is recognised as an echo.
     fn patch_referral(
         &self,
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,6 +258,12 @@ pub trait PartnerCenter: Send + Sync {
 pub struct OpportunityWrite<'a> {
     /// The key (the CRM's "Referral Identifier" column / External ID field).
     pub referral_id: &'a ReferralId,
+    /// The opportunity to update when it is already known (linked, or named by the referral's
+    /// `externalReferenceId` because it was created from the CRM and may not carry the referral
+    /// id yet): update that record by its id and set its referral id, instead of upserting by
+    /// the referral id (which would create a second opportunity). `None`: upsert by
+    /// `referral_id`.
+    pub record: Option<&'a CrmRecordId>,
     /// The values.
     pub opportunity: &'a Opportunity,
     /// The customer account to link (create only).

@@ -1,0 +1,396 @@
+//! The exactly-once machinery both sync directions and the retry worker share.
+//!
+//! [`exactly_once`] takes the delivery's idempotency key, runs the sync, and settles its result
+//! with AWS Powertools semantics:
+//!
+//! | Sync result | Idempotency key | Also | Outcome |
+//! |---|---|---|---|
+//! | done (any [`Outcome`]) | completed, response stored | | that outcome |
+//! | retryable [`PortError`] | completed | [`RetryJob`] `attempt + 1` queued, `RetryEnqueued` audited | `RetryEnqueued` |
+//! | retryable, queue down | released | | `Err(SyncError)` (sender redelivers) |
+//! | retryable, last attempt | completed | `Failed` audited, CRM Audit field written | `NeedsAttention` |
+//! | permanent | completed | `Failed` audited, CRM Audit field written | `NeedsAttention` |
+//!
+//! A completed key makes redeliveries [`Outcome::DuplicateSkipped`] with no service call; a key
+//! held by a running invocation makes them [`Outcome::InProgress`].
+
+use std::sync::{Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::deps::{Delivery, Deps, later};
+use super::outcome::{Outcome, SyncError};
+use crate::ids::{CrmRecordId, ReferralId};
+use crate::ports::{
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
+    LinkStore, PartnerCenter, PortError, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
+};
+
+/// One run of a delivery: which key it holds and how to schedule it again.
+#[derive(Debug, Clone)]
+pub(crate) struct Run<'r> {
+    /// The key this run acquires (a retry attempt has its own, so a replayed message is a
+    /// duplicate of that attempt only).
+    pub key: IdempotencyKey,
+    /// The delivery's key, carried by every retry job of it.
+    pub retry_key: &'r str,
+    /// 0 for the delivery itself, n for the n-th retry.
+    pub attempt: u32,
+    /// Where a retry job says it came from.
+    pub source: RetrySource,
+    /// What a retry job processes again.
+    pub payload: &'r Value,
+}
+
+/// Why a sync stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// A port failed; its variant decides between retry and attention.
+    Port {
+        /// The error.
+        error: PortError,
+        /// The CRM record concerned, when known (its Audit field gets the failure).
+        crm: Option<CrmRecordId>,
+    },
+    /// Something only a person can fix, found by the sync itself.
+    Problem(Problem),
+}
+
+impl Failure {
+    /// A closure turning a port error into a failure about `crm`.
+    pub fn port(crm: Option<&CrmRecordId>) -> impl FnOnce(PortError) -> Self {
+        let crm = crm.cloned();
+        move |error| Self::Port { error, crm }
+    }
+}
+
+/// A failure that needs a person: what happened and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// Stable code.
+    pub code: &'static str,
+    /// What went wrong (no contact data).
+    pub reason: String,
+    /// What to do about it.
+    pub fix: String,
+    /// The CRM record concerned, when known.
+    pub crm: Option<CrmRecordId>,
+}
+
+impl Problem {
+    /// The problem a permanent port error stands for.
+    pub fn from_port(error: &PortError, crm: Option<CrmRecordId>) -> Self {
+        let service = error.service();
+        let (code, fix) = match error {
+            PortError::Permanent { .. } => (
+                "rejected",
+                format!(
+                    "correct the value or the field mapping named in the message in {service}, \
+                     then change the referral again (or redrive it)"
+                ),
+            ),
+            PortError::NotFound { .. } if *service == Service::PartnerCenter => (
+                "not_found",
+                "check that the referral still exists and that the connector's Partner Center \
+                 user holds the Referrals admin or Referral user role"
+                    .to_owned(),
+            ),
+            PortError::NotFound { .. } => (
+                "not_found",
+                format!(
+                    "the record was deleted or is hidden from the connector's user in {service}: \
+                     restore it or grant access, then redrive the referral"
+                ),
+            ),
+            PortError::AccessDenied { missing_role, .. } => (
+                "access_denied",
+                match missing_role {
+                    Some(role) => format!("grant the {role} role to the connector's user"),
+                    None => format!(
+                        "grant the connector's user in {service} the permission the message \
+                         names"
+                    ),
+                },
+            ),
+            PortError::Transient { .. } | PortError::PreconditionFailed { .. } => (
+                "retries_exhausted",
+                format!(
+                    "check that {service} is reachable and the connector's credentials are \
+                     valid, then redrive the referral"
+                ),
+            ),
+        };
+        let reason = match error {
+            // Its message carries the role hint, which is the fix here.
+            PortError::AccessDenied { message, .. } => {
+                format!("{service} denied access: {message}")
+            }
+            other => other.to_string(),
+        };
+        Self {
+            code,
+            reason: sentence(&reason),
+            fix: sentence(&capitalize(&fix)),
+            crm,
+        }
+    }
+
+    /// A retryable error that kept failing until the last attempt.
+    fn exhausted(error: &PortError, attempts: u32, crm: Option<CrmRecordId>) -> Self {
+        let mut problem = Self::from_port(error, crm);
+        problem.code = "retries_exhausted";
+        problem.reason = sentence(&format!("still failing after {attempts} attempts: {error}"));
+        problem
+    }
+}
+
+fn capitalize(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// `text` ending with a full stop (unless it already ends with punctuation).
+pub(crate) fn sentence(text: &str) -> String {
+    let text = text.trim();
+    if text.ends_with(['.', '!', '?']) {
+        text.to_owned()
+    } else {
+        format!("{text}.")
+    }
+}
+
+/// The audit trail of one run, with the tolerated failures of its best-effort writes.
+///
+/// Shared by reference between the runner and the sync it runs (hence the `Mutex`; it is never
+/// held across an `await`).
+#[derive(Debug)]
+pub(crate) struct Journal<'a, A> {
+    audit: &'a A,
+    direction: SyncDirection,
+    correlation_id: Option<String>,
+    now: DateTime<Utc>,
+    referral_id: Mutex<Option<ReferralId>>,
+    warnings: Mutex<Vec<PortError>>,
+}
+
+impl<'a, A: AuditLog> Journal<'a, A> {
+    /// A journal writing to `audit`.
+    pub fn new(audit: &'a A, direction: SyncDirection, meta: &Delivery) -> Self {
+        Self {
+            audit,
+            direction,
+            correlation_id: meta.correlation_id.clone(),
+            now: meta.now,
+            referral_id: Mutex::new(None),
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The delivery's instant.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    /// The referral later entries are about.
+    pub fn set_referral(&self, referral_id: ReferralId) {
+        *self
+            .referral_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(referral_id);
+    }
+
+    /// An entry of this run.
+    pub fn entry(&self, event: AuditEvent, crm: Option<&CrmRecordId>) -> AuditEntry {
+        AuditEntry {
+            at: self.now,
+            direction: Some(self.direction),
+            referral_id: *self
+                .referral_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            crm: crm.cloned(),
+            correlation_id: self.correlation_id.clone(),
+            event,
+        }
+    }
+
+    /// Append an entry; a failure is kept as a warning.
+    pub async fn record(&self, event: AuditEvent, crm: Option<&CrmRecordId>) {
+        let entry = self.entry(event, crm);
+        let appended = self.audit.append(&entry).await;
+        self.tolerate(appended);
+    }
+
+    /// Keep the error of a best-effort write as a warning.
+    pub fn tolerate(&self, result: Result<(), PortError>) {
+        if let Err(error) = result {
+            self.warn(error);
+        }
+    }
+
+    /// Keep a warning.
+    pub fn warn(&self, error: PortError) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(error);
+    }
+
+    /// The warnings kept so far.
+    pub fn into_warnings(self) -> Vec<PortError> {
+        self.warnings
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Run `sync` at most once for `run.key` (see the module docs).
+///
+/// `sync` is a future, so nothing of it runs before the key is taken.
+pub(crate) async fn exactly_once<P, C, I, Q, A, L, S>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    meta: &Delivery,
+    run: &Run<'_>,
+    journal: &Journal<'_, A>,
+    sync: S,
+) -> Result<Outcome, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+    S: Future<Output = Result<Outcome, Failure>>,
+{
+    let acquired = deps
+        .idempotency
+        .acquire(&run.key, meta.now, meta.deadline)
+        .await
+        .map_err(SyncError::Idempotency)?;
+    match acquired {
+        AcquireOutcome::Acquired => {}
+        AcquireOutcome::Duplicate(_) => {
+            journal.record(AuditEvent::DuplicateSkipped, None).await;
+            return Ok(Outcome::DuplicateSkipped);
+        }
+        AcquireOutcome::InProgress => return Ok(Outcome::InProgress),
+    }
+
+    let outcome = match sync.await {
+        Ok(outcome) => outcome,
+        Err(failure) => match settle(deps, run, journal, failure).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let released = deps.idempotency.release(&run.key).await;
+                journal.tolerate(released);
+                return Err(error);
+            }
+        },
+    };
+    let expires_at = later(meta.now, deps.settings.idempotency_ttl);
+    let completed = deps
+        .idempotency
+        .complete(&run.key, &outcome.response(), expires_at)
+        .await;
+    journal.tolerate(completed);
+    Ok(outcome)
+}
+
+/// Turn a failure into a retry or a call for attention.
+async fn settle<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    run: &Run<'_>,
+    journal: &Journal<'_, A>,
+    failure: Failure,
+) -> Result<Outcome, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let problem = match failure {
+        Failure::Port { error, crm } if error.is_retryable() => {
+            if run.attempt >= deps.settings.max_attempts {
+                Problem::exhausted(&error, run.attempt.saturating_add(1), crm)
+            } else {
+                return schedule_retry(deps, run, journal, error, crm.as_ref()).await;
+            }
+        }
+        Failure::Port { error, crm } => Problem::from_port(&error, crm),
+        Failure::Problem(problem) => problem,
+    };
+    Ok(needs_attention(deps, journal, problem).await)
+}
+
+async fn schedule_retry<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    run: &Run<'_>,
+    journal: &Journal<'_, A>,
+    cause: PortError,
+    crm: Option<&CrmRecordId>,
+) -> Result<Outcome, SyncError>
+where
+    Q: RetryQueue,
+    A: AuditLog,
+{
+    let job = RetryJob {
+        source: run.source,
+        key: run.retry_key.to_owned(),
+        attempt: run.attempt.saturating_add(1),
+        payload: run.payload.clone(),
+    };
+    let delay = job.delay(cause.retry_after());
+    if let Err(enqueue) = deps.retry_queue.enqueue(&job, delay).await {
+        return Err(SyncError::RetryNotScheduled {
+            cause: Box::new(cause),
+            enqueue: Box::new(enqueue),
+        });
+    }
+    journal
+        .record(
+            AuditEvent::RetryEnqueued {
+                attempt: job.attempt,
+            },
+            crm,
+        )
+        .await;
+    Ok(Outcome::RetryEnqueued {
+        attempt: job.attempt,
+        delay,
+    })
+}
+
+/// Audit the problem, write it to the CRM record's Audit field when one is known, and report
+/// it.
+pub(crate) async fn needs_attention<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    problem: Problem,
+) -> Outcome
+where
+    C: CrmStore,
+    A: AuditLog,
+{
+    let Problem {
+        code,
+        reason,
+        fix,
+        crm,
+    } = problem;
+    let message = format!("{reason} Fix: {fix}");
+    let event = AuditEvent::Failed { reason, fix };
+    if let Some(crm) = &crm {
+        let text = journal.entry(event.clone(), Some(crm)).crm_text();
+        let written = deps.crm.write_audit(crm, &text).await;
+        journal.tolerate(written);
+    }
+    journal.record(event, crm.as_ref()).await;
+    Outcome::NeedsAttention { code, message }
+}

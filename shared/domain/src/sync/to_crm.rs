@@ -1,0 +1,806 @@
+//! Partner Center → CRM: what the `partner-center-events` function and the retry worker run
+//! for a Partner Center webhook event.
+//!
+//! For `referral-created` / `referral-updated`:
+//!
+//! 1. GET the referral named by the event and look up its [`Link`].
+//! 2. **Echo**: the referral's `eTag` is the one our own write-back produced, or it is older than
+//!    the last one seen → `EchoSkipped`, no CRM call.
+//! 3. Map it to the canonical [`Opportunity`]; if its fingerprint is what the CRM was last
+//!    given → `UnchangedSkipped`: no CRM call, the link's `eTag` refreshed (and a write-back an
+//!    earlier run could not finish is finished).
+//! 4. Find the CRM record: the link's, else the opportunity the referral's
+//!    `externalReferenceId` names (a referral created from the CRM carries it; checked with one
+//!    read), else (not for `referral-created`, whose referral no CRM record can carry yet)
+//!    [`CrmStore::find_opportunity_by_referral`].
+//! 5. A new opportunity gets its customer account (matched by name and postal code) and contact
+//!    (matched by email) found or created first; then the opportunity is upserted.
+//! 6. The CRM id is written back into the referral's `externalReferenceId` (JSON Patch with
+//!    `If-Match`; on 412 the referral is re-read once and the patch retried once), and the link
+//!    saved with the referral's new `eTag`, so the `referral-updated` our patch raises is
+//!    recognised in step 2.
+//!
+//! A new referral costs one Partner Center GET, one upsert, one PATCH, plus the account and
+//! contact look-ups and creates. A redelivery costs nothing (see [`super::runner`]).
+//!
+//! For `related-referral-created` / `-updated` see [`sync_related`].
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::deps::{Delivery, Deps};
+use super::outcome::{Handled, Outcome, SyncError};
+use super::runner::{Failure, Journal, Problem, Run, exactly_once, needs_attention, sentence};
+use crate::datetime::WireDateTime;
+use crate::error::ParseError;
+use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId};
+use crate::mapping::{BodyScope, referral_to_opportunity};
+use crate::opportunity::Opportunity;
+use crate::ports::{
+    AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    SyncDirection,
+};
+use crate::referral::{PatchOp, PatchOperation, Referral};
+use crate::webhook::{EventName, WebhookEvent};
+
+/// The key prefix of Partner Center deliveries.
+const KEY_SOURCE: &str = "pc";
+
+/// How many pages of an engagement's referrals are read at most (an engagement has a handful).
+const MAX_ENGAGEMENT_PAGES: usize = 10;
+
+/// The Salesforce key prefix of Opportunity records.
+const SALESFORCE_OPPORTUNITY_PREFIX: &str = "006";
+
+/// Members that may carry Microsoft's CRM (MSX) id on Microsoft's referral. Partner Center does
+/// not document one, so these are guesses, matched case-insensitively.
+const MICROSOFT_CRM_ID_MEMBERS: [&str; 4] = [
+    "microsoftCrmId",
+    "microsoftCrmIdentifier",
+    "msxId",
+    "msxOpportunityId",
+];
+
+/// The idempotency key of a Partner Center event: `pc:` and the SHA-256 (hex) of its event
+/// name, `ResourceUri` and `ResourceChangeUtcDate`, so every redelivery of one change shares it
+/// and the next change of the same referral does not.
+///
+/// Events carry no id of their own. Without a `ResourceChangeUtcDate` (no documented event
+/// lacks one) the key includes `now` to the second instead: redeliveries then run again, which
+/// the sync tolerates (upserts by referral id, fingerprints), rather than hiding every later
+/// change of the referral for the key's lifetime.
+pub fn partner_center_event_key(
+    event: &WebhookEvent,
+    now: DateTime<Utc>,
+) -> Result<IdempotencyKey, ParseError> {
+    let changed = match &event.resource_change_utc_date {
+        Some(date) => date.instant().map_or_else(
+            || date.as_str().trim().to_owned(),
+            |instant| instant.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ),
+        None => format!("received {}", now.timestamp()),
+    };
+    let mut hash = Sha256::new();
+    for part in [
+        event.event_name.as_str(),
+        event.resource_uri.trim(),
+        &changed,
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    IdempotencyKey::new(KEY_SOURCE, &hex::encode(hash.finalize()))
+}
+
+/// Handle one Partner Center webhook event (its signature already verified), exactly once.
+///
+/// `test-created` is acknowledged and events the connector did not register for are ignored,
+/// both without any call. Referral events run under the event's idempotency key (see
+/// [`partner_center_event_key`]). `Err` means the delivery could not be taken on or parked:
+/// answer [`SyncError::http_status`] so Partner Center delivers it again.
+pub async fn handle_partner_center_event<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    event: &WebhookEvent,
+    meta: &Delivery,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    if event.is_test() {
+        return Ok(done(Outcome::Acknowledged));
+    }
+    if !event.event_name.is_referral_event() {
+        return Ok(done(Outcome::Ignored {
+            reason: format!(
+                "the {} event is not a referral event",
+                event.event_name.as_str()
+            ),
+        }));
+    }
+    let journal = Journal::new(deps.audit, SyncDirection::ToCrm, meta);
+    let key = match partner_center_event_key(event, meta.now) {
+        Ok(key) => key,
+        Err(error) => {
+            let problem = invalid_event(event, &error);
+            let outcome = needs_attention(deps, &journal, problem).await;
+            return Ok(finish(outcome, journal));
+        }
+    };
+    let retry_key = key.to_string();
+    process(deps, event, meta, journal, key, &retry_key, 0).await
+}
+
+/// Run a job from the retry queue: the same sync as the event it carries, under a key of its
+/// own attempt, so a replayed message changes nothing twice. A job that carries no Partner
+/// Center referral event needs attention (and is not retried).
+pub async fn run_retry_job<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    job: &RetryJob,
+    meta: &Delivery,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let journal = Journal::new(deps.audit, SyncDirection::ToCrm, meta);
+    let event = (job.source == RetrySource::PartnerCenter)
+        .then(|| serde_json::from_value::<WebhookEvent>(job.payload.clone()).ok())
+        .flatten()
+        .filter(|event| event.event_name.is_referral_event());
+    let key = IdempotencyKey::try_from(format!("{}#attempt-{}", job.key, job.attempt));
+    match (event, key) {
+        (Some(event), Ok(key)) => {
+            process(deps, &event, meta, journal, key, &job.key, job.attempt).await
+        }
+        _ => {
+            let problem = Problem {
+                code: "invalid_retry_job",
+                reason: format!(
+                    "retry job {:?} (attempt {}, source {:?}) carries no Partner Center referral \
+                     event.",
+                    job.key, job.attempt, job.source
+                ),
+                fix: "Remove the message from the queue; if a referral is missing in the CRM, \
+                      change it in Partner Center to sync it again."
+                    .to_owned(),
+                crm: None,
+            };
+            let outcome = needs_attention(deps, &journal, problem).await;
+            Ok(finish(outcome, journal))
+        }
+    }
+}
+
+fn done(outcome: Outcome) -> Handled {
+    Handled {
+        outcome,
+        warnings: Vec::new(),
+    }
+}
+
+fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> Handled {
+    Handled {
+        outcome,
+        warnings: journal.into_warnings(),
+    }
+}
+
+fn invalid_event(event: &WebhookEvent, error: &ParseError) -> Problem {
+    Problem {
+        code: "invalid_event",
+        reason: sentence(&format!(
+            "the {} event names no referral: {error}",
+            event.event_name.as_str()
+        )),
+        fix: "Nothing, if it came from a documentation sample or a test; otherwise report the \
+              event and its ResourceUri to Partner Center support."
+            .to_owned(),
+        crm: None,
+    }
+}
+
+/// The referral event under `key`.
+async fn process<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    event: &WebhookEvent,
+    meta: &Delivery,
+    journal: Journal<'_, A>,
+    key: IdempotencyKey,
+    retry_key: &str,
+    attempt: u32,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let referral_id = match event.referral_id() {
+        Ok(id) => id,
+        Err(error) => {
+            let outcome = needs_attention(deps, &journal, invalid_event(event, &error)).await;
+            return Ok(finish(outcome, journal));
+        }
+    };
+    journal.set_referral(referral_id);
+    // Serialising the parsed event (strings and JSON values) cannot fail.
+    let payload = serde_json::to_value(event).unwrap_or(Value::Null);
+    let run = Run {
+        key,
+        retry_key,
+        attempt,
+        source: RetrySource::PartnerCenter,
+        payload: &payload,
+    };
+    let sync = async {
+        journal.record(AuditEvent::Received, None).await;
+        match &event.event_name {
+            EventName::RelatedReferralCreated | EventName::RelatedReferralUpdated => {
+                sync_related(deps, &journal, referral_id).await
+            }
+            name => sync_referral(deps, &journal, name, referral_id).await,
+        }
+    };
+    let outcome = exactly_once(deps, meta, &run, &journal, sync).await?;
+    Ok(finish(outcome, journal))
+}
+
+/// `referral-created` / `referral-updated` (see the module docs).
+async fn sync_referral<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    event_name: &EventName,
+    referral_id: ReferralId,
+) -> Result<Outcome, Failure>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let referral = deps
+        .partner_center
+        .get_referral(&referral_id)
+        .await
+        .map_err(Failure::port(None))?;
+    let link = deps
+        .links
+        .get_by_referral(&referral_id)
+        .await
+        .map_err(Failure::port(None))?;
+    let updated = referral
+        .updated_date_time
+        .as_ref()
+        .and_then(WireDateTime::instant);
+
+    match &link {
+        Some(link) if link.crm.kind() != deps.crm.kind() => {
+            return Err(Failure::Problem(Problem {
+                code: "wrong_crm",
+                reason: format!(
+                    "the referral is linked to {}, a {} record, but this connector syncs to {}.",
+                    link.crm,
+                    link.crm.kind(),
+                    deps.crm.kind()
+                ),
+                fix: "Point the connector at the CRM the referral was synced to, or delete the \
+                      referral's link so the next change creates the opportunity in this CRM."
+                    .to_owned(),
+                crm: None,
+            }));
+        }
+        Some(link) => {
+            let etag = referral.etag();
+            let own_write = etag.is_some() && etag == link.last_referral_etag;
+            if own_write || link.is_stale_referral(updated) {
+                journal
+                    .record(AuditEvent::EchoSkipped, Some(&link.crm))
+                    .await;
+                return Ok(Outcome::EchoSkipped);
+            }
+        }
+        None if !deps.settings.referral_scope.includes(&referral) => {
+            return Ok(Outcome::Ignored {
+                reason: "the referral is a lead and only co-sell opportunities are synced"
+                    .to_owned(),
+            });
+        }
+        None => {}
+    }
+
+    let opportunity = referral_to_opportunity(&referral, deps.mapping);
+    let fingerprint = opportunity.fingerprint();
+
+    if let Some(link) = &link
+        && link.last_fingerprint_to_crm.as_deref() == Some(fingerprint.as_str())
+    {
+        let seen = write_back(
+            deps,
+            journal,
+            referral_id,
+            &referral,
+            &link.crm,
+            &fingerprint,
+        )
+        .await
+        .map_err(Failure::port(Some(&link.crm)))?;
+        journal
+            .record(AuditEvent::UnchangedSkipped, Some(&link.crm))
+            .await;
+        let refreshed = Link {
+            last_referral_etag: seen,
+            last_referral_updated: updated.or(link.last_referral_updated),
+            updated_at: journal.now(),
+            ..link.clone()
+        };
+        let saved = deps.links.put(&refreshed).await;
+        journal.tolerate(saved);
+        return Ok(Outcome::UnchangedSkipped);
+    }
+
+    let record = match &link {
+        Some(link) => Some(link.crm.clone()),
+        None => locate(deps, event_name, &referral, referral_id).await?,
+    };
+    if record.is_none() && referral.is_terminal() {
+        let state = referral
+            .state()
+            .map_or_else(|| "closed".to_owned(), |state| state.to_string());
+        return Ok(Outcome::Ignored {
+            reason: format!("the referral was closed ({state}) before it reached the CRM"),
+        });
+    }
+
+    let (scope, account, contact) = match &record {
+        Some(_) => (BodyScope::Update, None, None),
+        None => {
+            let (account, contact) = customer(deps, &opportunity).await?;
+            (BodyScope::Create, account, contact)
+        }
+    };
+    let expected = if record.is_some() {
+        AuditEvent::Updated
+    } else {
+        AuditEvent::Created
+    };
+    let audit_text = journal.entry(expected, record.as_ref()).crm_text();
+    let write = OpportunityWrite {
+        referral_id: &referral_id,
+        record: record.as_ref(),
+        opportunity: &opportunity,
+        account: account.as_ref(),
+        contact: contact.as_ref(),
+        audit: Some(&audit_text),
+        scope,
+    };
+    let upserted = deps
+        .crm
+        .upsert_opportunity(&write)
+        .await
+        .map_err(Failure::port(record.as_ref()))?;
+    let crm = upserted.id;
+    let (event, outcome) = if upserted.created {
+        (AuditEvent::Created, Outcome::Created { crm: crm.clone() })
+    } else {
+        (AuditEvent::Updated, Outcome::Updated { crm: crm.clone() })
+    };
+    journal.record(event, Some(&crm)).await;
+
+    let mut saved = Link {
+        referral_id,
+        crm: crm.clone(),
+        last_referral_etag: None,
+        last_referral_updated: updated,
+        last_fingerprint_to_crm: Some(fingerprint.clone()),
+        last_fingerprint_to_pc: link.and_then(|l| l.last_fingerprint_to_pc),
+        updated_at: journal.now(),
+    };
+    match write_back(deps, journal, referral_id, &referral, &crm, &fingerprint).await {
+        Ok(seen) => saved.last_referral_etag = seen,
+        Err(error) => {
+            // Remember what the CRM holds, so the retry only finishes the write-back.
+            let kept = deps.links.put(&saved).await;
+            journal.tolerate(kept);
+            return Err(Failure::Port {
+                error,
+                crm: Some(crm),
+            });
+        }
+    }
+    deps.links
+        .put(&saved)
+        .await
+        .map_err(Failure::port(Some(&crm)))?;
+    Ok(outcome)
+}
+
+/// The CRM opportunity of a referral that has no link yet.
+async fn locate<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    event_name: &EventName,
+    referral: &Referral,
+    referral_id: ReferralId,
+) -> Result<Option<CrmRecordId>, Failure>
+where
+    C: CrmStore,
+{
+    let crm = deps.crm;
+    if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
+        match crm.get_opportunity(&named).await {
+            // Not when it carries another referral: then it is that referral's opportunity.
+            Ok(found)
+                if found
+                    .opportunity
+                    .referral_id
+                    .is_none_or(|id| id == referral_id) =>
+            {
+                return Ok(Some(found.record.id.unwrap_or(named)));
+            }
+            Ok(_) | Err(PortError::NotFound { .. }) => {}
+            Err(error) => return Err(Failure::port(None)(error)),
+        }
+    }
+    if *event_name == EventName::ReferralCreated {
+        return Ok(None);
+    }
+    let found = crm
+        .find_opportunity_by_referral(&referral_id)
+        .await
+        .map_err(Failure::port(None))?;
+    Ok(found.and_then(|found| found.record.id))
+}
+
+/// Find or create the customer account (by name and postal code) and contact (by email) of a
+/// new opportunity.
+///
+/// A contact without an email is not created: it could not be matched again, so a retry would
+/// create it twice. The opportunity is created without a contact then.
+async fn customer<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    opportunity: &Opportunity,
+) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), Failure>
+where
+    C: CrmStore,
+{
+    let crm = deps.crm;
+    let account = &opportunity.account;
+    let account_id = match account.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            let postal_code = account.postal_code.as_deref().map(str::trim);
+            match crm
+                .find_account(name, postal_code)
+                .await
+                .map_err(Failure::port(None))?
+            {
+                Some(id) => Some(id),
+                None => Some(
+                    crm.create_account(account)
+                        .await
+                        .map_err(Failure::port(None))?,
+                ),
+            }
+        }
+        _ => None,
+    };
+    let contact = opportunity.contact.as_ref().and_then(|contact| {
+        let email = contact.email.as_deref().map(str::trim)?;
+        (!email.is_empty()).then_some((contact, email))
+    });
+    let contact_id = match contact {
+        Some((contact, email)) => match crm
+            .find_contact_by_email(email)
+            .await
+            .map_err(Failure::port(None))?
+        {
+            Some(id) => Some(id),
+            None => Some(
+                crm.create_contact(contact, account_id.as_ref())
+                    .await
+                    .map_err(Failure::port(None))?,
+            ),
+        },
+        None => None,
+    };
+    Ok((account_id, contact_id))
+}
+
+/// Write `crm` into the referral's `externalReferenceId` when it names something else, and
+/// return the `eTag` the link should keep: one of a referral version whose mapped content the
+/// CRM holds (`None` when unknown, so the next event is compared by content instead).
+///
+/// A terminal referral takes no change, so nothing is written to it. On 412 the referral is
+/// re-read once and the patch retried once with the fresh `eTag`; a second 412 is an error (a
+/// retried job starts over).
+async fn write_back<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    referral_id: ReferralId,
+    referral: &Referral,
+    crm: &CrmRecordId,
+    fingerprint: &str,
+) -> Result<Option<ETag>, PortError>
+where
+    P: PartnerCenter,
+    A: AuditLog,
+{
+    if !needs_write_back(referral, crm) {
+        return Ok(referral.etag());
+    }
+    let pc = deps.partner_center;
+    let patched = pc
+        .patch_referral(
+            &referral_id,
+            referral.etag().as_ref(),
+            &[back_link(referral, crm)],
+        )
+        .await;
+    let seen = match patched {
+        Ok(etag) => etag,
+        Err(PortError::PreconditionFailed { .. }) => {
+            let fresh = pc.get_referral(&referral_id).await?;
+            // Someone else's change came in between: it raises its own event, which must not
+            // look like our echo unless the CRM already holds its content.
+            let same = referral_to_opportunity(&fresh, deps.mapping).fingerprint() == fingerprint;
+            if !needs_write_back(&fresh, crm) {
+                return Ok(fresh.etag().filter(|_| same));
+            }
+            pc.patch_referral(
+                &referral_id,
+                fresh.etag().as_ref(),
+                &[back_link(&fresh, crm)],
+            )
+            .await?
+            .filter(|_| same)
+        }
+        Err(error) => return Err(error),
+    };
+    journal.record(AuditEvent::WrittenBack, Some(crm)).await;
+    Ok(seen)
+}
+
+fn needs_write_back(referral: &Referral, crm: &CrmRecordId) -> bool {
+    !referral.is_terminal()
+        && crm_record_named(referral.external_reference_id.as_deref(), crm.kind()).as_ref()
+            != Some(crm)
+}
+
+/// The JSON Patch operation setting `externalReferenceId` to the CRM's own id (the form
+/// [`crate::mapping::referral_create_body`] writes): `replace` when the member is there, `add`
+/// when it is not (RFC 6902 `replace` needs an existing member).
+fn back_link(referral: &Referral, crm: &CrmRecordId) -> PatchOp {
+    let op = if referral.external_reference_id.is_some() {
+        PatchOperation::Replace
+    } else {
+        PatchOperation::Add
+    };
+    PatchOp {
+        op,
+        path: "/externalReferenceId".to_owned(),
+        value: Some(Value::String(crm.native())),
+        from: None,
+    }
+}
+
+/// The record of this CRM an `externalReferenceId` names: `dataverse:<GUID>` /
+/// `salesforce:<id>`, or the CRM's own id form (a GUID for Dataverse, an Opportunity id
+/// starting `006` for Salesforce).
+fn crm_record_named(text: Option<&str>, kind: CrmKind) -> Option<CrmRecordId> {
+    let text = text?.trim();
+    if let Ok(id) = CrmRecordId::try_from(text) {
+        return (id.kind() == kind).then_some(id);
+    }
+    match kind {
+        CrmKind::Dataverse => DataverseId::try_from(text).ok().map(CrmRecordId::from),
+        CrmKind::Salesforce => SalesforceId::try_from(text)
+            .ok()
+            .filter(|id| id.key_prefix() == SALESFORCE_OPPORTUNITY_PREFIX)
+            .map(CrmRecordId::from),
+    }
+}
+
+/// `related-referral-created` / `-updated`: another organization's referral of one of our
+/// engagements changed (Microsoft accepted, declined or closed its side of a co-sell deal).
+///
+/// Which referral the event names is UNKNOWN (reference §1.8), so both readings work: the
+/// named referral is read, the engagement's referrals listed (`engagementId eq …`), and the
+/// partner's own one is the first of them that is linked to a CRM record (and, when a partner
+/// organization is configured, belongs to it). Microsoft's side is the most recently updated
+/// other organization's referral, preferring one owned by Microsoft (`organizationId` `msft` or
+/// an organization name containing "Microsoft").
+///
+/// Written to the partner's CRM opportunity: the Audit field with Microsoft's status, and the
+/// "Microsoft CRM Identifier" when one is found. Partner Center documents no member for
+/// Microsoft's CRM id, so it is read robustly: a member named `microsoftCrmId`,
+/// `microsoftCrmIdentifier`, `msxId` or `msxOpportunityId` (any case) on Microsoft's referral,
+/// else its `externalReferenceId` when Microsoft owns it (the slot a referral's owner keeps its
+/// own CRM id in). Another partner's `externalReferenceId` is never taken for Microsoft's.
+async fn sync_related<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    referral_id: ReferralId,
+) -> Result<Outcome, Failure>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let named = deps
+        .partner_center
+        .get_referral(&referral_id)
+        .await
+        .map_err(Failure::port(None))?;
+    let Ok(engagement) = named.engagement_id() else {
+        return Ok(Outcome::Ignored {
+            reason: "the related referral carries no engagementId".to_owned(),
+        });
+    };
+    let mut referrals = list_engagement(deps.partner_center, engagement).await?;
+    referrals.retain(|r| r.referral_id().ok() != Some(referral_id));
+    referrals.insert(0, named);
+
+    let mut own = None;
+    for referral in &referrals {
+        if deps.settings.is_partners(referral) == Some(false) {
+            continue;
+        }
+        let Ok(id) = referral.referral_id() else {
+            continue;
+        };
+        if let Some(link) = deps
+            .links
+            .get_by_referral(&id)
+            .await
+            .map_err(Failure::port(None))?
+        {
+            own = Some((id, link));
+            break;
+        }
+    }
+    let Some((own_id, link)) = own else {
+        return Ok(Outcome::Ignored {
+            reason: "no referral of the engagement is linked to a CRM opportunity".to_owned(),
+        });
+    };
+    journal.set_referral(own_id);
+
+    let microsoft = referrals
+        .iter()
+        .filter(|r| r.referral_id().ok() != Some(own_id))
+        .filter(|r| deps.settings.is_partners(r) != Some(true))
+        .max_by_key(|r| {
+            (
+                is_microsofts(r),
+                r.updated_date_time.as_ref().and_then(WireDateTime::instant),
+            )
+        });
+    let Some(microsoft) = microsoft else {
+        return Ok(Outcome::Ignored {
+            reason: "the engagement has no other organization's referral".to_owned(),
+        });
+    };
+
+    let microsoft_crm_id = microsoft_crm_id(microsoft);
+    let state = microsoft
+        .state()
+        .map_or_else(|| "without a status".to_owned(), |state| state.to_string());
+    let whose = if is_microsofts(microsoft) {
+        "Microsoft's"
+    } else {
+        "The other organization's"
+    };
+    let at = journal.now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let mut text = format!("{at} {whose} referral is {state}");
+    if let Some(id) = &microsoft_crm_id {
+        text.push_str(&format!("; Microsoft CRM identifier {id}"));
+    }
+
+    let crm = link.crm;
+    match microsoft_crm_id {
+        Some(microsoft_crm_id) => {
+            // The update scope writes only what is set: the identifier and the audit text.
+            let opportunity = Opportunity {
+                referral_id: Some(own_id),
+                microsoft_crm_id: Some(microsoft_crm_id),
+                ..Opportunity::default()
+            };
+            let write = OpportunityWrite {
+                referral_id: &own_id,
+                record: Some(&crm),
+                opportunity: &opportunity,
+                account: None,
+                contact: None,
+                audit: Some(&text),
+                scope: BodyScope::Update,
+            };
+            deps.crm
+                .upsert_opportunity(&write)
+                .await
+                .map_err(Failure::port(Some(&crm)))?;
+        }
+        None => deps
+            .crm
+            .write_audit(&crm, &text)
+            .await
+            .map_err(Failure::port(Some(&crm)))?,
+    }
+    journal.record(AuditEvent::Updated, Some(&crm)).await;
+    Ok(Outcome::Updated { crm })
+}
+
+/// Every referral of an engagement (following `@odata.nextLink`, at most
+/// [`MAX_ENGAGEMENT_PAGES`] pages).
+async fn list_engagement<P: PartnerCenter>(
+    pc: &P,
+    engagement: EngagementId,
+) -> Result<Vec<Referral>, Failure> {
+    let mut query = ReferralQuery {
+        engagement_id: Some(engagement),
+        ..ReferralQuery::default()
+    };
+    let mut referrals = Vec::new();
+    for _ in 0..MAX_ENGAGEMENT_PAGES {
+        let page = pc
+            .list_referrals(&query)
+            .await
+            .map_err(Failure::port(None))?;
+        referrals.extend(page.value);
+        match page.next_link {
+            Some(next_link) => {
+                query = ReferralQuery {
+                    next_link: Some(next_link),
+                    ..ReferralQuery::default()
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(referrals)
+}
+
+fn is_microsofts(referral: &Referral) -> bool {
+    referral
+        .organization_id
+        .as_deref()
+        .is_some_and(|org| org.trim().eq_ignore_ascii_case("msft"))
+        || referral
+            .organization_name
+            .as_deref()
+            .is_some_and(|name| name.to_lowercase().contains("microsoft"))
+}
+
+/// Microsoft's CRM id on Microsoft's referral (see [`sync_related`]).
+fn microsoft_crm_id(referral: &Referral) -> Option<String> {
+    let non_empty = |text: &str| {
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    };
+    referral
+        .extra
+        .iter()
+        .filter(|(key, _)| {
+            MICROSOFT_CRM_ID_MEMBERS
+                .iter()
+                .any(|member| key.eq_ignore_ascii_case(member))
+        })
+        .find_map(|(_, value)| value.as_str().and_then(non_empty))
+        .or_else(|| {
+            is_microsofts(referral)
+                .then_some(referral.external_reference_id.as_deref())
+                .flatten()
+                .and_then(non_empty)
+        })
+}
