@@ -107,10 +107,12 @@ pub fn spawn(state: &AppState, delivery: Delivery) -> u64 {
         (id, world.disabled_webhooks.contains(&delivery.service))
     };
     if disabled {
+        // Read the clock first: `state.now()` locks the world, which must not already be held.
+        let at = state.now();
         state.world().deliveries.record(
             id,
             Attempt {
-                at: state.now(),
+                at,
                 status: None,
                 error: Some("webhook delivery switched off".into()),
                 accepted: false,

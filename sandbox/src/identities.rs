@@ -40,6 +40,9 @@ pub const SALESFORCE_CONSUMER_KEY: &str = "3MVG9sandboxConsumerKey.cosellsync";
 /// Username of the integration user the connector signs in as (JWT `sub`).
 pub const SALESFORCE_INTEGRATION_USERNAME: &str = "integration@partner.sandbox";
 /// User id of that integration user (`LastModifiedById` of the connector's writes).
-pub const SALESFORCE_INTEGRATION_USER_ID: &str = "0055g00000Integ1AAA";
+/// 18 characters: 15-character id + case-checksum suffix.
+pub const SALESFORCE_INTEGRATION_USER_ID: &str = "0055g0000Integ1AQA";
+/// Username of a human seller (also allowed to sign in with the JWT bearer flow).
+pub const SALESFORCE_SELLER_USERNAME: &str = "seller@partner.sandbox";
 /// User id of a human seller (the default writer of seeded records).
-pub const SALESFORCE_SELLER_USER_ID: &str = "0055g00000Seller1AA";
+pub const SALESFORCE_SELLER_USER_ID: &str = "0055g000Seller1AIA";

@@ -47,7 +47,15 @@ impl TestSandbox {
         if let Some(service) = service {
             url = format!("{url}?service={service}");
         }
-        let body: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let body: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         body["requests"].as_array().cloned().unwrap_or_default()
     }
 
@@ -120,10 +128,10 @@ impl Listener {
             default_status,
             body,
         };
-        let app = Router::new()
-            .fallback(post(receive))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let app = Router::new().fallback(post(receive)).with_state(state);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
@@ -156,6 +164,11 @@ async fn receive(
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     let _ = state.tx.send(Received { uri, headers, body });
-    let status = state.script.lock().unwrap().pop().unwrap_or(state.default_status);
+    let status = state
+        .script
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap_or(state.default_status);
     (StatusCode::from_u16(status).unwrap(), state.body)
 }
