@@ -1,0 +1,927 @@
+//! Partner Center webhook authentication (reference `partner-center.md` §4.3), verify before
+//! parse, as a typestate:
+//!
+//! ```text
+//! UnverifiedWebhook { headers, body: Bytes }  ──verify(&WebhookVerifier).await──▶  VerifiedWebhook
+//!                                                                                   └─ event() / body(): the only way to read the body
+//! ```
+//!
+//! [`UnverifiedWebhook`] offers no access to its body; only a [`VerifiedWebhook`] does, and only
+//! [`UnverifiedWebhook::verify`] makes one. The checks, in order:
+//!
+//! 1. The headers are present: the signature (`Authorization: Signature <base64>`, or
+//!    `x-ms-signature` with the same value — split on the first space; a bare base64 value is
+//!    tolerated there — when the registration set `SignatureTokenToMsSignatureHeader`; when
+//!    both are present `x-ms-signature` is used), `X-MS-Certificate-Url` and
+//!    `X-MS-Signature-Algorithm`. Missing → [`BadRequest`] (400).
+//! 2. The algorithm is `rsa-sha256` (any case); the signature decodes as base64.
+//! 3. The certificate URL passes the policy **before anything is downloaded**: `https` only,
+//!    port 443, host on the allow-list (default [`DEFAULT_CERTIFICATE_HOST`], the documented
+//!    Microsoft storage host), no user info. Plain `http` and other hosts only for hosts
+//!    explicitly configured with `WebhookVerifier::with_insecure_hosts`, which exists only
+//!    with the cargo feature `sandbox` (tests and the local demo against the sandbox's
+//!    `127.0.0.1:<port>`). **A production build must never enable that feature**; without it
+//!    the only relaxation is naming other https hosts in
+//!    [`WebhookVerifierConfig::allowed_hosts`] (should Microsoft move the certificate), and
+//!    nothing anywhere can switch verification off: chain, organisation and signature are
+//!    always checked.
+//! 4. The certificate is downloaded without following redirects, with a timeout and a size cap
+//!    ([`DEFAULT_MAX_CERTIFICATE_BYTES`]); DER or PEM. It is cached per URL for the life of the
+//!    instance (the chain is still checked on every use, so expiry is noticed). A network
+//!    failure, a timeout or a 5xx / 429 of the download → [`Unavailable`] (503, so Partner
+//!    Center delivers the event again); any other answer (404, 3xx, oversize) → 401.
+//! 5. The chain is verified with rustls-webpki against the configured trust anchors and
+//!    intermediates at the current time. Extended key usage: the real leaf's EKU is UNKNOWN,
+//!    so a leaf (and intermediates) without EKU, or with serverAuth, clientAuth or
+//!    anyExtendedKeyUsage, is accepted; any other EKU set (e.g. code signing only) is not.
+//!    Revocation is **not** checked (no CRL/OCSP fetch from a Lambda).
+//! 6. The certificate's subject has `O=Microsoft Corporation`.
+//! 7. The signature is RSASSA-PKCS1-v1_5 with SHA-256 over the raw body bytes, by the
+//!    certificate's key (2048–8192-bit RSA).
+//!
+//! Everything wrong in steps 2–7 → [`Unauthorized`] (401).
+//!
+//! # Trust anchors
+//!
+//! Microsoft does not document the signing certificate's chain, and it cannot be fetched
+//! here, so anchors and intermediates are **required configuration** (PEM bundles, never
+//! built in). Configure the Microsoft roots that Microsoft's TLS and signing certificates
+//! chain to — "Microsoft RSA Root Certificate Authority 2017" and "DigiCert Global Root G2"
+//! (the root of the current "Microsoft Azure RSA TLS Issuing CA 03/04/07/08" intermediates) —
+//! plus those intermediates (also obtainable from the downloaded `.cer`'s Authority
+//! Information Access URL, e.g. with `openssl x509 -in pcnotifications-dispatch.microsoft.com.cer
+//! -inform der -text`). Re-check the real certificate's issuer with the CLI's `doctor` before
+//! a rollout; an event whose chain is not covered fails with 401 and Partner Center retries it
+//! (10 attempts).
+//!
+//! [`BadRequest`]: WebhookAuthErrorKind::BadRequest
+//! [`Unauthorized`]: WebhookAuthErrorKind::Unauthorized
+//! [`Unavailable`]: WebhookAuthErrorKind::Unavailable
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{Bytes, BytesMut};
+use cosell_domain::webhook::WebhookEvent;
+use reqwest::header::HeaderMap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use url::Url;
+use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter};
+
+use super::response::{HttpAdapterError, error_chain};
+
+/// The documented host of Partner Center's signing certificate
+/// (`https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer`).
+pub const DEFAULT_CERTIFICATE_HOST: &str = "3psostorageacct.blob.core.windows.net";
+/// The largest certificate downloaded (a real one is about 2 KiB).
+pub const DEFAULT_MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
+/// The longest a certificate download may take.
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The organisation the signing certificate's subject must name.
+pub const REQUIRED_ORGANIZATION: &str = "Microsoft Corporation";
+/// The only accepted `X-MS-Signature-Algorithm`.
+pub const SIGNATURE_ALGORITHM: &str = "rsa-sha256";
+/// `X-MS-Certificate-Url`.
+pub const CERTIFICATE_URL_HEADER: &str = "x-ms-certificate-url";
+/// `X-MS-Signature-Algorithm`.
+pub const SIGNATURE_ALGORITHM_HEADER: &str = "x-ms-signature-algorithm";
+/// `x-ms-signature` (used instead of `Authorization` with `SignatureTokenToMsSignatureHeader`).
+pub const MS_SIGNATURE_HEADER: &str = "x-ms-signature";
+/// Certificates kept per instance (distinct URLs; more are verified but not cached).
+const MAX_CACHED_CERTIFICATES: usize = 16;
+
+/// EKU OIDs (DER contents): serverAuth 1.3.6.1.5.5.7.3.1, clientAuth 1.3.6.1.5.5.7.3.2,
+/// anyExtendedKeyUsage 2.5.29.37.0.
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+const EKU_ANY: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// How the webhook function must answer a failed verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookAuthErrorKind {
+    /// A required header is missing: 400.
+    BadRequest,
+    /// Anything else wrong with the signature or certificate: 401.
+    Unauthorized,
+    /// The certificate could not be downloaded (network, timeout, 5xx): 503, so Partner
+    /// Center delivers the event again.
+    Unavailable,
+}
+
+impl WebhookAuthErrorKind {
+    /// The HTTP status to answer with.
+    pub fn status_code(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// Why a webhook was not accepted. The reason is for the log; answer the sender with
+/// [`status_code`](Self::status_code) and a generic body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Partner Center webhook not authenticated ({}): {reason}", kind.status_code())]
+pub struct WebhookAuthError {
+    kind: WebhookAuthErrorKind,
+    reason: String,
+}
+
+impl WebhookAuthError {
+    fn bad_request(reason: impl Into<String>) -> Self {
+        Self {
+            kind: WebhookAuthErrorKind::BadRequest,
+            reason: reason.into(),
+        }
+    }
+
+    fn unauthorized(reason: impl Into<String>) -> Self {
+        Self {
+            kind: WebhookAuthErrorKind::Unauthorized,
+            reason: reason.into(),
+        }
+    }
+
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            kind: WebhookAuthErrorKind::Unavailable,
+            reason: reason.into(),
+        }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> WebhookAuthErrorKind {
+        self.kind
+    }
+
+    /// The HTTP status to answer with (400, 401 or 503).
+    pub fn status_code(&self) -> u16 {
+        self.kind.status_code()
+    }
+
+    /// What was wrong (for the log).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and the verifier
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of a [`WebhookVerifier`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookVerifierConfig {
+    /// PEM bundle of the trust anchors (at least one certificate; see the
+    /// [module docs](self#trust-anchors) for which Microsoft roots).
+    pub trust_anchors_pem: String,
+    /// PEM bundle of the intermediate CA certificates (may be empty when the anchors issue the
+    /// leaf directly).
+    pub intermediates_pem: String,
+    /// The https hosts a certificate URL may name (exact, case-insensitive, port 443).
+    /// Default: [`DEFAULT_CERTIFICATE_HOST`].
+    pub allowed_hosts: Vec<String>,
+    /// Certificate download timeout.
+    pub download_timeout: Duration,
+    /// Certificate size cap in bytes.
+    pub max_certificate_bytes: usize,
+}
+
+impl WebhookVerifierConfig {
+    /// The defaults with the given PEM bundles.
+    pub fn new(trust_anchors_pem: impl Into<String>, intermediates_pem: impl Into<String>) -> Self {
+        Self {
+            trust_anchors_pem: trust_anchors_pem.into(),
+            intermediates_pem: intermediates_pem.into(),
+            allowed_hosts: vec![DEFAULT_CERTIFICATE_HOST.to_owned()],
+            download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
+            max_certificate_bytes: DEFAULT_MAX_CERTIFICATE_BYTES,
+        }
+    }
+}
+
+/// The certificate URL policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UrlPolicy {
+    /// https hosts, lowercase, port 443.
+    https_hosts: Vec<String>,
+    /// `(host, port)` pairs allowed over http or https (sandbox feature only).
+    insecure: Vec<(String, u16)>,
+}
+
+impl UrlPolicy {
+    fn check(&self, raw: &str) -> Result<Url, WebhookAuthError> {
+        let url = Url::parse(raw.trim()).map_err(|error| {
+            WebhookAuthError::unauthorized(format!(
+                "the certificate URL '{raw}' is not a URL: {error}"
+            ))
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(WebhookAuthError::unauthorized(
+                "the certificate URL carries user info",
+            ));
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = url.port_or_known_default();
+        let insecure = port.is_some_and(|port| {
+            self.insecure
+                .iter()
+                .any(|(allowed, allowed_port)| *allowed == host && *allowed_port == port)
+        });
+        let allowed = match url.scheme() {
+            "https" => insecure || (port == Some(443) && self.https_hosts.contains(&host)),
+            "http" => insecure,
+            _ => false,
+        };
+        if !allowed {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate URL '{raw}' is not on an allowed host (https only: {})",
+                self.https_hosts.join(", ")
+            )));
+        }
+        Ok(url)
+    }
+}
+
+/// Verifies Partner Center webhooks. Build once per cold start and share (cheap to clone);
+/// it holds the trust anchors, the download client and the certificate cache.
+#[derive(Clone)]
+pub struct WebhookVerifier {
+    inner: Arc<VerifierInner>,
+}
+
+struct VerifierInner {
+    http: reqwest::Client,
+    anchors: Vec<TrustAnchor<'static>>,
+    intermediates: Vec<CertificateDer<'static>>,
+    policy: UrlPolicy,
+    max_certificate_bytes: usize,
+    cache: Mutex<HashMap<String, Arc<CertificateDer<'static>>>>,
+}
+
+impl fmt::Debug for WebhookVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookVerifier")
+            .field("trust_anchors", &self.inner.anchors.len())
+            .field("intermediates", &self.inner.intermediates.len())
+            .field("policy", &self.inner.policy)
+            .field("max_certificate_bytes", &self.inner.max_certificate_bytes)
+            .finish()
+    }
+}
+
+fn certificates(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, HttpAdapterError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| HttpAdapterError::Config(format!("the {what} PEM bundle: {error}")))
+}
+
+impl WebhookVerifier {
+    /// A verifier with the production URL policy (https, allow-listed hosts only).
+    pub fn new(config: WebhookVerifierConfig) -> Result<Self, HttpAdapterError> {
+        Self::build(config, Vec::new())
+    }
+
+    /// A verifier that also accepts certificate URLs on `hosts` (`host:port`, e.g. the
+    /// sandbox's `127.0.0.1:41234`) over plain http. **Tests and the local demo only**: this
+    /// exists only with the cargo feature `sandbox`, which a production build never enables.
+    #[cfg(feature = "sandbox")]
+    pub fn with_insecure_hosts<I, S>(
+        config: WebhookVerifierConfig,
+        hosts: I,
+    ) -> Result<Self, HttpAdapterError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut insecure = Vec::new();
+        for entry in hosts {
+            let entry = entry.as_ref().trim();
+            let url = Url::parse(&format!("http://{entry}")).map_err(|error| {
+                HttpAdapterError::Config(format!("insecure host '{entry}': {error}"))
+            })?;
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+                return Err(HttpAdapterError::Config(format!(
+                    "insecure host '{entry}' must be host:port"
+                )));
+            };
+            insecure.push((host.to_ascii_lowercase(), port));
+        }
+        tracing::warn!(
+            hosts = ?insecure,
+            "webhook certificate URLs are accepted over plain http for these hosts (sandbox build)"
+        );
+        Self::build(config, insecure)
+    }
+
+    fn build(
+        config: WebhookVerifierConfig,
+        insecure: Vec<(String, u16)>,
+    ) -> Result<Self, HttpAdapterError> {
+        let anchor_certs = certificates("trust anchor", &config.trust_anchors_pem)?;
+        if anchor_certs.is_empty() {
+            return Err(HttpAdapterError::Config(
+                "no trust anchor configured: the webhook verifier needs the PEM of the Microsoft \
+                 root certificates the signing certificate chains to"
+                    .into(),
+            ));
+        }
+        let anchors = anchor_certs
+            .iter()
+            .map(|der| {
+                webpki::anchor_from_trusted_cert(der)
+                    .map(|anchor| anchor.to_owned())
+                    .map_err(|error| {
+                        HttpAdapterError::Config(format!("a trust anchor is not usable: {error}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let intermediates = certificates("intermediate", &config.intermediates_pem)?;
+        let https_hosts: Vec<String> = config
+            .allowed_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .filter(|host| !host.is_empty())
+            .collect();
+        if let Some(bad) = https_hosts
+            .iter()
+            .find(|host| host.contains(['/', ':', '@', '?', '#']))
+        {
+            return Err(HttpAdapterError::Config(format!(
+                "allowed certificate host '{bad}' must be a bare host name"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.download_timeout)
+            .connect_timeout(config.download_timeout)
+            .https_only(insecure.is_empty())
+            .build()
+            .map_err(|error| {
+                HttpAdapterError::Config(format!(
+                    "the certificate download client could not be built: {}",
+                    error_chain(&error)
+                ))
+            })?;
+        Ok(Self {
+            inner: Arc::new(VerifierInner {
+                http,
+                anchors,
+                intermediates,
+                policy: UrlPolicy {
+                    https_hosts,
+                    insecure,
+                },
+                max_certificate_bytes: config.max_certificate_bytes,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// How many certificates are cached.
+    pub fn cached_certificates(&self) -> usize {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The certificate at `url` (already policy-checked): cached, or downloaded.
+    async fn certificate(
+        &self,
+        url: &Url,
+    ) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
+        let key = url.as_str().to_owned();
+        if let Some(cached) = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Arc::clone(cached));
+        }
+        let der = Arc::new(self.download(url).await?);
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < MAX_CACHED_CERTIFICATES {
+            cache.insert(key, Arc::clone(&der));
+        }
+        Ok(der)
+    }
+
+    async fn download(&self, url: &Url) -> Result<CertificateDer<'static>, WebhookAuthError> {
+        let limit = self.inner.max_certificate_bytes;
+        tracing::debug!(certificate_url = %url, "downloading the webhook signing certificate");
+        let mut response = self
+            .inner
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|error| {
+                WebhookAuthError::unavailable(format!(
+                    "the certificate at {url} could not be downloaded: {}",
+                    error_chain(&error)
+                ))
+            })?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            return Err(WebhookAuthError::unavailable(format!(
+                "the certificate download from {url} answered HTTP {status}"
+            )));
+        }
+        if status.is_redirection() {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate URL {url} redirects (HTTP {status}); redirects are not followed"
+            )));
+        }
+        if !status.is_success() {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate download from {url} answered HTTP {status}"
+            )));
+        }
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate at {url} is larger than {limit} bytes"
+            )));
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(WebhookAuthError::unauthorized(format!(
+                            "the certificate at {url} is larger than {limit} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(WebhookAuthError::unavailable(format!(
+                        "the certificate download from {url} broke off: {}",
+                        error_chain(&error)
+                    )));
+                }
+            }
+        }
+        let body = body.freeze();
+        if body.starts_with(b"-----BEGIN") {
+            CertificateDer::from_pem_slice(&body).map_err(|error| {
+                WebhookAuthError::unauthorized(format!(
+                    "the certificate at {url} is not a PEM certificate: {error}"
+                ))
+            })
+        } else {
+            Ok(CertificateDer::from(body.to_vec()))
+        }
+    }
+
+    /// Steps 5–7: chain, organisation, signature.
+    fn check(
+        &self,
+        der: &CertificateDer<'_>,
+        body: &[u8],
+        signature: &[u8],
+    ) -> Result<(), WebhookAuthError> {
+        let certificate = EndEntityCert::try_from(der).map_err(|error| {
+            WebhookAuthError::unauthorized(format!("the certificate is not valid X.509: {error}"))
+        })?;
+        certificate
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &self.inner.anchors,
+                &self.inner.intermediates,
+                UnixTime::now(),
+                SigningEku,
+                None,
+                None,
+            )
+            .map_err(|error| {
+                WebhookAuthError::unauthorized(format!(
+                    "the certificate does not chain to a configured trust anchor: {error}"
+                ))
+            })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|error| {
+            WebhookAuthError::unauthorized(format!("the certificate could not be read: {error}"))
+        })?;
+        let organizations: Vec<&str> = parsed
+            .subject()
+            .iter_organization()
+            .filter_map(|attribute| attribute.as_str().ok())
+            .collect();
+        if !organizations.contains(&REQUIRED_ORGANIZATION) {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate's subject organisation is {organizations:?}, not \
+                 {REQUIRED_ORGANIZATION}"
+            )));
+        }
+        certificate
+            .verify_signature(
+                webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+                body,
+                signature,
+            )
+            .map_err(|error| {
+                WebhookAuthError::unauthorized(format!(
+                    "the signature does not match the body: {error}"
+                ))
+            })
+    }
+}
+
+/// EKU rule for the signing certificate (and its intermediates): none, or one of serverAuth,
+/// clientAuth, anyExtendedKeyUsage.
+#[derive(Debug, Clone, Copy)]
+struct SigningEku;
+
+impl ExtendedKeyUsageValidator for SigningEku {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        let accepted = [
+            KeyPurposeId::new(EKU_SERVER_AUTH),
+            KeyPurposeId::new(EKU_CLIENT_AUTH),
+            KeyPurposeId::new(EKU_ANY),
+        ];
+        let mut present = Vec::new();
+        for id in iter {
+            let id = id?;
+            if accepted.contains(&id) {
+                return Ok(());
+            }
+            present.push(id.to_decoded_oid());
+        }
+        if present.is_empty() {
+            return Ok(());
+        }
+        Err(webpki::Error::RequiredEkuNotFoundContext(
+            webpki::RequiredEkuNotFoundContext {
+                required: webpki::KeyUsage::server_auth(),
+                present,
+            },
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The typestate
+// ---------------------------------------------------------------------------------------------
+
+/// A received webhook whose body must not be read yet. Build it from the request's headers
+/// and raw body, then [`verify`](Self::verify) it.
+pub struct UnverifiedWebhook {
+    authorization: Option<String>,
+    ms_signature: Option<String>,
+    certificate_url: Option<String>,
+    algorithm: Option<String>,
+    body: Bytes,
+}
+
+impl fmt::Debug for UnverifiedWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnverifiedWebhook")
+            .field("certificate_url", &self.certificate_url)
+            .field("algorithm", &self.algorithm)
+            .field("has_authorization", &self.authorization.is_some())
+            .field("has_ms_signature", &self.ms_signature.is_some())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+fn present(value: Option<String>) -> Option<String> {
+    value.filter(|value| !value.trim().is_empty())
+}
+
+impl UnverifiedWebhook {
+    /// From an HTTP request's headers (`http::HeaderMap`, as `lambda_http` and axum hand them
+    /// over) and its raw body bytes (never a re-serialisation).
+    pub fn from_headers(headers: &HeaderMap, body: impl Into<Bytes>) -> Self {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        };
+        Self {
+            authorization: present(header("authorization")),
+            ms_signature: present(header(MS_SIGNATURE_HEADER)),
+            certificate_url: present(header(CERTIFICATE_URL_HEADER)),
+            algorithm: present(header(SIGNATURE_ALGORITHM_HEADER)),
+            body: body.into(),
+        }
+    }
+
+    /// From `(name, value)` pairs (names case-insensitive; the first of repeated headers wins).
+    pub fn from_pairs<'a, I>(headers: I, body: impl Into<Bytes>) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut map: HashMap<String, String> = HashMap::new();
+        for (name, value) in headers {
+            map.entry(name.trim().to_ascii_lowercase())
+                .or_insert_with(|| value.to_owned());
+        }
+        let mut take = |name: &str| present(map.remove(name));
+        Self {
+            authorization: take("authorization"),
+            ms_signature: take(MS_SIGNATURE_HEADER),
+            certificate_url: take(CERTIFICATE_URL_HEADER),
+            algorithm: take(SIGNATURE_ALGORITHM_HEADER),
+            body: body.into(),
+        }
+    }
+
+    /// The body's length (for logs; the body itself is only readable once verified).
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// `X-MS-Certificate-Url`, for logs.
+    pub fn certificate_url(&self) -> Option<&str> {
+        self.certificate_url.as_deref()
+    }
+
+    /// Steps 1–2 (no I/O): the decoded signature, the certificate URL and nothing wrong with
+    /// the algorithm.
+    fn headers(&self) -> Result<(Vec<u8>, &str), WebhookAuthError> {
+        let mut missing = Vec::new();
+        if self.ms_signature.is_none() && self.authorization.is_none() {
+            missing.push("Authorization (or x-ms-signature)");
+        }
+        if self.certificate_url.is_none() {
+            missing.push("X-MS-Certificate-Url");
+        }
+        if self.algorithm.is_none() {
+            missing.push("X-MS-Signature-Algorithm");
+        }
+        if !missing.is_empty() {
+            return Err(WebhookAuthError::bad_request(format!(
+                "missing header(s): {}",
+                missing.join(", ")
+            )));
+        }
+        let algorithm = self.algorithm.as_deref().unwrap_or_default().trim();
+        if !algorithm.eq_ignore_ascii_case(SIGNATURE_ALGORITHM) {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "unsupported signature algorithm '{algorithm}' (only {SIGNATURE_ALGORITHM})"
+            )));
+        }
+        let signature = match (&self.ms_signature, &self.authorization) {
+            (Some(value), _) => signature_value(MS_SIGNATURE_HEADER, value, true)?,
+            (None, Some(value)) => signature_value("Authorization", value, false)?,
+            (None, None) => {
+                return Err(WebhookAuthError::bad_request(
+                    "missing header(s): Authorization (or x-ms-signature)",
+                ));
+            }
+        };
+        let url = self.certificate_url.as_deref().unwrap_or_default();
+        Ok((signature, url))
+    }
+
+    /// Verifies the webhook (see the [module docs](self) for the steps). Only a success gives
+    /// access to the body.
+    pub async fn verify(
+        self,
+        verifier: &WebhookVerifier,
+    ) -> Result<VerifiedWebhook, WebhookAuthError> {
+        let (signature, raw_url) = self.headers()?;
+        let url = verifier.inner.policy.check(raw_url)?;
+        let certificate = verifier.certificate(&url).await?;
+        verifier.check(&certificate, &self.body, &signature)?;
+        Ok(VerifiedWebhook {
+            body: self.body,
+            certificate_url: url.to_string(),
+        })
+    }
+}
+
+/// `Signature <base64>` (scheme case-insensitive); for `x-ms-signature` a bare base64 value
+/// is accepted too.
+fn signature_value(
+    header: &str,
+    value: &str,
+    bare_allowed: bool,
+) -> Result<Vec<u8>, WebhookAuthError> {
+    let value = value.trim();
+    let encoded = match value.split_once(char::is_whitespace) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("Signature") => rest.trim(),
+        Some((scheme, _)) => {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the {header} header has the scheme '{scheme}', not 'Signature'"
+            )));
+        }
+        None if bare_allowed => value,
+        None => {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the {header} header is not 'Signature <base64>'"
+            )));
+        }
+    };
+    let signature = STANDARD.decode(encoded).map_err(|error| {
+        WebhookAuthError::unauthorized(format!("the {header} signature is not base64: {error}"))
+    })?;
+    if signature.is_empty() {
+        return Err(WebhookAuthError::unauthorized(format!(
+            "the {header} signature is empty"
+        )));
+    }
+    Ok(signature)
+}
+
+/// A webhook whose signature was verified: its body may be parsed.
+#[derive(Debug, Clone)]
+pub struct VerifiedWebhook {
+    body: Bytes,
+    certificate_url: String,
+}
+
+impl VerifiedWebhook {
+    /// The verified raw body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The verified raw body, owned.
+    pub fn into_body(self) -> Bytes {
+        self.body
+    }
+
+    /// The URL of the certificate that signed it.
+    pub fn certificate_url(&self) -> &str {
+        &self.certificate_url
+    }
+
+    /// The body as a [`WebhookEvent`].
+    pub fn event(&self) -> Result<WebhookEvent, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(insecure: &[(&str, u16)]) -> UrlPolicy {
+        UrlPolicy {
+            https_hosts: vec![DEFAULT_CERTIFICATE_HOST.to_owned()],
+            insecure: insecure
+                .iter()
+                .map(|(host, port)| ((*host).to_owned(), *port))
+                .collect(),
+        }
+    }
+
+    fn webhook(pairs: &[(&str, &str)]) -> UnverifiedWebhook {
+        UnverifiedWebhook::from_pairs(pairs.iter().copied(), Bytes::from_static(b"{}"))
+    }
+
+    const URL: &str = "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer";
+
+    #[test]
+    fn the_documented_certificate_url_is_allowed_and_others_are_not() {
+        let policy = policy(&[]);
+        assert!(policy.check(URL).is_ok());
+        assert!(
+            policy
+                .check("https://3PSOSTORAGEACCT.blob.core.windows.net/cert/x.cer")
+                .is_ok()
+        );
+        for bad in [
+            "http://3psostorageacct.blob.core.windows.net/cert/x.cer",
+            "https://3psostorageacct.blob.core.windows.net:8443/cert/x.cer",
+            "https://evil.blob.core.windows.net/cert/x.cer",
+            "https://3psostorageacct.blob.core.windows.net.evil.example/cert/x.cer",
+            "https://user@3psostorageacct.blob.core.windows.net/cert/x.cer",
+            "ftp://3psostorageacct.blob.core.windows.net/cert/x.cer",
+            "http://127.0.0.1:8080/cert/x.cer",
+            "/cert/x.cer",
+        ] {
+            let err = policy.check(bad).unwrap_err();
+            assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized, "{bad}");
+        }
+    }
+
+    #[test]
+    fn insecure_hosts_allow_exactly_their_host_and_port() {
+        let policy = policy(&[("127.0.0.1", 8080)]);
+        assert!(policy.check("http://127.0.0.1:8080/cert/x.cer").is_ok());
+        assert!(policy.check("http://127.0.0.1:8081/cert/x.cer").is_err());
+        assert!(policy.check("http://localhost:8080/cert/x.cer").is_err());
+    }
+
+    #[test]
+    fn missing_headers_are_bad_requests() {
+        for pairs in [
+            vec![],
+            vec![
+                ("X-MS-Certificate-Url", URL),
+                ("X-MS-Signature-Algorithm", "rsa-sha256"),
+            ],
+            vec![
+                ("Authorization", "Signature AAAA"),
+                ("X-MS-Signature-Algorithm", "rsa-sha256"),
+            ],
+            vec![
+                ("Authorization", "Signature AAAA"),
+                ("X-MS-Certificate-Url", URL),
+            ],
+            vec![
+                ("Authorization", "  "),
+                ("X-MS-Certificate-Url", URL),
+                ("X-MS-Signature-Algorithm", "rsa-sha256"),
+            ],
+        ] {
+            let err = webhook(&pairs).headers().unwrap_err();
+            assert_eq!(err.kind(), WebhookAuthErrorKind::BadRequest, "{pairs:?}");
+            assert_eq!(err.status_code(), 400);
+        }
+    }
+
+    #[test]
+    fn signatures_are_read_from_either_header_in_either_form() {
+        let base = [
+            ("X-MS-Certificate-Url", URL),
+            ("X-MS-Signature-Algorithm", "RSA-SHA256"),
+        ];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut pairs = base.to_vec();
+            pairs.push(extra);
+            webhook(&pairs).headers().map(|(signature, _)| signature)
+        };
+        assert_eq!(
+            with(("Authorization", "Signature AQID")).unwrap(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            with(("authorization", "signature  AQID ")).unwrap(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            with(("x-ms-signature", "Signature AQID")).unwrap(),
+            [1, 2, 3]
+        );
+        assert_eq!(with(("x-ms-signature", "AQID")).unwrap(), [1, 2, 3]);
+        for bad in [
+            ("Authorization", "Bearer AQID"),
+            ("Authorization", "AQID"),
+            ("Authorization", "Signature not*base64"),
+            ("x-ms-signature", "Bearer AQID"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_rsa_sha256_is_accepted() {
+        let err = webhook(&[
+            ("Authorization", "Signature AQID"),
+            ("X-MS-Certificate-Url", URL),
+            ("X-MS-Signature-Algorithm", "rsa-sha1"),
+        ])
+        .headers()
+        .unwrap_err();
+        assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
+    }
+
+    #[test]
+    fn the_unverified_body_is_not_shown_in_debug_output() {
+        let webhook = UnverifiedWebhook::from_pairs(
+            [("X-MS-Certificate-Url", URL)],
+            Bytes::from_static(b"{\"EventName\":\"referral-created\"}"),
+        );
+        let debug = format!("{webhook:?}");
+        assert!(!debug.contains("referral-created"), "{debug}");
+        assert!(debug.contains("body_len"), "{debug}");
+    }
+
+    #[test]
+    fn a_verifier_needs_a_trust_anchor() {
+        let err = WebhookVerifier::new(WebhookVerifierConfig::new("", "")).unwrap_err();
+        assert!(err.to_string().contains("no trust anchor"), "{err}");
+        let err = WebhookVerifier::new(WebhookVerifierConfig::new(
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+            "",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, HttpAdapterError::Config(_)), "{err:?}");
+    }
+}
