@@ -30,8 +30,11 @@
 //! service-specific 403s (Dataverse `PrivilegeDenied` names the `prv…` privilege; Salesforce
 //! `INSUFFICIENT_ACCESS*`; Salesforce `REQUEST_LIMIT_EXCEEDED` is transient with a long wait).
 
+pub mod crm;
+pub mod dataverse;
 pub mod partner_center;
 pub mod response;
+pub mod salesforce;
 pub mod tokens;
 pub mod webhook_signature;
 

@@ -1,0 +1,839 @@
+//! [`SalesforceStore`]: the domain's [`CrmStore`] port over the Salesforce REST API
+//! (`{instance_url}/services/data/v62.0/`, reference `crm.md` B3–B4).
+//!
+//! Every request goes through an [`AuthorizedClient`] with a [`SalesforceJwtBearer`] token:
+//! the base URL is the token's `instance_url` (so a refreshed session that names another
+//! instance is followed), one refresh on 401, every other failure classified by
+//! [`super::response`] (a 403 `REQUEST_LIMIT_EXCEEDED` is transient with a long wait). Field
+//! names come from [`MappingConfig::salesforce`]; bodies are built and records read only by
+//! the domain's mapping functions. The `Sforce-Limit-Info: api-usage=<used>/<max>` header of
+//! every successful answer is kept ([`SalesforceStore::api_usage`]) and logged when the org's
+//! daily allocation runs low.
+//!
+//! # Requests per operation
+//!
+//! | Operation | Requests |
+//! |---|---|
+//! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | 1 `GET sobjects/Opportunity/<External ID field>/<referral id>` (404 → `None`; several matches (300) → permanent). The Account and Contact are **not** read (use `get_opportunity`) |
+//! | [`get_opportunity`](CrmStore::get_opportunity) | 1 `GET sobjects/Opportunity/<id>`, then concurrently 1 `GET sobjects/Account/<AccountId>?fields=…` when set and 1 `GET sobjects/Contact/<ContactId>?fields=…` when the record carries a contact (API v46+ orgs): 1–3 |
+//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`: `sobjects/Opportunity/<External ID field>/<referral id>` (201 `created:true` / 200 `created:false`), or with a record id `sobjects/Opportunity/<id>` (204, never creates) |
+//! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 SOQL `GET query?q=SELECT Id FROM … WHERE … ORDER BY CreatedDate ASC LIMIT 1` |
+//! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST sobjects/<Object>` (201 `{id}`) |
+//! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH sobjects/Opportunity/<id>` of the audit field |
+//!
+//! The upsert key field is [`SalesforceOpportunityFields::referral_identifier`] (default
+//! `Referral_Identifier__c`; it must be an External ID field). It is left out of the body of an
+//! upsert by that key and written into the record on an update by id.
+//!
+//! Not written: the opportunity's contact. Salesforce links contacts to opportunities through
+//! `OpportunityContactRole` records, which the domain's body builder does not produce, so
+//! [`OpportunityWrite::contact`] is ignored here (the contact itself is still found or created).
+//!
+//! [`SalesforceOpportunityFields::referral_identifier`]: cosell_domain::mapping::SalesforceOpportunityFields::referral_identifier
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use cosell_domain::ids::{CrmKind, CrmRecordId, ReferralId, SalesforceId};
+use cosell_domain::mapping::{
+    MappingConfig, SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,
+    salesforce_contact_body, salesforce_opportunity_body,
+};
+use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
+use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Service, Upserted};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::AuthorizedClient;
+use super::response::{HttpAdapterError, RequestContext, read_json};
+use super::tokens::{AccessToken, SalesforceJwtBearer};
+
+/// The REST API version used.
+pub const DEFAULT_SALESFORCE_API_VERSION: &str = "v62.0";
+/// Above this share of the daily API allocation, each answer logs a warning.
+const USAGE_WARNING_RATIO: f64 = 0.9;
+/// The creation time of every record, to pick the oldest of several matches.
+const CREATED_DATE_FIELD: &str = "CreatedDate";
+
+/// Settings of a [`SalesforceStore`].
+#[derive(Debug, Clone)]
+pub struct SalesforceConfig {
+    /// The REST API version, [`DEFAULT_SALESFORCE_API_VERSION`] (`v62.0`; `62.0` is accepted).
+    /// Upserts need v46.0 or later to say whether they created the record.
+    pub api_version: String,
+    /// Object and field names, stage names, multi-currency.
+    pub mapping: MappingConfig,
+}
+
+impl SalesforceConfig {
+    /// Settings with the default API version.
+    pub fn new(mapping: MappingConfig) -> Self {
+        Self {
+            api_version: DEFAULT_SALESFORCE_API_VERSION.to_owned(),
+            mapping,
+        }
+    }
+}
+
+/// The org's API usage from the last `Sforce-Limit-Info: api-usage=<used>/<max>` header: calls
+/// made in the rolling 24 hours and the allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiUsage {
+    /// Requests used.
+    pub used: u64,
+    /// The daily allocation.
+    pub max: u64,
+}
+
+impl ApiUsage {
+    /// Reads `api-usage=18/5000` (other members such as `api-bursts=…` are ignored).
+    pub fn parse(header: &str) -> Option<Self> {
+        header.split([',', ';']).find_map(|part| {
+            let (name, value) = part.trim().split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("api-usage") {
+                return None;
+            }
+            let (used, max) = value.trim().split_once('/')?;
+            Some(Self {
+                used: used.trim().parse().ok()?,
+                max: max.trim().parse().ok()?,
+            })
+        })
+    }
+
+    /// `used / max` (0 when `max` is 0).
+    pub fn ratio(&self) -> f64 {
+        if self.max == 0 {
+            0.0
+        } else {
+            // Precision loss only beyond 2^53 requests.
+            self.used as f64 / self.max as f64
+        }
+    }
+}
+
+/// The [`CrmStore`] over the Salesforce REST API. Cheap to clone (clones share the token cache
+/// and the usage figure).
+#[derive(Debug, Clone)]
+pub struct SalesforceStore {
+    client: AuthorizedClient,
+    /// `v62.0`
+    version: String,
+    mapping: Arc<MappingConfig>,
+    usage: Arc<Mutex<Option<ApiUsage>>>,
+}
+
+/// A create answer `{"id","success","errors"}` / an upsert answer (`created` since v46).
+#[derive(Debug, Deserialize)]
+struct SaveResult {
+    id: String,
+    #[serde(default)]
+    created: Option<bool>,
+}
+
+/// A SOQL answer.
+#[derive(Debug, Deserialize)]
+struct QueryResult {
+    #[serde(default)]
+    records: Vec<Map<String, Value>>,
+}
+
+/// `'text'` as a SOQL string literal: `\` and `'` (and `"`, line breaks, tabs) escaped.
+fn soql_string(text: &str) -> String {
+    let mut literal = String::with_capacity(text.len() + 2);
+    literal.push('\'');
+    for c in text.chars() {
+        match c {
+            '\\' => literal.push_str("\\\\"),
+            '\'' => literal.push_str("\\'"),
+            '"' => literal.push_str("\\\""),
+            '\n' => literal.push_str("\\n"),
+            '\r' => literal.push_str("\\r"),
+            '\t' => literal.push_str("\\t"),
+            other => literal.push(other),
+        }
+    }
+    literal.push('\'');
+    literal
+}
+
+fn salesforce_error(message: impl Into<String>) -> PortError {
+    PortError::Permanent {
+        service: Service::Salesforce,
+        message: message.into(),
+    }
+}
+
+/// The Salesforce id of `record`, or a permanent error when it belongs to the other CRM.
+fn salesforce_id(record: &CrmRecordId, what: &str) -> Result<SalesforceId, PortError> {
+    match record {
+        CrmRecordId::Salesforce(id) => Ok(id.clone()),
+        CrmRecordId::Dataverse(_) => Err(salesforce_error(format!(
+            "the {what} {record} is a Dataverse record, but this connector writes to Salesforce: \
+             check the CRM the link or the referral's externalReferenceId names"
+        ))),
+    }
+}
+
+/// An id field of a record.
+fn record_id(record: &Map<String, Value>, field: &str) -> Option<SalesforceId> {
+    record
+        .get(field)
+        .and_then(Value::as_str)
+        .and_then(|text| SalesforceId::try_from(text).ok())
+}
+
+impl SalesforceStore {
+    /// The store; the instance URL comes with each token. Fails only on an unusable API
+    /// version.
+    pub fn new(
+        http: reqwest::Client,
+        tokens: SalesforceJwtBearer,
+        config: SalesforceConfig,
+    ) -> Result<Self, HttpAdapterError> {
+        let raw = config.api_version.trim().trim_matches('/');
+        let number = raw.strip_prefix('v').unwrap_or(raw);
+        let valid = number.split_once('.').is_some_and(|(major, minor)| {
+            !major.is_empty()
+                && !minor.is_empty()
+                && major.bytes().all(|b| b.is_ascii_digit())
+                && minor.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !valid {
+            return Err(HttpAdapterError::Config(format!(
+                "the Salesforce API version '{}' must look like v62.0",
+                config.api_version
+            )));
+        }
+        Ok(Self {
+            client: AuthorizedClient::new(http, tokens),
+            version: format!("v{number}"),
+            mapping: Arc::new(config.mapping),
+            usage: Arc::default(),
+        })
+    }
+
+    /// The mapping configuration in use.
+    pub fn mapping(&self) -> &MappingConfig {
+        &self.mapping
+    }
+
+    /// The org's API usage as of the last successful answer (`None` before the first call).
+    pub fn api_usage(&self) -> Option<ApiUsage> {
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Plumbing
+    // -----------------------------------------------------------------------------------------
+
+    fn ctx(operation: &'static str) -> RequestContext {
+        RequestContext::new(Service::Salesforce, operation)
+    }
+
+    /// `{instance}/services/data/{version}/{segments…}?{query}`, each segment percent-encoded.
+    fn url_on(
+        &self,
+        instance: &Url,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Url, HttpAdapterError> {
+        let mut url = instance.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        url.path_segments_mut()
+            .map_err(|()| {
+                HttpAdapterError::Config(format!(
+                    "the Salesforce instance URL {instance} cannot take a path"
+                ))
+            })?
+            .pop_if_empty()
+            .extend(["services", "data", self.version.as_str()])
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
+    }
+
+    /// Sends one REST request to the token's instance (JSON body when given).
+    async fn send(
+        &self,
+        ctx: &RequestContext,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Map<String, Value>>,
+    ) -> Result<reqwest::Response, HttpAdapterError> {
+        let body = body
+            .map(|body| serde_json::to_vec(body).map(Bytes::from))
+            .transpose()
+            .map_err(|error| {
+                HttpAdapterError::Config(format!("the body could not be serialised: {error}"))
+            })?;
+        // The URL on the current token's instance; a refreshed token normally names the same.
+        let token = self.client.tokens().token().await?;
+        let instance = token.instance_url().cloned().ok_or_else(|| {
+            HttpAdapterError::decode(ctx, "the Salesforce token carries no instance_url")
+        })?;
+        let url = self.url_on(&instance, segments, query)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        tracing::debug!(method = %method, path = url.path(), "Salesforce request");
+        let response = self
+            .client
+            .send(ctx, |http, token: &AccessToken| {
+                let url = token
+                    .instance_url()
+                    .filter(|other| **other != instance)
+                    .and_then(|other| self.url_on(other, segments, query).ok())
+                    .unwrap_or_else(|| url.clone());
+                let request = http.request(method.clone(), url).headers(headers.clone());
+                match &body {
+                    Some(body) => request.body(body.clone()),
+                    None => request,
+                }
+            })
+            .await?;
+        self.record_usage(response.headers());
+        Ok(response)
+    }
+
+    fn record_usage(&self, headers: &HeaderMap) {
+        let Some(usage) = headers
+            .get("sforce-limit-info")
+            .and_then(|value| value.to_str().ok())
+            .and_then(ApiUsage::parse)
+        else {
+            return;
+        };
+        if usage.ratio() >= USAGE_WARNING_RATIO {
+            tracing::warn!(
+                used = usage.used,
+                max = usage.max,
+                "the Salesforce org has used most of its daily API allocation"
+            );
+        } else {
+            tracing::debug!(used = usage.used, max = usage.max, "Salesforce API usage");
+        }
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = Some(usage);
+    }
+
+    /// One record by id (all its fields, or `fields`); `None` when it does not exist.
+    async fn get_record(
+        &self,
+        ctx: &RequestContext,
+        object: &str,
+        id: &SalesforceId,
+        fields: Option<&str>,
+    ) -> Result<Option<Map<String, Value>>, HttpAdapterError> {
+        let query: Vec<(&str, &str)> = fields.map(|f| ("fields", f)).into_iter().collect();
+        match self
+            .send(
+                ctx,
+                Method::GET,
+                &["sobjects", object, id.as_str()],
+                &query,
+                None,
+            )
+            .await
+        {
+            Ok(response) => Ok(Some(read_json(ctx, response).await?)),
+            Err(HttpAdapterError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The first row of a SOQL query's answer; its `Id`.
+    async fn query_id(
+        &self,
+        ctx: &RequestContext,
+        soql: &str,
+    ) -> Result<Option<SalesforceId>, PortError> {
+        let response = self
+            .send(ctx, Method::GET, &["query"], &[("q", soql)], None)
+            .await?;
+        let result: QueryResult = read_json(ctx, response).await?;
+        Ok(result.records.first().and_then(|row| record_id(row, "Id")))
+    }
+
+    /// `POST sobjects/<object>`; the new record's id.
+    async fn create(
+        &self,
+        ctx: &RequestContext,
+        object: &str,
+        body: &Map<String, Value>,
+    ) -> Result<SalesforceId, PortError> {
+        let response = self
+            .send(ctx, Method::POST, &["sobjects", object], &[], Some(body))
+            .await?;
+        let saved: SaveResult = read_json(ctx, response).await?;
+        SalesforceId::try_from(saved.id.as_str()).map_err(|error| {
+            HttpAdapterError::decode(ctx, format!("the created id is not an id: {error}")).into()
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Opportunities
+    // -----------------------------------------------------------------------------------------
+
+    fn account_fields(&self) -> String {
+        let f = &self.mapping.salesforce.account;
+        [
+            &f.id,
+            &f.name,
+            &f.street,
+            &f.city,
+            &f.state,
+            &f.postal_code,
+            &f.country,
+        ]
+        .map(String::as_str)
+        .join(",")
+    }
+
+    fn contact_fields(&self) -> String {
+        let f = &self.mapping.salesforce.contact;
+        [&f.id, &f.first_name, &f.last_name, &f.email, &f.phone]
+            .map(String::as_str)
+            .join(",")
+    }
+
+    /// A related record (Account, Contact) by id; `None` when unset or gone.
+    async fn related(
+        &self,
+        operation: &'static str,
+        object: &str,
+        id: Option<SalesforceId>,
+        fields: String,
+    ) -> Result<Option<Map<String, Value>>, PortError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let ctx = Self::ctx(operation).with_resource(format!("{object} {id}"));
+        let record = self.get_record(&ctx, object, &id, Some(&fields)).await?;
+        if record.is_none() {
+            tracing::warn!(object, %id, "the opportunity's related record no longer exists");
+        }
+        Ok(record)
+    }
+
+    /// `GET sobjects/Opportunity/<External ID field>/<referral id>` (see the module docs).
+    #[tracing::instrument(skip_all, fields(referral_id = %referral_id))]
+    pub async fn try_find_opportunity_by_referral(
+        &self,
+        referral_id: &ReferralId,
+    ) -> Result<Option<CrmOpportunity>, PortError> {
+        let f = &self.mapping.salesforce.opportunity;
+        let key = referral_id.to_string();
+        let ctx = Self::ctx("find the opportunity of a referral").with_resource(format!(
+            "the {} with {} {key}",
+            f.object, f.referral_identifier
+        ));
+        let segments = [
+            "sobjects",
+            f.object.as_str(),
+            f.referral_identifier.as_str(),
+            key.as_str(),
+        ];
+        let response = match self.send(&ctx, Method::GET, &segments, &[], None).await {
+            Ok(response) => response,
+            Err(HttpAdapterError::NotFound { message, .. })
+                if message.to_ascii_lowercase().contains("external id field") =>
+            {
+                return Err(self.missing_external_id(&message));
+            }
+            Err(HttpAdapterError::NotFound { .. }) => return Ok(None),
+            Err(HttpAdapterError::Rejected { status: 300, .. }) => {
+                return Err(self.duplicate_referral(&key));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let row: Map<String, Value> = read_json(&ctx, response).await?;
+        Ok(Some(opportunity_from_salesforce(
+            &SalesforceRecord::new(&row),
+            &self.mapping,
+        )))
+    }
+
+    fn missing_external_id(&self, message: &str) -> PortError {
+        let f = &self.mapping.salesforce.opportunity;
+        salesforce_error(format!(
+            "{message}. Fix: the {} field {} must exist, be visible to the integration user and \
+             be marked External ID (or configure the field the org uses)",
+            f.object, f.referral_identifier
+        ))
+    }
+
+    fn duplicate_referral(&self, referral: &str) -> PortError {
+        let f = &self.mapping.salesforce.opportunity;
+        salesforce_error(format!(
+            "several {} records carry referral {referral} in {} (300 Multiple Choices): merge \
+             them or clear the field on all but one, then retry",
+            f.object, f.referral_identifier
+        ))
+    }
+
+    /// `GET sobjects/Opportunity/<id>` with its Account and Contact (see the module docs).
+    #[tracing::instrument(skip_all, fields(crm = %id))]
+    pub async fn try_get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
+        let id = salesforce_id(id, "opportunity")?;
+        let sf = &self.mapping.salesforce;
+        let f = &sf.opportunity;
+        let ctx =
+            Self::ctx("read an opportunity").with_resource(format!("{} {}", f.object, id.as_str()));
+        let response = self
+            .send(
+                &ctx,
+                Method::GET,
+                &["sobjects", f.object.as_str(), id.as_str()],
+                &[],
+                None,
+            )
+            .await?;
+        let row: Map<String, Value> = read_json(&ctx, response).await?;
+        let (account, contact) = tokio::join!(
+            self.related(
+                "read an opportunity's account",
+                &sf.account.object,
+                record_id(&row, &f.account_id),
+                self.account_fields(),
+            ),
+            self.related(
+                "read an opportunity's contact",
+                &sf.contact.object,
+                record_id(&row, &f.contact_id),
+                self.contact_fields(),
+            ),
+        );
+        let (account, contact) = (account?, contact?);
+        let record = SalesforceRecord {
+            opportunity: &row,
+            account: account.as_ref(),
+            contact: contact.as_ref(),
+        };
+        Ok(opportunity_from_salesforce(&record, &self.mapping))
+    }
+
+    /// The upsert (see the module docs).
+    #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
+    pub async fn try_upsert_opportunity(
+        &self,
+        write: &OpportunityWrite<'_>,
+    ) -> Result<Upserted, PortError> {
+        let f = &self.mapping.salesforce.opportunity;
+        let record = write
+            .record
+            .map(|record| salesforce_id(record, "opportunity"))
+            .transpose()?;
+        let account = write
+            .account
+            .map(|account| salesforce_id(account, "account"))
+            .transpose()?;
+        if write.contact.is_some() {
+            tracing::debug!(
+                "the contact is not linked to a Salesforce opportunity (no OpportunityContactRole is written)"
+            );
+        }
+        let mut body = salesforce_opportunity_body(
+            write.opportunity,
+            account.as_ref(),
+            write.audit,
+            write.scope,
+            &self.mapping,
+        );
+        let referral = write.referral_id.to_string();
+        match record {
+            Some(id) => {
+                body.insert(
+                    f.referral_identifier.clone(),
+                    Value::String(referral.clone()),
+                );
+                let ctx = Self::ctx("update an opportunity").with_resource(format!(
+                    "{} {}",
+                    f.object,
+                    id.as_str()
+                ));
+                self.send(
+                    &ctx,
+                    Method::PATCH,
+                    &["sobjects", f.object.as_str(), id.as_str()],
+                    &[],
+                    Some(&body),
+                )
+                .await?;
+                Ok(Upserted {
+                    id: CrmRecordId::Salesforce(id),
+                    created: false,
+                })
+            }
+            None => {
+                body.remove(&f.referral_identifier);
+                let ctx = Self::ctx("upsert an opportunity by its referral id")
+                    .with_resource(format!("the {} field {}", f.object, f.referral_identifier));
+                let segments = [
+                    "sobjects",
+                    f.object.as_str(),
+                    f.referral_identifier.as_str(),
+                    referral.as_str(),
+                ];
+                let response = match self
+                    .send(&ctx, Method::PATCH, &segments, &[], Some(&body))
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(HttpAdapterError::NotFound { message, .. })
+                        if message.to_ascii_lowercase().contains("external id field") =>
+                    {
+                        return Err(self.missing_external_id(&message));
+                    }
+                    Err(HttpAdapterError::Rejected { status: 300, .. }) => {
+                        return Err(self.duplicate_referral(&referral));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let status = response.status();
+                if status == StatusCode::NO_CONTENT {
+                    return Err(HttpAdapterError::decode(
+                        &ctx,
+                        "the upsert answered 204 without the record id (API versions before \
+                         v46.0 do); configure API version v46.0 or later",
+                    )
+                    .into());
+                }
+                let saved: SaveResult = read_json(&ctx, response).await?;
+                let id = SalesforceId::try_from(saved.id.as_str()).map_err(|error| {
+                    HttpAdapterError::decode(&ctx, format!("the upserted id is not an id: {error}"))
+                })?;
+                Ok(Upserted {
+                    id: CrmRecordId::Salesforce(id),
+                    created: saved.created.unwrap_or(status == StatusCode::CREATED),
+                })
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Accounts, contacts, audit
+    // -----------------------------------------------------------------------------------------
+
+    /// SOQL on Account by name and billing postal code (by name alone when no postal code is
+    /// given); the oldest match.
+    #[tracing::instrument(skip_all)]
+    pub async fn try_find_account(
+        &self,
+        name: &str,
+        postal_code: Option<&str>,
+    ) -> Result<Option<CrmRecordId>, PortError> {
+        let f = &self.mapping.salesforce.account;
+        let mut soql = format!(
+            "SELECT {} FROM {} WHERE {} = {}",
+            f.id,
+            f.object,
+            f.name,
+            soql_string(name.trim())
+        );
+        if let Some(postal_code) = postal_code.map(str::trim).filter(|p| !p.is_empty()) {
+            soql.push_str(&format!(
+                " AND {} = {}",
+                f.postal_code,
+                soql_string(postal_code)
+            ));
+        }
+        soql.push_str(&format!(" ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1"));
+        let ctx = Self::ctx("find an account");
+        Ok(self
+            .query_id(&ctx, &soql)
+            .await?
+            .map(CrmRecordId::Salesforce))
+    }
+
+    /// `POST sobjects/Account`.
+    #[tracing::instrument(skip_all)]
+    pub async fn try_create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
+        let body = salesforce_account_body(account, &self.mapping);
+        let ctx = Self::ctx("create an account");
+        let id = self
+            .create(&ctx, &self.mapping.salesforce.account.object, &body)
+            .await?;
+        Ok(CrmRecordId::Salesforce(id))
+    }
+
+    /// SOQL on Contact by email; the oldest match.
+    #[tracing::instrument(skip_all)]
+    pub async fn try_find_contact_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<CrmRecordId>, PortError> {
+        let f = &self.mapping.salesforce.contact;
+        let soql = format!(
+            "SELECT {} FROM {} WHERE {} = {} ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1",
+            f.id,
+            f.object,
+            f.email,
+            soql_string(email.trim())
+        );
+        let ctx = Self::ctx("find a contact");
+        Ok(self
+            .query_id(&ctx, &soql)
+            .await?
+            .map(CrmRecordId::Salesforce))
+    }
+
+    /// `POST sobjects/Contact`, linked to its account when given.
+    #[tracing::instrument(skip_all)]
+    pub async fn try_create_contact(
+        &self,
+        contact: &Contact,
+        account: Option<&CrmRecordId>,
+    ) -> Result<CrmRecordId, PortError> {
+        let account = account
+            .map(|account| salesforce_id(account, "account"))
+            .transpose()?;
+        let body = salesforce_contact_body(contact, account.as_ref(), &self.mapping);
+        let ctx = Self::ctx("create a contact");
+        let id = self
+            .create(&ctx, &self.mapping.salesforce.contact.object, &body)
+            .await?;
+        Ok(CrmRecordId::Salesforce(id))
+    }
+
+    /// `PATCH sobjects/Opportunity/<id>` of the audit field.
+    #[tracing::instrument(skip_all, fields(crm = %opportunity))]
+    pub async fn try_write_audit(
+        &self,
+        opportunity: &CrmRecordId,
+        text: &str,
+    ) -> Result<(), PortError> {
+        let id = salesforce_id(opportunity, "opportunity")?;
+        let f = &self.mapping.salesforce.opportunity;
+        let mut body = Map::new();
+        body.insert(f.audit.clone(), Value::String(text.to_owned()));
+        let ctx = Self::ctx("write the audit field").with_resource(format!(
+            "{} {}",
+            f.object,
+            id.as_str()
+        ));
+        self.send(
+            &ctx,
+            Method::PATCH,
+            &["sobjects", f.object.as_str(), id.as_str()],
+            &[],
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl CrmStore for SalesforceStore {
+    fn kind(&self) -> CrmKind {
+        CrmKind::Salesforce
+    }
+
+    fn find_opportunity_by_referral(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<Option<CrmOpportunity>, PortError>> + Send {
+        self.try_find_opportunity_by_referral(referral_id)
+    }
+
+    fn get_opportunity(
+        &self,
+        id: &CrmRecordId,
+    ) -> impl Future<Output = Result<CrmOpportunity, PortError>> + Send {
+        self.try_get_opportunity(id)
+    }
+
+    fn upsert_opportunity(
+        &self,
+        write: &OpportunityWrite<'_>,
+    ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
+        self.try_upsert_opportunity(write)
+    }
+
+    fn find_account(
+        &self,
+        name: &str,
+        postal_code: Option<&str>,
+    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
+        self.try_find_account(name, postal_code)
+    }
+
+    fn create_account(
+        &self,
+        account: &Account,
+    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
+        self.try_create_account(account)
+    }
+
+    fn find_contact_by_email(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
+        self.try_find_contact_by_email(email)
+    }
+
+    fn create_contact(
+        &self,
+        contact: &Contact,
+        account: Option<&CrmRecordId>,
+    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
+        self.try_create_contact(contact, account)
+    }
+
+    fn write_audit(
+        &self,
+        opportunity: &CrmRecordId,
+        text: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
+        self.try_write_audit(opportunity, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soql_literals_escape_quotes_and_backslashes() {
+        assert_eq!(soql_string("O'Brien"), r"'O\'Brien'");
+        assert_eq!(soql_string(r"a\b"), r"'a\\b'");
+        assert_eq!(soql_string("x\ny\"z"), r#"'x\ny\"z'"#);
+        assert_eq!(soql_string("plain"), "'plain'");
+    }
+
+    #[test]
+    fn api_usage_is_read_from_the_limit_header() {
+        assert_eq!(
+            ApiUsage::parse("api-usage=18/5000"),
+            Some(ApiUsage {
+                used: 18,
+                max: 5000
+            })
+        );
+        assert_eq!(
+            ApiUsage::parse("api-bursts=1/750, api-usage=10018/100000"),
+            Some(ApiUsage {
+                used: 10018,
+                max: 100_000
+            })
+        );
+        assert_eq!(ApiUsage::parse("per-app-api-usage=1/2"), None);
+        assert!(ApiUsage { used: 95, max: 100 }.ratio() >= USAGE_WARNING_RATIO);
+        assert!(ApiUsage { used: 1, max: 0 }.ratio() < USAGE_WARNING_RATIO);
+    }
+
+    #[test]
+    fn a_dataverse_id_is_refused_with_a_permanent_error() {
+        let id = CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap();
+        let err = salesforce_id(&id, "opportunity").unwrap_err();
+        assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
+    }
+}
