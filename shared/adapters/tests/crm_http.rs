@@ -4,17 +4,16 @@
 //! through the sandbox's control API; request counts come from `/_sandbox/requests`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use cosell_adapters::http::SalesforceJwtBearer;
 use cosell_adapters::http::crm::AnyCrm;
 use cosell_adapters::http::dataverse::{DataverseConfig, DataverseStore};
 use cosell_adapters::http::salesforce::{ApiUsage, SalesforceConfig, SalesforceStore};
-use cosell_adapters::http::tokens::{DEFAULT_SALESFORCE_SESSION_LIFETIME, dataverse_scope};
-use cosell_adapters::http::{
-    EntraClientCredentials, EntraClientCredentialsConfig, HttpClientOptions, SalesforceJwtBearer,
-    SalesforceJwtBearerConfig, build_client,
-};
+use cosell_adapters::http::tokens::dataverse_scope;
 use cosell_domain::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId, SolutionId};
 use cosell_domain::mapping::{BodyScope, MappingConfig};
 use cosell_domain::opportunity::{
@@ -22,63 +21,26 @@ use cosell_domain::opportunity::{
 };
 use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Service, Upserted};
 use cosell_domain::values::{CountryCode, Money};
+use cosell_sandbox::SandboxConfig;
 use cosell_sandbox::identities::{
-    DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, SALESFORCE_CONSUMER_KEY,
-    SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
+    DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, SALESFORCE_INTEGRATION_USERNAME,
 };
-use cosell_sandbox::{RunningSandbox, SandboxConfig, pki};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use common::Harness;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-struct Harness {
-    sandbox: RunningSandbox,
-    control: reqwest::Client,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start() -> Self {
-        Self::with_config(SandboxConfig {
-            retry_backoff: Duration::from_millis(10),
-            ..SandboxConfig::default()
-        })
-        .await
-    }
-
-    async fn with_config(config: SandboxConfig) -> Self {
-        Self {
-            sandbox: cosell_sandbox::spawn(config).await.unwrap(),
-            control: reqwest::Client::new(),
-            http: build_client(&HttpClientOptions::default()).unwrap(),
-        }
-    }
-
-    fn base(&self) -> &str {
-        &self.sandbox.base_url
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base())
-    }
-
     fn dataverse(&self) -> DataverseStore {
-        let tokens = EntraClientCredentials::new(
-            self.http.clone(),
-            EntraClientCredentialsConfig {
-                authority: self.base().to_owned(),
-                tenant: TENANT_ID.to_owned(),
-                client_id: DATAVERSE_CLIENT_ID.to_owned(),
-                client_secret: SecretString::from(DATAVERSE_CLIENT_SECRET),
-                scope: dataverse_scope(self.base()),
-                credential_label: None,
-            },
-        )
-        .unwrap();
+        let tokens = self.app_credentials(
+            DATAVERSE_CLIENT_ID,
+            DATAVERSE_CLIENT_SECRET,
+            &dataverse_scope(self.base()),
+        );
         DataverseStore::new(
             self.http.clone(),
             tokens,
@@ -90,14 +52,7 @@ impl Harness {
     fn salesforce(&self) -> SalesforceStore {
         let tokens = SalesforceJwtBearer::new(
             self.http.clone(),
-            SalesforceJwtBearerConfig {
-                login_url: self.base().to_owned(),
-                consumer_key: SALESFORCE_CONSUMER_KEY.to_owned(),
-                username: SALESFORCE_INTEGRATION_USERNAME.to_owned(),
-                private_key_pem: SecretString::from(pki::SALESFORCE_APP_KEY_PEM),
-                session_lifetime: DEFAULT_SALESFORCE_SESSION_LIFETIME,
-                credential_label: None,
-            },
+            self.salesforce_config(SALESFORCE_INTEGRATION_USERNAME),
         )
         .unwrap();
         SalesforceStore::new(
@@ -106,42 +61,6 @@ impl Harness {
             SalesforceConfig::new(MappingConfig::default()),
         )
         .unwrap()
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.control.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Value {
-        self.send(reqwest::Method::PUT, path, Some(body)).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn delete(&self, path: &str) {
-        self.send(reqwest::Method::DELETE, path, None).await;
-    }
-
-    /// The request log of one service (`entra`, `dataverse`, `salesforce`, `salesforce-auth`).
-    async fn requests(&self, service: &str) -> Vec<Value> {
-        let body = self
-            .get(&format!("/_sandbox/requests?service={service}"))
-            .await;
-        body["requests"].as_array().cloned().unwrap_or_default()
     }
 
     /// `METHOD path` of each request of `service`, in order.
@@ -169,15 +88,6 @@ impl Harness {
 
     async fn clear_requests(&self) {
         self.delete("/_sandbox/requests").await;
-    }
-
-    async fn inject(&self, fault: Value) {
-        self.post("/_sandbox/faults", fault).await;
-    }
-
-    async fn advance_clock(&self, seconds: i64) {
-        self.post("/_sandbox/clock", json!({ "advance_secs": seconds }))
-            .await;
     }
 
     async fn dataverse_row(&self, set: &str, id: &CrmRecordId) -> Value {
@@ -276,6 +186,45 @@ fn write<'a>(
         audit: None,
         scope,
     }
+}
+
+/// Upserts a new opportunity (create scope, no account, contact or audit); its record id.
+async fn create_opportunity<C: CrmStore>(
+    crm: &C,
+    referral: &ReferralId,
+    opportunity: &Opportunity,
+) -> CrmRecordId {
+    crm.upsert_opportunity(&write(referral, opportunity, BodyScope::Create))
+        .await
+        .unwrap()
+        .id
+}
+
+/// Upserts `new` again with a grown deal (62000 EUR, "Scope grew.", active) in the update
+/// scope: the same record as `first`, updated, not created.
+async fn update_the_same_record<C: CrmStore>(
+    crm: &C,
+    referral: &ReferralId,
+    new: &Opportunity,
+    first: &Upserted,
+) {
+    let changed = Opportunity {
+        deal_value: Some(money("62000", "EUR")),
+        notes: Some("Scope grew.".into()),
+        stage: Some(OpportunityStage::Active),
+        ..new.clone()
+    };
+    let second = crm
+        .upsert_opportunity(&write(referral, &changed, BodyScope::Update))
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        Upserted {
+            id: first.id.clone(),
+            created: false
+        }
+    );
 }
 
 fn assert_transient(err: &PortError, service: Service) {
@@ -377,23 +326,7 @@ async fn dataverse_upsert_creates_once_then_updates_the_same_record() {
 
     // The same referral again: an update of the same row, one request (currency cached).
     h.clear_requests().await;
-    let changed = Opportunity {
-        deal_value: Some(money("62000", "EUR")),
-        notes: Some("Scope grew.".into()),
-        stage: Some(OpportunityStage::Active),
-        ..new.clone()
-    };
-    let second = dv
-        .upsert_opportunity(&write(&referral, &changed, BodyScope::Update))
-        .await
-        .unwrap();
-    assert_eq!(
-        second,
-        Upserted {
-            id: first.id.clone(),
-            created: false
-        }
-    );
+    update_the_same_record(&dv, &referral, &new, &first).await;
     assert_eq!(h.calls("dataverse").await.len(), 1);
     let row = h.dataverse_row("opportunities", &first.id).await;
     assert_eq!(row["estimatedvalue"].as_f64(), Some(62000.0));
@@ -541,11 +474,7 @@ async fn dataverse_write_audit_patches_only_the_audit_column_and_never_creates()
     let dv = h.dataverse();
     let referral = new_referral_id();
     let opportunity = opportunity(referral);
-    let id = dv
-        .upsert_opportunity(&write(&referral, &opportunity, BodyScope::Create))
-        .await
-        .unwrap()
-        .id;
+    let id = create_opportunity(&dv, &referral, &opportunity).await;
     h.clear_requests().await;
     dv.write_audit(
         &id,
@@ -709,11 +638,7 @@ async fn dataverse_a_removed_column_is_permanent_naming_the_column() {
     let dv = h.dataverse();
     let referral = new_referral_id();
     let values = opportunity(referral);
-    let id = dv
-        .upsert_opportunity(&write(&referral, &values, BodyScope::Create))
-        .await
-        .unwrap()
-        .id;
+    let id = create_opportunity(&dv, &referral, &values).await;
     h.delete("/_sandbox/dataverse/schema/opportunity/msft_microsoftpartnercenterhelpneed")
         .await;
 
@@ -820,23 +745,7 @@ async fn salesforce_upsert_creates_once_then_updates_the_same_record() {
     );
 
     h.clear_requests().await;
-    let changed = Opportunity {
-        deal_value: Some(money("62000", "EUR")),
-        notes: Some("Scope grew.".into()),
-        stage: Some(OpportunityStage::Active),
-        ..new.clone()
-    };
-    let second = sf
-        .upsert_opportunity(&write(&referral, &changed, BodyScope::Update))
-        .await
-        .unwrap();
-    assert_eq!(
-        second,
-        Upserted {
-            id: first.id.clone(),
-            created: false
-        }
-    );
+    update_the_same_record(&sf, &referral, &new, &first).await;
     assert_eq!(h.calls("salesforce").await.len(), 1);
     let record = h.salesforce_record("Opportunity", &first.id).await;
     assert_eq!(record["Amount"].as_f64(), Some(62000.0));
@@ -960,11 +869,7 @@ async fn salesforce_write_audit_patches_the_audit_field() {
     let sf = h.salesforce();
     let referral = new_referral_id();
     let values = opportunity(referral);
-    let id = sf
-        .upsert_opportunity(&write(&referral, &values, BodyScope::Create))
-        .await
-        .unwrap()
-        .id;
+    let id = create_opportunity(&sf, &referral, &values).await;
     h.clear_requests().await;
     sf.write_audit(
         &id,

@@ -5,6 +5,8 @@
 //! request log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,15 +18,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cosell_adapters::http::tokens::{
-    DEFAULT_SALESFORCE_SESSION_LIFETIME, PARTNER_CENTER_REFERRALS_SCOPE,
-    PARTNER_CENTER_WEBHOOKS_SCOPE, dataverse_scope,
+    PARTNER_CENTER_REFERRALS_SCOPE, PARTNER_CENTER_WEBHOOKS_SCOPE, dataverse_scope,
 };
 use cosell_adapters::http::{
-    EntraClientCredentials, EntraClientCredentialsConfig, EntraRefreshToken,
-    EntraRefreshTokenConfig, HttpAdapterError, HttpClientOptions, HttpPartnerCenter,
-    SalesforceJwtBearer, SalesforceJwtBearerConfig, TokenProvider, UnverifiedWebhook,
-    WebhookAuthErrorKind, WebhookRegistrationClient, WebhookVerifier, WebhookVerifierConfig,
-    build_client,
+    EntraRefreshToken, EntraRefreshTokenConfig, HttpAdapterError, HttpPartnerCenter,
+    SalesforceJwtBearer, TokenProvider, UnverifiedWebhook, WebhookAuthErrorKind,
+    WebhookRegistrationClient, WebhookVerifier, WebhookVerifierConfig,
 };
 use cosell_domain::ids::{ETag, ReferralId};
 use cosell_domain::ports::{PartnerCenter, PortError, ReferralQuery, Service};
@@ -33,12 +32,14 @@ use cosell_domain::status::ReferralStatus;
 use cosell_domain::webhook::{EventName, WebhookRegistration};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
-    PC_USER_UPN, SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
+    PC_USER_UPN, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
 };
-use cosell_sandbox::{RunningSandbox, SandboxConfig, pki};
+use cosell_sandbox::{SandboxConfig, pki};
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
+
+use common::Harness;
 
 const CREATE_REQUEST: &str =
     include_str!("../../../sandbox/tests/data/partner-center/create-referral-request.json");
@@ -47,93 +48,9 @@ const CREATE_REQUEST: &str =
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-struct Harness {
-    sandbox: RunningSandbox,
-    control: reqwest::Client,
-    http: reqwest::Client,
-}
-
 impl Harness {
-    async fn start() -> Self {
-        Self::with_config(SandboxConfig {
-            retry_backoff: Duration::from_millis(10),
-            ..SandboxConfig::default()
-        })
-        .await
-    }
-
-    async fn with_config(config: SandboxConfig) -> Self {
-        Self {
-            sandbox: cosell_sandbox::spawn(config).await.unwrap(),
-            control: reqwest::Client::new(),
-            http: build_client(&HttpClientOptions::default()).unwrap(),
-        }
-    }
-
-    fn base(&self) -> &str {
-        &self.sandbox.base_url
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base())
-    }
-
     fn host_port(&self) -> String {
         self.sandbox.addr.to_string()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .control
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap_or(Value::Null)
-    }
-
-    async fn put(&self, path: &str, body: Value) {
-        let response = self
-            .control
-            .put(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-    }
-
-    /// The sandbox's request log for one service (`entra`, `partner-center`, …).
-    async fn requests(&self, service: &str) -> Vec<Value> {
-        let body: Value = self
-            .control
-            .get(self.url(&format!("/_sandbox/requests?service={service}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["requests"].as_array().cloned().unwrap_or_default()
-    }
-
-    async fn inject(&self, fault: Value) {
-        self.post("/_sandbox/faults", fault).await;
-    }
-
-    async fn advance_clock(&self, seconds: i64) {
-        self.post("/_sandbox/clock", json!({ "advance_secs": seconds }))
-            .await;
     }
 
     fn refresh_config(&self, refresh_token: &str) -> EntraRefreshTokenConfig {
@@ -154,26 +71,6 @@ impl Harness {
 
     fn partner_center(&self) -> HttpPartnerCenter {
         HttpPartnerCenter::new(self.http.clone(), self.referral_tokens(), self.base()).unwrap()
-    }
-
-    fn app_credentials(
-        &self,
-        client_id: &str,
-        secret: &str,
-        scope: &str,
-    ) -> EntraClientCredentials {
-        EntraClientCredentials::new(
-            self.http.clone(),
-            EntraClientCredentialsConfig {
-                authority: self.base().to_owned(),
-                tenant: TENANT_ID.to_owned(),
-                client_id: client_id.to_owned(),
-                client_secret: SecretString::from(secret.to_owned()),
-                scope: scope.to_owned(),
-                credential_label: None,
-            },
-        )
-        .unwrap()
     }
 
     fn webhooks_client(&self) -> WebhookRegistrationClient {
@@ -672,23 +569,12 @@ async fn an_unavailable_token_endpoint_is_transient() {
     );
 }
 
-fn salesforce_config(h: &Harness, username: &str) -> SalesforceJwtBearerConfig {
-    SalesforceJwtBearerConfig {
-        login_url: h.base().to_owned(),
-        consumer_key: SALESFORCE_CONSUMER_KEY.to_owned(),
-        username: username.to_owned(),
-        private_key_pem: SecretString::from(pki::SALESFORCE_APP_KEY_PEM),
-        session_lifetime: DEFAULT_SALESFORCE_SESSION_LIFETIME,
-        credential_label: None,
-    }
-}
-
 #[tokio::test]
 async fn a_salesforce_jwt_bearer_token_comes_with_the_instance_url_and_is_cached() {
     let h = Harness::start().await;
     let provider = SalesforceJwtBearer::new(
         h.http.clone(),
-        salesforce_config(&h, SALESFORCE_INTEGRATION_USERNAME),
+        h.salesforce_config(SALESFORCE_INTEGRATION_USERNAME),
     )
     .unwrap();
     let token = provider.token().await.unwrap();
@@ -708,7 +594,7 @@ async fn a_salesforce_user_without_approval_gets_the_pre_authorize_fix() {
     let h = Harness::start().await;
     let provider = SalesforceJwtBearer::new(
         h.http.clone(),
-        salesforce_config(&h, "nobody@partner.sandbox"),
+        h.salesforce_config("nobody@partner.sandbox"),
     )
     .unwrap();
     let err = provider.token().await.unwrap_err();

@@ -527,10 +527,16 @@ impl DataverseStore {
         }
         Ok(row)
     }
+}
+
+impl CrmStore for DataverseStore {
+    fn kind(&self) -> CrmKind {
+        CrmKind::Dataverse
+    }
 
     /// `GET opportunities?$filter=<referral column> eq '<id>'` (see the module docs).
     #[tracing::instrument(skip_all, fields(referral_id = %referral_id))]
-    pub async fn try_find_opportunity_by_referral(
+    async fn find_opportunity_by_referral(
         &self,
         referral_id: &ReferralId,
     ) -> Result<Option<CrmOpportunity>, PortError> {
@@ -567,7 +573,7 @@ impl DataverseStore {
 
     /// `GET opportunities(<id>)` with its account, contact and currency (see the module docs).
     #[tracing::instrument(skip_all, fields(crm = %id))]
-    pub async fn try_get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
+    async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
         let id = dataverse_id(id, "opportunity")?;
         let f = &self.mapping.dataverse.opportunity;
         let ctx = Self::ctx("read an opportunity").with_resource(format!("{} {id}", f.entity));
@@ -614,7 +620,7 @@ impl DataverseStore {
 
     /// The upsert (see the module docs).
     #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
-    pub async fn try_upsert_opportunity(
+    async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
@@ -704,7 +710,7 @@ impl DataverseStore {
     /// `GET accounts?$filter=name eq '…' and address1_postalcode eq '…'` (by name alone when no
     /// postal code is given); the oldest match.
     #[tracing::instrument(skip_all)]
-    pub async fn try_find_account(
+    async fn find_account(
         &self,
         name: &str,
         postal_code: Option<&str>,
@@ -725,7 +731,7 @@ impl DataverseStore {
 
     /// `POST accounts`.
     #[tracing::instrument(skip_all)]
-    pub async fn try_create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
+    async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
         let f = &self.mapping.dataverse.account;
         let body = dataverse_account_body(account, &self.mapping);
         let ctx = Self::ctx("create an account");
@@ -735,10 +741,7 @@ impl DataverseStore {
 
     /// `GET contacts?$filter=emailaddress1 eq '…'`; the oldest match.
     #[tracing::instrument(skip_all)]
-    pub async fn try_find_contact_by_email(
-        &self,
-        email: &str,
-    ) -> Result<Option<CrmRecordId>, PortError> {
+    async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
         let f = &self.mapping.dataverse.contact;
         let filter = format!("{} eq {}", f.email, odata_string(email.trim()));
         let ctx = Self::ctx("find a contact");
@@ -748,7 +751,7 @@ impl DataverseStore {
 
     /// `POST contacts`, bound to its account when given.
     #[tracing::instrument(skip_all)]
-    pub async fn try_create_contact(
+    async fn create_contact(
         &self,
         contact: &Contact,
         account: Option<&CrmRecordId>,
@@ -765,11 +768,7 @@ impl DataverseStore {
 
     /// `PATCH opportunities(<id>)` of the audit column, `If-Match: *` (never creates).
     #[tracing::instrument(skip_all, fields(crm = %opportunity))]
-    pub async fn try_write_audit(
-        &self,
-        opportunity: &CrmRecordId,
-        text: &str,
-    ) -> Result<(), PortError> {
+    async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
         let id = dataverse_id(opportunity, "opportunity")?;
         let f = &self.mapping.dataverse.opportunity;
         let mut body = Map::new();
@@ -779,71 +778,6 @@ impl DataverseStore {
         self.send(&ctx, Method::PATCH, url, Some(&body), &[("if-match", "*")])
             .await?;
         Ok(())
-    }
-}
-
-impl CrmStore for DataverseStore {
-    fn kind(&self) -> CrmKind {
-        CrmKind::Dataverse
-    }
-
-    fn find_opportunity_by_referral(
-        &self,
-        referral_id: &ReferralId,
-    ) -> impl Future<Output = Result<Option<CrmOpportunity>, PortError>> + Send {
-        self.try_find_opportunity_by_referral(referral_id)
-    }
-
-    fn get_opportunity(
-        &self,
-        id: &CrmRecordId,
-    ) -> impl Future<Output = Result<CrmOpportunity, PortError>> + Send {
-        self.try_get_opportunity(id)
-    }
-
-    fn upsert_opportunity(
-        &self,
-        write: &OpportunityWrite<'_>,
-    ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
-        self.try_upsert_opportunity(write)
-    }
-
-    fn find_account(
-        &self,
-        name: &str,
-        postal_code: Option<&str>,
-    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        self.try_find_account(name, postal_code)
-    }
-
-    fn create_account(
-        &self,
-        account: &Account,
-    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        self.try_create_account(account)
-    }
-
-    fn find_contact_by_email(
-        &self,
-        email: &str,
-    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        self.try_find_contact_by_email(email)
-    }
-
-    fn create_contact(
-        &self,
-        contact: &Contact,
-        account: Option<&CrmRecordId>,
-    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        self.try_create_contact(contact, account)
-    }
-
-    fn write_audit(
-        &self,
-        opportunity: &CrmRecordId,
-        text: &str,
-    ) -> impl Future<Output = Result<(), PortError>> + Send {
-        self.try_write_audit(opportunity, text)
     }
 }
 

@@ -424,9 +424,33 @@ impl SalesforceStore {
         Ok(record)
     }
 
+    fn missing_external_id(&self, message: &str) -> PortError {
+        let f = &self.mapping.salesforce.opportunity;
+        salesforce_error(format!(
+            "{message}. Fix: the {} field {} must exist, be visible to the integration user and \
+             be marked External ID (or configure the field the org uses)",
+            f.object, f.referral_identifier
+        ))
+    }
+
+    fn duplicate_referral(&self, referral: &str) -> PortError {
+        let f = &self.mapping.salesforce.opportunity;
+        salesforce_error(format!(
+            "several {} records carry referral {referral} in {} (300 Multiple Choices): merge \
+             them or clear the field on all but one, then retry",
+            f.object, f.referral_identifier
+        ))
+    }
+}
+
+impl CrmStore for SalesforceStore {
+    fn kind(&self) -> CrmKind {
+        CrmKind::Salesforce
+    }
+
     /// `GET sobjects/Opportunity/<External ID field>/<referral id>` (see the module docs).
     #[tracing::instrument(skip_all, fields(referral_id = %referral_id))]
-    pub async fn try_find_opportunity_by_referral(
+    async fn find_opportunity_by_referral(
         &self,
         referral_id: &ReferralId,
     ) -> Result<Option<CrmOpportunity>, PortError> {
@@ -462,27 +486,9 @@ impl SalesforceStore {
         )))
     }
 
-    fn missing_external_id(&self, message: &str) -> PortError {
-        let f = &self.mapping.salesforce.opportunity;
-        salesforce_error(format!(
-            "{message}. Fix: the {} field {} must exist, be visible to the integration user and \
-             be marked External ID (or configure the field the org uses)",
-            f.object, f.referral_identifier
-        ))
-    }
-
-    fn duplicate_referral(&self, referral: &str) -> PortError {
-        let f = &self.mapping.salesforce.opportunity;
-        salesforce_error(format!(
-            "several {} records carry referral {referral} in {} (300 Multiple Choices): merge \
-             them or clear the field on all but one, then retry",
-            f.object, f.referral_identifier
-        ))
-    }
-
     /// `GET sobjects/Opportunity/<id>` with its Account and Contact (see the module docs).
     #[tracing::instrument(skip_all, fields(crm = %id))]
-    pub async fn try_get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
+    async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
         let id = salesforce_id(id, "opportunity")?;
         let sf = &self.mapping.salesforce;
         let f = &sf.opportunity;
@@ -523,7 +529,7 @@ impl SalesforceStore {
 
     /// The upsert (see the module docs).
     #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
-    pub async fn try_upsert_opportunity(
+    async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
@@ -626,7 +632,7 @@ impl SalesforceStore {
     /// SOQL on Account by name and billing postal code (by name alone when no postal code is
     /// given); the oldest match.
     #[tracing::instrument(skip_all)]
-    pub async fn try_find_account(
+    async fn find_account(
         &self,
         name: &str,
         postal_code: Option<&str>,
@@ -656,7 +662,7 @@ impl SalesforceStore {
 
     /// `POST sobjects/Account`.
     #[tracing::instrument(skip_all)]
-    pub async fn try_create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
+    async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
         let body = salesforce_account_body(account, &self.mapping);
         let ctx = Self::ctx("create an account");
         let id = self
@@ -667,10 +673,7 @@ impl SalesforceStore {
 
     /// SOQL on Contact by email; the oldest match.
     #[tracing::instrument(skip_all)]
-    pub async fn try_find_contact_by_email(
-        &self,
-        email: &str,
-    ) -> Result<Option<CrmRecordId>, PortError> {
+    async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
         let f = &self.mapping.salesforce.contact;
         let soql = format!(
             "SELECT {} FROM {} WHERE {} = {} ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1",
@@ -688,7 +691,7 @@ impl SalesforceStore {
 
     /// `POST sobjects/Contact`, linked to its account when given.
     #[tracing::instrument(skip_all)]
-    pub async fn try_create_contact(
+    async fn create_contact(
         &self,
         contact: &Contact,
         account: Option<&CrmRecordId>,
@@ -706,11 +709,7 @@ impl SalesforceStore {
 
     /// `PATCH sobjects/Opportunity/<id>` of the audit field.
     #[tracing::instrument(skip_all, fields(crm = %opportunity))]
-    pub async fn try_write_audit(
-        &self,
-        opportunity: &CrmRecordId,
-        text: &str,
-    ) -> Result<(), PortError> {
+    async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
         let id = salesforce_id(opportunity, "opportunity")?;
         let f = &self.mapping.salesforce.opportunity;
         let mut body = Map::new();
@@ -729,71 +728,6 @@ impl SalesforceStore {
         )
         .await?;
         Ok(())
-    }
-}
-
-impl CrmStore for SalesforceStore {
-    fn kind(&self) -> CrmKind {
-        CrmKind::Salesforce
-    }
-
-    fn find_opportunity_by_referral(
-        &self,
-        referral_id: &ReferralId,
-    ) -> impl Future<Output = Result<Option<CrmOpportunity>, PortError>> + Send {
-        self.try_find_opportunity_by_referral(referral_id)
-    }
-
-    fn get_opportunity(
-        &self,
-        id: &CrmRecordId,
-    ) -> impl Future<Output = Result<CrmOpportunity, PortError>> + Send {
-        self.try_get_opportunity(id)
-    }
-
-    fn upsert_opportunity(
-        &self,
-        write: &OpportunityWrite<'_>,
-    ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
-        self.try_upsert_opportunity(write)
-    }
-
-    fn find_account(
-        &self,
-        name: &str,
-        postal_code: Option<&str>,
-    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        self.try_find_account(name, postal_code)
-    }
-
-    fn create_account(
-        &self,
-        account: &Account,
-    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        self.try_create_account(account)
-    }
-
-    fn find_contact_by_email(
-        &self,
-        email: &str,
-    ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        self.try_find_contact_by_email(email)
-    }
-
-    fn create_contact(
-        &self,
-        contact: &Contact,
-        account: Option<&CrmRecordId>,
-    ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        self.try_create_contact(contact, account)
-    }
-
-    fn write_audit(
-        &self,
-        opportunity: &CrmRecordId,
-        text: &str,
-    ) -> impl Future<Output = Result<(), PortError>> + Send {
-        self.try_write_audit(opportunity, text)
     }
 }
 

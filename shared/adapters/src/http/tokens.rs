@@ -207,13 +207,13 @@ impl TokenProvider {
             Self::EntraRefreshToken(provider) => format!(
                 "check that the scope {} is the audience of the API called and that the user who \
                  consented belongs to the partner's tenant; re-consent if the user changed",
-                provider.inner.scope
+                provider.inner.app.scope
             ),
             Self::EntraClientCredentials(provider) => format!(
                 "check that the scope {} matches the API's URL; for Dataverse, app {} needs an \
                  application user in the environment (Power Platform admin center → \
                  Environments → Settings → Users + permissions → Application users)",
-                provider.inner.scope, provider.inner.client_id
+                provider.inner.app.scope, provider.inner.app.client_id
             ),
             Self::SalesforceJwtBearer(provider) => format!(
                 "check that the integration user {} is active and has the API Enabled \
@@ -451,6 +451,55 @@ fn credential_error(credential: String, body: ServiceErrorBody, fix: String) -> 
     }
 }
 
+/// What both Entra grants share: the app, its tenant's token endpoint, the resource scope and
+/// the credential in words.
+#[derive(Debug)]
+struct EntraApp {
+    http: reqwest::Client,
+    token_url: Url,
+    tenant: String,
+    client_id: String,
+    client_secret: SecretString,
+    scope: String,
+    credential: String,
+}
+
+impl EntraApp {
+    /// Posts `form` to the token endpoint; a refusal is a credential error with the fix for
+    /// `grant`.
+    async fn request(
+        &self,
+        grant: EntraGrant,
+        ctx: &RequestContext,
+        form: &[(&str, &str)],
+    ) -> Result<TokenAnswer, HttpAdapterError> {
+        match request_token(&self.http, ctx, &self.token_url, form).await {
+            Ok(answer) => Ok(answer),
+            Err(TokenFailure::Unavailable(error)) => Err(error),
+            Err(TokenFailure::Refused(body)) => {
+                let fix = entra_fix(
+                    grant,
+                    &body,
+                    &self.client_id,
+                    &self.tenant,
+                    &self.scope,
+                    &self.credential,
+                );
+                Err(credential_error(self.credential.clone(), body, fix))
+            }
+        }
+    }
+}
+
+/// The access token of an Entra answer (Entra sends no instance URL).
+fn entra_access_token(answer: TokenAnswer) -> AccessToken {
+    AccessToken::new(
+        answer.access_token,
+        answer.expires_in.unwrap_or(DEFAULT_ENTRA_LIFETIME),
+        None,
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entra refresh token (delegated)
 // ---------------------------------------------------------------------------------------------
@@ -505,14 +554,8 @@ pub struct EntraRefreshToken {
 
 #[derive(Debug)]
 struct EntraRefreshInner {
-    http: reqwest::Client,
-    token_url: Url,
-    tenant: String,
-    client_id: String,
-    client_secret: SecretString,
+    app: EntraApp,
     refresh_token: std::sync::Mutex<SecretString>,
-    scope: String,
-    credential: String,
     cache: TokenCache,
 }
 
@@ -531,14 +574,16 @@ impl EntraRefreshToken {
         });
         Ok(Self {
             inner: Arc::new(EntraRefreshInner {
-                http,
-                token_url,
-                tenant: config.tenant,
-                client_id: config.client_id,
-                client_secret: config.client_secret,
+                app: EntraApp {
+                    http,
+                    token_url,
+                    tenant: config.tenant,
+                    client_id: config.client_id,
+                    client_secret: config.client_secret,
+                    scope: config.scope,
+                    credential,
+                },
                 refresh_token: std::sync::Mutex::new(config.refresh_token),
-                scope: config.scope,
-                credential,
                 cache: TokenCache::default(),
             }),
         })
@@ -556,11 +601,12 @@ impl EntraRefreshToken {
 
     /// The credential in words.
     pub fn describe(&self) -> String {
-        self.inner.credential.clone()
+        self.inner.app.credential.clone()
     }
 
     async fn fetch(&self) -> Result<AccessToken, HttpAdapterError> {
         let inner = &*self.inner;
+        let app = &inner.app;
         let ctx = RequestContext::new(Service::Identity, "refresh the Entra ID access token");
         let refresh_token = inner
             .refresh_token
@@ -568,42 +614,23 @@ impl EntraRefreshToken {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         // `offline_access` makes Entra return a rotated refresh token.
-        let scope = format!("{} offline_access", inner.scope);
+        let scope = format!("{} offline_access", app.scope);
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", inner.client_id.as_str()),
-            ("client_secret", inner.client_secret.expose_secret()),
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose_secret()),
             ("refresh_token", refresh_token.expose_secret()),
             ("scope", scope.as_str()),
         ];
-        match request_token(&inner.http, &ctx, &inner.token_url, &form).await {
-            Ok(answer) => {
-                if let Some(rotated) = answer.refresh_token {
-                    *inner
-                        .refresh_token
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = rotated;
-                }
-                tracing::debug!(scope = %inner.scope, "obtained a delegated Entra ID access token");
-                Ok(AccessToken::new(
-                    answer.access_token,
-                    answer.expires_in.unwrap_or(DEFAULT_ENTRA_LIFETIME),
-                    None,
-                ))
-            }
-            Err(TokenFailure::Unavailable(error)) => Err(error),
-            Err(TokenFailure::Refused(body)) => {
-                let fix = entra_fix(
-                    EntraGrant::RefreshToken,
-                    &body,
-                    &inner.client_id,
-                    &inner.tenant,
-                    &inner.scope,
-                    &inner.credential,
-                );
-                Err(credential_error(inner.credential.clone(), body, fix))
-            }
+        let mut answer = app.request(EntraGrant::RefreshToken, &ctx, &form).await?;
+        if let Some(rotated) = answer.refresh_token.take() {
+            *inner
+                .refresh_token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = rotated;
         }
+        tracing::debug!(scope = %app.scope, "obtained a delegated Entra ID access token");
+        Ok(entra_access_token(answer))
     }
 }
 
@@ -636,13 +663,7 @@ pub struct EntraClientCredentials {
 
 #[derive(Debug)]
 struct EntraClientInner {
-    http: reqwest::Client,
-    token_url: Url,
-    tenant: String,
-    client_id: String,
-    client_secret: SecretString,
-    scope: String,
-    credential: String,
+    app: EntraApp,
     cache: TokenCache,
 }
 
@@ -667,13 +688,15 @@ impl EntraClientCredentials {
         });
         Ok(Self {
             inner: Arc::new(EntraClientInner {
-                http,
-                token_url,
-                tenant: config.tenant,
-                client_id: config.client_id,
-                client_secret: config.client_secret,
-                scope: config.scope,
-                credential,
+                app: EntraApp {
+                    http,
+                    token_url,
+                    tenant: config.tenant,
+                    client_id: config.client_id,
+                    client_secret: config.client_secret,
+                    scope: config.scope,
+                    credential,
+                },
                 cache: TokenCache::default(),
             }),
         })
@@ -691,40 +714,23 @@ impl EntraClientCredentials {
 
     /// The credential in words.
     pub fn describe(&self) -> String {
-        self.inner.credential.clone()
+        self.inner.app.credential.clone()
     }
 
     async fn fetch(&self) -> Result<AccessToken, HttpAdapterError> {
-        let inner = &*self.inner;
+        let app = &self.inner.app;
         let ctx = RequestContext::new(Service::Identity, "obtain an app-only Entra ID token");
         let form = [
             ("grant_type", "client_credentials"),
-            ("client_id", inner.client_id.as_str()),
-            ("client_secret", inner.client_secret.expose_secret()),
-            ("scope", inner.scope.as_str()),
+            ("client_id", app.client_id.as_str()),
+            ("client_secret", app.client_secret.expose_secret()),
+            ("scope", app.scope.as_str()),
         ];
-        match request_token(&inner.http, &ctx, &inner.token_url, &form).await {
-            Ok(answer) => {
-                tracing::debug!(scope = %inner.scope, "obtained an app-only Entra ID access token");
-                Ok(AccessToken::new(
-                    answer.access_token,
-                    answer.expires_in.unwrap_or(DEFAULT_ENTRA_LIFETIME),
-                    None,
-                ))
-            }
-            Err(TokenFailure::Unavailable(error)) => Err(error),
-            Err(TokenFailure::Refused(body)) => {
-                let fix = entra_fix(
-                    EntraGrant::ClientCredentials,
-                    &body,
-                    &inner.client_id,
-                    &inner.tenant,
-                    &inner.scope,
-                    &inner.credential,
-                );
-                Err(credential_error(inner.credential.clone(), body, fix))
-            }
-        }
+        let answer = app
+            .request(EntraGrant::ClientCredentials, &ctx, &form)
+            .await?;
+        tracing::debug!(scope = %app.scope, "obtained an app-only Entra ID access token");
+        Ok(entra_access_token(answer))
     }
 }
 

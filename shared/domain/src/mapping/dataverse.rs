@@ -10,6 +10,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::BodyScope;
+use super::common;
 use super::config::MappingConfig;
 use super::read::{self, Read, Rejections};
 use crate::ids::{CrmKind, CrmRecordId, DataverseId};
@@ -327,40 +328,7 @@ pub fn dataverse_opportunity_body(
         body.insert(f.state_code.clone(), state.into());
         body.insert(f.status_code.clone(), status.into());
     }
-    if create {
-        body.insert(f.sync.clone(), opportunity.sync.into());
-        read::put(
-            &mut body,
-            &f.help,
-            opportunity.help.as_ref().map(|h| h.label().to_owned()),
-        );
-        body.insert(
-            f.visibility.clone(),
-            opportunity.visible_to_microsoft.into(),
-        );
-        if !opportunity.solutions.is_empty() {
-            body.insert(
-                f.solutions.clone(),
-                read::join_solutions(&opportunity.solutions).into(),
-            );
-        }
-    }
-    read::put(
-        &mut body,
-        &f.referral_identifier,
-        opportunity.referral_id.map(|id| id.to_string()),
-    );
-    read::put(
-        &mut body,
-        &f.referral_link,
-        opportunity.referral_link.clone(),
-    );
-    read::put(
-        &mut body,
-        &f.microsoft_crm_identifier,
-        opportunity.microsoft_crm_id.clone(),
-    );
-    read::put(&mut body, &f.audit, audit);
+    common::put_connector_fields(&mut body, f.into(), opportunity, create, audit);
     body
 }
 

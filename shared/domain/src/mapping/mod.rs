@@ -15,6 +15,7 @@
 //! [`Opportunity`]: crate::opportunity::Opportunity
 //! [`ValidatedOpportunity`]: crate::validation::ValidatedOpportunity
 
+mod common;
 mod config;
 mod dataverse;
 mod partner_center;
