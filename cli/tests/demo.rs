@@ -1,0 +1,93 @@
+//! `cosell demo` as a smoke test: the walk-through's summary for both CRMs, and what it prints.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cosell_cli::demo::{self, Crm, DUPLICATES, NEW_DEAL_VALUE, Summary};
+use cosell_domain::ports::AuditEvent;
+use cosell_sandbox::identities::{DATAVERSE_CLIENT_SECRET, PC_CLIENT_SECRET, PC_REFRESH_TOKEN};
+
+async fn run() -> (Summary, String) {
+    let mut out = Vec::new();
+    let result = demo::run_demo(&mut out).await;
+    let text = String::from_utf8(out).unwrap();
+    let summary = result.unwrap_or_else(|error| panic!("the demo failed: {error:#}\n{text}"));
+    (summary, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_syncs_one_referral_per_crm_exactly_once_and_follows_the_change() {
+    let (summary, text) = run().await;
+
+    let crms: Vec<Crm> = summary.crms.iter().map(|crm| crm.crm).collect();
+    assert_eq!(crms, [Crm::Dynamics, Crm::Salesforce], "{text}");
+    for crm in &summary.crms {
+        let name = crm.crm.label();
+        // One opportunity per CRM, linked back to its referral.
+        assert_eq!(crm.opportunities, 1, "{name}");
+        assert!(!crm.opportunity_id.is_empty(), "{name}");
+        assert!(crm.linked_back(), "{name}: {:?}", crm.external_reference_id);
+        assert_eq!(crm.first_outcomes, ["created", "echo_skipped"], "{name}");
+        // The duplicates were skipped without a single API call.
+        assert_eq!(
+            crm.duplicate_outcomes,
+            vec!["duplicate_skipped"; DUPLICATES],
+            "{name}"
+        );
+        assert_eq!(crm.calls_during_duplicates, 0, "{name}");
+        assert_eq!(
+            crm.audit_count(&AuditEvent::DuplicateSkipped),
+            DUPLICATES,
+            "{name}"
+        );
+        assert_eq!(crm.audit_count(&AuditEvent::Created), 1, "{name}");
+        // The Partner Center change was applied.
+        assert_eq!(crm.update_outcomes, ["updated"], "{name}");
+        assert!(crm.update_applied(), "{name}: {crm:?}");
+        assert_eq!(crm.amount_after, Some(NEW_DEAL_VALUE), "{name}");
+        assert_ne!(crm.amount_before, crm.amount_after, "{name}");
+        assert_ne!(crm.close_date_before, crm.close_date_after, "{name}");
+        assert_eq!(crm.audit.last(), Some(&AuditEvent::Updated), "{name}");
+        // The function's calls went to Partner Center and to this CRM only.
+        assert!(crm.api_calls.contains_key("partner-center"), "{name}");
+        let (own, other) = match crm.crm {
+            Crm::Dynamics => ("dataverse", "salesforce"),
+            Crm::Salesforce => ("salesforce", "dataverse"),
+        };
+        assert!(
+            crm.api_calls.contains_key(own),
+            "{name}: {:?}",
+            crm.api_calls
+        );
+        assert!(
+            !crm.api_calls.contains_key(other),
+            "{name}: {:?}",
+            crm.api_calls
+        );
+    }
+    assert_ne!(summary.crms[0].referral_id, summary.crms[1].referral_id);
+    assert!(
+        summary.elapsed.as_secs() < 10,
+        "the demo took {:?}",
+        summary.elapsed
+    );
+
+    for step in ["[1]", "[2]", "[3]", "[4]", "[5]", "[6]", "Demo passed"] {
+        assert!(text.contains(step), "{step} missing:\n{text}");
+    }
+    // No contact data, no credentials.
+    for secret in [
+        "sue.smith@contoso.com",
+        "Sue",
+        "Smith",
+        "john.doe@microsoft.com",
+        "1234567890",
+        "Contoso Customer Inc",
+        PC_REFRESH_TOKEN,
+        PC_CLIENT_SECRET,
+        DATAVERSE_CLIENT_SECRET,
+        "Bearer",
+        "Signature ",
+        "PRIVATE KEY",
+    ] {
+        assert!(!text.contains(secret), "{secret} was printed:\n{text}");
+    }
+}
