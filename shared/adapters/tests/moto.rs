@@ -306,6 +306,7 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         last_referral_updated: Some(now - secs(60)),
         last_fingerprint_to_crm: Some("abc".into()),
         last_fingerprint_to_pc: None,
+        last_stage_to_pc: None,
         updated_at: now,
     };
 

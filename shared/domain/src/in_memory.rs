@@ -561,6 +561,7 @@ mod tests {
             last_referral_updated: None,
             last_fingerprint_to_crm: None,
             last_fingerprint_to_pc: None,
+            last_stage_to_pc: None,
             updated_at: at(0),
         };
         block_on(links.put(&link)).unwrap();

@@ -17,7 +17,7 @@
 //! | [`mapping`] | `MappingConfig` and the mapping functions for Partner Center, Dataverse, Salesforce |
 //! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity` or every problem |
 //! | [`ports`] | `PartnerCenter`, `CrmStore`, `IdempotencyStore`, `RetryQueue`, `AuditLog`, `LinkStore`, `PortError` |
-//! | [`sync`] | the sync core: `handle_partner_center_event`, `run_retry_job`, `Outcome`, exactly once |
+//! | [`sync`] | the sync core: `handle_partner_center_event`, `handle_crm_change`, `run_retry_job`, `Outcome`, exactly once |
 //! | [`in_memory`] | in-memory idempotency store, audit log, link store and retry queue |
 //! | [`error`] | `ParseError`, `TransitionError`, `ValidationProblem` |
 //! | [`serde_helpers`], [`datetime`] | tolerant serde helpers (decimal from number or string, lenient dates) |

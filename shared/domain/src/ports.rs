@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::BodyScope;
-use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity};
+use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, OpportunityStage};
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::status::ReferralStatus;
 
@@ -719,6 +719,12 @@ pub struct Link {
     pub last_fingerprint_to_crm: Option<String>,
     /// [`Opportunity::fingerprint`] of what was last sent to Partner Center.
     pub last_fingerprint_to_pc: Option<String>,
+    /// The CRM opportunity's stage when the two sides were last synced (sent to Partner Center,
+    /// or written to the CRM from it): a CRM change closes the referral as won or lost only when
+    /// its stage differs from this one (an explicit close). Absent in links stored before it
+    /// existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stage_to_pc: Option<OpportunityStage>,
     /// When the link was last changed.
     pub updated_at: DateTime<Utc>,
 }
@@ -993,6 +999,7 @@ mod tests {
             last_referral_updated: Some(at(10)),
             last_fingerprint_to_crm: Some("abc".into()),
             last_fingerprint_to_pc: Some("def".into()),
+            last_stage_to_pc: None,
             updated_at: at(10),
         };
         assert!(link.is_echo_from_crm("abc") && !link.is_echo_from_crm("def"));
@@ -1067,6 +1074,7 @@ mod tests {
             last_referral_updated: None,
             last_fingerprint_to_crm: None,
             last_fingerprint_to_pc: None,
+            last_stage_to_pc: None,
             updated_at: at(0),
         };
         let found = block_on(assert_send(remember(&store, &link))).unwrap();

@@ -548,7 +548,7 @@ pub struct Address {
 /// A person on a team (reference §1.5.4): the partner's sales team or a customer contact.
 ///
 /// `Debug` never shows names, emails or phone numbers.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// First name.
@@ -610,7 +610,7 @@ impl fmt::Debug for Member {
 }
 
 /// Notification preferences of a member.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContactPreference {
     /// Culture name, e.g. `en-us`.

@@ -5,9 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
 
 use crate::mapping::MappingConfig;
-use crate::referral::{Referral, ReferralQualification, ReferralType};
+use crate::referral::{Member, Referral, ReferralQualification, ReferralType};
 
 /// The ports, the mapping and the settings one sync runs with. Built once per cold start in a
 /// function's `main` from borrowed adapters; cheap to copy.
@@ -73,6 +74,14 @@ pub struct SyncSettings {
     /// instead of another retry. 8 attempts wait 30 s, 1, 2, 4, 8 and three times 15 min
     /// (about an hour in all).
     pub max_attempts: u32,
+    /// The CRM user the connector writes as (the Dataverse application user's `systemuserid`,
+    /// the Salesforce integration user's id). A CRM change made by this user is the connector's
+    /// own write coming back and is skipped without any Partner Center call (reference crm.md
+    /// §0 #11). `None`: echoes are recognised by their fingerprint only.
+    pub crm_connector_user_id: Option<String>,
+    /// The partner's own sales team, put on every referral created from the CRM (Partner Center
+    /// wants at least one member with name, phone and email). `Debug` redacts it.
+    pub partner_team: Vec<Member>,
 }
 
 impl SyncSettings {
@@ -80,6 +89,33 @@ impl SyncSettings {
     pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(3600);
     /// The default last retry attempt.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+
+    /// Whether a CRM change written by `writer` is the connector's own write: `writer` is the
+    /// configured [`SyncSettings::crm_connector_user_id`] (GUIDs compared by value, Salesforce
+    /// ids in their 15- or 18-character form).
+    pub fn is_connector_write(&self, writer: Option<&str>) -> bool {
+        let (Some(writer), Some(own)) = (writer, self.crm_connector_user_id.as_deref()) else {
+            return false;
+        };
+        let (writer, own) = (writer.trim(), own.trim());
+        if writer.is_empty() || own.is_empty() {
+            return false;
+        }
+        if writer == own {
+            return true;
+        }
+        if let (Ok(a), Ok(b)) = (Uuid::parse_str(writer), Uuid::parse_str(own)) {
+            return a == b;
+        }
+        // A Salesforce id: the 18-character form is the 15-character (case-sensitive) one plus a
+        // case checksum, and is itself compared case-insensitively.
+        match (writer.len(), own.len()) {
+            (18, 18) => writer.eq_ignore_ascii_case(own),
+            (18, 15) => writer.get(..15) == Some(own),
+            (15, 18) => own.get(..15) == Some(writer),
+            _ => false,
+        }
+    }
 
     /// Whether `referral` belongs to the partner: `Some(true)` when its `organizationId` is
     /// the configured partner organization (or it carries none), `Some(false)` when it is
@@ -102,6 +138,8 @@ impl Default for SyncSettings {
             referral_scope: ReferralScope::default(),
             partner_organization_id: None,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            crm_connector_user_id: None,
+            partner_team: Vec::new(),
         }
     }
 }

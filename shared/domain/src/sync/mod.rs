@@ -7,8 +7,10 @@
 //! | Item | What |
 //! |---|---|
 //! | [`handle_partner_center_event`] | Partner Center → CRM, for the `partner-center-events` function |
-//! | [`run_retry_job`] | the same sync for a [`RetryJob`] of a Partner Center event, for the retry worker |
+//! | [`handle_crm_change`] | CRM → Partner Center, for the `crm-events` function |
+//! | [`run_retry_job`] | the same syncs for a [`RetryJob`] (either direction, by its source), for the retry worker |
 //! | [`partner_center_event_key`] | the idempotency key of a Partner Center event |
+//! | [`CrmChange`], [`dataverse_change_key`], [`salesforce_change_key`] | a CRM change and its idempotency key |
 //! | [`Deps`], [`SyncSettings`], [`ReferralScope`], [`Delivery`] | what a run is given |
 //! | [`Outcome`], [`Handled`], [`SyncError`] | how it ended, and its HTTP status |
 //!
@@ -21,11 +23,13 @@ mod deps;
 mod outcome;
 mod runner;
 mod to_crm;
+mod to_pc;
 
 pub(crate) use deps::later;
 pub use deps::{Delivery, Deps, ReferralCategory, ReferralScope, SyncSettings};
 pub use outcome::{Handled, Outcome, SyncError};
 pub use to_crm::{handle_partner_center_event, partner_center_event_key, run_retry_job};
+pub use to_pc::{CrmChange, dataverse_change_key, handle_crm_change, salesforce_change_key};
 
 #[cfg(test)]
 mod tests;

@@ -28,14 +28,15 @@ pub enum Outcome {
     InProgress,
     /// The referral change is our own write-back coming back (or an out-of-order older read).
     EchoSkipped,
-    /// No mapped field changed since the last sync to the CRM.
+    /// No mapped field changed since the last sync to the CRM (or, CRM → Partner Center, to
+    /// Partner Center).
     UnchangedSkipped,
-    /// An opportunity was created.
+    /// An opportunity was created (CRM → Partner Center: a referral was created for it).
     Created {
         /// The opportunity.
         crm: CrmRecordId,
     },
-    /// An opportunity was updated.
+    /// An opportunity was updated (CRM → Partner Center: its referral was updated).
     Updated {
         /// The opportunity.
         crm: CrmRecordId,

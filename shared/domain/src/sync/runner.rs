@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::deps::{Delivery, Deps, later};
-use super::outcome::{Outcome, SyncError};
+use super::outcome::{Handled, Outcome, SyncError};
+use crate::error::ParseError;
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
@@ -145,7 +146,8 @@ impl Problem {
     }
 }
 
-fn capitalize(text: &str) -> String {
+/// `text` with its first letter in upper case.
+pub(crate) fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
     chars.next().map_or_else(String::new, |first| {
         first.to_uppercase().chain(chars).collect()
@@ -245,6 +247,20 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The finished run: `outcome` with the journal's warnings.
+pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> Handled {
+    Handled {
+        outcome,
+        warnings: journal.into_warnings(),
+    }
+}
+
+/// The key a retry job's attempt runs under: its own, so a replayed message is a duplicate of
+/// that attempt only.
+pub(crate) fn attempt_key(job: &RetryJob) -> Result<IdempotencyKey, ParseError> {
+    IdempotencyKey::try_from(format!("{}#attempt-{}", job.key, job.attempt))
 }
 
 /// Run `sync` at most once for `run.key` (see the module docs).

@@ -153,6 +153,9 @@ fn webhook(name: &str, referral: &str, changed: DateTime<Utc>) -> WebhookEvent {
 
 type Edit = Box<dyn FnOnce(&mut Referral) + Send>;
 
+/// A PATCH as sent: the referral, the `If-Match` and the operations.
+type SentPatch = (ReferralId, Option<ETag>, Vec<PatchOp>);
+
 #[derive(Default)]
 struct FakePartnerCenter {
     referrals: Mutex<HashMap<ReferralId, Referral>>,
@@ -163,6 +166,8 @@ struct FakePartnerCenter {
     before_patch: Mutex<VecDeque<Edit>>,
     /// Answer PATCH without the new eTag (an adapter without `return=representation`).
     patch_returns_no_etag: Mutex<bool>,
+    /// Every PATCH as sent: the referral, the `If-Match` and the operations.
+    patches: Mutex<Vec<SentPatch>>,
 }
 
 impl FakePartnerCenter {
@@ -246,6 +251,7 @@ impl FakePartnerCenter {
         ops: &[PatchOp],
     ) -> Result<Option<ETag>, PortError> {
         self.begin("patch_referral")?;
+        lock(&self.patches).push((*id, if_match.cloned(), ops.to_vec()));
         let edits: Vec<Edit> = lock(&self.before_patch).drain(..).collect();
         for edit in edits {
             self.edit(*id, edit);
@@ -318,7 +324,14 @@ impl PartnerCenter for FakePartnerCenter {
         referral: &Referral,
     ) -> impl Future<Output = Result<Referral, PortError>> + Send {
         let created = self.begin("create_referral").map(|()| {
-            let id = self.insert(referral.clone());
+            let mut referral = referral.clone();
+            if referral.id.is_none() {
+                let n = lock(&self.referrals).len() as u128 + 1;
+                referral.id = Some(
+                    Uuid::from_u128(0x5e11_0000_0000_4000_8000_0000_0000_0000 + n).to_string(),
+                );
+            }
+            let id = self.insert(referral);
             self.referral(id)
         });
         std::future::ready(created)
@@ -477,8 +490,8 @@ impl FakeCrm {
             },
             opportunity: stored.opportunity.clone(),
             rejected: Vec::new(),
-            amount: None,
-            currency: None,
+            amount: stored.opportunity.deal_value.map(|m| m.amount),
+            currency: stored.opportunity.deal_value.map(|m| m.currency),
         }
     }
 }
@@ -1361,6 +1374,7 @@ fn a_link_to_another_crm_needs_attention() {
         last_referral_updated: None,
         last_fingerprint_to_crm: None,
         last_fingerprint_to_pc: None,
+        last_stage_to_pc: None,
         updated_at: at(0),
     });
 
@@ -1892,3 +1906,9 @@ fn audit_and_completion_failures_are_reported_as_warnings_not_failures() {
     assert!(matches!(handled.outcome, Outcome::Created { .. }));
     assert_eq!(handled.warnings, vec![down]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// CRM → Partner Center
+// ---------------------------------------------------------------------------------------------
+
+mod to_pc;

@@ -31,7 +31,10 @@ use sha2::{Digest, Sha256};
 
 use super::deps::{Delivery, Deps};
 use super::outcome::{Handled, Outcome, SyncError};
-use super::runner::{Failure, Journal, Problem, Run, exactly_once, needs_attention, sentence};
+use super::runner::{
+    Failure, Journal, Problem, Run, attempt_key, exactly_once, finish, needs_attention, sentence,
+};
+use super::to_pc::run_crm_retry_job;
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId};
@@ -137,9 +140,11 @@ where
     process(deps, event, meta, journal, key, &retry_key, 0).await
 }
 
-/// Run a job from the retry queue: the same sync as the event it carries, under a key of its
-/// own attempt, so a replayed message changes nothing twice. A job that carries no Partner
-/// Center referral event needs attention (and is not retried).
+/// Run a job from the retry queue, in either direction: a Partner Center job runs the same sync
+/// as the event it carries, a Dataverse or Salesforce job the CRM → Partner Center sync of the
+/// record it names (as [`super::handle_crm_change`] does); each under a key of its own attempt, so a replayed
+/// message changes nothing twice. A job that carries no Partner Center referral event (or no
+/// CRM record) needs attention (and is not retried).
 pub async fn run_retry_job<P, C, I, Q, A, L>(
     deps: &Deps<'_, P, C, I, Q, A, L>,
     job: &RetryJob,
@@ -153,12 +158,15 @@ where
     A: AuditLog,
     L: LinkStore,
 {
+    if matches!(job.source, RetrySource::Dataverse | RetrySource::Salesforce) {
+        return run_crm_retry_job(deps, job, meta).await;
+    }
     let journal = Journal::new(deps.audit, SyncDirection::ToCrm, meta);
     let event = (job.source == RetrySource::PartnerCenter)
         .then(|| serde_json::from_value::<WebhookEvent>(job.payload.clone()).ok())
         .flatten()
         .filter(|event| event.event_name.is_referral_event());
-    let key = IdempotencyKey::try_from(format!("{}#attempt-{}", job.key, job.attempt));
+    let key = attempt_key(job);
     match (event, key) {
         (Some(event), Ok(key)) => {
             process(deps, &event, meta, journal, key, &job.key, job.attempt).await
@@ -186,13 +194,6 @@ fn done(outcome: Outcome) -> Handled {
     Handled {
         outcome,
         warnings: Vec::new(),
-    }
-}
-
-fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> Handled {
-    Handled {
-        outcome,
-        warnings: journal.into_warnings(),
     }
 }
 
@@ -405,7 +406,12 @@ where
         last_referral_etag: None,
         last_referral_updated: updated,
         last_fingerprint_to_crm: Some(fingerprint.clone()),
-        last_fingerprint_to_pc: link.and_then(|l| l.last_fingerprint_to_pc),
+        last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
+        // The CRM now holds the referral's stage: a later CRM change closes the referral only
+        // when it moves away from it.
+        last_stage_to_pc: opportunity
+            .stage
+            .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
         updated_at: journal.now(),
     };
     match write_back(deps, journal, referral_id, &referral, &crm, &fingerprint).await {

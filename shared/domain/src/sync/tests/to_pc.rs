@@ -1,0 +1,661 @@
+//! CRM → Partner Center against the same fakes as Partner Center → CRM.
+
+use super::*;
+use crate::opportunity::{AssistanceRequest, OpportunityField, RejectedValue};
+use crate::ports::SyncDirection;
+use crate::status::ReferralState;
+
+const CONNECTOR_USER: &str = "9b1e6c7a-0000-4000-8000-00000000c0de";
+const SELLER: &str = "3f0c1d2e-0000-4000-8000-0000000005e1";
+const LINK_TEMPLATE: &str = "https://partner.microsoft.com/dashboard/referrals/v2/{id}";
+
+/// A co-sell opportunity a seller keeps in the CRM, ready to share.
+fn seller_opportunity() -> Opportunity {
+    Opportunity {
+        name: Some("Fabrikam rollout".into()),
+        deal_value: Some(usd(25_000)),
+        closing_date: NaiveDate::from_ymd_opt(2027, 9, 30),
+        notes: Some("Phase 1".into()),
+        stage: Some(OpportunityStage::Active),
+        account: Account {
+            name: Some("Fabrikam Customer".into()),
+            city: Some("Oslo".into()),
+            postal_code: Some("0150".into()),
+            country: Some(crate::values::CountryCode::try_from("NO").unwrap()),
+            ..Account::default()
+        },
+        contact: Some(Contact {
+            first_name: Some("Kari".into()),
+            last_name: Some("Nordmann".into()),
+            email: Some("kari@fabrikam.example".into()),
+            phone: None,
+        }),
+        solutions: vec![crate::ids::SolutionId::try_from("SOL-34104-EBB").unwrap()],
+        help: Some(AssistanceRequest::ProofOfConceptOrDemo),
+        visible_to_microsoft: true,
+        sync: true,
+        ..Opportunity::default()
+    }
+}
+
+impl World {
+    fn to_pc() -> Self {
+        let mut world = Self::new();
+        world.settings.crm_connector_user_id = Some(CONNECTOR_USER.into());
+        world.mapping.referral_link_template = Some(LINK_TEMPLATE.into());
+        world
+    }
+
+    /// The record as the CRM holds it now.
+    fn crm_read(&self, record: &CrmRecordId) -> CrmOpportunity {
+        self.crm.read(record, &self.crm.stored(record))
+    }
+
+    /// A seller's edit of the record in the CRM.
+    fn crm_edit(&self, record: &CrmRecordId, change: impl FnOnce(&mut Opportunity)) {
+        let mut state = lock(&self.crm.state);
+        change(&mut state.opportunities.get_mut(record).unwrap().opportunity);
+    }
+
+    /// The Dataverse webhook of operation `operation` on `record`, carrying the record.
+    fn crm_change(&self, record: &CrmRecordId, operation: u32, writer: &str) -> CrmChange {
+        CrmChange {
+            key: dataverse_change_key(&format!("op-{operation}"), record).unwrap(),
+            record: record.clone(),
+            writer: Some(writer.into()),
+            opportunity: Some(self.crm_read(record)),
+        }
+    }
+
+    fn sync_crm(&self, change: &CrmChange, now: DateTime<Utc>) -> Outcome {
+        let handled = block_on(handle_crm_change(
+            &self.deps(),
+            change,
+            &Self::delivery(now),
+        ))
+        .unwrap();
+        assert!(handled.warnings.is_empty(), "{:?}", handled.warnings);
+        handled.outcome
+    }
+
+    /// A seller's opportunity shared to Partner Center once; returns the record and the
+    /// referral.
+    fn shared(&self, opportunity: Opportunity) -> (CrmRecordId, ReferralId) {
+        let record = self.crm.seed(opportunity);
+        let outcome = self.sync_crm(&self.crm_change(&record, 1, SELLER), at(100));
+        assert_eq!(
+            outcome,
+            Outcome::Created {
+                crm: record.clone()
+            }
+        );
+        let referral = self.crm.stored(&record).opportunity.referral_id.unwrap();
+        (record, referral)
+    }
+
+    fn crm_audit(&self, record: &CrmRecordId) -> String {
+        self.crm.stored(record).audit.unwrap_or_default()
+    }
+
+    fn patches(&self) -> Vec<SentPatch> {
+        lock(&self.pc.patches).clone()
+    }
+}
+
+fn paths(ops: &[PatchOp]) -> Vec<&str> {
+    ops.iter().map(|op| op.path.as_str()).collect()
+}
+
+#[test]
+fn turning_sync_on_creates_exactly_one_referral_and_writes_its_id_and_link_back_to_the_crm() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+
+    assert_eq!(
+        outcome,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.pc.calls.get("create_referral"), 1);
+    assert_eq!(world.pc_calls(), 1, "one POST, nothing else");
+    let stored = world.crm.stored(&record).opportunity;
+    let id = stored.referral_id.expect("referral id written back");
+    assert_eq!(
+        stored.referral_link.as_deref(),
+        Some(LINK_TEMPLATE.replace("{id}", &id.to_string()).as_str())
+    );
+    assert_eq!(
+        world.crm.calls.get("upsert_opportunity"),
+        1,
+        "one write-back"
+    );
+    let audit = world.crm_audit(&record);
+    assert!(
+        audit.ends_with(&format!("Created Partner Center referral {id}")),
+        "{audit}"
+    );
+
+    let referral = world.pc.referral(id);
+    assert_eq!(referral.name.as_deref(), Some("Fabrikam rollout"));
+    assert_eq!(referral.external_reference_id, Some(record.native()));
+    assert_eq!(referral.state(), Some(ReferralState::accepted()));
+    let details = referral.details.as_ref().unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(25_000)));
+    assert_eq!(details.currency.as_deref(), Some("USD"));
+
+    let link = world.links.link(&id).unwrap();
+    assert_eq!(link.crm, record);
+    assert_eq!(link.last_referral_etag, referral.etag());
+    assert_eq!(
+        link.last_fingerprint_to_pc,
+        Some(seller_opportunity().fingerprint())
+    );
+    assert_eq!(link.last_stage_to_pc, Some(OpportunityStage::Active));
+    assert_eq!(
+        world.audit_events(),
+        vec![
+            AuditEvent::Received,
+            AuditEvent::Created,
+            AuditEvent::WrittenBack
+        ]
+    );
+    assert!(
+        world
+            .audit
+            .entries()
+            .iter()
+            .all(|e| e.direction == Some(SyncDirection::ToPartnerCenter)
+                && e.crm.as_ref() == Some(&record))
+    );
+
+    // The referral-created event our POST raises is our own echo: no CRM call.
+    let crm_calls = world.crm_calls();
+    let echo = world.outcome(
+        &webhook("referral-created", &id.to_string(), at(1)),
+        at(101),
+    );
+    assert_eq!(echo, Outcome::EchoSkipped);
+    assert_eq!(world.crm_calls(), crm_calls);
+}
+
+#[test]
+fn a_duplicate_crm_delivery_makes_no_partner_center_call() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    let change = world.crm_change(&record, 1, SELLER);
+    world.sync_crm(&change, at(100));
+    let (pc, crm) = (world.pc_calls(), world.crm_calls());
+
+    for n in 0..3 {
+        assert_eq!(
+            world.sync_crm(&change, at(101 + n)),
+            Outcome::DuplicateSkipped
+        );
+    }
+
+    assert_eq!(world.pc_calls(), pc);
+    assert_eq!(world.crm_calls(), crm);
+    assert_eq!(lock(&world.pc.referrals).len(), 1);
+}
+
+#[test]
+fn our_own_write_back_coming_back_from_the_crm_makes_no_partner_center_call() {
+    let world = World::to_pc();
+    let (record, _) = world.shared(seller_opportunity());
+    let (pc, idempotency) = (world.pc_calls(), world.idempotency.calls().total());
+
+    // The write-back's webhook, written by the connector's user (GUID in another case).
+    let echo = world.crm_change(&record, 2, &CONNECTOR_USER.to_uppercase());
+    let outcome = world.sync_crm(&echo, at(110));
+
+    assert_eq!(outcome, Outcome::EchoSkipped);
+    assert_eq!(world.pc_calls(), pc);
+    assert_eq!(
+        world.idempotency.calls().total(),
+        idempotency,
+        "not even a key"
+    );
+    assert_eq!(world.audit_events().last(), Some(&AuditEvent::EchoSkipped));
+}
+
+#[test]
+fn a_change_whose_fingerprint_was_already_sent_makes_no_partner_center_call() {
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    let pc = world.pc_calls();
+
+    // A Salesforce-style change without a known writer: only the ids changed (the write-back),
+    // or a field outside the mapping.
+    let mut change = world.crm_change(&record, 2, SELLER);
+    change.writer = None;
+    let outcome = world.sync_crm(&change, at(110));
+
+    assert_eq!(outcome, Outcome::UnchangedSkipped);
+    assert_eq!(world.pc_calls(), pc);
+    assert_eq!(
+        world.audit_events().last(),
+        Some(&AuditEvent::UnchangedSkipped)
+    );
+    assert_eq!(world.links.link(&id).unwrap().crm, record);
+}
+
+#[test]
+fn an_update_patches_only_the_changed_fields_with_if_match() {
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    let before = world.pc.referral(id);
+    world.crm_edit(&record, |o| {
+        o.deal_value = Some(usd(30_000));
+        o.notes = Some("Phase 1 and 2".into());
+        o.account.city = Some("Bergen".into()); // not an update field
+    });
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    let patches = world.patches();
+    assert_eq!(patches.len(), 1);
+    let (patched, if_match, ops) = &patches[0];
+    assert_eq!(*patched, id);
+    assert_eq!(if_match, &before.etag(), "If-Match the eTag just read");
+    assert_eq!(paths(ops), ["/details/dealValue", "/details/notes"]);
+    assert!(
+        ops.iter()
+            .all(|op| op.op == crate::referral::PatchOperation::Replace)
+    );
+    assert_eq!(world.pc.calls.get("get_referral"), 1);
+    assert_eq!(world.pc.calls.get("create_referral"), 1, "only the first");
+    let after = world.pc.referral(id);
+    let details = after.details.as_ref().unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
+    assert_eq!(details.notes.as_deref(), Some("Phase 1 and 2"));
+    assert!(
+        world
+            .crm_audit(&record)
+            .ends_with(&format!("Updated Partner Center referral {id}"))
+    );
+    let link = world.links.link(&id).unwrap();
+    assert_eq!(link.last_referral_etag, after.etag());
+    assert_eq!(
+        link.last_fingerprint_to_pc,
+        Some(world.crm.stored(&record).opportunity.fingerprint())
+    );
+
+    // The referral-updated event our PATCH raises is our own echo.
+    let crm_calls = world.crm_calls();
+    let echo = world.outcome(
+        &webhook("referral-updated", &id.to_string(), at(50)),
+        at(111),
+    );
+    assert_eq!(echo, Outcome::EchoSkipped);
+    assert_eq!(world.crm_calls(), crm_calls);
+}
+
+#[test]
+fn an_invalid_opportunity_makes_no_partner_center_call_and_its_audit_field_names_the_fix() {
+    type Break = fn(&mut CrmOpportunity);
+    let cases: [(&str, Break, &str, &str); 3] = [
+        (
+            "missing solution",
+            |c| c.opportunity.solutions.clear(),
+            "Solution ID is required",
+            "add a solution ID such as \"SOL-34104-EBB\" to msft_microsoftpartnercentersolutions",
+        ),
+        (
+            "bad country",
+            |c| {
+                c.opportunity.account.country = None;
+                c.rejected.push(RejectedValue {
+                    field: OpportunityField::Country,
+                    crm_field: "address1_country".into(),
+                    found: "USA".into(),
+                });
+            },
+            "\"USA\"",
+            "to a two-letter code such as \"US\"",
+        ),
+        (
+            "missing contact with help",
+            |c| c.opportunity.contact = None,
+            "a customer contact is required when Microsoft's help is requested",
+            "link a customer contact",
+        ),
+    ];
+    for (case, break_it, reason, fix) in cases {
+        let world = World::to_pc();
+        let record = world.crm.seed(seller_opportunity());
+        let mut change = world.crm_change(&record, 1, SELLER);
+        break_it(change.opportunity.as_mut().unwrap());
+
+        let outcome = world.sync_crm(&change, at(100));
+
+        let Outcome::NeedsAttention { code, message } = &outcome else {
+            panic!("{case}: {outcome:?}");
+        };
+        assert_eq!(*code, "invalid_opportunity", "{case}");
+        assert!(message.contains(reason), "{case}: {message}");
+        assert_eq!(world.pc_calls(), 0, "{case}: no Partner Center call");
+        let audit = world.crm_audit(&record);
+        assert!(audit.contains("Sync failed:"), "{case}: {audit}");
+        assert!(audit.contains(reason), "{case}: {audit}");
+        let (_, fixes) = audit.split_once(" Fix: ").unwrap();
+        assert!(
+            fixes.to_lowercase().contains(&fix.to_lowercase()),
+            "{case}: {audit}"
+        );
+        assert!(!audit.contains("Kari") && !audit.contains("fabrikam.example"));
+        assert!(world.links.links().is_empty(), "{case}");
+        assert!(
+            matches!(world.audit_events().last(), Some(AuditEvent::Failed { .. })),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn a_referral_id_partner_center_does_not_know_needs_attention() {
+    let world = World::to_pc();
+    let unknown = ReferralId::try_from("0d6a2d0e-0000-4000-8000-00000000dead").unwrap();
+    let record = world.crm.seed(Opportunity {
+        referral_id: Some(unknown),
+        ..seller_opportunity()
+    });
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+
+    let Outcome::NeedsAttention { code, message } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*code, "unknown_referral");
+    assert!(message.contains(&unknown.to_string()), "{message}");
+    assert_eq!(world.pc.calls.get("get_referral"), 1);
+    assert_eq!(
+        world.pc.calls.get("create_referral") + world.pc.calls.get("patch_referral"),
+        0,
+        "neither silently re-created nor patched"
+    );
+    let audit = world.crm_audit(&record);
+    assert!(
+        audit.contains("msft_microsoftpartnercenterreferralidentifier"),
+        "{audit}"
+    );
+    assert!(world.queue.jobs().is_empty());
+}
+
+#[test]
+fn a_referral_in_a_terminal_state_is_never_patched_and_the_audit_says_why() {
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.pc.edit(id, |r| {
+        r.status = Some(ReferralStatus::Closed);
+        r.substatus = Some(ReferralSubstatus::Lost);
+    });
+    world.crm_edit(&record, |o| o.notes = Some("Customer came back".into()));
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+
+    let Outcome::NeedsAttention { code, .. } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*code, "terminal_referral");
+    assert_eq!(world.pc.calls.get("patch_referral"), 0);
+    let audit = world.crm_audit(&record);
+    assert!(audit.contains("terminal state"), "{audit}");
+    assert!(audit.contains("/details/notes"), "{audit}");
+    assert!(
+        audit.contains("Fix: Leave the referral as it is"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_referral_is_closed_as_won_only_when_the_crm_stage_changes_to_won() {
+    // Already won when sync was turned on: shared Active, and a later edit does not close it.
+    let world = World::to_pc();
+    let (record, id) = world.shared(Opportunity {
+        stage: Some(OpportunityStage::Won),
+        ..seller_opportunity()
+    });
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::accepted())
+    );
+    world.crm_edit(&record, |o| o.notes = Some("Signed".into()));
+    world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+    assert_eq!(paths(&world.patches()[0].2), ["/details/notes"]);
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::accepted())
+    );
+
+    // An explicit change to Won closes it.
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.stage = Some(OpportunityStage::Won));
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(paths(&world.patches()[0].2), ["/status", "/substatus"]);
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::closed(ReferralSubstatus::Won))
+    );
+    assert_eq!(
+        world.links.link(&id).unwrap().last_stage_to_pc,
+        Some(OpportunityStage::Won)
+    );
+}
+
+#[test]
+fn a_change_with_sync_off_is_ignored_without_any_call() {
+    let world = World::to_pc();
+    let record = world.crm.seed(Opportunity {
+        sync: false,
+        ..seller_opportunity()
+    });
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+
+    assert!(matches!(outcome, Outcome::Ignored { .. }), "{outcome:?}");
+    assert_eq!(world.pc_calls() + world.crm_calls(), 0);
+    assert_eq!(world.idempotency.calls().total(), 0);
+    assert!(world.audit.entries().is_empty());
+
+    // A body too large to carry the record: read once, still no Partner Center call.
+    let mut change = world.crm_change(&record, 2, SELLER);
+    change.opportunity = None;
+    let outcome = world.sync_crm(&change, at(101));
+    assert!(matches!(outcome, Outcome::Ignored { .. }), "{outcome:?}");
+    assert_eq!(world.crm.calls.get("get_opportunity"), 1);
+    assert_eq!(world.pc_calls(), 0);
+}
+
+#[test]
+fn a_partner_center_outage_enqueues_a_retry_of_the_crm_record() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    world.pc.fail_next(
+        "create_referral",
+        transient(Service::PartnerCenter, Some(45)),
+    );
+    let change = world.crm_change(&record, 1, SELLER);
+
+    let outcome = world.sync_crm(&change, at(100));
+
+    assert_eq!(
+        outcome,
+        Outcome::RetryEnqueued {
+            attempt: 1,
+            delay: Duration::from_secs(45)
+        }
+    );
+    let jobs = world.queue.jobs();
+    assert_eq!(jobs.len(), 1);
+    let (job, _) = &jobs[0];
+    assert_eq!(job.source, RetrySource::Dataverse);
+    assert_eq!(job.key, change.key.as_str());
+    assert_eq!(job.payload["record"], json!(record));
+    let payload = job.payload.to_string();
+    assert!(
+        !payload.contains("kari") && !payload.contains("Kari"),
+        "no contact data on the queue: {payload}"
+    );
+    assert_eq!(
+        world.idempotency.record(&change.key).unwrap().status,
+        IdempotencyStatus::Completed
+    );
+    assert!(world.crm.stored(&record).opportunity.referral_id.is_none());
+}
+
+#[test]
+fn a_replayed_crm_retry_job_creates_the_referral_once() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    world
+        .pc
+        .fail_next("create_referral", transient(Service::PartnerCenter, None));
+    world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    let (job, _) = world.queue.take_all().remove(0);
+
+    let first = world.retry(&job, at(130));
+    let replay = world.retry(&job, at(131));
+
+    assert_eq!(
+        first,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(replay, Outcome::DuplicateSkipped);
+    assert_eq!(lock(&world.pc.referrals).len(), 1);
+    assert_eq!(
+        world.pc.calls.get("create_referral"),
+        2,
+        "the failed one and the retry"
+    );
+    assert_eq!(
+        world.crm.calls.get("get_opportunity"),
+        1,
+        "the retry re-reads"
+    );
+    assert!(world.crm.stored(&record).opportunity.referral_id.is_some());
+    assert!(world.queue.jobs().is_empty());
+}
+
+#[test]
+fn a_failed_write_back_is_finished_by_the_retry_without_a_second_referral() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    world
+        .crm
+        .fail_next("upsert_opportunity", transient(Service::Dataverse, None));
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    let (job, _) = world.queue.take_all().remove(0);
+
+    let retried = world.retry(&job, at(130));
+
+    assert_eq!(retried, Outcome::UnchangedSkipped);
+    assert_eq!(world.pc.calls.get("create_referral"), 1);
+    assert_eq!(world.pc_calls(), 1, "no Partner Center call on the retry");
+    let referral = world.links.links()[0].referral_id;
+    assert_eq!(
+        world.crm.stored(&record).opportunity.referral_id,
+        Some(referral)
+    );
+}
+
+#[test]
+fn a_crm_retry_job_without_a_record_needs_attention() {
+    let world = World::to_pc();
+    let job = RetryJob {
+        source: RetrySource::Salesforce,
+        key: "sf:04l000000000001".into(),
+        attempt: 1,
+        payload: json!({ "record": "dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c" }),
+    };
+
+    let outcome = world.retry(&job, at(100));
+
+    assert!(matches!(
+        outcome,
+        Outcome::NeedsAttention {
+            code: "invalid_retry_job",
+            ..
+        }
+    ));
+    assert_eq!(world.pc_calls() + world.crm_calls(), 0);
+}
+
+#[test]
+fn connector_writes_are_recognised_by_user_id() {
+    let mut settings = SyncSettings {
+        crm_connector_user_id: Some(CONNECTOR_USER.into()),
+        ..SyncSettings::default()
+    };
+    assert!(settings.is_connector_write(Some(&CONNECTOR_USER.to_uppercase())));
+    assert!(settings.is_connector_write(Some(&format!("{{{CONNECTOR_USER}}}"))));
+    assert!(!settings.is_connector_write(Some(SELLER)));
+    assert!(!settings.is_connector_write(None));
+    settings.crm_connector_user_id = Some("005Ab0000000001".into());
+    assert!(settings.is_connector_write(Some("005Ab0000000001AAA")));
+    assert!(settings.is_connector_write(Some(" 005Ab0000000001 ")));
+    assert!(
+        !settings.is_connector_write(Some("005AB0000000001")),
+        "15 characters: case counts"
+    );
+    assert!(!settings.is_connector_write(Some("005Ab0000000002AAA")));
+    settings.crm_connector_user_id = None;
+    assert!(!settings.is_connector_write(Some(CONNECTOR_USER)));
+}
+
+#[test]
+fn crm_change_keys_follow_the_documented_forms() {
+    let record = CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap();
+    assert_eq!(
+        dataverse_change_key("0a1b", &record).unwrap().as_str(),
+        "dv:0a1b:6d81597f-0f9f-e711-8122-000d3aa2331c"
+    );
+    assert!(dataverse_change_key(" ", &record).is_err());
+    assert_eq!(
+        salesforce_change_key("04l000000000001AAA")
+            .unwrap()
+            .as_str(),
+        "sf:04l000000000001AAA"
+    );
+}
+
+#[test]
+fn the_crm_handler_and_its_retry_are_send() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    let deps = world.deps();
+    let meta = World::delivery(at(100));
+    let change = world.crm_change(&record, 1, SELLER);
+    let handled = block_on(assert_send(handle_crm_change(&deps, &change, &meta)));
+    assert!(matches!(handled.unwrap().outcome, Outcome::Created { .. }));
+    let job = RetryJob {
+        source: RetrySource::Dataverse,
+        key: change.key.to_string(),
+        attempt: 1,
+        payload: json!({ "record": record }),
+    };
+    let retried = block_on(assert_send(run_retry_job(&deps, &job, &meta)));
+    assert_eq!(retried.unwrap().outcome, Outcome::UnchangedSkipped);
+}

@@ -1,0 +1,672 @@
+//! CRM → Partner Center: what the `crm-events` function and the retry worker run for a change
+//! of a CRM opportunity (a Dataverse webhook, one Salesforce Outbound Message notification).
+//!
+//! Before the delivery's key is taken (no call at all):
+//!
+//! - **Own write**: the change was written by the connector's CRM user
+//!   ([`SyncSettings::crm_connector_user_id`]) → `EchoSkipped` (audited).
+//! - **Sync off**: the opportunity in the event has "Sync with Partner Center" off → `Ignored`.
+//!
+//! Under the key (see [`super::runner`]):
+//!
+//! 1. The opportunity is the event's, or (a Dataverse body over 256 KB, a retry) read with
+//!    [`CrmStore::get_opportunity`]; sync off → `Ignored`.
+//! 2. Its referral: the record's referral id, else the one of its [`Link`].
+//! 3. **Echo / unchanged**: its fingerprint is what the CRM was last given from Partner Center
+//!    (`EchoSkipped`) or what Partner Center was last sent (`UnchangedSkipped`): no Partner
+//!    Center call (a write-back an earlier run could not finish is finished).
+//! 4. **Validate** ([`validate_for_partner_center`]): on failure no Partner Center call; the
+//!    problems and their fixes go to the record's Audit field (`NeedsAttention`).
+//! 5. **No referral** → `POST` the referral ([`referral_create_body`]), save the link (with the
+//!    referral's `eTag`, so the `referral-created` event it raises is recognised as our echo),
+//!    then write the referral id and link back to the record with the Audit text (`Created`).
+//! 6. **A referral** → `GET` it (404 → `NeedsAttention`: the record names a referral Partner
+//!    Center does not know), then `PATCH` only the update fields that differ
+//!    ([`referral_patch`]) with `If-Match` (on 412 re-read once and patch once more). A close
+//!    as won or lost is sent only when the CRM stage moved since the last sync
+//!    ([`Link::last_stage_to_pc`]); a referral in a terminal state is never changed
+//!    (`NeedsAttention`, the Audit field says why). Nothing differs → `UnchangedSkipped`.
+//!
+//! Transient failures are retried through a [`RetryJob`] of source Dataverse / Salesforce whose
+//! payload names the record only (no contact data): the retry re-reads the record.
+//!
+//! [`SyncSettings::crm_connector_user_id`]: super::SyncSettings::crm_connector_user_id
+//! [`RetryJob`]: crate::ports::RetryJob
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::deps::{Delivery, Deps};
+use super::outcome::{Handled, Outcome, SyncError};
+use super::runner::{
+    Failure, Journal, Problem, Run, attempt_key, capitalize, exactly_once, finish, needs_attention,
+    sentence,
+};
+use crate::datetime::WireDateTime;
+use crate::error::{ParseError, TransitionError, ValidationProblem};
+use crate::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
+use crate::mapping::{BodyScope, MappingConfig, referral_create_body, referral_patch, stage_of};
+use crate::opportunity::{CrmOpportunity, Opportunity};
+use crate::ports::{
+    AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, PortError, RetryJob, RetryQueue, RetrySource, SyncDirection,
+};
+use crate::referral::{PatchOp, Referral};
+use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
+
+/// One change of a CRM opportunity, as the `crm-events` function parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmChange {
+    /// The delivery's idempotency key: [`dataverse_change_key`] / [`salesforce_change_key`].
+    pub key: IdempotencyKey,
+    /// The opportunity that changed.
+    pub record: CrmRecordId,
+    /// Who made the change (Dataverse `InitiatingUserId` / `UserId`, Salesforce
+    /// `LastModifiedById`), when the event says.
+    pub writer: Option<String>,
+    /// The opportunity as the event carries it; `None` to read it from the CRM (a Dataverse
+    /// body over 256 KB carries no attributes).
+    pub opportunity: Option<CrmOpportunity>,
+}
+
+/// The idempotency key of a Dataverse webhook delivery: `dv:<OperationId>:<record>` (Dataverse
+/// retries a delivery with the same `OperationId`).
+pub fn dataverse_change_key(
+    operation_id: &str,
+    record: &CrmRecordId,
+) -> Result<IdempotencyKey, ParseError> {
+    let operation_id = operation_id.trim();
+    if operation_id.is_empty() {
+        return Err(ParseError::empty(
+            "OperationId",
+            "the webhook's OperationId",
+        ));
+    }
+    IdempotencyKey::new("dv", &format!("{operation_id}:{}", record.native()))
+}
+
+/// The idempotency key of one Salesforce Outbound Message notification: `sf:<notification Id>`
+/// (a redelivered message keeps its notification ids).
+pub fn salesforce_change_key(notification_id: &str) -> Result<IdempotencyKey, ParseError> {
+    IdempotencyKey::new("sf", notification_id.trim())
+}
+
+/// What a retry job of a CRM change carries: the record, never its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CrmRetryPayload {
+    record: CrmRecordId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer: Option<String>,
+}
+
+/// The retry source of a CRM.
+fn retry_source(kind: CrmKind) -> RetrySource {
+    match kind {
+        CrmKind::Dataverse => RetrySource::Dataverse,
+        CrmKind::Salesforce => RetrySource::Salesforce,
+    }
+}
+
+/// Handle one change of a CRM opportunity, exactly once (see the module docs).
+///
+/// `Err` means the delivery could not be taken on or parked: answer
+/// [`SyncError::http_status`] (Dataverse retries 503 once; for Salesforce, do not acknowledge
+/// the notification) so the CRM delivers it again.
+pub async fn handle_crm_change<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    change: &CrmChange,
+    meta: &Delivery,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
+    if deps.settings.is_connector_write(change.writer.as_deref()) {
+        journal
+            .record(AuditEvent::EchoSkipped, Some(&change.record))
+            .await;
+        return Ok(finish(Outcome::EchoSkipped, journal));
+    }
+    if change
+        .opportunity
+        .as_ref()
+        .is_some_and(|o| !o.opportunity.sync)
+    {
+        return Ok(finish(sync_off(), journal));
+    }
+    let retry_key = change.key.to_string();
+    process(
+        deps,
+        change,
+        meta,
+        journal,
+        change.key.clone(),
+        &retry_key,
+        0,
+    )
+    .await
+}
+
+/// A Dataverse or Salesforce retry job: the record is read again and synced under the key of
+/// the job's attempt.
+pub(super) async fn run_crm_retry_job<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    job: &RetryJob,
+    meta: &Delivery,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
+    let payload = serde_json::from_value::<CrmRetryPayload>(job.payload.clone())
+        .ok()
+        .filter(|p| retry_source(p.record.kind()) == job.source);
+    match (
+        payload,
+        IdempotencyKey::try_from(job.key.as_str()),
+        attempt_key(job),
+    ) {
+        (Some(payload), Ok(original), Ok(key)) => {
+            let change = CrmChange {
+                key: original,
+                record: payload.record,
+                writer: payload.writer,
+                opportunity: None,
+            };
+            process(deps, &change, meta, journal, key, &job.key, job.attempt).await
+        }
+        _ => {
+            let problem = Problem {
+                code: "invalid_retry_job",
+                reason: format!(
+                    "retry job {:?} (attempt {}, source {:?}) names no CRM opportunity of that \
+                     CRM.",
+                    job.key, job.attempt, job.source
+                ),
+                fix: "Remove the message from the queue; if an opportunity is missing in Partner \
+                      Center, change it in the CRM to sync it again."
+                    .to_owned(),
+                crm: None,
+            };
+            let outcome = needs_attention(deps, &journal, problem).await;
+            Ok(finish(outcome, journal))
+        }
+    }
+}
+
+fn sync_off() -> Outcome {
+    Outcome::Ignored {
+        reason: "\"Sync with Partner Center\" is off on the opportunity".to_owned(),
+    }
+}
+
+/// The change under `key`.
+async fn process<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    change: &CrmChange,
+    meta: &Delivery,
+    journal: Journal<'_, A>,
+    key: IdempotencyKey,
+    retry_key: &str,
+    attempt: u32,
+) -> Result<Handled, SyncError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    I: IdempotencyStore,
+    Q: RetryQueue,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let payload = CrmRetryPayload {
+        record: change.record.clone(),
+        writer: change.writer.clone(),
+    };
+    // Serialising a record id and a string cannot fail.
+    let payload = serde_json::to_value(payload).unwrap_or(Value::Null);
+    let run = Run {
+        key,
+        retry_key,
+        attempt,
+        source: retry_source(change.record.kind()),
+        payload: &payload,
+    };
+    let sync = async {
+        journal
+            .record(AuditEvent::Received, Some(&change.record))
+            .await;
+        sync_change(deps, &journal, change).await
+    };
+    let outcome = exactly_once(deps, meta, &run, &journal, sync).await?;
+    Ok(finish(outcome, journal))
+}
+
+/// Steps 1–6 of the module docs.
+async fn sync_change<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    change: &CrmChange,
+) -> Result<Outcome, Failure>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let record = &change.record;
+    if record.kind() != deps.crm.kind() {
+        return Err(Failure::Problem(Problem {
+            code: "wrong_crm",
+            reason: format!(
+                "the change is about {record}, a {} record, but this connector syncs {}.",
+                record.kind(),
+                deps.crm.kind()
+            ),
+            fix: "Point the CRM's webhook or outbound message at the connector deployed for that \
+                  CRM."
+                .to_owned(),
+            crm: None,
+        }));
+    }
+    let read;
+    let candidate = match &change.opportunity {
+        Some(candidate) => candidate,
+        None => {
+            read = deps
+                .crm
+                .get_opportunity(record)
+                .await
+                .map_err(Failure::port(Some(record)))?;
+            &read
+        }
+    };
+    let opportunity = &candidate.opportunity;
+    if !opportunity.sync {
+        return Ok(sync_off());
+    }
+
+    let link = deps
+        .links
+        .get_by_crm(record)
+        .await
+        .map_err(Failure::port(Some(record)))?
+        // A link to another referral than the one the record names is not this record's.
+        .filter(|link| {
+            opportunity
+                .referral_id
+                .is_none_or(|id| id == link.referral_id)
+        });
+    let referral_id = opportunity
+        .referral_id
+        .or_else(|| link.as_ref().map(|l| l.referral_id));
+    if let Some(id) = referral_id {
+        journal.set_referral(id);
+    }
+
+    let fingerprint = opportunity.fingerprint();
+    if let Some(link) = &link {
+        let echo = link.is_echo_from_crm(&fingerprint);
+        if echo || link.is_unchanged_for_pc(&fingerprint) {
+            finish_write_back(deps, journal, record, opportunity, link.referral_id).await?;
+            let (event, outcome) = if echo {
+                (AuditEvent::EchoSkipped, Outcome::EchoSkipped)
+            } else {
+                (AuditEvent::UnchangedSkipped, Outcome::UnchangedSkipped)
+            };
+            journal.record(event, Some(record)).await;
+            return Ok(outcome);
+        }
+    }
+
+    let validated = validate_for_partner_center(candidate, deps.mapping)
+        .map_err(|problems| Failure::Problem(invalid_opportunity(&problems, record)))?;
+    let sync = Outbound {
+        record,
+        validated: &validated,
+        fingerprint,
+        link: link.as_ref(),
+    };
+    match referral_id {
+        None => create(deps, journal, &sync).await,
+        Some(id) => update(deps, journal, &sync, id).await,
+    }
+}
+
+/// What steps 5 and 6 work on.
+struct Outbound<'s> {
+    record: &'s CrmRecordId,
+    validated: &'s ValidatedOpportunity,
+    fingerprint: String,
+    link: Option<&'s Link>,
+}
+
+impl Outbound<'_> {
+    fn opportunity(&self) -> &Opportunity {
+        self.validated.opportunity()
+    }
+
+    /// The stage to compare a CRM close with: the one last synced, else (an older link, a
+    /// record linked by someone else) the referral's own.
+    fn explicit_close(&self, current: &Referral) -> bool {
+        let desired = self.opportunity().stage;
+        let previous = self
+            .link
+            .and_then(|l| l.last_stage_to_pc)
+            .or_else(|| stage_of(current.status.as_ref(), current.substatus.as_ref()));
+        desired.is_some_and(|s| s.is_closed())
+            && previous.map(|s| s.coarse()) != desired.map(|s| s.coarse())
+    }
+
+    /// The link after a sync to Partner Center.
+    fn link_after(
+        &self,
+        referral_id: ReferralId,
+        referral: &Referral,
+        etag: Option<ETag>,
+        now: DateTime<Utc>,
+    ) -> Link {
+        let updated = referral
+            .updated_date_time
+            .as_ref()
+            .and_then(WireDateTime::instant);
+        Link {
+            referral_id,
+            crm: self.record.clone(),
+            last_referral_etag: etag,
+            last_referral_updated: updated
+                .or_else(|| self.link.and_then(|l| l.last_referral_updated)),
+            last_fingerprint_to_crm: self.link.and_then(|l| l.last_fingerprint_to_crm.clone()),
+            last_fingerprint_to_pc: Some(self.fingerprint.clone()),
+            last_stage_to_pc: self
+                .opportunity()
+                .stage
+                .or_else(|| self.link.and_then(|l| l.last_stage_to_pc)),
+            updated_at: now,
+        }
+    }
+}
+
+/// Step 5: create the referral.
+///
+/// The link is saved before the id is written back to the CRM, so a retry after a failed
+/// write-back finds the referral by the link and only finishes the write-back (rather than
+/// creating a second referral). Only when both fail can a retry create the referral again.
+async fn create<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    sync: &Outbound<'_>,
+) -> Result<Outcome, Failure>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let record = sync.record;
+    let body = referral_create_body(sync.validated, &deps.settings.partner_team);
+    let created = deps
+        .partner_center
+        .create_referral(&body)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    let referral_id = created.referral_id().map_err(|error| {
+        Failure::Problem(Problem {
+            code: "invalid_response",
+            reason: sentence(&format!(
+                "Partner Center created the referral but answered without its id: {error}"
+            )),
+            fix: format!(
+                "Find the referral named {:?} in Partner Center and enter its id in {} on the \
+                 opportunity; do not turn sync off and on again, which would create another one.",
+                sync.opportunity().name.as_deref().unwrap_or_default(),
+                referral_id_field(deps.mapping, record.kind())
+            ),
+            crm: Some(record.clone()),
+        })
+    })?;
+    journal.set_referral(referral_id);
+    journal.record(AuditEvent::Created, Some(record)).await;
+
+    let link = sync.link_after(referral_id, &created, created.etag(), journal.now());
+    let saved = deps.links.put(&link).await;
+    let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
+    write_back(deps, record, referral_id, &text)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    journal.record(AuditEvent::WrittenBack, Some(record)).await;
+    saved.map_err(Failure::port(Some(record)))?;
+    Ok(Outcome::Created {
+        crm: record.clone(),
+    })
+}
+
+/// Step 6: update the referral.
+async fn update<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+) -> Result<Outcome, Failure>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    A: AuditLog,
+    L: LinkStore,
+{
+    let record = sync.record;
+    let pc = deps.partner_center;
+    let current = match pc.get_referral(&referral_id).await {
+        Ok(referral) => referral,
+        Err(PortError::NotFound { .. }) => {
+            return Err(Failure::Problem(unknown_referral(
+                deps.mapping,
+                record,
+                referral_id,
+            )));
+        }
+        Err(error) => return Err(Failure::port(Some(record))(error)),
+    };
+    let explicit_close = sync.explicit_close(&current);
+    let plan = |referral: &Referral| {
+        referral_patch(referral, sync.opportunity(), explicit_close)
+            .map_err(|error| Failure::Problem(not_applicable(&error, record)))
+    };
+
+    let ops = plan(&current)?;
+    if ops.is_empty() {
+        let link = sync.link_after(referral_id, &current, current.etag(), journal.now());
+        deps.links
+            .put(&link)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
+        journal
+            .record(AuditEvent::UnchangedSkipped, Some(record))
+            .await;
+        return Ok(Outcome::UnchangedSkipped);
+    }
+
+    let (read, etag) = match patch(pc, referral_id, &current, &ops).await {
+        Ok(etag) => (current, etag),
+        Err(PortError::PreconditionFailed { .. }) => {
+            // Someone changed the referral since it was read: once more on a fresh read.
+            let fresh = pc
+                .get_referral(&referral_id)
+                .await
+                .map_err(Failure::port(Some(record)))?;
+            let ops = plan(&fresh)?;
+            let etag = if ops.is_empty() {
+                // Their change was ours: its version is not our write, so no echo eTag.
+                None
+            } else {
+                patch(pc, referral_id, &fresh, &ops)
+                    .await
+                    .map_err(Failure::port(Some(record)))?
+            };
+            (fresh, etag)
+        }
+        Err(error) => return Err(Failure::port(Some(record))(error)),
+    };
+    journal.record(AuditEvent::Updated, Some(record)).await;
+
+    let link = sync.link_after(referral_id, &read, etag, journal.now());
+    deps.links
+        .put(&link)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    let text = journal.entry(AuditEvent::Updated, Some(record)).crm_text();
+    if sync.opportunity().referral_id == Some(referral_id) {
+        let written = deps.crm.write_audit(record, &text).await;
+        journal.tolerate(written);
+    } else {
+        write_back(deps, record, referral_id, &text)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        journal.record(AuditEvent::WrittenBack, Some(record)).await;
+    }
+    Ok(Outcome::Updated {
+        crm: record.clone(),
+    })
+}
+
+async fn patch<P: PartnerCenter>(
+    pc: &P,
+    referral_id: ReferralId,
+    current: &Referral,
+    ops: &[PatchOp],
+) -> Result<Option<ETag>, PortError> {
+    pc.patch_referral(&referral_id, current.etag().as_ref(), ops)
+        .await
+}
+
+/// Write the referral id and link (and `audit`) to the record: an update of the record by its
+/// id that sets only those.
+async fn write_back<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    record: &CrmRecordId,
+    referral_id: ReferralId,
+    audit: &str,
+) -> Result<(), PortError>
+where
+    C: CrmStore,
+{
+    let ids = Opportunity {
+        referral_id: Some(referral_id),
+        referral_link: deps.mapping.referral_link(&referral_id.to_string()),
+        ..Opportunity::default()
+    };
+    let write = OpportunityWrite {
+        referral_id: &referral_id,
+        record: Some(record),
+        opportunity: &ids,
+        account: None,
+        contact: None,
+        audit: Some(audit),
+        scope: BodyScope::Update,
+    };
+    deps.crm.upsert_opportunity(&write).await.map(|_| ())
+}
+
+/// The write-back of an earlier run that could not finish it: when the record does not carry
+/// its referral id yet.
+async fn finish_write_back<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    record: &CrmRecordId,
+    opportunity: &Opportunity,
+    referral_id: ReferralId,
+) -> Result<(), Failure>
+where
+    C: CrmStore,
+    A: AuditLog,
+{
+    if opportunity.referral_id == Some(referral_id) {
+        return Ok(());
+    }
+    let text = journal
+        .entry(AuditEvent::WrittenBack, Some(record))
+        .crm_text();
+    write_back(deps, record, referral_id, &text)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    journal.record(AuditEvent::WrittenBack, Some(record)).await;
+    Ok(())
+}
+
+/// The configured CRM field of the referral id.
+fn referral_id_field(mapping: &MappingConfig, kind: CrmKind) -> &str {
+    match kind {
+        CrmKind::Dataverse => &mapping.dataverse.opportunity.referral_identifier,
+        CrmKind::Salesforce => &mapping.salesforce.opportunity.referral_identifier,
+    }
+}
+
+/// `message` split at its `Fix:` into what went wrong and what to do.
+fn reason_and_fix(message: &str) -> (String, Option<String>) {
+    match message.split_once(" Fix: ") {
+        Some((reason, fix)) => (sentence(reason), Some(sentence(&capitalize(fix.trim())))),
+        None => (sentence(message), None),
+    }
+}
+
+/// Every validation problem, in one failure: the reasons, then the fixes in the same order.
+fn invalid_opportunity(problems: &[ValidationProblem], record: &CrmRecordId) -> Problem {
+    let (reasons, fixes): (Vec<String>, Vec<Option<String>>) = problems
+        .iter()
+        .map(|problem| reason_and_fix(&problem.to_string()))
+        .unzip();
+    let codes: Vec<&str> = problems.iter().map(ValidationProblem::code).collect();
+    Problem {
+        code: "invalid_opportunity",
+        reason: format!(
+            "Not sent to Partner Center ({}): {}",
+            codes.join(", "),
+            reasons.join(" ")
+        ),
+        fix: fixes.into_iter().flatten().collect::<Vec<_>>().join(" "),
+        crm: Some(record.clone()),
+    }
+}
+
+/// A referral change Partner Center would refuse (a terminal referral above all).
+fn not_applicable(error: &TransitionError, record: &CrmRecordId) -> Problem {
+    let code = match error {
+        TransitionError::Terminal { .. } => "terminal_referral",
+        _ => "invalid_transition",
+    };
+    let (reason, fix) = reason_and_fix(&format!("The {error}"));
+    Problem {
+        code,
+        reason: format!("Partner Center was not changed: {reason}"),
+        fix: fix.unwrap_or_else(|| "Check the referral in Partner Center.".to_owned()),
+        crm: Some(record.clone()),
+    }
+}
+
+fn unknown_referral(mapping: &MappingConfig, record: &CrmRecordId, id: ReferralId) -> Problem {
+    let field = referral_id_field(mapping, record.kind());
+    Problem {
+        code: "unknown_referral",
+        reason: format!(
+            "the opportunity is linked to Partner Center referral {id}, which Partner Center does \
+             not know (404)."
+        ),
+        fix: format!(
+            "Correct {field} on the opportunity, or clear it (and its link) to share the \
+             opportunity as a new referral; check that the connector's Partner Center user holds \
+             the Referrals admin or Referral user role."
+        ),
+        crm: Some(record.clone()),
+    }
+}
