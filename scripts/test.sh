@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace, the way CI does:
 #   formatting, clippy (-D warnings), then all unit, contract and integration tests.
-# Installs what the tests need when it is missing (moto server for DynamoDB/SQS),
-# starts moto on a free loopback port, and stops it again on exit.
+# Installs what the tests need when it is missing (moto server for DynamoDB/SQS, cargo-lambda
+# for the end-to-end tests), starts moto on a free loopback port, and stops it again on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,16 @@ ensure_moto() {
     python3 -m pip install --quiet 'moto[server]>=5.1,<6'
     hash -r
   fi
+}
+
+# The end-to-end tests (functions/*/tests/e2e_*.rs) run the functions under `cargo lambda watch`.
+ensure_cargo_lambda() {
+  if ! cargo lambda --version >/dev/null 2>&1; then
+    log "installing cargo-lambda (pip install 'cargo-lambda>=1.8,<2')"
+    python3 -m pip install --quiet 'cargo-lambda>=1.8,<2'
+    hash -r
+  fi
+  cargo lambda --version
 }
 
 free_port() {
@@ -50,7 +60,13 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 ensure_moto
+ensure_cargo_lambda
 start_moto
+
+# The build `cargo lambda watch` runs in the end-to-end tests (`cargo run --features sandbox`),
+# made now so the tests do not wait for it.
+log "cargo build -p partner-center-events --features sandbox"
+cargo build -p partner-center-events --features sandbox --locked
 
 log "cargo test"
 cargo test --workspace --locked

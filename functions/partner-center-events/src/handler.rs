@@ -199,6 +199,10 @@ fn deadline(req: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
         .filter(|deadline| *deadline > 0)
         .and_then(|millis| i64::try_from(millis).ok())
         .and_then(DateTime::<Utc>::from_timestamp_millis)
+        // A deadline that is not in the future is no deadline: `cargo lambda watch` sends a
+        // duration (e.g. 600000) instead of epoch milliseconds, which would make every
+        // in-progress idempotency lock expire at once and let concurrent duplicates through.
+        .filter(|deadline| *deadline > now)
         .unwrap_or_else(|| {
             now + TimeDelta::from_std(FALLBACK_DEADLINE).unwrap_or(TimeDelta::seconds(30))
         })
@@ -370,6 +374,16 @@ mod tests {
     fn an_empty_lambda_context_falls_back() {
         let req = request().with_lambda_context(Context::default());
         assert_eq!(correlation_id(&req).as_deref(), Some("url-request-1"));
+        let now = at(1_800_000_000_000);
+        assert_eq!(deadline(&req, now), at(1_800_000_030_000));
+    }
+
+    #[test]
+    fn a_deadline_that_is_not_in_the_future_falls_back() {
+        // `cargo lambda watch` sends the timeout as a duration (600000 ms), not an epoch time.
+        let mut context = Context::default();
+        context.deadline = 600_000;
+        let req = request().with_lambda_context(context);
         let now = at(1_800_000_000_000);
         assert_eq!(deadline(&req, now), at(1_800_000_030_000));
     }
