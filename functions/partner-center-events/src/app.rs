@@ -265,8 +265,13 @@ impl Stores<DynamoIdempotencyStore, SqsRetryQueue, DynamoAuditLog, DynamoLinkSto
 impl Stores<InMemoryIdempotencyStore, InMemoryRetryQueue, InMemoryAuditLog, InMemoryLinkStore> {
     /// In-memory stores (`STORE=memory`, and the handler tests).
     pub fn in_memory(config: &Config) -> Self {
+        Self::in_memory_with_ttl(config.idempotency_ttl)
+    }
+
+    /// In-memory stores remembering a processed delivery for `idempotency_ttl`.
+    pub fn in_memory_with_ttl(idempotency_ttl: std::time::Duration) -> Self {
         Self {
-            idempotency: InMemoryIdempotencyStore::new(config.idempotency_ttl),
+            idempotency: InMemoryIdempotencyStore::new(idempotency_ttl),
             retry_queue: InMemoryRetryQueue::new(),
             audit: InMemoryAuditLog::new(),
             links: InMemoryLinkStore::new(),

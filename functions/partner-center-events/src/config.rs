@@ -199,6 +199,75 @@ impl Config {
         F: Fn(&str) -> Option<String>,
     {
         let env = Env(lookup);
+        let SyncConfig {
+            partner_center,
+            crm,
+            mapping,
+            store,
+            idempotency_ttl,
+            referral_scope,
+        } = SyncConfig::from_env(&env)?;
+        let webhook = WebhookConfig {
+            trust_anchors_pem: env
+                .pem("WEBHOOK_TRUST_ANCHORS_PEM")?
+                .ok_or(ConfigError::Missing("WEBHOOK_TRUST_ANCHORS_PEM"))?,
+            intermediates_pem: env.pem("WEBHOOK_INTERMEDIATES_PEM")?.unwrap_or_default(),
+            cert_hosts: env
+                .list("WEBHOOK_CERT_HOSTS")
+                .unwrap_or_else(|| vec![DEFAULT_CERTIFICATE_HOST.to_owned()]),
+            insecure_cert_hosts: sandbox_hosts(env.list("SANDBOX_INSECURE_CERT_HOSTS"))?,
+        };
+        let max_body_bytes = env.number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?;
+        Ok(Self {
+            partner_center,
+            crm,
+            mapping,
+            store,
+            webhook,
+            max_body_bytes: usize::try_from(max_body_bytes)
+                .map_err(|_| ConfigError::invalid("MAX_BODY_BYTES", "too large"))?,
+            idempotency_ttl,
+            referral_scope,
+        })
+    }
+
+    /// The sync settings this configuration asks for.
+    pub fn sync_settings(&self) -> SyncSettings {
+        sync_settings(
+            self.idempotency_ttl,
+            self.referral_scope,
+            &self.partner_center,
+        )
+    }
+}
+
+/// The part of the configuration every connector function shares: Partner Center, the CRM,
+/// the mapping, the stores and the sync options (all of [`Config`] except the Partner Center
+/// webhook verification and the body cap). `crm-events` reads it too.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Partner Center (and its Entra sign-in).
+    pub partner_center: PartnerCenterConfig,
+    /// The CRM.
+    pub crm: CrmConfig,
+    /// The field mapping.
+    pub mapping: MappingConfig,
+    /// Where idempotency records, links, the audit log and retry jobs go.
+    pub store: StoreConfig,
+    /// How long a processed delivery is remembered.
+    pub idempotency_ttl: Duration,
+    /// Which referrals are synced.
+    pub referral_scope: ReferralScope,
+}
+
+impl SyncConfig {
+    /// The shared variables of [`Config`]'s table (`CRM_KIND`, `PC_*`, `DATAVERSE_*`,
+    /// `SALESFORCE_*`, `MAPPING_CONFIG_JSON`, `STORE`, `TABLE_NAME`, `RETRY_QUEUE_URL`,
+    /// `IDEMPOTENCY_TTL_SECS`, `REFERRAL_SCOPE`).
+    pub fn from_env<F>(env: &Env<F>) -> Result<Self, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
         let entra_authority = env.or("ENTRA_AUTHORITY", DEFAULT_ENTRA_AUTHORITY);
         let tenant_id = env.required("PC_TENANT_ID")?;
         let partner_center = PartnerCenterConfig {
@@ -252,17 +321,6 @@ impl Config {
                 ));
             }
         };
-        let webhook = WebhookConfig {
-            trust_anchors_pem: env
-                .pem("WEBHOOK_TRUST_ANCHORS_PEM")?
-                .ok_or(ConfigError::Missing("WEBHOOK_TRUST_ANCHORS_PEM"))?,
-            intermediates_pem: env.pem("WEBHOOK_INTERMEDIATES_PEM")?.unwrap_or_default(),
-            cert_hosts: env
-                .list("WEBHOOK_CERT_HOSTS")
-                .unwrap_or_else(|| vec![DEFAULT_CERTIFICATE_HOST.to_owned()]),
-            insecure_cert_hosts: sandbox_hosts(env.list("SANDBOX_INSECURE_CERT_HOSTS"))?,
-        };
-        let max_body_bytes = env.number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?;
         let ttl = env.number(
             "IDEMPOTENCY_TTL_SECS",
             SyncSettings::DEFAULT_IDEMPOTENCY_TTL.as_secs(),
@@ -286,9 +344,6 @@ impl Config {
             crm,
             mapping,
             store,
-            webhook,
-            max_body_bytes: usize::try_from(max_body_bytes)
-                .map_err(|_| ConfigError::invalid("MAX_BODY_BYTES", "too large"))?,
             idempotency_ttl: Duration::from_secs(ttl),
             referral_scope,
         })
@@ -296,12 +351,24 @@ impl Config {
 
     /// The sync settings this configuration asks for.
     pub fn sync_settings(&self) -> SyncSettings {
-        SyncSettings {
-            idempotency_ttl: self.idempotency_ttl,
-            referral_scope: self.referral_scope,
-            partner_organization_id: self.partner_center.partner_organization_id.clone(),
-            ..SyncSettings::default()
-        }
+        sync_settings(
+            self.idempotency_ttl,
+            self.referral_scope,
+            &self.partner_center,
+        )
+    }
+}
+
+fn sync_settings(
+    idempotency_ttl: Duration,
+    referral_scope: ReferralScope,
+    partner_center: &PartnerCenterConfig,
+) -> SyncSettings {
+    SyncSettings {
+        idempotency_ttl,
+        referral_scope,
+        partner_organization_id: partner_center.partner_organization_id.clone(),
+        ..SyncSettings::default()
     }
 }
 
@@ -328,29 +395,36 @@ fn pem_text(text: String) -> String {
     }
 }
 
-/// Variable access over a lookup function. Empty (or blank) values count as unset.
-struct Env<F>(F);
+/// Variable access over a lookup function (a variable name → its value). Empty (or blank)
+/// values count as unset.
+#[derive(Debug)]
+pub struct Env<F>(pub F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn optional(&self, name: &str) -> Option<String> {
+    /// A variable, trimmed; `None` when unset or blank.
+    pub fn optional(&self, name: &str) -> Option<String> {
         (self.0)(name)
             .map(|value| value.trim().to_owned())
             .filter(|value| !value.is_empty())
     }
 
-    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+    /// A variable that must be set.
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
         self.optional(name).ok_or(ConfigError::Missing(name))
     }
 
-    fn or(&self, name: &str, default: &str) -> String {
+    /// A variable, or `default`.
+    pub fn or(&self, name: &str, default: &str) -> String {
         self.optional(name).unwrap_or_else(|| default.to_owned())
     }
 
-    fn secret(&self, name: &'static str) -> Result<SecretString, ConfigError> {
+    /// A required secret.
+    pub fn secret(&self, name: &'static str) -> Result<SecretString, ConfigError> {
         self.required(name).map(SecretString::from)
     }
 
-    fn list(&self, name: &str) -> Option<Vec<String>> {
+    /// A comma-separated list; `None` when unset or empty.
+    pub fn list(&self, name: &str) -> Option<Vec<String>> {
         let items: Vec<String> = self
             .optional(name)?
             .split(',')
@@ -361,7 +435,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         (!items.is_empty()).then_some(items)
     }
 
-    fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    /// A whole number greater than 0, or `default`.
+    pub fn number(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
         match self.optional(name) {
             None => Ok(default),
             Some(text) => match text.parse::<u64>() {
@@ -376,7 +451,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     /// A PEM bundle given inline, or the path of a file holding it.
-    fn pem(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+    pub fn pem(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         let Some(value) = self.optional(name) else {
             return Ok(None);
         };

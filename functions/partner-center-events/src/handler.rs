@@ -178,8 +178,9 @@ fn raw_bytes(body: Body) -> Bytes {
     }
 }
 
-/// The Lambda request id, else the Function URL / API Gateway request id.
-fn correlation_id(req: &Request) -> Option<String> {
+/// The Lambda request id, else the Function URL / API Gateway request id (`crm-events` uses it
+/// too).
+pub fn correlation_id(req: &Request) -> Option<String> {
     let lambda = req
         .lambda_context_ref()
         .map(|context| context.request_id.trim())
@@ -192,8 +193,9 @@ fn correlation_id(req: &Request) -> Option<String> {
     lambda.or_else(gateway).map(str::to_owned)
 }
 
-/// The Lambda deadline from the context, else `now` + [`FALLBACK_DEADLINE`].
-fn deadline(req: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
+/// The Lambda deadline from the context, else `now` + [`FALLBACK_DEADLINE`] (`crm-events` uses
+/// it too).
+pub fn deadline(req: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
     req.lambda_context_ref()
         .map(|context| context.deadline)
         .filter(|deadline| *deadline > 0)

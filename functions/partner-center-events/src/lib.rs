@@ -15,4 +15,4 @@ pub mod config;
 pub mod handler;
 
 pub use app::{App, Clients, LocalApp, ProductionApp, Stores};
-pub use config::{Config, ConfigError, StoreConfig};
+pub use config::{Config, ConfigError, Env, StoreConfig, SyncConfig};

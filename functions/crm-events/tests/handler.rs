@@ -1,0 +1,804 @@
+//! Handler tests: real CRM notifications, fed through `lambda_http::request::from_str` into
+//! `handler::handle`, against a spawned sandbox (Partner Center, Entra ID, Dataverse,
+//! Salesforce) with in-memory stores, for both CRMs.
+//!
+//! The notifications are the sandbox's own: its Dataverse webhook and Salesforce Outbound
+//! Message are pointed at a small capture server, and each captured request (path, query,
+//! headers, body) becomes a Function URL request event.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request as AxumRequest, State};
+use cosell_sandbox::identities::{
+    DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
+    PC_CLIENT_SECRET, PC_REFRESH_TOKEN, SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USER_ID,
+    SALESFORCE_INTEGRATION_USERNAME, SALESFORCE_ORG_ID, TENANT_ID,
+};
+use cosell_sandbox::pki::SALESFORCE_APP_KEY_PEM;
+use cosell_sandbox::{RunningSandbox, SandboxConfig};
+use crm_events::{App, Clients, Config, LocalApp, Stores, handler};
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+
+const WEBHOOK_KEY: &str = "sandbox-dataverse-webhook-key";
+const ENDPOINT_SECRET: &str = "sandbox-salesforce-endpoint-secret";
+const SOLUTION: &str = "SOL-34104-EBB";
+
+macro_rules! event_file {
+    ($name:literal) => {
+        (
+            $name,
+            include_str!(concat!("../../../events/crm-events/", $name, ".json")),
+        )
+    };
+}
+
+/// The committed samples, by name.
+const EVENTS: [(&str, &str); 5] = [
+    event_file!("dataverse-create"),
+    event_file!("dataverse-update"),
+    event_file!("dataverse-size-exceeded"),
+    event_file!("salesforce-single"),
+    event_file!("salesforce-batch"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crm {
+    Dataverse,
+    Salesforce,
+}
+
+impl Crm {
+    fn referral_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_microsoftpartnercenterreferralidentifier",
+            Self::Salesforce => "Referral_Identifier__c",
+        }
+    }
+
+    fn audit_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_microsoftpartnercenterreferralsyncaudit",
+            Self::Salesforce => "Audit__c",
+        }
+    }
+
+    fn connector_user(self) -> &'static str {
+        match self {
+            Self::Dataverse => DATAVERSE_APP_USER_ID,
+            Self::Salesforce => SALESFORCE_INTEGRATION_USER_ID,
+        }
+    }
+}
+
+/// A request the sandbox sent to the capture server.
+#[derive(Debug, Clone)]
+struct Captured {
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+type Inbox = Arc<Mutex<Vec<Captured>>>;
+
+async fn capture(State(inbox): State<Inbox>, req: AxumRequest) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let salesforce = parts.uri.path().contains("salesforce");
+    inbox.lock().unwrap().push(Captured {
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect(),
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    });
+    let body = if salesforce {
+        cosell_domain::crm_wire::salesforce::ack_response().to_owned()
+    } else {
+        String::new()
+    };
+    axum::response::Response::new(axum::body::Body::from(body))
+}
+
+fn environment(base: &str, crm: Crm) -> HashMap<&'static str, String> {
+    let mut vars: HashMap<&'static str, String> = [
+        ("PC_API_BASE_URL", base),
+        ("ENTRA_AUTHORITY", base),
+        ("PC_TENANT_ID", TENANT_ID),
+        ("PC_CLIENT_ID", PC_CLIENT_ID),
+        ("PC_CLIENT_SECRET", PC_CLIENT_SECRET),
+        ("PC_REFRESH_TOKEN", PC_REFRESH_TOKEN),
+        ("STORE", "memory"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, value.to_owned()))
+    .collect();
+    let crm_vars: &[(&'static str, &str)] = match crm {
+        Crm::Dataverse => &[
+            ("CRM_KIND", "dataverse"),
+            ("DATAVERSE_URL", base),
+            ("DATAVERSE_CLIENT_ID", DATAVERSE_CLIENT_ID),
+            ("DATAVERSE_CLIENT_SECRET", DATAVERSE_CLIENT_SECRET),
+            ("DATAVERSE_WEBHOOK_KEY", WEBHOOK_KEY),
+            ("DATAVERSE_CONNECTOR_USER_ID", DATAVERSE_APP_USER_ID),
+        ],
+        Crm::Salesforce => &[
+            ("CRM_KIND", "salesforce"),
+            ("SALESFORCE_LOGIN_URL", base),
+            ("SALESFORCE_CONSUMER_KEY", SALESFORCE_CONSUMER_KEY),
+            ("SALESFORCE_USERNAME", SALESFORCE_INTEGRATION_USERNAME),
+            ("SALESFORCE_PRIVATE_KEY", SALESFORCE_APP_KEY_PEM),
+            ("SALESFORCE_ENDPOINT_SECRET", ENDPOINT_SECRET),
+            ("SALESFORCE_ORGANIZATION_ID", SALESFORCE_ORG_ID),
+            (
+                "SALESFORCE_CONNECTOR_USER_ID",
+                SALESFORCE_INTEGRATION_USER_ID,
+            ),
+        ],
+    };
+    vars.extend(crm_vars.iter().map(|(n, v)| (*n, (*v).to_owned())));
+    vars
+}
+
+struct Harness {
+    sandbox: RunningSandbox,
+    control: reqwest::Client,
+    app: LocalApp,
+    crm: Crm,
+    inbox: Inbox,
+    seen: Mutex<usize>,
+}
+
+impl Harness {
+    async fn start(crm: Crm) -> Self {
+        let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
+            .await
+            .unwrap();
+        let vars = environment(&sandbox.base_url, crm);
+        let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        let app = App::new(
+            Clients::from_config(&config).unwrap(),
+            Stores::in_memory_with_ttl(config.sync.idempotency_ttl),
+            &config,
+        );
+
+        let inbox = Inbox::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let capture_url = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new()
+            .fallback(capture)
+            .with_state(inbox.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+        let h = Self {
+            sandbox,
+            control: reqwest::Client::new(),
+            app,
+            crm,
+            inbox,
+            seen: Mutex::new(0),
+        };
+        match crm {
+            Crm::Dataverse => {
+                h.put(
+                    "/_sandbox/dataverse/webhook",
+                    json!({"url": format!("{capture_url}/dataverse"),
+                           "authtype": "WebhookKey", "authvalue": WEBHOOK_KEY}),
+                )
+                .await;
+            }
+            Crm::Salesforce => {
+                let mut definition = h.get("/_sandbox/salesforce/outbound-message").await;
+                definition["url"] = json!(format!("{capture_url}/salesforce/{ENDPOINT_SECRET}"));
+                h.put("/_sandbox/salesforce/outbound-message", definition)
+                    .await;
+            }
+        }
+        h
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sandbox.base_url)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self.control.get(self.url(path)).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {response:?}");
+        response.json().await.unwrap()
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let response = self
+            .control
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "PUT {path}: {status} {text}");
+    }
+
+    /// The next request the sandbox sent to the capture server.
+    async fn next_delivery(&self) -> Captured {
+        for _ in 0..200 {
+            {
+                let inbox = self.inbox.lock().unwrap();
+                let mut seen = self.seen.lock().unwrap();
+                if inbox.len() > *seen {
+                    *seen += 1;
+                    return inbox[*seen - 1].clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the sandbox sent no notification");
+    }
+
+    /// No further notification arrives.
+    async fn drain(&self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let len = self.inbox.lock().unwrap().len();
+        *self.seen.lock().unwrap() = len;
+    }
+
+    /// Seeds an account, a contact and an opportunity with sync on (as `as_user`, the seller
+    /// when `None`); `edit` changes the opportunity first. Returns the opportunity id.
+    async fn seed(&self, as_user: Option<&str>, edit: impl FnOnce(&mut Value)) -> String {
+        let query = as_user.map(|u| format!("?as_user={u}")).unwrap_or_default();
+        match self.crm {
+            Crm::Dataverse => {
+                let (account, contact, opportunity) = (
+                    "6d81597f-0000-4000-8000-0000000000a1",
+                    "6d81597f-0000-4000-8000-0000000000c1",
+                    "6d81597f-0000-4000-8000-0000000000e1",
+                );
+                self.put(
+                    &format!("/_sandbox/dataverse/accounts/{account}"),
+                    json!({"name": "Fourth Coffee", "address1_city": "Seattle",
+                           "address1_country": "US"}),
+                )
+                .await;
+                self.put(
+                    &format!("/_sandbox/dataverse/contacts/{contact}"),
+                    json!({"firstname": "Dana", "lastname": "Reyes",
+                           "emailaddress1": "dana@fourthcoffee.example"}),
+                )
+                .await;
+                let mut row = json!({
+                    "name": "Fourth Coffee ERP", "estimatedvalue": 25000,
+                    "estimatedclosedate": "2027-06-30",
+                    "_parentaccountid_value": account, "_parentcontactid_value": contact,
+                    "msft_microsoftpartnercenterreferralsync": true,
+                    "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
+                    "msft_microsoftpartnercentersolutions": SOLUTION,
+                });
+                edit(&mut row);
+                self.put(
+                    &format!("/_sandbox/dataverse/opportunities/{opportunity}{query}"),
+                    row,
+                )
+                .await;
+                opportunity.to_owned()
+            }
+            Crm::Salesforce => {
+                // The sandbox's Opportunity has no `ContactId`, so the Salesforce seed asks for no
+                // help from Microsoft (which would need a contact).
+                let (account, opportunity) = ("001000000000001", "006000000000001");
+                self.put(
+                    &format!("/_sandbox/salesforce/Account/{account}"),
+                    json!({"Name": "Fourth Coffee", "BillingCity": "Seattle",
+                           "BillingCountry": "US"}),
+                )
+                .await;
+                let mut record = json!({
+                    "Name": "Fourth Coffee ERP", "StageName": "Prospecting",
+                    "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
+                    "AccountId": account, "Sync_with_Partner_Center__c": true,
+                    "Microsoft_Solutions__c": SOLUTION,
+                });
+                edit(&mut record);
+                self.put(
+                    &format!("/_sandbox/salesforce/Opportunity/{opportunity}{query}"),
+                    record,
+                )
+                .await;
+                opportunity.to_owned()
+            }
+        }
+    }
+
+    async fn record(&self, id: &str) -> Value {
+        match self.crm {
+            Crm::Dataverse => {
+                self.get(&format!("/_sandbox/dataverse/opportunities/{id}"))
+                    .await
+            }
+            Crm::Salesforce => {
+                self.get(&format!("/_sandbox/salesforce/Opportunity/{id}"))
+                    .await
+            }
+        }
+    }
+
+    async fn referrals(&self) -> Vec<Value> {
+        self.get("/_sandbox/partner-center/referrals").await["referrals"]
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn partner_center_calls(&self) -> usize {
+        self.get("/_sandbox/requests?service=partner-center").await["count"]
+            .as_u64()
+            .unwrap() as usize
+    }
+
+    async fn clear_requests(&self) {
+        self.control
+            .delete(self.url("/_sandbox/requests"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn handle(&self, request: Request) -> (u16, String) {
+        answer(handler::handle(request, &self.app).await.unwrap())
+    }
+
+    async fn deliver(&self, captured: &Captured) -> (u16, String) {
+        self.handle(request(captured, |_| {})).await
+    }
+}
+
+fn answer(response: Response<Body>) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = String::from_utf8(response.body().to_vec()).unwrap();
+    (status, body)
+}
+
+/// A Function URL request event carrying `captured`, after `edit`.
+fn request(captured: &Captured, edit: impl FnOnce(&mut Value)) -> Request {
+    let query: serde_json::Map<String, Value> =
+        url::form_urlencoded::parse(captured.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+    let headers: serde_json::Map<String, Value> = captured
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": captured.path,
+        "rawQueryString": captured.query,
+        "headers": headers,
+        "queryStringParameters": query,
+        "requestContext": {
+            "accountId": "anonymous", "apiId": "crmevents",
+            "domainName": "crmevents.lambda-url.eu-west-1.on.aws", "domainPrefix": "crmevents",
+            "http": {"method": "POST", "path": captured.path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.10", "userAgent": "sandbox"},
+            "requestId": "crm-events-test", "routeKey": "$default", "stage": "$default",
+            "time": "20/Nov/2026:10:15:30 +0000", "timeEpoch": 1795169730000u64
+        },
+        "body": captured.body,
+        "isBase64Encoded": false
+    });
+    if query.is_empty() {
+        event
+            .as_object_mut()
+            .unwrap()
+            .remove("queryStringParameters");
+    }
+    edit(&mut event);
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+fn with_body(captured: &Captured, body: &str) -> Captured {
+    Captured {
+        body: body.to_owned(),
+        ..captured.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Both CRMs
+
+macro_rules! both_crms {
+    ($($name:ident),* $(,)?) => {
+        mod dataverse {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Crm::Dataverse).await;
+                }
+            )*
+        }
+        mod salesforce {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Crm::Salesforce).await;
+                }
+            )*
+        }
+    };
+}
+
+both_crms!(
+    a_seller_change_creates_one_referral_and_writes_its_id_back,
+    the_same_delivery_again_calls_partner_center_zero_times,
+    our_own_write_back_echo_calls_partner_center_zero_times,
+    a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix,
+    a_wrong_or_missing_secret_is_401,
+    malformed_bodies_are_400,
+);
+
+async fn a_seller_change_creates_one_referral_and_writes_its_id_back(crm: Crm) {
+    let h = Harness::start(crm).await;
+    let id = h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!(status, 200, "{body}");
+    if crm == Crm::Salesforce {
+        assert!(body.contains("<Ack>true</Ack>"), "{body}");
+    } else {
+        assert_eq!(body, r#"{"status":"created"}"#);
+    }
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 1, "{referrals:?}");
+    let record = h.record(&id).await;
+    assert_eq!(
+        record[crm.referral_field()].as_str(),
+        referrals[0]["id"].as_str(),
+        "{record}"
+    );
+}
+
+async fn the_same_delivery_again_calls_partner_center_zero_times(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    assert_eq!(h.deliver(&delivery).await.0, 200);
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!(status, 200, "{body}");
+    if crm == Crm::Dataverse {
+        assert_eq!(body, r#"{"status":"duplicate_skipped"}"#);
+    }
+    assert_eq!(h.partner_center_calls().await, 0);
+    assert_eq!(h.referrals().await.len(), 1);
+}
+
+async fn our_own_write_back_echo_calls_partner_center_zero_times(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    assert_eq!(h.deliver(&delivery).await.0, 200);
+    // The connector's write-back of the referral id raises a notification of its own.
+    let echo = h.next_delivery().await;
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&echo).await;
+    assert_eq!(status, 200, "{body}");
+    if crm == Crm::Dataverse {
+        assert_eq!(body, r#"{"status":"echo_skipped"}"#);
+    }
+    assert_eq!(h.partner_center_calls().await, 0);
+
+    // A change seeded as the connector user is an echo too.
+    h.drain().await;
+    h.seed(Some(crm.connector_user()), |o| {
+        let name = if crm == Crm::Dataverse {
+            "name"
+        } else {
+            "Name"
+        };
+        o[name] = json!("Renamed by the connector");
+    })
+    .await;
+    let own = h.next_delivery().await;
+    assert_eq!(h.deliver(&own).await.0, 200);
+    assert_eq!(h.partner_center_calls().await, 0);
+    assert_eq!(h.referrals().await.len(), 1);
+}
+
+async fn a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix(crm: Crm) {
+    let h = Harness::start(crm).await;
+    let id = h
+        .seed(None, |o| {
+            let (solutions, help) = if crm == Crm::Dataverse {
+                (
+                    "msft_microsoftpartnercentersolutions",
+                    "msft_microsoftpartnercenterhelpneed",
+                )
+            } else {
+                ("Microsoft_Solutions__c", "How_can_Microsoft_help__c")
+            };
+            o.as_object_mut().unwrap().remove(solutions);
+            o[help] = json!("Proof of concept or demo");
+        })
+        .await;
+    let delivery = h.next_delivery().await;
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!(status, 200, "{body}");
+    if crm == Crm::Dataverse {
+        assert_eq!(body, r#"{"status":"needs_attention"}"#);
+    }
+    assert_eq!(h.partner_center_calls().await, 0);
+    assert!(h.referrals().await.is_empty());
+    let record = h.record(&id).await;
+    let audit = record[crm.audit_field()].as_str().unwrap_or_default();
+    let field = if crm == Crm::Dataverse {
+        "msft_microsoftpartnercentersolutions"
+    } else {
+        "Microsoft_Solutions__c"
+    };
+    assert!(audit.contains(field), "{audit}");
+    assert!(audit.to_lowercase().contains("fix"), "{audit}");
+}
+
+async fn a_wrong_or_missing_secret_is_401(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let wrong = match crm {
+        Crm::Dataverse => Captured {
+            query: "code=wrong".into(),
+            ..delivery.clone()
+        },
+        Crm::Salesforce => Captured {
+            path: "/salesforce/wrong".into(),
+            ..delivery.clone()
+        },
+    };
+    let missing = match crm {
+        Crm::Dataverse => Captured {
+            query: String::new(),
+            ..delivery.clone()
+        },
+        Crm::Salesforce => Captured {
+            path: "/salesforce".into(),
+            ..delivery.clone()
+        },
+    };
+    h.clear_requests().await;
+    for captured in [wrong, missing] {
+        assert_eq!(h.deliver(&captured).await.0, 401, "{captured:?}");
+    }
+    assert_eq!(h.partner_center_calls().await, 0);
+    // The secret may also come as `?token=` (Salesforce) and through the watch prefix.
+    if crm == Crm::Salesforce {
+        let token = Captured {
+            path: "/lambda-url/crm-events/salesforce".into(),
+            query: format!("token={ENDPOINT_SECRET}"),
+            ..delivery.clone()
+        };
+        assert_eq!(h.deliver(&token).await.0, 200);
+    } else {
+        let prefixed = Captured {
+            path: "/lambda-url/crm-events/dataverse".into(),
+            ..delivery.clone()
+        };
+        assert_eq!(h.deliver(&prefixed).await.0, 200);
+    }
+}
+
+async fn malformed_bodies_are_400(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    h.clear_requests().await;
+    let bodies: &[&str] = match crm {
+        Crm::Dataverse => &["{", "[]", r#"{"MessageName": "Update"}"#],
+        Crm::Salesforce => &[
+            "<not-xml",
+            r#"<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body/></soapenv:Envelope>"#,
+        ],
+    };
+    for body in bodies {
+        let (status, text) = h.deliver(&with_body(&delivery, body)).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        if crm == Crm::Salesforce {
+            assert!(text.contains("<soapenv:Fault>"), "{text}");
+        }
+    }
+    assert_eq!(h.partner_center_calls().await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Salesforce only
+
+#[tokio::test]
+async fn salesforce_a_message_from_another_org_is_401() {
+    let h = Harness::start(Crm::Salesforce).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    assert!(delivery.body.contains(SALESFORCE_ORG_ID));
+    let other = delivery
+        .body
+        .replace(SALESFORCE_ORG_ID, "00D000000000001AAA");
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&with_body(&delivery, &other)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(h.partner_center_calls().await, 0);
+    // The 15-character form of the configured org is the same org.
+    let short = delivery
+        .body
+        .replace(SALESFORCE_ORG_ID, &SALESFORCE_ORG_ID[..15]);
+    assert_eq!(h.deliver(&with_body(&delivery, &short)).await.0, 200);
+}
+
+#[tokio::test]
+async fn salesforce_an_xxe_attempt_is_400() {
+    let h = Harness::start(Crm::Salesforce).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let xxe = delivery.body.replacen(
+        "<soapenv:Envelope",
+        "<!DOCTYPE foo [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]><soapenv:Envelope",
+        1,
+    );
+    let xxe = xxe.replacen("<sf:Name>", "<sf:Name>&xxe;", 1);
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&with_body(&delivery, &xxe)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains("root:"), "{body}");
+    assert_eq!(h.partner_center_calls().await, 0);
+}
+
+#[tokio::test]
+async fn salesforce_a_body_over_the_cap_is_413() {
+    let h = Harness::start(Crm::Salesforce).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let big = format!("{}{}", delivery.body, " ".repeat(h.app.max_body_bytes));
+    assert_eq!(h.deliver(&with_body(&delivery, &big)).await.0, 413);
+}
+
+#[tokio::test]
+async fn dataverse_a_size_exceeded_body_is_re_read_and_synced() {
+    let h = Harness::start(Crm::Dataverse).await;
+    let id = h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let mut context: Value = serde_json::from_str(&delivery.body).unwrap();
+    for member in [
+        "InputParameters",
+        "PostEntityImages",
+        "PreEntityImages",
+        "ParentContext",
+    ] {
+        context.as_object_mut().unwrap().remove(member);
+    }
+    let mut stripped = with_body(&delivery, &context.to_string());
+    stripped
+        .headers
+        .push(("x-ms-dynamics-msg-size-exceeded".into(), "true".into()));
+    let (status, body) = h.deliver(&stripped).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, r#"{"status":"created"}"#);
+    let record = h.record(&id).await;
+    assert!(record[Crm::Dataverse.referral_field()].is_string());
+}
+
+#[tokio::test]
+async fn dataverse_other_tables_and_messages_are_ignored() {
+    let h = Harness::start(Crm::Dataverse).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let mut context: Value = serde_json::from_str(&delivery.body).unwrap();
+    context["MessageName"] = json!("Delete");
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&with_body(&delivery, &context.to_string())).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ignored"}"#));
+    assert_eq!(h.partner_center_calls().await, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The committed samples
+
+#[test]
+fn every_sample_is_a_function_url_post_to_a_crm_route() {
+    for (name, text) in EVENTS {
+        let event: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(event["requestContext"]["http"]["method"], "POST", "{name}");
+        let request = lambda_http::request::from_str(text).unwrap();
+        let path = request.uri().path().to_owned();
+        let body = std::str::from_utf8(request.body()).unwrap();
+        if name.starts_with("dataverse") {
+            assert!(path.ends_with("/dataverse"), "{name}");
+            cosell_domain::crm_wire::dataverse::RemoteExecutionContext::parse(body)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            assert!(path.contains("/salesforce/"), "{name}");
+            let message = cosell_domain::crm_wire::salesforce::OutboundMessage::parse(body)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(message.is_from_organization(SALESFORCE_ORG_ID), "{name}");
+        }
+    }
+}
+
+/// Regenerates `events/crm-events/` from what the sandbox sends:
+/// `cargo test -p crm-events --test handler -- --ignored write_the_samples`.
+#[tokio::test]
+#[ignore = "writes events/crm-events/"]
+async fn write_the_samples() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/crm-events");
+    let h = Harness::start(Crm::Dataverse).await;
+    h.seed(None, |_| {}).await;
+    let create = h.next_delivery().await;
+    h.seed(None, |o| o["estimatedvalue"] = json!(30000)).await;
+    let update = h.next_delivery().await;
+    let mut context: Value = serde_json::from_str(&update.body).unwrap();
+    for member in [
+        "InputParameters",
+        "PostEntityImages",
+        "PreEntityImages",
+        "ParentContext",
+    ] {
+        context.as_object_mut().unwrap().remove(member);
+    }
+    let mut exceeded = with_body(&update, &context.to_string());
+    exceeded
+        .headers
+        .push(("x-ms-dynamics-msg-size-exceeded".into(), "true".into()));
+    for (name, captured) in [
+        ("dataverse-create", &create),
+        ("dataverse-update", &update),
+        ("dataverse-size-exceeded", &exceeded),
+    ] {
+        write_sample(&dir, name, &h.sandbox.base_url, captured);
+    }
+
+    let h = Harness::start(Crm::Salesforce).await;
+    let id = h.seed(None, |_| {}).await;
+    let single = h.next_delivery().await;
+    h.control
+        .post(h.url("/_sandbox/salesforce/outbound-messages/batch"))
+        .json(&json!({"ids": [id, id]}))
+        .send()
+        .await
+        .unwrap();
+    let batch = h.next_delivery().await;
+    write_sample(&dir, "salesforce-single", &h.sandbox.base_url, &single);
+    write_sample(&dir, "salesforce-batch", &h.sandbox.base_url, &batch);
+}
+
+fn write_sample(dir: &std::path::Path, name: &str, base_url: &str, captured: &Captured) {
+    let normalise = |text: &str| {
+        text.replace(base_url, "http://127.0.0.1:8700")
+            .replace(base_url.trim_start_matches("http://"), "127.0.0.1:8700")
+    };
+    let captured = Captured {
+        path: captured.path.clone(),
+        query: captured.query.clone(),
+        headers: captured
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "host" && k != "content-length")
+            .map(|(k, v)| (k.clone(), normalise(v)))
+            .chain([(
+                "host".to_owned(),
+                "crmevents.lambda-url.eu-west-1.on.aws".to_owned(),
+            )])
+            .collect(),
+        body: normalise(&captured.body),
+    };
+    let mut event = Value::Null;
+    request(&captured, |e| event = e.clone());
+    let text = serde_json::to_string_pretty(&event).unwrap() + "\n";
+    std::fs::write(dir.join(format!("{name}.json")), text).unwrap();
+}
