@@ -12,7 +12,9 @@
 //! | it is an `opportunity` `Create` / `Update` | 200 `ignored` |
 //! | the sync core runs ([`handle_crm_change`]) | 503 (Dataverse retries a 503 once) |
 //!
-//! A handled change answers [`Handled::http_status`] with `{"status": "<outcome>"}`.
+//! A handled change answers [`Handled::http_status`] with `{"status": "<outcome>"}`, except
+//! a change another invocation is still processing (`in_progress`): 503, because Dataverse
+//! delivers again only after 502/503/504.
 //!
 //! **`POST …/salesforce/{secret}`** or **`POST …/salesforce?token={secret}`** (an Outbound
 //! Message, SOAP): a wrong secret 401; a body over the cap 413; a DTD / entity (XXE) or
@@ -283,7 +285,7 @@ where
         Ok(handled) => {
             line.handled(&handled);
             Answer::json(
-                status(handled.http_status()),
+                status(dataverse_status(&handled)),
                 json!({ "status": handled.outcome.log_name() }),
             )
         }
@@ -631,10 +633,29 @@ fn append(slot: &mut Option<String>, value: &str) {
     }
 }
 
+/// The status Dataverse gets: a change still in progress elsewhere is 503, the only kind of
+/// answer (with 502/504) after which Dataverse delivers once more; everything else as handled.
+fn dataverse_status(handled: &Handled) -> u16 {
+    match handled.outcome {
+        Outcome::InProgress => 503,
+        _ => handled.http_status(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn dataverse_gets_503_for_a_change_in_progress_elsewhere_so_it_delivers_again() {
+        let handled = |outcome| Handled {
+            outcome,
+            warnings: Vec::new(),
+        };
+        assert_eq!(dataverse_status(&handled(Outcome::InProgress)), 503);
+        assert_eq!(dataverse_status(&handled(Outcome::DuplicateSkipped)), 200);
+    }
 
     #[test]
     fn the_route_is_the_last_segments_of_the_path() {
