@@ -256,13 +256,23 @@ impl Harness {
     /// Seeds an account, a contact and an opportunity with sync on (as `as_user`, the seller
     /// when `None`); `edit` changes the opportunity first. Returns the opportunity id.
     async fn seed(&self, as_user: Option<&str>, edit: impl FnOnce(&mut Value)) -> String {
+        self.seed_nth(1, as_user, edit).await
+    }
+
+    /// [`Self::seed`] of the `n`th opportunity (1 to 255), all of the same account.
+    async fn seed_nth(
+        &self,
+        n: u8,
+        as_user: Option<&str>,
+        edit: impl FnOnce(&mut Value),
+    ) -> String {
         let query = as_user.map(|u| format!("?as_user={u}")).unwrap_or_default();
         match self.crm {
             Crm::Dataverse => {
-                let (account, contact, opportunity) = (
+                let opportunity = &format!("6d81597f-0000-4000-8000-{:012x}", 0xe0 + u32::from(n));
+                let (account, contact) = (
                     "6d81597f-0000-4000-8000-0000000000a1",
                     "6d81597f-0000-4000-8000-0000000000c1",
-                    "6d81597f-0000-4000-8000-0000000000e1",
                 );
                 self.put(
                     &format!("/_sandbox/dataverse/accounts/{account}"),
@@ -295,7 +305,7 @@ impl Harness {
             Crm::Salesforce => {
                 // The sandbox's Opportunity has no `ContactId`, so the Salesforce seed asks for no
                 // help from Microsoft (which would need a contact).
-                let (account, opportunity) = ("001000000000001", "006000000000001");
+                let (account, opportunity) = ("001000000000001", &format!("006{n:012}"));
                 self.put(
                     &format!("/_sandbox/salesforce/Account/{account}"),
                     json!({"Name": "Fourth Coffee", "BillingCity": "Seattle",
@@ -343,6 +353,17 @@ impl Harness {
         self.get("/_sandbox/requests?service=partner-center").await["count"]
             .as_u64()
             .unwrap() as usize
+    }
+
+    /// The referrals Partner Center was asked to create (`POST`s of the referrals API).
+    async fn partner_center_posts(&self) -> usize {
+        let log = self.get("/_sandbox/requests?service=partner-center").await;
+        log["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == "POST" && r["path"] == "/v1.0/engagements/referrals")
+            .count()
     }
 
     async fn clear_requests(&self) {
@@ -643,6 +664,75 @@ async fn salesforce_a_message_from_another_org_is_401() {
 }
 
 #[tokio::test]
+async fn salesforce_a_batch_of_100_with_one_failing_is_a_soap_fault_and_the_redelivery_completes_without_duplicates()
+ {
+    use cosell_domain::crm_wire::salesforce::OutboundMessage;
+    use cosell_domain::ports::{IdempotencyRecord, IdempotencyStatus};
+    use cosell_domain::sync::salesforce_change_key;
+
+    let h = Harness::start(Crm::Salesforce).await;
+    let mut ids = Vec::new();
+    for n in 1..=100 {
+        ids.push(h.seed_nth(n, None, |_| {}).await);
+    }
+    let response = h
+        .control
+        .post(h.url("/_sandbox/salesforce/outbound-messages/batch"))
+        .json(&json!({ "ids": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    // The seeds sent a message each too: the batch is the one with 100 notifications.
+    let mut batch = None;
+    for _ in 0..=ids.len() {
+        let captured = h.next_delivery().await;
+        let message = OutboundMessage::parse(&captured.body).unwrap();
+        if message.notifications.len() == ids.len() {
+            batch = Some((captured, message));
+            break;
+        }
+    }
+    let (batch, message) = batch.expect("the batch message was delivered");
+
+    // Another invocation (within its deadline) holds one notification in the middle.
+    let held = &message.notifications[49];
+    let key = salesforce_change_key(&held.id).unwrap();
+    let record = |in_progress_until| IdempotencyRecord {
+        key: key.clone(),
+        status: IdempotencyStatus::InProgress,
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        in_progress_until: Some(in_progress_until),
+        response: None,
+        payload_hash: None,
+    };
+    let idempotency = &h.app.stores.idempotency;
+    idempotency.insert(record(chrono::Utc::now() + chrono::Duration::hours(1)));
+
+    let (status, body) = h.deliver(&batch).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("<soapenv:Fault>"), "{body}");
+    assert!(!body.contains("<Ack>true</Ack>"), "{body}");
+    assert_eq!(h.referrals().await.len(), 99);
+    let held_id = held.record_id().unwrap();
+    assert!(h.record(held_id).await[Crm::Salesforce.referral_field()].is_null());
+
+    // The holder's deadline passes (its invocation timed out): the key is free again.
+    idempotency.insert(record(chrono::Utc::now() - chrono::Duration::seconds(1)));
+    let (status, body) = h.deliver(&batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<Ack>true</Ack>"), "{body}");
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 100);
+    let mut referral_ids: Vec<_> = referrals.iter().map(|r| r["id"].clone()).collect();
+    referral_ids.sort_by_key(ToString::to_string);
+    referral_ids.dedup();
+    assert_eq!(referral_ids.len(), 100);
+    assert!(h.record(held_id).await[Crm::Salesforce.referral_field()].is_string());
+    assert_eq!(h.partner_center_posts().await, 100);
+}
+
+#[tokio::test]
 async fn salesforce_an_xxe_attempt_is_400() {
     let h = Harness::start(Crm::Salesforce).await;
     h.seed(None, |_| {}).await;
@@ -692,6 +782,46 @@ async fn dataverse_a_size_exceeded_body_is_re_read_and_synced() {
     assert_eq!(body, r#"{"status":"created"}"#);
     let record = h.record(&id).await;
     assert!(record[Crm::Dataverse.referral_field()].is_string());
+}
+
+#[tokio::test]
+async fn dataverse_a_retry_after_a_503_still_creates_one_referral() {
+    use cosell_domain::ports::{PortError, Service};
+
+    let h = Harness::start(Crm::Dataverse).await;
+    let id = h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+
+    // The idempotency table does not answer: the delivery is not taken on.
+    h.app.stores.idempotency.fail_next(PortError::Transient {
+        service: Service::IdempotencyStore,
+        reason: "throttled".into(),
+        retry_after: None,
+    });
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("idempotency_unavailable"), "{body}");
+    assert!(h.referrals().await.is_empty());
+    assert_eq!(h.partner_center_posts().await, 0);
+
+    // Dataverse delivers once more after a 503: the same request.
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"created"}"#));
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 1, "{referrals:?}");
+    assert_eq!(
+        h.record(&id).await[Crm::Dataverse.referral_field()].as_str(),
+        referrals[0]["id"].as_str()
+    );
+
+    h.clear_requests().await;
+    let (status, body) = h.deliver(&delivery).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"status":"duplicate_skipped"}"#)
+    );
+    assert_eq!(h.partner_center_calls().await, 0);
+    assert_eq!(h.referrals().await.len(), 1);
 }
 
 #[tokio::test]
