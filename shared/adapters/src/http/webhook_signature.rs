@@ -231,6 +231,13 @@ impl UrlPolicy {
                 "the certificate URL carries user info",
             ));
         }
+        // Certificates are cached per URL: a query or fragment would let unauthenticated
+        // requests mint endless cache keys (and downloads) for the same certificate.
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(WebhookAuthError::unauthorized(
+                "the certificate URL carries a query or fragment",
+            ));
+        }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = url.port_or_known_default();
         let insecure = port.is_some_and(|port| {
@@ -813,6 +820,8 @@ mod tests {
             "ftp://3psostorageacct.blob.core.windows.net/cert/x.cer",
             "http://127.0.0.1:8080/cert/x.cer",
             "/cert/x.cer",
+            "https://3psostorageacct.blob.core.windows.net/cert/x.cer?v=1",
+            "https://3psostorageacct.blob.core.windows.net/cert/x.cer#x",
         ] {
             let err = policy.check(bad).unwrap_err();
             assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized, "{bad}");
