@@ -69,4 +69,9 @@ log "cargo build -p partner-center-events --features sandbox"
 cargo build -p partner-center-events --features sandbox --locked
 
 log "cargo test"
-cargo test --workspace --locked
+test_log=$(mktemp)
+cargo test --workspace --locked 2>&1 | tee "$test_log"
+# One closing line for the whole workspace (cargo prints one result line per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$test_log"
+rm -f "$test_log"
