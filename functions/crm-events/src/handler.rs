@@ -578,14 +578,7 @@ impl LogLine {
 
     fn handled(&mut self, handled: &Handled) {
         self.outcome = handled.outcome.log_name().into();
-        self.detail = match &handled.outcome {
-            Outcome::NeedsAttention { code, .. } => Some((*code).to_owned()),
-            Outcome::Ignored { reason } => Some(reason.clone()),
-            Outcome::RetryEnqueued { attempt, delay } => {
-                Some(format!("retry attempt {attempt} in {} s", delay.as_secs()))
-            }
-            _ => None,
-        };
+        self.detail = handled.outcome.log_detail();
         self.warnings = handled.warnings.iter().map(ToString::to_string).collect();
     }
 

@@ -25,7 +25,7 @@ use cosell_adapters::http::{UnverifiedWebhook, WebhookAuthErrorKind};
 use cosell_domain::ports::{
     AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
 };
-use cosell_domain::sync::{Delivery, Handled, Outcome, handle_partner_center_event};
+use cosell_domain::sync::{Delivery, Handled, handle_partner_center_event};
 use cosell_domain::webhook::WebhookEvent;
 use lambda_http::http::{Method, StatusCode, header};
 use lambda_http::request::RequestContext;
@@ -273,14 +273,7 @@ impl LogLine {
     fn handled(&mut self, handled: &Handled) {
         self.outcome = handled.outcome.log_name();
         self.crm_record = handled.outcome.crm().map(ToString::to_string);
-        self.detail = match &handled.outcome {
-            Outcome::NeedsAttention { code, .. } => Some((*code).to_owned()),
-            Outcome::Ignored { reason } => Some(reason.clone()),
-            Outcome::RetryEnqueued { attempt, delay } => {
-                Some(format!("retry attempt {attempt} in {} s", delay.as_secs()))
-            }
-            _ => None,
-        };
+        self.detail = handled.outcome.log_detail();
         self.warnings = handled.warnings.iter().map(ToString::to_string).collect();
     }
 

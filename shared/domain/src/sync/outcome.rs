@@ -69,6 +69,19 @@ impl Outcome {
         }
     }
 
+    /// The short detail a log line carries next to [`Self::log_name`]: the problem code, why
+    /// an event was ignored, or when the retry runs. Never contact data.
+    pub fn log_detail(&self) -> Option<String> {
+        match self {
+            Self::NeedsAttention { code, .. } => Some((*code).to_owned()),
+            Self::Ignored { reason } => Some(reason.clone()),
+            Self::RetryEnqueued { attempt, delay } => {
+                Some(format!("retry attempt {attempt} in {} s", delay.as_secs()))
+            }
+            _ => None,
+        }
+    }
+
     /// A stable snake_case name for logs and metrics.
     pub fn log_name(&self) -> &'static str {
         match self {
