@@ -200,6 +200,11 @@ async fn serve_cert(
         "big.cer" => vec![0x30_u8; 17 * 1024].into_response(),
         "redirect" => (StatusCode::FOUND, [(header::LOCATION, "/cert.cer")]).into_response(),
         "fail" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        // Rotated at the same URL: another certificate first, the signing one afterwards.
+        "rotating.cer" if hits.lock().unwrap()["rotating.cer"] == 1 => {
+            pki::ROGUE_CERT_DER.into_response()
+        }
+        "rotating.cer" => pki::LEAF_CERT_DER.into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -228,8 +233,8 @@ impl Delivered {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The webhook with `name` replaced (or removed, for `None`).
-    fn with(&self, name: &str, value: Option<&str>) -> UnverifiedWebhook {
+    /// The delivery with the header `name` replaced (or removed, for `None`).
+    fn replaced(&self, name: &str, value: Option<&str>) -> Self {
         let mut headers: Vec<(String, String)> = self
             .headers
             .iter()
@@ -239,10 +244,15 @@ impl Delivered {
         if let Some(value) = value {
             headers.push((name.to_owned(), value.to_owned()));
         }
-        UnverifiedWebhook::from_pairs(
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            self.body.clone(),
-        )
+        Self {
+            headers,
+            body: self.body.clone(),
+        }
+    }
+
+    /// The webhook with `name` replaced (or removed, for `None`).
+    fn with(&self, name: &str, value: Option<&str>) -> UnverifiedWebhook {
+        self.replaced(name, value).unverified()
     }
 
     fn unverified(&self) -> UnverifiedWebhook {
@@ -1152,6 +1162,45 @@ async fn a_certificate_is_downloaded_once_per_url() {
         .unwrap();
     assert_eq!(certs.hits("cert.pem"), 1);
     assert_eq!(verifier.cached_certificates(), 2);
+}
+
+#[tokio::test]
+async fn a_certificate_rotated_at_the_same_url_is_downloaded_again_once() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let mut settings = sandbox_pki();
+    settings.refresh_interval = Duration::ZERO;
+    let verifier = WebhookVerifier::with_insecure_hosts(settings, [&certs.host_port]).unwrap();
+    let rotating = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("rotating.cer")));
+    // The first download is the old (here: untrusted) certificate: refused, and not fetched
+    // again within the same request.
+    let err = rotating.unverified().verify(&verifier).await.unwrap_err();
+    assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
+    assert_eq!(certs.hits("rotating.cer"), 1);
+    // The next event fails on the cached certificate, so it is downloaded again: the new one
+    // verifies, and is cached.
+    rotating.unverified().verify(&verifier).await.unwrap();
+    assert_eq!(certs.hits("rotating.cer"), 2);
+    rotating.unverified().verify(&verifier).await.unwrap();
+    assert_eq!(certs.hits("rotating.cer"), 2);
+    assert_eq!(verifier.cached_certificates(), 1);
+}
+
+#[tokio::test]
+async fn forged_events_do_not_make_the_certificate_download_again_within_the_interval() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let verifier = WebhookVerifier::with_insecure_hosts(sandbox_pki(), [&certs.host_port]).unwrap();
+    let genuine = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+    genuine.unverified().verify(&verifier).await.unwrap();
+    let forged = genuine
+        .replaced("x-ms-signature", None)
+        .replaced("Authorization", Some("Signature AAAA"));
+    for _ in 0..3 {
+        let err = forged.unverified().verify(&verifier).await.unwrap_err();
+        assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
+    }
+    assert_eq!(certs.hits("cert.cer"), 1);
 }
 
 #[tokio::test]

@@ -27,7 +27,10 @@
 //!    always checked.
 //! 4. The certificate is downloaded without following redirects, with a timeout and a size cap
 //!    ([`DEFAULT_MAX_CERTIFICATE_BYTES`]); DER or PEM. It is cached per URL for the life of the
-//!    instance (the chain is still checked on every use, so expiry is noticed). A network
+//!    instance (the chain is still checked on every use, so expiry is noticed). When a cached
+//!    certificate fails steps 5–7 it is downloaded again, at most once per URL per
+//!    [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`], so a certificate rotated at the same URL is
+//!    picked up while forged requests cannot trigger a download each. A network
 //!    failure, a timeout or a 5xx / 429 of the download → [`Unavailable`] (503, so Partner
 //!    Center delivers the event again); any other answer (404, 3xx, oversize) → 401.
 //! 5. The chain is verified with rustls-webpki against the configured trust anchors and
@@ -61,7 +64,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -94,6 +97,8 @@ pub const SIGNATURE_ALGORITHM_HEADER: &str = "x-ms-signature-algorithm";
 pub const MS_SIGNATURE_HEADER: &str = "x-ms-signature";
 /// Certificates kept per instance (distinct URLs; more are verified but not cached).
 const MAX_CACHED_CERTIFICATES: usize = 16;
+/// The shortest time between two downloads of one URL's certificate after a failed check.
+pub const DEFAULT_CERTIFICATE_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 
 /// EKU OIDs (DER contents): serverAuth 1.3.6.1.5.5.7.3.1, clientAuth 1.3.6.1.5.5.7.3.2,
 /// anyExtendedKeyUsage 2.5.29.37.0.
@@ -195,6 +200,9 @@ pub struct WebhookVerifierConfig {
     pub download_timeout: Duration,
     /// Certificate size cap in bytes.
     pub max_certificate_bytes: usize,
+    /// After a failed check, a cached certificate is downloaded again only when it is at least
+    /// this old (default [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`]).
+    pub refresh_interval: Duration,
 }
 
 impl WebhookVerifierConfig {
@@ -206,6 +214,7 @@ impl WebhookVerifierConfig {
             allowed_hosts: vec![DEFAULT_CERTIFICATE_HOST.to_owned()],
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             max_certificate_bytes: DEFAULT_MAX_CERTIFICATE_BYTES,
+            refresh_interval: DEFAULT_CERTIFICATE_REFRESH_INTERVAL,
         }
     }
 }
@@ -273,7 +282,14 @@ struct VerifierInner {
     intermediates: Vec<CertificateDer<'static>>,
     policy: UrlPolicy,
     max_certificate_bytes: usize,
-    cache: Mutex<HashMap<String, Arc<CertificateDer<'static>>>>,
+    refresh_interval: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// A downloaded certificate and when it was downloaded.
+struct Cached {
+    der: Arc<CertificateDer<'static>>,
+    fetched: Instant,
 }
 
 impl fmt::Debug for WebhookVerifier {
@@ -390,6 +406,7 @@ impl WebhookVerifier {
                     insecure,
                 },
                 max_certificate_bytes: config.max_certificate_bytes,
+                refresh_interval: config.refresh_interval,
                 cache: Mutex::new(HashMap::new()),
             }),
         })
@@ -404,29 +421,37 @@ impl WebhookVerifier {
             .len()
     }
 
-    /// The certificate at `url` (already policy-checked): cached, or downloaded.
+    /// The certificate at `url` (already policy-checked): cached (with its download instant),
+    /// or downloaded (`None`).
     async fn certificate(
         &self,
         url: &Url,
-    ) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
-        let key = url.as_str().to_owned();
-        if let Some(cached) = self
+    ) -> Result<(Arc<CertificateDer<'static>>, Option<Instant>), WebhookAuthError> {
+        let cached = self
             .inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(Arc::clone(cached));
+            .get(url.as_str())
+            .map(|cached| (Arc::clone(&cached.der), cached.fetched));
+        match cached {
+            Some((der, fetched)) => Ok((der, Some(fetched))),
+            None => Ok((self.fetch(url).await?, None)),
         }
+    }
+
+    /// Download the certificate at `url` and cache it (replacing an older download).
+    async fn fetch(&self, url: &Url) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
         let der = Arc::new(self.download(url).await?);
         let mut cache = self
             .inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() < MAX_CACHED_CERTIFICATES {
-            cache.insert(key, Arc::clone(&der));
+        if cache.len() < MAX_CACHED_CERTIFICATES || cache.contains_key(url.as_str()) {
+            let fetched = Instant::now();
+            let der = Arc::clone(&der);
+            cache.insert(url.as_str().to_owned(), Cached { der, fetched });
         }
         Ok(der)
     }
@@ -711,8 +736,20 @@ impl UnverifiedWebhook {
     ) -> Result<VerifiedWebhook, WebhookAuthError> {
         let (signature, raw_url) = self.headers()?;
         let url = verifier.inner.policy.check(raw_url)?;
-        let certificate = verifier.certificate(&url).await?;
-        verifier.check(&certificate, &self.body, &signature)?;
+        let (certificate, cached_at) = verifier.certificate(&url).await?;
+        if let Err(error) = verifier.check(&certificate, &self.body, &signature) {
+            // A certificate rotated at the same URL: download it again, rate-limited per URL.
+            let stale = cached_at
+                .is_some_and(|fetched| fetched.elapsed() >= verifier.inner.refresh_interval);
+            if !stale {
+                return Err(error);
+            }
+            let fresh = verifier.fetch(&url).await?;
+            if fresh == certificate {
+                return Err(error);
+            }
+            verifier.check(&fresh, &self.body, &signature)?;
+        }
         Ok(VerifiedWebhook {
             body: self.body,
             certificate_url: url.to_string(),
