@@ -63,10 +63,11 @@ ensure_moto
 ensure_cargo_lambda
 start_moto
 
-# The build `cargo lambda watch` runs in the end-to-end tests (`cargo run --features sandbox`),
-# made now so the tests do not wait for it.
-log "cargo build -p partner-center-events --features sandbox"
+# The builds `cargo lambda watch` runs in the end-to-end tests (`cargo run -p <function>`),
+# made now so the tests do not wait for them.
+log "cargo build -p partner-center-events --features sandbox; cargo build -p crm-events"
 cargo build -p partner-center-events --features sandbox --locked
+cargo build -p crm-events --locked
 
 log "cargo test"
 test_log=$(mktemp)

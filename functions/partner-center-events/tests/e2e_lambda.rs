@@ -18,8 +18,6 @@
 //! builds it beforehand so the watch starts in seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod e2e;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -34,12 +32,12 @@ use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
 };
+use cosell_sandbox::lambda_watch::{self as e2e, LambdaWatch, ScratchDir};
 use cosell_sandbox::pki::{
     INTERMEDIATE_CERT_PEM, LEAF_CERT_PATH, Pki, ROGUE_CERT_PATH, ROOT_CERT_PEM,
     SALESFORCE_APP_KEY_PEM, Signer,
 };
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
-use e2e::{LambdaWatch, ScratchDir};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -604,7 +602,12 @@ impl E2e {
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
-        let mut watch = LambdaWatch::start(FUNCTION, &env, scratch.path("cargo-lambda-watch.log"));
+        let mut watch = LambdaWatch::start(
+            FUNCTION,
+            Some("sandbox"),
+            &env,
+            scratch.path("cargo-lambda-watch.log"),
+        );
         watch.wait_ready(&http).await;
         Self {
             crm,

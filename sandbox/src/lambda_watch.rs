@@ -1,6 +1,7 @@
-//! Plumbing of the end-to-end test (`tests/e2e_lambda.rs`): the prerequisites check, a scratch
-//! directory, and [`LambdaWatch`], the `cargo lambda watch` child process with its readiness wait
-//! and its clean-up on drop.
+//! Plumbing of the functions' end-to-end tests (`functions/*/tests/e2e_lambda.rs`): the
+//! prerequisites check, a scratch directory, and [`LambdaWatch`], the `cargo lambda watch`
+//! child process with its readiness wait and its clean-up on drop. Test support only: nothing
+//! of the sandbox server uses it.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,7 +21,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The workspace root (where `cargo lambda watch` must run).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// The cargo the tests were started with.
@@ -121,11 +122,16 @@ pub struct LambdaWatch {
 }
 
 impl LambdaWatch {
-    /// Spawns `cargo lambda watch -P <free port> -p <package> --features sandbox` in the
+    /// Spawns `cargo lambda watch -P <free port> -p <package> [--features <features>]` in the
     /// workspace root, its output going to `log`. The function instances inherit this process's
     /// environment plus `env` (configuration by environment keeps the secrets out of `argv`);
     /// every `AWS_*` variable of this process is dropped first, so only `env`'s reach them.
-    pub fn start(function: &'static str, env: &HashMap<String, String>, log: PathBuf) -> Self {
+    pub fn start(
+        function: &'static str,
+        features: Option<&str>,
+        env: &HashMap<String, String>,
+        log: PathBuf,
+    ) -> Self {
         let port = free_port();
         let output = File::create(&log).expect("create the watch log");
         let errors = output.try_clone().expect("clone the log handle");
@@ -135,7 +141,6 @@ impl LambdaWatch {
             .args(["lambda", "watch", "--invoke-address", "127.0.0.1"])
             .args(["--invoke-port", &port.to_string()])
             .args(["--package", function, "--bin", function])
-            .args(["--features", "sandbox"])
             // Other people's edits must not restart the function mid-test.
             .arg("--ignore-changes")
             // Up to five function instances, as Lambda would run for concurrent deliveries.
@@ -143,6 +148,9 @@ impl LambdaWatch {
             .stdin(Stdio::null())
             .stdout(output)
             .stderr(errors);
+        if let Some(features) = features {
+            command.args(["--features", features]);
+        }
         for (name, _) in std::env::vars() {
             if name.starts_with("AWS_") {
                 command.env_remove(name);
