@@ -7,6 +7,7 @@ use cosell_adapters::http::DEFAULT_PARTNER_CENTER_BASE_URL;
 use cosell_adapters::http::tokens::{DEFAULT_ENTRA_AUTHORITY, DEFAULT_SALESFORCE_LOGIN_URL};
 use cosell_adapters::http::webhook_signature::DEFAULT_CERTIFICATE_HOST;
 use cosell_domain::mapping::MappingConfig;
+use cosell_domain::referral::Member;
 use cosell_domain::sync::{ReferralScope, SyncSettings};
 use secrecy::SecretString;
 
@@ -50,6 +51,7 @@ impl ConfigError {
 /// | `PC_CLIENT_SECRET` | yes (secret) | | its client secret |
 /// | `PC_REFRESH_TOKEN` | yes (secret) | | the delegated refresh token of the Partner Center user (Referrals admin) |
 /// | `PC_PARTNER_ORGANIZATION_ID` | no | | the partner's own Partner Center organization id (tells its referrals from Microsoft's) |
+/// | `PC_PARTNER_TEAM_JSON` | no (recommended for `crm-events`) | none | the partner sales team put on referrals created from the CRM: a JSON array of `{"firstName","lastName","email","phoneNumber"}`, each member complete (Partner Center requires at least one with name, phone and email) |
 /// | `DATAVERSE_URL` | when `CRM_KIND=dataverse` | | environment URL, e.g. `https://contoso.crm.dynamics.com` |
 /// | `DATAVERSE_TENANT_ID` | no | `PC_TENANT_ID` | tenant of the Dataverse app registration |
 /// | `DATAVERSE_CLIENT_ID` | when `CRM_KIND=dataverse` | | the Dataverse app registration's client id (an application user) |
@@ -74,10 +76,13 @@ impl ConfigError {
 /// `AWS_ENDPOINT_URL*` for emulators); logging from `AWS_LAMBDA_LOG_FORMAT` /
 /// `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`.
 ///
-/// Secrets are read from the environment only, for now (encrypted at rest by Lambda); reading
-/// them from Secrets Manager / SSM Parameter Store (`…_SECRET_ARN`) is a later change. They are
-/// held as [`SecretString`] and never logged (`Debug` redacts them). Lambda caps all variables
-/// together at 4 KiB, which is why the certificate bundles may be given as file paths.
+/// Any variable `X` (the secrets above in particular) may instead be kept in AWS Secrets
+/// Manager (`X_SECRET_ARN`: a secret ARN, `<arn>#<key>` for one key of a JSON secret) or SSM
+/// Parameter Store (`X_SSM_PARAMETER`, decrypted): `main` resolves those references once per
+/// cold start (`cosell_adapters::aws::secrets`) and passes the values in through
+/// [`Config::from_lookup`]. Secrets are held as [`SecretString`] and never logged (`Debug`
+/// redacts them). Lambda caps all variables together at 4 KiB, which is why the certificate
+/// bundles may be given as file paths.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Partner Center (and its Entra sign-in).
@@ -115,6 +120,8 @@ pub struct PartnerCenterConfig {
     pub refresh_token: SecretString,
     /// `PC_PARTNER_ORGANIZATION_ID`.
     pub partner_organization_id: Option<String>,
+    /// `PC_PARTNER_TEAM_JSON`: the partner's sales team on referrals created from the CRM.
+    pub partner_team: Vec<Member>,
 }
 
 /// The CRM and its credentials.
@@ -278,6 +285,7 @@ impl SyncConfig {
             client_secret: env.secret("PC_CLIENT_SECRET")?,
             refresh_token: env.secret("PC_REFRESH_TOKEN")?,
             partner_organization_id: env.optional("PC_PARTNER_ORGANIZATION_ID"),
+            partner_team: partner_team(env.optional("PC_PARTNER_TEAM_JSON"))?,
         };
         let crm = match env.required("CRM_KIND")?.to_ascii_lowercase().as_str() {
             "dataverse" => CrmConfig::Dataverse {
@@ -368,8 +376,53 @@ fn sync_settings(
         idempotency_ttl,
         referral_scope,
         partner_organization_id: partner_center.partner_organization_id.clone(),
+        partner_team: partner_center.partner_team.clone(),
         ..SyncSettings::default()
     }
+}
+
+/// `PC_PARTNER_TEAM_JSON`: every member with first and last name, email and phone number (what
+/// Partner Center requires of a referral's team). The members' data is never echoed in errors.
+fn partner_team(json: Option<String>) -> Result<Vec<Member>, ConfigError> {
+    const NAME: &str = "PC_PARTNER_TEAM_JSON";
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
+    let team: Vec<Member> = serde_json::from_str(&json).map_err(|error| {
+        ConfigError::invalid(
+            NAME,
+            format!(
+                "not a JSON array of {{\"firstName\", \"lastName\", \"email\", \
+                 \"phoneNumber\"}} (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+        )
+    })?;
+    for (index, member) in team.iter().enumerate() {
+        let missing: Vec<&str> = [
+            ("firstName", &member.first_name),
+            ("lastName", &member.last_name),
+            ("email", &member.email),
+            ("phoneNumber", &member.phone_number),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.as_deref().is_none_or(|v| v.trim().is_empty()))
+        .map(|(field, _)| field)
+        .collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::invalid(
+                NAME,
+                format!(
+                    "member {} has no {}: Partner Center requires name, email and phone number \
+                     of each team member",
+                    index + 1,
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(team)
 }
 
 /// `SANDBOX_INSECURE_CERT_HOSTS`: kept in a `sandbox` build, refused in any other.
@@ -693,5 +746,33 @@ mod tests {
             load(&vars).unwrap().webhook.insecure_cert_hosts,
             vec!["127.0.0.1:8700"]
         );
+    }
+
+    #[test]
+    fn the_partner_team_goes_on_created_referrals_and_incomplete_members_are_refused() {
+        let mut vars = base();
+        assert!(load(&vars).unwrap().sync_settings().partner_team.is_empty());
+        vars.insert(
+            "PC_PARTNER_TEAM_JSON",
+            r#"[{"firstName":"Avery","lastName":"Lee","email":"avery@partner.example",
+                 "phoneNumber":"+1 425 555 0100"}]"#
+                .into(),
+        );
+        let team = load(&vars).unwrap().sync_settings().partner_team;
+        assert_eq!(team.len(), 1);
+        assert_eq!(team[0].email.as_deref(), Some("avery@partner.example"));
+
+        vars.insert(
+            "PC_PARTNER_TEAM_JSON",
+            r#"[{"firstName":"Avery","lastName":"Lee","email":"avery@partner.example"}]"#.into(),
+        );
+        let error = load(&vars).unwrap_err().to_string();
+        assert!(error.contains("PC_PARTNER_TEAM_JSON"), "{error}");
+        assert!(error.contains("member 1 has no phoneNumber"), "{error}");
+        assert!(!error.contains("avery@partner.example"), "{error}");
+
+        vars.insert("PC_PARTNER_TEAM_JSON", r#"{"email":"x"}"#.into());
+        let error = load(&vars).unwrap_err().to_string();
+        assert!(error.contains("not a JSON array"), "{error}");
     }
 }
