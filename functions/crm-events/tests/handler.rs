@@ -840,6 +840,124 @@ async fn dataverse_other_tables_and_messages_are_ignored() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The log line
+
+/// Everything logged by this test binary, as JSON lines: a process-wide subscriber (a
+/// thread-scoped one misses events while other tests run concurrently: tracing caches callsite
+/// interest globally).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_logs() -> &'static Logs {
+    static CAPTURED: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        use lambda_http::tracing::subscriber;
+        let logs = Logs::default();
+        let writer = logs.clone();
+        subscriber::fmt()
+            .json()
+            .with_max_level(lambda_http::tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+#[tokio::test]
+async fn each_request_logs_one_line_without_body_contact_data_or_secrets() {
+    use lambda_http::RequestExt as _;
+    use lambda_http::lambda_runtime::Context;
+
+    let logs = captured_logs();
+    let h = Harness::start(Crm::Dataverse).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let wrong = Captured {
+        query: "code=wrong".into(),
+        ..delivery.clone()
+    };
+    for (captured, request_id) in [
+        (&delivery, "crm-log-test-1"),
+        (&delivery, "crm-log-test-2"),
+        (&wrong, "crm-log-test-3"),
+    ] {
+        let mut context = Context::default();
+        context.request_id = request_id.to_owned();
+        h.handle(request(captured, |_| {}).with_lambda_context(context))
+            .await;
+    }
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let all: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let lines: Vec<&Value> = all
+        .iter()
+        .filter(|line| {
+            line["fields"]["correlation_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("crm-log-test-"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per request: {lines:#?}");
+    let outcomes: Vec<_> = lines
+        .iter()
+        .map(|line| line["fields"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["created", "duplicate_skipped", "unauthorized"]);
+    let created = &lines[0]["fields"];
+    assert_eq!(created["message"], "crm change handled");
+    assert_eq!(created["correlation_id"], "crm-log-test-1");
+    assert_eq!(created["crm"], "dataverse");
+    assert_eq!(created["record_id"], "6d81597f-0000-4000-8000-0000000000e1");
+    assert_eq!(created["status"], 200);
+    assert_eq!(lines[0]["level"], "INFO");
+    assert_eq!(lines[2]["level"], "WARN");
+    assert_eq!(lines[2]["fields"]["status"], 401);
+
+    // Nothing the function and the adapters log (the sandbox's own logs aside) carries the
+    // body, contact data or a credential.
+    let ours: Vec<String> = all
+        .iter()
+        .filter(|line| {
+            !line["target"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("cosell_sandbox")
+        })
+        .map(Value::to_string)
+        .collect();
+    for secret in [
+        "dana@fourthcoffee.example",
+        "Reyes",
+        "Fourth Coffee",
+        WEBHOOK_KEY,
+        PC_REFRESH_TOKEN,
+        PC_CLIENT_SECRET,
+        DATAVERSE_CLIENT_SECRET,
+        "Bearer ",
+        "InputParameters",
+    ] {
+        assert!(
+            ours.iter().all(|line| !line.contains(secret)),
+            "{secret} was logged: {ours:#?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The committed samples
 
 #[test]
