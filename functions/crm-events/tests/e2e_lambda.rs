@@ -114,25 +114,38 @@ async fn end_to_end(crm: Crm) {
     assert_eq!(e.referrals().await.len(), 1);
     e.step(started, "3 redelivery");
 
-    // 4. Missing solution (with Microsoft's help requested): no Partner Center call, and the
-    // record's audit field names the field and the fix.
+    // 4. Missing solution, a country that is not ISO 3166-1 alpha-2, no customer contact while
+    // Microsoft's help is asked for: no Partner Center call, and the record's audit field names
+    // the field and the fix.
     e.clear_requests().await;
-    let since = e.exchanges().len();
-    let incomplete = e
-        .seed(2, |o| {
-            o.as_object_mut().unwrap().remove(crm.solutions_field());
-            o[crm.help_field()] = json!("Proof of concept or demo");
-        })
-        .await;
-    e.wait_exchanges(since + 1).await;
+    let cases: [(u8, &str, &str); 3] = [
+        (2, "missing solution", crm.solutions_field()),
+        (4, "country USA", crm.country_field()),
+        (5, "no contact", crm.contact_field()),
+    ];
+    for (n, case, field) in cases {
+        let since = e.exchanges().len();
+        let country = if n == 4 { "USA" } else { "US" };
+        let incomplete = e
+            .seed_with(n, country, |o| {
+                o[crm.help_field()] = json!("Proof of concept or demo");
+                match n {
+                    2 => o.as_object_mut().unwrap().remove(crm.solutions_field()),
+                    5 => o.as_object_mut().unwrap().remove("_parentcontactid_value"),
+                    _ => None,
+                };
+            })
+            .await;
+        e.wait_exchanges(since + 1).await;
+        let audit_field = e.record(&incomplete).await[crm.audit_field()]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(audit_field.contains(field), "{case}: {audit_field}");
+        assert!(audit_field.contains("Fix:"), "{case}: {audit_field}");
+    }
     assert_eq!(e.partner_center_calls().await, 0);
     assert_eq!(e.referrals().await.len(), 1);
-    let audit_field = e.record(&incomplete).await[crm.audit_field()]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(audit_field.contains(crm.solutions_field()), "{audit_field}");
-    assert!(audit_field.contains("Fix:"), "{audit_field}");
     e.step(started, "4 validation");
 
     // 5. Rejected requests: wrong secret → 401, malformed → 400; nothing called.
@@ -299,6 +312,20 @@ impl Crm {
         match self {
             Self::Dataverse => "msft_microsoftpartnercenterhelpneed",
             Self::Salesforce => "How_can_Microsoft_help__c",
+        }
+    }
+
+    fn country_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "address1_country",
+            Self::Salesforce => "BillingCountry",
+        }
+    }
+
+    fn contact_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "parentcontactid",
+            Self::Salesforce => "ContactId",
         }
     }
 
@@ -674,6 +701,11 @@ impl E2e {
     /// Seeds the `n`th opportunity (with its account and contact) as the seller, sync on;
     /// `edit` changes it first. Returns its id.
     async fn seed(&self, n: u8, edit: impl FnOnce(&mut Value)) -> String {
+        self.seed_with(n, "US", edit).await
+    }
+
+    /// [`Self::seed`] with the account's country set to `country`.
+    async fn seed_with(&self, n: u8, country: &str, edit: impl FnOnce(&mut Value)) -> String {
         match self.crm {
             Crm::Dataverse => {
                 let id = format!("6d81597f-0000-4000-8000-{:012x}", 0xe0 + u32::from(n));
@@ -684,7 +716,7 @@ impl E2e {
                 self.sandbox_put(
                     &format!("/_sandbox/dataverse/accounts/{account}"),
                     json!({"name": "Fourth Coffee", "address1_city": "Seattle",
-                           "address1_country": "US"}),
+                           "address1_country": country}),
                 )
                 .await;
                 self.sandbox_put(
@@ -714,7 +746,7 @@ impl E2e {
                 self.sandbox_put(
                     &format!("/_sandbox/salesforce/Account/{account}"),
                     json!({"Name": "Fourth Coffee", "BillingCity": "Seattle",
-                           "BillingCountry": "US"}),
+                           "BillingCountry": country}),
                 )
                 .await;
                 // The sandbox's Opportunity has no `ContactId`: no help from Microsoft asked,
