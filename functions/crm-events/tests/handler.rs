@@ -345,7 +345,21 @@ impl Harness {
         }
     }
 
+    /// The referrals of deals (the partner's invitations of Microsoft are [`Self::invitations`]).
     async fn referrals(&self) -> Vec<Value> {
+        let mut all = self.all_referrals().await;
+        all.retain(|referral| !invites_microsoft(referral));
+        all
+    }
+
+    /// The partner's invitations of Microsoft (the second referral of a Shared deal).
+    async fn invitations(&self) -> Vec<Value> {
+        let mut all = self.all_referrals().await;
+        all.retain(invites_microsoft);
+        all
+    }
+
+    async fn all_referrals(&self) -> Vec<Value> {
         self.get("/_sandbox/partner-center/referrals").await["referrals"]
             .as_array()
             .cloned()
@@ -384,6 +398,13 @@ impl Harness {
     async fn deliver(&self, captured: &Captured) -> (u16, String) {
         self.handle(request(captured, |_| {})).await
     }
+}
+
+/// Whether a referral (as the sandbox lists it) targets Microsoft: an invitation.
+fn invites_microsoft(referral: &Value) -> bool {
+    referral["target"]
+        .as_array()
+        .is_some_and(|targets| targets.iter().any(|t| t["id"] == "msft"))
 }
 
 fn answer(response: Response<Body>) -> (u16, String) {
@@ -490,6 +511,17 @@ async fn a_seller_change_creates_one_referral_and_writes_its_id_back(crm: Crm) {
         referrals[0]["id"].as_str(),
         "{record}"
     );
+    // The Dataverse seed asks for Microsoft's help: a Shared deal, and Microsoft is invited to
+    // its engagement with a second referral. The Salesforce seed asks for none.
+    let invitations = h.invitations().await;
+    if crm == Crm::Dataverse {
+        assert_eq!(invitations.len(), 1, "{invitations:#?}");
+        assert_eq!(invitations[0]["engagementId"], referrals[0]["engagementId"]);
+        assert_eq!(referrals[0]["type"], "Shared");
+        assert!(invitations[0]["externalReferenceId"].is_null());
+    } else {
+        assert!(invitations.is_empty(), "{invitations:#?}");
+    }
 }
 
 async fn the_same_delivery_again_calls_partner_center_zero_times(crm: Crm) {

@@ -307,6 +307,7 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         last_fingerprint_to_crm: Some("abc".into()),
         last_fingerprint_to_pc: None,
         last_stage_to_pc: None,
+        microsoft_invited: false,
         updated_at: now,
     };
 

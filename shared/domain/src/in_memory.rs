@@ -562,6 +562,7 @@ mod tests {
             last_fingerprint_to_crm: None,
             last_fingerprint_to_pc: None,
             last_stage_to_pc: None,
+            microsoft_invited: false,
             updated_at: at(0),
         };
         block_on(links.put(&link)).unwrap();

@@ -725,6 +725,10 @@ pub struct Link {
     /// existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stage_to_pc: Option<OpportunityStage>,
+    /// A Shared deal created from the CRM: its second referral, inviting Microsoft to the
+    /// engagement, exists (false in links stored before it existed: checked on the next sync).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub microsoft_invited: bool,
     /// When the link was last changed.
     pub updated_at: DateTime<Utc>,
 }
@@ -1000,6 +1004,7 @@ mod tests {
             last_fingerprint_to_crm: Some("abc".into()),
             last_fingerprint_to_pc: Some("def".into()),
             last_stage_to_pc: None,
+            microsoft_invited: false,
             updated_at: at(10),
         };
         assert!(link.is_echo_from_crm("abc") && !link.is_echo_from_crm("def"));
@@ -1075,6 +1080,7 @@ mod tests {
             last_fingerprint_to_crm: None,
             last_fingerprint_to_pc: None,
             last_stage_to_pc: None,
+            microsoft_invited: false,
             updated_at: at(0),
         };
         let found = block_on(assert_send(remember(&store, &link))).unwrap();

@@ -31,7 +31,10 @@ pub use dataverse::{
     DataverseLinks, DataverseRecord, dataverse_account_body, dataverse_contact_body,
     dataverse_opportunity_body, dataverse_state, opportunity_from_dataverse,
 };
-pub use partner_center::{referral_create_body, referral_patch, referral_to_opportunity, stage_of};
+pub use partner_center::{
+    invites_microsoft, is_shared_deal, microsoft_invitation_body, referral_create_body,
+    referral_patch, referral_to_opportunity, stage_of,
+};
 pub use salesforce::{
     SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,
     salesforce_contact_body, salesforce_opportunity_body, salesforce_stage_name,

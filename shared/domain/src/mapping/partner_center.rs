@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::config::MappingConfig;
 use crate::datetime::WireDateTime;
 use crate::error::TransitionError;
-use crate::ids::SolutionId;
+use crate::ids::{EngagementId, SolutionId};
 use crate::opportunity::{
     Account, AssistanceRequest, Contact, LostReason, Opportunity, OpportunityStage,
 };
@@ -175,8 +175,8 @@ fn member_of(contact: &Contact) -> Member {
 /// `partner_team` is the partner's own sales team (the UI requires at least one member with
 /// name, phone and email); the opportunity model does not carry the CRM owner.
 ///
-/// Not done here: the second referral that invites Microsoft (`target` `msft`, same
-/// `engagementId`) in the two-step Shared flow; that needs the first response.
+/// The second step of the Shared flow, the referral that invites Microsoft, is
+/// [`microsoft_invitation_body`]: it needs the first one's `engagementId`.
 pub fn referral_create_body(validated: &ValidatedOpportunity, partner_team: &[Member]) -> Referral {
     let opportunity = validated.opportunity();
     let help = opportunity.help.as_ref().filter(|h| h.is_known());
@@ -249,6 +249,42 @@ pub fn referral_create_body(validated: &ValidatedOpportunity, partner_team: &[Me
             .collect(),
         ..Referral::default()
     }
+}
+
+/// Whether the opportunity asks for Microsoft's help: its referral is `Shared`, and Microsoft is
+/// invited to its engagement with a second referral.
+pub fn is_shared_deal(opportunity: &Opportunity) -> bool {
+    opportunity.help.as_ref().is_some_and(|h| h.is_known())
+}
+
+/// The organization id of Microsoft as a referral target.
+const MICROSOFT_TARGET: &str = "msft";
+
+/// The second referral of a Shared deal (reference §1.8, create-a-referral): the deal's
+/// `shared` create body in the same `engagement`, targeted at Microsoft
+/// (`{"type": "BusinessProfileLocation", "id": "msft"}`). It carries no `externalReferenceId`:
+/// the CRM opportunity stays linked to the partner's own referral only.
+pub fn microsoft_invitation_body(shared: &Referral, engagement: &EngagementId) -> Referral {
+    Referral {
+        engagement_id: Some(engagement.to_string()),
+        external_reference_id: None,
+        target: vec![ReferralTarget {
+            id: Some(MICROSOFT_TARGET.to_owned()),
+            target_type: Some(TargetType::BusinessProfileLocation),
+            ..ReferralTarget::default()
+        }],
+        ..shared.clone()
+    }
+}
+
+/// Whether `referral` is a partner's invitation of Microsoft (it targets `msft`).
+pub fn invites_microsoft(referral: &Referral) -> bool {
+    referral.target.iter().any(|target| {
+        target
+            .id
+            .as_deref()
+            .is_some_and(|id| id.trim().eq_ignore_ascii_case(MICROSOFT_TARGET))
+    })
 }
 
 fn normalized_text(text: Option<&str>) -> Option<String> {

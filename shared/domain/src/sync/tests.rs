@@ -162,6 +162,8 @@ struct FakePartnerCenter {
     version: Mutex<i64>,
     calls: CallCounts,
     failures: Mutex<HashMap<&'static str, VecDeque<PortError>>>,
+    /// Failures due at a given call of a method: (method, call number, error).
+    delayed_failures: Mutex<Vec<(&'static str, usize, PortError)>>,
     /// Someone else's edits, applied just before the next PATCH is checked.
     before_patch: Mutex<VecDeque<Edit>>,
     /// Answer PATCH without the new eTag (an adapter without `return=representation`).
@@ -210,8 +212,24 @@ impl FakePartnerCenter {
             .push_back(error);
     }
 
+    /// `method` succeeds `after` more times, then fails once with `error`.
+    fn fail_after(&self, method: &'static str, after: usize, error: PortError) {
+        lock(&self.delayed_failures).push((method, self.calls.get(method) + after, error));
+    }
+
     fn begin(&self, method: &'static str) -> Result<(), PortError> {
         self.calls.hit(method);
+        let due = {
+            let mut delayed = lock(&self.delayed_failures);
+            let calls = self.calls.get(method);
+            delayed
+                .iter()
+                .position(|(m, at, _)| *m == method && calls == at + 1)
+                .map(|index| delayed.remove(index).2)
+        };
+        if let Some(error) = due {
+            return Err(error);
+        }
         lock(&self.failures)
             .get_mut(method)
             .and_then(VecDeque::pop_front)
@@ -325,10 +343,16 @@ impl PartnerCenter for FakePartnerCenter {
     ) -> impl Future<Output = Result<Referral, PortError>> + Send {
         let created = self.begin("create_referral").map(|()| {
             let mut referral = referral.clone();
+            let n = lock(&self.referrals).len() as u128 + 1;
             if referral.id.is_none() {
-                let n = lock(&self.referrals).len() as u128 + 1;
                 referral.id = Some(
                     Uuid::from_u128(0x5e11_0000_0000_4000_8000_0000_0000_0000 + n).to_string(),
+                );
+            }
+            // A new referral starts an engagement unless it joins one.
+            if referral.engagement_id.is_none() {
+                referral.engagement_id = Some(
+                    Uuid::from_u128(0xe9a9_0000_0000_4000_8000_0000_0000_0000 + n).to_string(),
                 );
             }
             let id = self.insert(referral);
@@ -1375,6 +1399,7 @@ fn a_link_to_another_crm_needs_attention() {
         last_fingerprint_to_crm: None,
         last_fingerprint_to_pc: None,
         last_stage_to_pc: None,
+        microsoft_invited: false,
         updated_at: at(0),
     });
 

@@ -38,7 +38,7 @@ use super::to_pc::run_crm_retry_job;
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId};
-use crate::mapping::{BodyScope, referral_to_opportunity};
+use crate::mapping::{BodyScope, invites_microsoft, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
     AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
@@ -313,6 +313,13 @@ where
                 return Ok(Outcome::EchoSkipped);
             }
         }
+        None if invites_microsoft(&referral) => {
+            return Ok(Outcome::Ignored {
+                reason: "the referral is a partner's invitation of Microsoft to an engagement; \
+                         the deal syncs through the engagement's own referral"
+                    .to_owned(),
+            });
+        }
         None if !deps.settings.referral_scope.includes(&referral) => {
             return Ok(Outcome::Ignored {
                 reason: "the referral is a lead and only co-sell opportunities are synced"
@@ -409,6 +416,7 @@ where
         last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
         // The CRM now holds the referral's stage: a later CRM change closes the referral only
         // when it moves away from it.
+        microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
         last_stage_to_pc: opportunity
             .stage
             .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
@@ -749,7 +757,7 @@ where
 
 /// Every referral of an engagement (following `@odata.nextLink`, at most
 /// [`MAX_ENGAGEMENT_PAGES`] pages).
-async fn list_engagement<P: PartnerCenter>(
+pub(super) async fn list_engagement<P: PartnerCenter>(
     pc: &P,
     engagement: EngagementId,
 ) -> Result<Vec<Referral>, Failure> {

@@ -43,16 +43,20 @@ use super::runner::{
     Failure, Journal, Problem, Run, attempt_key, capitalize, exactly_once, finish, needs_attention,
     sentence,
 };
+use super::to_crm::list_engagement;
 use crate::datetime::WireDateTime;
 use crate::error::{ParseError, TransitionError, ValidationProblem};
-use crate::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
-use crate::mapping::{BodyScope, MappingConfig, referral_create_body, referral_patch, stage_of};
+use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
+use crate::mapping::{
+    BodyScope, MappingConfig, invites_microsoft, is_shared_deal, microsoft_invitation_body,
+    referral_create_body, referral_patch, stage_of,
+};
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
     OpportunityWrite, PartnerCenter, PortError, RetryJob, RetryQueue, RetrySource, SyncDirection,
 };
-use crate::referral::{PatchOp, Referral};
+use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
 
 /// One change of a CRM opportunity, as the `crm-events` function parsed it.
@@ -317,7 +321,10 @@ where
     let fingerprint = opportunity.fingerprint();
     if let Some(link) = &link {
         let echo = link.is_echo_from_crm(&fingerprint);
-        if echo || link.is_unchanged_for_pc(&fingerprint) {
+        // A Shared deal whose invitation of Microsoft an earlier run could not send is not
+        // "unchanged": the update step sends it.
+        let owes_invitation = !link.microsoft_invited && is_shared_deal(opportunity);
+        if echo || (link.is_unchanged_for_pc(&fingerprint) && !owes_invitation) {
             finish_write_back(deps, journal, record, opportunity, link.referral_id).await?;
             let (event, outcome) = if echo {
                 (AuditEvent::EchoSkipped, Outcome::EchoSkipped)
@@ -374,6 +381,7 @@ impl Outbound<'_> {
         referral_id: ReferralId,
         referral: &Referral,
         etag: Option<ETag>,
+        microsoft_invited: bool,
         now: DateTime<Utc>,
     ) -> Link {
         let updated = referral
@@ -392,6 +400,7 @@ impl Outbound<'_> {
                 .opportunity()
                 .stage
                 .or_else(|| self.link.and_then(|l| l.last_stage_to_pc)),
+            microsoft_invited,
             updated_at: now,
         }
     }
@@ -438,7 +447,7 @@ where
     journal.set_referral(referral_id);
     journal.record(AuditEvent::Created, Some(record)).await;
 
-    let link = sync.link_after(referral_id, &created, created.etag(), journal.now());
+    let link = sync.link_after(referral_id, &created, created.etag(), false, journal.now());
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
     write_back(deps, record, referral_id, &text)
@@ -446,9 +455,75 @@ where
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::WrittenBack, Some(record)).await;
     saved.map_err(Failure::port(Some(record)))?;
+
+    // The Shared flow's second step. Should it fail, the retry finds the link (not invited
+    // yet) and sends it from the update step.
+    if is_shared_deal(sync.opportunity())
+        && let Ok(engagement) = created.engagement_id()
+    {
+        invite_microsoft(deps, sync, &engagement).await?;
+        let invited = Link {
+            microsoft_invited: true,
+            ..link
+        };
+        deps.links
+            .put(&invited)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+    }
     Ok(Outcome::Created {
         crm: record.clone(),
     })
+}
+
+/// Send the Shared deal's invitation of Microsoft unless the link says it was sent; `true`
+/// when the deal's engagement has one now. A link stored before invitations were tracked (or
+/// a run that failed after sending) is checked against the engagement's referrals first, so
+/// Microsoft is never invited twice.
+async fn ensure_invitation<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    sync: &Outbound<'_>,
+    current: &Referral,
+) -> Result<bool, Failure>
+where
+    P: PartnerCenter,
+{
+    if sync.link.is_some_and(|l| l.microsoft_invited) {
+        return Ok(true);
+    }
+    let shared = current.referral_type == Some(ReferralType::Shared);
+    let engagement = current.engagement_id().ok();
+    let (true, true, Some(engagement)) = (is_shared_deal(sync.opportunity()), shared, engagement)
+    else {
+        return Ok(false);
+    };
+    let referrals = list_engagement(deps.partner_center, engagement)
+        .await
+        .map_err(|failure| match failure {
+            Failure::Port { error, .. } => Failure::port(Some(sync.record))(error),
+            problem => problem,
+        })?;
+    if !referrals.iter().any(invites_microsoft) {
+        invite_microsoft(deps, sync, &engagement).await?;
+    }
+    Ok(true)
+}
+
+/// `POST` the referral that invites Microsoft to the deal's `engagement`.
+async fn invite_microsoft<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    sync: &Outbound<'_>,
+    engagement: &EngagementId,
+) -> Result<(), Failure>
+where
+    P: PartnerCenter,
+{
+    let shared = referral_create_body(sync.validated, &deps.settings.partner_team);
+    deps.partner_center
+        .create_referral(&microsoft_invitation_body(&shared, engagement))
+        .await
+        .map(|_| ())
+        .map_err(Failure::port(Some(sync.record)))
 }
 
 /// Step 6: update the referral.
@@ -477,6 +552,7 @@ where
         }
         Err(error) => return Err(Failure::port(Some(record))(error)),
     };
+    let invited = ensure_invitation(deps, sync, &current).await?;
     let explicit_close = sync.explicit_close(&current);
     let plan = |referral: &Referral| {
         referral_patch(referral, sync.opportunity(), explicit_close)
@@ -485,7 +561,13 @@ where
 
     let ops = plan(&current)?;
     if ops.is_empty() {
-        let link = sync.link_after(referral_id, &current, current.etag(), journal.now());
+        let link = sync.link_after(
+            referral_id,
+            &current,
+            current.etag(),
+            invited,
+            journal.now(),
+        );
         deps.links
             .put(&link)
             .await
@@ -520,7 +602,7 @@ where
     };
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let link = sync.link_after(referral_id, &read, etag, journal.now());
+    let link = sync.link_after(referral_id, &read, etag, invited, journal.now());
     deps.links
         .put(&link)
         .await

@@ -100,6 +100,23 @@ impl World {
     fn patches(&self) -> Vec<SentPatch> {
         lock(&self.pc.patches).clone()
     }
+
+    /// The referrals of deals (the invitations of Microsoft left out).
+    fn deal_referrals(&self) -> usize {
+        lock(&self.pc.referrals)
+            .values()
+            .filter(|r| !crate::mapping::invites_microsoft(r))
+            .count()
+    }
+
+    /// The partner's invitations of Microsoft.
+    fn invitations(&self) -> Vec<Referral> {
+        lock(&self.pc.referrals)
+            .values()
+            .filter(|r| crate::mapping::invites_microsoft(r))
+            .cloned()
+            .collect()
+    }
 }
 
 fn paths(ops: &[PatchOp]) -> Vec<&str> {
@@ -119,8 +136,12 @@ fn turning_sync_on_creates_exactly_one_referral_and_writes_its_id_and_link_back_
             crm: record.clone()
         }
     );
-    assert_eq!(world.pc.calls.get("create_referral"), 1);
-    assert_eq!(world.pc_calls(), 1, "one POST, nothing else");
+    assert_eq!(
+        world.pc.calls.get("create_referral"),
+        2,
+        "the deal's referral and, help being asked for, the invitation of Microsoft"
+    );
+    assert_eq!(world.pc_calls(), 2, "two POSTs, nothing else");
     let stored = world.crm.stored(&record).opportunity;
     let id = stored.referral_id.expect("referral id written back");
     assert_eq!(
@@ -146,8 +167,24 @@ fn turning_sync_on_creates_exactly_one_referral_and_writes_its_id_and_link_back_
     assert_eq!(details.deal_value, Some(Decimal::from(25_000)));
     assert_eq!(details.currency.as_deref(), Some("USD"));
 
+    let invitations = world.invitations();
+    assert_eq!(invitations.len(), 1);
+    let invitation = &invitations[0];
+    assert_eq!(invitation.engagement_id, referral.engagement_id);
+    assert_eq!(
+        invitation.external_reference_id, None,
+        "not linked to the opportunity"
+    );
+    assert_eq!(invitation.target.len(), 1);
+    assert_eq!(
+        invitation.target[0].target_type,
+        Some(crate::referral::TargetType::BusinessProfileLocation)
+    );
+    assert_eq!(invitation.name, referral.name);
+
     let link = world.links.link(&id).unwrap();
     assert_eq!(link.crm, record);
+    assert!(link.microsoft_invited);
     assert_eq!(link.last_referral_etag, referral.etag());
     assert_eq!(
         link.last_fingerprint_to_pc,
@@ -179,6 +216,14 @@ fn turning_sync_on_creates_exactly_one_referral_and_writes_its_id_and_link_back_
     );
     assert_eq!(echo, Outcome::EchoSkipped);
     assert_eq!(world.crm_calls(), crm_calls);
+    // So is the invitation's: ignored, never an opportunity of its own.
+    let invitation_id = invitation.referral_id().unwrap();
+    let ignored = world.outcome(
+        &webhook("referral-created", &invitation_id.to_string(), at(2)),
+        at(102),
+    );
+    assert!(matches!(ignored, Outcome::Ignored { .. }), "{ignored:?}");
+    assert_eq!(world.crm_calls(), crm_calls);
 }
 
 #[test]
@@ -198,7 +243,8 @@ fn a_duplicate_crm_delivery_makes_no_partner_center_call() {
 
     assert_eq!(world.pc_calls(), pc);
     assert_eq!(world.crm_calls(), crm);
-    assert_eq!(lock(&world.pc.referrals).len(), 1);
+    assert_eq!(world.deal_referrals(), 1);
+    assert_eq!(world.invitations().len(), 1);
 }
 
 #[test]
@@ -272,7 +318,11 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
             .all(|op| op.op == crate::referral::PatchOperation::Replace)
     );
     assert_eq!(world.pc.calls.get("get_referral"), 1);
-    assert_eq!(world.pc.calls.get("create_referral"), 1, "only the first");
+    assert_eq!(
+        world.pc.calls.get("create_referral"),
+        2,
+        "only the first (and its invitation of Microsoft)"
+    );
     let after = world.pc.referral(id);
     let details = after.details.as_ref().unwrap();
     assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
@@ -539,11 +589,12 @@ fn a_replayed_crm_retry_job_creates_the_referral_once() {
         }
     );
     assert_eq!(replay, Outcome::DuplicateSkipped);
-    assert_eq!(lock(&world.pc.referrals).len(), 1);
+    assert_eq!(world.deal_referrals(), 1);
+    assert_eq!(world.invitations().len(), 1);
     assert_eq!(
         world.pc.calls.get("create_referral"),
-        2,
-        "the failed one and the retry"
+        3,
+        "the failed one, the retry and its invitation"
     );
     assert_eq!(
         world.crm.calls.get("get_opportunity"),
@@ -572,8 +623,14 @@ fn a_failed_write_back_is_finished_by_the_retry_without_a_second_referral() {
     let retried = world.retry(&job, at(130));
 
     assert_eq!(retried, Outcome::UnchangedSkipped);
-    assert_eq!(world.pc.calls.get("create_referral"), 1);
-    assert_eq!(world.pc_calls(), 1, "no Partner Center call on the retry");
+    assert_eq!(
+        world.pc.calls.get("create_referral"),
+        2,
+        "the deal's referral once, and the invitation the first run did not get to"
+    );
+    assert_eq!(world.deal_referrals(), 1);
+    assert_eq!(world.invitations().len(), 1);
+    assert!(world.links.links()[0].microsoft_invited);
     let referral = world.links.links()[0].referral_id;
     assert_eq!(
         world.crm.stored(&record).opportunity.referral_id,
@@ -658,4 +715,71 @@ fn the_crm_handler_and_its_retry_are_send() {
     };
     let retried = block_on(assert_send(run_retry_job(&deps, &job, &meta)));
     assert_eq!(retried.unwrap().outcome, Outcome::UnchangedSkipped);
+}
+
+#[test]
+fn a_deal_without_help_asked_is_independent_and_invites_nobody() {
+    let world = World::to_pc();
+    let record = world.crm.seed(Opportunity {
+        help: None,
+        ..seller_opportunity()
+    });
+    world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert_eq!(world.pc.calls.get("create_referral"), 1);
+    assert!(world.invitations().is_empty());
+    assert!(!world.links.links()[0].microsoft_invited);
+}
+
+#[test]
+fn a_failed_invitation_is_sent_once_by_the_retry() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    // The deal's referral is created; the invitation of Microsoft meets an outage.
+    world.pc.fail_after(
+        "create_referral",
+        1,
+        transient(Service::PartnerCenter, None),
+    );
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(world.deal_referrals(), 1);
+    assert!(world.invitations().is_empty());
+    assert!(!world.links.links()[0].microsoft_invited);
+
+    let (job, _) = world.queue.take_all().remove(0);
+    assert_eq!(world.retry(&job, at(130)), Outcome::UnchangedSkipped);
+    assert_eq!(world.deal_referrals(), 1, "no second deal referral");
+    assert_eq!(world.invitations().len(), 1);
+    assert!(world.links.links()[0].microsoft_invited);
+
+    // A later change of the deal does not look for the invitation again.
+    let lists = world.pc.calls.get("list_referrals");
+    world.crm_edit(&record, |o| o.notes = Some("Phase 2".into()));
+    world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+    assert_eq!(world.pc.calls.get("list_referrals"), lists);
+    assert_eq!(world.invitations().len(), 1);
+}
+
+#[test]
+fn an_invitation_sent_before_the_link_knew_it_is_not_sent_again() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    // A link stored before invitations were tracked.
+    let mut link = world.links.links()[0].clone();
+    link.microsoft_invited = false;
+    world.links.insert(link);
+
+    world.crm_edit(&record, |o| o.notes = Some("Phase 2".into()));
+    world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+    assert_eq!(
+        world.invitations().len(),
+        1,
+        "found in the engagement, not re-sent"
+    );
+    assert_eq!(world.pc.calls.get("create_referral"), 2);
+    assert!(world.links.links()[0].microsoft_invited);
 }
