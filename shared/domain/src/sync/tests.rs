@@ -162,6 +162,8 @@ struct FakePartnerCenter {
     version: Mutex<i64>,
     calls: CallCounts,
     failures: Mutex<HashMap<&'static str, VecDeque<PortError>>>,
+    /// Errors answered to the next creates after storing the referral.
+    lost_answers: Mutex<VecDeque<PortError>>,
     /// Failures due at a given call of a method: (method, call number, error).
     delayed_failures: Mutex<Vec<(&'static str, usize, PortError)>>,
     /// Someone else's edits, applied just before the next PATCH is checked.
@@ -358,7 +360,12 @@ impl PartnerCenter for FakePartnerCenter {
             let id = self.insert(referral);
             self.referral(id)
         });
-        std::future::ready(created)
+        // The referral was stored, but the answer is lost (a timeout, a 5xx after the write).
+        let lost = lock(&self.lost_answers).pop_front();
+        std::future::ready(match (created, lost) {
+            (Ok(_), Some(error)) => Err(error),
+            (created, _) => created,
+        })
     }
 
     fn patch_referral(

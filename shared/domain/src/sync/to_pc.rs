@@ -20,6 +20,11 @@
 //! 5. **No referral** → `POST` the referral ([`referral_create_body`]), save the link (with the
 //!    referral's `eTag`, so the `referral-created` event it raises is recognised as our echo),
 //!    then write the referral id and link back to the record with the Audit text (`Created`).
+//!    A retry job first looks for the referral an earlier attempt may have created before its
+//!    answer was lost (by `externalReferenceId`, among the referrals updated since the record's
+//!    first delivery) and adopts it instead of creating a second one. A deal asking for
+//!    Microsoft's help is `Shared`: Microsoft is invited to its engagement with a second
+//!    referral, once ([`Link::microsoft_invited`]).
 //! 6. **A referral** → `GET` it (404 → `NeedsAttention`: the record names a referral Partner
 //!    Center does not know), then `PATCH` only the update fields that differ
 //!    ([`referral_patch`]) with `If-Match` (on 412 re-read once and patch once more). A close
@@ -54,7 +59,8 @@ use crate::mapping::{
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
-    OpportunityWrite, PartnerCenter, PortError, RetryJob, RetryQueue, RetrySource, SyncDirection,
+    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
@@ -250,17 +256,18 @@ where
         journal
             .record(AuditEvent::Received, Some(&change.record))
             .await;
-        sync_change(deps, &journal, change).await
+        sync_change(deps, &journal, change, attempt > 0).await
     };
     let outcome = exactly_once(deps, meta, &run, &journal, sync).await?;
     Ok(finish(outcome, journal))
 }
 
-/// Steps 1–6 of the module docs.
+/// Steps 1–6 of the module docs; `retrying` for a retry job's run.
 async fn sync_change<P, C, I, Q, A, L>(
     deps: &Deps<'_, P, C, I, Q, A, L>,
     journal: &Journal<'_, A>,
     change: &CrmChange,
+    retrying: bool,
 ) -> Result<Outcome, Failure>
 where
     P: PartnerCenter,
@@ -343,6 +350,7 @@ where
         validated: &validated,
         fingerprint,
         link: link.as_ref(),
+        retrying,
     };
     match referral_id {
         None => create(deps, journal, &sync).await,
@@ -356,6 +364,8 @@ struct Outbound<'s> {
     validated: &'s ValidatedOpportunity,
     fingerprint: String,
     link: Option<&'s Link>,
+    /// A retry job's run: an earlier attempt may have created the referral already.
+    retrying: bool,
 }
 
 impl Outbound<'_> {
@@ -423,12 +433,22 @@ where
     L: LinkStore,
 {
     let record = sync.record;
-    let body = referral_create_body(sync.validated, &deps.settings.partner_team);
-    let created = deps
-        .partner_center
-        .create_referral(&body)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    let earlier = if sync.retrying {
+        created_earlier(deps, journal, sync).await?
+    } else {
+        None
+    };
+    let adopted = earlier.is_some();
+    let created = match earlier {
+        Some(referral) => referral,
+        None => {
+            let body = referral_create_body(sync.validated, &deps.settings.partner_team);
+            deps.partner_center
+                .create_referral(&body)
+                .await
+                .map_err(Failure::port(Some(record)))?
+        }
+    };
     let referral_id = created.referral_id().map_err(|error| {
         Failure::Problem(Problem {
             code: "invalid_response",
@@ -461,7 +481,12 @@ where
     if is_shared_deal(sync.opportunity())
         && let Ok(engagement) = created.engagement_id()
     {
-        invite_microsoft(deps, sync, &engagement).await?;
+        if adopted {
+            // The earlier attempt may have sent the invitation too.
+            ensure_invitation(deps, sync, &created).await?;
+        } else {
+            invite_microsoft(deps, sync, &engagement).await?;
+        }
         let invited = Link {
             microsoft_invited: true,
             ..link
@@ -474,6 +499,83 @@ where
     Ok(Outcome::Created {
         crm: record.clone(),
     })
+}
+
+/// How many of a record's newest audit entries tell when its first delivery arrived.
+const FIRST_DELIVERY_ENTRIES: usize = 50;
+/// How many pages of recently updated referrals a retried create searches at most.
+const MAX_CREATED_EARLIER_PAGES: usize = 20;
+/// Clock skew between this connector and Partner Center allowed for in that search.
+const CREATED_EARLIER_SKEW_MINUTES: i64 = 15;
+
+/// The referral an earlier attempt of this create may have made: a timeout or a 5xx can come
+/// after Partner Center stored it. Searched among the referrals updated since the record's
+/// oldest audited delivery (`updatedDateTime ge …`, the documented filter) by its
+/// `externalReferenceId` (whether that member is filterable is UNKNOWN, so it is compared
+/// here). Too many candidates to search → a person decides, rather than a second referral.
+async fn created_earlier<P, C, I, Q, A, L>(
+    deps: &Deps<'_, P, C, I, Q, A, L>,
+    journal: &Journal<'_, A>,
+    sync: &Outbound<'_>,
+) -> Result<Option<Referral>, Failure>
+where
+    P: PartnerCenter,
+    A: AuditLog,
+{
+    let record = sync.record;
+    let entries = deps
+        .audit
+        .by_crm_record(record, FIRST_DELIVERY_ENTRIES)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    let first = entries
+        .iter()
+        .map(|entry| entry.at)
+        .min()
+        .unwrap_or_else(|| journal.now());
+    let native = record.native();
+    let mut query = ReferralQuery {
+        updated_since: Some(first - chrono::Duration::minutes(CREATED_EARLIER_SKEW_MINUTES)),
+        ..ReferralQuery::default()
+    };
+    for _ in 0..MAX_CREATED_EARLIER_PAGES {
+        let page = deps
+            .partner_center
+            .list_referrals(&query)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        let found = page.value.into_iter().find(|referral| {
+            referral.external_reference_id.as_deref().map(str::trim) == Some(native.as_str())
+                && !invites_microsoft(referral)
+        });
+        if found.is_some() {
+            return Ok(found);
+        }
+        match page.next_link {
+            Some(next_link) => {
+                query = ReferralQuery {
+                    next_link: Some(next_link),
+                    ..ReferralQuery::default()
+                };
+            }
+            None => return Ok(None),
+        }
+    }
+    Err(Failure::Problem(Problem {
+        code: "create_unconfirmed",
+        reason: format!(
+            "an earlier attempt to create the referral of {record} failed without an answer, and \
+             more than {MAX_CREATED_EARLIER_PAGES} pages of referrals changed since, so whether \
+             it was created could not be checked."
+        ),
+        fix: format!(
+            "Search Partner Center for a referral whose external reference is {native}: if there \
+             is one, enter its id in {} on the opportunity; if not, change the opportunity to \
+             sync it again.",
+            referral_id_field(deps.mapping, record.kind())
+        ),
+        crm: Some(record.clone()),
+    }))
 }
 
 /// Send the Shared deal's invitation of Microsoft unless the link says it was sent; `true`

@@ -783,3 +783,63 @@ fn an_invitation_sent_before_the_link_knew_it_is_not_sent_again() {
     assert_eq!(world.pc.calls.get("create_referral"), 2);
     assert!(world.links.links()[0].microsoft_invited);
 }
+
+#[test]
+fn a_create_whose_answer_was_lost_is_found_by_the_retry_not_made_twice() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    lock(&world.pc.lost_answers).push_back(transient(Service::PartnerCenter, None));
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(world.deal_referrals(), 1, "Partner Center stored it");
+    assert!(world.links.links().is_empty(), "but the run did not know");
+
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert_eq!(
+        retried,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.deal_referrals(), 1, "found, not created again");
+    assert_eq!(world.invitations().len(), 1);
+    let link = &world.links.links()[0];
+    assert_eq!(
+        world.crm.stored(&record).opportunity.referral_id,
+        Some(link.referral_id)
+    );
+    assert!(link.microsoft_invited);
+    assert_eq!(
+        world.pc.calls.get("create_referral"),
+        2,
+        "the lost one and the invitation"
+    );
+}
+
+#[test]
+fn a_retried_create_that_never_reached_partner_center_creates_the_referral_once() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    world
+        .pc
+        .fail_next("create_referral", transient(Service::PartnerCenter, None));
+    world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert_eq!(world.deal_referrals(), 0);
+    let (job, _) = world.queue.take_all().remove(0);
+    assert_eq!(
+        world.retry(&job, at(400)),
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.deal_referrals(), 1);
+    assert_eq!(
+        world.pc.calls.get("list_referrals"),
+        1,
+        "one look for an earlier create"
+    );
+}
