@@ -26,6 +26,19 @@ ensure_cargo_lambda() {
   cargo lambda --version
 }
 
+# The SAM template: cfn-lint (applies the SAM transform), then the checks of its variables,
+# binaries and queue settings against the code (infra/check_template.py).
+lint_template() {
+  if ! command -v cfn-lint >/dev/null 2>&1; then
+    log "installing cfn-lint (pip install 'cfn-lint>=1,<2')"
+    python3 -m pip install --quiet 'cfn-lint>=1,<2'
+    hash -r
+  fi
+  log "cfn-lint infra/template.yaml"
+  cfn-lint infra/template.yaml
+  python3 infra/check_template.py
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
@@ -58,6 +71,8 @@ cargo fmt --all -- --check
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+lint_template
 
 ensure_moto
 ensure_cargo_lambda

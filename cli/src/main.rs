@@ -23,6 +23,25 @@ enum Command {
     /// Salesforce; nothing leaves this machine. Exits 1 if anything is not as expected
     /// (the demo doubles as a smoke test).
     Demo,
+    /// Register (or replace) the Partner Center webhook for the four referral events and
+    /// `test-created`, read it back and send a validation event.
+    RegisterWebhook(cosell_cli::register_webhook::Args),
+    /// Check the deployment: configuration, credentials, roles, CRM fields, currency, stages,
+    /// webhook registration, table, queues, API budget. Exit 0 healthy, 1 problems, 2 could
+    /// not check.
+    Doctor(cosell_cli::doctor::Args),
+    /// The timeline of one referral (by referral id or CRM record id), or every record that
+    /// needs attention.
+    Audit(cosell_cli::audit::Args),
+    /// Move the retry jobs in the dead-letter queue back to the retry queue (after fixing
+    /// their cause); `--dry-run` lists them. Exit 0 moved, 1 some failed, 2 could not check.
+    Redrive(cosell_cli::redrive::Args),
+    /// Queue a sync for every referral and opportunity whose version differs from its link
+    /// (as the scheduled function does); `--since` backfills from a date, `--dry-run` lists.
+    Reconcile(cosell_cli::reconcile::Args),
+    /// API calls used today against the budget, retry queue and dead-letter queue depth, last
+    /// reconcile. Exit 0 healthy, 1 problems, 2 could not read.
+    Status(cosell_cli::status::Args),
 }
 
 #[tokio::main]
@@ -39,5 +58,11 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::RegisterWebhook(args) => cosell_cli::register_webhook::main(args).await,
+        Command::Doctor(args) => cosell_cli::doctor::main(args).await,
+        Command::Audit(args) => cosell_cli::audit::main(args).await,
+        Command::Redrive(args) => cosell_cli::redrive::main(args).await,
+        Command::Reconcile(args) => cosell_cli::reconcile::main(args).await,
+        Command::Status(args) => cosell_cli::status::main(args).await,
     }
 }

@@ -74,6 +74,11 @@ pub struct Fault {
     /// Delay before answering, in milliseconds.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Delay after the request was handled (its change applied and logged in the request
+    /// log) and before the response is sent, in milliseconds: a caller that dies meanwhile
+    /// made the change without seeing the answer.
+    #[serde(default)]
+    pub delay_after_ms: Option<u64>,
     /// Optional error code (Salesforce `errorCode`, Dataverse `error.code`).
     #[serde(default)]
     pub error_code: Option<String>,
@@ -196,6 +201,9 @@ pub async fn record_and_inject(
         status: response.status().as_u16(),
         injected,
     });
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay_after_ms) {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     response
 }
 

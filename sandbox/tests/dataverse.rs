@@ -677,6 +677,29 @@ async fn an_unknown_column_is_400_naming_it_and_metadata_follows_the_schema() {
 }
 
 #[tokio::test]
+async fn choice_column_metadata_lists_its_options() {
+    let dv = Dv::start().await;
+    let body = dv
+        .get_json(
+            "EntityDefinitions(LogicalName='opportunity')/Attributes?$filter=LogicalName eq 'statuscode'",
+        )
+        .await;
+    let options = body["value"][0]["OptionSet"]["Options"].as_array().unwrap();
+    let values: Vec<i64> = options
+        .iter()
+        .map(|o| o["Value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, vec![1, 2, 3, 4, 5]);
+    assert!(options[1]["Label"]["UserLocalizedLabel"]["Label"].is_string());
+    let text = dv
+        .get_json(
+            "EntityDefinitions(LogicalName='opportunity')/Attributes?$filter=LogicalName eq 'name'",
+        )
+        .await;
+    assert!(text["value"][0].get("OptionSet").is_none());
+}
+
+#[tokio::test]
 async fn a_missing_wrong_or_unknown_token_is_401() {
     let dv = Dv::start().await;
     let response = dv.ts.http.get(dv.api("accounts")).send().await.unwrap();

@@ -2,10 +2,11 @@
 //! `partner-center-events`' ([`partner_center_events::app`]).
 
 use cosell_adapters::aws::{
-    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, SqsRetryQueue,
+    AnyApiBudget, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, Metering, SqsRetryQueue,
 };
 use cosell_adapters::http::crm::AnyCrm;
 use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
+use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::in_memory::{
     InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
 };
@@ -34,6 +35,9 @@ pub struct App<P, C, I, Q, A, L> {
     pub endpoint: EndpointConfig,
     /// Larger bodies are answered 413.
     pub max_body_bytes: usize,
+    /// The daily API budget (a counter in memory until [`App::with_budget`] names the
+    /// table's).
+    pub metering: Metering,
 }
 
 /// The production instantiation: HTTP clients and the DynamoDB / SQS stores.
@@ -67,7 +71,22 @@ impl<P, C, I, Q, A, L> App<P, C, I, Q, A, L> {
             settings: config.sync_settings(),
             endpoint: config.endpoint.clone(),
             max_body_bytes: config.max_body_bytes,
+            metering: Metering::default(),
         }
+    }
+
+    /// Count calls with `counter` against `policy` (`main`: the table's counter and the
+    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE` policy).
+    pub fn with_budget(self, counter: AnyApiBudget, policy: BudgetPolicy) -> Self {
+        Self {
+            metering: Metering::new(counter, policy),
+            ..self
+        }
+    }
+
+    /// The budget the syncs are admitted against.
+    pub fn budget(&self) -> Budget<'_, AnyApiBudget> {
+        self.metering.budget()
     }
 
     /// The sync core's view of it.

@@ -10,7 +10,7 @@
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
 //! | it parses, and has an `OperationId` | 400 `malformed_body` |
 //! | it is an `opportunity` `Create` / `Update` | 200 `ignored` |
-//! | the sync core runs ([`handle_crm_change`]) | 503 (Dataverse retries a 503 once) |
+//! | the sync core runs within the daily API budget ([`handle_crm_change_within_budget`]: over budget, the sync is queued for the next UTC day) | 503 (Dataverse retries a 503 once) |
 //!
 //! A handled change answers [`Handled::http_status`] with `{"status": "<outcome>"}`, except
 //! a change another invocation is still processing (`in_progress`): 503, because Dataverse
@@ -40,6 +40,7 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use cosell_domain::budget::handle_crm_change_within_budget;
 use cosell_domain::crm_wire::dataverse::{RemoteExecutionContext, WebhookHeaders};
 use cosell_domain::crm_wire::salesforce::{OutboundMessage, SoapError, ack_response, soap_fault};
 use cosell_domain::mapping::{DataverseRecord, SalesforceRecord};
@@ -47,8 +48,7 @@ use cosell_domain::ports::{
     AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
 };
 use cosell_domain::sync::{
-    CrmChange, Delivery, Handled, Outcome, dataverse_change_key, handle_crm_change,
-    salesforce_change_key,
+    CrmChange, Delivery, Handled, Outcome, dataverse_change_key, salesforce_change_key,
 };
 use cosell_domain::{
     CrmOpportunity, CrmRecordId, DataverseId, SalesforceId, opportunity_from_dataverse,
@@ -281,7 +281,7 @@ where
             .filter(|(o, carried)| says_sync_off(o, *carried))
             .map(|(o, _)| o),
     };
-    match handle_crm_change(&app.deps(), &change, delivery).await {
+    match handle_crm_change_within_budget(&app.deps(), app.budget(), &change, delivery).await {
         Ok(handled) => {
             line.handled(&handled);
             Answer::json(
@@ -415,7 +415,7 @@ where
                 .map(str::to_owned),
             opportunity: Some(opportunity).filter(|o| says_sync_off(o, carried)),
         };
-        match handle_crm_change(&app.deps(), &change, delivery).await {
+        match handle_crm_change_within_budget(&app.deps(), app.budget(), &change, delivery).await {
             Ok(handled) => {
                 durable &= !handled.outcome.redeliver_later();
                 line.warnings
@@ -579,6 +579,12 @@ impl LogLine {
     fn handled(&mut self, handled: &Handled) {
         self.outcome = handled.outcome.log_name().into();
         self.detail = handled.outcome.log_detail();
+        if let Some(id) = handled.referral_id.map(|id| id.to_string()) {
+            let known = self.referral_id.as_deref().unwrap_or_default();
+            if !known.split(',').any(|known| known == id) {
+                append(&mut self.referral_id, &id);
+            }
+        }
         self.warnings = handled.warnings.iter().map(ToString::to_string).collect();
     }
 
@@ -645,6 +651,7 @@ mod tests {
         let handled = |outcome| Handled {
             outcome,
             warnings: Vec::new(),
+            referral_id: None,
         };
         assert_eq!(dataverse_status(&handled(Outcome::InProgress)), 503);
         assert_eq!(dataverse_status(&handled(Outcome::DuplicateSkipped)), 200);

@@ -955,6 +955,11 @@ async fn each_request_logs_one_line_without_body_contact_data_or_secrets() {
     assert_eq!(created["crm"], "dataverse");
     assert_eq!(created["record_id"], "6d81597f-0000-4000-8000-0000000000e1");
     assert_eq!(created["status"], 200);
+    assert_eq!(
+        created["referral_id"].as_str(),
+        h.referrals().await[0]["id"].as_str(),
+        "the line names the referral the change created"
+    );
     assert_eq!(lines[0]["level"], "INFO");
     assert_eq!(lines[2]["level"], "WARN");
     assert_eq!(lines[2]["fields"]["status"], 401);

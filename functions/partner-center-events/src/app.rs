@@ -2,7 +2,8 @@
 //! cold start ([`Clients::from_config`], [`Stores`]).
 
 use cosell_adapters::aws::{
-    AwsClients, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, SqsRetryQueue,
+    AnyApiBudget, AwsClients, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, Metering,
+    SqsRetryQueue,
 };
 use cosell_adapters::http::crm::AnyCrm;
 use cosell_adapters::http::dataverse::{DataverseConfig, DataverseStore};
@@ -16,6 +17,7 @@ use cosell_adapters::http::{
     SalesforceJwtBearer, SalesforceJwtBearerConfig, WebhookVerifier, WebhookVerifierConfig,
     build_client,
 };
+use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::in_memory::{
     InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
 };
@@ -45,6 +47,9 @@ pub struct App<P, C, I, Q, A, L> {
     pub settings: SyncSettings,
     /// Larger webhook bodies are answered 413.
     pub max_body_bytes: usize,
+    /// The daily API budget (a counter in memory until [`App::with_budget`] names the
+    /// table's).
+    pub metering: Metering,
 }
 
 /// The production instantiation: HTTP clients and the DynamoDB / SQS stores.
@@ -78,7 +83,22 @@ impl<P, C, I, Q, A, L> App<P, C, I, Q, A, L> {
             mapping: config.mapping.clone(),
             settings: config.sync_settings(),
             max_body_bytes: config.max_body_bytes,
+            metering: Metering::default(),
         }
+    }
+
+    /// Count calls with `counter` against `policy` (`main`: the table's counter and the
+    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE` policy).
+    pub fn with_budget(self, counter: AnyApiBudget, policy: BudgetPolicy) -> Self {
+        Self {
+            metering: Metering::new(counter, policy),
+            ..self
+        }
+    }
+
+    /// The budget the syncs are admitted against.
+    pub fn budget(&self) -> Budget<'_, AnyApiBudget> {
+        self.metering.budget()
     }
 
     /// The sync core's view of it.

@@ -6,7 +6,7 @@
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
 //! | the signature is verified over the raw body bytes, **before** parsing ([`UnverifiedWebhook`]) | 400 `missing_signature_headers`, 401 `unauthorized`, 503 `certificate_unavailable` |
 //! | the verified body parses as a [`WebhookEvent`] | 400 `malformed_body` |
-//! | the sync core runs ([`handle_partner_center_event`]) | 503 `idempotency_unavailable` / `retry_not_scheduled` (Partner Center delivers again) |
+//! | the sync core runs within the daily API budget ([`handle_partner_center_event_within_budget`]: over budget, the sync is queued for the next UTC day) | 503 `idempotency_unavailable` / `retry_not_scheduled` (Partner Center delivers again) |
 //!
 //! A handled event answers [`Outcome::http_status`] (200, or 409 while another invocation
 //! holds the same delivery) with `{"status": "<outcome>"}`; failures answer
@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
 use cosell_adapters::http::{UnverifiedWebhook, WebhookAuthErrorKind};
+use cosell_domain::budget::handle_partner_center_event_within_budget;
 use cosell_domain::ports::{
     AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
 };
-use cosell_domain::sync::{Delivery, Handled, handle_partner_center_event};
+use cosell_domain::sync::{Delivery, Handled};
 use cosell_domain::webhook::WebhookEvent;
 use lambda_http::http::{Method, StatusCode, header};
 use lambda_http::request::RequestContext;
@@ -147,7 +148,9 @@ where
     };
     line.describe(&event);
 
-    match handle_partner_center_event(&app.deps(), &event, delivery).await {
+    match handle_partner_center_event_within_budget(&app.deps(), app.budget(), &event, delivery)
+        .await
+    {
         Ok(handled) => {
             line.handled(&handled);
             Answer {

@@ -1,7 +1,9 @@
-//! Wiring only: tracing → `Config::from_env` → clients and stores (once) → the Lambda runtime.
+//! Wiring only: tracing → secrets → `Config::from_lookup` → clients and stores (once) → runtime.
 
 use anyhow::Context as _;
 use cosell_adapters::AwsClients;
+use cosell_adapters::aws::{AnyApiBudget, DynamoApiBudget, secrets};
+use cosell_domain::budget::BudgetPolicy;
 use cosell_domain::{AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue};
 use lambda_http::{run, service_fn};
 use partner_center_events::{App, Clients, Config, StoreConfig, Stores, handler};
@@ -9,7 +11,14 @@ use partner_center_events::{App, Clients, Config, StoreConfig, Stores, handler};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
-    let config = Config::from_env().context("partner-center-events configuration")?;
+    // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.
+    let secrets = secrets::resolve_process_env()
+        .await
+        .context("reading the secrets")?;
+    let config = Config::from_lookup(|name| secrets.var(name))
+        .context("partner-center-events configuration")?;
+    let budget = BudgetPolicy::from_lookup(|name| secrets.var(name))
+        .context("partner-center-events configuration (API budget)")?;
     let clients = Clients::from_config(&config).context("building the HTTP clients")?;
     match &config.store {
         StoreConfig::DynamoDb {
@@ -18,9 +27,13 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let aws = AwsClients::from_env().await;
             let stores = Stores::dynamo(&aws, table_name, retry_queue_url);
-            serve(App::new(clients, stores, &config)).await
+            let counter = DynamoApiBudget::new(aws.dynamodb.clone(), table_name.as_str());
+            serve(App::new(clients, stores, &config).with_budget(counter.into(), budget)).await
         }
-        StoreConfig::Memory => serve(App::new(clients, Stores::in_memory(&config), &config)).await,
+        StoreConfig::Memory => {
+            let app = App::new(clients, Stores::in_memory(&config), &config);
+            serve(app.with_budget(AnyApiBudget::memory(), budget)).await
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! | POST | `/{set}` create; `Prefer: return=representation` | 204 + `OData-EntityId`, 201 + body, 400, 401, 404, 412 (duplicate key) |
 //! | PATCH | `/{set}({id})`, `/{set}(key='v',…)` upsert; `If-Match: *` / `If-Match: W/"n"` / `If-None-Match: *`; `Prefer: return=representation` | 204 + `OData-EntityId`, 201 (created) / 200 (updated) + body, 400, 401, 404, 412 |
 //! | GET | `/WhoAmI` (or `WhoAmI()`) | 200, 401 |
-//! | GET | `/EntityDefinitions`, `/EntityDefinitions(LogicalName='x')`, `…/Attributes`, `…/Keys` (`$select`, `$filter`) | 200, 400, 401, 404 |
+//! | GET | `/EntityDefinitions`, `/EntityDefinitions(LogicalName='x')`, `…/Attributes`, `…/Keys` (`$select`, `$filter`); choice columns (`statecode`, `statuscode`, picklists) carry `OptionSet.Options[{Value, Label}]` inline | 200, 400, 401, 404 |
 //! | DELETE | `/{set}({id})`; GET of `/{set}({id})/{property}` | 501 (not implemented by the sandbox) |
 //! | other methods | | 405 |
 //!

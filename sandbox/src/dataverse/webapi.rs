@@ -723,6 +723,20 @@ fn attribute_metadata(def: &TableDef) -> Vec<Value> {
                 }
                 _ => {}
             }
+            // Choice columns carry their options inline (Dataverse returns them with
+            // `$expand=OptionSet` on the typed attribute; the sandbox always includes them).
+            if let Some(options) = c.kind.options() {
+                let options: Vec<Value> = options
+                    .iter()
+                    .map(|(value, label)| {
+                        json!({
+                            "Value": value,
+                            "Label": {"UserLocalizedLabel": {"Label": label}},
+                        })
+                    })
+                    .collect();
+                m.insert("OptionSet".into(), json!({ "Options": options }));
+            }
             Value::Object(m)
         })
         .collect()

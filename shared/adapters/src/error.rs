@@ -205,6 +205,7 @@ aws_operations! {
     aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesError => "sqs:GetQueueAttributes",
     aws_sdk_sqs::operation::set_queue_attributes::SetQueueAttributesError => "sqs:SetQueueAttributes",
     aws_sdk_sqs::operation::create_queue::CreateQueueError => "sqs:CreateQueue",
+    aws_sdk_sqs::operation::start_message_move_task::StartMessageMoveTaskError => "sqs:StartMessageMoveTask",
 }
 
 /// An error of the AWS adapters.

@@ -1,5 +1,6 @@
 //! In-memory implementations of the store ports: [`InMemoryIdempotencyStore`],
-//! [`InMemoryAuditLog`], [`InMemoryLinkStore`] and [`InMemoryRetryQueue`].
+//! [`InMemoryAuditLog`], [`InMemoryLinkStore`], [`InMemoryRetryQueue`], [`InMemoryApiBudget`]
+//! and [`InMemoryCheckpointStore`].
 //!
 //! For handler tests and the local demo's embedded stores. Plain `std::sync::Mutex`, no
 //! runtime; every future is ready at once and `Send` (no lock is held across an `await`).
@@ -15,13 +16,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
-    AcquireOutcome, AuditEntry, AuditLog, IdempotencyKey, IdempotencyRecord, IdempotencyStatus,
-    IdempotencyStore, Link, LinkStore, PortError, RetryJob, RetryQueue,
+    AcquireOutcome, ApiBudget, AuditEntry, AuditLog, Checkpoint, CheckpointStore, IdempotencyKey,
+    IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Link, LinkStore, PortError, RetryJob,
+    RetryQueue,
 };
 use crate::sync::SyncSettings;
 
@@ -410,6 +412,90 @@ impl RetryQueue for InMemoryRetryQueue {
             lock(&self.jobs).push((job.clone(), delay));
         });
         std::future::ready(queued)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// API budget and reconciliation checkpoint
+// ---------------------------------------------------------------------------------------------
+
+/// The daily API counter in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryApiBudget {
+    days: Mutex<BTreeMap<NaiveDate, i64>>,
+    calls: CallCounts,
+    faults: Faults,
+}
+
+store_controls!(InMemoryApiBudget);
+
+impl InMemoryApiBudget {
+    /// A counter at 0 for every day.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The count of `day`.
+    pub fn count(&self, day: NaiveDate) -> i64 {
+        lock(&self.days).get(&day).copied().unwrap_or_default()
+    }
+}
+
+impl ApiBudget for InMemoryApiBudget {
+    fn used(&self, day: NaiveDate) -> impl Future<Output = Result<u64, PortError>> + Send {
+        let used = self
+            .begin("used")
+            .map(|()| u64::try_from(self.count(day)).unwrap_or_default());
+        std::future::ready(used)
+    }
+
+    fn add(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+    ) -> impl Future<Output = Result<i64, PortError>> + Send {
+        let total = self.begin("add").map(|()| {
+            let mut days = lock(&self.days);
+            let count = days.entry(day).or_default();
+            *count = count.saturating_add(delta);
+            *count
+        });
+        std::future::ready(total)
+    }
+}
+
+/// The reconciliation checkpoint in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryCheckpointStore {
+    checkpoint: Mutex<Option<Checkpoint>>,
+    calls: CallCounts,
+    faults: Faults,
+}
+
+store_controls!(InMemoryCheckpointStore);
+
+impl InMemoryCheckpointStore {
+    /// No checkpoint yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stored checkpoint.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        lock(&self.checkpoint).clone()
+    }
+}
+
+impl CheckpointStore for InMemoryCheckpointStore {
+    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, PortError>> + Send {
+        std::future::ready(self.begin("load").map(|()| self.checkpoint()))
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<(), PortError>> + Send {
+        let saved = self.begin("save").map(|()| {
+            *lock(&self.checkpoint) = Some(checkpoint.clone());
+        });
+        std::future::ready(saved)
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub(crate) mod macros;
 
+pub mod budget;
 pub mod crm_wire;
 pub mod datetime;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod in_memory;
 pub mod mapping;
 pub mod opportunity;
 pub mod ports;
+pub mod reconcile;
 pub mod referral;
 pub mod serde_helpers;
 pub mod status;

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -340,6 +340,59 @@ pub trait CrmStore: Send + Sync {
         opportunity: &CrmRecordId,
         text: &str,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// One page of the opportunities with "Sync with Partner Center" on that were modified at
+    /// or after [`OpportunityQuery::modified_since`], oldest first (what reconciliation reads).
+    /// Like [`CrmStore::find_opportunity_by_referral`], the account and contact are not read.
+    ///
+    /// The default answers [`PortError::Permanent`]: an adapter that cannot list does not
+    /// take part in reconciliation.
+    fn list_opportunities(
+        &self,
+        query: &OpportunityQuery,
+    ) -> impl Future<Output = Result<OpportunityPage, PortError>> + Send {
+        let _ = query;
+        let service = Service::from(self.kind());
+        async move {
+            Err(PortError::Permanent {
+                service,
+                message: "this CRM adapter cannot list opportunities".to_owned(),
+            })
+        }
+    }
+}
+
+/// A query for [`CrmStore::list_opportunities`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpportunityQuery {
+    /// Only opportunities modified at or after this instant (Dataverse `modifiedon ge …`,
+    /// Salesforce `LastModifiedDate >= …`).
+    pub modified_since: DateTime<Utc>,
+    /// Page size.
+    pub top: Option<u32>,
+    /// Continue from a previous page's [`OpportunityPage::next_link`] (used as is; the other
+    /// fields are ignored then).
+    pub next_link: Option<String>,
+}
+
+/// One opportunity of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedOpportunity {
+    /// The opportunity, without its account and contact.
+    pub opportunity: CrmOpportunity,
+    /// When it was last modified (Dataverse `modifiedon`, Salesforce `LastModifiedDate`).
+    pub modified_at: Option<DateTime<Utc>>,
+    /// Who modified it last (Dataverse `_modifiedby_value`, Salesforce `LastModifiedById`).
+    pub modified_by: Option<String>,
+}
+
+/// One page of [`CrmStore::list_opportunities`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpportunityPage {
+    /// The opportunities on this page, oldest change first.
+    pub items: Vec<ListedOpportunity>,
+    /// Where the next page is (Dataverse `@odata.nextLink`, Salesforce `nextRecordsUrl`).
+    pub next_link: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -768,6 +821,70 @@ pub trait LinkStore: Send + Sync {
 
     /// Create or replace a link.
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation checkpoint
+// ---------------------------------------------------------------------------------------------
+
+/// Where one side of reconciliation (Partner Center referrals, CRM opportunities) stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileCursor {
+    /// Changes at or after this instant (minus the overlap) are read by the next pass; `None`
+    /// before the first finished pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// The next page of an unfinished pass (a run stopped at its item limit or budget): the
+    /// next run continues there, so the cursor only moves past pages fully enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// The newest change seen so far in the unfinished pass; becomes `since` when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_newest: Option<DateTime<Utc>>,
+}
+
+/// The reconciliation checkpoint: one item in the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Partner Center referrals (`updatedDateTime`).
+    #[serde(default)]
+    pub referrals: ReconcileCursor,
+    /// CRM opportunities (`modifiedon` / `LastModifiedDate`).
+    #[serde(default)]
+    pub opportunities: ReconcileCursor,
+    /// When a run last saved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<DateTime<Utc>>,
+    /// How many jobs that run enqueued.
+    #[serde(default)]
+    pub last_enqueued: u64,
+}
+
+/// Where the reconciliation checkpoint is kept.
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint, `None` before the first run.
+    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, PortError>> + Send;
+
+    /// Replace the checkpoint.
+    fn save(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+// ---------------------------------------------------------------------------------------------
+// API budget
+// ---------------------------------------------------------------------------------------------
+
+/// The daily counter of Partner Center and CRM calls (one counter per UTC day).
+pub trait ApiBudget: Send + Sync {
+    /// The calls counted on `day`.
+    fn used(&self, day: NaiveDate) -> impl Future<Output = Result<u64, PortError>> + Send;
+
+    /// Add `delta` (negative to give back a reservation) to `day`'s counter atomically;
+    /// the new total.
+    fn add(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+    ) -> impl Future<Output = Result<i64, PortError>> + Send;
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! [`RetryQueue`] on SQS, a small [`SqsQueue`] handle (receive / delete / send: the building
-//! blocks of a DLQ redrive), and [`provision_queues`] for local runs and tests.
+//! [`RetryQueue`] on SQS, a small [`SqsQueue`] handle (receive / delete / send / change
+//! visibility / start a message move task: the building blocks of the retry worker and of a DLQ
+//! redrive), and [`provision_queues`] for local runs and tests.
 //!
 //! A retry message's body is the [`RetryJob`] as JSON; its message attributes are `source`
 //! (String, e.g. `partner_center`) and `attempt` (Number). `DelaySeconds` is the requested delay
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use chrono::{DateTime, Utc};
 use cosell_domain::{PortError, RetryJob, RetryQueue, Service};
 
 use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
@@ -37,6 +39,54 @@ pub struct ReceivedMessage {
     pub attributes: HashMap<String, String>,
     /// How often it has been received (`ApproximateReceiveCount`), when reported.
     pub receive_count: Option<u32>,
+    /// The data type of each message attribute of [`ReceivedMessage::attributes`] (`String`,
+    /// `Number`, or a custom `Number.x` / `String.x`).
+    pub attribute_types: HashMap<String, String>,
+    /// When it was first sent to its queue (`SentTimestamp`), when reported.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl ReceivedMessage {
+    /// The same body and message attributes (`Number…` attributes as numbers, all others as
+    /// strings), to send to another queue without delay.
+    pub fn to_outgoing(&self) -> OutgoingMessage {
+        let mut names: Vec<&String> = self.attributes.keys().collect();
+        names.sort();
+        let mut message = OutgoingMessage {
+            body: self.body.clone(),
+            ..OutgoingMessage::default()
+        };
+        for name in names {
+            let value = self.attributes[name].clone();
+            let is_number = self
+                .attribute_types
+                .get(name)
+                .is_some_and(|data_type| data_type.starts_with("Number"));
+            if is_number {
+                message.number_attributes.push((name.clone(), value));
+            } else {
+                message.string_attributes.push((name.clone(), value));
+            }
+        }
+        message
+    }
+}
+
+/// A started message move task (`StartMessageMoveTask`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveTask {
+    /// The task handle (to list or cancel it).
+    pub task_handle: String,
+}
+
+/// What [`SqsQueue::start_move_task`] found.
+#[derive(Debug)]
+pub enum MoveTaskStart {
+    /// The endpoint started the task.
+    Started(MoveTask),
+    /// The endpoint does not implement `StartMessageMoveTask` (an emulator): move the messages
+    /// one by one instead.
+    Unsupported(AwsAdapterError),
 }
 
 /// A message to send.
@@ -192,14 +242,36 @@ impl SqsQueue {
         max: u8,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, AwsAdapterError> {
+        self.receive_for(max, wait, None).await
+    }
+
+    /// [`SqsQueue::receive`], hiding the messages for `visibility` instead of the queue's
+    /// visibility timeout.
+    pub async fn receive_hidden(
+        &self,
+        max: u8,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, AwsAdapterError> {
+        self.receive_for(max, wait, Some(visibility)).await
+    }
+
+    async fn receive_for(
+        &self,
+        max: u8,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<ReceivedMessage>, AwsAdapterError> {
         let received = self
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(i32::from(max.clamp(1, 10)))
             .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .set_visibility_timeout(visibility.map(visibility_seconds))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .on_queue(&self.url)?;
@@ -225,8 +297,73 @@ impl SqsQueue {
                     .attributes()
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|count| count.parse().ok()),
+                attribute_types: message
+                    .message_attributes()
+                    .map(|attributes| {
+                        attributes
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.data_type().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                sent_at: message
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|millis| millis.parse::<i64>().ok())
+                    .and_then(DateTime::from_timestamp_millis),
             })
             .collect())
+    }
+
+    /// Hide a received message for `timeout` from now (`ChangeMessageVisibility`; 0 makes it
+    /// visible again at once, at most 12 hours).
+    pub async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), AwsAdapterError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(visibility_seconds(timeout))
+            .send()
+            .await
+            .on_queue(&self.url)?;
+        Ok(())
+    }
+
+    /// Ask SQS to move this dead-letter queue's messages back to their source queue
+    /// (`StartMessageMoveTask`, or to `destination_arn` when given). An endpoint that does not
+    /// implement the action (moto answers 500 `NotImplemented`, others 400
+    /// `UnsupportedOperation` / `InvalidAction`) is reported as
+    /// [`MoveTaskStart::Unsupported`], not as an error.
+    pub async fn start_move_task(
+        &self,
+        destination_arn: Option<&str>,
+    ) -> Result<MoveTaskStart, AwsAdapterError> {
+        let source_arn = self.arn().await?;
+        let started = self
+            .client
+            .start_message_move_task()
+            .source_arn(&source_arn)
+            .set_destination_arn(destination_arn.map(str::to_owned))
+            // Once: an endpoint without the action answers 500, which the SDK would retry.
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Config::builder()
+                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .on_queue(&self.url);
+        match started {
+            Ok(task) => Ok(MoveTaskStart::Started(MoveTask {
+                task_handle: task.task_handle().unwrap_or_default().to_owned(),
+            })),
+            Err(error) if is_unsupported(&error) => Ok(MoveTaskStart::Unsupported(error)),
+            Err(error) => Err(error),
+        }
     }
 
     /// Delete a received message.
@@ -240,6 +377,36 @@ impl SqsQueue {
             .on_queue(&self.url)?;
         Ok(())
     }
+}
+
+/// Whether an error says the endpoint does not implement the action: an error code saying so,
+/// or a 500 without any AWS error code (moto's answer to an action it lacks is a bare HTML
+/// "Internal Server Error"). Moving the messages one by one works everywhere, so a false
+/// positive costs speed only.
+fn is_unsupported(error: &AwsAdapterError) -> bool {
+    match error.code() {
+        Some(code) => {
+            matches!(
+                code,
+                "NotImplemented"
+                    | "UnsupportedOperation"
+                    | "InvalidAction"
+                    | "UnknownOperationException"
+            ) || error
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("not implemented")
+        }
+        None => error.kind() == crate::error::FailureKind::ServerError,
+    }
+}
+
+/// The longest visibility timeout SQS accepts (12 hours).
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+fn visibility_seconds(timeout: Duration) -> i32 {
+    // 43 200 fits an i32.
+    i32::try_from(timeout.min(MAX_VISIBILITY).as_secs()).unwrap_or(43_200)
 }
 
 fn delay_seconds(delay: Duration) -> i32 {

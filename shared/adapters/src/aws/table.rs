@@ -39,7 +39,8 @@
 //!
 //! # Items
 //!
-//! Every item also carries `entity` (`idempotency` | `link` | `audit` | `attention`).
+//! Every item also carries `entity` (`idempotency` | `link` | `audit` | `attention` | `budget` |
+//! `checkpoint`).
 //!
 //! | item | `pk` | `sk` | `gsi1pk` / `gsi1sk` | `gsi2pk` / `gsi2sk` | other attributes |
 //! |---|---|---|---|---|---|
@@ -47,6 +48,8 @@
 //! | link | `REFERRAL#<referral id>` | `LINK` | `CRM#<dataverse\|salesforce>#<id>` / `LINK` | | the `Link` fields: `referral_id`, `crm`, `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`, `last_fingerprint_to_pc`, `updated_at` |
 //! | audit entry | `REFERRAL#<id>`, else `CRM#<kind>#<id>`, else `UNATTRIBUTED` | `AUDIT#<RFC 3339 UTC, ms>#<uuid>` | `CRM#<kind>#<id>` / same as `sk` (when the CRM record is known) | | the `AuditEntry` fields: `at`, `direction`, `referral_id`, `crm`, `correlation_id`, `event` (map with `kind`) |
 //! | needs attention | the failed record's partition (as for audit entries) | `ATTENTION` | | `ATTENTION` / `<RFC 3339 UTC, ms>` | the failing `AuditEntry` fields |
+//! | daily API counter | `BUDGET#<YYYY-MM-DD>` (UTC day) | `BUDGET` | | | `calls` (N, `ADD`ed atomically), `expiration` (a week after the day) |
+//! | reconciliation checkpoint | `RECONCILE` | `CHECKPOINT` | | | `checkpoint` (the `Checkpoint` as JSON), `updated_at` |
 //!
 //! (\*) keys longer than DynamoDB's 2048-byte partition key limit are stored as
 //! `IDEMPOTENCY#sha256:<hex>`; `idempotency_key` keeps the full key.
@@ -107,6 +110,17 @@ pub mod keys {
     pub const AUDIT_PREFIX: &str = "AUDIT#";
     /// Partition of audit entries that name neither a referral nor a CRM record.
     pub const UNATTRIBUTED: &str = "UNATTRIBUTED";
+    /// Sort key of a daily API counter.
+    pub const BUDGET_SK: &str = "BUDGET";
+    /// Partition key of the reconciliation checkpoint.
+    pub const CHECKPOINT_PK: &str = "RECONCILE";
+    /// Sort key of the reconciliation checkpoint.
+    pub const CHECKPOINT_SK: &str = "CHECKPOINT";
+
+    /// `BUDGET#<YYYY-MM-DD>` (the UTC day).
+    pub fn budget_pk(day: chrono::NaiveDate) -> String {
+        format!("BUDGET#{}", day.format("%Y-%m-%d"))
+    }
 
     /// `IDEMPOTENCY#<key>`, or `IDEMPOTENCY#sha256:<hex>` for keys too long for a partition key.
     pub fn idempotency_pk(key: &IdempotencyKey) -> String {

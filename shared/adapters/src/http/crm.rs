@@ -4,7 +4,9 @@
 
 use cosell_domain::ids::{CrmKind, CrmRecordId, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
-use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Upserted};
+use cosell_domain::ports::{
+    CrmStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError, Upserted,
+};
 
 use super::dataverse::DataverseStore;
 use super::salesforce::SalesforceStore;
@@ -105,6 +107,16 @@ impl CrmStore for AnyCrm {
         match self {
             Self::Dataverse(store) => store.write_audit(opportunity, text).await,
             Self::Salesforce(store) => store.write_audit(opportunity, text).await,
+        }
+    }
+
+    async fn list_opportunities(
+        &self,
+        query: &OpportunityQuery,
+    ) -> Result<OpportunityPage, PortError> {
+        match self {
+            Self::Dataverse(store) => store.list_opportunities(query).await,
+            Self::Salesforce(store) => store.list_opportunities(query).await,
         }
     }
 }

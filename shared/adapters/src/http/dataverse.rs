@@ -19,6 +19,7 @@
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 `GET` with `$filter`, `$select` of the primary key, `$top=1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST` (`Prefer: return=representation`, `$select` of the primary key) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH opportunities(<id>)` with `If-Match: *` |
+//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 `GET opportunities?$filter=<sync> eq true and modifiedon ge …&$orderby=modifiedon asc` per page of 100 (`@odata.nextLink`); currencies are not resolved |
 //!
 //! # Upserts
 //!
@@ -45,7 +46,10 @@ use cosell_domain::mapping::{
     dataverse_opportunity_body, opportunity_from_dataverse,
 };
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
-use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Service, Upserted};
+use cosell_domain::ports::{
+    CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError,
+    Service, Upserted,
+};
 use cosell_domain::values::CurrencyCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -117,6 +121,21 @@ struct Collection {
     #[serde(default)]
     value: Vec<Map<String, Value>>,
 }
+
+/// A collection page (`{"value": [...], "@odata.nextLink": "…"}`).
+#[derive(Debug, Deserialize)]
+struct CollectionPage {
+    #[serde(default)]
+    value: Vec<Map<String, Value>>,
+    #[serde(rename = "@odata.nextLink", default)]
+    next_link: Option<String>,
+}
+
+/// When a row was last modified, and by whom (system columns).
+const MODIFIED_ON_COLUMN: &str = "modifiedon";
+const MODIFIED_BY_VALUE: &str = "_modifiedby_value";
+/// Rows per page of [`CrmStore::list_opportunities`] (`Prefer: odata.maxpagesize`).
+const PREFER_LIST_PAGE: &str = "odata.maxpagesize=100";
 
 /// `'text'` as an OData string literal (`'` doubled).
 fn odata_string(text: &str) -> String {
@@ -569,6 +588,87 @@ impl CrmStore for DataverseStore {
             ..DataverseRecord::new(&row)
         };
         Ok(Some(opportunity_from_dataverse(&record, &self.mapping)))
+    }
+
+    /// `GET opportunities?$filter=<sync column> eq true and modifiedon ge <since>&$orderby=
+    /// modifiedon asc` with `Prefer: odata.maxpagesize=100`, or the given `@odata.nextLink`
+    /// (only on the environment's own host). The currency is not resolved.
+    #[tracing::instrument(skip_all)]
+    async fn list_opportunities(
+        &self,
+        query: &OpportunityQuery,
+    ) -> Result<OpportunityPage, PortError> {
+        let f = &self.mapping.dataverse.opportunity;
+        let ctx = Self::ctx("list the opportunities modified since the checkpoint");
+        let url = match &query.next_link {
+            Some(link) => {
+                let url = Url::parse(link).map_err(|error| {
+                    dataverse_error(format!("the next-page link is not a URL: {error}"))
+                })?;
+                if url.origin() != self.base.origin() {
+                    return Err(dataverse_error(
+                        "the next-page link points away from the Dataverse environment",
+                    ));
+                }
+                url
+            }
+            None => self.url(
+                &f.entity_set,
+                &[
+                    (
+                        "$select",
+                        format!(
+                            "{},{MODIFIED_ON_COLUMN},{MODIFIED_BY_VALUE}",
+                            self.opportunity_select()
+                        ),
+                    ),
+                    (
+                        "$filter",
+                        format!(
+                            "{} eq true and {MODIFIED_ON_COLUMN} ge {}",
+                            f.sync,
+                            query
+                                .modified_since
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                    ),
+                    ("$orderby", format!("{MODIFIED_ON_COLUMN} asc")),
+                ],
+            )?,
+        };
+        let response = self
+            .send(
+                &ctx,
+                Method::GET,
+                url,
+                None,
+                &[
+                    ("prefer", PREFER_FORMATTED_VALUES),
+                    ("prefer", PREFER_LIST_PAGE),
+                ],
+            )
+            .await?;
+        let page: CollectionPage = read_json(&ctx, response).await?;
+        let items = page
+            .value
+            .iter()
+            .map(|row| ListedOpportunity {
+                opportunity: opportunity_from_dataverse(&DataverseRecord::new(row), &self.mapping),
+                modified_at: row
+                    .get(MODIFIED_ON_COLUMN)
+                    .and_then(Value::as_str)
+                    .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+                    .map(|at| at.with_timezone(&chrono::Utc)),
+                modified_by: row
+                    .get(MODIFIED_BY_VALUE)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            })
+            .collect();
+        Ok(OpportunityPage {
+            items,
+            next_link: page.next_link,
+        })
     }
 
     /// `GET opportunities(<id>)` with its account, contact and currency (see the module docs).

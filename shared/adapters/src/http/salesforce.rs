@@ -20,6 +20,7 @@
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 SOQL `GET query?q=SELECT Id FROM … WHERE … ORDER BY CreatedDate ASC LIMIT 1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST sobjects/<Object>` (201 `{id}`) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH sobjects/Opportunity/<id>` of the audit field |
+//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 SOQL `GET query?q=SELECT Id, Name, <sync>, <referral id>, LastModifiedDate, LastModifiedById FROM Opportunity WHERE <sync> = true AND LastModifiedDate >= … ORDER BY LastModifiedDate ASC` per page (`nextRecordsUrl`) |
 //!
 //! The upsert key field is [`SalesforceOpportunityFields::referral_identifier`] (default
 //! `Referral_Identifier__c`; it must be an External ID field). It is left out of the body of an
@@ -40,7 +41,10 @@ use cosell_domain::mapping::{
     salesforce_contact_body, salesforce_opportunity_body,
 };
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
-use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Service, Upserted};
+use cosell_domain::ports::{
+    CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError,
+    Service, Upserted,
+};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -139,6 +143,37 @@ struct SaveResult {
 struct QueryResult {
     #[serde(default)]
     records: Vec<Map<String, Value>>,
+}
+
+/// A SOQL answer with its paging (`nextRecordsUrl` while `done` is false).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryPage {
+    #[serde(default)]
+    records: Vec<Map<String, Value>>,
+    #[serde(default)]
+    next_records_url: Option<String>,
+}
+
+/// When a record was last modified, and by whom (system fields).
+const LAST_MODIFIED_DATE_FIELD: &str = "LastModifiedDate";
+const LAST_MODIFIED_BY_FIELD: &str = "LastModifiedById";
+
+/// The query locator of a `nextRecordsUrl` (`/services/data/v62.0/query/01gD0000002HU6KIAW-2000`).
+fn query_locator(link: &str) -> Option<&str> {
+    link.split(['?', '#'])
+        .next()
+        .and_then(|path| path.trim_end_matches('/').rsplit_once("/query/"))
+        .map(|(_, locator)| locator)
+        .filter(|locator| !locator.is_empty() && !locator.contains('/'))
+}
+
+/// A Salesforce date-time (`2026-01-02T03:04:05.000+0000`, or RFC 3339).
+fn salesforce_datetime(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(text))
+        .ok()
+        .map(|at| at.with_timezone(&chrono::Utc))
 }
 
 /// `'text'` as a SOQL string literal: `\` and `'` (and `"`, line breaks, tabs) escaped.
@@ -486,6 +521,66 @@ impl CrmStore for SalesforceStore {
         )))
     }
 
+    /// SOQL `SELECT Id, Name, <sync>, <referral id>, LastModifiedDate, LastModifiedById FROM
+    /// Opportunity WHERE <sync> = true AND LastModifiedDate >= <since> ORDER BY
+    /// LastModifiedDate ASC`, or the query locator of `nextRecordsUrl`. Only those fields are
+    /// read (reconciliation reads a changed record in full with `get_opportunity`).
+    #[tracing::instrument(skip_all)]
+    async fn list_opportunities(
+        &self,
+        query: &OpportunityQuery,
+    ) -> Result<OpportunityPage, PortError> {
+        let f = &self.mapping.salesforce.opportunity;
+        let ctx = Self::ctx("list the opportunities modified since the checkpoint");
+        let response = match &query.next_link {
+            Some(link) => {
+                // Only the query locator is used, on the token's instance.
+                let locator = query_locator(link)
+                    .ok_or_else(|| salesforce_error("the next-page link is not a query locator"))?;
+                self.send(&ctx, Method::GET, &["query", locator], &[], None)
+                    .await?
+            }
+            None => {
+                let soql = format!(
+                    "SELECT {id}, {name}, {sync}, {referral}, {LAST_MODIFIED_DATE_FIELD},                      {LAST_MODIFIED_BY_FIELD} FROM {object} WHERE {sync} = true AND                      {LAST_MODIFIED_DATE_FIELD} >= {since} ORDER BY {LAST_MODIFIED_DATE_FIELD} ASC",
+                    id = f.id,
+                    name = f.name,
+                    sync = f.sync,
+                    referral = f.referral_identifier,
+                    object = f.object,
+                    since = query
+                        .modified_since
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+                self.send(&ctx, Method::GET, &["query"], &[("q", &soql)], None)
+                    .await?
+            }
+        };
+        let page: QueryPage = read_json(&ctx, response).await?;
+        let items = page
+            .records
+            .iter()
+            .map(|row| ListedOpportunity {
+                opportunity: opportunity_from_salesforce(
+                    &SalesforceRecord::new(row),
+                    &self.mapping,
+                ),
+                modified_at: row
+                    .get(LAST_MODIFIED_DATE_FIELD)
+                    .and_then(Value::as_str)
+                    .and_then(salesforce_datetime),
+                modified_by: row
+                    .get(LAST_MODIFIED_BY_FIELD)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            })
+            .collect();
+        Ok(OpportunityPage {
+            items,
+            next_link: page.next_records_url,
+        })
+    }
+
     /// `GET sobjects/Opportunity/<id>` with its Account and Contact (see the module docs).
     #[tracing::instrument(skip_all, fields(crm = %id))]
     async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
@@ -734,6 +829,7 @@ impl CrmStore for SalesforceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone as _;
 
     #[test]
     fn soql_literals_escape_quotes_and_backslashes() {
@@ -741,6 +837,24 @@ mod tests {
         assert_eq!(soql_string(r"a\b"), r"'a\\b'");
         assert_eq!(soql_string("x\ny\"z"), r#"'x\ny\"z'"#);
         assert_eq!(soql_string("plain"), "'plain'");
+    }
+
+    #[test]
+    fn next_pages_are_followed_by_their_query_locator_and_dates_read_in_both_forms() {
+        assert_eq!(
+            query_locator("/services/data/v62.0/query/01gD0000002HU6KIAW-2000"),
+            Some("01gD0000002HU6KIAW-2000")
+        );
+        assert_eq!(query_locator("/services/data/v62.0/query/"), None);
+        assert_eq!(query_locator("https://evil.example/x"), None);
+        assert_eq!(query_locator("/services/data/v62.0/query/a/b"), None);
+        let at = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(
+            salesforce_datetime("2026-01-02T03:04:05.000+0000"),
+            Some(at)
+        );
+        assert_eq!(salesforce_datetime("2026-01-02T03:04:05Z"), Some(at));
+        assert_eq!(salesforce_datetime("yesterday"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
+use super::outcome::RetryPolicy;
 use crate::mapping::MappingConfig;
 use crate::referral::{Member, Referral, ReferralQualification, ReferralType};
 
@@ -82,6 +83,9 @@ pub struct SyncSettings {
     /// The partner's own sales team, put on every referral created from the CRM (Partner Center
     /// wants at least one member with name, phone and email). `Debug` redacts it.
     pub partner_team: Vec<Member>,
+    /// Who runs a sync again after a retryable failure: the sync itself through the retry
+    /// queue (the webhook functions, the default) or the caller (the retry worker).
+    pub retry_policy: RetryPolicy,
 }
 
 impl SyncSettings {
@@ -140,6 +144,7 @@ impl Default for SyncSettings {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             crm_connector_user_id: None,
             partner_team: Vec::new(),
+            retry_policy: RetryPolicy::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | [`CrmChange`], [`dataverse_change_key`], [`salesforce_change_key`] | a CRM change and its idempotency key |
 //! | [`Deps`], [`SyncSettings`], [`ReferralScope`], [`Delivery`] | what a run is given |
 //! | [`Outcome`], [`Handled`], [`SyncError`] | how it ended, and its HTTP status |
+//! | [`RetryPolicy`] | who runs a sync again after a retryable failure (the sync, or the retry worker) |
 //!
 //! The exactly-once machinery (idempotency key, retry scheduling, failure policy, audit
 //! journal) lives in `runner` and is shared with the CRM → Partner Center direction.
@@ -27,7 +28,7 @@ mod to_pc;
 
 pub(crate) use deps::later;
 pub use deps::{Delivery, Deps, ReferralCategory, ReferralScope, SyncSettings};
-pub use outcome::{Handled, Outcome, SyncError};
+pub use outcome::{Handled, Outcome, RetryPolicy, SyncError};
 pub use to_crm::{handle_partner_center_event, partner_center_event_key, run_retry_job};
 pub use to_pc::{CrmChange, dataverse_change_key, handle_crm_change, salesforce_change_key};
 

@@ -5,8 +5,24 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::ids::CrmRecordId;
+use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::PortError;
+
+/// Who runs a sync again after a retryable failure (a 5xx, 429 or timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RetryPolicy {
+    /// The sync queues a [`RetryJob`](crate::ports::RetryJob) of the next attempt (with its
+    /// own delay) and completes the delivery's key: the webhook functions, whose sender must
+    /// get an answer now.
+    #[default]
+    Enqueue,
+    /// The caller delivers the same job again itself (the retry worker: a batch item failure
+    /// with a longer visibility timeout). Nothing is queued, the key is released so the
+    /// redelivery runs the sync again, and the outcome is [`Outcome::RetryLater`]. The
+    /// attempt limit is the queue's `maxReceiveCount`, not
+    /// [`SyncSettings::max_attempts`](super::SyncSettings::max_attempts).
+    Redeliver,
+}
 
 /// How one delivery ended. Every variant is an expected result; the HTTP layer answers
 /// [`Outcome::http_status`], the retry worker acknowledges the message unless
@@ -48,6 +64,18 @@ pub enum Outcome {
         /// When it will run.
         delay: Duration,
     },
+    /// A service was unavailable and, under [`RetryPolicy::Redeliver`], the caller delivers
+    /// the job again: nothing was queued and the key was released.
+    RetryLater {
+        /// The service's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+        /// What failed (no contact data), for the log and a dead-letter audit entry.
+        reason: String,
+        /// The referral concerned, when known.
+        referral_id: Option<ReferralId>,
+        /// The CRM record concerned, when known.
+        crm: Option<CrmRecordId>,
+    },
     /// The sync failed in a way a retry cannot fix; the audit log (and the CRM record's Audit
     /// field, when known) says what to do.
     NeedsAttention {
@@ -60,11 +88,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// The HTTP status for the webhook sender: 409 for [`Outcome::InProgress`] (deliver again
-    /// later), 200 for everything else, failures included, so Partner Center does not retry
-    /// what only a person can fix.
+    /// later), 503 for [`Outcome::RetryLater`] (never produced for a webhook), 200 for
+    /// everything else, failures included, so Partner Center does not retry what only a
+    /// person can fix.
     pub fn http_status(&self) -> u16 {
         match self {
             Self::InProgress => 409,
+            Self::RetryLater { .. } => 503,
             _ => 200,
         }
     }
@@ -78,6 +108,7 @@ impl Outcome {
             Self::RetryEnqueued { attempt, delay } => {
                 Some(format!("retry attempt {attempt} in {} s", delay.as_secs()))
             }
+            Self::RetryLater { reason, .. } => Some(reason.clone()),
             _ => None,
         }
     }
@@ -94,20 +125,31 @@ impl Outcome {
             Self::Created { .. } => "created",
             Self::Updated { .. } => "updated",
             Self::RetryEnqueued { .. } => "retry_enqueued",
+            Self::RetryLater { .. } => "retry_later",
             Self::NeedsAttention { .. } => "needs_attention",
         }
     }
 
     /// Whether a queue consumer should let the message come back (report a batch item
-    /// failure): only while another invocation holds the same delivery.
+    /// failure): while another invocation holds the same delivery, or when it is to deliver
+    /// the job again ([`Outcome::RetryLater`]).
     pub fn redeliver_later(&self) -> bool {
-        matches!(self, Self::InProgress)
+        matches!(self, Self::InProgress | Self::RetryLater { .. })
+    }
+
+    /// The referral concerned, when the outcome names one.
+    pub fn referral_id(&self) -> Option<ReferralId> {
+        match self {
+            Self::RetryLater { referral_id, .. } => *referral_id,
+            _ => None,
+        }
     }
 
     /// The CRM record the run created or updated.
     pub fn crm(&self) -> Option<&CrmRecordId> {
         match self {
             Self::Created { crm } | Self::Updated { crm } => Some(crm),
+            Self::RetryLater { crm, .. } => crm.as_ref(),
             _ => None,
         }
     }
@@ -122,6 +164,9 @@ impl Outcome {
             Self::RetryEnqueued { attempt, delay } => {
                 response["attempt"] = json!(attempt);
                 response["delay_seconds"] = json!(delay.as_secs());
+            }
+            Self::RetryLater { retry_after, .. } => {
+                response["retry_after_seconds"] = json!(retry_after.map(|d| d.as_secs()));
             }
             Self::NeedsAttention { code, .. } => {
                 response["code"] = json!(code);
@@ -144,6 +189,9 @@ pub struct Handled {
     pub outcome: Outcome,
     /// Tolerated failures, in order.
     pub warnings: Vec<PortError>,
+    /// The referral the run was about, when it got to know it (for the log line: a CRM change
+    /// that created a referral names it only here).
+    pub referral_id: Option<ReferralId>,
 }
 
 impl Handled {

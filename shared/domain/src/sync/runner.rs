@@ -11,6 +11,10 @@
 //! | retryable, last attempt | completed | `Failed` audited, CRM Audit field written | `NeedsAttention` |
 //! | permanent | completed | `Failed` audited, CRM Audit field written | `NeedsAttention` |
 //!
+//! Under [`RetryPolicy::Redeliver`] (the retry worker) a retryable error instead releases the
+//! key, queues nothing and ends [`Outcome::RetryLater`]: the worker lets SQS deliver the same
+//! message again after a backoff, and the queue's `maxReceiveCount` bounds the attempts.
+//!
 //! A completed key makes redeliveries [`Outcome::DuplicateSkipped`] with no service call; a key
 //! held by a running invocation makes them [`Outcome::InProgress`].
 
@@ -20,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::deps::{Delivery, Deps, later};
-use super::outcome::{Handled, Outcome, SyncError};
+use super::outcome::{Handled, Outcome, RetryPolicy, SyncError};
 use crate::error::ParseError;
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
@@ -204,6 +208,22 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             .unwrap_or_else(PoisonError::into_inner) = Some(referral_id);
     }
 
+    /// The referral this run is about, once known.
+    pub fn referral(&self) -> Option<ReferralId> {
+        *self
+            .referral_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The referral the run is about, once known.
+    pub fn referral_id(&self) -> Option<ReferralId> {
+        *self
+            .referral_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// An entry of this run.
     pub fn entry(&self, event: AuditEvent, crm: Option<&CrmRecordId>) -> AuditEntry {
         AuditEntry {
@@ -251,9 +271,11 @@ impl<'a, A: AuditLog> Journal<'a, A> {
 
 /// The finished run: `outcome` with the journal's warnings.
 pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> Handled {
+    let referral_id = journal.referral_id();
     Handled {
         outcome,
         warnings: journal.into_warnings(),
+        referral_id,
     }
 }
 
@@ -307,6 +329,12 @@ where
             }
         },
     };
+    if matches!(outcome, Outcome::RetryLater { .. }) {
+        // The caller delivers the job again: the redelivery must run the sync, not skip it.
+        let released = deps.idempotency.release(&run.key).await;
+        journal.tolerate(released);
+        return Ok(outcome);
+    }
     let expires_at = later(meta.now, deps.settings.idempotency_ttl);
     let completed = deps
         .idempotency
@@ -332,6 +360,16 @@ where
     L: LinkStore,
 {
     let problem = match failure {
+        Failure::Port { error, crm }
+            if error.is_retryable() && deps.settings.retry_policy == RetryPolicy::Redeliver =>
+        {
+            return Ok(Outcome::RetryLater {
+                retry_after: error.retry_after(),
+                reason: sentence(&error.to_string()),
+                referral_id: journal.referral(),
+                crm,
+            });
+        }
         Failure::Port { error, crm } if error.is_retryable() => {
             if run.attempt >= deps.settings.max_attempts {
                 Problem::exhausted(&error, run.attempt.saturating_add(1), crm)

@@ -1943,4 +1943,5 @@ fn audit_and_completion_failures_are_reported_as_warnings_not_failures() {
 // CRM → Partner Center
 // ---------------------------------------------------------------------------------------------
 
+mod redeliver;
 mod to_pc;

@@ -194,6 +194,7 @@ fn done(outcome: Outcome) -> Handled {
     Handled {
         outcome,
         warnings: Vec::new(),
+        referral_id: None,
     }
 }
 

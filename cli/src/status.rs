@@ -1,0 +1,243 @@
+//! `cosell status [--json]`: the deployment at a glance — Partner Center and CRM calls used
+//! today against the daily budget, the retry queue's and dead-letter queue's depth, and the
+//! last reconciliation run and checkpoint.
+//!
+//! Reads the table (`TABLE_NAME`), the queue (`RETRY_QUEUE_URL`, its dead-letter queue from
+//! `DLQ_URL` or its `RedrivePolicy`) and the budget variables (`DAILY_API_BUDGET`,
+//! `WEBHOOK_RESERVED_SHARE`). Exit 0 healthy, 1 when the dead-letter queue holds jobs or the
+//! day's budget is used up, 2 when something could not be read.
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use cosell_adapters::aws::{AwsClients, DynamoApiBudget, DynamoCheckpointStore, SqsQueue};
+use cosell_domain::budget::{BudgetPolicy, CallKind, utc_day};
+use cosell_domain::ports::Checkpoint;
+use serde::Serialize;
+
+use crate::context::{Exit, Output};
+use crate::redrive::dead_letter_queue_of;
+
+/// `cosell status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The connector's DynamoDB table.
+    #[arg(long, env = "TABLE_NAME")]
+    pub table: String,
+    /// The retry queue.
+    #[arg(long, env = "RETRY_QUEUE_URL")]
+    pub queue_url: String,
+    /// The dead-letter queue (default: the retry queue's `RedrivePolicy` target).
+    #[arg(long, env = "DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A queue's approximate depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Depth {
+    /// Ready to be received.
+    pub visible: u64,
+    /// Being processed.
+    pub in_flight: u64,
+    /// Still delayed (retries waiting for their backoff, syncs deferred by the budget).
+    pub delayed: u64,
+}
+
+/// What `cosell status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// The UTC day counted.
+    pub day: NaiveDate,
+    /// Partner Center and CRM calls counted today.
+    pub calls_today: u64,
+    /// The daily budget.
+    pub daily_budget: u64,
+    /// Where background work (reconciliation, retries) stops.
+    pub background_limit: u64,
+    /// The retry queue.
+    pub retry_queue: Depth,
+    /// The dead-letter queue, when one is known.
+    pub dead_letter_queue: Option<Depth>,
+    /// The reconciliation checkpoint (`last_run`, per side `since` / `resume`).
+    pub last_reconcile: Option<Checkpoint>,
+    /// What needs a look.
+    pub problems: Vec<String>,
+}
+
+/// Read everything [`Status`] shows.
+pub async fn status(
+    aws: &AwsClients,
+    args: &Args,
+    policy: &BudgetPolicy,
+    now: DateTime<Utc>,
+) -> Result<Status> {
+    let day = utc_day(now);
+    let calls_today = DynamoApiBudget::new(aws.dynamodb.clone(), &args.table)
+        .try_used(day)
+        .await
+        .context("reading today's API call count")?;
+    let last_reconcile = DynamoCheckpointStore::new(aws.dynamodb.clone(), &args.table)
+        .try_load()
+        .await
+        .context("reading the reconciliation checkpoint")?;
+    let depth = |url: String| async move {
+        let depth = SqsQueue::new(aws.sqs.clone(), &url)
+            .depth()
+            .await
+            .with_context(|| format!("reading the depth of {url}"))?;
+        anyhow::Ok(Depth {
+            visible: depth.visible,
+            in_flight: depth.in_flight,
+            delayed: depth.delayed,
+        })
+    };
+    let retry_queue = depth(args.queue_url.clone()).await?;
+    let dlq_url = match args.dlq_url.clone().filter(|url| !url.trim().is_empty()) {
+        Some(url) => Some(url),
+        None => dead_letter_queue_of(&aws.sqs, &args.queue_url).await?,
+    };
+    let dead_letter_queue = match dlq_url {
+        Some(url) => Some(depth(url).await?),
+        None => None,
+    };
+
+    let mut problems = Vec::new();
+    if let Some(dlq) = dead_letter_queue {
+        let jobs = dlq.visible + dlq.in_flight + dlq.delayed;
+        if jobs > 0 {
+            problems.push(format!(
+                "{jobs} job(s) in the dead-letter queue: see `cosell audit --needs-attention`, \
+                 fix the cause, then `cosell redrive`"
+            ));
+        }
+    } else {
+        problems.push(
+            "the retry queue has no dead-letter queue (no RedrivePolicy): failed jobs are \
+             retried forever"
+                .to_owned(),
+        );
+    }
+    if calls_today >= policy.daily_budget {
+        problems.push(format!(
+            "today's API budget is used up ({calls_today} of {}): syncs wait for the next UTC \
+             day; raise DAILY_API_BUDGET if the CRM and Partner Center allow more",
+            policy.daily_budget
+        ));
+    }
+    Ok(Status {
+        day,
+        calls_today,
+        daily_budget: policy.daily_budget,
+        background_limit: policy.limit(CallKind::Background),
+        retry_queue,
+        dead_letter_queue,
+        last_reconcile,
+        problems,
+    })
+}
+
+fn stamp(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "never".to_owned(),
+        |at| at.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
+}
+
+fn depth_text(depth: Depth) -> String {
+    format!(
+        "{} waiting, {} in flight, {} delayed",
+        depth.visible, depth.in_flight, depth.delayed
+    )
+}
+
+/// Print `status` for a person.
+pub fn print(status: &Status, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "API calls today ({}): {} of {} (background work stops at {})",
+        status.day, status.calls_today, status.daily_budget, status.background_limit
+    )?;
+    writeln!(out, "Retry queue: {}", depth_text(status.retry_queue))?;
+    match status.dead_letter_queue {
+        Some(depth) => writeln!(out, "Dead-letter queue: {}", depth_text(depth))?,
+        None => writeln!(out, "Dead-letter queue: none configured")?,
+    }
+    match &status.last_reconcile {
+        Some(checkpoint) => {
+            writeln!(
+                out,
+                "Last reconcile: {} ({} job(s) queued)",
+                stamp(checkpoint.last_run),
+                checkpoint.last_enqueued
+            )?;
+            for (side, cursor) in [
+                ("referrals", &checkpoint.referrals),
+                ("opportunities", &checkpoint.opportunities),
+            ] {
+                let resume = if cursor.resume.is_some() {
+                    " (a pass is unfinished: the next run continues it)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "  {side}: changes up to {}{resume}",
+                    stamp(cursor.since)
+                )?;
+            }
+        }
+        None => writeln!(out, "Last reconcile: never")?,
+    }
+    for problem in &status.problems {
+        writeln!(out, "PROBLEM: {problem}")?;
+    }
+    Ok(())
+}
+
+/// Run `cosell status` with `aws` and the budget read through `lookup`.
+pub async fn run(
+    args: &Args,
+    aws: &AwsClients,
+    lookup: impl Fn(&str) -> Option<String>,
+    now: DateTime<Utc>,
+    out: &mut dyn Write,
+) -> Result<Exit> {
+    let policy = BudgetPolicy::from_lookup(lookup).context("the API budget variables")?;
+    let status = status(aws, args, &policy, now).await?;
+    if Output::from_flag(args.json).is_json() {
+        Output::write_json(out, &status)?;
+    } else {
+        print(&status, out)?;
+    }
+    Ok(if status.problems.is_empty() {
+        Exit::Healthy
+    } else {
+        Exit::Problems
+    })
+}
+
+/// The `cosell status` entry point.
+pub async fn main(args: Args) -> std::process::ExitCode {
+    let mut out = std::io::stdout();
+    let aws = AwsClients::from_env().await;
+    match run(
+        &args,
+        &aws,
+        |name| std::env::var(name).ok(),
+        Utc::now(),
+        &mut out,
+    )
+    .await
+    {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            let _ = out.flush();
+            eprintln!("status could not be read: {error:#}");
+            Exit::CouldNotCheck.into()
+        }
+    }
+}

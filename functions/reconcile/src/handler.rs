@@ -1,0 +1,113 @@
+//! One scheduled run: the EventBridge event's content is ignored; the run reads the clock
+//! once, reconciles, logs one line and answers its summary (ids, reasons and counts only).
+//!
+//! A side that failed (Partner Center or the CRM unavailable) makes the invocation fail after
+//! the checkpoint of the pages done is saved, so the function's error alarm sees it; the next
+//! scheduled run continues where this one stopped.
+
+use chrono::{DateTime, Utc};
+use cosell_domain::ports::{
+    ApiBudget, CheckpointStore, CrmStore, LinkStore, PartnerCenter, RetryQueue,
+};
+use cosell_domain::reconcile::{ReconcileError, ReconcileReport, ReconcileRun, reconcile};
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+
+use crate::app::App;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The checkpoint could not be read or saved.
+    #[error(transparent)]
+    Checkpoint(#[from] ReconcileError),
+    /// A side stopped early; what was done is saved.
+    #[error("reconciliation stopped early: {0}")]
+    Incomplete(String),
+}
+
+impl From<RunError> for lambda_runtime::Diagnostic {
+    fn from(error: RunError) -> Self {
+        let error_type = match &error {
+            RunError::Checkpoint(_) => "ReconcileCheckpointError",
+            RunError::Incomplete(_) => "ReconcileIncomplete",
+        };
+        Self {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+/// The Lambda handler: the scheduled event is ignored.
+pub async fn handle<P, C, Q, L, K, B>(
+    _event: LambdaEvent<Value>,
+    app: &App<P, C, Q, L, K, B>,
+) -> Result<Value, RunError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    Q: RetryQueue,
+    L: LinkStore,
+    K: CheckpointStore,
+    B: ApiBudget,
+{
+    let report = run(app, Utc::now()).await?;
+    let summary = summary(&report);
+    if report.failed() {
+        let errors = [&report.referrals.error, &report.opportunities.error]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(RunError::Incomplete(errors));
+    }
+    Ok(summary)
+}
+
+/// One run at `now` (tests pass the instant), with its log line.
+pub async fn run<P, C, Q, L, K, B>(
+    app: &App<P, C, Q, L, K, B>,
+    now: DateTime<Utc>,
+) -> Result<ReconcileReport, ReconcileError>
+where
+    P: PartnerCenter,
+    C: CrmStore,
+    Q: RetryQueue,
+    L: LinkStore,
+    K: CheckpointStore,
+    B: ApiBudget,
+{
+    let run = ReconcileRun {
+        now,
+        since: None,
+        dry_run: false,
+    };
+    let report = reconcile(app.ports(), &app.settings, &app.reconcile, &run).await?;
+    tracing::info!(
+        referrals_examined = report.referrals.examined,
+        opportunities_examined = report.opportunities.examined,
+        enqueued = report.planned.len(),
+        calls = report.calls,
+        referrals_finished = report.referrals.finished,
+        opportunities_finished = report.opportunities.finished,
+        deferred_until = ?report.deferred_until,
+        referrals_error = ?report.referrals.error,
+        opportunities_error = ?report.opportunities.error,
+        "reconciliation run"
+    );
+    Ok(report)
+}
+
+/// The invocation's answer: counts and the checkpoint, not the list of records.
+pub fn summary(report: &ReconcileReport) -> Value {
+    serde_json::json!({
+        "enqueued": report.planned.len(),
+        "calls": report.calls,
+        "referrals": report.referrals,
+        "opportunities": report.opportunities,
+        "deferred_until": report.deferred_until,
+        "checkpoint": report.checkpoint,
+    })
+}

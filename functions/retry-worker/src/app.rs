@@ -1,0 +1,121 @@
+//! What the handler runs with ([`App`]), built once per cold start. The clients and stores are
+//! `partner-center-events`' ([`partner_center_events::app`]).
+
+use cosell_adapters::aws::{
+    AnyApiBudget, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, Metering, SqsRetryQueue,
+};
+use cosell_adapters::http::crm::AnyCrm;
+use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
+use cosell_domain::budget::{Budget, BudgetPolicy};
+use cosell_domain::mapping::MappingConfig;
+use cosell_domain::sync::{Deps, SyncSettings};
+use partner_center_events::Stores;
+use partner_center_events::app::{self as pce, BuildError};
+
+use crate::config::{Config, WorkerSettings};
+use crate::queue::SqsWorkerQueues;
+
+/// The function's dependencies. Type parameters as in [`Deps`]: `P` Partner Center, `C` CRM,
+/// `I` idempotency store, `Q` retry queue (never written to: the worker redelivers), `A` audit
+/// log, `L` link store; and `M` the worker's own queue calls ([`crate::queue::WorkerQueues`]).
+#[derive(Debug)]
+pub struct App<P, C, I, Q, A, L, M> {
+    /// The Partner Center referrals API.
+    pub partner_center: P,
+    /// The CRM.
+    pub crm: C,
+    /// The stores.
+    pub stores: Stores<I, Q, A, L>,
+    /// Visibility changes and the dead-letter queue.
+    pub queues: M,
+    /// The field mapping.
+    pub mapping: MappingConfig,
+    /// The sync settings ([`RetryPolicy::Redeliver`](cosell_domain::sync::RetryPolicy)).
+    pub settings: SyncSettings,
+    /// Backoff, receive limit, in-progress visibility.
+    pub worker: WorkerSettings,
+    /// The daily API budget (a counter in memory until [`App::with_budget`] names the
+    /// table's).
+    pub metering: Metering,
+}
+
+/// The production instantiation: HTTP clients, the DynamoDB / SQS stores and SQS queue calls.
+pub type ProductionApp = App<
+    HttpPartnerCenter,
+    AnyCrm,
+    DynamoIdempotencyStore,
+    SqsRetryQueue,
+    DynamoAuditLog,
+    DynamoLinkStore,
+    SqsWorkerQueues,
+>;
+
+impl<P, C, I, Q, A, L, M> App<P, C, I, Q, A, L, M> {
+    /// An app from built clients, stores and queues, with the settings of `config`.
+    pub fn new(
+        clients: Clients<P, C>,
+        stores: Stores<I, Q, A, L>,
+        queues: M,
+        config: &Config,
+    ) -> Self {
+        Self {
+            partner_center: clients.partner_center,
+            crm: clients.crm,
+            stores,
+            queues,
+            mapping: config.sync.mapping.clone(),
+            settings: config.sync_settings(),
+            worker: config.worker,
+            metering: Metering::default(),
+        }
+    }
+
+    /// Count calls with `counter` against `policy` (`main`: the table's counter and the
+    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE` policy).
+    pub fn with_budget(self, counter: AnyApiBudget, policy: BudgetPolicy) -> Self {
+        Self {
+            metering: Metering::new(counter, policy),
+            ..self
+        }
+    }
+
+    /// The budget the retries are admitted against.
+    pub fn budget(&self) -> Budget<'_, AnyApiBudget> {
+        self.metering.budget()
+    }
+
+    /// The sync core's view of it.
+    pub fn deps(&self) -> Deps<'_, P, C, I, Q, A, L> {
+        Deps {
+            partner_center: &self.partner_center,
+            crm: &self.crm,
+            idempotency: &self.stores.idempotency,
+            retry_queue: &self.stores.retry_queue,
+            audit: &self.stores.audit,
+            links: &self.stores.links,
+            mapping: &self.mapping,
+            settings: &self.settings,
+        }
+    }
+}
+
+/// The outbound clients.
+#[derive(Debug)]
+pub struct Clients<P, C> {
+    /// The Partner Center referrals API.
+    pub partner_center: P,
+    /// The CRM.
+    pub crm: C,
+}
+
+impl Clients<HttpPartnerCenter, AnyCrm> {
+    /// One shared HTTP client, the token providers and the Partner Center and CRM adapters
+    /// (built as `partner-center-events` builds them). No request is sent.
+    pub fn from_config(config: &Config) -> Result<Self, BuildError> {
+        let http = build_client(&HttpClientOptions::default())?;
+        Ok(Self {
+            partner_center: pce::partner_center(http.clone(), &config.sync.partner_center)?,
+            crm: pce::crm(http, &config.sync.crm, &config.sync.mapping)?,
+        })
+    }
+}

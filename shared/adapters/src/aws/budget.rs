@@ -1,0 +1,189 @@
+//! [`ApiBudget`] on the connector's DynamoDB table: one counter item per UTC day.
+//!
+//! Item: `pk = BUDGET#<YYYY-MM-DD>`, `sk = BUDGET`, `calls` (N), `entity = budget`, and the TTL
+//! attribute `expiration` a week after the day, so old counters go away by themselves. Counting
+//! is one `UpdateItem` with `ADD calls :n` (atomic, creates the item on first use) returning
+//! the new total; reading is a strongly consistent `GetItem`.
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::ReturnValue;
+use chrono::{Days, NaiveDate};
+use cosell_domain::budget::{Budget, BudgetPolicy};
+use cosell_domain::in_memory::InMemoryApiBudget;
+use cosell_domain::ports::ApiBudget;
+use cosell_domain::{PortError, Service};
+
+use crate::aws::item::{get_i64, n, s};
+use crate::aws::table::{ENTITY, PK, SK, TTL_ATTRIBUTE, keys};
+use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
+
+/// How long a day's counter is kept after the day.
+const KEEP_DAYS: u64 = 7;
+/// The counter attribute.
+const CALLS: &str = "calls";
+
+fn service() -> Service {
+    Service::Other("the API budget counter".to_owned())
+}
+
+/// The daily API counter on the connector's table.
+#[derive(Debug, Clone)]
+pub struct DynamoApiBudget {
+    client: Client,
+    table: String,
+}
+
+impl DynamoApiBudget {
+    /// A counter on `table`, using a client built once per cold start.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// [`ApiBudget::used`], with the adapter's error.
+    pub async fn try_used(&self, day: NaiveDate) -> Result<u64, AwsAdapterError> {
+        let found = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::budget_pk(day)))
+            .key(SK, s(keys::BUDGET_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .on_table(&self.table)?;
+        Ok(found
+            .item()
+            .and_then(|item| get_i64(item, CALLS))
+            .and_then(|calls| u64::try_from(calls).ok())
+            .unwrap_or_default())
+    }
+
+    /// [`ApiBudget::add`], with the adapter's error.
+    pub async fn try_add(&self, day: NaiveDate, delta: i64) -> Result<i64, AwsAdapterError> {
+        let expires = day
+            .checked_add_days(Days::new(KEEP_DAYS + 1))
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(i64::MAX, |at| at.and_utc().timestamp());
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(keys::budget_pk(day)))
+            .key(SK, s(keys::BUDGET_SK))
+            .update_expression("ADD #calls :delta SET #ttl = :ttl, #entity = :entity")
+            .expression_attribute_names("#calls", CALLS)
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_names("#entity", ENTITY)
+            .expression_attribute_values(":delta", n(delta))
+            .expression_attribute_values(":ttl", n(expires))
+            .expression_attribute_values(":entity", s("budget"))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .on_table(&self.table)?;
+        updated
+            .attributes()
+            .and_then(|item| get_i64(item, CALLS))
+            .ok_or_else(|| AwsAdapterError::MissingOutput {
+                action: "dynamodb:UpdateItem",
+                resource: AwsResource::Table(self.table.clone()),
+                what: "new call count",
+            })
+    }
+}
+
+impl ApiBudget for DynamoApiBudget {
+    #[tracing::instrument(skip_all, fields(table = %self.table, %day))]
+    async fn used(&self, day: NaiveDate) -> Result<u64, PortError> {
+        self.try_used(day)
+            .await
+            .map_err(|e| e.into_port_error(service()))
+    }
+
+    #[tracing::instrument(skip_all, fields(table = %self.table, %day, delta))]
+    async fn add(&self, day: NaiveDate, delta: i64) -> Result<i64, PortError> {
+        self.try_add(day, delta)
+            .await
+            .map_err(|e| e.into_port_error(service()))
+    }
+}
+
+/// The configured counter: the table's, or one in memory (`STORE=memory`, tests). Cheap to
+/// clone (clones share the count).
+#[derive(Debug, Clone)]
+pub enum AnyApiBudget {
+    /// The DynamoDB counter.
+    Dynamo(DynamoApiBudget),
+    /// A counter in memory, per instance.
+    Memory(Arc<InMemoryApiBudget>),
+}
+
+impl AnyApiBudget {
+    /// A new counter in memory.
+    pub fn memory() -> Self {
+        Self::Memory(Arc::default())
+    }
+}
+
+/// A function's daily API budget: its counter and its policy (one per cold start).
+#[derive(Debug, Clone)]
+pub struct Metering {
+    /// The daily call counter.
+    pub counter: AnyApiBudget,
+    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE`.
+    pub policy: BudgetPolicy,
+}
+
+impl Metering {
+    /// Calls counted by `counter` against `policy`.
+    pub fn new(counter: AnyApiBudget, policy: BudgetPolicy) -> Self {
+        Self { counter, policy }
+    }
+
+    /// The budget syncs are admitted against.
+    pub fn budget(&self) -> Budget<'_, AnyApiBudget> {
+        Budget {
+            counter: &self.counter,
+            policy: &self.policy,
+        }
+    }
+}
+
+impl Default for Metering {
+    /// A counter in memory and the default policy, until `main` names the table's.
+    fn default() -> Self {
+        Self::new(AnyApiBudget::memory(), BudgetPolicy::default())
+    }
+}
+
+impl From<DynamoApiBudget> for AnyApiBudget {
+    fn from(budget: DynamoApiBudget) -> Self {
+        Self::Dynamo(budget)
+    }
+}
+
+impl ApiBudget for AnyApiBudget {
+    async fn used(&self, day: NaiveDate) -> Result<u64, PortError> {
+        match self {
+            Self::Dynamo(budget) => budget.used(day).await,
+            Self::Memory(budget) => budget.used(day).await,
+        }
+    }
+
+    async fn add(&self, day: NaiveDate, delta: i64) -> Result<i64, PortError> {
+        match self {
+            Self::Dynamo(budget) => budget.add(day, delta).await,
+            Self::Memory(budget) => budget.add(day, delta).await,
+        }
+    }
+}
