@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use cosell_adapters::aws::aws_sdk_dynamodb::config::ConfigBag;
 use cosell_domain::ids::{CrmRecordId, ReferralId};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditLog, IdempotencyKey, IdempotencyStore, Link, LinkStore,
-    PortError, RetryJob, RetryQueue,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, IdempotencyKey, IdempotencyStore, Link,
+    LinkStore, PortError, RetryJob, RetryQueue,
 };
 use serde_json::Value;
 
@@ -71,6 +71,8 @@ pub struct Counted<T> {
     counter: Arc<CallCounter>,
     /// `dynamodb:idempotency`, `sqs:retry_queue`, …
     prefix: &'static str,
+    /// Audit logs only: counts the events appended, by [`audit_event_name`].
+    events: Option<Arc<CallCounter>>,
 }
 
 impl<T> Counted<T> {
@@ -80,6 +82,16 @@ impl<T> Counted<T> {
             inner,
             counter,
             prefix,
+            events: None,
+        }
+    }
+
+    /// Also count each audit event appended into `events` (an audit log's outcomes, for
+    /// answers that do not name them, such as a SOAP acknowledgement).
+    pub fn recording_audit_events(self, events: Arc<CallCounter>) -> Self {
+        Self {
+            events: Some(events),
+            ..self
         }
     }
 
@@ -134,6 +146,9 @@ impl<T: RetryQueue> RetryQueue for Counted<T> {
 impl<T: AuditLog> AuditLog for Counted<T> {
     fn append(&self, entry: &AuditEntry) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("append");
+        if let Some(events) = &self.events {
+            events.hit(audit_event_name(&entry.event));
+        }
         self.inner.append(entry)
     }
 
@@ -184,6 +199,23 @@ impl<T: LinkStore> LinkStore for Counted<T> {
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("put");
         self.inner.put(link)
+    }
+}
+
+/// The outcome name of an audit event (`created`, `echo_skipped`, `needs_attention`, …), as
+/// the handler's JSON answers name outcomes; `received` / `written_back` accompany others.
+pub fn audit_event_name(event: &AuditEvent) -> &'static str {
+    match event {
+        AuditEvent::Received => "received",
+        AuditEvent::DuplicateSkipped => "duplicate_skipped",
+        AuditEvent::UnchangedSkipped => "unchanged_skipped",
+        AuditEvent::EchoSkipped => "echo_skipped",
+        AuditEvent::Created => "created",
+        AuditEvent::Updated => "updated",
+        AuditEvent::WrittenBack => "written_back",
+        AuditEvent::Failed { .. } => "needs_attention",
+        AuditEvent::RetryEnqueued { .. } => "retry_enqueued",
+        AuditEvent::Redriven => "redriven",
     }
 }
 

@@ -1,4 +1,5 @@
-//! `cosell-bench`: the benchmark of `partner-center-events`.
+//! `cosell-bench`: the benchmark of `partner-center-events` and, the other way, `crm-events`
+//! ([`crm_events`]).
 //!
 //! The real [`partner_center_events::handler::handle`] runs on signed Function URL requests
 //! against the sandbox (started as a **separate process**, so this process's CPU time is the
@@ -21,11 +22,13 @@
 //! | [`stats`] | one [`stats::EventSample`] per event, [`stats::KindReport`] per kind (percentiles, means) |
 //! | [`report`] | the JSON [`report::Report`], the targets and the human table |
 //! | [`counting`] | the counting store decorator and the AWS request interceptor |
+//! | [`crm_events`] | the other direction: `crm-events` on the sandbox's own CRM notifications |
 //! | [`sandbox`] | the sandbox process and its control API |
 //! | [`events`] | signed webhook requests |
 //! | [`system`] | process CPU time, peak RSS, the machine line |
 
 pub mod counting;
+pub mod crm_events;
 pub mod events;
 pub mod report;
 pub mod sandbox;

@@ -82,6 +82,11 @@ pub struct OpportunityCheck {
 }
 
 impl OpportunityCheck {
+    /// No referral was checked.
+    pub fn is_empty(&self) -> bool {
+        self.referrals == 0
+    }
+
     /// Check `referrals` against the CRM's opportunity count per referral identifier.
     pub fn of<'a>(
         referrals: impl IntoIterator<Item = &'a str>,
@@ -100,6 +105,39 @@ impl OpportunityCheck {
     }
 }
 
+/// Whether every opportunity the benchmark synced to Partner Center ended with exactly one
+/// referral naming it (`externalReferenceId`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReferralCheck {
+    /// Opportunities the benchmark turned sync on for.
+    pub opportunities: usize,
+    /// Of them, with exactly one referral.
+    pub exactly_one: usize,
+    /// With more than one.
+    pub more_than_one: usize,
+    /// With none.
+    pub missing: usize,
+}
+
+impl ReferralCheck {
+    /// Check `opportunities` against the referral count per (normalised) opportunity id.
+    pub fn of<'a>(
+        opportunities: impl IntoIterator<Item = &'a str>,
+        counts: &BTreeMap<String, usize>,
+    ) -> Self {
+        let mut check = Self::default();
+        for opportunity in opportunities {
+            check.opportunities += 1;
+            match counts.get(opportunity).copied().unwrap_or_default() {
+                0 => check.missing += 1,
+                1 => check.exactly_one += 1,
+                _ => check.more_than_one += 1,
+            }
+        }
+        check
+    }
+}
+
 /// Everything measured against one CRM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CrmRun {
@@ -109,8 +147,13 @@ pub struct CrmRun {
     pub cold_start: KindReport,
     /// The kinds, in [`Kind::ALL`] order.
     pub kinds: Vec<KindReport>,
-    /// Exactly one opportunity per referral at the end.
+    /// Exactly one opportunity per referral at the end (`partner-center-events`; left out of
+    /// the JSON when no referral was checked).
+    #[serde(skip_serializing_if = "OpportunityCheck::is_empty")]
     pub opportunities: OpportunityCheck,
+    /// Exactly one referral per opportunity at the end (`crm-events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrals: Option<ReferralCheck>,
     /// The sandbox process's peak RSS (for scale; not the handler's).
     pub sandbox_peak_rss_kib: Option<u64>,
 }
@@ -333,7 +376,7 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
 /// The short human table.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "partner-center-events benchmark, {}", report.timestamp);
+    let _ = writeln!(out, "{} benchmark, {}", report.benchmark, report.timestamp);
     let _ = writeln!(out, "machine: {}", report.machine_line);
     if let Some(source) = &report.source {
         let dirty = if source.dirty {
@@ -509,6 +552,7 @@ mod tests {
                 missing: 0,
             },
             sandbox_peak_rss_kib: Some(20_000),
+            referrals: None,
         }
     }
 

@@ -210,7 +210,9 @@ impl Control {
         })
     }
 
-    async fn call(
+    /// `method path` with an optional JSON body; the JSON answer (`null` when none). A non-2xx
+    /// answer is an error naming the call.
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

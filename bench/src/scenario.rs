@@ -86,15 +86,15 @@ pub type BenchApp = App<
 >;
 
 /// SDK clients pointed at moto, counting their requests.
-struct Aws {
-    clients: AwsClients,
-    requests: Arc<CallCounter>,
+pub(crate) struct Aws {
+    pub(crate) clients: AwsClients,
+    pub(crate) requests: Arc<CallCounter>,
 }
 
 impl Aws {
     /// Always the given endpoint and test credentials, whatever else the environment says,
     /// so the benchmark never touches a real account.
-    async fn connect(endpoint: &str, region: &str) -> Self {
+    pub(crate) async fn connect(endpoint: &str, region: &str) -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(endpoint)
             .region(Region::new(region.to_owned()))
@@ -172,7 +172,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 }
 
 /// The environment a deployment against the sandbox would have (`STORE=dynamodb`).
-fn environment(
+pub(crate) fn environment(
     base_url: &str,
     crm: CrmKind,
     table: &str,
@@ -512,6 +512,7 @@ async fn measure_crm(
         cold_start,
         kinds,
         opportunities,
+        referrals: None,
         sandbox_peak_rss_kib,
     })
 }

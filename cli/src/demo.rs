@@ -10,7 +10,13 @@
 //!    opportunity is created and its id written back into the referral;
 //! 4. the same delivery arrives three more times: skipped, no call made;
 //! 5. the deal changes in Partner Center: the opportunity follows;
-//! 6. the referral's audit timeline and the function's API calls per service.
+//! 6. the referral's audit timeline and the function's API calls per service;
+//! 7. the other direction, with the `crm-events` function behind a bridge per CRM (the
+//!    sandbox's Dataverse webhook and Salesforce Outbound Message point at it): a seller turns
+//!    sync on for an opportunity, a co-sell referral appears in Partner Center and its id is
+//!    written back ([`to_partner_center`]);
+//! 8. the write-back's own notification is skipped as an echo, with no Partner Center call;
+//! 9. an opportunity without a solution is not sent: its audit field names the fix.
 //!
 //! Partner Center allows one webhook URL per event and a referral holds one
 //! `externalReferenceId`, so the scenario runs once per CRM, each with its own referral; the
@@ -23,8 +29,10 @@ mod bridge;
 mod function;
 mod sandbox;
 
-pub use bridge::Exchange;
-pub use function::{Crm, environment};
+pub use bridge::{Call, Exchange};
+pub use function::{
+    Crm, DATAVERSE_WEBHOOK_KEY, SALESFORCE_ENDPOINT_SECRET, crm_events_environment, environment,
+};
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -38,7 +46,7 @@ use cosell_sandbox::SandboxConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use bridge::Bridge;
+use bridge::{Bridge, Function};
 use sandbox::SandboxClient;
 
 /// How often step 4 delivers the first event again.
@@ -89,6 +97,8 @@ pub struct CrmSummary {
     pub audit: Vec<AuditEvent>,
     /// The function's API calls from its first delivery on: service → method → count.
     pub api_calls: BTreeMap<String, BTreeMap<String, usize>>,
+    /// The other direction (steps 7 to 9), with `crm-events`.
+    pub to_partner_center: ToPartnerCenterSummary,
 }
 
 impl CrmSummary {
@@ -114,13 +124,17 @@ macro_rules! say {
     ($out:expr, $($arg:tt)*) => { writeln!($out, $($arg)*)? };
 }
 
+pub mod to_partner_center;
+
+pub use to_partner_center::ToPartnerCenterSummary;
+
 /// Runs the walk-through, writing its steps to `out`; the summary, or what was not as
 /// expected.
 pub async fn run_demo<W: Write>(out: &mut W) -> Result<Summary> {
     let started = Instant::now();
     say!(
         out,
-        "cosell-sync demo: Partner Center co-sell referrals -> Dynamics 365 and Salesforce"
+        "cosell-sync demo: Partner Center co-sell referrals <-> Dynamics 365 and Salesforce"
     );
     say!(
         out,
@@ -141,7 +155,9 @@ pub async fn run_demo<W: Write>(out: &mut W) -> Result<Summary> {
     let mut instances = Vec::new();
     for crm in Crm::ALL {
         let app = function::build(&running, crm)?;
-        instances.push((crm, Bridge::start(app, crm.request_prefix()).await?));
+        let function = Function::PartnerCenterEvents(app);
+        let bridge = Bridge::start(function, crm.request_prefix(), sandbox.clone()).await?;
+        instances.push((crm, bridge));
     }
     say!(
         out,
@@ -184,6 +200,12 @@ pub async fn run_demo<W: Write>(out: &mut W) -> Result<Summary> {
         crms.push(summary);
     }
 
+    let order: Vec<Crm> = crms.iter().map(|summary| summary.crm).collect();
+    let back = to_partner_center::run(out, &sandbox, &running.base_url, &order).await?;
+    for (summary, back) in crms.iter_mut().zip(back) {
+        summary.to_partner_center = back;
+    }
+
     let elapsed = started.elapsed();
     say!(out);
     say!(
@@ -193,7 +215,15 @@ pub async fn run_demo<W: Write>(out: &mut W) -> Result<Summary> {
     );
     say!(
         out,
-        "{DUPLICATES} duplicate deliveries per CRM made no call; the Partner Center change reached both CRMs."
+        "{DUPLICATES} duplicate deliveries per CRM made no call; the Partner Center change reached both CRMs;"
+    );
+    say!(
+        out,
+        "a seller's sync created one referral per CRM, linked both ways; the echo made no Partner"
+    );
+    say!(
+        out,
+        "Center call; the opportunity without a solution shows the fix and was not sent."
     );
     Ok(Summary { crms, elapsed })
 }
@@ -390,10 +420,8 @@ async fn walk_through<W: Write>(
     // 6. Audit timeline and API calls.
     let referral_key = referral_id.to_ascii_lowercase();
     let entries: Vec<AuditEntry> = bridge
-        .app()
-        .stores
-        .audit
-        .entries()
+        .function()
+        .audit_entries()
         .into_iter()
         .filter(|entry| {
             entry
@@ -453,6 +481,7 @@ async fn walk_through<W: Write>(
         expected_close_date: new_closing.to_string(),
         audit: entries.into_iter().map(|entry| entry.event).collect(),
         api_calls,
+        to_partner_center: ToPartnerCenterSummary::default(),
     };
     for (event, count) in [
         (AuditEvent::Created, 1),

@@ -1,4 +1,5 @@
-//! `cosell demo` as a smoke test: the walk-through's summary for both CRMs, and what it prints.
+//! `cosell demo` as a smoke test: the walk-through's summary for both CRMs in both directions,
+//! and what it prints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cosell_cli::demo::{self, Crm, DUPLICATES, NEW_DEAL_VALUE, Summary};
@@ -64,13 +65,63 @@ async fn the_demo_syncs_one_referral_per_crm_exactly_once_and_follows_the_change
         );
     }
     assert_ne!(summary.crms[0].referral_id, summary.crms[1].referral_id);
+
+    // CRM -> Partner Center, with crm-events.
+    for crm in &summary.crms {
+        let name = crm.crm.label();
+        let back = &crm.to_partner_center;
+        // Sync on: exactly one referral names the opportunity, its id written back.
+        assert_eq!(back.referrals_for_opportunity, 1, "{name}: {back:?}");
+        assert!(back.linked_both_ways(crm.crm), "{name}: {back:?}");
+        assert_eq!(back.sync_outcomes[0], "created", "{name}: {back:?}");
+        // The Dataverse opportunity asks for Microsoft's help: the Shared deal's invitation
+        // of Microsoft is a second POST.
+        let posts = if crm.crm == Crm::Dynamics { 2 } else { 1 };
+        assert_eq!(
+            back.partner_center_calls_on_sync.get("POST"),
+            Some(&posts),
+            "{name}: {back:?}"
+        );
+        assert_ne!(back.referral_id, crm.referral_id, "{name}");
+        // The write-back's own notification: an echo, no Partner Center call.
+        assert!(back.sync_outcomes.len() >= 2, "{name}: {back:?}");
+        assert!(
+            back.sync_outcomes[1..].iter().all(|o| o == "echo_skipped"),
+            "{name}: {back:?}"
+        );
+        assert_eq!(back.partner_center_calls_on_echo, 0, "{name}");
+        // No solution: not sent, the audit field names the fix.
+        assert_eq!(
+            back.invalid_outcomes[0], "needs_attention",
+            "{name}: {back:?}"
+        );
+        assert_eq!(back.partner_center_calls_on_invalid, 0, "{name}");
+        assert_eq!(back.referrals_for_invalid, 0, "{name}");
+        assert!(back.fix_shown(crm.crm), "{name}: {}", back.invalid_audit);
+        assert!(
+            back.invalid_audit.contains("Solution ID is required"),
+            "{name}"
+        );
+    }
     assert!(
         summary.elapsed.as_secs() < 10,
         "the demo took {:?}",
         summary.elapsed
     );
 
-    for step in ["[1]", "[2]", "[3]", "[4]", "[5]", "[6]", "Demo passed"] {
+    for step in [
+        "[1]",
+        "[2]",
+        "[3]",
+        "[4]",
+        "[5]",
+        "[6]",
+        "=== CRM -> Partner Center ===",
+        "[7]",
+        "[8]",
+        "[9]",
+        "Demo passed",
+    ] {
         assert!(text.contains(step), "{step} missing:\n{text}");
     }
     // No contact data, no credentials.
@@ -81,6 +132,10 @@ async fn the_demo_syncs_one_referral_per_crm_exactly_once_and_follows_the_change
         "john.doe@microsoft.com",
         "1234567890",
         "Contoso Customer Inc",
+        "alex.kim@fabrikam.example",
+        "Alex",
+        demo::DATAVERSE_WEBHOOK_KEY,
+        demo::SALESFORCE_ENDPOINT_SECRET,
         PC_REFRESH_TOKEN,
         PC_CLIENT_SECRET,
         DATAVERSE_CLIENT_SECRET,

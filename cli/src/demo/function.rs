@@ -1,7 +1,10 @@
-//! The `partner-center-events` function, built from embedded defaults the way its `main`
-//! builds it from the environment: [`Config::from_lookup`] over the variables a deployment
-//! against the sandbox would have, the same clients (`app::partner_center`, `app::crm`) and
-//! [`Stores::in_memory`] (`STORE=memory`).
+//! The two functions, built from embedded defaults the way their `main`s build them from the
+//! environment: `partner-center-events` ([`build`]) with [`Config::from_lookup`] over the
+//! variables a deployment against the sandbox would have, the same clients
+//! (`app::partner_center`, `app::crm`) and [`Stores::in_memory`] (`STORE=memory`); and
+//! `crm-events` ([`build_crm_events`]) the same way, with its own variables
+//! ([`crm_events_environment`]: the Dataverse `WebhookKey`, the Salesforce endpoint secret and
+//! org id, the connector's CRM users).
 //!
 //! The one difference is the webhook verifier: it also accepts the sandbox's plain-http
 //! certificate URL (`WebhookVerifier::with_insecure_hosts`, cargo feature `sandbox` of
@@ -14,9 +17,9 @@ use anyhow::{Context as _, Result};
 use cosell_adapters::http::{HttpClientOptions, WebhookVerifier, build_client};
 use cosell_sandbox::RunningSandbox;
 use cosell_sandbox::identities::{
-    DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET,
-    PC_ORGANIZATION_ID, PC_REFRESH_TOKEN, SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME,
-    TENANT_ID,
+    DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
+    PC_CLIENT_SECRET, PC_ORGANIZATION_ID, PC_REFRESH_TOKEN, SALESFORCE_CONSUMER_KEY,
+    SALESFORCE_INTEGRATION_USER_ID, SALESFORCE_INTEGRATION_USERNAME, SALESFORCE_ORG_ID, TENANT_ID,
 };
 use cosell_sandbox::pki::{INTERMEDIATE_CERT_PEM, ROOT_CERT_PEM, SALESFORCE_APP_KEY_PEM};
 use partner_center_events::app::{self, Clients, LocalApp, Stores};
@@ -48,6 +51,14 @@ impl Crm {
         match self {
             Self::Dynamics => "dv",
             Self::Salesforce => "sf",
+        }
+    }
+
+    /// The prefix of the `crm-events` bridge's request ids.
+    pub(super) fn crm_events_prefix(self) -> &'static str {
+        match self {
+            Self::Dynamics => "crm-dv",
+            Self::Salesforce => "crm-sf",
         }
     }
 
@@ -116,4 +127,45 @@ pub fn build(sandbox: &RunningSandbox, crm: Crm) -> Result<LocalApp> {
         .context("the webhook verifier")?,
     };
     Ok(App::new(clients, Stores::in_memory(&config), &config))
+}
+
+/// The Dataverse webhook's `WebhookKey` the demo gives the sandbox and `crm-events`.
+pub const DATAVERSE_WEBHOOK_KEY: &str = "demo-dataverse-webhook-key";
+/// The secret in the Salesforce Outbound Message URL the demo gives the sandbox and
+/// `crm-events`.
+pub const SALESFORCE_ENDPOINT_SECRET: &str = "demo-salesforce-endpoint-secret";
+
+/// `crm-events`' embedded configuration: [`environment`] plus how the CRM's notifications are
+/// authenticated and who the connector is in the CRM (the sandbox's application / integration
+/// user).
+pub fn crm_events_environment(base_url: &str, crm: Crm) -> HashMap<&'static str, String> {
+    let mut vars = environment(base_url, crm);
+    let own: [(&'static str, &str); 3] = match crm {
+        Crm::Dynamics => [
+            ("DATAVERSE_WEBHOOK_KEY", DATAVERSE_WEBHOOK_KEY),
+            ("DATAVERSE_CONNECTOR_USER_ID", DATAVERSE_APP_USER_ID),
+            ("DATAVERSE_TENANT_ID", TENANT_ID),
+        ],
+        Crm::Salesforce => [
+            ("SALESFORCE_ENDPOINT_SECRET", SALESFORCE_ENDPOINT_SECRET),
+            ("SALESFORCE_ORGANIZATION_ID", SALESFORCE_ORG_ID),
+            (
+                "SALESFORCE_CONNECTOR_USER_ID",
+                SALESFORCE_INTEGRATION_USER_ID,
+            ),
+        ],
+    };
+    vars.extend(own.map(|(name, value)| (name, value.to_owned())));
+    vars
+}
+
+/// The `crm-events` function's [`crm_events::App`] for `crm` against `sandbox_url`, with
+/// in-memory stores, built as its `main` builds it (`STORE=memory`). No request is sent yet.
+pub fn build_crm_events(sandbox_url: &str, crm: Crm) -> Result<crm_events::LocalApp> {
+    let vars = crm_events_environment(sandbox_url, crm);
+    let config = crm_events::Config::from_lookup(|name| vars.get(name).cloned())
+        .with_context(|| format!("the {} crm-events configuration", crm.label()))?;
+    let clients = crm_events::Clients::from_config(&config).context("the HTTP clients")?;
+    let stores = crm_events::Stores::in_memory_with_ttl(config.sync.idempotency_ttl);
+    Ok(crm_events::App::new(clients, stores, &config))
 }

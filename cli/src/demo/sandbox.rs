@@ -154,13 +154,31 @@ impl SandboxClient {
         ))
     }
 
+    /// The webhook deliveries of `service` (`dataverse`, `salesforce`, `partner-center`) so far.
+    pub async fn deliveries_of(&self, service: &str) -> Result<Vec<Value>> {
+        Ok(of_service(self.deliveries().await?, Some(service)))
+    }
+
     /// Waits until at least `at_least` deliveries exist and every one has finished; then
     /// checks each was accepted (a 2xx from the function).
     pub async fn settled_deliveries(&self, at_least: usize) -> Result<Vec<Value>> {
+        self.settled(None, at_least).await
+    }
+
+    /// [`Self::settled_deliveries`] of `service`'s deliveries only.
+    pub async fn settled_deliveries_of(
+        &self,
+        service: &str,
+        at_least: usize,
+    ) -> Result<Vec<Value>> {
+        self.settled(Some(service), at_least).await
+    }
+
+    async fn settled(&self, service: Option<&str>, at_least: usize) -> Result<Vec<Value>> {
         let deliveries = poll(
             &format!("{at_least} finished webhook deliveries"),
             || async {
-                let deliveries = self.deliveries().await?;
+                let deliveries = of_service(self.deliveries().await?, service);
                 let settled = deliveries.len() >= at_least
                     && deliveries
                         .iter()
@@ -172,7 +190,7 @@ impl SandboxClient {
         let deliveries = match deliveries {
             Ok(deliveries) => deliveries,
             Err(error) => {
-                let found = self.deliveries().await.unwrap_or_default();
+                let found = of_service(self.deliveries().await.unwrap_or_default(), service);
                 bail!("{error}; found {}", describe_deliveries(&found));
             }
         };
@@ -247,6 +265,16 @@ where
             );
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn of_service(deliveries: Vec<Value>, service: Option<&str>) -> Vec<Value> {
+    match service {
+        Some(service) => deliveries
+            .into_iter()
+            .filter(|delivery| delivery["service"] == service)
+            .collect(),
+        None => deliveries,
     }
 }
 
