@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use cosell_adapters::aws::audit::AUDIT_RETENTION_DAYS;
 use cosell_adapters::aws::aws_config::{self, BehaviorVersion, Region};
 use cosell_adapters::aws::aws_sdk_dynamodb::{self, types::AttributeValue};
 use cosell_adapters::aws::aws_sdk_sqs;
@@ -435,6 +436,21 @@ async fn audit_entries_are_listed_newest_first_by_referral_and_by_crm_record() {
             .unwrap()
             .is_empty()
     );
+
+    // Every entry carries the table's TTL attribute: it expires after the retention period.
+    let items = moto
+        .dynamodb
+        .query()
+        .table_name(log.table())
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("REFERRAL#{REFERRAL_B}")))
+        .send()
+        .await
+        .unwrap();
+    let item = &items.items()[0];
+    let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
+    let expected = (t0 + secs(4)).timestamp() + AUDIT_RETENTION_DAYS * 86_400;
+    assert_eq!(expiration, expected);
 }
 
 #[tokio::test]

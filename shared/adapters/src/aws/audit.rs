@@ -12,6 +12,9 @@
 //! the referral and of the CRM record it names. Both writes are conditional on the timestamp
 //! (`gsi2sk <= :at`), so an older entry arriving late neither hides nor replaces a newer
 //! failure. [`AuditLog::needs_attention`] queries the sparse `gsi2`.
+//!
+//! Entries expire [`AUDIT_RETENTION_DAYS`] after they happened (the table's TTL attribute);
+//! `ATTENTION` items do not: an open problem stays listed until a success clears it.
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -20,8 +23,14 @@ use cosell_domain::{
     AuditEntry, AuditEvent, AuditLog, CrmRecordId, PortError, ReferralId, Service,
 };
 
-use crate::aws::item::{Item, from_item, get_s, s, to_item};
-use crate::aws::table::{ENTITY, GSI1, GSI1_PK, GSI1_SK, GSI2, GSI2_PK, GSI2_SK, PK, SK, keys};
+use crate::aws::item::{Item, from_item, get_s, n, s, to_item};
+use crate::aws::table::{
+    ENTITY, GSI1, GSI1_PK, GSI1_SK, GSI2, GSI2_PK, GSI2_SK, PK, SK, TTL_ATTRIBUTE, keys,
+};
+
+/// How long audit entries are kept (DynamoDB TTL): a little over a year, so a deal's history
+/// covers its whole sales cycle and a year-on-year comparison.
+pub const AUDIT_RETENTION_DAYS: i64 = 400;
 use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
 
 /// The audit log on the connector's table.
@@ -72,6 +81,8 @@ impl DynamoAuditLog {
         item.insert(PK.into(), s(partition.clone()));
         item.insert(SK.into(), s(sk));
         item.insert(ENTITY.into(), s("audit"));
+        let expires = entry.at + chrono::Duration::days(AUDIT_RETENTION_DAYS);
+        item.insert(TTL_ATTRIBUTE.into(), n(expires.timestamp()));
         self.client
             .put_item()
             .table_name(&self.table)
