@@ -449,8 +449,32 @@ pub fn parse_error_body(service: &Service, body: &str) -> ServiceErrorBody {
     };
     ServiceErrorBody {
         code: parsed.code,
-        message: truncate(&message, MESSAGE_LIMIT),
+        message: truncate(&without_email_addresses(&message), MESSAGE_LIMIT),
     }
+}
+
+/// `text` with every word that holds an email address replaced by `<email>`: service messages
+/// go to logs and the audit, and some quote the offending value (a Salesforce
+/// `DUPLICATE_VALUE` names the duplicated email).
+fn without_email_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let is_boundary = |c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c);
+        let start = rest[..at].rfind(is_boundary).map_or(0, |i| i + 1);
+        let end = rest[at..].find(is_boundary).map_or(rest.len(), |i| at + i);
+        let word = &rest[start..end];
+        let (local, domain) = word.split_at(at - start);
+        out.push_str(&rest[..start]);
+        if !local.is_empty() && domain.len() > 1 {
+            out.push_str("<email>");
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Partner Center `{"statusCode","message"}`, Partner REST `{"code","description"}`, OAuth
@@ -1256,5 +1280,23 @@ mod tests {
             "{err:?}"
         );
         assert!(err.into_port_error().is_retryable());
+    }
+
+    #[test]
+    fn email_addresses_in_service_messages_are_redacted() {
+        let body = r#"[{"message":"duplicate value found: Email__c duplicates value on record with id: 003000000000001 (dana@fourthcoffee.example)","errorCode":"DUPLICATE_VALUE","fields":[]}]"#;
+        let parsed = parse_error_body(&Service::Salesforce, body);
+        assert!(
+            !parsed.message.contains("fourthcoffee"),
+            "{}",
+            parsed.message
+        );
+        assert!(parsed.message.contains("(<email>)"), "{}", parsed.message);
+        assert_eq!(without_email_addresses("a @ b, x@y"), "a @ b, <email>");
+        assert_eq!(without_email_addresses("no address"), "no address");
+        assert_eq!(
+            without_email_addresses("'sue@contoso.com' and \"kim@contoso.com\"."),
+            "'<email>' and \"<email>\"."
+        );
     }
 }
