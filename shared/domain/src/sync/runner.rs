@@ -178,6 +178,7 @@ pub(crate) struct Journal<'a, A> {
     direction: SyncDirection,
     correlation_id: Option<String>,
     now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
     referral_id: Mutex<Option<ReferralId>>,
     warnings: Mutex<Vec<PortError>>,
 }
@@ -190,6 +191,7 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             direction,
             correlation_id: meta.correlation_id.clone(),
             now: meta.now,
+            deadline: meta.deadline,
             referral_id: Mutex::new(None),
             warnings: Mutex::new(Vec::new()),
         }
@@ -214,6 +216,11 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             .referral_id
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When the invocation running it is stopped (the Lambda deadline).
+    pub fn deadline(&self) -> DateTime<Utc> {
+        self.deadline
     }
 
     /// The referral the run is about, once known.
@@ -277,6 +284,63 @@ pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> 
         warnings: journal.into_warnings(),
         referral_id,
     }
+}
+
+/// How long a finished create keeps its lock: the other delivery's retry comes after it and
+/// finds the link.
+const CREATE_LOCK_KEPT_SECS: i64 = 60;
+/// When the delivery that found the create locked runs again.
+const CREATE_LOCK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run `work` — creating the counterpart of `subject` (a CRM record's referral, a referral's
+/// opportunity with its account and contact) — under a short lock, the idempotency key
+/// `create:<subject>`, held until the invocation's deadline at most (so a holder that was
+/// killed frees it, as its delivery's own key). Two deliveries of one new record arriving together (a Dataverse Create
+/// and Update, a `referral-created` and `referral-updated`) carry different keys, so the
+/// exactly-once key alone would let both create; the second one finds the lock taken, fails
+/// as retryable and runs again later, when the link exists.
+pub(crate) async fn creating<I, A, T>(
+    store: &I,
+    journal: &Journal<'_, A>,
+    subject: &str,
+    crm: Option<&CrmRecordId>,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure>
+where
+    I: IdempotencyStore,
+    A: AuditLog,
+{
+    let key = IdempotencyKey::new("create", subject).map_err(|error| {
+        Failure::port(crm)(PortError::Permanent {
+            service: Service::IdempotencyStore,
+            message: format!("no create lock for {subject}: {error}"),
+        })
+    })?;
+    let now = journal.now();
+    let acquired = store
+        .acquire(&key, now, journal.deadline())
+        .await
+        .map_err(Failure::port(crm))?;
+    if acquired != AcquireOutcome::Acquired {
+        return Err(Failure::port(crm)(PortError::Transient {
+            service: Service::IdempotencyStore,
+            reason: format!(
+                "another delivery is creating the counterpart of {subject} right now; this one \
+                 runs again after it"
+            ),
+            retry_after: Some(CREATE_LOCK_RETRY_AFTER),
+        }));
+    }
+    let result = work.await;
+    let settled = match &result {
+        Ok(_) => {
+            let kept = now + chrono::TimeDelta::seconds(CREATE_LOCK_KEPT_SECS);
+            store.complete(&key, &Value::Null, kept).await
+        }
+        Err(_) => store.release(&key).await,
+    };
+    journal.tolerate(settled);
+    result
 }
 
 /// The key a retry job's attempt runs under: its own, so a replayed message is a duplicate of

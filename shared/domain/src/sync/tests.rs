@@ -1198,7 +1198,11 @@ fn when_the_retry_cannot_be_queued_the_key_is_released_and_the_sender_retries() 
     assert_eq!(error.http_status(), 503);
     let key = partner_center_event_key(&event, at(100)).unwrap();
     assert!(world.idempotency.record(&key).is_none(), "released");
-    assert_eq!(world.idempotency.calls().get("release"), 1);
+    assert_eq!(
+        world.idempotency.calls().get("release"),
+        2,
+        "the delivery's key and the lock on creating the opportunity"
+    );
     assert!(world.queue.jobs().is_empty());
 
     // Partner Center's redelivery runs the sync again.
@@ -1945,3 +1949,46 @@ fn audit_and_completion_failures_are_reported_as_warnings_not_failures() {
 
 mod redeliver;
 mod to_pc;
+
+#[test]
+fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_created_twice() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+    // Another delivery of the new referral holds the lock on creating its opportunity...
+    let held =
+        crate::ports::IdempotencyKey::new("create", &format!("referral:{REFERRAL}")).unwrap();
+    block_on(crate::ports::IdempotencyStore::acquire(
+        &world.idempotency,
+        &held,
+        at(99),
+        at(300),
+    ))
+    .unwrap();
+    // ...when this one arrives: nothing is created, it runs again later.
+    let updated = webhook("referral-updated", REFERRAL, at(2));
+    let outcome = world.outcome(&updated, at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    assert!(world.crm.opportunities().is_empty());
+    assert!(
+        lock(&world.crm.state).accounts.is_empty(),
+        "no account made either"
+    );
+
+    // The other delivery creates the opportunity (here: its lock freed, the event again).
+    block_on(crate::ports::IdempotencyStore::release(
+        &world.idempotency,
+        &held,
+    ))
+    .unwrap();
+    let created = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(101));
+    assert!(matches!(created, Outcome::Created { .. }), "{created:?}");
+    // The retry finds the link: no second opportunity, account or contact.
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
+    assert_eq!(world.crm.opportunities().len(), 1);
+    assert_eq!(lock(&world.crm.state).accounts.len(), 1);
+}

@@ -32,7 +32,8 @@ use sha2::{Digest, Sha256};
 use super::deps::{Delivery, Deps};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
-    Failure, Journal, Problem, Run, attempt_key, exactly_once, finish, needs_attention, sentence,
+    Failure, Journal, Problem, Run, attempt_key, creating, exactly_once, finish, needs_attention,
+    sentence,
 };
 use super::to_pc::run_crm_retry_job;
 use crate::datetime::WireDateTime;
@@ -270,6 +271,7 @@ async fn sync_referral<P, C, I, Q, A, L>(
 where
     P: PartnerCenter,
     C: CrmStore,
+    I: IdempotencyStore,
     A: AuditLog,
     L: LinkStore,
 {
@@ -373,73 +375,84 @@ where
         });
     }
 
-    let (scope, account, contact) = match &record {
-        Some(_) => (BodyScope::Update, None, None),
-        None => {
-            let (account, contact) = customer(deps, &opportunity).await?;
-            (BodyScope::Create, account, contact)
-        }
-    };
-    let expected = if record.is_some() {
-        AuditEvent::Updated
-    } else {
-        AuditEvent::Created
-    };
-    let audit_text = journal.entry(expected, record.as_ref()).crm_text();
-    let write = OpportunityWrite {
-        referral_id: &referral_id,
-        record: record.as_ref(),
-        opportunity: &opportunity,
-        account: account.as_ref(),
-        contact: contact.as_ref(),
-        audit: Some(&audit_text),
-        scope,
-    };
-    let upserted = deps
-        .crm
-        .upsert_opportunity(&write)
-        .await
-        .map_err(Failure::port(record.as_ref()))?;
-    let crm = upserted.id;
-    let (event, outcome) = if upserted.created {
-        (AuditEvent::Created, Outcome::Created { crm: crm.clone() })
-    } else {
-        (AuditEvent::Updated, Outcome::Updated { crm: crm.clone() })
-    };
-    journal.record(event, Some(&crm)).await;
+    // Boxed: the sync's future would otherwise be too large for the stack of a debug build.
+    let apply = Box::pin(async {
+        let (scope, account, contact) = match &record {
+            Some(_) => (BodyScope::Update, None, None),
+            None => {
+                let (account, contact) = customer(deps, &opportunity).await?;
+                (BodyScope::Create, account, contact)
+            }
+        };
+        let expected = if record.is_some() {
+            AuditEvent::Updated
+        } else {
+            AuditEvent::Created
+        };
+        let audit_text = journal.entry(expected, record.as_ref()).crm_text();
+        let write = OpportunityWrite {
+            referral_id: &referral_id,
+            record: record.as_ref(),
+            opportunity: &opportunity,
+            account: account.as_ref(),
+            contact: contact.as_ref(),
+            audit: Some(&audit_text),
+            scope,
+        };
+        let upserted = deps
+            .crm
+            .upsert_opportunity(&write)
+            .await
+            .map_err(Failure::port(record.as_ref()))?;
+        let crm = upserted.id;
+        let (event, outcome) = if upserted.created {
+            (AuditEvent::Created, Outcome::Created { crm: crm.clone() })
+        } else {
+            (AuditEvent::Updated, Outcome::Updated { crm: crm.clone() })
+        };
+        journal.record(event, Some(&crm)).await;
 
-    let mut saved = Link {
-        referral_id,
-        crm: crm.clone(),
-        last_referral_etag: None,
-        last_referral_updated: updated,
-        last_fingerprint_to_crm: Some(fingerprint.clone()),
-        last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
-        // The CRM now holds the referral's stage: a later CRM change closes the referral only
-        // when it moves away from it.
-        microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
-        last_stage_to_pc: opportunity
-            .stage
-            .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
-        updated_at: journal.now(),
-    };
-    match write_back(deps, journal, referral_id, &referral, &crm, &fingerprint).await {
-        Ok(seen) => saved.last_referral_etag = seen,
-        Err(error) => {
-            // Remember what the CRM holds, so the retry only finishes the write-back.
-            let kept = deps.links.put(&saved).await;
-            journal.tolerate(kept);
-            return Err(Failure::Port {
-                error,
-                crm: Some(crm),
-            });
+        let mut saved = Link {
+            referral_id,
+            crm: crm.clone(),
+            last_referral_etag: None,
+            last_referral_updated: updated,
+            last_fingerprint_to_crm: Some(fingerprint.clone()),
+            last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
+            // The CRM now holds the referral's stage: a later CRM change closes the referral only
+            // when it moves away from it.
+            microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
+            last_stage_to_pc: opportunity
+                .stage
+                .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
+            updated_at: journal.now(),
+        };
+        match write_back(deps, journal, referral_id, &referral, &crm, &fingerprint).await {
+            Ok(seen) => saved.last_referral_etag = seen,
+            Err(error) => {
+                // Remember what the CRM holds, so the retry only finishes the write-back.
+                let kept = deps.links.put(&saved).await;
+                journal.tolerate(kept);
+                return Err(Failure::Port {
+                    error,
+                    crm: Some(crm),
+                });
+            }
+        }
+        deps.links
+            .put(&saved)
+            .await
+            .map_err(Failure::port(Some(&crm)))?;
+        Ok(outcome)
+    });
+    match &record {
+        Some(_) => apply.await,
+        // A new opportunity, with its account and contact: one delivery at a time.
+        None => {
+            let subject = format!("referral:{referral_id}");
+            creating(deps.idempotency, journal, &subject, None, apply).await
         }
     }
-    deps.links
-        .put(&saved)
-        .await
-        .map_err(Failure::port(Some(&crm)))?;
-    Ok(outcome)
 }
 
 /// The CRM opportunity of a referral that has no link yet.

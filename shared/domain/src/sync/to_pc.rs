@@ -45,8 +45,8 @@ use serde_json::Value;
 use super::deps::{Delivery, Deps};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
-    Failure, Journal, Problem, Run, attempt_key, capitalize, exactly_once, finish, needs_attention,
-    sentence,
+    Failure, Journal, Problem, Run, attempt_key, capitalize, creating, exactly_once, finish,
+    needs_attention, sentence,
 };
 use super::to_crm::list_engagement;
 use crate::datetime::WireDateTime;
@@ -272,6 +272,7 @@ async fn sync_change<P, C, I, Q, A, L>(
 where
     P: PartnerCenter,
     C: CrmStore,
+    I: IdempotencyStore,
     A: AuditLog,
     L: LinkStore,
 {
@@ -353,7 +354,11 @@ where
         retrying,
     };
     match referral_id {
-        None => create(deps, journal, &sync).await,
+        None => {
+            let subject = record.to_string();
+            let created = Box::pin(create(deps, journal, &sync));
+            creating(deps.idempotency, journal, &subject, Some(record), created).await
+        }
         Some(id) => update(deps, journal, &sync, id).await,
     }
 }

@@ -843,3 +843,39 @@ fn a_retried_create_that_never_reached_partner_center_creates_the_referral_once(
         "one look for an earlier create"
     );
 }
+
+#[test]
+fn a_record_whose_referral_another_delivery_is_creating_is_retried_not_created_twice() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    // The Create webhook's run holds the lock on creating the referral when the Update's
+    // arrives: no POST, it runs again later.
+    let held = crate::ports::IdempotencyKey::new("create", &record.to_string()).unwrap();
+    block_on(crate::ports::IdempotencyStore::acquire(
+        &world.idempotency,
+        &held,
+        at(99),
+        at(300),
+    ))
+    .unwrap();
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(world.pc.calls.get("create_referral"), 0);
+
+    block_on(crate::ports::IdempotencyStore::release(
+        &world.idempotency,
+        &held,
+    ))
+    .unwrap();
+    assert!(matches!(
+        world.sync_crm(&world.crm_change(&record, 1, SELLER), at(101)),
+        Outcome::Created { .. }
+    ));
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
+    assert_eq!(world.deal_referrals(), 1);
+}
