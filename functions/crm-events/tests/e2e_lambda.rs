@@ -14,6 +14,8 @@
 //! `COSELL_MOTO_ENDPOINT` exported. Without them the tests fail with instructions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,22 +31,14 @@ use cosell_adapters::{
 use cosell_domain::crm_wire::dataverse::RemoteExecutionContext;
 use cosell_domain::crm_wire::salesforce::OutboundMessage;
 use cosell_domain::sync::{dataverse_change_key, salesforce_change_key};
-use cosell_domain::{AuditEvent, CrmRecordId, IdempotencyKey};
-use cosell_sandbox::identities::{
-    DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
-    PC_CLIENT_SECRET, PC_REFRESH_TOKEN, SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USER_ID,
-    SALESFORCE_INTEGRATION_USERNAME, SALESFORCE_ORG_ID, TENANT_ID,
-};
+use cosell_domain::{AuditEvent, IdempotencyKey};
 use cosell_sandbox::lambda_watch::{self as e2e, LambdaWatch, ScratchDir};
-use cosell_sandbox::pki::SALESFORCE_APP_KEY_PEM;
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
 use serde_json::{Value, json};
+use support::{Crm, ENDPOINT_SECRET, WEBHOOK_KEY, invites_microsoft};
 
 /// The function's binary (and package) name.
 const FUNCTION: &str = "crm-events";
-const WEBHOOK_KEY: &str = "e2e-dataverse-webhook-key";
-const ENDPOINT_SECRET: &str = "e2e-salesforce-endpoint-secret";
-const SOLUTION: &str = "SOL-34104-EBB";
 /// How long a delivery (with the sandbox's redeliveries) may take.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -288,102 +282,6 @@ async fn salesforce_batch_of_100_with_one_held(e: &E2e) {
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Crm {
-    Dataverse,
-    Salesforce,
-}
-
-impl Crm {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Dataverse => "dataverse",
-            Self::Salesforce => "salesforce",
-        }
-    }
-
-    fn referral_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercenterreferralidentifier",
-            Self::Salesforce => "Referral_Identifier__c",
-        }
-    }
-
-    fn audit_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercenterreferralsyncaudit",
-            Self::Salesforce => "Audit__c",
-        }
-    }
-
-    fn solutions_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercentersolutions",
-            Self::Salesforce => "Microsoft_Solutions__c",
-        }
-    }
-
-    /// "How can Microsoft help?" (a solution is required once help is asked for).
-    fn help_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercenterhelpneed",
-            Self::Salesforce => "How_can_Microsoft_help__c",
-        }
-    }
-
-    fn country_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "address1_country",
-            Self::Salesforce => "BillingCountry",
-        }
-    }
-
-    fn contact_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "parentcontactid",
-            Self::Salesforce => "ContactId",
-        }
-    }
-
-    fn amount_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "estimatedvalue",
-            Self::Salesforce => "Amount",
-        }
-    }
-
-    fn record_id(self, native: &str) -> CrmRecordId {
-        CrmRecordId::try_from(format!("{}:{native}", self.name())).unwrap()
-    }
-
-    fn variables(self, base: &str) -> Vec<(&'static str, String)> {
-        let vars: &[(&'static str, &str)] = match self {
-            Self::Dataverse => &[
-                ("CRM_KIND", "dataverse"),
-                ("DATAVERSE_URL", base),
-                ("DATAVERSE_CLIENT_ID", DATAVERSE_CLIENT_ID),
-                ("DATAVERSE_CLIENT_SECRET", DATAVERSE_CLIENT_SECRET),
-                ("DATAVERSE_WEBHOOK_KEY", WEBHOOK_KEY),
-                ("DATAVERSE_CONNECTOR_USER_ID", DATAVERSE_APP_USER_ID),
-            ],
-            Self::Salesforce => &[
-                ("CRM_KIND", "salesforce"),
-                ("SALESFORCE_LOGIN_URL", base),
-                ("SALESFORCE_CONSUMER_KEY", SALESFORCE_CONSUMER_KEY),
-                ("SALESFORCE_USERNAME", SALESFORCE_INTEGRATION_USERNAME),
-                ("SALESFORCE_PRIVATE_KEY", SALESFORCE_APP_KEY_PEM),
-                ("SALESFORCE_ENDPOINT_SECRET", ENDPOINT_SECRET),
-                ("SALESFORCE_ORGANIZATION_ID", SALESFORCE_ORG_ID),
-                (
-                    "SALESFORCE_CONNECTOR_USER_ID",
-                    SALESFORCE_INTEGRATION_USER_ID,
-                ),
-            ],
-        };
-        vars.iter().map(|(n, v)| (*n, (*v).to_owned())).collect()
-    }
-}
-
 /// One delivery the relay forwarded, with the function's answer.
 #[derive(Debug, Clone)]
 struct Exchange {
@@ -517,26 +415,24 @@ impl E2e {
         .expect("start the sandbox");
         let scratch = ScratchDir::new(&format!("cosell-e2e-crm-{}", crm.name()));
         let base = sandbox.base_url.clone();
-        let env: HashMap<String, String> = [
-            ("PC_API_BASE_URL", base.clone()),
-            ("ENTRA_AUTHORITY", base.clone()),
-            ("PC_TENANT_ID", TENANT_ID.to_owned()),
-            ("PC_CLIENT_ID", PC_CLIENT_ID.to_owned()),
-            ("PC_CLIENT_SECRET", PC_CLIENT_SECRET.to_owned()),
-            ("PC_REFRESH_TOKEN", PC_REFRESH_TOKEN.to_owned()),
-            ("STORE", "dynamodb".to_owned()),
-            ("TABLE_NAME", name.clone()),
-            ("RETRY_QUEUE_URL", queues.queue_url.clone()),
-            ("AWS_ENDPOINT_URL", moto.clone()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", region),
-            ("RUST_LOG", "info".to_owned()),
-        ]
-        .into_iter()
-        .chain(crm.variables(&base))
-        .map(|(name, value)| (name.to_owned(), value))
-        .collect();
+        let mut env: HashMap<String, String> = crm
+            .environment(&base)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        env.extend(
+            [
+                ("STORE", "dynamodb".to_owned()),
+                ("TABLE_NAME", name.clone()),
+                ("RETRY_QUEUE_URL", queues.queue_url.clone()),
+                ("AWS_ENDPOINT_URL", moto.clone()),
+                ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+                ("AWS_REGION", region),
+                ("RUST_LOG", "info".to_owned()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value)),
+        );
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -722,76 +618,24 @@ impl E2e {
 
     /// [`Self::seed`] with the account's country set to `country`.
     async fn seed_with(&self, n: u8, country: &str, edit: impl FnOnce(&mut Value)) -> String {
-        match self.crm {
-            Crm::Dataverse => {
-                let id = format!("6d81597f-0000-4000-8000-{:012x}", 0xe0 + u32::from(n));
-                let (account, contact) = (
-                    "6d81597f-0000-4000-8000-0000000000a1",
-                    "6d81597f-0000-4000-8000-0000000000c1",
-                );
-                self.sandbox_put(
-                    &format!("/_sandbox/dataverse/accounts/{account}"),
-                    json!({"name": "Fourth Coffee", "address1_city": "Seattle",
-                           "address1_country": country}),
-                )
-                .await;
-                self.sandbox_put(
-                    &format!("/_sandbox/dataverse/contacts/{contact}"),
-                    json!({"firstname": "Dana", "lastname": "Reyes",
-                           "emailaddress1": "dana@fourthcoffee.example"}),
-                )
-                .await;
-                let mut row = json!({
-                    "name": "Fourth Coffee ERP", "estimatedvalue": 25000,
-                    "estimatedclosedate": "2027-06-30",
-                    "_parentaccountid_value": account, "_parentcontactid_value": contact,
-                    "msft_microsoftpartnercenterreferralsync": true,
-                    "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
-                    "msft_microsoftpartnercentersolutions": SOLUTION,
-                });
-                if let Ok(current) = self.try_record(&id).await {
-                    row = current;
-                }
-                edit(&mut row);
-                self.sandbox_put(&format!("/_sandbox/dataverse/opportunities/{id}"), row)
-                    .await;
-                id
-            }
-            Crm::Salesforce => {
-                let (account, id) = ("001000000000001", format!("006{n:012}"));
-                self.sandbox_put(
-                    &format!("/_sandbox/salesforce/Account/{account}"),
-                    json!({"Name": "Fourth Coffee", "BillingCity": "Seattle",
-                           "BillingCountry": country}),
-                )
-                .await;
-                // The sandbox's Opportunity has no `ContactId`: no help from Microsoft asked,
-                // so a missing solution is what validation reports.
-                let mut record = json!({
-                    "Name": "Fourth Coffee ERP", "StageName": "Prospecting",
-                    "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
-                    "AccountId": account, "Sync_with_Partner_Center__c": true,
-                    "Microsoft_Solutions__c": SOLUTION,
-                });
-                if let Ok(mut current) = self.try_record(&id).await {
-                    // Written by the seller this time (the sandbox takes the writer from the
-                    // record when it names one).
-                    current.as_object_mut().unwrap().remove("LastModifiedById");
-                    record = current;
-                }
-                edit(&mut record);
-                self.sandbox_put(&format!("/_sandbox/salesforce/Opportunity/{id}"), record)
-                    .await;
-                id
-            }
+        let (mut puts, id) = self.crm.seed(n, country);
+        let (path, mut opportunity) = puts.pop().unwrap();
+        for (path, body) in puts {
+            self.sandbox_put(&path, body).await;
         }
+        if let Ok(mut current) = self.try_record(&id).await {
+            // An update, written by the seller (the Salesforce sandbox takes the writer from
+            // the record when it names one).
+            current.as_object_mut().unwrap().remove("LastModifiedById");
+            opportunity = current;
+        }
+        edit(&mut opportunity);
+        self.sandbox_put(&path, opportunity).await;
+        id
     }
 
     async fn try_record(&self, id: &str) -> Result<Value, u16> {
-        let path = match self.crm {
-            Crm::Dataverse => format!("/_sandbox/dataverse/opportunities/{id}"),
-            Crm::Salesforce => format!("/_sandbox/salesforce/Opportunity/{id}"),
-        };
+        let path = self.crm.opportunity_path(id);
         let response = self.http.get(self.url(&path)).send().await.unwrap();
         if response.status().is_success() {
             Ok(response.json().await.unwrap())
@@ -867,13 +711,6 @@ impl E2e {
         entries.reverse();
         entries.into_iter().map(|entry| entry.event).collect()
     }
-}
-
-/// Whether a referral (as the sandbox lists it) targets Microsoft: an invitation.
-fn invites_microsoft(referral: &Value) -> bool {
-    referral["target"]
-        .as_array()
-        .is_some_and(|targets| targets.iter().any(|t| t["id"] == "msft"))
 }
 
 async fn moto_clients(endpoint: &str, region: &str) -> AwsClients {

@@ -7,25 +7,21 @@
 //! headers, body) becomes a Function URL request event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request as AxumRequest, State};
 use cosell_sandbox::identities::{
-    DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
-    PC_CLIENT_SECRET, PC_REFRESH_TOKEN, SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USER_ID,
-    SALESFORCE_INTEGRATION_USERNAME, SALESFORCE_ORG_ID, TENANT_ID,
+    DATAVERSE_CLIENT_SECRET, PC_CLIENT_SECRET, PC_REFRESH_TOKEN, SALESFORCE_ORG_ID,
 };
-use cosell_sandbox::pki::SALESFORCE_APP_KEY_PEM;
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
 use crm_events::{App, Clients, Config, LocalApp, Stores, handler};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
-
-const WEBHOOK_KEY: &str = "sandbox-dataverse-webhook-key";
-const ENDPOINT_SECRET: &str = "sandbox-salesforce-endpoint-secret";
-const SOLUTION: &str = "SOL-34104-EBB";
+use support::{Crm, ENDPOINT_SECRET, WEBHOOK_KEY, invites_microsoft};
 
 macro_rules! event_file {
     ($name:literal) => {
@@ -47,35 +43,6 @@ const EVENTS: [(&str, &str); 5] = [
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Crm {
-    Dataverse,
-    Salesforce,
-}
-
-impl Crm {
-    fn referral_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercenterreferralidentifier",
-            Self::Salesforce => "Referral_Identifier__c",
-        }
-    }
-
-    fn audit_field(self) -> &'static str {
-        match self {
-            Self::Dataverse => "msft_microsoftpartnercenterreferralsyncaudit",
-            Self::Salesforce => "Audit__c",
-        }
-    }
-
-    fn connector_user(self) -> &'static str {
-        match self {
-            Self::Dataverse => DATAVERSE_APP_USER_ID,
-            Self::Salesforce => SALESFORCE_INTEGRATION_USER_ID,
-        }
-    }
-}
 
 /// A request the sandbox sent to the capture server.
 #[derive(Debug, Clone)]
@@ -110,46 +77,6 @@ async fn capture(State(inbox): State<Inbox>, req: AxumRequest) -> axum::response
     axum::response::Response::new(axum::body::Body::from(body))
 }
 
-fn environment(base: &str, crm: Crm) -> HashMap<&'static str, String> {
-    let mut vars: HashMap<&'static str, String> = [
-        ("PC_API_BASE_URL", base),
-        ("ENTRA_AUTHORITY", base),
-        ("PC_TENANT_ID", TENANT_ID),
-        ("PC_CLIENT_ID", PC_CLIENT_ID),
-        ("PC_CLIENT_SECRET", PC_CLIENT_SECRET),
-        ("PC_REFRESH_TOKEN", PC_REFRESH_TOKEN),
-        ("STORE", "memory"),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name, value.to_owned()))
-    .collect();
-    let crm_vars: &[(&'static str, &str)] = match crm {
-        Crm::Dataverse => &[
-            ("CRM_KIND", "dataverse"),
-            ("DATAVERSE_URL", base),
-            ("DATAVERSE_CLIENT_ID", DATAVERSE_CLIENT_ID),
-            ("DATAVERSE_CLIENT_SECRET", DATAVERSE_CLIENT_SECRET),
-            ("DATAVERSE_WEBHOOK_KEY", WEBHOOK_KEY),
-            ("DATAVERSE_CONNECTOR_USER_ID", DATAVERSE_APP_USER_ID),
-        ],
-        Crm::Salesforce => &[
-            ("CRM_KIND", "salesforce"),
-            ("SALESFORCE_LOGIN_URL", base),
-            ("SALESFORCE_CONSUMER_KEY", SALESFORCE_CONSUMER_KEY),
-            ("SALESFORCE_USERNAME", SALESFORCE_INTEGRATION_USERNAME),
-            ("SALESFORCE_PRIVATE_KEY", SALESFORCE_APP_KEY_PEM),
-            ("SALESFORCE_ENDPOINT_SECRET", ENDPOINT_SECRET),
-            ("SALESFORCE_ORGANIZATION_ID", SALESFORCE_ORG_ID),
-            (
-                "SALESFORCE_CONNECTOR_USER_ID",
-                SALESFORCE_INTEGRATION_USER_ID,
-            ),
-        ],
-    };
-    vars.extend(crm_vars.iter().map(|(n, v)| (*n, (*v).to_owned())));
-    vars
-}
-
 struct Harness {
     sandbox: RunningSandbox,
     control: reqwest::Client,
@@ -164,7 +91,7 @@ impl Harness {
         let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
             .await
             .unwrap();
-        let vars = environment(&sandbox.base_url, crm);
+        let vars: HashMap<&str, String> = crm.environment(&sandbox.base_url).into_iter().collect();
         let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
         let app = App::new(
             Clients::from_config(&config).unwrap(),
@@ -270,79 +197,18 @@ impl Harness {
         edit: impl FnOnce(&mut Value),
     ) -> String {
         let query = as_user.map(|u| format!("?as_user={u}")).unwrap_or_default();
-        match self.crm {
-            Crm::Dataverse => {
-                let opportunity = &format!("6d81597f-0000-4000-8000-{:012x}", 0xe0 + u32::from(n));
-                let (account, contact) = (
-                    "6d81597f-0000-4000-8000-0000000000a1",
-                    "6d81597f-0000-4000-8000-0000000000c1",
-                );
-                self.put(
-                    &format!("/_sandbox/dataverse/accounts/{account}"),
-                    json!({"name": "Fourth Coffee", "address1_city": "Seattle",
-                           "address1_country": "US"}),
-                )
-                .await;
-                self.put(
-                    &format!("/_sandbox/dataverse/contacts/{contact}"),
-                    json!({"firstname": "Dana", "lastname": "Reyes",
-                           "emailaddress1": "dana@fourthcoffee.example"}),
-                )
-                .await;
-                let mut row = json!({
-                    "name": "Fourth Coffee ERP", "estimatedvalue": 25000,
-                    "estimatedclosedate": "2027-06-30",
-                    "_parentaccountid_value": account, "_parentcontactid_value": contact,
-                    "msft_microsoftpartnercenterreferralsync": true,
-                    "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
-                    "msft_microsoftpartnercentersolutions": SOLUTION,
-                });
-                edit(&mut row);
-                self.put(
-                    &format!("/_sandbox/dataverse/opportunities/{opportunity}{query}"),
-                    row,
-                )
-                .await;
-                opportunity.to_owned()
-            }
-            Crm::Salesforce => {
-                // The sandbox's Opportunity has no `ContactId`, so the Salesforce seed asks for no
-                // help from Microsoft (which would need a contact).
-                let (account, opportunity) = ("001000000000001", &format!("006{n:012}"));
-                self.put(
-                    &format!("/_sandbox/salesforce/Account/{account}"),
-                    json!({"Name": "Fourth Coffee", "BillingCity": "Seattle",
-                           "BillingCountry": "US"}),
-                )
-                .await;
-                let mut record = json!({
-                    "Name": "Fourth Coffee ERP", "StageName": "Prospecting",
-                    "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
-                    "AccountId": account, "Sync_with_Partner_Center__c": true,
-                    "Microsoft_Solutions__c": SOLUTION,
-                });
-                edit(&mut record);
-                self.put(
-                    &format!("/_sandbox/salesforce/Opportunity/{opportunity}{query}"),
-                    record,
-                )
-                .await;
-                opportunity.to_owned()
-            }
+        let (mut puts, id) = self.crm.seed(n, "US");
+        let (path, mut opportunity) = puts.pop().unwrap();
+        for (path, body) in puts {
+            self.put(&path, body).await;
         }
+        edit(&mut opportunity);
+        self.put(&format!("{path}{query}"), opportunity).await;
+        id
     }
 
     async fn record(&self, id: &str) -> Value {
-        match self.crm {
-            Crm::Dataverse => {
-                self.get(&format!("/_sandbox/dataverse/opportunities/{id}"))
-                    .await
-            }
-            Crm::Salesforce => {
-                self.get(&format!("/_sandbox/salesforce/Opportunity/{id}"))
-                    .await
-            }
-        }
+        self.get(&self.crm.opportunity_path(id)).await
     }
 
     /// The referrals of deals (the partner's invitations of Microsoft are [`Self::invitations`]).
@@ -398,13 +264,6 @@ impl Harness {
     async fn deliver(&self, captured: &Captured) -> (u16, String) {
         self.handle(request(captured, |_| {})).await
     }
-}
-
-/// Whether a referral (as the sandbox lists it) targets Microsoft: an invitation.
-fn invites_microsoft(referral: &Value) -> bool {
-    referral["target"]
-        .as_array()
-        .is_some_and(|targets| targets.iter().any(|t| t["id"] == "msft"))
 }
 
 fn answer(response: Response<Body>) -> (u16, String) {
@@ -556,12 +415,7 @@ async fn our_own_write_back_echo_calls_partner_center_zero_times(crm: Crm) {
 
     // A change seeded as the connector user is an echo too.
     h.seed(Some(crm.connector_user()), |o| {
-        let name = if crm == Crm::Dataverse {
-            "name"
-        } else {
-            "Name"
-        };
-        o[name] = json!("Renamed by the connector");
+        o[crm.name_field()] = json!("Renamed by the connector");
     })
     .await;
     let own = h.next_delivery_containing("Renamed by the connector").await;
@@ -574,16 +428,8 @@ async fn a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix(crm:
     let h = Harness::start(crm).await;
     let id = h
         .seed(None, |o| {
-            let (solutions, help) = if crm == Crm::Dataverse {
-                (
-                    "msft_microsoftpartnercentersolutions",
-                    "msft_microsoftpartnercenterhelpneed",
-                )
-            } else {
-                ("Microsoft_Solutions__c", "How_can_Microsoft_help__c")
-            };
-            o.as_object_mut().unwrap().remove(solutions);
-            o[help] = json!("Proof of concept or demo");
+            o.as_object_mut().unwrap().remove(crm.solutions_field());
+            o[crm.help_field()] = json!("Proof of concept or demo");
         })
         .await;
     let delivery = h.next_delivery().await;
@@ -597,12 +443,7 @@ async fn a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix(crm:
     assert!(h.referrals().await.is_empty());
     let record = h.record(&id).await;
     let audit = record[crm.audit_field()].as_str().unwrap_or_default();
-    let field = if crm == Crm::Dataverse {
-        "msft_microsoftpartnercentersolutions"
-    } else {
-        "Microsoft_Solutions__c"
-    };
-    assert!(audit.contains(field), "{audit}");
+    assert!(audit.contains(crm.solutions_field()), "{audit}");
     assert!(audit.to_lowercase().contains("fix"), "{audit}");
 }
 
