@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use chrono::{SecondsFormat, Utc};
 use cosell_adapters::aws::{
-    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, QueueOptions, QueueUrls,
-    SqsRetryQueue, provision_queues, provision_table,
+    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, QueueUrls, SqsRetryQueue,
 };
 use cosell_adapters::http::HttpPartnerCenter;
 use cosell_adapters::http::crm::AnyCrm;
@@ -43,8 +42,8 @@ use crate::counting::{CallCounter, Counted, delta};
 use crate::report::{
     CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes,
 };
-use crate::sandbox::{Control, SandboxProcess};
-use crate::scenario::{Aws, Options, environment};
+use crate::sandbox::Control;
+use crate::scenario::{Aws, Options, RunEnv, environment};
 use crate::stats::{EventSample, KindReport};
 use crate::system::{Machine, Source, load_average, peak_rss_kib, process_cpu_time, status_kib};
 
@@ -493,39 +492,9 @@ impl Meter<'_> {
 }
 
 async fn run_crm(options: &Options, aws: &Aws, crm: CrmKind) -> anyhow::Result<CrmRun> {
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let log = options
-        .log_dir
-        .join(format!("sandbox-crm-events-{crm}.log"));
-    let sandbox = SandboxProcess::start(&options.sandbox_bin, &log).await?;
-    let control = Control::new(&sandbox.base_url)?;
-    let table = format!("cosell-bench-crm-{crm}-{run_id}");
-    provision_table(&aws.clients.dynamodb, &table)
-        .await
-        .with_context(|| format!("creating the DynamoDB table {table} on moto"))?;
-    let queues = provision_queues(
-        &aws.clients.sqs,
-        &format!("{table}-retry"),
-        &QueueOptions::default(),
-    )
-    .await
-    .with_context(|| format!("creating the SQS queues {table}-retry on moto"))?;
-
-    let result = measure_crm(
-        options, aws, crm, &sandbox, &control, &run_id, &table, &queues,
-    )
-    .await;
-
-    let _ = aws
-        .clients
-        .dynamodb
-        .delete_table()
-        .table_name(&table)
-        .send()
-        .await;
-    for url in [&queues.queue_url, &queues.dlq_url] {
-        let _ = aws.clients.sqs.delete_queue().queue_url(url).send().await;
-    }
+    let env = RunEnv::start(options, aws, "crm-events", crm).await?;
+    let result = measure_crm(options, aws, crm, &env).await;
+    env.remove(aws).await;
     result
 }
 
@@ -667,17 +636,19 @@ async fn change_opportunity(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure_crm(
     options: &Options,
     aws: &Aws,
     crm: CrmKind,
-    sandbox: &SandboxProcess,
-    control: &Control,
-    run_id: &str,
-    table: &str,
-    queues: &QueueUrls,
+    env: &RunEnv,
 ) -> anyhow::Result<CrmRun> {
+    let RunEnv {
+        run_id,
+        sandbox,
+        control,
+        table,
+        queues,
+    } = env;
     let inbox = SharedInbox::default();
     let capture_url = start_capture(inbox.clone()).await?;
     prepare(control, crm, &capture_url).await?;

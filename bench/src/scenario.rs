@@ -371,55 +371,86 @@ async fn seed(
     Ok(ids)
 }
 
+/// What one CRM's run works in: its own sandbox process, table and queues on moto.
+pub(crate) struct RunEnv {
+    pub run_id: String,
+    pub sandbox: SandboxProcess,
+    pub control: Control,
+    pub table: String,
+    pub queues: QueueUrls,
+}
+
+impl RunEnv {
+    /// Starts the sandbox (its log `sandbox-<function>-<crm>.log`) and provisions the table
+    /// and queues of a run of `function` against `crm`.
+    pub(crate) async fn start(
+        options: &Options,
+        aws: &Aws,
+        function: &str,
+        crm: CrmKind,
+    ) -> anyhow::Result<Self> {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let log = options
+            .log_dir
+            .join(format!("sandbox-{function}-{crm}.log"));
+        let sandbox = SandboxProcess::start(&options.sandbox_bin, &log).await?;
+        let control = Control::new(&sandbox.base_url)?;
+        let table = format!("cosell-bench-{function}-{crm}-{run_id}");
+        provision_table(&aws.clients.dynamodb, &table)
+            .await
+            .with_context(|| format!("creating the DynamoDB table {table} on moto"))?;
+        let queues = provision_queues(
+            &aws.clients.sqs,
+            &format!("{table}-retry"),
+            &QueueOptions::default(),
+        )
+        .await
+        .with_context(|| format!("creating the SQS queues {table}-retry on moto"))?;
+        Ok(Self {
+            run_id,
+            sandbox,
+            control,
+            table,
+            queues,
+        })
+    }
+
+    /// Best effort: the run's table and queues are not needed any more.
+    pub(crate) async fn remove(&self, aws: &Aws) {
+        let _ = aws
+            .clients
+            .dynamodb
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await;
+        for url in [&self.queues.queue_url, &self.queues.dlq_url] {
+            let _ = aws.clients.sqs.delete_queue().queue_url(url).send().await;
+        }
+    }
+}
+
 /// Everything measured against one CRM.
 async fn run_crm(options: &Options, aws: &Aws, crm: CrmKind) -> anyhow::Result<CrmRun> {
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-    let log = options.log_dir.join(format!("sandbox-{crm}.log"));
-    let sandbox = SandboxProcess::start(&options.sandbox_bin, &log).await?;
-    let control = Control::new(&sandbox.base_url)?;
-
-    let table = format!("cosell-bench-{crm}-{run_id}");
-    provision_table(&aws.clients.dynamodb, &table)
-        .await
-        .with_context(|| format!("creating the DynamoDB table {table} on moto"))?;
-    let queues = provision_queues(
-        &aws.clients.sqs,
-        &format!("{table}-retry"),
-        &QueueOptions::default(),
-    )
-    .await
-    .with_context(|| format!("creating the SQS queues {table}-retry on moto"))?;
-
-    let result = measure_crm(
-        options, aws, crm, &sandbox, &control, &run_id, &table, &queues,
-    )
-    .await;
-
-    // Best effort: the run's table and queues are not needed any more.
-    let _ = aws
-        .clients
-        .dynamodb
-        .delete_table()
-        .table_name(&table)
-        .send()
-        .await;
-    for url in [&queues.queue_url, &queues.dlq_url] {
-        let _ = aws.clients.sqs.delete_queue().queue_url(url).send().await;
-    }
+    let env = RunEnv::start(options, aws, "partner-center-events", crm).await?;
+    let result = measure_crm(options, aws, crm, &env).await;
+    env.remove(aws).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn measure_crm(
     options: &Options,
     aws: &Aws,
     crm: CrmKind,
-    sandbox: &SandboxProcess,
-    control: &Control,
-    run_id: &str,
-    table: &str,
-    queues: &QueueUrls,
+    env: &RunEnv,
 ) -> anyhow::Result<CrmRun> {
+    let RunEnv {
+        run_id,
+        sandbox,
+        control,
+        table,
+        queues,
+    } = env;
     let counter = Arc::new(CallCounter::default());
     let app = build_app(sandbox, crm, aws, table, queues, &counter)?;
     let meter = Meter {
