@@ -61,7 +61,7 @@ impl ConfigError {
 /// | `SALESFORCE_USERNAME` | when `CRM_KIND=salesforce` | | the integration user |
 /// | `SALESFORCE_PRIVATE_KEY` | when `CRM_KIND=salesforce` (secret) | | PEM RSA key of the connected app's certificate (JWT bearer) |
 /// | `MAPPING_CONFIG_JSON` | no | the connector's defaults | JSON overrides of the field mapping (`MappingConfig`), e.g. `{"salesforce":{"account":{"country":"BillingCountryCode"}}}` |
-/// | `STORE` | no | `dynamodb` | `dynamodb`, or `memory` for local runs (nothing survives the instance) |
+/// | `STORE` | no | `dynamodb` | `dynamodb`, or `memory` for local runs (nothing survives the instance; refused when running in Lambda) |
 /// | `TABLE_NAME` | when `STORE=dynamodb` | | the DynamoDB table (idempotency, links, audit) |
 /// | `RETRY_QUEUE_URL` | when `STORE=dynamodb` | | the SQS retry queue URL |
 /// | `WEBHOOK_TRUST_ANCHORS_PEM` | yes | | PEM of the Microsoft root certificates the signing certificate chains to, or the path of a PEM file in the deployment package |
@@ -321,6 +321,16 @@ impl SyncConfig {
                 table_name: env.required("TABLE_NAME")?,
                 retry_queue_url: env.required("RETRY_QUEUE_URL")?,
             },
+            // In memory, each instance would have its own idempotency records and links: a
+            // redelivery reaching another instance would be applied again.
+            "memory" if env.optional("AWS_LAMBDA_FUNCTION_NAME").is_some() => {
+                return Err(ConfigError::invalid(
+                    "STORE",
+                    "memory is for local runs and tests: a function running in Lambda keeps \
+                     its idempotency records, links and audit log in DynamoDB (set STORE=dynamodb \
+                     with TABLE_NAME and RETRY_QUEUE_URL)",
+                ));
+            }
             "memory" => StoreConfig::Memory,
             other => {
                 return Err(ConfigError::invalid(
@@ -774,5 +784,20 @@ mod tests {
         vars.insert("PC_PARTNER_TEAM_JSON", r#"{"email":"x"}"#.into());
         let error = load(&vars).unwrap_err().to_string();
         assert!(error.contains("not a JSON array"), "{error}");
+    }
+
+    #[test]
+    fn a_function_running_in_lambda_refuses_the_memory_store() {
+        let mut vars = base();
+        vars.insert("STORE", "memory".into());
+        assert_eq!(load(&vars).unwrap().store, StoreConfig::Memory);
+        vars.insert("AWS_LAMBDA_FUNCTION_NAME", "partner-center-events".into());
+        match load(&vars).unwrap_err() {
+            ConfigError::Invalid { name, reason } => {
+                assert_eq!(name, "STORE");
+                assert!(reason.contains("STORE=dynamodb"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
