@@ -234,3 +234,40 @@ async fn a_malformed_body_is_dead_lettered_without_failing_the_rest_of_the_batch
     assert_eq!(dead[0].attributes["source"], "partner_center");
     assert_eq!(*h.app.queues.dead_lettered.lock().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_job_over_the_days_background_budget_is_queued_again_not_run_and_not_lost() {
+    use cosell_adapters::aws::{AnyApiBudget, Metering};
+    use cosell_domain::budget::BudgetPolicy;
+    use cosell_domain::ports::ApiBudget;
+
+    let mut h = Harness::start(Crm::Dataverse, 5).await;
+    // 10 calls a day, of which background work (retries, reconcile) may use 8: all 8 are used.
+    let now = Utc::now();
+    let counter = AnyApiBudget::memory();
+    counter.add(now.date_naive(), 8).await.unwrap();
+    let policy = BudgetPolicy {
+        daily_budget: 10,
+        webhook_reserved_share: 0.2,
+        ..BudgetPolicy::default()
+    };
+    h.app.metering = Metering::new(counter, policy);
+    let referral = h.seed_referral().await;
+    h.enqueue_created(&referral).await;
+    let calls_before = h.requests().await.len();
+
+    let (messages, answer) = h.poll(now).await;
+
+    assert_eq!(messages.len(), 1);
+    assert!(answer.batch_item_failures.is_empty(), "{answer:?}");
+    assert!(
+        h.opportunities_of(&referral).await.is_empty(),
+        "not run today"
+    );
+    assert_eq!(h.requests().await.len(), calls_before, "no service call");
+    // The job waits on the queue as a fresh message (delayed: its receives start at zero
+    // again), so the next day's poll runs it; none lost.
+    let depth = h.queue.depth().await.unwrap();
+    assert_eq!((depth.visible, depth.delayed), (0, 1), "{depth:?}");
+    assert_eq!(h.depth(&h.dlq).await, 0);
+}
