@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `--queue-url` / `RETRY_QUEUE_URL` | yes | the retry queue the jobs go back to |
 //! | `--dlq-url` / `DLQ_URL` (or `DEAD_LETTER_QUEUE_URL`) | no | its dead-letter queue; default: the retry queue's `RedrivePolicy` target |
-//! | `TABLE_NAME` | no | the connector's table: each job moved one by one gets a `redriven` audit entry |
+//! | `TABLE_NAME` | no | the connector's table: each job moved gets a `redriven` audit entry (a move task's jobs are listed first) |
 
 use std::collections::HashSet;
 use std::io::{IsTerminal as _, Write};
@@ -206,16 +206,9 @@ pub async fn redrive(
     let mut progress = Progress::new(options.progress, waiting);
 
     if options.dry_run {
-        let listed = receive_all(&dlq, options.limit).await?;
-        for message in &listed {
-            // Visible again at once: a listing moves nothing.
-            let _ = dlq
-                .change_visibility(&message.receipt_handle, Duration::ZERO)
-                .await;
-        }
         return Ok(Report {
             mode: Mode::DryRun,
-            jobs: listed.iter().map(DeadJob::of).collect(),
+            jobs: list(&dlq, options.limit).await?,
             moved: 0,
             failed: 0,
             failures: Vec::new(),
@@ -224,12 +217,14 @@ pub async fn redrive(
 
     if options.use_move_task && waiting > 0 {
         let destination = queue.arn().await?;
+        // What the task will move, for the report and the audit.
+        let jobs = list(&dlq, options.limit).await?;
         if let MoveTaskStart::Started(task) = dlq.start_move_task(Some(&destination)).await? {
             return Ok(Report {
                 mode: Mode::MoveTask {
                     task_handle: task.task_handle,
                 },
-                jobs: Vec::new(),
+                jobs,
                 moved: usize::try_from(waiting).unwrap_or(usize::MAX),
                 failed: 0,
                 failures: Vec::new(),
@@ -274,6 +269,18 @@ pub async fn redrive(
     Ok(report)
 }
 
+/// The jobs waiting in the dead-letter queue (up to `limit`), visible again at once: a listing
+/// moves nothing.
+async fn list(dlq: &SqsQueue, limit: usize) -> Result<Vec<DeadJob>, AwsAdapterError> {
+    let listed = receive_all(dlq, limit).await?;
+    for message in &listed {
+        let _ = dlq
+            .change_visibility(&message.receipt_handle, Duration::ZERO)
+            .await;
+    }
+    Ok(listed.iter().map(DeadJob::of).collect())
+}
+
 /// Send one message to the retry queue, then delete it from the dead-letter queue.
 async fn move_one(
     dlq: &SqsQueue,
@@ -295,8 +302,9 @@ async fn move_one(
     })
 }
 
-/// Append a [`AuditEvent::Redriven`] entry for every job a one-by-one redrive moved (so
-/// `cosell audit` shows when an operator replayed it); returns how many could not be written.
+/// Append a [`AuditEvent::Redriven`] entry for every job a redrive moved (one by one) or handed
+/// to a move task (so `cosell audit` shows when an operator replayed it); returns how many
+/// could not be written.
 pub async fn record_redriven(audit: &impl AuditLog, report: &Report, at: DateTime<Utc>) -> usize {
     let mut failed = 0;
     for job in &report.jobs {
@@ -421,7 +429,7 @@ async fn run(args: &Args, out: &mut dyn Write) -> Result<Exit> {
     let table = std::env::var("TABLE_NAME")
         .ok()
         .filter(|table| !table.trim().is_empty());
-    if let (Some(table), Mode::OneByOne) = (table, &report.mode) {
+    if let (Some(table), Mode::OneByOne | Mode::MoveTask { .. }) = (table, &report.mode) {
         let audit = DynamoAuditLog::new(aws.dynamodb.clone(), table);
         let unwritten = record_redriven(&audit, &report, Utc::now()).await;
         if unwritten > 0 {
