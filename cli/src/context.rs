@@ -209,6 +209,7 @@ pub fn referrals_tokens(
             credential_label: Some(
                 "the Partner Center refresh token (PC_REFRESH_TOKEN, app PC_CLIENT_ID)".into(),
             ),
+            keep_rotated_in: None,
         },
     )?)
 }

@@ -1,6 +1,9 @@
 //! What the handler runs with ([`App`]), and how `main` builds it from the [`Config`] once per
 //! cold start ([`Clients::from_config`], [`Stores`]).
 
+use std::sync::Arc;
+
+use cosell_adapters::aws::secrets::SecretWriter;
 use cosell_adapters::aws::{
     AnyApiBudget, AwsClients, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, Metering,
     SqsRetryQueue,
@@ -157,6 +160,11 @@ pub fn partner_center(
             credential_label: Some(
                 "the Partner Center refresh token (PC_REFRESH_TOKEN, app PC_CLIENT_ID)".into(),
             ),
+            keep_rotated_in: config
+                .refresh_token_secret
+                .as_deref()
+                .and_then(|arn| SecretWriter::for_reference("PC_REFRESH_TOKEN", arn))
+                .map(Arc::new),
         },
     )?;
     Ok(HttpPartnerCenter::new(http, tokens, &config.api_base_url)?)

@@ -80,7 +80,8 @@ impl ConfigError {
 /// Manager (`X_SECRET_ARN`: a secret ARN, `<arn>#<key>` for one key of a JSON secret) or SSM
 /// Parameter Store (`X_SSM_PARAMETER`, decrypted): `main` resolves those references once per
 /// cold start (`cosell_adapters::aws::secrets`) and passes the values in through
-/// [`Config::from_lookup`]. Secrets are held as [`SecretString`] and never logged (`Debug`
+/// [`Config::from_lookup`]. The secret `PC_REFRESH_TOKEN_SECRET_ARN` names also receives each
+/// refresh token Entra rotates. Secrets are held as [`SecretString`] and never logged (`Debug`
 /// redacts them). Lambda caps all variables together at 4 KiB, which is why the certificate
 /// bundles may be given as file paths.
 #[derive(Debug, Clone)]
@@ -122,6 +123,9 @@ pub struct PartnerCenterConfig {
     pub partner_organization_id: Option<String>,
     /// `PC_PARTNER_TEAM_JSON`: the partner's sales team on referrals created from the CRM.
     pub partner_team: Vec<Member>,
+    /// `PC_REFRESH_TOKEN_SECRET_ARN`: the secret the refresh token is read from, which keeps
+    /// the token Entra rotates.
+    pub refresh_token_secret: Option<String>,
 }
 
 /// The CRM and its credentials.
@@ -286,6 +290,7 @@ impl SyncConfig {
             refresh_token: env.secret("PC_REFRESH_TOKEN")?,
             partner_organization_id: env.optional("PC_PARTNER_ORGANIZATION_ID"),
             partner_team: partner_team(env.optional("PC_PARTNER_TEAM_JSON"))?,
+            refresh_token_secret: env.optional("PC_REFRESH_TOKEN_SECRET_ARN"),
         };
         let crm = match env.required("CRM_KIND")?.to_ascii_lowercase().as_str() {
             "dataverse" => CrmConfig::Dataverse {

@@ -62,6 +62,7 @@ impl Harness {
             refresh_token: SecretString::from(refresh_token.to_owned()),
             scope: PARTNER_CENTER_REFERRALS_SCOPE.to_owned(),
             credential_label: Some("the Partner Center refresh token (PC_REFRESH_TOKEN)".into()),
+            keep_rotated_in: None,
         }
     }
 
@@ -496,6 +497,7 @@ async fn the_rotated_refresh_token_is_used_for_the_next_refresh() {
                 refresh_token: SecretString::from("rt-0"),
                 scope: PARTNER_CENTER_REFERRALS_SCOPE.into(),
                 credential_label: None,
+                keep_rotated_in: None,
             },
         )
         .unwrap(),

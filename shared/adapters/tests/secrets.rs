@@ -6,8 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 use cosell_adapters::aws::aws_config::{self, BehaviorVersion, Region};
-use cosell_adapters::aws::secrets::{SecretError, SecretResolver};
+use std::sync::Arc;
+
+use cosell_adapters::aws::secrets::{SecretError, SecretResolver, SecretWriter};
 use cosell_adapters::aws::{aws_sdk_secretsmanager, aws_sdk_ssm};
+use cosell_adapters::http::tokens::PARTNER_CENTER_REFERRALS_SCOPE;
+use cosell_adapters::http::{EntraRefreshToken, EntraRefreshTokenConfig};
+use cosell_sandbox::SandboxConfig;
+use cosell_sandbox::identities::{PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN, TENANT_ID};
 use secrecy::ExposeSecret;
 
 const START_MOTO: &str = "start moto: run scripts/test.sh (or `moto_server -H 127.0.0.1 -p 5055` \
@@ -263,5 +269,90 @@ async fn values_never_appear_in_debug_or_display() {
         texts[0].contains('A') && texts[0].contains('C'),
         "{}",
         texts[0]
+    );
+}
+
+/// The sandbox's Entra answers every refresh with a rotated refresh token.
+fn refresh_tokens(
+    authority: &str,
+    refresh_token: &str,
+    keep: Option<SecretWriter>,
+) -> EntraRefreshToken {
+    EntraRefreshToken::new(
+        reqwest::Client::new(),
+        EntraRefreshTokenConfig {
+            authority: authority.to_owned(),
+            tenant: TENANT_ID.to_owned(),
+            client_id: PC_CLIENT_ID.to_owned(),
+            client_secret: secrecy::SecretString::from(PC_CLIENT_SECRET),
+            refresh_token: secrecy::SecretString::from(refresh_token.to_owned()),
+            scope: PARTNER_CENTER_REFERRALS_SCOPE.to_owned(),
+            credential_label: None,
+            keep_rotated_in: keep.map(Arc::new),
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_written_back_to_its_key_of_the_secret() {
+    // The writer builds its client from the standard variables, which scripts/test.sh points
+    // at moto (AWS_ENDPOINT_URL).
+    let moto = moto().await;
+    let secret = serde_json::json!({
+        "pc_refresh_token": PC_REFRESH_TOKEN,
+        "pc_client_secret": "kept as it is",
+    });
+    let arn = moto.secret(&secret.to_string()).await;
+    let reference = format!("{arn}#pc_refresh_token");
+    let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
+        .await
+        .unwrap();
+    let writer = SecretWriter::for_reference("PC_REFRESH_TOKEN", &reference).unwrap();
+    assert!(!format!("{writer:?}").contains(PC_REFRESH_TOKEN));
+
+    let tokens = refresh_tokens(&sandbox.base_url, PC_REFRESH_TOKEN, Some(writer));
+    tokens.token().await.unwrap();
+
+    let stored = moto
+        .secrets_manager
+        .get_secret_value()
+        .secret_id(&arn)
+        .send()
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    let rotated = stored["pc_refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(
+        rotated, PC_REFRESH_TOKEN,
+        "the rotated token replaced the first one"
+    );
+    assert_eq!(stored["pc_client_secret"], "kept as it is");
+
+    // A new instance reads the rotated one from the secret, and it works.
+    let resolved = moto
+        .resolver
+        .resolve_vars([("PC_REFRESH_TOKEN_SECRET_ARN", reference.as_str())])
+        .await
+        .unwrap();
+    let next = resolved
+        .get("PC_REFRESH_TOKEN")
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    assert_eq!(next, rotated);
+    refresh_tokens(&sandbox.base_url, &next, None)
+        .token()
+        .await
+        .unwrap();
+}
+
+#[test]
+fn only_secrets_manager_references_are_written_back() {
+    assert!(SecretWriter::for_reference("PC_REFRESH_TOKEN", "  ").is_none());
+    let writer = SecretWriter::for_reference("PC_REFRESH_TOKEN", "arn:aws:x:secret:pc#rt").unwrap();
+    assert_eq!(
+        writer.describe(),
+        "the key rt of the Secrets Manager secret arn:aws:x:secret:pc"
     );
 }

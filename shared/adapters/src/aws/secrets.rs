@@ -157,6 +157,16 @@ pub enum SecretError {
         /// The variable.
         variable: String,
     },
+    /// A changed value could not be written back.
+    #[error("{variable}: could not write the new value to {reference}: {problem}")]
+    Unwritable {
+        /// The variable.
+        variable: String,
+        /// Where the value is kept.
+        reference: String,
+        /// The service's error code and message, and what to check.
+        problem: String,
+    },
     /// The service call failed (missing secret or parameter, access denied, network).
     #[error("{variable}: could not read {reference}: {problem}")]
     Unreadable {
@@ -432,6 +442,91 @@ where
         None => DisplayErrorContext(err).to_string(),
     };
     format!("{detail}{hint}")
+}
+
+/// Writes a value that changed while the function ran (Entra's rotated refresh token) back to
+/// the Secrets Manager secret it came from — the whole secret, or its key of a JSON secret,
+/// the other keys unchanged — so the next cold start begins with the newest one. The client
+/// is built on the first write (a function that never rotates never loads it). SSM
+/// parameters are not written back.
+#[derive(Debug)]
+pub struct SecretWriter {
+    variable: String,
+    secret_id: String,
+    json_key: Option<String>,
+    client: tokio::sync::OnceCell<aws_sdk_secretsmanager::Client>,
+}
+
+impl SecretWriter {
+    /// A writer for `variable`'s `X_SECRET_ARN` value (`arn` or `arn#key`); `None` for a
+    /// blank one.
+    pub fn for_reference(variable: &str, reference: &str) -> Option<Self> {
+        match SecretSource::secrets_manager(reference) {
+            SecretSource::SecretsManager {
+                secret_id,
+                json_key,
+            } if !secret_id.is_empty() => Some(Self {
+                variable: variable.to_owned(),
+                secret_id,
+                json_key,
+                client: tokio::sync::OnceCell::new(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where it writes, in words (no value).
+    pub fn describe(&self) -> String {
+        SecretSource::SecretsManager {
+            secret_id: self.secret_id.clone(),
+            json_key: self.json_key.clone(),
+        }
+        .to_string()
+    }
+
+    /// Put `value` in place of the old one (a new version of the secret).
+    pub async fn write(&self, value: &SecretString) -> Result<(), SecretError> {
+        let client = self
+            .client
+            .get_or_init(|| async {
+                aws_sdk_secretsmanager::Client::new(&super::sdk_config_from_env().await)
+            })
+            .await;
+        let unwritable = |problem: String| SecretError::Unwritable {
+            variable: self.variable.clone(),
+            reference: self.describe(),
+            problem,
+        };
+        let text = match &self.json_key {
+            None => value.expose_secret().to_owned(),
+            Some(key) => {
+                let current = client
+                    .get_secret_value()
+                    .secret_id(&self.secret_id)
+                    .send()
+                    .await
+                    .map_err(|err| unwritable(problem(&err, "secretsmanager:GetSecretValue")))?;
+                let mut object = current
+                    .secret_string()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                    .and_then(|value| value.as_object().cloned())
+                    .ok_or_else(|| unwritable("the secret is not a JSON object".to_owned()))?;
+                object.insert(
+                    key.clone(),
+                    serde_json::Value::String(value.expose_secret().to_owned()),
+                );
+                serde_json::Value::Object(object).to_string()
+            }
+        };
+        client
+            .put_secret_value()
+            .secret_id(&self.secret_id)
+            .secret_string(text)
+            .send()
+            .await
+            .map_err(|err| unwritable(problem(&err, "secretsmanager:PutSecretValue")))?;
+        Ok(())
+    }
 }
 
 /// The references in the process environment, resolved; no AWS configuration is even loaded

@@ -24,6 +24,7 @@
 //! and `https://login.salesforce.com` (`https://test.salesforce.com` for Salesforce sandboxes,
 //! or a My Domain URL); tests and the demo use the sandbox's base URL for both.
 
+use crate::aws::secrets::SecretWriter;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -515,13 +516,17 @@ pub struct EntraRefreshTokenConfig {
     pub client_id: String,
     /// The app's client secret.
     pub client_secret: SecretString,
-    /// The refresh token from the user's consent (rotated copies are kept in memory).
+    /// The refresh token from the user's consent (rotated copies are kept in memory, and in
+    /// [`Self::keep_rotated_in`] when set).
     pub refresh_token: SecretString,
     /// The resource scope, e.g. [`PARTNER_CENTER_REFERRALS_SCOPE`].
     pub scope: String,
     /// Where the refresh token is configured, for fixes (e.g. `the secret
     /// cosell/partner-center (PC_REFRESH_TOKEN)`); `None` describes it generically.
     pub credential_label: Option<String>,
+    /// The secret the refresh token came from: each rotated one is written back there, so a
+    /// new instance starts from the newest instead of the one first configured.
+    pub keep_rotated_in: Option<Arc<SecretWriter>>,
 }
 
 impl EntraRefreshTokenConfig {
@@ -540,13 +545,15 @@ impl EntraRefreshTokenConfig {
             refresh_token,
             scope: PARTNER_CENTER_REFERRALS_SCOPE.to_owned(),
             credential_label: None,
+            keep_rotated_in: None,
         }
     }
 }
 
 /// Delegated (App+User) tokens from a refresh token. The refresh token Entra rotates in each
-/// answer replaces the configured one in memory for the life of the instance (it is not
-/// written back anywhere; the configured one stays valid until revoked).
+/// answer replaces the configured one in memory for the life of the instance, and is written
+/// back to its secret when [`EntraRefreshTokenConfig::keep_rotated_in`] names one (a failed
+/// write is logged, without the token, and does not fail the request).
 #[derive(Debug, Clone)]
 pub struct EntraRefreshToken {
     inner: Arc<EntraRefreshInner>,
@@ -556,6 +563,7 @@ pub struct EntraRefreshToken {
 struct EntraRefreshInner {
     app: EntraApp,
     refresh_token: std::sync::Mutex<SecretString>,
+    keep_rotated_in: Option<Arc<SecretWriter>>,
     cache: TokenCache,
 }
 
@@ -584,6 +592,7 @@ impl EntraRefreshToken {
                     credential,
                 },
                 refresh_token: std::sync::Mutex::new(config.refresh_token),
+                keep_rotated_in: config.keep_rotated_in,
                 cache: TokenCache::default(),
             }),
         })
@@ -624,6 +633,15 @@ impl EntraRefreshToken {
         ];
         let mut answer = app.request(EntraGrant::RefreshToken, &ctx, &form).await?;
         if let Some(rotated) = answer.refresh_token.take() {
+            if let Some(writer) = &inner.keep_rotated_in
+                && let Err(error) = Box::pin(writer.write(&rotated)).await
+            {
+                tracing::warn!(
+                    %error,
+                    "the rotated refresh token was not saved; a new instance starts from the \
+                     one stored before"
+                );
+            }
             *inner
                 .refresh_token
                 .lock()
