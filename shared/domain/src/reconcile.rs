@@ -295,6 +295,22 @@ struct Pass {
     finished: bool,
 }
 
+impl Pass {
+    /// A page fully handled (all its jobs queued): count it, move the newest change seen, and
+    /// keep where the next page starts. `None` when it was the last page.
+    fn page_done(
+        &mut self,
+        page_newest: Option<DateTime<Utc>>,
+        next_link: Option<String>,
+    ) -> Option<String> {
+        self.pages_done += 1;
+        self.newest = newest(self.newest, page_newest);
+        self.next_link.clone_from(&next_link);
+        self.finished = next_link.is_none();
+        next_link
+    }
+}
+
 /// What to do with one record.
 enum Verdict {
     InSync,
@@ -495,15 +511,9 @@ where
             report.referrals.error = Some(error.to_string());
             break;
         }
-        pass.pages_done += 1;
-        pass.newest = newest(pass.newest, page_newest);
-        pass.next_link.clone_from(&page.next_link);
-        match page.next_link {
+        match pass.page_done(page_newest, page.next_link) {
             Some(link) => next = Some(link),
-            None => {
-                pass.finished = true;
-                break;
-            }
+            None => break,
         }
     }
     report.referrals.finished = pass.finished;
@@ -680,15 +690,9 @@ where
             report.opportunities.error = Some(error.to_string());
             break;
         }
-        pass.pages_done += 1;
-        pass.newest = newest(pass.newest, page_newest);
-        pass.next_link.clone_from(&page.next_link);
-        match page.next_link {
+        match pass.page_done(page_newest, page.next_link) {
             Some(link) => next = Some(link),
-            None => {
-                pass.finished = true;
-                break;
-            }
+            None => break,
         }
     }
     report.opportunities.finished = pass.finished;
