@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One build from scratch gains nothing from incremental compilation, and its files are the
+# largest part of a clean target directory: off unless the caller asks for it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 log() { printf '\n==> %s\n' "$*"; }
 
 ensure_moto() {
