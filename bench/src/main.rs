@@ -138,7 +138,8 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-#[tokio::main]
+// The functions' own runtime (see their `main.rs`), so the handler runs as it does in Lambda.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);

@@ -6,7 +6,9 @@ use cosell_adapters::aws::{AnyApiBudget, DynamoApiBudget, secrets};
 use cosell_domain::budget::BudgetPolicy;
 use crm_events::{App, Clients, Config, StoreConfig, Stores, serve};
 
-#[tokio::main]
+// One event at a time per instance: a single-threaded runtime spares every I/O wake-up a
+// hand-over between threads (its CPU cost is in the README's benchmark section).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
     // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.

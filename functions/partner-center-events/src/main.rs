@@ -8,7 +8,9 @@ use cosell_domain::{AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCent
 use lambda_http::{run, service_fn};
 use partner_center_events::{App, Clients, Config, StoreConfig, Stores, handler};
 
-#[tokio::main]
+// One event at a time per instance: a single-threaded runtime spares every I/O wake-up a
+// hand-over between threads (its CPU cost is in the README's benchmark section).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     lambda_http::tracing::init_default_subscriber();
     // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.

@@ -496,10 +496,15 @@ async fn created_referral_becomes_one_opportunity(crm: Crm) {
         .partition(|record| record.key.as_str().starts_with("pc:"));
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].status, IdempotencyStatus::Completed);
-    // The lock on creating the opportunity, kept a minute after the create.
+    // The lock on creating the opportunity: left to expire at the invocation's deadline, not
+    // written again after the create.
     assert_eq!(locks.len(), 1, "{locks:?}");
     assert!(locks[0].key.as_str().starts_with("create:referral:"));
-    assert_eq!(locks[0].status, IdempotencyStatus::Completed);
+    assert_eq!(locks[0].status, IdempotencyStatus::InProgress);
+    let held_until = locks[0]
+        .in_progress_until
+        .expect("an in-progress lock has a deadline");
+    assert!(held_until > chrono::Utc::now(), "{held_until}");
 }
 
 async fn sequential_duplicates_change_nothing(crm: Crm) {

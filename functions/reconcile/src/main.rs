@@ -7,7 +7,9 @@ use lambda_runtime::{run, service_fn};
 use partner_center_events::StoreConfig;
 use reconcile::{App, Config, LocalApp, ProductionApp, handler};
 
-#[tokio::main]
+// One event at a time per instance: a single-threaded runtime spares every I/O wake-up a
+// hand-over between threads (its CPU cost is in the README's benchmark section).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.

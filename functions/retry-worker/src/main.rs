@@ -7,7 +7,9 @@ use cosell_adapters::aws::{AnyApiBudget, DynamoApiBudget, secrets};
 use cosell_domain::budget::BudgetPolicy;
 use retry_worker::{App, Clients, Config, SqsWorkerQueues, StoreConfig, Stores, serve};
 
-#[tokio::main]
+// One event at a time per instance: a single-threaded runtime spares every I/O wake-up a
+// hand-over between threads (its CPU cost is in the README's benchmark section).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     lambda_runtime::tracing::init_default_subscriber();
     // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.

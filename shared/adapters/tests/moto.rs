@@ -494,6 +494,27 @@ async fn needs_attention_shows_a_failure_until_a_later_success_of_the_same_recor
     .await
     .unwrap();
     assert_eq!(log.needs_attention(10).await.unwrap().len(), 2);
+    // The late success is in the history all the same.
+    let history = log.by_crm_record(&crm(SALESFORCE_B), 10).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.event == AuditEvent::Updated && e.at == t0 + secs(1)),
+        "{history:?}"
+    );
+    // Nor does an older failure arriving late replace the newer one.
+    log.append(&entry(
+        t0 + secs(1),
+        None,
+        Some(SALESFORCE_B),
+        failed("Old news."),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        log.needs_attention(10).await.unwrap(),
+        vec![crm_failed.clone(), referral_failed.clone()]
+    );
 
     // A later success of the referral clears the referral's failure only.
     log.append(&entry(

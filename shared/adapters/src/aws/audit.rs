@@ -5,23 +5,23 @@
 //! `gsi1sk = sk` when the CRM record is known; the [`AuditEntry`] fields as plain attributes
 //! (`event` is a map with its `kind`). Lists are newest first (`ScanIndexForward = false`).
 //!
-//! "Needs attention" means the record's latest outcome is a failure: appending a `Failed` entry
+//! "Needs attention" means the record's latest outcome is a failure. Appending a `Failed` entry
 //! also puts an `ATTENTION` item in the record's partition (`sk = ATTENTION`,
-//! `gsi2pk = ATTENTION`, `gsi2sk = <timestamp>`) carrying the entry; appending a later success
-//! (`Created`, `Updated`, `WrittenBack`, `UnchangedSkipped`) deletes the `ATTENTION` items of
-//! the referral and of the CRM record it names. Both writes are conditional on the timestamp
-//! (`gsi2sk <= :at`), so an older entry arriving late neither hides nor replaces a newer
-//! failure. [`AuditLog::needs_attention`] queries the sparse `gsi2`.
+//! `gsi2pk = ATTENTION`, `gsi2sk = <timestamp>`) carrying the entry, unless a newer failure is
+//! there (conditional on `gsi2sk <= :at`, so an older failure arriving late replaces nothing).
+//! A success writes nothing beyond its entry: the sync path stays at one request per entry.
+//! Instead [`AuditLog::needs_attention`] reads the sparse `gsi2` and drops each `ATTENTION`
+//! item followed by a strictly later success (`Created`, `Updated`, `WrittenBack`,
+//! `UnchangedSkipped`) of its referral or CRM record, deleting it on the way; an older success
+//! arriving late resolves nothing.
 //!
 //! Entries expire [`AUDIT_RETENTION_DAYS`] after they happened (the table's TTL attribute);
-//! `ATTENTION` items do not: an open problem stays listed until a success clears it.
+//! `ATTENTION` items do not: an open problem stays listed until a success resolves it.
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use cosell_domain::{
-    AuditEntry, AuditEvent, AuditLog, CrmRecordId, PortError, ReferralId, Service,
-};
+use aws_sdk_dynamodb::types::Select;
+use cosell_domain::{AuditEntry, AuditLog, CrmRecordId, PortError, ReferralId, Service};
 
 use crate::aws::item::{Item, from_item, get_s, n, s, to_item};
 use crate::aws::table::{
@@ -63,66 +63,40 @@ impl DynamoAuditLog {
         &self.table
     }
 
-    /// [`AuditLog::append`], with the adapter's error.
+    /// [`AuditLog::append`], with the adapter's error: one `PutItem`, and for a failure a
+    /// second one, the `ATTENTION` item (unless a newer failure is there already).
     pub async fn try_append(&self, entry: &AuditEntry) -> Result<(), AwsAdapterError> {
         let partition = partition_of(entry);
-        let at = keys::timestamp(entry.at);
         let attributes = to_item(entry).map_err(|source| AwsAdapterError::Serialize {
             what: "an audit entry",
             source,
         })?;
-
-        let mut item = attributes.clone();
-        let sk = keys::audit_sk(entry.at);
-        if let Some(crm) = &entry.crm {
-            item.insert(GSI1_PK.into(), s(keys::crm_pk(crm)));
-            item.insert(GSI1_SK.into(), s(sk.clone()));
-        }
-        item.insert(PK.into(), s(partition.clone()));
-        item.insert(SK.into(), s(sk));
-        item.insert(ENTITY.into(), s("audit"));
-        let expires = entry.at + chrono::Duration::days(AUDIT_RETENTION_DAYS);
-        item.insert(TTL_ATTRIBUTE.into(), n(expires.timestamp()));
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(entry_item(
+                entry,
+                partition.clone(),
+                attributes.clone(),
+            )))
             .send()
             .await
             .on_table(&self.table)?;
-
-        if entry.needs_attention() {
-            self.flag(partition, &at, attributes).await
-        } else if is_success(&entry.event) {
-            let mut partitions = Vec::with_capacity(2);
-            partitions.extend(entry.referral_id.as_ref().map(keys::referral_pk));
-            partitions.extend(entry.crm.as_ref().map(keys::crm_pk));
-            for partition in partitions {
-                self.clear(partition, &at).await?;
-            }
-            Ok(())
-        } else {
-            Ok(())
+        if !entry.needs_attention() {
+            return Ok(());
         }
-    }
-
-    /// Put the record's `ATTENTION` item, unless a newer failure is already there.
-    async fn flag(
-        &self,
-        partition: String,
-        at: &str,
-        mut item: Item,
-    ) -> Result<(), AwsAdapterError> {
-        item.insert(PK.into(), s(partition));
-        item.insert(SK.into(), s(keys::ATTENTION));
-        item.insert(GSI2_PK.into(), s(keys::ATTENTION));
-        item.insert(GSI2_SK.into(), s(at));
-        item.insert(ENTITY.into(), s("attention"));
+        let mut flag = attributes;
+        let at = keys::timestamp(entry.at);
+        flag.insert(PK.into(), s(partition));
+        flag.insert(SK.into(), s(keys::ATTENTION));
+        flag.insert(GSI2_PK.into(), s(keys::ATTENTION));
+        flag.insert(GSI2_SK.into(), s(&at));
+        flag.insert(ENTITY.into(), s("attention"));
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(flag))
             .condition_expression("attribute_not_exists(#pk) OR #at <= :at")
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#at", GSI2_SK)
@@ -130,38 +104,11 @@ impl DynamoAuditLog {
             .send()
             .await;
         match put {
+            // A newer failure is there.
             Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(PutItemError::ConditionalCheckFailedException(_))
-                ) =>
-            {
-                Ok(())
-            }
-            other => other.map(drop).on_table(&self.table),
-        }
-    }
-
-    /// Delete the record's `ATTENTION` item, unless it holds a newer failure.
-    async fn clear(&self, partition: String, at: &str) -> Result<(), AwsAdapterError> {
-        let delete = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(PK, s(partition))
-            .key(SK, s(keys::ATTENTION))
-            .condition_expression("#at <= :at")
-            .expression_attribute_names("#at", GSI2_SK)
-            .expression_attribute_values(":at", s(at))
-            .send()
-            .await;
-        match delete {
-            // Nothing to clear, or a newer failure.
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(DeleteItemError::ConditionalCheckFailedException(_))
-                ) =>
+                if err
+                    .as_service_error()
+                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
             {
                 Ok(())
             }
@@ -207,22 +154,115 @@ impl DynamoAuditLog {
         .await
     }
 
-    /// [`AuditLog::needs_attention`], with the adapter's error.
+    /// [`AuditLog::needs_attention`], with the adapter's error: the `ATTENTION` items newest
+    /// first, less those a later success has resolved (each checked with one `Query`, and
+    /// deleted once found resolved, so the next listing skips it for free).
     pub async fn try_needs_attention(
         &self,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, AwsAdapterError> {
-        self.newest(
-            Listing {
-                index: Some(GSI2),
-                pk_attribute: GSI2_PK,
-                pk: keys::ATTENTION.into(),
-                sk_attribute: GSI2_SK,
-                sk_prefix: None,
-            },
-            limit,
-        )
-        .await
+        let mut open = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI2)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", GSI2_PK)
+                .expression_attribute_values(":pk", s(keys::ATTENTION))
+                .scan_index_forward(false)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .on_table(&self.table)?;
+            for item in page.items() {
+                let entry = self.decode(item)?;
+                let (Some(partition), Some(at)) = (get_s(item, PK), get_s(item, GSI2_SK)) else {
+                    continue;
+                };
+                if self.resolved(partition, at).await? {
+                    self.forget(partition, at).await;
+                    continue;
+                }
+                open.push(entry);
+                if open.len() >= limit {
+                    return Ok(open);
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(open),
+            }
+        }
+    }
+
+    /// Whether the record of `partition` had a success after its failure at `at`: an entry of
+    /// the referral's partition, or of the CRM record's index, strictly later (a success
+    /// earlier in the failing run itself does not count). The index is eventually consistent,
+    /// so a success of the last moments may not count yet.
+    async fn resolved(&self, partition: &str, at: &str) -> Result<bool, AwsAdapterError> {
+        let (index, pk, sk) = if partition.starts_with(keys::REFERRAL_PREFIX) {
+            (None, PK, SK)
+        } else if partition.starts_with(keys::CRM_PREFIX) {
+            (Some(GSI1), GSI1_PK, GSI1_SK)
+        } else {
+            return Ok(false);
+        };
+        // Sort keys are `AUDIT#<at>#<uuid>` (hex): `~` sorts after all of one instant.
+        let after = format!("{}{at}#~", keys::AUDIT_PREFIX);
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .set_index_name(index.map(str::to_owned))
+            .set_consistent_read(index.is_none().then_some(true))
+            .key_condition_expression("#pk = :pk AND #sk > :after")
+            .filter_expression("#event.#kind IN (:k0, :k1, :k2, :k3)")
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_names("#sk", sk)
+            .expression_attribute_names("#event", "event")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_values(":pk", s(partition))
+            .expression_attribute_values(":after", s(after))
+            .select(Select::Count);
+        for (i, kind) in SUCCESS_KINDS.iter().enumerate() {
+            query = query.expression_attribute_values(format!(":k{i}"), s(*kind));
+        }
+        let mut start = None;
+        loop {
+            let page = query
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .on_table(&self.table)?;
+            if page.count() > 0 {
+                return Ok(true);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(false),
+            }
+        }
+    }
+
+    /// Delete a resolved `ATTENTION` item, unless a new failure replaced it meanwhile. Only
+    /// saves later listings a check, so a failure (a listing user without `DeleteItem`) is
+    /// ignored.
+    async fn forget(&self, partition: &str, at: &str) {
+        let _ = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(partition))
+            .key(SK, s(keys::ATTENTION))
+            .condition_expression("#at = :at")
+            .expression_attribute_names("#at", GSI2_SK)
+            .expression_attribute_values(":at", s(at))
+            .send()
+            .await;
     }
 
     /// Up to `limit` entries of one partition, newest first, across result pages.
@@ -288,15 +328,23 @@ fn partition_of(entry: &AuditEntry) -> String {
     }
 }
 
-/// An outcome that ends a record's "needs attention".
-fn is_success(event: &AuditEvent) -> bool {
-    matches!(
-        event,
-        AuditEvent::Created
-            | AuditEvent::Updated
-            | AuditEvent::WrittenBack
-            | AuditEvent::UnchangedSkipped
-    )
+/// The `event.kind`s of the outcomes that end a record's "needs attention" (`Created`,
+/// `Updated`, `WrittenBack`, `UnchangedSkipped`; pinned by a test against the serde names).
+const SUCCESS_KINDS: [&str; 4] = ["created", "updated", "written_back", "unchanged_skipped"];
+
+/// The entry's own item: its attributes, keys, the CRM index keys and the TTL.
+fn entry_item(entry: &AuditEntry, partition: String, mut item: Item) -> Item {
+    let sk = keys::audit_sk(entry.at);
+    if let Some(crm) = &entry.crm {
+        item.insert(GSI1_PK.into(), s(keys::crm_pk(crm)));
+        item.insert(GSI1_SK.into(), s(sk.clone()));
+    }
+    item.insert(PK.into(), s(partition));
+    item.insert(SK.into(), s(sk));
+    item.insert(ENTITY.into(), s("audit"));
+    let expires = entry.at + chrono::Duration::days(AUDIT_RETENTION_DAYS);
+    item.insert(TTL_ATTRIBUTE.into(), n(expires.timestamp()));
+    item
 }
 
 impl AuditLog for DynamoAuditLog {
@@ -334,5 +382,29 @@ impl AuditLog for DynamoAuditLog {
         self.try_needs_attention(limit)
             .await
             .map_err(|e| e.into_port_error(Service::AuditLog))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cosell_domain::AuditEvent;
+
+    use super::SUCCESS_KINDS;
+
+    #[test]
+    fn success_kinds_are_the_stored_kinds_of_the_success_events() {
+        let kinds: Vec<String> = [
+            AuditEvent::Created,
+            AuditEvent::Updated,
+            AuditEvent::WrittenBack,
+            AuditEvent::UnchangedSkipped,
+        ]
+        .iter()
+        .map(|event| {
+            let value = serde_json::to_value(event).unwrap_or_default();
+            value["kind"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+        assert_eq!(kinds, SUCCESS_KINDS);
     }
 }

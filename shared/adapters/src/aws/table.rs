@@ -106,6 +106,10 @@ pub mod keys {
     pub const LINK_SK: &str = "LINK";
     /// Sort key (and `gsi2pk`) of a "needs attention" item.
     pub const ATTENTION: &str = "ATTENTION";
+    /// Partition-key prefix of a referral's items.
+    pub const REFERRAL_PREFIX: &str = "REFERRAL#";
+    /// Partition-key prefix of a CRM record's items.
+    pub const CRM_PREFIX: &str = "CRM#";
     /// Sort-key prefix of audit entries.
     pub const AUDIT_PREFIX: &str = "AUDIT#";
     /// Partition of audit entries that name neither a referral nor a CRM record.
@@ -137,12 +141,12 @@ pub mod keys {
 
     /// `REFERRAL#<referral id>`.
     pub fn referral_pk(id: &ReferralId) -> String {
-        format!("REFERRAL#{id}")
+        format!("{REFERRAL_PREFIX}{id}")
     }
 
     /// `CRM#<dataverse|salesforce>#<id>`.
     pub fn crm_pk(crm: &CrmRecordId) -> String {
-        format!("CRM#{}#{}", crm.kind(), crm.native())
+        format!("{CRM_PREFIX}{}#{}", crm.kind(), crm.native())
     }
 
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`: sorts as time.

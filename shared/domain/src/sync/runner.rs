@@ -286,19 +286,20 @@ pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> 
     }
 }
 
-/// How long a finished create keeps its lock: the other delivery's retry comes after it and
-/// finds the link.
-const CREATE_LOCK_KEPT_SECS: i64 = 60;
 /// When the delivery that found the create locked runs again.
 const CREATE_LOCK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Run `work` — creating the counterpart of `subject` (a CRM record's referral, a referral's
 /// opportunity with its account and contact) — under a short lock, the idempotency key
-/// `create:<subject>`, held until the invocation's deadline at most (so a holder that was
-/// killed frees it, as its delivery's own key). Two deliveries of one new record arriving together (a Dataverse Create
+/// `create:<subject>`. Two deliveries of one new record arriving together (a Dataverse Create
 /// and Update, a `referral-created` and `referral-updated`) carry different keys, so the
 /// exactly-once key alone would let both create; the second one finds the lock taken, fails
 /// as retryable and runs again later, when the link exists.
+///
+/// The lock is held until the invocation's deadline (so a holder that was killed frees it, as
+/// its delivery's own key) and is simply left to expire after a successful create: one write
+/// fewer per new record, and the other delivery's retry, which comes after it, finds the link.
+/// A failed create releases it at once.
 pub(crate) async fn creating<I, A, T>(
     store: &I,
     journal: &Journal<'_, A>,
@@ -332,14 +333,10 @@ where
         }));
     }
     let result = work.await;
-    let settled = match &result {
-        Ok(_) => {
-            let kept = now + chrono::TimeDelta::seconds(CREATE_LOCK_KEPT_SECS);
-            store.complete(&key, &Value::Null, kept).await
-        }
-        Err(_) => store.release(&key).await,
-    };
-    journal.tolerate(settled);
+    if result.is_err() {
+        let released = store.release(&key).await;
+        journal.tolerate(released);
+    }
     result
 }
 
