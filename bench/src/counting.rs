@@ -4,7 +4,10 @@
 //!   links) by delegating to the DynamoDB / SQS adapter it wraps, counting every port call as
 //!   `dynamodb:<store>.<method>` or `sqs:<store>.<method>`;
 //! * [`AwsRequestCounter`] — an AWS SDK interceptor counting the requests that actually go on
-//!   the wire, as `<service>:<Operation>` (`dynamodb:PutItem`), retries included.
+//!   the wire, as `<service>:<Operation>` (`dynamodb:PutItem`), retries included;
+//! * [`IoGauge`] — the process CPU time spent while at least one port call is in flight, fed by
+//!   [`Counted`] (the stores) and [`Gauged`] (the Partner Center and CRM clients), so the
+//!   handler's CPU can be split into its own part and the part inside the ports.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,12 +21,17 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use chrono::{DateTime, Utc};
 use cosell_adapters::aws::aws_sdk_dynamodb::config::ConfigBag;
-use cosell_domain::ids::{CrmRecordId, ReferralId};
+use cosell_domain::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
+use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, IdempotencyKey, IdempotencyStore, Link,
-    LinkStore, PortError, RetryJob, RetryQueue,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
+    Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PartnerCenter, PortError,
+    ReferralQuery, RetryJob, RetryQueue, Upserted,
 };
+use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
+
+use crate::system::process_cpu_time;
 
 /// Counts per key. Cheap to share (`Arc`).
 #[derive(Debug, Default)]
@@ -64,11 +72,82 @@ pub fn delta(
         .collect()
 }
 
-/// A store port wrapped so every call is counted under `<service>:<store>.<method>`.
+/// The process CPU time spent while at least one port call is in flight: the **union** of the
+/// in-flight intervals, so port calls running at once (a `join` in the domain, concurrent
+/// copies of an event) are counted once, not once per call. Cheap to share (`Arc`).
+///
+/// On the benchmark's `current_thread` runtime everything runs on the calling thread, so while
+/// a port call is in flight the process's CPU goes to that call (its adapter, the AWS SDK or
+/// HTTP client stack, their background connection tasks and the kernel's network stack) —
+/// or to other tasks that happen to run meanwhile (another concurrent copy's own code).
+#[derive(Debug, Default)]
+pub struct IoGauge(Mutex<GaugeState>);
+
+#[derive(Debug, Default)]
+struct GaugeState {
+    /// Port calls in flight.
+    depth: usize,
+    /// Process CPU time when `depth` last went from 0 to 1.
+    since: Duration,
+    /// Closed intervals so far.
+    total: Duration,
+}
+
+/// One port call in flight; leaving it (also when its future is dropped unfinished) closes it.
+#[derive(Debug)]
+struct InFlight<'a>(&'a IoGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.exit();
+    }
+}
+
+impl IoGauge {
+    /// Run `port_call`, counting the process CPU time while it is in flight. Pass a lazily
+    /// built future (an `async` block) so that work done when the call's future is built
+    /// also counts.
+    pub async fn time<F: Future>(&self, port_call: F) -> F::Output {
+        let _in_flight = self.enter();
+        port_call.await
+    }
+
+    /// The CPU time of the closed in-flight intervals so far (read it when no call is in
+    /// flight).
+    pub fn total(&self) -> Duration {
+        self.state().total
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GaugeState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        let mut state = self.state();
+        if state.depth == 0 {
+            state.since = process_cpu_time();
+        }
+        state.depth += 1;
+        InFlight(self)
+    }
+
+    fn exit(&self) {
+        let mut state = self.state();
+        state.depth = state.depth.saturating_sub(1);
+        if state.depth == 0 {
+            let spent = process_cpu_time().saturating_sub(state.since);
+            state.total += spent;
+        }
+    }
+}
+
+/// A store port wrapped so every call is counted under `<service>:<store>.<method>` and its
+/// CPU time goes to an [`IoGauge`].
 #[derive(Debug, Clone)]
 pub struct Counted<T> {
     inner: T,
     counter: Arc<CallCounter>,
+    gauge: Arc<IoGauge>,
     /// `dynamodb:idempotency`, `sqs:retry_queue`, …
     prefix: &'static str,
     /// Audit logs only: counts the events appended, by [`audit_event_name`].
@@ -76,11 +155,18 @@ pub struct Counted<T> {
 }
 
 impl<T> Counted<T> {
-    /// `inner`, counting into `counter` with keys `<prefix>.<method>`.
-    pub fn new(inner: T, counter: Arc<CallCounter>, prefix: &'static str) -> Self {
+    /// `inner`, counting into `counter` with keys `<prefix>.<method>` and timing its calls
+    /// with `gauge`.
+    pub fn new(
+        inner: T,
+        counter: Arc<CallCounter>,
+        gauge: Arc<IoGauge>,
+        prefix: &'static str,
+    ) -> Self {
         Self {
             inner,
             counter,
+            gauge,
             prefix,
             events: None,
         }
@@ -113,7 +199,8 @@ impl<T: IdempotencyStore> IdempotencyStore for Counted<T> {
         in_progress_until: DateTime<Utc>,
     ) -> impl Future<Output = Result<AcquireOutcome, PortError>> + Send {
         self.hit("acquire");
-        self.inner.acquire(key, now, in_progress_until)
+        self.gauge
+            .time(async move { self.inner.acquire(key, now, in_progress_until).await })
     }
 
     fn complete(
@@ -123,12 +210,14 @@ impl<T: IdempotencyStore> IdempotencyStore for Counted<T> {
         expires_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("complete");
-        self.inner.complete(key, response, expires_at)
+        self.gauge
+            .time(async move { self.inner.complete(key, response, expires_at).await })
     }
 
     fn release(&self, key: &IdempotencyKey) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("release");
-        self.inner.release(key)
+        self.gauge
+            .time(async move { self.inner.release(key).await })
     }
 }
 
@@ -139,7 +228,8 @@ impl<T: RetryQueue> RetryQueue for Counted<T> {
         delay: Duration,
     ) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("enqueue");
-        self.inner.enqueue(job, delay)
+        self.gauge
+            .time(async move { self.inner.enqueue(job, delay).await })
     }
 }
 
@@ -149,7 +239,8 @@ impl<T: AuditLog> AuditLog for Counted<T> {
         if let Some(events) = &self.events {
             events.hit(audit_event_name(&entry.event));
         }
-        self.inner.append(entry)
+        self.gauge
+            .time(async move { self.inner.append(entry).await })
     }
 
     fn by_referral(
@@ -158,7 +249,8 @@ impl<T: AuditLog> AuditLog for Counted<T> {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send {
         self.hit("by_referral");
-        self.inner.by_referral(referral_id, limit)
+        self.gauge
+            .time(async move { self.inner.by_referral(referral_id, limit).await })
     }
 
     fn by_crm_record(
@@ -167,7 +259,8 @@ impl<T: AuditLog> AuditLog for Counted<T> {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send {
         self.hit("by_crm_record");
-        self.inner.by_crm_record(crm, limit)
+        self.gauge
+            .time(async move { self.inner.by_crm_record(crm, limit).await })
     }
 
     fn needs_attention(
@@ -175,7 +268,8 @@ impl<T: AuditLog> AuditLog for Counted<T> {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AuditEntry>, PortError>> + Send {
         self.hit("needs_attention");
-        self.inner.needs_attention(limit)
+        self.gauge
+            .time(async move { self.inner.needs_attention(limit).await })
     }
 }
 
@@ -185,7 +279,8 @@ impl<T: LinkStore> LinkStore for Counted<T> {
         referral_id: &ReferralId,
     ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send {
         self.hit("get_by_referral");
-        self.inner.get_by_referral(referral_id)
+        self.gauge
+            .time(async move { self.inner.get_by_referral(referral_id).await })
     }
 
     fn get_by_crm(
@@ -193,12 +288,142 @@ impl<T: LinkStore> LinkStore for Counted<T> {
         crm: &CrmRecordId,
     ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send {
         self.hit("get_by_crm");
-        self.inner.get_by_crm(crm)
+        self.gauge
+            .time(async move { self.inner.get_by_crm(crm).await })
     }
 
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("put");
-        self.inner.put(link)
+        self.gauge.time(async move { self.inner.put(link).await })
+    }
+}
+
+/// A Partner Center or CRM client wrapped so the CPU time of every call goes to an
+/// [`IoGauge`] (the adapter's request building and (de)serialisation, its token cache, the
+/// HTTP client stack).
+#[derive(Debug, Clone)]
+pub struct Gauged<T> {
+    inner: T,
+    gauge: Arc<IoGauge>,
+}
+
+impl<T> Gauged<T> {
+    /// `inner`, timing its calls with `gauge`.
+    pub fn new(inner: T, gauge: Arc<IoGauge>) -> Self {
+        Self { inner, gauge }
+    }
+
+    /// The wrapped client.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<P: PartnerCenter> PartnerCenter for Gauged<P> {
+    async fn get_referral(&self, id: &ReferralId) -> Result<Referral, PortError> {
+        self.gauge
+            .time(async { self.inner.get_referral(id).await })
+            .await
+    }
+
+    async fn list_referrals(&self, query: &ReferralQuery) -> Result<ReferralPage, PortError> {
+        self.gauge
+            .time(async { self.inner.list_referrals(query).await })
+            .await
+    }
+
+    async fn create_referral(&self, referral: &Referral) -> Result<Referral, PortError> {
+        self.gauge
+            .time(async { self.inner.create_referral(referral).await })
+            .await
+    }
+
+    async fn patch_referral(
+        &self,
+        id: &ReferralId,
+        if_match: Option<&ETag>,
+        ops: &[PatchOp],
+    ) -> Result<Option<ETag>, PortError> {
+        self.gauge
+            .time(async { self.inner.patch_referral(id, if_match, ops).await })
+            .await
+    }
+}
+
+impl<C: CrmStore> CrmStore for Gauged<C> {
+    fn kind(&self) -> CrmKind {
+        self.inner.kind()
+    }
+
+    async fn find_opportunity_by_referral(
+        &self,
+        referral_id: &ReferralId,
+    ) -> Result<Option<CrmOpportunity>, PortError> {
+        self.gauge
+            .time(async { self.inner.find_opportunity_by_referral(referral_id).await })
+            .await
+    }
+
+    async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
+        self.gauge
+            .time(async { self.inner.get_opportunity(id).await })
+            .await
+    }
+
+    async fn upsert_opportunity(
+        &self,
+        write: &OpportunityWrite<'_>,
+    ) -> Result<Upserted, PortError> {
+        self.gauge
+            .time(async { self.inner.upsert_opportunity(write).await })
+            .await
+    }
+
+    async fn find_account(
+        &self,
+        name: &str,
+        postal_code: Option<&str>,
+    ) -> Result<Option<CrmRecordId>, PortError> {
+        self.gauge
+            .time(async { self.inner.find_account(name, postal_code).await })
+            .await
+    }
+
+    async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
+        self.gauge
+            .time(async { self.inner.create_account(account).await })
+            .await
+    }
+
+    async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
+        self.gauge
+            .time(async { self.inner.find_contact_by_email(email).await })
+            .await
+    }
+
+    async fn create_contact(
+        &self,
+        contact: &Contact,
+        account: Option<&CrmRecordId>,
+    ) -> Result<CrmRecordId, PortError> {
+        self.gauge
+            .time(async { self.inner.create_contact(contact, account).await })
+            .await
+    }
+
+    async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
+        self.gauge
+            .time(async { self.inner.write_audit(opportunity, text).await })
+            .await
+    }
+
+    async fn list_opportunities(
+        &self,
+        query: &OpportunityQuery,
+    ) -> Result<OpportunityPage, PortError> {
+        self.gauge
+            .time(async { self.inner.list_opportunities(query).await })
+            .await
     }
 }
 
@@ -279,12 +504,19 @@ mod tests {
     #[test]
     fn the_decorator_counts_each_port_call_and_delegates() {
         let counter = Arc::new(CallCounter::default());
+        let gauge = Arc::new(IoGauge::default());
         let store = Counted::new(
             InMemoryIdempotencyStore::new(Duration::from_secs(60)),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:idempotency",
         );
-        let links = Counted::new(InMemoryLinkStore::new(), counter.clone(), "dynamodb:links");
+        let links = Counted::new(
+            InMemoryLinkStore::new(),
+            counter.clone(),
+            gauge.clone(),
+            "dynamodb:links",
+        );
         let key = IdempotencyKey::new("pc", "event-1").expect("a key");
         let now = Utc::now();
         let until = now + chrono::TimeDelta::seconds(30);
@@ -305,5 +537,70 @@ mod tests {
                 ("dynamodb:links.get_by_referral".to_owned(), 1),
             ])
         );
+        assert_eq!(gauge.state().depth, 0, "every call left the gauge");
+    }
+
+    /// Burns CPU (a few ms) without sleeping.
+    fn burn() {
+        let mut x = 0_u64;
+        for i in 0..3_000_000_u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+    }
+
+    /// A port call: CPU, a suspension (the other calls run), CPU again.
+    async fn port_call() {
+        burn();
+        tokio::task::yield_now().await;
+        burn();
+    }
+
+    #[test]
+    fn overlapping_port_calls_are_counted_once() {
+        let gauge = IoGauge::default();
+        let spans = Mutex::new(Duration::ZERO);
+        // Each call's own span, start to end (what summing the calls would count).
+        let (gauge, spans) = (&gauge, &spans);
+        let timed_call = move || async move {
+            gauge
+                .time(async {
+                    let started = process_cpu_time();
+                    port_call().await;
+                    *spans.lock().expect("spans") += process_cpu_time().saturating_sub(started);
+                })
+                .await;
+        };
+
+        let before = process_cpu_time();
+        block_on(async { tokio::join!(timed_call(), timed_call()) });
+        let elapsed = process_cpu_time().saturating_sub(before);
+
+        let total = gauge.total();
+        let summed = *spans.lock().expect("spans");
+        assert!(total > Duration::ZERO);
+        assert!(total <= elapsed, "{total:?} within the {elapsed:?} spent");
+        // The two calls overlap (each ran while the other was suspended): their spans add up
+        // to more than the union, which the gauge counts.
+        assert!(summed > total, "summed {summed:?} > union {total:?}");
+        assert_eq!(gauge.state().depth, 0);
+
+        // A call after them adds to the total.
+        block_on(gauge.time(async { burn() }));
+        assert!(gauge.total() > total);
+    }
+
+    #[test]
+    fn a_dropped_port_call_leaves_the_gauge() {
+        let gauge = IoGauge::default();
+        block_on(async {
+            tokio::select! {
+                biased;
+                () = gauge.time(port_call()) => panic!("the call is suspended, not finished"),
+                () = std::future::ready(()) => {}
+            }
+        });
+        assert_eq!(gauge.state().depth, 0, "the dropped call left");
+        assert!(gauge.total() > Duration::ZERO, "its first half counted");
     }
 }

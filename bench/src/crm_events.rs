@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use chrono::{SecondsFormat, Utc};
 use cosell_adapters::aws::{
-    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, QueueUrls, SqsRetryQueue,
+    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, SqsRetryQueue,
 };
-use cosell_adapters::http::HttpPartnerCenter;
 use cosell_adapters::http::crm::AnyCrm;
+use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
 use cosell_domain::crm_wire::salesforce::{OutboundMessage, ack_response};
 use cosell_domain::ids::CrmKind;
 use cosell_sandbox::identities::{
@@ -38,9 +38,9 @@ use lambda_http::{Body, Request, Response};
 use partner_center_events::Stores;
 use serde_json::{Value, json};
 
-use crate::counting::{CallCounter, Counted, delta};
+use crate::counting::{CallCounter, Counted, Gauged, IoGauge, delta};
 use crate::report::{
-    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes,
+    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes, own_cpu_check,
 };
 use crate::sandbox::Control;
 use crate::scenario::{Aws, Options, RunEnv, environment};
@@ -99,10 +99,11 @@ impl Kind {
     }
 }
 
-/// The function as the benchmark runs it: HTTP clients, counted DynamoDB / SQS stores.
+/// The function as the benchmark runs it: HTTP clients and counted DynamoDB / SQS stores, all
+/// timed by an [`IoGauge`].
 pub type CrmBenchApp = crm_events::App<
-    HttpPartnerCenter,
-    AnyCrm,
+    Gauged<HttpPartnerCenter>,
+    Gauged<AnyCrm>,
     Counted<DynamoIdempotencyStore>,
     Counted<SqsRetryQueue>,
     Counted<DynamoAuditLog>,
@@ -393,39 +394,62 @@ fn crm_environment(
     vars
 }
 
+/// The app `main` would build for the run's sandbox, table and queue, except that the stores
+/// are counted (`counter`, the audit log's events in `audit_events`) and every port call is
+/// timed by `gauge`.
 fn build_app(
-    base_url: &str,
+    env: &RunEnv,
     crm: CrmKind,
     aws: &Aws,
-    table: &str,
-    queues: &QueueUrls,
     counter: &Arc<CallCounter>,
     audit_events: &Arc<CallCounter>,
+    gauge: &Arc<IoGauge>,
 ) -> anyhow::Result<CrmBenchApp> {
-    let vars = crm_environment(base_url, crm, table, &queues.queue_url);
+    let RunEnv {
+        sandbox,
+        table,
+        queues,
+        ..
+    } = env;
+    let vars = crm_environment(&sandbox.base_url, crm, table, &queues.queue_url);
     let config = crm_events::Config::from_lookup(|name| vars.get(name).cloned())?;
-    let clients = crm_events::Clients::from_config(&config)?;
+    // As `crm_events::Clients::from_config` builds them, each wrapped to time its calls.
+    let http = build_client(&HttpClientOptions::default())?;
+    let clients = crm_events::Clients {
+        partner_center: Gauged::new(
+            partner_center_events::app::partner_center(http.clone(), &config.sync.partner_center)?,
+            gauge.clone(),
+        ),
+        crm: Gauged::new(
+            partner_center_events::app::crm(http, &config.sync.crm, &config.sync.mapping)?,
+            gauge.clone(),
+        ),
+    };
     let dynamodb = &aws.clients.dynamodb;
     let stores = Stores {
         idempotency: Counted::new(
             DynamoIdempotencyStore::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:idempotency",
         ),
         retry_queue: Counted::new(
             SqsRetryQueue::new(aws.clients.sqs.clone(), &queues.queue_url),
             counter.clone(),
+            gauge.clone(),
             "sqs:retry_queue",
         ),
         audit: Counted::new(
             DynamoAuditLog::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:audit",
         )
         .recording_audit_events(audit_events.clone()),
         links: Counted::new(
             DynamoLinkStore::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:links",
         ),
     };
@@ -440,6 +464,8 @@ struct Meter<'a> {
     stores: Arc<CallCounter>,
     audit_events: Arc<CallCounter>,
     aws_requests: Arc<CallCounter>,
+    /// The CPU time spent in port calls.
+    gauge: Arc<IoGauge>,
     run_id: String,
     requests: std::sync::atomic::AtomicU64,
 }
@@ -467,6 +493,7 @@ impl Meter<'_> {
             let stores_before = self.stores.snapshot();
             let audit_before = self.audit_events.snapshot();
             let aws_before = self.aws_requests.snapshot();
+            let io_before = self.gauge.total();
             let cpu_before = process_cpu_time();
             let started = Instant::now();
             let response: Response<Body> = crm_events::handler::handle(request, &self.app)
@@ -474,6 +501,7 @@ impl Meter<'_> {
                 .map_err(|error| anyhow!("the handler failed: {error}"))?;
             let latency = started.elapsed();
             let cpu = process_cpu_time().saturating_sub(cpu_before);
+            let io_cpu = self.gauge.total().saturating_sub(io_before);
             let stores = delta(&stores_before, &self.stores.snapshot());
             let audit = delta(&audit_before, &self.audit_events.snapshot());
             let aws_requests = delta(&aws_before, &self.aws_requests.snapshot());
@@ -481,6 +509,7 @@ impl Meter<'_> {
             samples.push(EventSample {
                 latency,
                 cpu,
+                io_cpu,
                 outcomes: outcomes_of(response.status().as_u16(), response.body(), &audit),
                 external,
                 stores,
@@ -646,8 +675,7 @@ async fn measure_crm(
         run_id,
         sandbox,
         control,
-        table,
-        queues,
+        ..
     } = env;
     let inbox = SharedInbox::default();
     let capture_url = start_capture(inbox.clone()).await?;
@@ -655,15 +683,8 @@ async fn measure_crm(
 
     let counter = Arc::new(CallCounter::default());
     let audit_events = Arc::new(CallCounter::default());
-    let app = build_app(
-        &sandbox.base_url,
-        crm,
-        aws,
-        table,
-        queues,
-        &counter,
-        &audit_events,
-    )?;
+    let gauge = Arc::new(IoGauge::default());
+    let app = build_app(env, crm, aws, &counter, &audit_events, &gauge)?;
     let meter = Meter {
         app,
         control,
@@ -671,6 +692,7 @@ async fn measure_crm(
         stores: counter,
         audit_events,
         aws_requests: aws.requests.clone(),
+        gauge,
         run_id: run_id.to_owned(),
         requests: std::sync::atomic::AtomicU64::new(0),
     };
@@ -830,6 +852,8 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
                 pc.max == 0,
             )),
         }
+        let (target, measured, ok) = own_cpu_check(report);
+        checks.push(check(kind.name(), target, measured, ok));
     }
     let referrals = run.referrals.unwrap_or_default();
     checks.push(check(
@@ -940,6 +964,7 @@ mod tests {
         EventSample {
             latency: Duration::from_millis(10),
             cpu: Duration::from_micros(800),
+            io_cpu: Duration::from_micros(500),
             outcomes: vec![outcome.to_owned()],
             external: ExternalCalls {
                 partner_center: ReadWrite {
@@ -996,8 +1021,8 @@ mod tests {
         };
         let checks = evaluate(&run_with(good_kinds(), all));
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 4, new × 2, updated, duplicate, echo, referrals
-        assert_eq!(checks.len(), 10);
+        // outcomes × 4, new × 2, updated, duplicate, echo, own CPU × 4, referrals
+        assert_eq!(checks.len(), 14);
 
         let mut kinds = good_kinds();
         kinds[1] = KindReport::summarize("updated", 1, &[sample("updated", (1, 2), (3, 1), 0)]);

@@ -7,8 +7,9 @@
 //! on moto. Per kind of event — `new`, `updated`, `duplicate`, `echo`, `concurrent_duplicate`
 //! — it reports throughput, latency percentiles, Partner Center / CRM / token calls per event
 //! (the sandbox's request log), DynamoDB / SQS calls per event (a counting decorator around
-//! the store ports, and an SDK interceptor for the requests on the wire), CPU per event and the
-//! peak RSS, and checks the targets (see [`report::evaluate`]).
+//! the store ports, and an SDK interceptor for the requests on the wire), CPU per event (split
+//! into the handler's own and the part inside port calls, [`counting::IoGauge`]) and the peak
+//! RSS, and checks the targets (see [`report::evaluate`]).
 //!
 //! ```sh
 //! moto_server -H 127.0.0.1 -p 5058 &
@@ -21,7 +22,7 @@
 //! | [`scenario`] | [`scenario::run`]: the measurement itself |
 //! | [`stats`] | one [`stats::EventSample`] per event, [`stats::KindReport`] per kind (percentiles, means) |
 //! | [`report`] | the JSON [`report::Report`], the targets and the human table |
-//! | [`counting`] | the counting store decorator and the AWS request interceptor |
+//! | [`counting`] | the counting store decorator, the CPU gauge around the ports and the AWS request interceptor |
 //! | [`crm_events`] | the other direction: `crm-events` on the sandbox's own CRM notifications |
 //! | [`sandbox`] | the sandbox process and its control API |
 //! | [`events`] | signed webhook requests |

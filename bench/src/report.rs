@@ -14,6 +14,29 @@ use crate::system::{Machine, Source};
 /// look-ups and creates.
 pub const MAX_NEW_REFERRAL_CALLS: u64 = 3 + 4;
 
+/// The most CPU time per event, µs, the handler's own code may take (outside port calls:
+/// [`KindReport::own_cpu_us_per_event`]).
+pub const MAX_OWN_CPU_US_PER_EVENT: f64 = 1000.0;
+
+/// The own-CPU target of one kind: the handler's CPU outside port calls under 1 ms per event.
+/// Not evaluated for concurrent duplicates (their copies' own code runs while the other
+/// copies' port calls are in flight, so it is partly counted as port time) nor for the cold
+/// start (one event, building connections and caches).
+pub fn own_cpu_check(report: &KindReport) -> (String, String, bool) {
+    (
+        format!(
+            "the handler's own CPU under {} ms per event (CPU while no port call is in \
+             flight; not evaluated for cold_start and concurrent_duplicate)",
+            MAX_OWN_CPU_US_PER_EVENT / 1000.0
+        ),
+        format!(
+            "{:.0} µs own + {:.0} µs in port calls = {:.0} µs per event",
+            report.own_cpu_us_per_event, report.io_cpu_us_per_event, report.cpu_us_per_event
+        ),
+        report.events > 0 && report.own_cpu_us_per_event < MAX_OWN_CPU_US_PER_EVENT,
+    )
+}
+
 /// The kinds of event measured, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -270,6 +293,22 @@ pub fn method_notes() -> BTreeMap<String, String> {
              handler and its client stack; request building, signing and bookkeeping are \
              outside the measured span",
         ),
+        (
+            "io_cpu_us_per_event",
+            "the part of cpu_us_per_event spent while at least one port call (Partner Center, \
+             CRM, idempotency store, retry queue, audit log, link store) was in flight: the \
+             union of the calls' intervals on the process CPU clock, through decorators around \
+             the adapters; the adapters' request building and (de)serialisation, token cache, \
+             AWS SDK, reqwest/hyper and the kernel's TCP stack (both ends, on loopback)",
+        ),
+        (
+            "own_cpu_us_per_event",
+            "cpu_us_per_event - io_cpu_us_per_event: the CPU time while no port call was in \
+             flight, the handler's and the domain's own code (body size check, signature \
+             verification, JSON parsing, mapping, fingerprints, the log line); for \
+             concurrent_duplicate the copies' own code that ran while another copy's port \
+             call was in flight counts as io",
+        ),
         ("peak_rss_kib", "VmHWM of the benchmark process at the end"),
         (
             "caveats",
@@ -356,6 +395,10 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
             }
             Kind::Updated | Kind::Echo => {}
         }
+        if kind != Kind::ConcurrentDuplicate {
+            let (target, measured, ok) = own_cpu_check(report);
+            checks.push(check(kind.name(), target, measured, ok));
+        }
     }
     let opportunities = run.opportunities;
     checks.push(check(
@@ -402,7 +445,7 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<11} {:<21} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>9}",
+        "\n{:<11} {:<21} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "crm",
         "kind",
         "events",
@@ -414,14 +457,16 @@ pub fn table(report: &Report) -> String {
         "CRM r+w",
         "ports/ev",
         "AWS/ev",
-        "CPU µs/ev"
+        "CPU µs/ev",
+        "I/O µs/ev",
+        "own µs/ev"
     );
     for run in &report.runs {
         let rows = std::iter::once(&run.cold_start).chain(&run.kinds);
         for kind in rows {
             let _ = writeln!(
                 out,
-                "{:<11} {:<21} {:>6} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2} {:>9} {:>8.2} {:>8.2} {:>9.0}",
+                "{:<11} {:<21} {:>6} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2} {:>9} {:>8.2} {:>8.2} {:>9.0} {:>9.0} {:>9.0}",
                 run.crm,
                 kind.kind,
                 kind.events,
@@ -437,6 +482,8 @@ pub fn table(report: &Report) -> String {
                 kind.store_calls_per_event.total,
                 kind.aws_requests_per_event.total,
                 kind.cpu_us_per_event,
+                kind.io_cpu_us_per_event,
+                kind.own_cpu_us_per_event,
             );
         }
         if let Some(applied) = run
@@ -461,7 +508,8 @@ pub fn table(report: &Report) -> String {
         out,
         "(per event: PC = Partner Center requests, CRM r+w = CRM reads + writes, ports = \
          DynamoDB/SQS store port calls, AWS = DynamoDB/SQS requests on the wire; CPU = this \
-         process's CPU time in the handler)"
+         process's CPU time in the handler = I/O (while a port call is in flight: adapters, \
+         SDK / HTTP stacks, kernel) + own (the handler's and the domain's own code))"
     );
     let _ = writeln!(out, "\npeak RSS: {} KiB", report.peak_rss_kib);
     let failed: Vec<&TargetCheck> = report.targets.iter().filter(|t| !t.ok).collect();
@@ -490,6 +538,7 @@ mod tests {
         EventSample {
             latency: Duration::from_millis(12),
             cpu: Duration::from_micros(900),
+            io_cpu: Duration::from_micros(600),
             outcomes: outcomes.iter().map(|o| (*o).to_owned()).collect(),
             external: ExternalCalls {
                 partner_center: ReadWrite {
@@ -597,8 +646,8 @@ mod tests {
     fn a_clean_run_meets_every_target() {
         let checks = evaluate(&good_run());
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 5 kinds, duplicate, new, concurrent, opportunities
-        assert_eq!(checks.len(), 9);
+        // outcomes × 5 kinds, duplicate, new, concurrent, own CPU × 4 kinds, opportunities
+        assert_eq!(checks.len(), 13);
     }
 
     #[test]
@@ -610,11 +659,15 @@ mod tests {
             1,
             &[sample(&["duplicate_skipped"], (1, 0), (0, 0))],
         );
-        run.kinds[4] = KindReport::summarize(
-            "concurrent_duplicate",
-            2,
-            &[sample(&["created", "created"], (1, 1), (2, 3))],
-        );
+        let mut busy_echo = sample(&["echo_skipped"], (1, 0), (0, 0));
+        busy_echo.cpu = Duration::from_micros(1_500);
+        busy_echo.io_cpu = Duration::from_micros(200);
+        run.kinds[3] = KindReport::summarize("echo", 1, &[busy_echo]);
+        // Own CPU is not evaluated for concurrent duplicates.
+        let mut busy_copies = sample(&["created", "created"], (1, 1), (2, 3));
+        busy_copies.cpu = Duration::from_micros(5_000);
+        busy_copies.io_cpu = Duration::ZERO;
+        run.kinds[4] = KindReport::summarize("concurrent_duplicate", 2, &[busy_copies]);
         run.kinds[1] = KindReport::summarize(
             "updated",
             1,
@@ -632,12 +685,23 @@ mod tests {
         let kinds: Vec<&str> = failed.iter().map(|(kind, _)| kind.as_str()).collect();
         assert_eq!(
             kinds,
-            ["new", "updated", "duplicate", "concurrent_duplicate", "all"],
+            [
+                "new",
+                "updated",
+                "duplicate",
+                "echo",
+                "concurrent_duplicate",
+                "all"
+            ],
             "{failed:#?}"
         );
         assert!(failed[0].1.contains("max 8"), "{failed:?}");
         assert!(failed[1].1.contains("needs_attention"), "{failed:?}");
-        assert!(failed[3].1.contains("1 more than once"), "{failed:?}");
+        assert!(
+            failed[3].1.contains("1300 µs own + 200 µs in port calls"),
+            "{failed:?}"
+        );
+        assert!(failed[4].1.contains("1 more than once"), "{failed:?}");
     }
 
     #[test]
@@ -696,8 +760,20 @@ mod tests {
             "store_calls_per_event",
             "aws_requests_per_event",
             "cpu_us_per_event",
+            "io_cpu_us_per_event",
+            "own_cpu_us_per_event",
         ] {
             assert!(new.get(key).is_some(), "kinds[].{key}");
+        }
+        assert_eq!(new["cpu_us_per_event"], 900.0);
+        assert_eq!(new["io_cpu_us_per_event"], 600.0);
+        assert_eq!(new["own_cpu_us_per_event"], 300.0);
+        for key in [
+            "cpu_us_per_event",
+            "io_cpu_us_per_event",
+            "own_cpu_us_per_event",
+        ] {
+            assert!(json["method"][key].is_string(), "method.{key}");
         }
         for key in ["p50", "p99", "max", "mean"] {
             assert!(new["latency_ms"][key].is_number(), "latency_ms.{key}");
@@ -738,7 +814,7 @@ mod tests {
                 "{kind}: {text}"
             );
         }
-        assert!(text.contains("targets: all 9 met"), "{text}");
+        assert!(text.contains("targets: all 13 met"), "{text}");
 
         let mut run = good_run();
         run.opportunities.missing = 1;

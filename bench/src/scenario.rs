@@ -1,6 +1,7 @@
 //! The measurement: for each CRM, a sandbox process, a fresh DynamoDB table and SQS queue on
-//! moto, the function's [`App`] built as `main` builds it (stores wrapped in [`Counted`]), and
-//! the event kinds run through the real [`handler::handle`].
+//! moto, the function's [`App`] built as `main` builds it (stores wrapped in [`Counted`],
+//! clients in [`Gauged`], both timing their calls with one [`IoGauge`]), and the event kinds
+//! run through the real [`handler::handle`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use partner_center_events::app::{self, Clients, Stores};
 use partner_center_events::{App, Config, handler};
 use tokio::task::JoinSet;
 
-use crate::counting::{AwsRequestCounter, CallCounter, Counted, delta};
+use crate::counting::{AwsRequestCounter, CallCounter, Counted, Gauged, IoGauge, delta};
 use crate::events::{EventFactory, SignedEvent};
 use crate::report::{
     CrmRun, Kind, LoadAverage, OpportunityCheck, Report, Settings, evaluate, method_notes,
@@ -75,10 +76,11 @@ fn endpoint_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stri
         })
 }
 
-/// The function as the benchmark runs it: HTTP clients, counted DynamoDB / SQS stores.
+/// The function as the benchmark runs it: HTTP clients and counted DynamoDB / SQS stores, all
+/// timed by an [`IoGauge`].
 pub type BenchApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
+    Gauged<HttpPartnerCenter>,
+    Gauged<AnyCrm>,
     Counted<DynamoIdempotencyStore>,
     Counted<SqsRetryQueue>,
     Counted<DynamoAuditLog>,
@@ -218,7 +220,8 @@ pub(crate) fn environment(
 }
 
 /// The app `main` would build from that environment, except that the verifier also accepts
-/// the sandbox's plain-http certificate URL and the stores are counted.
+/// the sandbox's plain-http certificate URL, the stores are counted and every port call is
+/// timed by `gauge`.
 fn build_app(
     sandbox: &SandboxProcess,
     crm: CrmKind,
@@ -226,13 +229,17 @@ fn build_app(
     table: &str,
     queues: &QueueUrls,
     counter: &Arc<CallCounter>,
+    gauge: &Arc<IoGauge>,
 ) -> anyhow::Result<BenchApp> {
     let vars = environment(&sandbox.base_url, crm, table, &queues.queue_url);
     let config = Config::from_lookup(|name| vars.get(name).cloned())?;
     let http = build_client(&HttpClientOptions::default())?;
     let clients = Clients {
-        partner_center: app::partner_center(http.clone(), &config.partner_center)?,
-        crm: app::crm(http, &config.crm, &config.mapping)?,
+        partner_center: Gauged::new(
+            app::partner_center(http.clone(), &config.partner_center)?,
+            gauge.clone(),
+        ),
+        crm: Gauged::new(app::crm(http, &config.crm, &config.mapping)?, gauge.clone()),
         verifier: WebhookVerifier::with_insecure_hosts(
             app::verifier_settings(&config.webhook),
             [sandbox.addr.to_string()],
@@ -243,21 +250,25 @@ fn build_app(
         idempotency: Counted::new(
             DynamoIdempotencyStore::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:idempotency",
         ),
         retry_queue: Counted::new(
             SqsRetryQueue::new(aws.clients.sqs.clone(), &queues.queue_url),
             counter.clone(),
+            gauge.clone(),
             "sqs:retry_queue",
         ),
         audit: Counted::new(
             DynamoAuditLog::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:audit",
         ),
         links: Counted::new(
             DynamoLinkStore::new(dynamodb.clone(), table),
             counter.clone(),
+            gauge.clone(),
             "dynamodb:links",
         ),
     };
@@ -271,6 +282,8 @@ struct Meter<'a> {
     crm: CrmKind,
     stores: Arc<CallCounter>,
     aws_requests: Arc<CallCounter>,
+    /// The CPU time spent in port calls.
+    gauge: Arc<IoGauge>,
 }
 
 /// The handler's answer: its `status`, else its error `code`, else `http_<status>`.
@@ -292,6 +305,7 @@ impl Meter<'_> {
     async fn measure(&self, requests: Vec<Request>) -> anyhow::Result<EventSample> {
         let stores_before = self.stores.snapshot();
         let aws_before = self.aws_requests.snapshot();
+        let io_before = self.gauge.total();
         let cpu_before = process_cpu_time();
         let started = Instant::now();
         let outcomes = match <[Request; 1]>::try_from(requests) {
@@ -321,12 +335,14 @@ impl Meter<'_> {
         };
         let latency = started.elapsed();
         let cpu = process_cpu_time().saturating_sub(cpu_before);
+        let io_cpu = self.gauge.total().saturating_sub(io_before);
         let stores = delta(&stores_before, &self.stores.snapshot());
         let aws_requests = delta(&aws_before, &self.aws_requests.snapshot());
         let external = self.control.take_requests(self.crm).await?;
         Ok(EventSample {
             latency,
             cpu,
+            io_cpu,
             outcomes,
             external,
             stores,
@@ -452,13 +468,15 @@ async fn measure_crm(
         queues,
     } = env;
     let counter = Arc::new(CallCounter::default());
-    let app = build_app(sandbox, crm, aws, table, queues, &counter)?;
+    let gauge = Arc::new(IoGauge::default());
+    let app = build_app(sandbox, crm, aws, table, queues, &counter, &gauge)?;
     let meter = Meter {
         app: Arc::new(app),
         control,
         crm,
         stores: counter,
         aws_requests: aws.requests.clone(),
+        gauge,
     };
     let factory = EventFactory::new(&sandbox.base_url, run_id);
     let n = options.events;

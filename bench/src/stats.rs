@@ -84,6 +84,9 @@ pub struct EventSample {
     pub latency: Duration,
     /// Process CPU time spent meanwhile.
     pub cpu: Duration,
+    /// Of it, the time while at least one port call was in flight (the union of the calls'
+    /// intervals, see [`crate::counting::IoGauge`]).
+    pub io_cpu: Duration,
     /// The `status` (or error `code`) each handler call answered.
     pub outcomes: Vec<String>,
     /// What the sandbox logged.
@@ -95,6 +98,12 @@ pub struct EventSample {
 }
 
 impl EventSample {
+    /// The CPU time spent while no port call was in flight: the handler's and the domain's
+    /// own work.
+    pub fn own_cpu(&self) -> Duration {
+        self.cpu.saturating_sub(self.io_cpu)
+    }
+
     /// How many of the calls changed the CRM.
     pub fn applied(&self) -> usize {
         self.outcomes
@@ -334,6 +343,12 @@ pub struct KindReport {
     /// Process CPU time per event, µs (the handler and its client stack; the sandbox and
     /// moto run in other processes).
     pub cpu_us_per_event: f64,
+    /// Of it, the CPU time while at least one port call was in flight, µs per event (the
+    /// adapters, the AWS SDK / HTTP client stacks, the kernel's network stack).
+    pub io_cpu_us_per_event: f64,
+    /// The rest: the CPU time while no port call was in flight, µs per event (the handler's
+    /// and the domain's own code).
+    pub own_cpu_us_per_event: f64,
     /// Concurrent duplicates only: how often each event was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied: Option<Applied>,
@@ -346,6 +361,8 @@ impl KindReport {
         let latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
         let busy: Duration = latencies.iter().sum();
         let cpu: Duration = samples.iter().map(|s| s.cpu).sum();
+        let own_cpu: Duration = samples.iter().map(EventSample::own_cpu).sum();
+        let io_cpu: Duration = samples.iter().map(|s| s.cpu - s.own_cpu()).sum();
         let mut outcomes = BTreeMap::new();
         for outcome in samples.iter().flat_map(|s| &s.outcomes) {
             *outcomes.entry(outcome.clone()).or_default() += 1;
@@ -374,6 +391,8 @@ impl KindReport {
             store_calls_per_event: AwsCalls::of(samples.iter().map(|s| &s.stores), n),
             aws_requests_per_event: AwsCalls::of(samples.iter().map(|s| &s.aws_requests), n),
             cpu_us_per_event: mean(cpu.as_secs_f64() * 1e6, n),
+            io_cpu_us_per_event: mean(io_cpu.as_secs_f64() * 1e6, n),
+            own_cpu_us_per_event: mean(own_cpu.as_secs_f64() * 1e6, n),
             applied: (copies > 1).then(|| Applied::of(samples, copies)),
         }
     }
@@ -459,6 +478,7 @@ mod tests {
         EventSample {
             latency: ms(latency_ms),
             cpu: Duration::from_micros(1_500),
+            io_cpu: Duration::from_micros(1_100),
             outcomes: outcomes.iter().map(|o| (*o).to_owned()).collect(),
             external: ExternalCalls {
                 partner_center: ReadWrite {
@@ -508,6 +528,8 @@ mod tests {
         );
         assert_eq!(report.aws_requests_per_event.total, 3.0);
         assert_eq!(report.cpu_us_per_event, 1500.0);
+        assert_eq!(report.io_cpu_us_per_event, 1100.0);
+        assert_eq!(report.own_cpu_us_per_event, 400.0);
         assert_eq!(report.applied, None);
     }
 
@@ -549,11 +571,28 @@ mod tests {
     }
 
     #[test]
+    fn own_cpu_is_what_the_port_calls_leave_and_never_negative() {
+        let mut samples = [
+            sample(10, &["created"], (1, 1), (2, 3)),
+            sample(10, &["created"], (1, 1), (2, 3)),
+        ];
+        samples[1].cpu = Duration::from_micros(900);
+        samples[1].io_cpu = Duration::from_micros(1_000);
+        assert_eq!(samples[1].own_cpu(), Duration::ZERO);
+        let report = KindReport::summarize("new", 1, &samples);
+        assert_eq!(report.cpu_us_per_event, 1200.0);
+        // (1100 + 900) / 2: a sample's port share is capped at its CPU.
+        assert_eq!(report.io_cpu_us_per_event, 1000.0);
+        assert_eq!(report.own_cpu_us_per_event, 200.0);
+    }
+
+    #[test]
     fn no_samples_make_an_empty_report_not_a_division_by_zero() {
         let report = KindReport::summarize("echo", 1, &[]);
         assert_eq!(report.events, 0);
         assert_eq!(report.events_per_sec, 0.0);
         assert_eq!(report.cpu_us_per_event, 0.0);
+        assert_eq!(report.own_cpu_us_per_event, 0.0);
         assert_eq!(report.pc_crm_per_event, Spread::default());
     }
 }
