@@ -35,7 +35,6 @@ use cosell_sandbox::identities::{
     DATAVERSE_APP_USER_ID, SALESFORCE_INTEGRATION_USER_ID, SALESFORCE_ORG_ID,
 };
 use lambda_http::{Body, Request, Response};
-use partner_center_events::Stores;
 use serde_json::{Value, json};
 
 use crate::counting::{CallCounter, Counted, Gauged, IoGauge, delta};
@@ -43,7 +42,7 @@ use crate::report::{
     CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes, own_cpu_check,
 };
 use crate::sandbox::Control;
-use crate::scenario::{Aws, Options, RunEnv, environment};
+use crate::scenario::{Aws, Options, RunEnv, counted_stores, environment};
 use crate::stats::{EventSample, KindReport};
 use crate::system::{Machine, Source, load_average, peak_rss_kib, process_cpu_time, status_kib};
 
@@ -425,34 +424,8 @@ fn build_app(
             gauge.clone(),
         ),
     };
-    let dynamodb = &aws.clients.dynamodb;
-    let stores = Stores {
-        idempotency: Counted::new(
-            DynamoIdempotencyStore::new(dynamodb.clone(), table),
-            counter.clone(),
-            gauge.clone(),
-            "dynamodb:idempotency",
-        ),
-        retry_queue: Counted::new(
-            SqsRetryQueue::new(aws.clients.sqs.clone(), &queues.queue_url),
-            counter.clone(),
-            gauge.clone(),
-            "sqs:retry_queue",
-        ),
-        audit: Counted::new(
-            DynamoAuditLog::new(dynamodb.clone(), table),
-            counter.clone(),
-            gauge.clone(),
-            "dynamodb:audit",
-        )
-        .recording_audit_events(audit_events.clone()),
-        links: Counted::new(
-            DynamoLinkStore::new(dynamodb.clone(), table),
-            counter.clone(),
-            gauge.clone(),
-            "dynamodb:links",
-        ),
-    };
+    let mut stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
+    stores.audit = stores.audit.recording_audit_events(audit_events.clone());
     Ok(crm_events::App::new(clients, stores, &config))
 }
 

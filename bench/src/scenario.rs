@@ -76,6 +76,14 @@ fn endpoint_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stri
         })
 }
 
+/// The real stores as the benchmark runs them: counted and timed.
+pub(crate) type BenchStores = Stores<
+    Counted<DynamoIdempotencyStore>,
+    Counted<SqsRetryQueue>,
+    Counted<DynamoAuditLog>,
+    Counted<DynamoLinkStore>,
+>;
+
 /// The function as the benchmark runs it: HTTP clients and counted DynamoDB / SQS stores, all
 /// timed by an [`IoGauge`].
 pub type BenchApp = App<
@@ -245,8 +253,20 @@ fn build_app(
             [sandbox.addr.to_string()],
         )?,
     };
+    let stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
+    Ok(App::new(clients, stores, &config))
+}
+
+/// The real DynamoDB / SQS stores, each counted into `counter` and timed by `gauge`.
+pub(crate) fn counted_stores(
+    aws: &Aws,
+    table: &str,
+    queue_url: &str,
+    counter: &Arc<CallCounter>,
+    gauge: &Arc<IoGauge>,
+) -> BenchStores {
     let dynamodb = &aws.clients.dynamodb;
-    let stores = Stores {
+    Stores {
         idempotency: Counted::new(
             DynamoIdempotencyStore::new(dynamodb.clone(), table),
             counter.clone(),
@@ -254,7 +274,7 @@ fn build_app(
             "dynamodb:idempotency",
         ),
         retry_queue: Counted::new(
-            SqsRetryQueue::new(aws.clients.sqs.clone(), &queues.queue_url),
+            SqsRetryQueue::new(aws.clients.sqs.clone(), queue_url),
             counter.clone(),
             gauge.clone(),
             "sqs:retry_queue",
@@ -271,8 +291,7 @@ fn build_app(
             gauge.clone(),
             "dynamodb:links",
         ),
-    };
-    Ok(App::new(clients, stores, &config))
+    }
 }
 
 /// Measures events through the handler.
