@@ -22,7 +22,7 @@ use cosell_adapters::{
 use cosell_domain::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmRecordId, ETag, IdempotencyKey,
     IdempotencyStore, Link, LinkStore, PortError, ReferralId, RetryJob, RetryQueue, RetrySource,
-    SyncDirection,
+    Service, SyncDirection,
 };
 use serde_json::json;
 
@@ -310,6 +310,7 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         last_stage_to_pc: None,
         microsoft_invited: false,
         updated_at: now,
+        version: 0,
     };
 
     assert_eq!(
@@ -317,13 +318,18 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         None
     );
     links.put(&link).await.unwrap();
+    // Stored one version up.
+    let stored = Link {
+        version: 1,
+        ..link.clone()
+    };
     assert_eq!(
         links.get_by_referral(&link.referral_id).await.unwrap(),
-        Some(link.clone())
+        Some(stored.clone())
     );
     assert_eq!(
         links.get_by_crm(&link.crm).await.unwrap(),
-        Some(link.clone())
+        Some(stored.clone())
     );
     assert_eq!(links.get_by_crm(&crm(SALESFORCE_A)).await.unwrap(), None);
     assert_eq!(
@@ -336,9 +342,13 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         crm: crm(SALESFORCE_A),
         last_fingerprint_to_pc: Some("def".into()),
         updated_at: now + secs(1),
-        ..link.clone()
+        ..stored.clone()
     };
     links.put(&relinked).await.unwrap();
+    let relinked = Link {
+        version: 2,
+        ..relinked
+    };
     assert_eq!(links.get_by_crm(&link.crm).await.unwrap(), None);
     assert_eq!(
         links.get_by_crm(&crm(SALESFORCE_A)).await.unwrap(),
@@ -347,6 +357,96 @@ async fn links_are_found_by_referral_and_by_crm_record() {
     assert_eq!(
         links.get_by_referral(&link.referral_id).await.unwrap(),
         Some(relinked)
+    );
+}
+
+#[tokio::test]
+async fn a_link_changed_since_it_was_read_is_not_overwritten() {
+    let moto = moto().await;
+    let table = table(&moto, "link-versions").await;
+    let links = DynamoLinkStore::new(moto.dynamodb.clone(), &table);
+    let now = Utc::now();
+    let link = Link {
+        referral_id: referral(REFERRAL_A),
+        crm: crm(DATAVERSE_A),
+        last_referral_etag: None,
+        last_referral_updated: None,
+        last_fingerprint_to_crm: None,
+        last_fingerprint_to_pc: None,
+        last_stage_to_pc: None,
+        microsoft_invited: false,
+        updated_at: now,
+        version: 0,
+    };
+    links.put(&link).await.unwrap();
+    let read = links
+        .get_by_referral(&link.referral_id)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Two syncs read version 1; the first one's write wins, the second is refused.
+    let first = Link {
+        last_fingerprint_to_crm: Some("from partner center".into()),
+        ..read.clone()
+    };
+    let second = Link {
+        last_fingerprint_to_pc: Some("from the crm".into()),
+        ..read
+    };
+    links.put(&first).await.unwrap();
+    let refused = links.put(&second).await.unwrap_err();
+    assert_eq!(
+        refused,
+        PortError::PreconditionFailed {
+            service: Service::LinkStore
+        }
+    );
+    let now_stored = links
+        .get_by_referral(&link.referral_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now_stored.version, 2);
+    assert_eq!(
+        now_stored.last_fingerprint_to_crm.as_deref(),
+        Some("from partner center")
+    );
+    assert_eq!(now_stored.last_fingerprint_to_pc, None);
+
+    // A link stored before versions existed (no `version` attribute) is replaced as version 0.
+    let mut legacy = cosell_adapters::aws::item::to_item(&Link {
+        referral_id: referral(REFERRAL_B),
+        ..link.clone()
+    })
+    .unwrap();
+    legacy.remove("version");
+    legacy.insert(
+        "pk".into(),
+        AttributeValue::S(format!("REFERRAL#{REFERRAL_B}")),
+    );
+    legacy.insert("sk".into(), AttributeValue::S("LINK".into()));
+    moto.dynamodb
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(legacy))
+        .send()
+        .await
+        .unwrap();
+    let old = links
+        .get_by_referral(&referral(REFERRAL_B))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.version, 0);
+    links.put(&old).await.unwrap();
+    assert_eq!(
+        links
+            .get_by_referral(&referral(REFERRAL_B))
+            .await
+            .unwrap()
+            .map(|l| l.version),
+        Some(1)
     );
 }
 

@@ -363,8 +363,22 @@ impl LinkStore for InMemoryLinkStore {
     }
 
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send {
-        let put = self.begin("put").map(|()| {
-            lock(&self.links).insert(link.referral_id, link.clone());
+        let put = self.begin("put").and_then(|()| {
+            let mut links = lock(&self.links);
+            let stored = links
+                .get(&link.referral_id)
+                .map_or(0, |stored| stored.version);
+            if stored != link.version {
+                return Err(PortError::PreconditionFailed {
+                    service: crate::Service::LinkStore,
+                });
+            }
+            let next = Link {
+                version: link.version + 1,
+                ..link.clone()
+            };
+            links.insert(link.referral_id, next);
+            Ok(())
         });
         std::future::ready(put)
     }
@@ -641,6 +655,7 @@ mod tests {
     fn links_are_found_by_referral_and_by_crm_record() {
         let links = InMemoryLinkStore::new();
         let link = Link {
+            version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
             last_referral_etag: None,
@@ -652,14 +667,33 @@ mod tests {
             updated_at: at(0),
         };
         block_on(links.put(&link)).unwrap();
+        let stored = Link {
+            version: 1,
+            ..link.clone()
+        };
         assert_eq!(
             block_on(links.get_by_crm(&link.crm)).unwrap(),
-            Some(link.clone())
+            Some(stored.clone())
         );
         assert_eq!(
             block_on(links.get_by_referral(&link.referral_id)).unwrap(),
-            Some(link)
+            Some(stored.clone())
         );
         assert_eq!(links.calls().total(), 3);
+
+        // A put of the version read succeeds once; a second put of the same read is refused.
+        let changed = Link {
+            last_fingerprint_to_pc: Some("a".into()),
+            ..stored
+        };
+        block_on(links.put(&changed)).unwrap();
+        let conflict = block_on(links.put(&changed)).unwrap_err();
+        assert_eq!(
+            conflict,
+            PortError::PreconditionFailed {
+                service: crate::Service::LinkStore
+            }
+        );
+        assert_eq!(links.link(&link.referral_id).map(|l| l.version), Some(2));
     }
 }

@@ -784,6 +784,11 @@ pub struct Link {
     pub microsoft_invited: bool,
     /// When the link was last changed.
     pub updated_at: DateTime<Utc>,
+    /// The stored version this link was read at (0: new, or stored before versions existed).
+    /// [`LinkStore::put`] stores it plus one, and refuses when the stored version is another:
+    /// two syncs of one record at once cannot overwrite each other's link.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Link {
@@ -819,7 +824,10 @@ pub trait LinkStore: Send + Sync {
         crm: &CrmRecordId,
     ) -> impl Future<Output = Result<Option<Link>, PortError>> + Send;
 
-    /// Create or replace a link.
+    /// Create or replace a link, as version `link.version + 1`, only if the stored link is
+    /// still at `link.version` (or absent, or stored without a version);
+    /// [`PortError::PreconditionFailed`] otherwise (another sync changed it since it was read:
+    /// retry on a fresh read).
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
@@ -1114,6 +1122,7 @@ mod tests {
     #[test]
     fn links_recognise_echoes_and_stale_reads() {
         let link = Link {
+            version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
             last_referral_etag: None,
@@ -1190,6 +1199,7 @@ mod tests {
     fn a_generic_handler_over_a_port_runs_and_stays_send() {
         let store = MemoryLinks::default();
         let link = Link {
+            version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),
             last_referral_etag: Some(ETag::try_from("\"1\"").unwrap()),

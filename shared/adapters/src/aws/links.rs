@@ -3,15 +3,20 @@
 //! Item: `pk = REFERRAL#<referral id>`, `sk = LINK`, `gsi1pk = CRM#<dataverse|salesforce>#<id>`,
 //! `gsi1sk = LINK`, plus the [`Link`] fields as plain attributes (`referral_id`, `crm`,
 //! `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`,
-//! `last_fingerprint_to_pc`, `updated_at`; absent when `None`). Putting a link again replaces
-//! it, including its `gsi1` entry when the CRM record changed.
+//! `last_fingerprint_to_pc`, `updated_at`, `version`; absent when `None`). Putting a link again
+//! replaces it, including its `gsi1` entry when the CRM record changed, but only if it is still
+//! at the version the sync read (optimistic concurrency: two syncs of one record at once cannot
+//! overwrite each other's link; the loser retries on a fresh read).
 
 use aws_sdk_dynamodb::Client;
 use cosell_domain::{CrmRecordId, Link, LinkStore, PortError, ReferralId, Service};
 
-use crate::aws::item::{Item, from_item, get_s, s, to_item};
+use crate::aws::item::{Item, from_item, get_s, n, s, to_item};
 use crate::aws::table::{ENTITY, GSI1, GSI1_PK, GSI1_SK, PK, SK, keys};
 use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
+
+/// The attribute holding [`Link::version`] (its serde name).
+const VERSION: &str = "version";
 
 /// The link store on the connector's table.
 #[derive(Debug, Clone)]
@@ -76,9 +81,16 @@ impl DynamoLinkStore {
         Ok(links.into_iter().max_by_key(|link| link.updated_at))
     }
 
-    /// [`LinkStore::put`], with the adapter's error.
+    /// [`LinkStore::put`], with the adapter's error: one conditional `PutItem` storing
+    /// `version + 1` if the stored item is absent, has no `version` (stored before versions
+    /// existed) or is still at `link.version` (else a `ConditionalCheckFailedException`,
+    /// [`PortError::PreconditionFailed`](cosell_domain::PortError) to the sync).
     pub async fn try_put(&self, link: &Link) -> Result<(), AwsAdapterError> {
-        let mut item = to_item(link).map_err(|source| AwsAdapterError::Serialize {
+        let stored = Link {
+            version: link.version + 1,
+            ..link.clone()
+        };
+        let mut item = to_item(&stored).map_err(|source| AwsAdapterError::Serialize {
             what: "a link",
             source,
         })?;
@@ -91,6 +103,12 @@ impl DynamoLinkStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(#pk) OR attribute_not_exists(#version) OR #version = :read",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":read", n(link.version))
             .send()
             .await
             .on_table(&self.table)?;

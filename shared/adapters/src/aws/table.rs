@@ -45,7 +45,7 @@
 //! | item | `pk` | `sk` | `gsi1pk` / `gsi1sk` | `gsi2pk` / `gsi2sk` | other attributes |
 //! |---|---|---|---|---|---|
 //! | idempotency record | `IDEMPOTENCY#<key>` (\*) | `IDEMPOTENCY` | | | `idempotency_key`, `status` (`INPROGRESS`\|`COMPLETED`), `expiration` (epoch s, TTL), `in_progress_expiration` (epoch ms, the Lambda deadline), `response` (JSON text), `payload_hash`? |
-//! | link | `REFERRAL#<referral id>` | `LINK` | `CRM#<dataverse\|salesforce>#<id>` / `LINK` | | the `Link` fields: `referral_id`, `crm`, `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`, `last_fingerprint_to_pc`, `updated_at` |
+//! | link | `REFERRAL#<referral id>` | `LINK` | `CRM#<dataverse\|salesforce>#<id>` / `LINK` | | the `Link` fields: `referral_id`, `crm`, `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`, `last_fingerprint_to_pc`, `last_stage_to_pc`, `microsoft_invited`, `updated_at`, `version` (puts are conditional on the version read) |
 //! | audit entry | `REFERRAL#<id>`, else `CRM#<kind>#<id>`, else `UNATTRIBUTED` | `AUDIT#<RFC 3339 UTC, ms>#<uuid>` | `CRM#<kind>#<id>` / same as `sk` (when the CRM record is known) | | the `AuditEntry` fields: `at`, `direction`, `referral_id`, `crm`, `correlation_id`, `event` (map with `kind`) |
 //! | needs attention | the failed record's partition (as for audit entries) | `ATTENTION` | | `ATTENTION` / `<RFC 3339 UTC, ms>` | the failing `AuditEntry` fields |
 //! | daily API counter | `BUDGET#<YYYY-MM-DD>` (UTC day) | `BUDGET` | | | `calls` (N, `ADD`ed atomically), `expiration` (a week after the day) |

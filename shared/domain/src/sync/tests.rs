@@ -1403,6 +1403,7 @@ fn a_link_to_another_crm_needs_attention() {
     let world = World::new();
     let id = world.pc.insert(co_sell_referral());
     world.links.insert(Link {
+        version: 0,
         referral_id: id,
         crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),
         last_referral_etag: None,

@@ -422,6 +422,7 @@ where
             // The CRM now holds the referral's stage: a later CRM change closes the referral only
             // when it moves away from it.
             microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
+            version: link.as_ref().map_or(0, |l| l.version),
             last_stage_to_pc: opportunity
                 .stage
                 .or_else(|| link.and_then(|l| l.last_stage_to_pc)),

@@ -417,6 +417,7 @@ impl Outbound<'_> {
                 .or_else(|| self.link.and_then(|l| l.last_stage_to_pc)),
             microsoft_invited,
             updated_at: now,
+            version: self.link.map_or(0, |l| l.version),
         }
     }
 }
@@ -492,8 +493,10 @@ where
         } else {
             invite_microsoft(deps, sync, &engagement).await?;
         }
+        // The link as just stored (`put` stored it one version up).
         let invited = Link {
             microsoft_invited: true,
+            version: link.version + 1,
             ..link
         };
         deps.links
