@@ -50,7 +50,8 @@ free_port() {
 start_moto() {
   local port
   port=$(free_port)
-  moto_server -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/cosell-moto-$port.log" 2>&1 &
+  # moto with DynamoDB requests one at a time, as atomic as DynamoDB (scripts/moto_server.py).
+  python3 scripts/moto_server.py -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/cosell-moto-$port.log" 2>&1 &
   MOTO_PID=$!
   trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
   # Wait (bounded) until moto answers.
