@@ -419,10 +419,10 @@ where
             last_referral_updated: updated,
             last_fingerprint_to_crm: Some(fingerprint.clone()),
             last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
-            // The CRM now holds the referral's stage: a later CRM change closes the referral only
-            // when it moves away from it.
             microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
             version: link.as_ref().map_or(0, |l| l.version),
+            // The CRM now holds the referral's stage: a later CRM change closes the referral only
+            // when it moves away from it.
             last_stage_to_pc: opportunity
                 .stage
                 .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
