@@ -26,6 +26,7 @@
 //! A counter that does not answer does not stop syncs: the sync runs unmetered and the failure
 //! is a warning (availability over accuracy).
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,8 +37,8 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ReferralId};
 use crate::opportunity::{Account, Contact, CrmOpportunity};
 use crate::ports::{
-    ApiBudget, AuditLog, CrmStore, IdempotencyStore, LinkStore, OpportunityPage, OpportunityQuery,
-    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    ApiBudget, CrmStore, OpportunityPage, OpportunityQuery,
+    OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource,
     Service, Upserted,
 };
 use crate::referral::{PatchOp, Referral, ReferralPage};
@@ -458,12 +459,30 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
     }
 }
 
+/// [`Ports`] with the Partner Center and CRM ports of `X` metered.
+#[derive(Debug)]
+pub struct MeteredPorts<'d, X>(PhantomData<&'d X>);
+
+impl<'d, X> Ports for MeteredPorts<'d, X>
+where
+    X: Ports + 'd,
+    X::PartnerCenter: 'd,
+    X::Crm: 'd,
+{
+    type PartnerCenter = Metered<'d, X::PartnerCenter>;
+    type Crm = Metered<'d, X::Crm>;
+    type Idempotency = X::Idempotency;
+    type RetryQueue = X::RetryQueue;
+    type Audit = X::Audit;
+    type Links = X::Links;
+}
+
 /// `deps` with its Partner Center and CRM ports metered.
-fn metered_deps<'m, 'd: 'm, P, C, I, Q, A, L>(
-    deps: &Deps<'d, P, C, I, Q, A, L>,
-    partner_center: &'m Metered<'d, P>,
-    crm: &'m Metered<'d, C>,
-) -> Deps<'m, Metered<'d, P>, Metered<'d, C>, I, Q, A, L> {
+fn metered_deps<'m, 'd: 'm, X: Ports>(
+    deps: &Deps<'d, X>,
+    partner_center: &'m Metered<'d, X::PartnerCenter>,
+    crm: &'m Metered<'d, X::Crm>,
+) -> Deps<'m, MeteredPorts<'d, X>> {
     Deps {
         partner_center,
         crm,
@@ -544,20 +563,14 @@ macro_rules! metered_run {
 
 /// [`handle_partner_center_event`] within the budget (a webhook sync): metered, or — the
 /// budget spent — queued as a retry job of the event for the next UTC day.
-pub async fn handle_partner_center_event_within_budget<B, P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn handle_partner_center_event_within_budget<B, X: Ports>(
+    deps: &Deps<'_, X>,
     budget: Budget<'_, B>,
     event: &WebhookEvent,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
 where
     B: ApiBudget,
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let key = partner_center_event_key(event, meta.now);
     let (true, Ok(key)) = (
@@ -586,20 +599,14 @@ where
 /// [`handle_crm_change`] within the budget (a webhook sync): metered, or — the budget spent —
 /// queued as a retry job of the change for the next UTC day. A change the core settles without
 /// a call (the connector's own write, sync off) is never deferred.
-pub async fn handle_crm_change_within_budget<B, P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn handle_crm_change_within_budget<B, X: Ports>(
+    deps: &Deps<'_, X>,
     budget: Budget<'_, B>,
     change: &CrmChange,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
 where
     B: ApiBudget,
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let without_calls = deps.settings.is_connector_write(change.writer.as_deref())
         || change
@@ -627,20 +634,14 @@ where
 /// spent — the same job queued again as a fresh message for the next UTC day (it does not
 /// count towards the queue's `maxReceiveCount`). The retry worker calls this instead of
 /// `run_retry_job`, or [`reserve`] / [`settle`] around its own run.
-pub async fn run_retry_job_within_budget<B, P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn run_retry_job_within_budget<B, X: Ports>(
+    deps: &Deps<'_, X>,
     budget: Budget<'_, B>,
     job: &RetryJob,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
 where
     B: ApiBudget,
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let reservation = reserve(budget, CallKind::Background, meta.now).await;
     if let Some(until) = reservation.deferred_until() {

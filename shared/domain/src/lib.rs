@@ -61,7 +61,7 @@ pub use opportunity::{
 pub use ports::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyRecord,
     IdempotencyState, IdempotencyStatus, IdempotencyStore, Link, LinkStore, OpportunityWrite,
-    PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
+    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
     SyncDirection, Upserted,
 };
 pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};

@@ -895,6 +895,32 @@ pub trait ApiBudget: Send + Sync {
     ) -> impl Future<Output = Result<i64, PortError>> + Send;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The ports of one sync, as one type
+// ---------------------------------------------------------------------------------------------
+
+/// The six ports a sync runs against, named once: the sync core, the handlers and the
+/// decorators (metering, fault injection) are generic over one `X: Ports` instead of six type
+/// parameters.
+///
+/// An implementation is a type-level list (usually a unit struct such as the runtime's
+/// `Production`); the values are held by whoever owns them (a function's `App`) and lent to a
+/// sync through [`Deps`](crate::sync::Deps).
+pub trait Ports {
+    /// The Partner Center Referrals API.
+    type PartnerCenter: PartnerCenter;
+    /// The CRM (Dataverse or Salesforce).
+    type Crm: CrmStore;
+    /// The idempotency table.
+    type Idempotency: IdempotencyStore;
+    /// The retry queue.
+    type RetryQueue: RetryQueue;
+    /// The audit log.
+    type Audit: AuditLog;
+    /// The referral ⇄ CRM link table.
+    type Links: LinkStore;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

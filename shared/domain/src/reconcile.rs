@@ -92,21 +92,38 @@ pub struct ReconcileRun {
     pub dry_run: bool,
 }
 
-/// The ports a run uses.
-#[derive(Debug)]
-pub struct ReconcilePorts<'a, P, C, Q, L, K, B> {
+/// The ports a reconciliation run uses, named once: fewer than a sync's (no idempotency store,
+/// no audit log), plus the checkpoint and the API budget.
+pub trait ReconcilePorts {
     /// Partner Center.
-    pub partner_center: &'a P,
+    type PartnerCenter: PartnerCenter;
     /// The CRM.
-    pub crm: &'a C,
+    type Crm: CrmStore;
     /// Where the syncs are queued.
-    pub retry_queue: &'a Q,
+    type RetryQueue: RetryQueue;
     /// The links.
-    pub links: &'a L,
+    type Links: LinkStore;
     /// The checkpoint.
-    pub checkpoints: &'a K,
+    type Checkpoints: CheckpointStore;
+    /// The API budget's counter.
+    type Budget: ApiBudget;
+}
+
+/// The ports a run uses, lent by their owner.
+#[derive(Debug)]
+pub struct ReconcileDeps<'a, X: ReconcilePorts> {
+    /// Partner Center.
+    pub partner_center: &'a X::PartnerCenter,
+    /// The CRM.
+    pub crm: &'a X::Crm,
+    /// Where the syncs are queued.
+    pub retry_queue: &'a X::RetryQueue,
+    /// The links.
+    pub links: &'a X::Links,
+    /// The checkpoint.
+    pub checkpoints: &'a X::Checkpoints,
     /// The API budget (reconciliation is background work).
-    pub budget: Budget<'a, B>,
+    pub budget: Budget<'a, X::Budget>,
 }
 
 /// Which side a change was read from.
@@ -319,19 +336,12 @@ enum Verdict {
 }
 
 /// One reconciliation run (see the module docs).
-pub async fn reconcile<P, C, Q, L, K, B>(
-    ports: ReconcilePorts<'_, P, C, Q, L, K, B>,
+pub async fn reconcile<X: ReconcilePorts>(
+    ports: ReconcileDeps<'_, X>,
     sync: &SyncSettings,
     settings: &ReconcileSettings,
     run: &ReconcileRun,
 ) -> Result<ReconcileReport, ReconcileError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    K: CheckpointStore,
-    B: ApiBudget,
 {
     let backfill = run.since.is_some();
     let checkpoint = if backfill {
@@ -448,22 +458,16 @@ async fn plan<Q: RetryQueue>(
 // ---------------------------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
-async fn referrals<P, C, Q, L, K, B, MC>(
-    ports: &ReconcilePorts<'_, P, C, Q, L, K, B>,
-    partner_center: &Metered<'_, P>,
-    gate: &Gate<'_, '_, B, P, MC>,
+async fn referrals<X: ReconcilePorts, MC>(
+    ports: &ReconcileDeps<'_, X>,
+    partner_center: &Metered<'_, X::PartnerCenter>,
+    gate: &Gate<'_, '_, X::Budget, X::PartnerCenter, MC>,
     sync: &SyncSettings,
     settings: &ReconcileSettings,
     run: &ReconcileRun,
     start: &Start,
     report: &mut ReconcileReport,
 ) -> Pass
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    B: ApiBudget,
 {
     report.referrals.since = Some(start.since);
     let mut pass = Pass {
@@ -520,18 +524,14 @@ where
     pass
 }
 
-async fn referral_step<P, C, Q, L, K, B>(
-    ports: &ReconcilePorts<'_, P, C, Q, L, K, B>,
+async fn referral_step<X: ReconcilePorts>(
+    ports: &ReconcileDeps<'_, X>,
     sync: &SyncSettings,
     run: &ReconcileRun,
     referral: &Referral,
     updated: Option<DateTime<Utc>>,
     report: &mut ReconcileReport,
 ) -> Result<(), PortError>
-where
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
 {
     let Ok(id) = referral.referral_id() else {
         report.referrals.ignored += 1;
@@ -633,21 +633,16 @@ fn referral_verdict<C: CrmStore>(
 // ---------------------------------------------------------------------------------------------
 
 #[allow(clippy::too_many_arguments)]
-async fn opportunities<P, C, Q, L, K, B, MP>(
-    ports: &ReconcilePorts<'_, P, C, Q, L, K, B>,
-    crm: &Metered<'_, C>,
-    gate: &Gate<'_, '_, B, MP, C>,
+async fn opportunities<X: ReconcilePorts, MP>(
+    ports: &ReconcileDeps<'_, X>,
+    crm: &Metered<'_, X::Crm>,
+    gate: &Gate<'_, '_, X::Budget, MP, X::Crm>,
     sync: &SyncSettings,
     settings: &ReconcileSettings,
     run: &ReconcileRun,
     start: &Start,
     report: &mut ReconcileReport,
 ) -> Pass
-where
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    B: ApiBudget,
 {
     report.opportunities.since = Some(start.since);
     let mut pass = Pass {
@@ -699,18 +694,14 @@ where
     pass
 }
 
-async fn opportunity_step<P, C, Q, L, K, B>(
-    ports: &ReconcilePorts<'_, P, C, Q, L, K, B>,
-    crm: &Metered<'_, C>,
+async fn opportunity_step<X: ReconcilePorts>(
+    ports: &ReconcileDeps<'_, X>,
+    crm: &Metered<'_, X::Crm>,
     sync: &SyncSettings,
     run: &ReconcileRun,
     listed: &ListedOpportunity,
     report: &mut ReconcileReport,
 ) -> Result<(), PortError>
-where
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
 {
     let opportunity = &listed.opportunity;
     let Some(record) = opportunity.record.id.clone() else {

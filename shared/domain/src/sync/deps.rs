@@ -9,48 +9,41 @@ use uuid::Uuid;
 
 use super::outcome::RetryPolicy;
 use crate::mapping::MappingConfig;
+use crate::ports::Ports;
 use crate::referral::{Member, Referral, ReferralQualification, ReferralType};
 
 /// The ports, the mapping and the settings one sync runs with. Built once per cold start in a
 /// function's `main` from borrowed adapters; cheap to copy.
 ///
-/// Type parameters: `P` [`PartnerCenter`], `C` [`CrmStore`], `I` [`IdempotencyStore`],
-/// `Q` [`RetryQueue`], `A` [`AuditLog`], `L` [`LinkStore`].
-///
-/// [`PartnerCenter`]: crate::ports::PartnerCenter
-/// [`CrmStore`]: crate::ports::CrmStore
-/// [`IdempotencyStore`]: crate::ports::IdempotencyStore
-/// [`RetryQueue`]: crate::ports::RetryQueue
-/// [`AuditLog`]: crate::ports::AuditLog
-/// [`LinkStore`]: crate::ports::LinkStore
-pub struct Deps<'a, P, C, I, Q, A, L> {
+/// `X` names the six port types ([`Ports`]); `Deps` lends one value of each.
+pub struct Deps<'a, X: Ports> {
     /// The Partner Center Referrals API.
-    pub partner_center: &'a P,
+    pub partner_center: &'a X::PartnerCenter,
     /// The CRM.
-    pub crm: &'a C,
+    pub crm: &'a X::Crm,
     /// The idempotency table.
-    pub idempotency: &'a I,
+    pub idempotency: &'a X::Idempotency,
     /// The retry queue.
-    pub retry_queue: &'a Q,
+    pub retry_queue: &'a X::RetryQueue,
     /// The audit log.
-    pub audit: &'a A,
+    pub audit: &'a X::Audit,
     /// The referral ⇄ CRM link table.
-    pub links: &'a L,
+    pub links: &'a X::Links,
     /// The field mapping.
     pub mapping: &'a MappingConfig,
     /// The sync settings.
     pub settings: &'a SyncSettings,
 }
 
-impl<P, C, I, Q, A, L> Clone for Deps<'_, P, C, I, Q, A, L> {
+impl<X: Ports> Clone for Deps<'_, X> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<P, C, I, Q, A, L> Copy for Deps<'_, P, C, I, Q, A, L> {}
+impl<X: Ports> Copy for Deps<'_, X> {}
 
-impl<P, C, I, Q, A, L> fmt::Debug for Deps<'_, P, C, I, Q, A, L> {
+impl<X: Ports> fmt::Debug for Deps<'_, X> {
     /// The settings only: the ports are adapters holding clients and credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Deps")

@@ -28,8 +28,8 @@ use super::outcome::{Handled, Outcome, RetryPolicy, SyncError};
 use crate::error::ParseError;
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
-    LinkStore, PartnerCenter, PortError, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
+    Ports,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, PortError, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
 };
 
 /// One run of a delivery: which key it holds and how to schedule it again.
@@ -349,20 +349,14 @@ pub(crate) fn attempt_key(job: &RetryJob) -> Result<IdempotencyKey, ParseError> 
 /// Run `sync` at most once for `run.key` (see the module docs).
 ///
 /// `sync` is a future, so nothing of it runs before the key is taken.
-pub(crate) async fn exactly_once<P, C, I, Q, A, L, S>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub(crate) async fn exactly_once<X: Ports, S>(
+    deps: &Deps<'_, X>,
     meta: &Delivery,
     run: &Run<'_>,
-    journal: &Journal<'_, A>,
+    journal: &Journal<'_, X::Audit>,
     sync: S,
 ) -> Result<Outcome, SyncError>
 where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
     S: Future<Output = Result<Outcome, Failure>>,
 {
     let acquired = deps
@@ -406,19 +400,12 @@ where
 }
 
 /// Turn a failure into a retry or a call for attention.
-async fn settle<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn settle<X: Ports>(
+    deps: &Deps<'_, X>,
     run: &Run<'_>,
-    journal: &Journal<'_, A>,
+    journal: &Journal<'_, X::Audit>,
     failure: Failure,
 ) -> Result<Outcome, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let problem = match failure {
         Failure::Port { error, crm }
@@ -444,16 +431,13 @@ where
     Ok(needs_attention(deps, journal, problem).await)
 }
 
-async fn schedule_retry<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn schedule_retry<X: Ports>(
+    deps: &Deps<'_, X>,
     run: &Run<'_>,
-    journal: &Journal<'_, A>,
+    journal: &Journal<'_, X::Audit>,
     cause: PortError,
     crm: Option<&CrmRecordId>,
 ) -> Result<Outcome, SyncError>
-where
-    Q: RetryQueue,
-    A: AuditLog,
 {
     let job = RetryJob {
         source: run.source,
@@ -484,14 +468,11 @@ where
 
 /// Audit the problem, write it to the CRM record's Audit field when one is known, and report
 /// it.
-pub(crate) async fn needs_attention<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+pub(crate) async fn needs_attention<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     problem: Problem,
 ) -> Outcome
-where
-    C: CrmStore,
-    A: AuditLog,
 {
     let Problem {
         code,

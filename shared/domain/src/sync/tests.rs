@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::*;
+use crate::ports::Ports;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId};
 use crate::in_memory::{
     CallCounts, InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
@@ -653,15 +654,19 @@ impl CrmStore for FakeCrm {
 // The world a test runs in
 // ---------------------------------------------------------------------------------------------
 
-type TestDeps<'a> = Deps<
-    'a,
-    FakePartnerCenter,
-    FakeCrm,
-    InMemoryIdempotencyStore,
-    InMemoryRetryQueue,
-    InMemoryAuditLog,
-    InMemoryLinkStore,
->;
+/// The ports a test runs against: fakes of the services, the in-memory stores.
+struct Fakes;
+
+impl Ports for Fakes {
+    type PartnerCenter = FakePartnerCenter;
+    type Crm = FakeCrm;
+    type Idempotency = InMemoryIdempotencyStore;
+    type RetryQueue = InMemoryRetryQueue;
+    type Audit = InMemoryAuditLog;
+    type Links = InMemoryLinkStore;
+}
+
+type TestDeps<'a> = Deps<'a, Fakes>;
 
 struct World {
     pc: FakePartnerCenter,

@@ -42,8 +42,9 @@ use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, Referral
 use crate::mapping::{BodyScope, invites_microsoft, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
-    AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
-    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    Ports,
+    AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetrySource,
     SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
@@ -104,18 +105,11 @@ pub fn partner_center_event_key(
 /// both without any call. Referral events run under the event's idempotency key (see
 /// [`partner_center_event_key`]). `Err` means the delivery could not be taken on or parked:
 /// answer [`SyncError::http_status`] so Partner Center delivers it again.
-pub async fn handle_partner_center_event<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn handle_partner_center_event<X: Ports>(
+    deps: &Deps<'_, X>,
     event: &WebhookEvent,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     if event.is_test() {
         return Ok(done(Outcome::Acknowledged));
@@ -146,18 +140,11 @@ where
 /// record it names (as [`super::handle_crm_change`] does); each under a key of its own attempt, so a replayed
 /// message changes nothing twice. A job that carries no Partner Center referral event (or no
 /// CRM record) needs attention (and is not retried).
-pub async fn run_retry_job<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn run_retry_job<X: Ports>(
+    deps: &Deps<'_, X>,
     job: &RetryJob,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     if matches!(job.source, RetrySource::Dataverse | RetrySource::Salesforce) {
         return run_crm_retry_job(deps, job, meta).await;
@@ -214,22 +201,15 @@ fn invalid_event(event: &WebhookEvent, error: &ParseError) -> Problem {
 }
 
 /// The referral event under `key`.
-async fn process<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn process<X: Ports>(
+    deps: &Deps<'_, X>,
     event: &WebhookEvent,
     meta: &Delivery,
-    journal: Journal<'_, A>,
+    journal: Journal<'_, X::Audit>,
     key: IdempotencyKey,
     retry_key: &str,
     attempt: u32,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let referral_id = match event.referral_id() {
         Ok(id) => id,
@@ -262,18 +242,12 @@ where
 }
 
 /// `referral-created` / `referral-updated` (see the module docs).
-async fn sync_referral<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn sync_referral<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     event_name: &EventName,
     referral_id: ReferralId,
 ) -> Result<Outcome, Failure>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    A: AuditLog,
-    L: LinkStore,
 {
     let referral = deps
         .partner_center
@@ -457,14 +431,12 @@ where
 }
 
 /// The CRM opportunity of a referral that has no link yet.
-async fn locate<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn locate<X: Ports>(
+    deps: &Deps<'_, X>,
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
 ) -> Result<Option<CrmRecordId>, Failure>
-where
-    C: CrmStore,
 {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
@@ -497,12 +469,10 @@ where
 ///
 /// A contact without an email is not created: it could not be matched again, so a retry would
 /// create it twice. The opportunity is created without a contact then.
-async fn customer<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn customer<X: Ports>(
+    deps: &Deps<'_, X>,
     opportunity: &Opportunity,
 ) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), Failure>
-where
-    C: CrmStore,
 {
     let crm = deps.crm;
     let account = &opportunity.account;
@@ -553,17 +523,14 @@ where
 /// A terminal referral takes no change, so nothing is written to it. On 412 the referral is
 /// re-read once and the patch retried once with the fresh `eTag`; a second 412 is an error (a
 /// retried job starts over).
-async fn write_back<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn write_back<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     referral_id: ReferralId,
     referral: &Referral,
     crm: &CrmRecordId,
     fingerprint: &str,
 ) -> Result<Option<ETag>, PortError>
-where
-    P: PartnerCenter,
-    A: AuditLog,
 {
     if !needs_write_back(referral, crm) {
         return Ok(referral.etag());
@@ -656,16 +623,11 @@ fn crm_record_named(text: Option<&str>, kind: CrmKind) -> Option<CrmRecordId> {
 /// `microsoftCrmIdentifier`, `msxId` or `msxOpportunityId` (any case) on Microsoft's referral,
 /// else its `externalReferenceId` when Microsoft owns it (the slot a referral's owner keeps its
 /// own CRM id in). Another partner's `externalReferenceId` is never taken for Microsoft's.
-async fn sync_related<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn sync_related<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     referral_id: ReferralId,
 ) -> Result<Outcome, Failure>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    A: AuditLog,
-    L: LinkStore,
 {
     let named = deps
         .partner_center

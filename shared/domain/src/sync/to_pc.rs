@@ -58,8 +58,9 @@ use crate::mapping::{
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link, LinkStore,
-    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    Ports,
+    AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetrySource,
     SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
@@ -123,18 +124,11 @@ fn retry_source(kind: CrmKind) -> RetrySource {
 /// `Err` means the delivery could not be taken on or parked: answer
 /// [`SyncError::http_status`] (Dataverse retries 503 once; for Salesforce, do not acknowledge
 /// the notification) so the CRM delivers it again.
-pub async fn handle_crm_change<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub async fn handle_crm_change<X: Ports>(
+    deps: &Deps<'_, X>,
     change: &CrmChange,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
     if deps.settings.is_connector_write(change.writer.as_deref()) {
@@ -165,18 +159,11 @@ where
 
 /// A Dataverse or Salesforce retry job: the record is read again and synced under the key of
 /// the job's attempt.
-pub(super) async fn run_crm_retry_job<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+pub(super) async fn run_crm_retry_job<X: Ports>(
+    deps: &Deps<'_, X>,
     job: &RetryJob,
     meta: &Delivery,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
     let payload = serde_json::from_value::<CrmRetryPayload>(job.payload.clone())
@@ -222,22 +209,15 @@ fn sync_off() -> Outcome {
 }
 
 /// The change under `key`.
-async fn process<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn process<X: Ports>(
+    deps: &Deps<'_, X>,
     change: &CrmChange,
     meta: &Delivery,
-    journal: Journal<'_, A>,
+    journal: Journal<'_, X::Audit>,
     key: IdempotencyKey,
     retry_key: &str,
     attempt: u32,
 ) -> Result<Handled, SyncError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
 {
     let payload = CrmRetryPayload {
         record: change.record.clone(),
@@ -263,18 +243,12 @@ where
 }
 
 /// Steps 1–6 of the module docs; `retrying` for a retry job's run.
-async fn sync_change<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn sync_change<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     change: &CrmChange,
     retrying: bool,
 ) -> Result<Outcome, Failure>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    A: AuditLog,
-    L: LinkStore,
 {
     let record = &change.record;
     if record.kind() != deps.crm.kind() {
@@ -427,16 +401,11 @@ impl Outbound<'_> {
 /// The link is saved before the id is written back to the CRM, so a retry after a failed
 /// write-back finds the referral by the link and only finishes the write-back (rather than
 /// creating a second referral). Only when both fail can a retry create the referral again.
-async fn create<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn create<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
 ) -> Result<Outcome, Failure>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    A: AuditLog,
-    L: LinkStore,
 {
     let record = sync.record;
     let earlier = if sync.retrying {
@@ -521,14 +490,11 @@ const CREATED_EARLIER_SKEW_MINUTES: i64 = 15;
 /// oldest audited delivery (`updatedDateTime ge …`, the documented filter) by its
 /// `externalReferenceId` (whether that member is filterable is UNKNOWN, so it is compared
 /// here). Too many candidates to search → a person decides, rather than a second referral.
-async fn created_earlier<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn created_earlier<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
 ) -> Result<Option<Referral>, Failure>
-where
-    P: PartnerCenter,
-    A: AuditLog,
 {
     let record = sync.record;
     let entries = deps
@@ -590,13 +556,11 @@ where
 /// when the deal's engagement has one now. A link stored before invitations were tracked (or
 /// a run that failed after sending) is checked against the engagement's referrals first, so
 /// Microsoft is never invited twice.
-async fn ensure_invitation<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn ensure_invitation<X: Ports>(
+    deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     current: &Referral,
 ) -> Result<bool, Failure>
-where
-    P: PartnerCenter,
 {
     if sync.link.is_some_and(|l| l.microsoft_invited) {
         return Ok(true);
@@ -620,13 +584,11 @@ where
 }
 
 /// `POST` the referral that invites Microsoft to the deal's `engagement`.
-async fn invite_microsoft<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn invite_microsoft<X: Ports>(
+    deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     engagement: &EngagementId,
 ) -> Result<(), Failure>
-where
-    P: PartnerCenter,
 {
     let shared = referral_create_body(sync.validated, &deps.settings.partner_team);
     deps.partner_center
@@ -637,17 +599,12 @@ where
 }
 
 /// Step 6: update the referral.
-async fn update<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn update<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
     referral_id: ReferralId,
 ) -> Result<Outcome, Failure>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    A: AuditLog,
-    L: LinkStore,
 {
     let record = sync.record;
     let pc = deps.partner_center;
@@ -744,14 +701,12 @@ async fn patch<P: PartnerCenter>(
 
 /// Write the referral id and link (and `audit`) to the record: an update of the record by its
 /// id that sets only those.
-async fn write_back<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
+async fn write_back<X: Ports>(
+    deps: &Deps<'_, X>,
     record: &CrmRecordId,
     referral_id: ReferralId,
     audit: &str,
 ) -> Result<(), PortError>
-where
-    C: CrmStore,
 {
     let ids = Opportunity {
         referral_id: Some(referral_id),
@@ -772,16 +727,13 @@ where
 
 /// The write-back of an earlier run that could not finish it: when the record does not carry
 /// its referral id yet.
-async fn finish_write_back<P, C, I, Q, A, L>(
-    deps: &Deps<'_, P, C, I, Q, A, L>,
-    journal: &Journal<'_, A>,
+async fn finish_write_back<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
     record: &CrmRecordId,
     opportunity: &Opportunity,
     referral_id: ReferralId,
 ) -> Result<(), Failure>
-where
-    C: CrmStore,
-    A: AuditLog,
 {
     if opportunity.referral_id == Some(referral_id) {
         return Ok(());
