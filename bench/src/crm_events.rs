@@ -24,11 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use chrono::{SecondsFormat, Utc};
-use cosell_adapters::aws::{
-    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, SqsRetryQueue,
-};
-use cosell_adapters::http::crm::AnyCrm;
-use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
 use cosell_domain::crm_wire::salesforce::{OutboundMessage, ack_response};
 use cosell_domain::ids::CrmKind;
 use cosell_sandbox::identities::{
@@ -37,12 +32,14 @@ use cosell_sandbox::identities::{
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
-use crate::counting::{CallCounter, Counted, Gauged, IoGauge, delta};
+use crate::counting::{CallCounter, IoGauge, delta};
 use crate::report::{
     CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes, own_cpu_check,
 };
 use crate::sandbox::Control;
-use crate::scenario::{Aws, Options, RunEnv, counted_stores, environment};
+use cosell_runtime::Connector;
+
+use crate::scenario::{Aws, Benched, Options, RunEnv, counted_stores, environment, gauged_clients};
 use crate::stats::{EventSample, KindReport};
 use crate::system::{Machine, Source, load_average, peak_rss_kib, process_cpu_time, status_kib};
 
@@ -100,14 +97,7 @@ impl Kind {
 
 /// The function as the benchmark runs it: HTTP clients and counted DynamoDB / SQS stores, all
 /// timed by an [`IoGauge`].
-pub type CrmBenchApp = crm_events::App<
-    Gauged<HttpPartnerCenter>,
-    Gauged<AnyCrm>,
-    Counted<DynamoIdempotencyStore>,
-    Counted<SqsRetryQueue>,
-    Counted<DynamoAuditLog>,
-    Counted<DynamoLinkStore>,
->;
+pub type CrmBenchApp = crm_events::App<Benched>;
 
 // ---------------------------------------------------------------------------------------------
 // Captured notifications
@@ -412,21 +402,16 @@ fn build_app(
     } = env;
     let vars = crm_environment(&sandbox.base_url, crm, table, &queues.queue_url);
     let config = crm_events::Config::from_lookup(|name| vars.get(name).cloned())?;
-    // As `crm_events::Clients::from_config` builds them, each wrapped to time its calls.
-    let http = build_client(&HttpClientOptions::default())?;
-    let clients = crm_events::Clients {
-        partner_center: Gauged::new(
-            partner_center_events::app::partner_center(http.clone(), &config.sync.partner_center)?,
-            gauge.clone(),
-        ),
-        crm: Gauged::new(
-            partner_center_events::app::crm(http, &config.sync.crm, &config.sync.mapping)?,
-            gauge.clone(),
-        ),
-    };
+    let clients = gauged_clients(&config.sync, gauge)?;
     let mut stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
     stores.audit = stores.audit.recording_audit_events(audit_events.clone());
-    Ok(crm_events::App::new(clients, stores, &config))
+    let connector = Connector::new(
+        clients,
+        stores,
+        config.sync.mapping.clone(),
+        config.sync_settings(),
+    );
+    Ok(crm_events::App::new(connector, &config))
 }
 
 /// Measures notifications through the handler.

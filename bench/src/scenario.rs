@@ -17,15 +17,18 @@ use cosell_adapters::aws::{
     SqsRetryQueue, aws_sdk_dynamodb, aws_sdk_sqs, provision_queues, provision_table,
 };
 use cosell_adapters::http::crm::AnyCrm;
-use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, WebhookVerifier, build_client};
+use cosell_adapters::http::{HttpPartnerCenter, WebhookVerifier};
 use cosell_domain::ids::CrmKind;
+use cosell_domain::ports::Ports;
+use cosell_runtime::clients::{self, Clients};
+use cosell_runtime::{Connector, Stores, SyncConfig};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
 };
 use cosell_sandbox::pki::{INTERMEDIATE_CERT_PEM, ROOT_CERT_PEM, SALESFORCE_APP_KEY_PEM};
 use lambda_http::{Body, Request, Response};
-use partner_center_events::app::{self, Clients, Stores};
+use partner_center_events::app;
 use partner_center_events::{App, Config, handler};
 use tokio::task::JoinSet;
 
@@ -76,24 +79,25 @@ fn endpoint_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stri
         })
 }
 
-/// The real stores as the benchmark runs them: counted and timed.
-pub(crate) type BenchStores = Stores<
-    Counted<DynamoIdempotencyStore>,
-    Counted<SqsRetryQueue>,
-    Counted<DynamoAuditLog>,
-    Counted<DynamoLinkStore>,
->;
+/// The ports as the benchmark runs them: HTTP clients and the real DynamoDB / SQS stores,
+/// every call counted and timed by an [`IoGauge`].
+#[derive(Debug)]
+pub struct Benched;
 
-/// The function as the benchmark runs it: HTTP clients and counted DynamoDB / SQS stores, all
-/// timed by an [`IoGauge`].
-pub type BenchApp = App<
-    Gauged<HttpPartnerCenter>,
-    Gauged<AnyCrm>,
-    Counted<DynamoIdempotencyStore>,
-    Counted<SqsRetryQueue>,
-    Counted<DynamoAuditLog>,
-    Counted<DynamoLinkStore>,
->;
+impl Ports for Benched {
+    type PartnerCenter = Gauged<HttpPartnerCenter>;
+    type Crm = Gauged<AnyCrm>;
+    type Idempotency = Counted<DynamoIdempotencyStore>;
+    type RetryQueue = Counted<SqsRetryQueue>;
+    type Audit = Counted<DynamoAuditLog>;
+    type Links = Counted<DynamoLinkStore>;
+}
+
+/// The real stores as the benchmark runs them: counted and timed.
+pub(crate) type BenchStores = Stores<Benched>;
+
+/// The function as the benchmark runs it.
+pub type BenchApp = App<Benched>;
 
 /// SDK clients pointed at moto, counting their requests.
 pub(crate) struct Aws {
@@ -241,20 +245,35 @@ fn build_app(
 ) -> anyhow::Result<BenchApp> {
     let vars = environment(&sandbox.base_url, crm, table, &queues.queue_url);
     let config = Config::from_lookup(|name| vars.get(name).cloned())?;
-    let http = build_client(&HttpClientOptions::default())?;
-    let clients = Clients {
-        partner_center: Gauged::new(
-            app::partner_center(http.clone(), &config.partner_center)?,
-            gauge.clone(),
+    let stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
+    Ok(App {
+        connector: Connector::new(
+            gauged_clients(&config.sync, gauge)?,
+            stores,
+            config.sync.mapping.clone(),
+            config.sync_settings(),
         ),
-        crm: Gauged::new(app::crm(http, &config.crm, &config.mapping)?, gauge.clone()),
         verifier: WebhookVerifier::with_insecure_hosts(
             app::verifier_settings(&config.webhook),
             [sandbox.addr.to_string()],
         )?,
-    };
-    let stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
-    Ok(App::new(clients, stores, &config))
+        max_body_bytes: config.max_body_bytes,
+    })
+}
+
+/// The HTTP clients as `main` builds them, each wrapped to time its calls.
+pub(crate) fn gauged_clients(
+    sync: &SyncConfig,
+    gauge: &Arc<IoGauge>,
+) -> anyhow::Result<Clients<Benched>> {
+    let http = clients::http_client()?;
+    Ok(Clients {
+        partner_center: Gauged::new(
+            clients::partner_center(http.clone(), &sync.partner_center)?,
+            gauge.clone(),
+        ),
+        crm: Gauged::new(clients::crm(http, &sync.crm, &sync.mapping)?, gauge.clone()),
+    })
 }
 
 /// The real DynamoDB / SQS stores, each counted into `counter` and timed by `gauge`.
@@ -631,8 +650,8 @@ mod tests {
             let config = Config::from_lookup(|name| vars.get(name).cloned())
                 .unwrap_or_else(|error| panic!("{crm}: {error}"));
             assert_eq!(
-                config.store,
-                partner_center_events::StoreConfig::DynamoDb {
+                config.sync.store,
+                cosell_runtime::StoreConfig::DynamoDb {
                     table_name: "t".into(),
                     retry_queue_url: "http://q/1/retry".into(),
                 }

@@ -333,7 +333,7 @@ pub async fn main(args: Args) -> std::process::ExitCode {
 
 async fn run(args: &Args, out: &mut dyn Write) -> Result<Exit> {
     let config = crate::context::OpsConfig::from_env()?;
-    let partner_center_events::StoreConfig::DynamoDb { table_name, .. } = &config.sync.store else {
+    let cosell_runtime::StoreConfig::DynamoDb { table_name, .. } = &config.sync.store else {
         bail!(
             "STORE=memory keeps no audit log outside the function; set STORE=dynamodb and TABLE_NAME"
         );

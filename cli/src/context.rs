@@ -35,8 +35,8 @@ use cosell_adapters::http::{
     build_client,
 };
 use cosell_domain::budget::BudgetPolicy;
-use partner_center_events::config::{CrmConfig, PartnerCenterConfig};
-use partner_center_events::{ConfigError, Env, SyncConfig};
+use cosell_runtime::config::{CrmConfig, PartnerCenterConfig};
+use cosell_runtime::{ConfigError, Env, SyncConfig};
 use serde::Serialize;
 
 /// The process exit status of an operator command.
@@ -321,10 +321,8 @@ impl Deployment {
         let config =
             OpsConfig::from_lookup(|name| secrets.var(name)).context("the configuration")?;
         let aws = match config.sync.store {
-            partner_center_events::StoreConfig::DynamoDb { .. } => {
-                Some(AwsClients::from_env().await)
-            }
-            partner_center_events::StoreConfig::Memory => None,
+            cosell_runtime::StoreConfig::DynamoDb { .. } => Some(AwsClients::from_env().await),
+            cosell_runtime::StoreConfig::Memory => None,
         };
         Self::new(config, aws)
     }

@@ -36,8 +36,8 @@ use cosell_adapters::http::{
 };
 use cosell_domain::ports::Service;
 use cosell_domain::webhook::EventName;
-use partner_center_events::StoreConfig;
-use partner_center_events::config::CrmConfig;
+use cosell_runtime::StoreConfig;
+use cosell_runtime::config::CrmConfig;
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -181,8 +181,8 @@ where
         Ok(config) => config,
         Err(error) => {
             let name = match &error {
-                partner_center_events::ConfigError::Missing(name)
-                | partner_center_events::ConfigError::Invalid { name, .. } => *name,
+                cosell_runtime::ConfigError::Missing(name)
+                | cosell_runtime::ConfigError::Invalid { name, .. } => *name,
             };
             return vec![
                 Check::with_fix(

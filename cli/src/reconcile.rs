@@ -12,15 +12,14 @@
 
 use std::io::Write;
 
-use ::reconcile::{App, Config, LocalApp, ProductionApp};
+use ::reconcile::{App, Config, Local};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use cosell_adapters::aws::AwsClients;
-use cosell_domain::ports::{
-    ApiBudget, CheckpointStore, CrmStore, LinkStore, PartnerCenter, RetryQueue,
+use cosell_domain::reconcile::{
+    ReconcilePorts, ReconcileReport, ReconcileRun, Side, SideReport, reconcile,
 };
-use cosell_domain::reconcile::{ReconcileReport, ReconcileRun, Side, SideReport, reconcile};
-use partner_center_events::StoreConfig;
+use cosell_runtime::StoreConfig;
 
 use crate::context::{Exit, Output};
 
@@ -74,12 +73,12 @@ pub async fn run(
             table_name,
             retry_queue_url,
         } => {
-            let app = ProductionApp::production(&config, aws, table_name, retry_queue_url)
+            let app = App::dynamo(&config, aws, table_name, retry_queue_url)
                 .context("building the clients")?;
             run_with(&app, args, now).await?
         }
         StoreConfig::Memory => {
-            let app = LocalApp::local(&config).context("building the clients")?;
+            let app = App::<Local>::local(&config).context("building the clients")?;
             run_with(&app, args, now).await?
         }
     };
@@ -96,25 +95,17 @@ pub async fn run(
 }
 
 /// One run with `app`.
-pub async fn run_with<P, C, Q, L, K, B>(
-    app: &App<P, C, Q, L, K, B>,
+pub async fn run_with<X: ReconcilePorts>(
+    app: &App<X>,
     args: &Args,
     now: DateTime<Utc>,
-) -> Result<ReconcileReport>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    K: CheckpointStore,
-    B: ApiBudget,
-{
+) -> Result<ReconcileReport> {
     let run = ReconcileRun {
         now,
         since: args.since,
         dry_run: args.dry_run,
     };
-    Ok(reconcile(app.ports(), &app.settings, &app.reconcile, &run).await?)
+    Ok(reconcile(app.deps(), &app.settings, &app.reconcile, &run).await?)
 }
 
 fn stamp(at: Option<DateTime<Utc>>) -> String {

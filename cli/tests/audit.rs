@@ -23,19 +23,21 @@ use axum::extract::{Request as AxumRequest, State};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use chrono::Utc;
 use cosell_adapters::aws::sqs::SqsQueue;
-use cosell_adapters::http::{HttpClientOptions, WebhookVerifier, build_client};
+use cosell_adapters::http::crm::AnyCrm;
+use cosell_adapters::http::{HttpPartnerCenter, WebhookVerifier};
 use cosell_adapters::{DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, SqsRetryQueue};
 use cosell_cli::audit::{self, Args};
 use cosell_cli::context::{Deployment, Exit, OpsConfig};
 use cosell_domain::ports::{
-    AuditEntry, AuditEvent, AuditLog, PortError, RetryJob, RetryQueue, SyncDirection,
+    AuditEntry, AuditEvent, AuditLog, PortError, Ports, RetryJob, RetryQueue, SyncDirection,
 };
 use cosell_domain::webhook::{EventName, WebhookRegistration};
 use cosell_domain::{CrmRecordId, ReferralId};
+use cosell_runtime::clients::Clients;
+use cosell_runtime::{Connector, Stores};
 use cosell_sandbox::identities::{DATAVERSE_APP_USER_ID, DATAVERSE_SELLER_USER_ID};
 use lambda_http::{Body, RequestExt as _};
 use ops::{Crm, World};
-use partner_center_events::Stores;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -98,6 +100,30 @@ fn uuid_like() -> String {
 /// retry-worker handler runs the job at once instead of 30 s later).
 struct Undelayed(SqsRetryQueue);
 
+/// The functions' ports on moto, as deployed.
+struct OnMoto;
+
+impl Ports for OnMoto {
+    type PartnerCenter = HttpPartnerCenter;
+    type Crm = AnyCrm;
+    type Idempotency = DynamoIdempotencyStore;
+    type RetryQueue = SqsRetryQueue;
+    type Audit = DynamoAuditLog;
+    type Links = DynamoLinkStore;
+}
+
+/// `crm-events`' ports: on moto, its retry jobs due at once.
+struct OnMotoUndelayed;
+
+impl Ports for OnMotoUndelayed {
+    type PartnerCenter = HttpPartnerCenter;
+    type Crm = AnyCrm;
+    type Idempotency = DynamoIdempotencyStore;
+    type RetryQueue = Undelayed;
+    type Audit = DynamoAuditLog;
+    type Links = DynamoLinkStore;
+}
+
 impl RetryQueue for Undelayed {
     async fn enqueue(&self, job: &RetryJob, _delay: Duration) -> Result<(), PortError> {
         self.0.enqueue(job, Duration::ZERO).await
@@ -124,7 +150,7 @@ impl Scenario {
         let aws = world.aws.clone();
         let table = world.table.clone();
         let queue_url = world.queues.queue_url.clone();
-        let stores = || Stores {
+        let stores = || Stores::<OnMoto> {
             idempotency: DynamoIdempotencyStore::new(aws.dynamodb.clone(), &table),
             retry_queue: SqsRetryQueue::new(aws.sqs.clone(), &queue_url),
             audit: DynamoAuditLog::new(aws.dynamodb.clone(), &table),
@@ -133,21 +159,20 @@ impl Scenario {
 
         // partner-center-events, its verifier accepting the sandbox's plain-http certificate URL.
         let config = partner_center_events::Config::from_lookup(world.lookup()).unwrap();
-        let http = build_client(&HttpClientOptions::default()).unwrap();
-        let clients = partner_center_events::Clients {
-            partner_center: partner_center_events::app::partner_center(
-                http.clone(),
-                &config.partner_center,
-            )
-            .unwrap(),
-            crm: partner_center_events::app::crm(http, &config.crm, &config.mapping).unwrap(),
+        let pce = Arc::new(partner_center_events::App {
+            connector: Connector::new(
+                Clients::from_config(&config.sync).unwrap(),
+                stores(),
+                config.sync.mapping.clone(),
+                config.sync_settings(),
+            ),
             verifier: WebhookVerifier::with_insecure_hosts(
                 partner_center_events::app::verifier_settings(&config.webhook),
                 [world.sandbox.addr.to_string()],
             )
             .unwrap(),
-        };
-        let pce = Arc::new(partner_center_events::App::new(clients, stores(), &config));
+            max_body_bytes: config.max_body_bytes,
+        });
         let pce_url = bridge(Arc::new(move |request| {
             let app = Arc::clone(&pce);
             Box::pin(async move {
@@ -162,17 +187,19 @@ impl Scenario {
         // crm-events.
         let config = crm_events::Config::from_lookup(world.lookup()).unwrap();
         let base = stores();
-        let crm_stores = Stores {
+        let crm_stores = Stores::<OnMotoUndelayed> {
             idempotency: base.idempotency,
             retry_queue: Undelayed(base.retry_queue),
             audit: base.audit,
             links: base.links,
         };
-        let crm = Arc::new(crm_events::App::new(
-            crm_events::Clients::from_config(&config).unwrap(),
+        let connector = Connector::new(
+            Clients::from_config(&config.sync).unwrap(),
             crm_stores,
-            &config,
-        ));
+            config.sync.mapping.clone(),
+            config.sync_settings(),
+        );
+        let crm = Arc::new(crm_events::App::new(connector, &config));
         let crm_url = bridge(Arc::new(move |request| {
             let app = Arc::clone(&crm);
             Box::pin(async move {
@@ -284,14 +311,16 @@ impl Scenario {
         let config = retry_worker::Config::from_lookup(self.world.lookup()).unwrap();
         let aws = &self.world.aws;
         let table = &self.world.table;
+        let stores = Stores::<OnMoto> {
+            idempotency: DynamoIdempotencyStore::new(aws.dynamodb.clone(), table),
+            retry_queue: SqsRetryQueue::new(aws.sqs.clone(), &config.retry_queue_url),
+            audit: DynamoAuditLog::new(aws.dynamodb.clone(), table),
+            links: DynamoLinkStore::new(aws.dynamodb.clone(), table),
+        };
+        let clients = Clients::from_config(&config.sync).unwrap();
+        let mapping = config.sync.mapping.clone();
         let app = retry_worker::App::new(
-            retry_worker::Clients::from_config(&config).unwrap(),
-            Stores {
-                idempotency: DynamoIdempotencyStore::new(aws.dynamodb.clone(), table),
-                retry_queue: SqsRetryQueue::new(aws.sqs.clone(), &config.retry_queue_url),
-                audit: DynamoAuditLog::new(aws.dynamodb.clone(), table),
-                links: DynamoLinkStore::new(aws.dynamodb.clone(), table),
-            },
+            Connector::new(clients, stores, mapping, config.sync_settings()),
             retry_worker::SqsWorkerQueues::new(
                 aws.sqs.clone(),
                 &config.retry_queue_url,

@@ -1,5 +1,5 @@
 //! Partner Center stand-in: the referrals (co-sell) API, the webhook registration API and
-//! signed webhook delivery (reference `partner-center.md` §1–§4).
+//! signed webhook delivery (docs/partner-center.md).
 //!
 //! # Referrals API (`https://api.partner.microsoft.com` → `{base_url}`)
 //!

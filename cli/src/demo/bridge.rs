@@ -38,9 +38,9 @@ const MAX_FORWARDED_BYTES: usize = 2 * 1024 * 1024;
 /// The function behind a bridge, with its in-memory stores.
 pub enum Function {
     /// Partner Center webhooks → CRM.
-    PartnerCenterEvents(partner_center_events::LocalApp),
+    PartnerCenterEvents(partner_center_events::App<cosell_runtime::Local>),
     /// Dataverse webhooks and Salesforce Outbound Messages → Partner Center.
-    CrmEvents(crm_events::LocalApp),
+    CrmEvents(crm_events::App<cosell_runtime::Local>),
 }
 
 impl Function {
@@ -59,8 +59,8 @@ impl Function {
     /// The function's audit log, oldest first.
     pub fn audit_entries(&self) -> Vec<AuditEntry> {
         match self {
-            Self::PartnerCenterEvents(app) => app.stores.audit.entries(),
-            Self::CrmEvents(app) => app.stores.audit.entries(),
+            Self::PartnerCenterEvents(app) => app.connector.stores.audit.entries(),
+            Self::CrmEvents(app) => app.connector.stores.audit.entries(),
         }
     }
 }

@@ -14,7 +14,8 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
-use cosell_adapters::http::{HttpClientOptions, WebhookVerifier, build_client};
+use cosell_adapters::http::WebhookVerifier;
+use cosell_runtime::{Connector, Local};
 use cosell_sandbox::RunningSandbox;
 use cosell_sandbox::identities::{
     DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
@@ -22,7 +23,7 @@ use cosell_sandbox::identities::{
     SALESFORCE_INTEGRATION_USER_ID, SALESFORCE_INTEGRATION_USERNAME, SALESFORCE_ORG_ID, TENANT_ID,
 };
 use cosell_sandbox::pki::{INTERMEDIATE_CERT_PEM, ROOT_CERT_PEM, SALESFORCE_APP_KEY_PEM};
-use partner_center_events::app::{self, Clients, LocalApp, Stores};
+use partner_center_events::app;
 use partner_center_events::{App, Config};
 
 /// The CRM one function instance syncs to.
@@ -111,22 +112,21 @@ pub fn environment(base_url: &str, crm: Crm) -> HashMap<&'static str, String> {
 
 /// The function's [`App`] for `crm` against `sandbox`, with in-memory stores. No request is
 /// sent yet (tokens are fetched on first use).
-pub fn build(sandbox: &RunningSandbox, crm: Crm) -> Result<LocalApp> {
+pub fn build(sandbox: &RunningSandbox, crm: Crm) -> Result<App<Local>> {
     let vars = environment(&sandbox.base_url, crm);
     let config = Config::from_lookup(|name| vars.get(name).cloned())
         .with_context(|| format!("the {} function's configuration", crm.label()))?;
-    let http = build_client(&HttpClientOptions::default()).context("the HTTP client")?;
-    let clients = Clients {
-        partner_center: app::partner_center(http.clone(), &config.partner_center)
-            .context("the Partner Center client")?,
-        crm: app::crm(http, &config.crm, &config.mapping).context("the CRM client")?,
+    let connector =
+        Connector::local(&config.sync, config.sync_settings()).context("the HTTP clients")?;
+    Ok(App {
+        connector,
         verifier: WebhookVerifier::with_insecure_hosts(
             app::verifier_settings(&config.webhook),
             [sandbox.addr.to_string()],
         )
         .context("the webhook verifier")?,
-    };
-    Ok(App::new(clients, Stores::in_memory(&config), &config))
+        max_body_bytes: config.max_body_bytes,
+    })
 }
 
 /// The Dataverse webhook's `WebhookKey` the demo gives the sandbox and `crm-events`.
@@ -161,11 +161,11 @@ pub fn crm_events_environment(base_url: &str, crm: Crm) -> HashMap<&'static str,
 
 /// The `crm-events` function's [`crm_events::App`] for `crm` against `sandbox_url`, with
 /// in-memory stores, built as its `main` builds it (`STORE=memory`). No request is sent yet.
-pub fn build_crm_events(sandbox_url: &str, crm: Crm) -> Result<crm_events::LocalApp> {
+pub fn build_crm_events(sandbox_url: &str, crm: Crm) -> Result<crm_events::App<Local>> {
     let vars = crm_events_environment(sandbox_url, crm);
     let config = crm_events::Config::from_lookup(|name| vars.get(name).cloned())
         .with_context(|| format!("the {} crm-events configuration", crm.label()))?;
-    let clients = crm_events::Clients::from_config(&config).context("the HTTP clients")?;
-    let stores = crm_events::Stores::in_memory_with_ttl(config.sync.idempotency_ttl);
-    Ok(crm_events::App::new(clients, stores, &config))
+    let connector =
+        Connector::local(&config.sync, config.sync_settings()).context("the HTTP clients")?;
+    Ok(crm_events::App::new(connector, &config))
 }

@@ -1,15 +1,15 @@
 //! The function's typed configuration, read from the environment once per cold start.
 //!
-//! The Partner Center, CRM, mapping and store variables are `partner-center-events`' own
-//! ([`SyncConfig`]); this module adds how the CRM's calls are authenticated and who the
+//! The Partner Center, CRM, mapping and store variables are the shared ones (`cosell_runtime`'s
+//! [`SyncConfig`]); this module adds how the CRM's calls are authenticated and who the
 //! connector's CRM user is.
 
 use std::fmt;
 
 use cosell_domain::crm_wire::salesforce::same_salesforce_id;
 use cosell_domain::sync::SyncSettings;
-use partner_center_events::config::CrmConfig;
-use partner_center_events::{ConfigError, Env, SyncConfig};
+use cosell_runtime::config::CrmConfig;
+use cosell_runtime::{ConfigError, Env, SyncConfig};
 use secrecy::SecretString;
 
 /// The default cap on a request body: a Dataverse body is at most 256 KB (larger ones are

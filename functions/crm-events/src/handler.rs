@@ -44,9 +44,7 @@ use cosell_domain::budget::handle_crm_change_within_budget;
 use cosell_domain::crm_wire::dataverse::{RemoteExecutionContext, WebhookHeaders};
 use cosell_domain::crm_wire::salesforce::{OutboundMessage, SoapError, ack_response, soap_fault};
 use cosell_domain::mapping::{DataverseRecord, SalesforceRecord};
-use cosell_domain::ports::{
-    AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
-};
+use cosell_domain::ports::Ports;
 use cosell_domain::sync::{
     CrmChange, Delivery, Handled, Outcome, dataverse_change_key, salesforce_change_key,
 };
@@ -54,9 +52,9 @@ use cosell_domain::{
     CrmOpportunity, CrmRecordId, DataverseId, SalesforceId, opportunity_from_dataverse,
     opportunity_from_salesforce,
 };
-use lambda_http::http::{HeaderMap, Method, StatusCode, header};
+use cosell_runtime::edge::{Answer, correlation_id, deadline, status};
+use lambda_http::http::{HeaderMap, Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
-use partner_center_events::handler::{correlation_id, deadline};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
@@ -72,18 +70,7 @@ const SALESFORCE_OPPORTUNITY: &str = "Opportunity";
 /// Handle one request (see the [module docs](self)).
 ///
 /// Every expected failure is an `Ok` response; `Err` only if a response cannot be built.
-pub async fn handle<P, C, I, Q, A, L>(
-    req: Request,
-    app: &App<P, C, I, Q, A, L>,
-) -> Result<Response<Body>, Error>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Body>, Error> {
     let started = Instant::now();
     let now = Utc::now();
     let mut line = LogLine::new(correlation_id(&req));
@@ -120,23 +107,15 @@ fn route_of(path: &str) -> Route<'_> {
     }
 }
 
-async fn route<P, C, I, Q, A, L>(
+async fn route<X: Ports>(
     req: &Request,
-    app: &App<P, C, I, Q, A, L>,
+    app: &App<X>,
     delivery: &Delivery,
     line: &mut LogLine,
-) -> Answer
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+) -> Answer {
     if req.method() != Method::POST {
         line.outcome = "method_not_allowed".into();
-        return Answer::json_error(
+        return Answer::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "CRM notifications are POST requests",
@@ -171,7 +150,7 @@ where
         }
         _ => {
             line.outcome = "not_found".into();
-            Answer::json_error(
+            Answer::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no CRM endpoint is configured at this path",
@@ -183,21 +162,13 @@ where
 // ---------------------------------------------------------------------------------------------
 // Dataverse
 
-async fn dataverse<P, C, I, Q, A, L>(
+async fn dataverse<X: Ports>(
     req: &Request,
-    app: &App<P, C, I, Q, A, L>,
+    app: &App<X>,
     auth: &DataverseAuth,
     delivery: &Delivery,
     line: &mut LogLine,
-) -> Answer
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+) -> Answer {
     let presented = match auth {
         DataverseAuth::WebhookKey(_) => req
             .query_string_parameters_ref()
@@ -213,7 +184,7 @@ where
     };
     if !secret_matches(presented, expected) {
         line.outcome = "unauthorized".into();
-        return Answer::json_error(
+        return Answer::error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the webhook key is missing or wrong",
@@ -227,7 +198,7 @@ where
         Err(_) => {
             // The parser's message may quote the body: not logged.
             line.outcome = "malformed_body".into();
-            return Answer::json_error(
+            return Answer::error(
                 StatusCode::BAD_REQUEST,
                 "malformed_body",
                 "the body is not a Dataverse RemoteExecutionContext",
@@ -261,12 +232,15 @@ where
     let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));
     let opportunity = context.is_complete_given(&headers).then(|| {
         let mut attributes = context.merged_attributes();
-        let carried = event_has(&attributes, &app.mapping.dataverse.opportunity.sync);
+        let carried = event_has(
+            &attributes,
+            &app.connector.mapping.dataverse.opportunity.sync,
+        );
         attributes
-            .entry(app.mapping.dataverse.opportunity.id.clone())
+            .entry(app.connector.mapping.dataverse.opportunity.id.clone())
             .or_insert_with(|| Value::String(context.primary_entity_id.to_string()));
         let opportunity =
-            opportunity_from_dataverse(&DataverseRecord::new(&attributes), &app.mapping);
+            opportunity_from_dataverse(&DataverseRecord::new(&attributes), &app.connector.mapping);
         (opportunity, carried)
     });
     line.describe(opportunity.as_ref().map(|(o, _)| o));
@@ -281,7 +255,14 @@ where
             .filter(|(o, carried)| says_sync_off(o, *carried))
             .map(|(o, _)| o),
     };
-    match handle_crm_change_within_budget(&app.deps(), app.budget(), &change, delivery).await {
+    match handle_crm_change_within_budget(
+        &app.connector.deps(),
+        app.connector.budget(),
+        &change,
+        delivery,
+    )
+    .await
+    {
         Ok(handled) => {
             line.handled(&handled);
             Answer::json(
@@ -292,7 +273,7 @@ where
         Err(error) => {
             line.outcome = error.log_name().into();
             line.detail = Some(error.to_string());
-            Answer::json_error(
+            Answer::error(
                 status(error.http_status()),
                 error.log_name(),
                 "the change could not be processed now; deliver it again later",
@@ -304,7 +285,7 @@ where
 fn malformed(line: &mut LogLine, detail: &str) -> Answer {
     line.outcome = "malformed_body".into();
     line.detail = Some(detail.to_owned());
-    Answer::json_error(
+    Answer::error(
         StatusCode::BAD_REQUEST,
         "malformed_body",
         "the body is not a Dataverse RemoteExecutionContext",
@@ -320,22 +301,14 @@ fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 // ---------------------------------------------------------------------------------------------
 // Salesforce
 
-async fn salesforce<P, C, I, Q, A, L>(
+async fn salesforce<X: Ports>(
     req: &Request,
-    app: &App<P, C, I, Q, A, L>,
+    app: &App<X>,
     (presented, expected): (Option<&str>, &SecretString),
     organization_id: &str,
     delivery: &Delivery,
     line: &mut LogLine,
-) -> Answer
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+) -> Answer {
     if !secret_matches(presented, expected) {
         line.outcome = "unauthorized".into();
         return Answer::soap(StatusCode::UNAUTHORIZED, soap_fault("unauthorized"));
@@ -400,12 +373,12 @@ where
                 account: None,
                 contact: None,
             },
-            &app.mapping,
+            &app.connector.mapping,
         );
         line.describe(Some(&opportunity));
         let carried = event_has(
             &notification.fields,
-            &app.mapping.salesforce.opportunity.sync,
+            &app.connector.mapping.salesforce.opportunity.sync,
         );
         let change = CrmChange {
             key,
@@ -415,7 +388,14 @@ where
                 .map(str::to_owned),
             opportunity: Some(opportunity).filter(|o| says_sync_off(o, carried)),
         };
-        match handle_crm_change_within_budget(&app.deps(), app.budget(), &change, delivery).await {
+        match handle_crm_change_within_budget(
+            &app.connector.deps(),
+            app.connector.budget(),
+            &change,
+            delivery,
+        )
+        .await
+        {
             Ok(handled) => {
                 durable &= !handled.outcome.redeliver_later();
                 line.warnings
@@ -480,7 +460,7 @@ struct TooLarge;
 
 impl TooLarge {
     fn json(self) -> Answer {
-        Answer::json_error(
+        Answer::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "the request body is too large",
@@ -492,50 +472,6 @@ impl TooLarge {
             StatusCode::PAYLOAD_TOO_LARGE,
             soap_fault("the request body is too large"),
         )
-    }
-}
-
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// The response: a status, a content type and a body.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Answer {
-    fn json(status: StatusCode, body: Value) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            body: body.to_string(),
-        }
-    }
-
-    fn json_error(status: StatusCode, code: &str, message: &str) -> Self {
-        Self::json(status, json!({ "code": code, "message": message }))
-    }
-
-    fn soap(status: StatusCode, body: String) -> Self {
-        Self {
-            status,
-            content_type: "text/xml; charset=utf-8",
-            body,
-        }
-    }
-
-    fn into_response(self) -> Result<Response<Body>, Error> {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(header::CONTENT_TYPE, self.content_type);
-        if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            builder = builder.header(header::ALLOW, "POST");
-        }
-        Ok(builder.body(Body::Text(self.body))?)
     }
 }
 

@@ -5,11 +5,9 @@
 //!
 //! | Module | Holds |
 //! |---|---|
-//! | [`config`] | [`Config`]: the typed configuration from the environment (the variable table) |
-//! | [`app`] | [`App`]: the clients and stores built once per cold start |
+//! | [`config`] | [`Config`]: the shared variables plus the endpoint's authentication (the variable table) |
+//! | [`app`] | [`App`]: the shared connector, the endpoint and the body cap |
 //! | [`handler`] | [`handler::handle`]: one request in, one answer and one log line out |
-//!
-//! The configuration, client builders and [`Stores`] are `partner-center-events`' own.
 //!
 //! [`handle_crm_change`]: cosell_domain::sync::handle_crm_change
 
@@ -17,27 +15,5 @@ pub mod app;
 pub mod config;
 pub mod handler;
 
-pub use app::{App, Clients, LocalApp, ProductionApp};
+pub use app::App;
 pub use config::{Config, DataverseAuth, EndpointConfig};
-pub use partner_center_events::{StoreConfig, Stores};
-
-use cosell_domain::ports::{
-    AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
-};
-
-/// The Lambda runtime loop over [`handler::handle`]; the handler borrows `app`.
-pub async fn serve<P, C, I, Q, A, L>(app: App<P, C, I, Q, A, L>) -> Result<(), lambda_http::Error>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
-    let app = &app;
-    lambda_http::run(lambda_http::service_fn(move |req| {
-        handler::handle(req, app)
-    }))
-    .await
-}

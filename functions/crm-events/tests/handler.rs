@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request as AxumRequest, State};
+use cosell_runtime::{Connector, Local};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_SECRET, PC_CLIENT_SECRET, PC_REFRESH_TOKEN, SALESFORCE_ORG_ID,
 };
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
-use crm_events::{App, Clients, Config, LocalApp, Stores, handler};
+use crm_events::{App, Config, handler};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 use support::{Crm, ENDPOINT_SECRET, WEBHOOK_KEY, invites_microsoft};
@@ -80,7 +81,7 @@ async fn capture(State(inbox): State<Inbox>, req: AxumRequest) -> axum::response
 struct Harness {
     sandbox: RunningSandbox,
     control: reqwest::Client,
-    app: LocalApp,
+    app: App<Local>,
     crm: Crm,
     inbox: Inbox,
     seen: Mutex<usize>,
@@ -93,11 +94,8 @@ impl Harness {
             .unwrap();
         let vars: HashMap<&str, String> = crm.environment(&sandbox.base_url).into_iter().collect();
         let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
-        let app = App::new(
-            Clients::from_config(&config).unwrap(),
-            Stores::in_memory_with_ttl(config.sync.idempotency_ttl),
-            &config,
-        );
+        let connector = Connector::local(&config.sync, config.sync_settings()).unwrap();
+        let app = App::new(connector, &config);
 
         let inbox = Inbox::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -581,7 +579,7 @@ async fn salesforce_a_batch_of_100_with_one_failing_is_a_soap_fault_and_the_rede
         response: None,
         payload_hash: None,
     };
-    let idempotency = &h.app.stores.idempotency;
+    let idempotency = &h.app.connector.stores.idempotency;
     idempotency.insert(record(chrono::Utc::now() + chrono::Duration::hours(1)));
 
     let (status, body) = h.deliver(&batch).await;
@@ -668,11 +666,15 @@ async fn dataverse_a_retry_after_a_503_still_creates_one_referral() {
     let delivery = h.next_delivery().await;
 
     // The idempotency table does not answer: the delivery is not taken on.
-    h.app.stores.idempotency.fail_next(PortError::Transient {
-        service: Service::IdempotencyStore,
-        reason: "throttled".into(),
-        retry_after: None,
-    });
+    h.app
+        .connector
+        .stores
+        .idempotency
+        .fail_next(PortError::Transient {
+            service: Service::IdempotencyStore,
+            reason: "throttled".into(),
+            retry_after: None,
+        });
     let (status, body) = h.deliver(&delivery).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("idempotency_unavailable"), "{body}");

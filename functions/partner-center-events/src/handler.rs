@@ -17,42 +17,26 @@
 //!
 //! [`Outcome::http_status`]: cosell_domain::sync::Outcome::http_status
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::Utc;
 use cosell_adapters::http::{UnverifiedWebhook, WebhookAuthErrorKind};
 use cosell_domain::budget::handle_partner_center_event_within_budget;
-use cosell_domain::ports::{
-    AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
-};
+use cosell_domain::ports::Ports;
 use cosell_domain::sync::{Delivery, Handled};
 use cosell_domain::webhook::WebhookEvent;
-use lambda_http::http::{Method, StatusCode, header};
-use lambda_http::request::RequestContext;
-use lambda_http::{Body, Error, Request, RequestExt, Response};
-use serde_json::{Value, json};
+use cosell_runtime::edge::{Answer, correlation_id, deadline, status};
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Body, Error, Request, Response};
+use serde_json::json;
 
 use crate::app::App;
-
-/// The deadline assumed when the request carries no Lambda context (local runs, tests).
-pub const FALLBACK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Handle one webhook request (see the [module docs](self)).
 ///
 /// Every expected failure is an `Ok` response; `Err` only if a response cannot be built.
-pub async fn handle<P, C, I, Q, A, L>(
-    req: Request,
-    app: &App<P, C, I, Q, A, L>,
-) -> Result<Response<Body>, Error>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Body>, Error> {
     let started = Instant::now();
     let now = Utc::now();
     let mut line = LogLine::new(correlation_id(&req));
@@ -68,20 +52,12 @@ where
     answer.into_response()
 }
 
-async fn process<P, C, I, Q, A, L>(
+async fn process<X: Ports>(
     req: Request,
-    app: &App<P, C, I, Q, A, L>,
+    app: &App<X>,
     delivery: &Delivery,
     line: &mut LogLine,
-) -> Answer
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-{
+) -> Answer {
     if req.method() != Method::POST {
         line.outcome = "method_not_allowed";
         return Answer::error(
@@ -148,15 +124,20 @@ where
     };
     line.describe(&event);
 
-    match handle_partner_center_event_within_budget(&app.deps(), app.budget(), &event, delivery)
-        .await
+    match handle_partner_center_event_within_budget(
+        &app.connector.deps(),
+        app.connector.budget(),
+        &event,
+        delivery,
+    )
+    .await
     {
         Ok(handled) => {
             line.handled(&handled);
-            Answer {
-                status: status(handled.http_status()),
-                body: json!({ "status": handled.outcome.log_name() }),
-            }
+            Answer::json(
+                status(handled.http_status()),
+                json!({ "status": handled.outcome.log_name() }),
+            )
         }
         Err(error) => {
             line.outcome = error.log_name();
@@ -178,68 +159,6 @@ fn raw_bytes(body: Body) -> Bytes {
         Body::Binary(bytes) => Bytes::from(bytes),
         // `Body` is non-exhaustive.
         other => Bytes::copy_from_slice(&other),
-    }
-}
-
-/// The Lambda request id, else the Function URL / API Gateway request id (`crm-events` uses it
-/// too).
-pub fn correlation_id(req: &Request) -> Option<String> {
-    let lambda = req
-        .lambda_context_ref()
-        .map(|context| context.request_id.trim())
-        .filter(|id| !id.is_empty());
-    let gateway = || match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(context)) => context.request_id.as_deref(),
-        Some(RequestContext::ApiGatewayV1(context)) => context.request_id.as_deref(),
-        _ => None,
-    };
-    lambda.or_else(gateway).map(str::to_owned)
-}
-
-/// The Lambda deadline from the context, else `now` + [`FALLBACK_DEADLINE`] (`crm-events` uses
-/// it too).
-pub fn deadline(req: &Request, now: DateTime<Utc>) -> DateTime<Utc> {
-    req.lambda_context_ref()
-        .map(|context| context.deadline)
-        .filter(|deadline| *deadline > 0)
-        .and_then(|millis| i64::try_from(millis).ok())
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-        // A deadline that is not in the future is no deadline: `cargo lambda watch` sends a
-        // duration (e.g. 600000) instead of epoch milliseconds, which would make every
-        // in-progress idempotency lock expire at once and let concurrent duplicates through.
-        .filter(|deadline| *deadline > now)
-        .unwrap_or_else(|| {
-            now + TimeDelta::from_std(FALLBACK_DEADLINE).unwrap_or(TimeDelta::seconds(30))
-        })
-}
-
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// The response: a status and a small JSON body.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    body: Value,
-}
-
-impl Answer {
-    fn error(status: StatusCode, code: &str, message: &str) -> Self {
-        Self {
-            status,
-            body: json!({ "code": code, "message": message }),
-        }
-    }
-
-    fn into_response(self) -> Result<Response<Body>, Error> {
-        let mut builder = Response::builder()
-            .status(self.status)
-            .header(header::CONTENT_TYPE, "application/json");
-        if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            builder = builder.header(header::ALLOW, "POST");
-        }
-        Ok(builder.body(Body::Text(self.body.to_string()))?)
     }
 }
 
@@ -318,73 +237,6 @@ impl LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_http::Context;
-
-    const FUNCTION_URL_REQUEST: &str = r#"{
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": "/",
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "abc",
-            "domainName": "abc.lambda-url.eu-west-1.on.aws",
-            "domainPrefix": "abc",
-            "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1",
-                     "sourceIp": "203.0.113.10", "userAgent": "test"},
-            "requestId": "url-request-1",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "20/Nov/2026:10:15:30 +0000",
-            "timeEpoch": 1795169730000
-        },
-        "body": "{}",
-        "isBase64Encoded": false
-    }"#;
-
-    fn request() -> Request {
-        lambda_http::request::from_str(FUNCTION_URL_REQUEST).unwrap()
-    }
-
-    fn at(millis: i64) -> DateTime<Utc> {
-        DateTime::<Utc>::from_timestamp_millis(millis).unwrap()
-    }
-
-    #[test]
-    fn without_a_lambda_context_the_url_request_id_and_a_30_s_deadline_are_used() {
-        let now = at(1_800_000_000_000);
-        assert_eq!(correlation_id(&request()).as_deref(), Some("url-request-1"));
-        assert_eq!(deadline(&request(), now), at(1_800_000_030_000));
-    }
-
-    #[test]
-    fn the_lambda_context_gives_the_correlation_id_and_the_deadline() {
-        let mut context = Context::default();
-        context.request_id = "lambda-1".to_owned();
-        context.deadline = 1_800_000_012_345;
-        let req = request().with_lambda_context(context);
-        assert_eq!(correlation_id(&req).as_deref(), Some("lambda-1"));
-        assert_eq!(deadline(&req, at(1_800_000_000_000)), at(1_800_000_012_345));
-    }
-
-    #[test]
-    fn an_empty_lambda_context_falls_back() {
-        let req = request().with_lambda_context(Context::default());
-        assert_eq!(correlation_id(&req).as_deref(), Some("url-request-1"));
-        let now = at(1_800_000_000_000);
-        assert_eq!(deadline(&req, now), at(1_800_000_030_000));
-    }
-
-    #[test]
-    fn a_deadline_that_is_not_in_the_future_falls_back() {
-        // `cargo lambda watch` sends the timeout as a duration (600000 ms), not an epoch time.
-        let mut context = Context::default();
-        context.deadline = 600_000;
-        let req = request().with_lambda_context(context);
-        let now = at(1_800_000_000_000);
-        assert_eq!(deadline(&req, now), at(1_800_000_030_000));
-    }
 
     #[test]
     fn the_raw_body_bytes_are_passed_through_unchanged() {
@@ -397,16 +249,5 @@ mod tests {
             raw_bytes(Body::Binary(vec![0, 159, 255])),
             Bytes::from(vec![0, 159, 255])
         );
-    }
-
-    #[test]
-    fn answers_are_small_stable_json() {
-        let response = Answer::error(StatusCode::UNAUTHORIZED, "unauthorized", "no")
-            .into_response()
-            .unwrap();
-        assert_eq!(response.status(), 401);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-        let body: Value = serde_json::from_slice(response.body()).unwrap();
-        assert_eq!(body, json!({ "code": "unauthorized", "message": "no" }));
     }
 }

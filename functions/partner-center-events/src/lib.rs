@@ -4,15 +4,16 @@
 //!
 //! | Module | Holds |
 //! |---|---|
-//! | [`config`] | [`Config`]: the typed configuration from the environment (the variable table) |
-//! | [`app`] | [`App`]: the clients, stores and verifier built once per cold start |
+//! | [`config`] | [`Config`]: the shared variables plus webhook verification and the body cap |
+//! | [`app`] | [`App`]: the shared connector, the verifier and the body cap, built once per cold start |
 //! | [`handler`] | [`handler::handle`]: one request in, one small JSON answer and one log line out |
 //!
-//! `main.rs` only wires them: tracing → [`Config::from_env`] → [`App`] → `lambda_http::run`.
+//! `main.rs` only wires them: `cosell_runtime::boot` → [`Config`] → [`App::build`] →
+//! `lambda_http::run`.
 
 pub mod app;
 pub mod config;
 pub mod handler;
 
-pub use app::{App, Clients, LocalApp, ProductionApp, Stores};
-pub use config::{Config, ConfigError, Env, StoreConfig, SyncConfig};
+pub use app::App;
+pub use config::Config;

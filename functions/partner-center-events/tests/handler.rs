@@ -19,6 +19,8 @@ use cosell_adapters::AwsClients;
 use cosell_adapters::aws::aws_config::{BehaviorVersion, Region, SdkConfig};
 use cosell_adapters::http::{HttpClientOptions, WebhookVerifier, build_client};
 use cosell_domain::ports::{AuditEvent, IdempotencyStatus, PortError, RetrySource, Service};
+use cosell_runtime::clients::{self, Clients};
+use cosell_runtime::{Connector, Deployed, Local, Stores};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
@@ -26,7 +28,7 @@ use cosell_sandbox::identities::{
 use cosell_sandbox::pki::{INTERMEDIATE_CERT_PEM, ROOT_CERT_PEM, SALESFORCE_APP_KEY_PEM};
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
 use lambda_http::{Body, Context, Request, RequestExt, Response};
-use partner_center_events::app::{self, Clients, LocalApp, ProductionApp, Stores};
+use partner_center_events::app;
 use partner_center_events::{App, Config, handler};
 use serde_json::{Value, json};
 use signed_events::{
@@ -195,7 +197,7 @@ fn environment(base: &str, crm: Crm) -> HashMap<&'static str, String> {
 struct Harness {
     sandbox: RunningSandbox,
     control: reqwest::Client,
-    app: LocalApp,
+    app: App<Local>,
     crm: Crm,
 }
 
@@ -217,16 +219,26 @@ impl Harness {
         let mut insecure = vec![sandbox.addr.to_string()];
         insecure.extend_from_slice(extra_insecure_hosts);
         let clients = Clients {
-            partner_center: app::partner_center(http.clone(), &config.partner_center).unwrap(),
-            crm: app::crm(http, &config.crm, &config.mapping).unwrap(),
-            verifier: WebhookVerifier::with_insecure_hosts(
-                app::verifier_settings(&config.webhook),
-                &insecure,
-            )
-            .unwrap(),
+            partner_center: clients::partner_center(http.clone(), &config.sync.partner_center)
+                .unwrap(),
+            crm: clients::crm(http, &config.sync.crm, &config.sync.mapping).unwrap(),
         };
+        let stores = Stores::in_memory(config.sync.idempotency_ttl);
         Self {
-            app: App::new(clients, Stores::in_memory(&config), &config),
+            app: App {
+                connector: Connector::new(
+                    clients,
+                    stores,
+                    config.sync.mapping.clone(),
+                    config.sync_settings(),
+                ),
+                verifier: WebhookVerifier::with_insecure_hosts(
+                    app::verifier_settings(&config.webhook),
+                    &insecure,
+                )
+                .unwrap(),
+                max_body_bytes: config.max_body_bytes,
+            },
             sandbox,
             control: reqwest::Client::new(),
             crm,
@@ -380,7 +392,7 @@ impl Harness {
 
     /// Nothing in any store, and no API request at the sandbox.
     async fn assert_nothing_written(&self) {
-        let stores = &self.app.stores;
+        let stores = &self.app.connector.stores;
         assert!(
             stores.audit.entries().is_empty(),
             "{:?}",
@@ -394,6 +406,7 @@ impl Harness {
 
     fn audit_events(&self) -> Vec<AuditEvent> {
         self.app
+            .connector
             .stores
             .audit
             .entries()
@@ -475,14 +488,14 @@ async fn created_referral_becomes_one_opportunity(crm: Crm) {
     let referral = h.referral(REFERRAL_ID).await;
     assert_eq!(referral["externalReferenceId"], crm_id);
 
-    let link = h.app.stores.links.links();
+    let link = h.app.connector.stores.links.links();
     assert_eq!(link.len(), 1);
     assert_eq!(link[0].referral_id.to_string(), REFERRAL_ID);
     assert_eq!(link[0].crm.native(), crm_id);
     let events = h.audit_events();
     assert!(events.contains(&AuditEvent::Created), "{events:?}");
     assert!(events.contains(&AuditEvent::WrittenBack), "{events:?}");
-    let entries = h.app.stores.audit.entries();
+    let entries = h.app.connector.stores.audit.entries();
     assert!(
         entries
             .iter()
@@ -490,7 +503,7 @@ async fn created_referral_becomes_one_opportunity(crm: Crm) {
                 == Some("1d0f4a9e-0001-4000-8000-000000000001")),
         "the Function URL request id is the correlation id without a Lambda context"
     );
-    let records = h.app.stores.idempotency.records();
+    let records = h.app.connector.stores.idempotency.records();
     let (deliveries, locks): (Vec<_>, Vec<_>) = records
         .iter()
         .partition(|record| record.key.as_str().starts_with("pc:"));
@@ -524,7 +537,7 @@ async fn sequential_duplicates_change_nothing(crm: Crm) {
 
     assert_eq!(h.requests().await, Vec::<Value>::new());
     assert_eq!(h.the_opportunity().await, opportunity);
-    assert!(h.app.stores.retry_queue.jobs().is_empty());
+    assert!(h.app.connector.stores.retry_queue.jobs().is_empty());
 }
 
 async fn concurrent_duplicates_create_one_opportunity(crm: Crm) {
@@ -620,7 +633,7 @@ async fn unavailable_crm_enqueues_a_retry(crm: Crm) {
     let (status, body) = h.send("referral-created").await;
 
     assert_eq!((status, body), (200, json!({ "status": "retry_enqueued" })));
-    let jobs = h.app.stores.retry_queue.jobs();
+    let jobs = h.app.connector.stores.retry_queue.jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let (job, _delay) = &jobs[0];
     assert_eq!(job.attempt, 1);
@@ -657,6 +670,7 @@ async fn missing_crm_field_needs_attention(crm: Crm) {
     );
     let failures: Vec<_> = h
         .app
+        .connector
         .stores
         .audit
         .entries()
@@ -676,7 +690,7 @@ async fn missing_crm_field_needs_attention(crm: Crm) {
         fix.contains("field mapping"),
         "the fix says what to do: {fix}"
     );
-    assert!(h.app.stores.retry_queue.jobs().is_empty());
+    assert!(h.app.connector.stores.retry_queue.jobs().is_empty());
     assert!(h.opportunities().await.is_empty());
 }
 
@@ -847,11 +861,15 @@ async fn an_unreachable_certificate_is_503_so_partner_center_delivers_again() {
 async fn an_unavailable_idempotency_store_is_503_and_the_body_says_nothing_internal() {
     let h = Harness::start(Crm::Dataverse).await;
     h.seed_referral().await;
-    h.app.stores.idempotency.fail_next(PortError::Transient {
-        service: Service::IdempotencyStore,
-        reason: "ProvisionedThroughputExceededException on table cosell".into(),
-        retry_after: None,
-    });
+    h.app
+        .connector
+        .stores
+        .idempotency
+        .fail_next(PortError::Transient {
+            service: Service::IdempotencyStore,
+            reason: "ProvisionedThroughputExceededException on table cosell".into(),
+            retry_after: None,
+        });
 
     let (status, body) = h.send("referral-created").await;
 
@@ -877,7 +895,7 @@ async fn the_lambda_request_id_is_the_correlation_id() {
 
     assert_eq!(h.handle(request).await.0, 200);
 
-    let entries = h.app.stores.audit.entries();
+    let entries = h.app.connector.stores.audit.entries();
     assert!(!entries.is_empty());
     assert!(
         entries
@@ -1035,14 +1053,14 @@ fn every_sample_is_a_function_url_request() {
 /// builds.
 fn production_future(
     request: Request,
-    app: &ProductionApp,
+    app: &App<Deployed>,
 ) -> impl Future<Output = Result<Response<Body>, lambda_http::Error>> + Send + '_ {
     handler::handle(request, app)
 }
 
 fn local_future(
     request: Request,
-    app: &LocalApp,
+    app: &App<Local>,
 ) -> impl Future<Output = Result<Response<Body>, lambda_http::Error>> + Send + '_ {
     handler::handle(request, app)
 }
@@ -1068,11 +1086,13 @@ async fn the_production_instantiation_is_send_and_answers() {
         .region(Region::new("us-east-1"))
         .build();
     let aws = AwsClients::from_conf(&sdk);
-    let app: ProductionApp = App::new(
-        Clients::from_config(&config).unwrap(),
+    let connector = Connector::new(
+        Clients::from_config(&config.sync).unwrap(),
         Stores::dynamo(&aws, "cosell-test", "http://127.0.0.1:1/000000000000/retry"),
-        &config,
+        config.sync.mapping.clone(),
+        config.sync_settings(),
     );
+    let app: App<Deployed> = App::new(connector, &config).unwrap();
 
     let response = assert_send(production_future(h.request("missing-signature"), &app))
         .await
@@ -1092,11 +1112,13 @@ async fn the_production_verifier_refuses_the_sandbox_certificate_url() {
     h.seed_referral().await;
     let vars = environment(&h.sandbox.base_url, Crm::Dataverse);
     let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
-    let app: LocalApp = App::new(
-        Clients::from_config(&config).unwrap(),
-        Stores::in_memory(&config),
-        &config,
+    let connector = Connector::new(
+        Clients::from_config(&config.sync).unwrap(),
+        Stores::in_memory(config.sync.idempotency_ttl),
+        config.sync.mapping.clone(),
+        config.sync_settings(),
     );
+    let app: App<Local> = App::new(connector, &config).unwrap();
 
     let (status, body) = answer(
         handler::handle(h.request("referral-created"), &app)
@@ -1105,6 +1127,6 @@ async fn the_production_verifier_refuses_the_sandbox_certificate_url() {
     );
 
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
-    assert!(app.stores.audit.entries().is_empty());
+    assert!(app.connector.stores.audit.entries().is_empty());
     assert_eq!(h.requests().await, Vec::<Value>::new());
 }

@@ -1,77 +1,84 @@
-//! What the handler runs with ([`App`]), built once per cold start.
+//! What the handler runs with ([`App`]): the ports of a reconciliation run, the budget and the
+//! settings, built once per cold start.
 
 use cosell_adapters::aws::{
-    AwsClients, DynamoApiBudget, DynamoCheckpointStore, DynamoLinkStore, SqsRetryQueue,
+    AnyApiBudget, AwsClients, DynamoApiBudget, DynamoCheckpointStore, DynamoLinkStore,
+    SqsRetryQueue,
 };
+use cosell_adapters::http::HttpPartnerCenter;
 use cosell_adapters::http::crm::AnyCrm;
-use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
 use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::in_memory::{
     InMemoryApiBudget, InMemoryCheckpointStore, InMemoryLinkStore, InMemoryRetryQueue,
 };
-use cosell_domain::reconcile::{ReconcilePorts, ReconcileSettings};
+use cosell_domain::reconcile::{ReconcileDeps, ReconcilePorts, ReconcileSettings};
 use cosell_domain::sync::SyncSettings;
-use partner_center_events::app::{self as pce, BuildError};
+use cosell_runtime::stores::{AnyCheckpointStore, AnyLinkStore, AnyRetryQueue};
+use cosell_runtime::{Boot, BootError, BuildError, Clients, StoreConfig};
 
 use crate::config::Config;
 
-/// The function's dependencies. Type parameters: `P` Partner Center, `C` CRM, `Q` retry
-/// queue, `L` link store, `K` checkpoint store, `B` API budget counter.
+/// The ports of the deployed function: the HTTP clients and the configured stores.
 #[derive(Debug)]
-pub struct App<P, C, Q, L, K, B> {
-    /// The Partner Center referrals API.
-    pub partner_center: P,
+pub struct Deployed;
+
+impl ReconcilePorts for Deployed {
+    type PartnerCenter = HttpPartnerCenter;
+    type Crm = AnyCrm;
+    type RetryQueue = AnyRetryQueue;
+    type Links = AnyLinkStore;
+    type Checkpoints = AnyCheckpointStore;
+    type Budget = AnyApiBudget;
+}
+
+/// The ports of a local run or a test: the HTTP clients and typed in-memory stores.
+#[derive(Debug)]
+pub struct Local;
+
+impl ReconcilePorts for Local {
+    type PartnerCenter = HttpPartnerCenter;
+    type Crm = AnyCrm;
+    type RetryQueue = InMemoryRetryQueue;
+    type Links = InMemoryLinkStore;
+    type Checkpoints = InMemoryCheckpointStore;
+    type Budget = InMemoryApiBudget;
+}
+
+/// The function's dependencies. The handler borrows it.
+pub struct App<X: ReconcilePorts> {
+    /// Partner Center.
+    pub partner_center: X::PartnerCenter,
     /// The CRM.
-    pub crm: C,
+    pub crm: X::Crm,
     /// Where the syncs are queued.
-    pub retry_queue: Q,
-    /// The referral ⇄ CRM links.
-    pub links: L,
+    pub retry_queue: X::RetryQueue,
+    /// The links.
+    pub links: X::Links,
     /// The checkpoint.
-    pub checkpoints: K,
-    /// The daily API counter.
-    pub budget: B,
-    /// The daily API budget.
+    pub checkpoints: X::Checkpoints,
+    /// The daily API budget's counter.
+    pub budget: X::Budget,
+    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE`.
     pub budget_policy: BudgetPolicy,
-    /// Referral scope, partner organization, connector user.
+    /// The sync settings.
     pub settings: SyncSettings,
-    /// How much one run does.
+    /// The run's bounds.
     pub reconcile: ReconcileSettings,
 }
 
-/// The production instantiation: HTTP clients, SQS and the DynamoDB table.
-pub type ProductionApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
-    SqsRetryQueue,
-    DynamoLinkStore,
-    DynamoCheckpointStore,
-    DynamoApiBudget,
->;
-
-/// The local instantiation (`STORE=memory`).
-pub type LocalApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
-    InMemoryRetryQueue,
-    InMemoryLinkStore,
-    InMemoryCheckpointStore,
-    InMemoryApiBudget,
->;
-
-/// The Partner Center and CRM clients of `config` (as `partner-center-events` builds them).
-pub fn clients(config: &Config) -> Result<(HttpPartnerCenter, AnyCrm), BuildError> {
-    let http = build_client(&HttpClientOptions::default())?;
-    Ok((
-        pce::partner_center(http.clone(), &config.sync.partner_center)?,
-        pce::crm(http, &config.sync.crm, &config.sync.mapping)?,
-    ))
+impl<X: ReconcilePorts> std::fmt::Debug for App<X> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("settings", &self.settings)
+            .field("reconcile", &self.reconcile)
+            .finish_non_exhaustive()
+    }
 }
 
-impl<P, C, Q, L, K, B> App<P, C, Q, L, K, B> {
-    /// What one run uses.
-    pub fn ports(&self) -> ReconcilePorts<'_, P, C, Q, L, K, B> {
-        ReconcilePorts {
+impl<X: ReconcilePorts> App<X> {
+    /// The reconciliation core's view of it.
+    pub fn deps(&self) -> ReconcileDeps<'_, X> {
+        ReconcileDeps {
             partner_center: &self.partner_center,
             crm: &self.crm,
             retry_queue: &self.retry_queue,
@@ -85,22 +92,49 @@ impl<P, C, Q, L, K, B> App<P, C, Q, L, K, B> {
     }
 }
 
-impl ProductionApp {
-    /// The clients of `config` and the stores on `table` and `retry_queue_url`.
-    pub fn production(
+impl App<Deployed> {
+    /// The deployed app: the configured clients and stores (`main`).
+    pub async fn build(boot: &Boot, config: &Config) -> Result<Self, BootError> {
+        Ok(match &config.sync.store {
+            StoreConfig::DynamoDb {
+                table_name,
+                retry_queue_url,
+            } => Self::dynamo(config, &boot.aws().await, table_name, retry_queue_url)?,
+            StoreConfig::Memory => {
+                let local = App::<Local>::local(config)?;
+                Self {
+                    partner_center: local.partner_center,
+                    crm: local.crm,
+                    retry_queue: AnyRetryQueue::Memory(local.retry_queue),
+                    links: AnyLinkStore::Memory(local.links),
+                    checkpoints: AnyCheckpointStore::Memory(local.checkpoints),
+                    budget: AnyApiBudget::Memory(std::sync::Arc::new(local.budget)),
+                    budget_policy: local.budget_policy,
+                    settings: local.settings,
+                    reconcile: local.reconcile,
+                }
+            }
+        })
+    }
+
+    /// The DynamoDB table (links, checkpoint, budget) and the SQS retry queue.
+    pub fn dynamo(
         config: &Config,
         aws: &AwsClients,
         table: &str,
         retry_queue_url: &str,
     ) -> Result<Self, BuildError> {
-        let (partner_center, crm) = clients(config)?;
+        let clients = Clients::<cosell_runtime::Deployed>::from_config(&config.sync)?;
         Ok(Self {
-            partner_center,
-            crm,
-            retry_queue: SqsRetryQueue::new(aws.sqs.clone(), retry_queue_url),
-            links: DynamoLinkStore::new(aws.dynamodb.clone(), table),
-            checkpoints: DynamoCheckpointStore::new(aws.dynamodb.clone(), table),
-            budget: DynamoApiBudget::new(aws.dynamodb.clone(), table),
+            partner_center: clients.partner_center,
+            crm: clients.crm,
+            retry_queue: AnyRetryQueue::Sqs(SqsRetryQueue::new(aws.sqs.clone(), retry_queue_url)),
+            links: AnyLinkStore::DynamoDb(DynamoLinkStore::new(aws.dynamodb.clone(), table)),
+            checkpoints: AnyCheckpointStore::DynamoDb(DynamoCheckpointStore::new(
+                aws.dynamodb.clone(),
+                table,
+            )),
+            budget: AnyApiBudget::Dynamo(DynamoApiBudget::new(aws.dynamodb.clone(), table)),
             budget_policy: config.budget,
             settings: config.sync_settings(),
             reconcile: config.reconcile.clone(),
@@ -108,13 +142,13 @@ impl ProductionApp {
     }
 }
 
-impl LocalApp {
-    /// The clients of `config` and in-memory stores.
+impl App<Local> {
+    /// HTTP clients and in-memory stores (local runs and tests).
     pub fn local(config: &Config) -> Result<Self, BuildError> {
-        let (partner_center, crm) = clients(config)?;
+        let clients = Clients::<cosell_runtime::Local>::from_config(&config.sync)?;
         Ok(Self {
-            partner_center,
-            crm,
+            partner_center: clients.partner_center,
+            crm: clients.crm,
             retry_queue: InMemoryRetryQueue::new(),
             links: InMemoryLinkStore::new(),
             checkpoints: InMemoryCheckpointStore::new(),

@@ -19,8 +19,8 @@ use std::time::Duration;
 use cosell_domain::budget::BudgetPolicy;
 use cosell_domain::reconcile::ReconcileSettings;
 use cosell_domain::sync::SyncSettings;
-use partner_center_events::config::CrmConfig;
-use partner_center_events::{ConfigError, Env, SyncConfig};
+use cosell_runtime::config::CrmConfig;
+use cosell_runtime::{ConfigError, Env, SyncConfig};
 
 /// The configuration of `reconcile`.
 #[derive(Debug, Clone)]

@@ -6,10 +6,9 @@
 //! scheduled run continues where this one stopped.
 
 use chrono::{DateTime, Utc};
-use cosell_domain::ports::{
-    ApiBudget, CheckpointStore, CrmStore, LinkStore, PartnerCenter, RetryQueue,
+use cosell_domain::reconcile::{
+    ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun, reconcile,
 };
-use cosell_domain::reconcile::{ReconcileError, ReconcileReport, ReconcileRun, reconcile};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 
@@ -40,18 +39,10 @@ impl From<RunError> for lambda_runtime::Diagnostic {
 }
 
 /// The Lambda handler: the scheduled event is ignored.
-pub async fn handle<P, C, Q, L, K, B>(
+pub async fn handle<X: ReconcilePorts>(
     _event: LambdaEvent<Value>,
-    app: &App<P, C, Q, L, K, B>,
-) -> Result<Value, RunError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    K: CheckpointStore,
-    B: ApiBudget,
-{
+    app: &App<X>,
+) -> Result<Value, RunError> {
     let report = run(app, Utc::now()).await?;
     let summary = summary(&report);
     if report.failed() {
@@ -67,24 +58,16 @@ where
 }
 
 /// One run at `now` (tests pass the instant), with its log line.
-pub async fn run<P, C, Q, L, K, B>(
-    app: &App<P, C, Q, L, K, B>,
+pub async fn run<X: ReconcilePorts>(
+    app: &App<X>,
     now: DateTime<Utc>,
-) -> Result<ReconcileReport, ReconcileError>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    Q: RetryQueue,
-    L: LinkStore,
-    K: CheckpointStore,
-    B: ApiBudget,
-{
+) -> Result<ReconcileReport, ReconcileError> {
     let run = ReconcileRun {
         now,
         since: None,
         dry_run: false,
     };
-    let report = reconcile(app.ports(), &app.settings, &app.reconcile, &run).await?;
+    let report = reconcile(app.deps(), &app.settings, &app.reconcile, &run).await?;
     tracing::info!(
         referrals_examined = report.referrals.examined,
         opportunities_examined = report.opportunities.examined,

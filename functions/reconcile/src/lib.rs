@@ -13,5 +13,5 @@ pub mod app;
 pub mod config;
 pub mod handler;
 
-pub use app::{App, LocalApp, ProductionApp};
+pub use app::{App, Deployed, Local};
 pub use config::Config;

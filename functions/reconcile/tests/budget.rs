@@ -90,7 +90,9 @@ async fn a_burst_beyond_the_budget_is_deferred_to_later_days_and_nothing_is_lost
     .collect();
     let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
     assert_eq!(config.budget.daily_budget, DAILY_BUDGET);
-    let (partner_center, crm) = reconcile::app::clients(&config).unwrap();
+    let clients =
+        cosell_runtime::Clients::<cosell_runtime::Local>::from_config(&config.sync).unwrap();
+    let (partner_center, crm) = (clients.partner_center, clients.crm);
     let counter = dynamo_budget().await;
     let budget = Budget {
         counter: &counter,
@@ -103,7 +105,7 @@ async fn a_burst_beyond_the_budget_is_deferred_to_later_days_and_nothing_is_lost
         InMemoryLinkStore::new(),
     );
     let settings = config.sync_settings();
-    let deps = Deps {
+    let deps: Deps<'_, cosell_runtime::Local> = Deps {
         partner_center: &partner_center,
         crm: &crm,
         idempotency: &idempotency,

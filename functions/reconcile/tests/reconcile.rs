@@ -20,7 +20,7 @@ use cosell_sandbox::identities::{
 };
 use cosell_sandbox::pki::SALESFORCE_APP_KEY_PEM;
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
-use reconcile::{Config, LocalApp, handler};
+use reconcile::{App, Config, Local, handler};
 use serde_json::{Value, json};
 
 const SOLUTION: &str = "SOL-34104-EBB";
@@ -72,7 +72,7 @@ struct Harness {
     sandbox: RunningSandbox,
     control: reqwest::Client,
     config: Config,
-    app: LocalApp,
+    app: App<Local>,
     idempotency: InMemoryIdempotencyStore,
     audit: InMemoryAuditLog,
 }
@@ -84,7 +84,7 @@ impl Harness {
             .unwrap();
         let vars = environment(&sandbox.base_url, crm);
         let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
-        let app = LocalApp::local(&config).unwrap();
+        let app = App::<Local>::local(&config).unwrap();
         Self {
             sandbox,
             control: reqwest::Client::new(),
@@ -203,7 +203,7 @@ impl Harness {
     /// Run every queued job as the retry worker would.
     async fn run_jobs(&self, now: DateTime<Utc>) -> Vec<Outcome> {
         let settings = self.app.settings.clone();
-        let deps = Deps {
+        let deps: Deps<'_, cosell_runtime::Local> = Deps {
             partner_center: &self.app.partner_center,
             crm: &self.app.crm,
             idempotency: &self.idempotency,
@@ -252,7 +252,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
 
     // Dry run: lists, queues and saves nothing.
     let dry = cosell_domain::reconcile::reconcile(
-        h.app.ports(),
+        h.app.deps(),
         &h.app.settings,
         &h.app.reconcile,
         &cosell_domain::reconcile::ReconcileRun {

@@ -19,14 +19,16 @@ use cosell_adapters::{
     provision_table,
 };
 use cosell_domain::ports::CrmStore;
+use cosell_domain::ports::{ApiBudget as _, CheckpointStore as _};
 use cosell_domain::sync::{Delivery, Deps, Outcome, RetryPolicy, run_retry_job};
 use cosell_domain::{ReferralId, RetryJob};
+use cosell_runtime::stores::{AnyAuditLog, AnyIdempotencyStore};
 use cosell_sandbox::SandboxConfig;
 use cosell_sandbox::identities::{
     DATAVERSE_APP_USER_ID, DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID,
     PC_CLIENT_SECRET, PC_REFRESH_TOKEN, TENANT_ID,
 };
-use reconcile::{Config, ProductionApp, handler};
+use reconcile::{App, Config, handler};
 use serde_json::{Value, json};
 
 fn moto_endpoint() -> String {
@@ -105,7 +107,7 @@ async fn missed_referrals_sync_through_one_run_with_the_stores_on_moto() {
     .map(|(name, value)| (name, value.to_owned()))
     .collect();
     let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
-    let app = ProductionApp::production(&config, &aws, &name, &queues.queue_url).unwrap();
+    let app = App::dynamo(&config, &aws, &name, &queues.queue_url).unwrap();
 
     let http = reqwest::Client::new();
     let control = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
@@ -136,18 +138,19 @@ async fn missed_referrals_sync_through_one_run_with_the_stores_on_moto() {
     assert!(!first.failed(), "{first:?}");
     let jobs = drain(&queue).await;
     assert_eq!(jobs.len(), 3, "{jobs:?}");
-    let checkpoint = app.checkpoints.try_load().await.unwrap().unwrap();
+    let checkpoint = app.checkpoints.load().await.unwrap().unwrap();
     assert_eq!(checkpoint.last_enqueued, 3);
-    assert!(app.budget.try_used(now.date_naive()).await.unwrap() >= first.calls);
+    assert!(app.budget.used(now.date_naive()).await.unwrap() >= first.calls);
 
     // The worker's run of each job: every referral gets its opportunity.
     let settings = cosell_domain::sync::SyncSettings {
         retry_policy: RetryPolicy::Redeliver,
         ..app.settings.clone()
     };
-    let idempotency = DynamoIdempotencyStore::new(aws.dynamodb.clone(), &name);
-    let audit = DynamoAuditLog::new(aws.dynamodb.clone(), &name);
-    let deps = Deps {
+    let idempotency =
+        AnyIdempotencyStore::DynamoDb(DynamoIdempotencyStore::new(aws.dynamodb.clone(), &name));
+    let audit = AnyAuditLog::DynamoDb(DynamoAuditLog::new(aws.dynamodb.clone(), &name));
+    let deps: Deps<'_, cosell_runtime::Deployed> = Deps {
         partner_center: &app.partner_center,
         crm: &app.crm,
         idempotency: &idempotency,

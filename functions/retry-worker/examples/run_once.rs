@@ -13,9 +13,8 @@ use anyhow::Context as _;
 use aws_lambda_events::sqs::SqsEvent;
 use chrono::{TimeDelta, Utc};
 use cosell_adapters::AwsClients;
-use retry_worker::{
-    App, Clients, Config, Invocation, RandomJitter, SqsWorkerQueues, StoreConfig, Stores, handle,
-};
+use cosell_runtime::{Clients, Connector, Deployed, StoreConfig, Stores};
+use retry_worker::{App, Config, Invocation, RandomJitter, SqsWorkerQueues, handle};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,11 +32,13 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|secs| secs.parse().ok())
         .unwrap_or(30);
 
-    let clients = Clients::from_config(&config).context("building the HTTP clients")?;
+    let clients = Clients::<Deployed>::from_config(&config.sync).context("the HTTP clients")?;
     let aws = AwsClients::from_env().await;
     let queues = SqsWorkerQueues::new(aws.sqs.clone(), &config.retry_queue_url, &config.dlq_url);
     let stores = Stores::dynamo(&aws, table_name, &config.retry_queue_url);
-    let app = App::new(clients, stores, queues, &config);
+    let mapping = config.sync.mapping.clone();
+    let connector = Connector::new(clients, stores, mapping, config.sync_settings());
+    let app = App::new(connector, queues, &config);
 
     let now = Utc::now();
     let deadline =

@@ -1,121 +1,49 @@
-//! What the handler runs with ([`App`]), built once per cold start. The clients and stores are
-//! `partner-center-events`' ([`partner_center_events::app`]).
+//! What the handler runs with ([`App`]): the shared [`Connector`] plus the worker's queues and
+//! settings, built once per cold start.
 
-use cosell_adapters::aws::{
-    AnyApiBudget, DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, Metering, SqsRetryQueue,
-};
-use cosell_adapters::http::crm::AnyCrm;
-use cosell_adapters::http::{HttpClientOptions, HttpPartnerCenter, build_client};
-use cosell_domain::budget::{Budget, BudgetPolicy};
-use cosell_domain::mapping::MappingConfig;
-use cosell_domain::sync::{Deps, SyncSettings};
-use partner_center_events::Stores;
-use partner_center_events::app::{self as pce, BuildError};
+use cosell_domain::ports::Ports;
+use cosell_runtime::{Boot, BootError, Connector, Deployed};
 
 use crate::config::{Config, WorkerSettings};
 use crate::queue::SqsWorkerQueues;
 
-/// The function's dependencies. Type parameters as in [`Deps`]: `P` Partner Center, `C` CRM,
-/// `I` idempotency store, `Q` retry queue (never written to: the worker redelivers), `A` audit
-/// log, `L` link store; and `M` the worker's own queue calls ([`crate::queue::WorkerQueues`]).
-#[derive(Debug)]
-pub struct App<P, C, I, Q, A, L, M> {
-    /// The Partner Center referrals API.
-    pub partner_center: P,
-    /// The CRM.
-    pub crm: C,
-    /// The stores.
-    pub stores: Stores<I, Q, A, L>,
-    /// Visibility changes and the dead-letter queue.
+/// The function's dependencies (`M`: the retry queue and DLQ as the worker sees them). The
+/// handler borrows it.
+pub struct App<X: Ports, M> {
+    /// The ports, the mapping, the settings and the budget.
+    pub connector: Connector<X>,
+    /// The retry queue's messages and the dead-letter queue.
     pub queues: M,
-    /// The field mapping.
-    pub mapping: MappingConfig,
-    /// The sync settings ([`RetryPolicy::Redeliver`](cosell_domain::sync::RetryPolicy)).
-    pub settings: SyncSettings,
-    /// Backoff, receive limit, in-progress visibility.
+    /// The worker's settings.
     pub worker: WorkerSettings,
-    /// The daily API budget (a counter in memory until [`App::with_budget`] names the
-    /// table's).
-    pub metering: Metering,
 }
 
-/// The production instantiation: HTTP clients, the DynamoDB / SQS stores and SQS queue calls.
-pub type ProductionApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
-    DynamoIdempotencyStore,
-    SqsRetryQueue,
-    DynamoAuditLog,
-    DynamoLinkStore,
-    SqsWorkerQueues,
->;
+impl<X: Ports, M> std::fmt::Debug for App<X, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("connector", &self.connector)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
 
-impl<P, C, I, Q, A, L, M> App<P, C, I, Q, A, L, M> {
-    /// An app from built clients, stores and queues, with the settings of `config`.
-    pub fn new(
-        clients: Clients<P, C>,
-        stores: Stores<I, Q, A, L>,
-        queues: M,
-        config: &Config,
-    ) -> Self {
+impl<X: Ports, M> App<X, M> {
+    /// The app of a built connector and queues, with the worker settings of `config`.
+    pub fn new(connector: Connector<X>, queues: M, config: &Config) -> Self {
         Self {
-            partner_center: clients.partner_center,
-            crm: clients.crm,
-            stores,
+            connector,
             queues,
-            mapping: config.sync.mapping.clone(),
-            settings: config.sync_settings(),
             worker: config.worker,
-            metering: Metering::default(),
-        }
-    }
-
-    /// Count calls with `counter` against `policy` (`main`: the table's counter and the
-    /// `DAILY_API_BUDGET` / `WEBHOOK_RESERVED_SHARE` policy).
-    pub fn with_budget(self, counter: AnyApiBudget, policy: BudgetPolicy) -> Self {
-        Self {
-            metering: Metering::new(counter, policy),
-            ..self
-        }
-    }
-
-    /// The budget the retries are admitted against.
-    pub fn budget(&self) -> Budget<'_, AnyApiBudget> {
-        self.metering.budget()
-    }
-
-    /// The sync core's view of it.
-    pub fn deps(&self) -> Deps<'_, P, C, I, Q, A, L> {
-        Deps {
-            partner_center: &self.partner_center,
-            crm: &self.crm,
-            idempotency: &self.stores.idempotency,
-            retry_queue: &self.stores.retry_queue,
-            audit: &self.stores.audit,
-            links: &self.stores.links,
-            mapping: &self.mapping,
-            settings: &self.settings,
         }
     }
 }
 
-/// The outbound clients.
-#[derive(Debug)]
-pub struct Clients<P, C> {
-    /// The Partner Center referrals API.
-    pub partner_center: P,
-    /// The CRM.
-    pub crm: C,
-}
-
-impl Clients<HttpPartnerCenter, AnyCrm> {
-    /// One shared HTTP client, the token providers and the Partner Center and CRM adapters
-    /// (built as `partner-center-events` builds them). No request is sent.
-    pub fn from_config(config: &Config) -> Result<Self, BuildError> {
-        let http = build_client(&HttpClientOptions::default())?;
-        Ok(Self {
-            partner_center: pce::partner_center(http.clone(), &config.sync.partner_center)?,
-            crm: pce::crm(http, &config.sync.crm, &config.sync.mapping)?,
-        })
+impl App<Deployed, SqsWorkerQueues> {
+    /// The deployed app: the configured clients and stores and the SQS queues (`main`).
+    pub async fn build(boot: &Boot, config: &Config) -> Result<Self, BootError> {
+        let connector = boot.connector(&config.sync, config.sync_settings()).await?;
+        let aws = boot.aws().await;
+        let queues = SqsWorkerQueues::new(aws.sqs, &config.retry_queue_url, &config.dlq_url);
+        Ok(Self::new(connector, queues, config))
     }
 }

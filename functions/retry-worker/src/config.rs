@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cosell_domain::sync::{RetryPolicy, SyncSettings};
-use partner_center_events::{ConfigError, Env, SyncConfig};
+use cosell_runtime::{ConfigError, Env, SyncConfig};
 
 use crate::backoff::Backoff;
 

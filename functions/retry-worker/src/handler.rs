@@ -21,21 +21,22 @@
 //! [`Backoff::delay`]: crate::backoff::Backoff::delay
 //! [`RetryPolicy::Redeliver`]: cosell_domain::sync::RetryPolicy::Redeliver
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, TimeDelta, Utc};
 use cosell_domain::budget::run_retry_job_within_budget;
 use cosell_domain::ports::{
-    AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter,
-    RetryJob, RetryQueue, RetrySource, SyncDirection,
+    AuditEntry, AuditEvent, AuditLog, CrmStore, Ports, RetryJob, RetrySource, SyncDirection,
 };
 use cosell_domain::sync::{Delivery, Handled, Outcome, SyncError};
 use cosell_domain::webhook::WebhookEvent;
 use cosell_domain::{CrmRecordId, ReferralId};
+use lambda_runtime::LambdaEvent;
 
 use crate::app::App;
-use crate::backoff::Jitter;
+use crate::backoff::{Jitter, RandomJitter};
 use crate::queue::WorkerQueues;
 
 /// The deadline assumed without a Lambda context (local runs, tests).
@@ -81,21 +82,25 @@ pub enum Disposition {
     },
 }
 
+/// The Lambda runtime's entry: [`handle`] with the invocation's clock and deadline and random
+/// jitter.
+pub async fn on_event<X: Ports, M: WorkerQueues>(
+    event: LambdaEvent<SqsEvent>,
+    app: &App<X, M>,
+) -> Result<SqsBatchResponse, Infallible> {
+    let invocation = Invocation::new(Utc::now(), Some(event.context.deadline));
+    Ok(handle(&event.payload, app, &invocation, &RandomJitter).await)
+}
+
 /// Handle one batch (see the [module docs](self)). Messages run one after the other; the
 /// answer lists the ids of those to deliver again.
-pub async fn handle<P, C, I, Q, A, L, M, J>(
+pub async fn handle<X: Ports, M, J>(
     event: &SqsEvent,
-    app: &App<P, C, I, Q, A, L, M>,
+    app: &App<X, M>,
     invocation: &Invocation,
     jitter: &J,
 ) -> SqsBatchResponse
 where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
     M: WorkerQueues,
     J: Jitter,
 {
@@ -127,20 +132,14 @@ where
 }
 
 /// One message (see the [module docs](self)).
-async fn process<P, C, I, Q, A, L, M, J>(
+async fn process<X: Ports, M, J>(
     message: &SqsMessage,
-    app: &App<P, C, I, Q, A, L, M>,
+    app: &App<X, M>,
     invocation: &Invocation,
     jitter: &J,
     line: &mut LogLine,
 ) -> Disposition
 where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
     M: WorkerQueues,
     J: Jitter,
 {
@@ -166,31 +165,37 @@ where
         deadline: invocation.deadline,
         now: invocation.now,
     };
-    let (retry_after, reason, referral_id, crm) =
-        match run_retry_job_within_budget(&app.deps(), app.budget(), &job, &delivery).await {
-            Ok(handled) => {
-                line.handled(&handled);
-                match handled.outcome {
-                    Outcome::RetryLater {
-                        retry_after,
-                        reason,
-                        referral_id,
-                        crm,
-                    } => (retry_after, reason, referral_id, crm),
-                    Outcome::InProgress => {
-                        return Disposition::Redeliver {
-                            visibility: Some(app.worker.in_progress_visibility),
-                        };
-                    }
-                    _ => return Disposition::Delete,
+    let (retry_after, reason, referral_id, crm) = match run_retry_job_within_budget(
+        &app.connector.deps(),
+        app.connector.budget(),
+        &job,
+        &delivery,
+    )
+    .await
+    {
+        Ok(handled) => {
+            line.handled(&handled);
+            match handled.outcome {
+                Outcome::RetryLater {
+                    retry_after,
+                    reason,
+                    referral_id,
+                    crm,
+                } => (retry_after, reason, referral_id, crm),
+                Outcome::InProgress => {
+                    return Disposition::Redeliver {
+                        visibility: Some(app.worker.in_progress_visibility),
+                    };
                 }
+                _ => return Disposition::Delete,
             }
-            Err(error) => {
-                line.outcome = error.log_name();
-                line.detail = Some(error.to_string());
-                (None, sync_error_reason(&error), line.referral(), None)
-            }
-        };
+        }
+        Err(error) => {
+            line.outcome = error.log_name();
+            line.detail = Some(error.to_string());
+            (None, sync_error_reason(&error), line.referral(), None)
+        }
+    };
 
     let receive_count = line.receive_count.unwrap_or(1);
     if receive_count >= app.worker.max_receive_count {
@@ -282,14 +287,7 @@ impl DeadLetter<'_> {
                                the job from the dead-letter queue back to the retry queue.";
 
     /// Audit it (and write it to the CRM record's Audit field when one is known, best effort).
-    async fn record<P, C, I, Q, A, L, M>(
-        &self,
-        app: &App<P, C, I, Q, A, L, M>,
-    ) -> Result<(), cosell_domain::PortError>
-    where
-        C: CrmStore,
-        A: AuditLog,
-    {
+    async fn record<X: Ports, M>(&self, app: &App<X, M>) -> Result<(), cosell_domain::PortError> {
         let entry = AuditEntry {
             at: self.at,
             direction: direction(self.job.source),
@@ -307,9 +305,9 @@ impl DeadLetter<'_> {
         };
         if let Some(crm) = self.crm {
             // Best effort: the CRM is what may be down.
-            let _ = app.crm.write_audit(crm, &entry.crm_text()).await;
+            let _ = app.connector.crm.write_audit(crm, &entry.crm_text()).await;
         }
-        app.stores.audit.append(&entry).await
+        app.connector.stores.audit.append(&entry).await
     }
 }
 

@@ -23,39 +23,8 @@ pub mod config;
 pub mod handler;
 pub mod queue;
 
-pub use app::{App, Clients, ProductionApp};
+pub use app::App;
 pub use backoff::{Backoff, FixedJitter, Jitter, RandomJitter};
 pub use config::{Config, WorkerSettings};
 pub use handler::{Invocation, handle};
-pub use partner_center_events::{StoreConfig, Stores};
 pub use queue::{SqsWorkerQueues, WorkerQueues};
-
-use aws_lambda_events::sqs::SqsEvent;
-use chrono::Utc;
-use cosell_domain::ports::{
-    AuditLog, CrmStore, IdempotencyStore, LinkStore, PartnerCenter, RetryQueue,
-};
-use lambda_runtime::{LambdaEvent, service_fn};
-
-/// The Lambda runtime loop over [`handler::handle`] with [`RandomJitter`]; the handler
-/// borrows `app`.
-pub async fn serve<P, C, I, Q, A, L, M>(
-    app: App<P, C, I, Q, A, L, M>,
-) -> Result<(), lambda_runtime::Error>
-where
-    P: PartnerCenter,
-    C: CrmStore,
-    I: IdempotencyStore,
-    Q: RetryQueue,
-    A: AuditLog,
-    L: LinkStore,
-    M: WorkerQueues,
-{
-    let app = &app;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        let invocation = Invocation::new(Utc::now(), Some(event.context.deadline));
-        let answer = handler::handle(&event.payload, app, &invocation, &RandomJitter).await;
-        Ok::<_, std::convert::Infallible>(answer)
-    }))
-    .await
-}

@@ -1,40 +1,17 @@
-//! Wiring only: tracing → secrets → `Config::from_lookup` → clients, stores and queues (once)
-//! → the Lambda runtime.
+//! Wiring only: boot (logs, secrets) → configuration → app (once) → the Lambda runtime.
 
-use anyhow::Context as _;
-use cosell_adapters::AwsClients;
-use cosell_adapters::aws::{AnyApiBudget, DynamoApiBudget, secrets};
-use cosell_domain::budget::BudgetPolicy;
-use retry_worker::{App, Clients, Config, SqsWorkerQueues, StoreConfig, Stores, serve};
+use lambda_runtime::{run, service_fn};
+use retry_worker::{App, Config, handler};
 
 // One event at a time per instance: a single-threaded runtime spares every I/O wake-up a
 // hand-over between threads (its CPU cost is in the README's benchmark section).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    lambda_runtime::tracing::init_default_subscriber();
-    // `X_SECRET_ARN` / `X_SSM_PARAMETER` references, read once per cold start.
-    let secrets = secrets::resolve_process_env()
+    let boot = cosell_runtime::boot().await?;
+    let config = Config::from_lookup(|name| boot.var(name))?;
+    let app = App::build(&boot, &config).await?;
+    let app = &app;
+    run(service_fn(move |event| handler::on_event(event, app)))
         .await
-        .context("reading the secrets")?;
-    let config =
-        Config::from_lookup(|name| secrets.var(name)).context("retry-worker configuration")?;
-    let budget = BudgetPolicy::from_lookup(|name| secrets.var(name))
-        .context("retry-worker configuration (API budget)")?;
-    let clients = Clients::from_config(&config).context("building the HTTP clients")?;
-    let aws = AwsClients::from_env().await;
-    let queues = SqsWorkerQueues::new(aws.sqs.clone(), &config.retry_queue_url, &config.dlq_url);
-    let served = match &config.sync.store {
-        StoreConfig::DynamoDb { table_name, .. } => {
-            let stores = Stores::dynamo(&aws, table_name, &config.retry_queue_url);
-            let counter = DynamoApiBudget::new(aws.dynamodb.clone(), table_name.as_str());
-            let app = App::new(clients, stores, queues, &config);
-            serve(app.with_budget(counter.into(), budget)).await
-        }
-        StoreConfig::Memory => {
-            let stores = Stores::in_memory_with_ttl(config.sync.idempotency_ttl);
-            let app = App::new(clients, stores, queues, &config);
-            serve(app.with_budget(AnyApiBudget::memory(), budget)).await
-        }
-    };
-    served.map_err(|error| anyhow::anyhow!(error))
+        .map_err(|error| anyhow::anyhow!(error))
 }

@@ -113,7 +113,7 @@ async fn killed_after_the_crm_write(crm: Crm) {
         job.key, job.attempt
     ))
     .unwrap();
-    let record = h.app.stores.idempotency.get(&key).await.unwrap().unwrap();
+    let record = h.idempotency_records().get(&key).await.unwrap().unwrap();
     assert_eq!(record.status, IdempotencyStatus::InProgress, "{crm:?}");
     let written = (
         h.rows("opportunity").await.len(),
@@ -154,7 +154,7 @@ async fn killed_after_the_crm_write(crm: Crm) {
         written,
         "{crm:?}: no second opportunity, account or contact"
     );
-    let record = h.app.stores.idempotency.get(&key).await.unwrap().unwrap();
+    let record = h.idempotency_records().get(&key).await.unwrap().unwrap();
     assert_eq!(record.status, IdempotencyStatus::Completed, "{crm:?}");
     let referral_now = h
         .get(&format!("/_sandbox/partner-center/referrals/{referral}"))

@@ -23,6 +23,7 @@ async fn the_referral_created_sample_creates_one_opportunity_and_is_deleted() {
     assert!(h.visibility().is_empty());
     let events: Vec<_> = h
         .app
+        .connector
         .stores
         .audit
         .entries()
@@ -37,7 +38,7 @@ async fn the_referral_created_sample_creates_one_opportunity_and_is_deleted() {
         "the message id is the correlation id: {events:?}"
     );
     assert!(
-        h.app.stores.retry_queue.jobs().is_empty(),
+        h.app.connector.stores.retry_queue.jobs().is_empty(),
         "nothing chained"
     );
 
@@ -90,11 +91,11 @@ async fn a_429_with_retry_after_hides_the_job_at_least_that_long_and_chains_noth
         "Retry-After over the 30 s backoff"
     );
     assert!(
-        h.app.stores.retry_queue.jobs().is_empty(),
+        h.app.connector.stores.retry_queue.jobs().is_empty(),
         "nothing chained"
     );
     assert!(
-        h.app.stores.idempotency.records().is_empty(),
+        h.app.connector.stores.idempotency.records().is_empty(),
         "the key was released"
     );
 
@@ -114,7 +115,7 @@ async fn a_job_in_progress_elsewhere_comes_back_after_a_short_visibility() {
         cosell_domain::ports::IdempotencyKey::try_from(format!("{}#attempt-1", job.key)).unwrap();
     let now = Utc::now();
     cosell_domain::ports::IdempotencyStore::acquire(
-        &h.app.stores.idempotency,
+        &h.app.connector.stores.idempotency,
         &key,
         now,
         now + chrono::TimeDelta::minutes(5),

@@ -251,7 +251,7 @@ async fn a_job_over_the_days_background_budget_is_queued_again_not_run_and_not_l
         webhook_reserved_share: 0.2,
         ..BudgetPolicy::default()
     };
-    h.app.metering = Metering::new(counter, policy);
+    h.app.connector.metering = Metering::new(counter, policy);
     let referral = h.seed_referral().await;
     h.enqueue_created(&referral).await;
     let calls_before = h.requests().await.len();

@@ -1,4 +1,4 @@
-//! Dataverse (Dynamics 365) stand-in: the Web API and webhooks (reference: `crm.md` A1–A3).
+//! Dataverse (Dynamics 365) stand-in: the Web API and webhooks (docs/dataverse.md).
 //!
 //! # Web API — `/api/data/{v9.0|v9.1|v9.2}/…`
 //!

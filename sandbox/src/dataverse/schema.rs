@@ -346,8 +346,8 @@ fn ownership_columns() -> Vec<Column> {
     ]
 }
 
-/// The opportunity table: the standard columns of the reference (crm.md A3) and the
-/// Partner Center co-sell custom columns. The custom columns' types are not documented
+/// The opportunity table: the documented standard columns (docs/dataverse.md#opportunity-table) and
+/// the Partner Center co-sell custom columns. The custom columns' types are not documented
 /// (UNKNOWN): `…referralsync` and `…referralvisible` are Yes/No (their labels are
 /// questions), the identifier and CRM identifier are short strings, the link a URL
 /// string, and "How can Microsoft help?", the solutions list and the audit trail are

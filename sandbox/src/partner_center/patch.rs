@@ -42,9 +42,9 @@ impl Op {
     }
 }
 
-/// Top-level members of the Referral resource (reference §1.5.1, including the [LIVE] and
-/// swagger-only ones). A patch path must start with one of these (or with a member the stored
-/// referral already has).
+/// Top-level members of the Referral resource (docs/partner-center.md#referral-members, including
+/// the live-page-only and swagger-only ones). A patch path must start with one of these (or with a
+/// member the stored referral already has).
 const REFERRAL_MEMBERS: &[&str] = &[
     "id",
     "engagementId",

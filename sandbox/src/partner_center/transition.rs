@@ -1,5 +1,6 @@
 //! Status / substatus rules of a referral PATCH, using the domain crate's transition table
-//! (reference §1.6), so the sandbox and the connector agree on one reading of it.
+//! (docs/partner-center.md#referral-status-rules), so the sandbox and the connector agree on one
+//! reading of it.
 
 use axum::http::StatusCode;
 use cosell_domain::error::TransitionError;

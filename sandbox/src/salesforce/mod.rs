@@ -1,6 +1,6 @@
 //! Salesforce stand-in: OAuth 2.0 JWT bearer sign-in, the REST API (sObjects, upsert by
 //! External ID, SOQL, describe, limits) and Outbound Messages (SOAP notifications with
-//! acknowledgement-driven retries). Facts: `shared/reference/crm.md` part B.
+//! acknowledgement-driven retries). Facts: docs/salesforce.md.
 //!
 //! # API endpoints (request log + fault injection apply; `Service::SalesforceAuth` /
 //! `Service::Salesforce`)

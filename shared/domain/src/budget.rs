@@ -37,9 +37,8 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ReferralId};
 use crate::opportunity::{Account, Contact, CrmOpportunity};
 use crate::ports::{
-    ApiBudget, CrmStore, OpportunityPage, OpportunityQuery,
-    OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource,
-    Service, Upserted,
+    ApiBudget, CrmStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PartnerCenter,
+    PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service, Upserted,
 };
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::sync::{

@@ -65,7 +65,8 @@ impl ParseError {
     }
 }
 
-/// A referral state change that Partner Center does not allow (reference §1.6).
+/// A referral state change that Partner Center does not allow
+/// (docs/partner-center.md#referral-status-rules).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     /// The referral is closed (won, lost, declined, expired, or an undocumented closed substatus).
@@ -132,7 +133,8 @@ pub enum TransitionError {
     },
 }
 
-/// One reason why a CRM opportunity may not go to Partner Center yet (reference §5.6).
+/// One reason why a CRM opportunity may not go to Partner Center yet
+/// (docs/partner-center.md#validation-rules).
 ///
 /// Every message names the record, the CRM field (as configured) and the fix, and reads like
 /// an instruction a CRM admin can act on. [`ValidationProblem::code`] is stable for dashboards

@@ -341,8 +341,7 @@ pub async fn reconcile<X: ReconcilePorts>(
     sync: &SyncSettings,
     settings: &ReconcileSettings,
     run: &ReconcileRun,
-) -> Result<ReconcileReport, ReconcileError>
-{
+) -> Result<ReconcileReport, ReconcileError> {
     let backfill = run.since.is_some();
     let checkpoint = if backfill {
         None
@@ -467,8 +466,7 @@ async fn referrals<X: ReconcilePorts, MC>(
     run: &ReconcileRun,
     start: &Start,
     report: &mut ReconcileReport,
-) -> Pass
-{
+) -> Pass {
     report.referrals.since = Some(start.since);
     let mut pass = Pass {
         newest: start.pass_newest,
@@ -531,8 +529,7 @@ async fn referral_step<X: ReconcilePorts>(
     referral: &Referral,
     updated: Option<DateTime<Utc>>,
     report: &mut ReconcileReport,
-) -> Result<(), PortError>
-{
+) -> Result<(), PortError> {
     let Ok(id) = referral.referral_id() else {
         report.referrals.ignored += 1;
         return Ok(());
@@ -642,8 +639,7 @@ async fn opportunities<X: ReconcilePorts, MP>(
     run: &ReconcileRun,
     start: &Start,
     report: &mut ReconcileReport,
-) -> Pass
-{
+) -> Pass {
     report.opportunities.since = Some(start.since);
     let mut pass = Pass {
         newest: start.pass_newest,
@@ -701,8 +697,7 @@ async fn opportunity_step<X: ReconcilePorts>(
     run: &ReconcileRun,
     listed: &ListedOpportunity,
     report: &mut ReconcileReport,
-) -> Result<(), PortError>
-{
+) -> Result<(), PortError> {
     let opportunity = &listed.opportunity;
     let Some(record) = opportunity.record.id.clone() else {
         report.opportunities.ignored += 1;

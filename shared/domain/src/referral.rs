@@ -1,5 +1,5 @@
-//! The Partner Center Referral wire model (reference §1.5), the OData list envelope and JSON
-//! Patch operations.
+//! The Partner Center Referral wire model (docs/partner-center.md#referral-resource), the OData
+//! list envelope and JSON Patch operations.
 //!
 //! This is a **tolerant reader**:
 //! - every struct keeps unknown members in `extra` and writes them back unchanged;
@@ -148,7 +148,8 @@ wire_enum! {
     }
 }
 
-/// A Partner Center referral (reference §1.5.1). Every member is optional on read.
+/// A Partner Center referral (docs/partner-center.md#referral-members). Every member is optional on
+/// read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Referral {
@@ -435,7 +436,7 @@ impl Referral {
     }
 }
 
-/// The customer (reference §1.5.2).
+/// The customer (docs/partner-center.md#customer-profile).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerProfile {
@@ -480,7 +481,7 @@ pub struct CustomerProfile {
     pub extra: Map<String, Value>,
 }
 
-/// A postal address (reference §1.5.3).
+/// A postal address (docs/partner-center.md#address).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
@@ -545,7 +546,8 @@ pub struct Address {
     pub extra: Map<String, Value>,
 }
 
-/// A person on a team (reference §1.5.4): the partner's sales team or a customer contact.
+/// A person on a team (docs/partner-center.md#team-member): the partner's sales team or a customer
+/// contact.
 ///
 /// `Debug` never shows names, emails or phone numbers.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -634,7 +636,7 @@ pub struct ContactPreference {
     pub extra: Map<String, Value>,
 }
 
-/// Consent flags (reference §1.5.5).
+/// Consent flags (docs/partner-center.md#consent).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Consent {
@@ -679,7 +681,7 @@ pub struct Consent {
     pub extra: Map<String, Value>,
 }
 
-/// Deal details (reference §1.5.7).
+/// Deal details (docs/partner-center.md#deal-details).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferralDetails {
@@ -727,7 +729,7 @@ pub struct ReferralDetails {
     pub extra: Map<String, Value>,
 }
 
-/// Requirements (reference §1.5.8).
+/// Requirements (docs/partner-center.md#requirements).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferralRequirements {
@@ -820,7 +822,7 @@ pub struct SolutionTag {
     pub extra: Map<String, Value>,
 }
 
-/// Invitation context (reference §1.5.6).
+/// Invitation context (docs/partner-center.md#invite-context).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InviteContext {
@@ -873,7 +875,7 @@ pub struct InvitedBy {
     pub extra: Map<String, Value>,
 }
 
-/// An invited target (reference §1.5.9).
+/// An invited target (docs/partner-center.md#referral-targets).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferralTarget {

@@ -208,7 +208,7 @@ where
 }
 
 /// Like [`opt_enum`], but the wire value `"None"` (any case) also means "not set", as for the
-/// referral status and substatus (reference §1.6).
+/// referral status and substatus (docs/partner-center.md#referral-status-rules).
 pub fn opt_enum_none_unset<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,

@@ -1,4 +1,5 @@
-//! Referral status, substatus and the documented transition table (reference §1.6).
+//! Referral status, substatus and the documented transition table
+//! (docs/partner-center.md#referral-status-rules).
 //!
 //! | Status | Allowed status transition | Allowed substatus |
 //! |---|---|---|
@@ -196,8 +197,8 @@ fn allowed_substatuses(status: &ReferralStatus) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The documented table (§1.6), written as text so the test does not reuse the code's
-    /// matchers.
+    /// The documented table (docs/partner-center.md#referral-status-rules), written as text so the
+    /// test does not reuse the code's matchers.
     const TABLE: &[(&str, &[&str], &[&str])] = &[
         (
             "New",

@@ -1,4 +1,5 @@
-//! Checking a CRM opportunity before it may go to Partner Center (reference §5.6).
+//! Checking a CRM opportunity before it may go to Partner Center
+//! (docs/partner-center.md#validation-rules).
 //!
 //! [`validate_for_partner_center`] returns every problem at once, each naming the record, the
 //! configured CRM field and the fix, or a [`ValidatedOpportunity`]: the only input

@@ -205,8 +205,8 @@ impl fmt::Display for Money {
 
 const DEAL_VALUE_EXPECTED: &str = "a deal value greater than 0";
 
-/// A deal value: a decimal strictly greater than zero (reference §5.6: deal values "should not
-/// be 0 or empty").
+/// A deal value: a decimal strictly greater than zero (docs/partner-center.md#validation-rules:
+/// deal values "should not be 0 or empty").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "Decimal", into = "Decimal")]
 pub struct DealValue(Decimal);

@@ -1,5 +1,5 @@
-//! Partner Center webhook payloads (reference §4): the event callback, the registration and the
-//! validation (test) event responses.
+//! Partner Center webhook payloads (docs/partner-center.md#webhooks): the event callback, the
+//! registration and the validation (test) event responses.
 //!
 //! Members are PascalCase on the wire (`EventName`, `ResourceUri`, …); camelCase is accepted too
 //! and unknown members are kept. The event carries no referral data: the receiver reads the
@@ -113,7 +113,8 @@ impl<'de> Deserialize<'de> for EventName {
 
 /// The callback body Partner Center POSTs for every event.
 ///
-/// Verify the signature over the raw bytes **before** deserializing this (reference §4.3).
+/// Verify the signature over the raw bytes **before** deserializing this
+/// (docs/partner-center.md#webhook-signature).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct WebhookEvent {

@@ -8,18 +8,14 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use chrono::Utc;
-use cosell_adapters::http::HttpPartnerCenter;
-use cosell_adapters::http::crm::AnyCrm;
-use cosell_domain::in_memory::{
-    InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
-};
+use cosell_runtime::{Connector, Local};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     TENANT_ID,
 };
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
 use retry_worker::queue::QueueError;
-use retry_worker::{App, Clients, Config, FixedJitter, Invocation, Stores, WorkerQueues};
+use retry_worker::{App, Config, FixedJitter, Invocation, WorkerQueues};
 use serde_json::{Value, json};
 
 pub const REFERRAL: &str = "6b8f2f5e-3c1a-4e0b-9d7a-1f2e3d4c5b01";
@@ -64,15 +60,7 @@ impl WorkerQueues for Recorder {
     }
 }
 
-pub type TestApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
-    InMemoryIdempotencyStore,
-    InMemoryRetryQueue,
-    InMemoryAuditLog,
-    InMemoryLinkStore,
-    Recorder,
->;
+pub type TestApp = App<Local, Recorder>;
 
 pub struct Harness {
     pub sandbox: RunningSandbox,
@@ -106,12 +94,8 @@ impl Harness {
             ("MAX_RECEIVE_COUNT", "3"),
         ]);
         let config = Config::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned())).unwrap();
-        let app = App::new(
-            Clients::from_config(&config).unwrap(),
-            Stores::in_memory_with_ttl(config.sync.idempotency_ttl),
-            Recorder::default(),
-            &config,
-        );
+        let connector = Connector::local(&config.sync, config.sync_settings()).unwrap();
+        let app = App::new(connector, Recorder::default(), &config);
         Self {
             sandbox,
             control: reqwest::Client::new(),

@@ -15,17 +15,13 @@ use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use cosell_adapters::aws::aws_config::{self, BehaviorVersion, Region};
 use cosell_adapters::aws::aws_sdk_dynamodb;
-use cosell_adapters::aws::{
-    DynamoAuditLog, DynamoIdempotencyStore, DynamoLinkStore, QueueOptions, QueueUrls,
-    ReceivedMessage, SqsQueue, SqsRetryQueue,
-};
-use cosell_adapters::http::HttpPartnerCenter;
-use cosell_adapters::http::crm::AnyCrm;
+use cosell_adapters::aws::{QueueOptions, QueueUrls, ReceivedMessage, SqsQueue, SqsRetryQueue};
 use cosell_adapters::{AwsClients, provision_queues, provision_table};
 use cosell_domain::ReferralId;
 use cosell_domain::ports::{AuditEntry, AuditLog, RetryJob, RetrySource};
 use cosell_domain::sync::partner_center_event_key;
 use cosell_domain::webhook::WebhookEvent;
+use cosell_runtime::{Clients, Connector, Deployed, Stores};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     SALESFORCE_CONSUMER_KEY, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
@@ -33,9 +29,7 @@ use cosell_sandbox::identities::{
 use cosell_sandbox::pki::SALESFORCE_APP_KEY_PEM;
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
 use retry_worker::queue::QueueError;
-use retry_worker::{
-    App, Clients, Config, FixedJitter, Invocation, SqsWorkerQueues, Stores, WorkerQueues,
-};
+use retry_worker::{App, Config, FixedJitter, Invocation, SqsWorkerQueues, WorkerQueues};
 use serde_json::{Value, json};
 
 const START_MOTO: &str = "start moto: run scripts/test.sh (or `moto_server -H 127.0.0.1 -p 5055` \
@@ -139,15 +133,7 @@ impl WorkerQueues for Recording {
     }
 }
 
-pub type WorkerApp = App<
-    HttpPartnerCenter,
-    AnyCrm,
-    DynamoIdempotencyStore,
-    SqsRetryQueue,
-    DynamoAuditLog,
-    DynamoLinkStore,
-    Recording,
->;
+pub type WorkerApp = App<Deployed, Recording>;
 
 /// The environment a deployment against the sandbox and moto would have.
 pub fn environment(
@@ -232,14 +218,20 @@ impl Harness {
         .unwrap();
         let env = environment(&sandbox.base_url, crm, &table, &queues, max_receive_count);
         let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap();
-        let clients = Clients::from_config(&config).unwrap();
+        let clients = Clients::from_config(&config.sync).unwrap();
         let stores = Stores::dynamo(&aws, &table, &queues.queue_url);
+        let connector = Connector::new(
+            clients,
+            stores,
+            config.sync.mapping.clone(),
+            config.sync_settings(),
+        );
         let queues_port = Recording {
             inner: SqsWorkerQueues::new(aws.sqs.clone(), &queues.queue_url, &queues.dlq_url),
             visibility: Mutex::new(Vec::new()),
             dead_lettered: Mutex::new(0),
         };
-        let app = App::new(clients, stores, queues_port, &config);
+        let app = App::new(connector, queues_port, &config);
         Self {
             queue: SqsQueue::new(aws.sqs.clone(), &queues.queue_url),
             dlq: SqsQueue::new(aws.sqs.clone(), &queues.dlq_url),
@@ -313,6 +305,11 @@ impl Harness {
     }
 
     /// Rows of a CRM table (`opportunity`, `account`, `contact`).
+    /// The idempotency records in the table, read as the function's store reads them.
+    pub fn idempotency_records(&self) -> cosell_adapters::aws::DynamoIdempotencyStore {
+        cosell_adapters::aws::DynamoIdempotencyStore::new(self.aws.dynamodb.clone(), &self.table)
+    }
+
     pub async fn rows(&self, table: &str) -> Vec<Value> {
         let (path, member) = self.crm.rows(table);
         self.get(&path).await[member]
@@ -386,7 +383,14 @@ impl Harness {
 
     pub async fn audit(&self, referral: &str) -> Vec<AuditEntry> {
         let id = ReferralId::try_from(referral).unwrap();
-        let mut entries = self.app.stores.audit.by_referral(&id, 100).await.unwrap();
+        let mut entries = self
+            .app
+            .connector
+            .stores
+            .audit
+            .by_referral(&id, 100)
+            .await
+            .unwrap();
         entries.reverse();
         entries
     }

@@ -1,13 +1,13 @@
 //! [`DataverseStore`]: the domain's [`CrmStore`] port over the Dataverse Web API
-//! (`{environment url}/api/data/v9.2/`, reference `crm.md` A2–A3).
+//! (`{environment url}/api/data/v9.2/`, docs/dataverse.md#web-api).
 //!
 //! Every request goes through an [`AuthorizedClient`] with an app-only
 //! [`EntraClientCredentials`] token (scope [`super::tokens::dataverse_scope`]): bearer token,
 //! one refresh on 401, every other failure classified by [`super::response`]. Headers follow
-//! A2.1: `Accept: application/json`, `OData-MaxVersion: 4.0`, `OData-Version: 4.0`, plus
-//! `If-None-Match: null` on reads and `Content-Type: application/json` on writes. Column and
-//! table names come from [`MappingConfig::dataverse`]; bodies are built and rows read only by
-//! the domain's mapping functions.
+//! docs/dataverse.md#url-and-headers: `Accept: application/json`, `OData-MaxVersion: 4.0`,
+//! `OData-Version: 4.0`, plus `If-None-Match: null` on reads and `Content-Type: application/json`
+//! on writes. Column and table names come from [`MappingConfig::dataverse`]; bodies are built and
+//! rows read only by the domain's mapping functions.
 //!
 //! # Requests per operation
 //!
@@ -27,9 +27,10 @@
 //! referral-identifier column: `PATCH opportunities(<column>='<referral id>')` with
 //! `Prefer: return=representation` and `$select=<primary key>`, so the answer says whether it
 //! was created (201) or updated (200) and carries the id. The key column is left out of the
-//! body (A2.3: "don't repeat key values in the body"). With a record id the row is patched by
-//! its id with `If-Match: *` (update only: a missing row is [`PortError::NotFound`], never a new
-//! row) and the referral id is written into the key column.
+//! body (docs/dataverse.md#update-and-upsert-by-alternate-key: "don't repeat key values in the
+//! body"). With a record id the row is patched by its id with `If-Match: *` (update only: a missing
+//! row is [`PortError::NotFound`], never a new row) and the referral id is written into the key
+//! column.
 //!
 //! The deal's currency is bound through `transactioncurrencyid@odata.bind`; the
 //! `transactioncurrency` row of an ISO code is looked up once per instance. A currency the
@@ -280,7 +281,8 @@ impl DataverseStore {
         if body.is_some() {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         } else if method == Method::GET {
-            // Overrides any browser-style caching of the previous answer (A2.1).
+            // Overrides any browser-style caching of the previous answer
+            // (docs/dataverse.md#url-and-headers).
             headers.insert("If-None-Match", HeaderValue::from_static("null"));
         }
         for (name, value) in extra {

@@ -1,7 +1,7 @@
 //! The Partner Center adapters: [`HttpPartnerCenter`] implements the domain's
-//! [`PartnerCenter`] port over the referrals API (reference `partner-center.md` §1–§3), and
-//! [`WebhookRegistrationClient`] drives the webhook registration API (§4.1) for the CLI's
-//! `register-webhook` and `doctor`.
+//! [`PartnerCenter`] port over the referrals API (docs/partner-center.md#referrals-api), and
+//! [`WebhookRegistrationClient`] drives the webhook registration API
+//! (docs/partner-center.md#webhook-registration) for the CLI's `register-webhook` and `doctor`.
 //!
 //! Both send through an [`AuthorizedClient`]: bearer token, one refresh on 401, every other
 //! failure classified by [`super::response`]. Each request carries `MS-CorrelationId` (one per

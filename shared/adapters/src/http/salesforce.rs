@@ -1,5 +1,5 @@
 //! [`SalesforceStore`]: the domain's [`CrmStore`] port over the Salesforce REST API
-//! (`{instance_url}/services/data/v62.0/`, reference `crm.md` B3–B4).
+//! (`{instance_url}/services/data/v62.0/`, docs/salesforce.md#rest-api).
 //!
 //! Every request goes through an [`AuthorizedClient`] with a [`SalesforceJwtBearer`] token:
 //! the base URL is the token's `instance_url` (so a refreshed session that names another

@@ -1,4 +1,4 @@
-//! Partner Center webhook authentication (reference `partner-center.md` §4.3), verify before
+//! Partner Center webhook authentication (docs/partner-center.md#webhook-signature), verify before
 //! parse, as a typestate:
 //!
 //! ```text

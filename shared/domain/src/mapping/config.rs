@@ -1,5 +1,7 @@
 //! Field mapping configuration. Every CRM column / field name is configurable; the defaults
-//! follow Microsoft's Power Automate co-sell connector (reference §5.4–5.5, crm.md A3/B4).
+//! follow Microsoft's Power Automate co-sell connector
+//! (docs/partner-center.md#power-automate-co-sell-connector, docs/dataverse.md#opportunity-table,
+//! docs/salesforce.md#opportunity-fields).
 //!
 //! All structs deserialize with `#[serde(default)]`, so a deployment can override only the
 //! names that differ in its org (e.g. `{"salesforce":{"account":{"country":"BillingCountryCode"}}}`
@@ -54,7 +56,7 @@ pub struct DataverseFields {
 /// Dataverse opportunity columns.
 ///
 /// The `msft_*` logical names were observed in a public export of Microsoft's solution, not
-/// documented (reference §5.5); they are defaults only.
+/// documented (docs/partner-center.md#custom-crm-fields); they are defaults only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataverseOpportunityFields {
@@ -161,7 +163,7 @@ pub struct DataverseAccountFields {
     /// Postal code.
     pub postal_code: String,
     /// Country: an ISO 3166 two-letter code. For lookup-based country fields, add a custom
-    /// two-letter column and configure it here (reference §5.4).
+    /// two-letter column and configure it here (docs/partner-center.md#default-field-mapping).
     pub country: String,
 }
 
@@ -218,8 +220,8 @@ impl Default for DataverseContactFields {
     }
 }
 
-/// Opportunity `statecode` / `statuscode` values (crm.md A3). Status reasons can be customised
-/// per org, hence configurable.
+/// Opportunity `statecode` / `statuscode` values (docs/dataverse.md#opportunity-state-and-status).
+/// Status reasons can be customised per org, hence configurable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataverseStatusCodes {

@@ -271,7 +271,8 @@ fn bind(entity_set: &str, id: DataverseId) -> String {
 /// [`BodyScope::Update`] is the Partner Center → CRM update set (currency, deal value, closing
 /// date, notes, state) plus the connector's own columns (referral id and link, Microsoft CRM
 /// identifier, audit). Closing through `statecode`/`statuscode` may need the `WinOpportunity` /
-/// `LoseOpportunity` actions in some environments (crm.md A3); the adapter decides.
+/// `LoseOpportunity` actions in some environments (docs/dataverse.md#closing-an-opportunity); the
+/// adapter decides.
 pub fn dataverse_opportunity_body(
     opportunity: &Opportunity,
     links: &DataverseLinks,

@@ -1,6 +1,6 @@
 //! Configurable field mapping between Partner Center, the canonical [`Opportunity`] and the
 //! two CRMs. Pure functions, `serde_json::Value` in and out; defaults follow Microsoft's Power
-//! Automate co-sell connector (reference §5.4–5.5).
+//! Automate co-sell connector (docs/partner-center.md#power-automate-co-sell-connector).
 //!
 //! | Direction | Entry point |
 //! |---|---|
@@ -45,9 +45,9 @@ pub use salesforce::{
 pub enum BodyScope {
     /// Every mapped field: creating the opportunity from a new referral.
     Create,
-    /// The Partner Center → CRM update set (reference §5.4: currency, deal value, closing date,
-    /// notes, status) plus the connector's own columns. The name, customer, help, visibility and
-    /// solutions stay as the CRM user left them.
+    /// The Partner Center → CRM update set (docs/partner-center.md#update-field-lists: currency,
+    /// deal value, closing date, notes, status) plus the connector's own columns. The name,
+    /// customer, help, visibility and solutions stay as the CRM user left them.
     Update,
 }
 

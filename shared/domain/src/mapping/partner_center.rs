@@ -260,10 +260,11 @@ pub fn is_shared_deal(opportunity: &Opportunity) -> bool {
 /// The organization id of Microsoft as a referral target.
 const MICROSOFT_TARGET: &str = "msft";
 
-/// The second referral of a Shared deal (reference §1.8, create-a-referral): the deal's
-/// `shared` create body in the same `engagement`, targeted at Microsoft
-/// (`{"type": "BusinessProfileLocation", "id": "msft"}`). It carries no `externalReferenceId`:
-/// the CRM opportunity stays linked to the partner's own referral only.
+/// The second referral of a Shared deal
+/// (docs/partner-center.md#shared-deals-and-related-referrals): the deal's `shared` create body in
+/// the same `engagement`, targeted at Microsoft (`{"type": "BusinessProfileLocation", "id":
+/// "msft"}`). It carries no `externalReferenceId`: the CRM opportunity stays linked to the
+/// partner's own referral only.
 pub fn microsoft_invitation_body(shared: &Referral, engagement: &EngagementId) -> Referral {
     Referral {
         engagement_id: Some(engagement.to_string()),
@@ -293,7 +294,8 @@ fn normalized_text(text: Option<&str>) -> Option<String> {
 }
 
 /// The JSON Patch that brings `current` in line with `desired` for the CRM → Partner Center
-/// update fields (reference §5.4: currency, name, deal value, closing date, notes, state).
+/// update fields (docs/partner-center.md#update-field-lists: currency, name, deal value, closing
+/// date, notes, state).
 ///
 /// Only `replace` operations, only for fields that differ, and only for values the CRM has
 /// (a missing value never clears Partner Center). The rules:

@@ -70,8 +70,9 @@ pub struct SyncSettings {
     pub max_attempts: u32,
     /// The CRM user the connector writes as (the Dataverse application user's `systemuserid`,
     /// the Salesforce integration user's id). A CRM change made by this user is the connector's
-    /// own write coming back and is skipped without any Partner Center call (reference crm.md
-    /// §0 #11). `None`: echoes are recognised by their fingerprint only.
+    /// own write coming back and is skipped without any Partner Center call
+    /// (docs/dataverse.md#loop-prevention, docs/salesforce.md#loop-prevention). `None`: echoes are
+    /// recognised by their fingerprint only.
     pub crm_connector_user_id: Option<String>,
     /// The partner's own sales team, put on every referral created from the CRM (Partner Center
     /// wants at least one member with name, phone and email). `Debug` redacts it.
@@ -143,8 +144,8 @@ impl Default for SyncSettings {
 }
 
 /// Which Partner Center referrals are synced to the CRM: the connector's "Sync Co-sell
-/// opportunity" setting (reference §5.4). It decides only whether a referral that is not yet
-/// linked gets an opportunity; a linked referral always syncs.
+/// opportunity" setting (docs/partner-center.md#sync-scope). It decides only whether a referral
+/// that is not yet linked gets an opportunity; a linked referral always syncs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum ReferralScope {
     /// Co-sell opportunities only ("Sync Co-sell opportunity: yes"); marketplace and qualified
@@ -166,7 +167,7 @@ impl ReferralScope {
 }
 
 /// What kind of referral it is, by `type`, `qualification` and
-/// `inviteContext.invitedBy.organizationId` (reference §1.7, "Referral category").
+/// `inviteContext.invitedBy.organizationId` (docs/partner-center.md#referral-category).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReferralCategory {
     /// Independent, Direct, invited by `msft` or nobody.

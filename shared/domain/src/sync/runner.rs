@@ -28,8 +28,8 @@ use super::outcome::{Handled, Outcome, RetryPolicy, SyncError};
 use crate::error::ParseError;
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
-    Ports,
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, PortError, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
+    PortError, Ports, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
 };
 
 /// One run of a delivery: which key it holds and how to schedule it again.
@@ -405,8 +405,7 @@ async fn settle<X: Ports>(
     run: &Run<'_>,
     journal: &Journal<'_, X::Audit>,
     failure: Failure,
-) -> Result<Outcome, SyncError>
-{
+) -> Result<Outcome, SyncError> {
     let problem = match failure {
         Failure::Port { error, crm }
             if error.is_retryable() && deps.settings.retry_policy == RetryPolicy::Redeliver =>
@@ -437,8 +436,7 @@ async fn schedule_retry<X: Ports>(
     journal: &Journal<'_, X::Audit>,
     cause: PortError,
     crm: Option<&CrmRecordId>,
-) -> Result<Outcome, SyncError>
-{
+) -> Result<Outcome, SyncError> {
     let job = RetryJob {
         source: run.source,
         key: run.retry_key.to_owned(),
@@ -472,8 +470,7 @@ pub(crate) async fn needs_attention<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     problem: Problem,
-) -> Outcome
-{
+) -> Outcome {
     let Problem {
         code,
         reason,

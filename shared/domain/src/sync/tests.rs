@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::*;
-use crate::ports::Ports;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId};
 use crate::in_memory::{
     CallCounts, InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
@@ -25,6 +24,7 @@ use crate::mapping::{BodyScope, MappingConfig};
 use crate::opportunity::{
     Account, Contact, CrmOpportunity, LostReason, Opportunity, OpportunityStage, RecordRef,
 };
+use crate::ports::Ports;
 use crate::ports::{
     AuditEvent, CrmStore, IdempotencyRecord, IdempotencyStatus, Link, OpportunityWrite,
     PartnerCenter, PortError, ReferralQuery, RetryJob, RetrySource, Service, Upserted,

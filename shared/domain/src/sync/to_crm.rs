@@ -42,10 +42,8 @@ use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, Referral
 use crate::mapping::{BodyScope, invites_microsoft, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
-    Ports,
-    AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore,
-    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetrySource,
-    SyncDirection,
+    AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
+    PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::webhook::{EventName, WebhookEvent};
@@ -109,8 +107,7 @@ pub async fn handle_partner_center_event<X: Ports>(
     deps: &Deps<'_, X>,
     event: &WebhookEvent,
     meta: &Delivery,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     if event.is_test() {
         return Ok(done(Outcome::Acknowledged));
     }
@@ -144,8 +141,7 @@ pub async fn run_retry_job<X: Ports>(
     deps: &Deps<'_, X>,
     job: &RetryJob,
     meta: &Delivery,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     if matches!(job.source, RetrySource::Dataverse | RetrySource::Salesforce) {
         return run_crm_retry_job(deps, job, meta).await;
     }
@@ -209,8 +205,7 @@ async fn process<X: Ports>(
     key: IdempotencyKey,
     retry_key: &str,
     attempt: u32,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     let referral_id = match event.referral_id() {
         Ok(id) => id,
         Err(error) => {
@@ -247,8 +242,7 @@ async fn sync_referral<X: Ports>(
     journal: &Journal<'_, X::Audit>,
     event_name: &EventName,
     referral_id: ReferralId,
-) -> Result<Outcome, Failure>
-{
+) -> Result<Outcome, Failure> {
     let referral = deps
         .partner_center
         .get_referral(&referral_id)
@@ -436,8 +430,7 @@ async fn locate<X: Ports>(
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
-) -> Result<Option<CrmRecordId>, Failure>
-{
+) -> Result<Option<CrmRecordId>, Failure> {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
         match crm.get_opportunity(&named).await {
@@ -472,8 +465,7 @@ async fn locate<X: Ports>(
 async fn customer<X: Ports>(
     deps: &Deps<'_, X>,
     opportunity: &Opportunity,
-) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), Failure>
-{
+) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), Failure> {
     let crm = deps.crm;
     let account = &opportunity.account;
     let account_id = match account.name.as_deref().map(str::trim) {
@@ -530,8 +522,7 @@ async fn write_back<X: Ports>(
     referral: &Referral,
     crm: &CrmRecordId,
     fingerprint: &str,
-) -> Result<Option<ETag>, PortError>
-{
+) -> Result<Option<ETag>, PortError> {
     if !needs_write_back(referral, crm) {
         return Ok(referral.etag());
     }
@@ -610,12 +601,13 @@ fn crm_record_named(text: Option<&str>, kind: CrmKind) -> Option<CrmRecordId> {
 /// `related-referral-created` / `-updated`: another organization's referral of one of our
 /// engagements changed (Microsoft accepted, declined or closed its side of a co-sell deal).
 ///
-/// Which referral the event names is UNKNOWN (reference §1.8), so both readings work: the
-/// named referral is read, the engagement's referrals listed (`engagementId eq …`), and the
-/// partner's own one is the first of them that is linked to a CRM record (and, when a partner
-/// organization is configured, belongs to it). Microsoft's side is the most recently updated
-/// other organization's referral, preferring one owned by Microsoft (`organizationId` `msft` or
-/// an organization name containing "Microsoft").
+/// Which referral the event names is UNKNOWN
+/// (docs/partner-center.md#shared-deals-and-related-referrals), so both readings work: the named
+/// referral is read, the engagement's referrals listed (`engagementId eq …`), and the partner's own
+/// one is the first of them that is linked to a CRM record (and, when a partner organization is
+/// configured, belongs to it). Microsoft's side is the most recently updated other organization's
+/// referral, preferring one owned by Microsoft (`organizationId` `msft` or an organization name
+/// containing "Microsoft").
 ///
 /// Written to the partner's CRM opportunity: the Audit field with Microsoft's status, and the
 /// "Microsoft CRM Identifier" when one is found. Partner Center documents no member for
@@ -627,8 +619,7 @@ async fn sync_related<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     referral_id: ReferralId,
-) -> Result<Outcome, Failure>
-{
+) -> Result<Outcome, Failure> {
     let named = deps
         .partner_center
         .get_referral(&referral_id)

@@ -58,10 +58,8 @@ use crate::mapping::{
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    Ports,
-    AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore,
-    OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob, RetrySource,
-    SyncDirection,
+    AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
+    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
@@ -128,8 +126,7 @@ pub async fn handle_crm_change<X: Ports>(
     deps: &Deps<'_, X>,
     change: &CrmChange,
     meta: &Delivery,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
     if deps.settings.is_connector_write(change.writer.as_deref()) {
         journal
@@ -163,8 +160,7 @@ pub(super) async fn run_crm_retry_job<X: Ports>(
     deps: &Deps<'_, X>,
     job: &RetryJob,
     meta: &Delivery,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
     let payload = serde_json::from_value::<CrmRetryPayload>(job.payload.clone())
         .ok()
@@ -217,8 +213,7 @@ async fn process<X: Ports>(
     key: IdempotencyKey,
     retry_key: &str,
     attempt: u32,
-) -> Result<Handled, SyncError>
-{
+) -> Result<Handled, SyncError> {
     let payload = CrmRetryPayload {
         record: change.record.clone(),
         writer: change.writer.clone(),
@@ -248,8 +243,7 @@ async fn sync_change<X: Ports>(
     journal: &Journal<'_, X::Audit>,
     change: &CrmChange,
     retrying: bool,
-) -> Result<Outcome, Failure>
-{
+) -> Result<Outcome, Failure> {
     let record = &change.record;
     if record.kind() != deps.crm.kind() {
         return Err(Failure::Problem(Problem {
@@ -405,8 +399,7 @@ async fn create<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
-) -> Result<Outcome, Failure>
-{
+) -> Result<Outcome, Failure> {
     let record = sync.record;
     let earlier = if sync.retrying {
         created_earlier(deps, journal, sync).await?
@@ -494,8 +487,7 @@ async fn created_earlier<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
-) -> Result<Option<Referral>, Failure>
-{
+) -> Result<Option<Referral>, Failure> {
     let record = sync.record;
     let entries = deps
         .audit
@@ -560,8 +552,7 @@ async fn ensure_invitation<X: Ports>(
     deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     current: &Referral,
-) -> Result<bool, Failure>
-{
+) -> Result<bool, Failure> {
     if sync.link.is_some_and(|l| l.microsoft_invited) {
         return Ok(true);
     }
@@ -588,8 +579,7 @@ async fn invite_microsoft<X: Ports>(
     deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     engagement: &EngagementId,
-) -> Result<(), Failure>
-{
+) -> Result<(), Failure> {
     let shared = referral_create_body(sync.validated, &deps.settings.partner_team);
     deps.partner_center
         .create_referral(&microsoft_invitation_body(&shared, engagement))
@@ -604,8 +594,7 @@ async fn update<X: Ports>(
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
     referral_id: ReferralId,
-) -> Result<Outcome, Failure>
-{
+) -> Result<Outcome, Failure> {
     let record = sync.record;
     let pc = deps.partner_center;
     let current = match pc.get_referral(&referral_id).await {
@@ -706,8 +695,7 @@ async fn write_back<X: Ports>(
     record: &CrmRecordId,
     referral_id: ReferralId,
     audit: &str,
-) -> Result<(), PortError>
-{
+) -> Result<(), PortError> {
     let ids = Opportunity {
         referral_id: Some(referral_id),
         referral_link: deps.mapping.referral_link(&referral_id.to_string()),
@@ -733,8 +721,7 @@ async fn finish_write_back<X: Ports>(
     record: &CrmRecordId,
     opportunity: &Opportunity,
     referral_id: ReferralId,
-) -> Result<(), Failure>
-{
+) -> Result<(), Failure> {
     if opportunity.referral_id == Some(referral_id) {
         return Ok(());
     }
