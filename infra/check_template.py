@@ -21,7 +21,7 @@ from cfnlint.decode import decode
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUFFIXES = ("_SECRET_ARN", "_SSM_PARAMETER")
 # Configuration code every function shares: SyncConfig, the budget policy, the adapters.
-SHARED_SOURCES = ["functions/partner-center-events/src", "shared/domain/src", "shared/adapters/src"]
+SHARED_SOURCES = ["shared/runtime/src", "shared/domain/src", "shared/adapters/src"]
 
 
 def rust_literals(folders):

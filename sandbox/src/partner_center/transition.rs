@@ -3,7 +3,7 @@
 //! reading of it.
 
 use axum::http::StatusCode;
-use cosell_domain::error::TransitionError;
+use cosell_domain::TransitionError;
 use cosell_domain::status::{ReferralState, ReferralStatus, ReferralSubstatus};
 use serde_json::{Map, Value};
 

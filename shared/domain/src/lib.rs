@@ -43,7 +43,7 @@ pub mod values;
 pub mod webhook;
 
 pub use datetime::WireDateTime;
-pub use error::{ParseError, TransitionError, ValidationProblem};
+pub use error::ParseError;
 pub use ids::{
     CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId, SolutionId,
 };
@@ -65,7 +65,9 @@ pub use ports::{
     SyncDirection, Upserted,
 };
 pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+pub use status::TransitionError;
 pub use status::{ReferralState, ReferralStatus, ReferralSubstatus};
+pub use validation::ValidationProblem;
 pub use validation::{ValidatedOpportunity, validate_for_partner_center};
 pub use values::{CountryCode, CurrencyCode, DealValue, Money};
 pub use webhook::{EventName, WebhookEvent, WebhookRegistration};

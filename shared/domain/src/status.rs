@@ -14,7 +14,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::TransitionError;
 use crate::macros::wire_enum;
 
 wire_enum! {
@@ -191,6 +190,74 @@ fn allowed_substatuses(status: &ReferralStatus) -> &'static str {
         ReferralStatus::Closed => "Won, Lost, Declined or Expired",
         ReferralStatus::Other(_) => "a documented substatus",
     }
+}
+
+/// A referral state change that Partner Center does not allow
+/// (docs/partner-center.md#referral-status-rules).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The referral is closed (won, lost, declined, expired, or an undocumented closed substatus).
+    #[error(
+        "referral is {from}, a terminal state: Partner Center does not accept any change to won, \
+         lost, declined or expired referrals (requested: {requested}). Fix: leave the referral \
+         as it is; if the deal is still alive, share it again as a new opportunity"
+    )]
+    Terminal {
+        /// The current state.
+        from: ReferralState,
+        /// What was requested: a target state or the list of changed fields.
+        requested: String,
+    },
+    /// The target status is not reachable from the current status.
+    #[error(
+        "referral status cannot move from {from} to {to}: from {from_status} Partner Center \
+         allows only {allowed}. Fix: set the CRM stage to one that maps to {allowed}",
+        from_status = from.status
+    )]
+    StatusNotAllowed {
+        /// The current state.
+        from: ReferralState,
+        /// The requested state.
+        to: ReferralState,
+        /// The statuses allowed from there, e.g. `"Active or Closed"`.
+        allowed: &'static str,
+    },
+    /// The target substatus does not belong to the target status.
+    #[error(
+        "referral cannot move from {from} to {to}: with status {to_status} the substatus must be \
+         {allowed}. Fix: pick a substatus that belongs to {to_status}",
+        to_status = to.status
+    )]
+    SubstatusNotAllowed {
+        /// The current state.
+        from: ReferralState,
+        /// The requested state.
+        to: ReferralState,
+        /// The substatuses allowed with it, e.g. `"Won, Lost, Declined or Expired"`.
+        allowed: &'static str,
+    },
+    /// One side is not a documented state (for example a status added by Partner Center later).
+    #[error(
+        "referral cannot move from {from} to {to}: {unknown} is not a documented Partner Center \
+         state. Fix: check the referral in Partner Center and change its state there"
+    )]
+    UnknownState {
+        /// The current state.
+        from: ReferralState,
+        /// The requested state.
+        to: ReferralState,
+        /// Which of the two is unknown, spelled out.
+        unknown: String,
+    },
+    /// The current referral carries no status at all, so no change can be checked.
+    #[error(
+        "referral has no status, so the change to {to} cannot be checked. Fix: re-read the \
+         referral from Partner Center and try again"
+    )]
+    MissingState {
+        /// The requested state.
+        to: ReferralState,
+    },
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! configured CRM field and the fix, or a [`ValidatedOpportunity`]: the only input
 //! [`crate::mapping::referral_create_body`] accepts.
 
-use crate::error::ValidationProblem;
+use crate::error::quoted;
 use crate::ids::CrmKind;
 use crate::mapping::MappingConfig;
 use crate::opportunity::{
@@ -225,6 +225,261 @@ pub fn validate_for_partner_center(
         Ok(ValidatedOpportunity(candidate.clone()))
     } else {
         Err(problems)
+    }
+}
+
+/// One reason why a CRM opportunity may not go to Partner Center yet
+/// (docs/partner-center.md#validation-rules).
+///
+/// Every message names the record, the CRM field (as configured) and the fix, and reads like
+/// an instruction a CRM admin can act on. [`ValidationProblem::code`] is stable for dashboards
+/// and tests. No message carries contact names, emails or phone numbers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationProblem {
+    /// "Sync with Partner Center" is off.
+    #[error(
+        "{record}: \"Sync with Partner Center\" is off, so the opportunity is not shared. Fix: \
+         set {field} on the opportunity to Yes when the deal should go to Partner Center."
+    )]
+    SyncFlagOff {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the flag.
+        field: String,
+    },
+    /// The opportunity has no name.
+    #[error("{record}: the opportunity has no name. Fix: fill in {field} on the opportunity.")]
+    NameMissing {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the name.
+        field: String,
+    },
+    /// Help from Microsoft was requested but no solution is attached.
+    #[error(
+        "{record}: Solution ID is required: a co-sell opportunity (Microsoft help requested) needs \
+         at least one Partner Center solution. Fix: add a solution ID such as \"SOL-34104-EBB\" to \
+         {field} on the opportunity."
+    )]
+    SolutionIdMissing {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the solution IDs.
+        field: String,
+    },
+    /// A solution ID is malformed.
+    #[error(
+        "{record}: solution ID {found:?} is not valid (it must be one word of at most 100 \
+         characters, without spaces, commas or semicolons). Fix: correct {field} on the \
+         opportunity, e.g. \"SOL-34104-EBB\"; separate several IDs with \";\"."
+    )]
+    SolutionIdInvalid {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the solution IDs.
+        field: String,
+        /// The malformed value.
+        found: String,
+    },
+    /// The customer country is missing or not an ISO 3166-1 alpha-2 code.
+    #[error(
+        "{record}: {problem}. Fix: set {field} on {account} to a two-letter code such as \
+         \"{example}\".",
+        problem = country_problem(found.as_deref()),
+        account = account_phrase(account.as_deref()),
+        example = suggestion.as_ref().map_or("US", CountryCode::as_str),
+    )]
+    CountryCodeInvalid {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the country.
+        field: String,
+        /// The customer account's name, when known.
+        account: Option<String>,
+        /// The value found, if any.
+        found: Option<String>,
+        /// The code the value most likely means (e.g. `US` for `"USA"`).
+        suggestion: Option<CountryCode>,
+    },
+    /// Help from Microsoft was requested but the customer contact is missing or incomplete.
+    #[error(
+        "{record}: a customer contact is required when Microsoft's help is requested, and {detail}. \
+         Fix: link a customer contact with first name, last name and an email or phone through \
+         {field} on the opportunity, or clear \"How can Microsoft help?\"."
+    )]
+    ContactMissingForHelp {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field (or lookup) that links the contact.
+        field: String,
+        /// What is missing, without any contact data (e.g. "the contact has no email or phone").
+        detail: &'static str,
+    },
+    /// The deal value is missing, zero, negative or not a number.
+    #[error(
+        "{record}: {problem}. Fix: set {field} on the opportunity to the expected deal value, \
+         greater than 0.",
+        problem = deal_value_problem(found.as_deref())
+    )]
+    DealValueMissing {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the value.
+        field: String,
+        /// The value found, if any.
+        found: Option<String>,
+    },
+    /// The closing date is missing or unreadable.
+    #[error(
+        "{record}: {problem}. Fix: set {field} on the opportunity to the date the customer \
+         expects to close (YYYY-MM-DD).",
+        problem = closing_date_problem(found.as_deref())
+    )]
+    ClosingDateMissing {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the date.
+        field: String,
+        /// The value found, if any.
+        found: Option<String>,
+    },
+    /// The currency is missing or not an ISO 4217 code.
+    #[error(
+        "{record}: {problem}. Fix: set {field} on the opportunity to a currency whose ISO 4217 \
+         code is valid, such as \"USD\" or \"EUR\" (and make sure the currency exists in the CRM).",
+        problem = currency_problem(found.as_deref())
+    )]
+    CurrencyInvalid {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the currency.
+        field: String,
+        /// The value found, if any.
+        found: Option<String>,
+    },
+    /// "How can Microsoft help?" holds a value that is not one of the six documented options.
+    #[error(
+        "{record}: \"How can Microsoft help?\" value {found:?} is not a Partner Center option. \
+         Fix: set {field} on the opportunity to one of: {options}, or leave it empty.",
+        options = AssistanceRequest::LABELS.join("; ")
+    )]
+    HelpOptionUnknown {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the help option.
+        field: String,
+        /// The value found.
+        found: String,
+    },
+    /// The referral identifier stored on the opportunity is not a GUID.
+    #[error(
+        "{record}: the stored Partner Center referral identifier {found:?} is not a GUID. Fix: \
+         clear {field} on the opportunity (the connector fills it in) or restore the original \
+         referral ID."
+    )]
+    ReferralIdInvalid {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the identifier.
+        field: String,
+        /// The value found.
+        found: String,
+    },
+}
+
+impl ValidationProblem {
+    /// A stable, machine-readable code for the problem.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SyncFlagOff { .. } => "sync_flag_off",
+            Self::NameMissing { .. } => "name_missing",
+            Self::SolutionIdMissing { .. } => "solution_id_missing",
+            Self::SolutionIdInvalid { .. } => "solution_id_invalid",
+            Self::CountryCodeInvalid { .. } => "country_code_invalid",
+            Self::ContactMissingForHelp { .. } => "contact_missing_for_help",
+            Self::DealValueMissing { .. } => "deal_value_missing",
+            Self::ClosingDateMissing { .. } => "closing_date_missing",
+            Self::CurrencyInvalid { .. } => "currency_invalid",
+            Self::HelpOptionUnknown { .. } => "help_option_unknown",
+            Self::ReferralIdInvalid { .. } => "referral_id_invalid",
+        }
+    }
+
+    /// The opportunity the problem is about.
+    pub fn record(&self) -> &RecordRef {
+        match self {
+            Self::SyncFlagOff { record, .. }
+            | Self::NameMissing { record, .. }
+            | Self::SolutionIdMissing { record, .. }
+            | Self::SolutionIdInvalid { record, .. }
+            | Self::CountryCodeInvalid { record, .. }
+            | Self::ContactMissingForHelp { record, .. }
+            | Self::DealValueMissing { record, .. }
+            | Self::ClosingDateMissing { record, .. }
+            | Self::CurrencyInvalid { record, .. }
+            | Self::HelpOptionUnknown { record, .. }
+            | Self::ReferralIdInvalid { record, .. } => record,
+        }
+    }
+
+    /// The CRM field (as configured) the admin has to change.
+    pub fn field(&self) -> &str {
+        match self {
+            Self::SyncFlagOff { field, .. }
+            | Self::NameMissing { field, .. }
+            | Self::SolutionIdMissing { field, .. }
+            | Self::SolutionIdInvalid { field, .. }
+            | Self::CountryCodeInvalid { field, .. }
+            | Self::ContactMissingForHelp { field, .. }
+            | Self::DealValueMissing { field, .. }
+            | Self::ClosingDateMissing { field, .. }
+            | Self::CurrencyInvalid { field, .. }
+            | Self::HelpOptionUnknown { field, .. }
+            | Self::ReferralIdInvalid { field, .. } => field,
+        }
+    }
+}
+
+fn country_problem(found: Option<&str>) -> String {
+    match found {
+        None => "the customer country is missing; Partner Center requires an ISO 3166-1 \
+                 two-letter code"
+            .to_owned(),
+        Some(found) => format!(
+            "customer country {found:?} is not an ISO 3166-1 two-letter code",
+            found = quoted(found)
+        ),
+    }
+}
+
+fn account_phrase(account: Option<&str>) -> String {
+    match account {
+        Some(name) => format!("account {:?}", quoted(name)),
+        None => "the customer account".to_owned(),
+    }
+}
+
+fn deal_value_problem(found: Option<&str>) -> String {
+    match found {
+        None => "the deal value is missing".to_owned(),
+        Some(found) => format!(
+            "the deal value {:?} is not a number greater than 0",
+            quoted(found)
+        ),
+    }
+}
+
+fn closing_date_problem(found: Option<&str>) -> String {
+    match found {
+        None => "the closing date is missing".to_owned(),
+        Some(found) => format!("the closing date {:?} is not a date", quoted(found)),
+    }
+}
+
+fn currency_problem(found: Option<&str>) -> String {
+    match found {
+        None => "the currency is missing".to_owned(),
+        Some(found) => format!("the currency {:?} is not an ISO 4217 code", quoted(found)),
     }
 }
 

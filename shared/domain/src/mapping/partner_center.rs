@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::config::MappingConfig;
 use crate::datetime::WireDateTime;
-use crate::error::TransitionError;
 use crate::ids::{EngagementId, SolutionId};
 use crate::opportunity::{
     Account, AssistanceRequest, Contact, LostReason, Opportunity, OpportunityStage,
@@ -19,6 +18,7 @@ use crate::referral::{
     ReferralType, SolutionTag, SolutionType, TargetType,
 };
 use crate::serde_helpers::decimal_to_json;
+use crate::status::TransitionError;
 use crate::status::{ReferralState, ReferralStatus, ReferralSubstatus};
 use crate::validation::ValidatedOpportunity;
 use crate::values::{CountryCode, CurrencyCode, Money};

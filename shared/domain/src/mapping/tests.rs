@@ -7,7 +7,6 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::error::TransitionError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId, SolutionId};
 use crate::opportunity::{
     Account, AssistanceRequest, Contact, CrmOpportunity, LostReason, Opportunity, OpportunityField,
@@ -16,6 +15,7 @@ use crate::opportunity::{
 use crate::referral::{
     AssistanceRequestCode, PatchOp, Referral, ReferralType, SolutionType, TargetType,
 };
+use crate::status::TransitionError;
 use crate::status::{ReferralStatus, ReferralSubstatus};
 use crate::validation::validate_for_partner_center;
 use crate::values::{CountryCode, CurrencyCode, Money};

@@ -22,6 +22,7 @@
 
 mod deps;
 mod outcome;
+mod retry;
 mod runner;
 mod to_crm;
 mod to_pc;
@@ -29,7 +30,8 @@ mod to_pc;
 pub(crate) use deps::later;
 pub use deps::{Delivery, Deps, ReferralCategory, ReferralScope, SyncSettings};
 pub use outcome::{Handled, Outcome, RetryPolicy, SyncError};
-pub use to_crm::{handle_partner_center_event, partner_center_event_key, run_retry_job};
+pub use retry::run_retry_job;
+pub use to_crm::{handle_partner_center_event, partner_center_event_key};
 pub use to_pc::{CrmChange, dataverse_change_key, handle_crm_change, salesforce_change_key};
 
 #[cfg(test)]

@@ -26,11 +26,13 @@ use serde_json::Value;
 use super::deps::{Delivery, Deps, later};
 use super::outcome::{Handled, Outcome, RetryPolicy, SyncError};
 use crate::error::ParseError;
-use crate::ids::{CrmRecordId, ReferralId};
+use crate::ids::{CrmRecordId, EngagementId, ReferralId};
 use crate::ports::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
-    PortError, Ports, RetryJob, RetryQueue, RetrySource, Service, SyncDirection,
+    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
+    SyncDirection,
 };
+use crate::referral::Referral;
 
 /// One run of a delivery: which key it holds and how to schedule it again.
 #[derive(Debug, Clone)]
@@ -486,4 +488,36 @@ pub(crate) async fn needs_attention<X: Ports>(
     }
     journal.record(event, crm.as_ref()).await;
     Outcome::NeedsAttention { code, message }
+}
+/// How many pages of an engagement's referrals are read at most (an engagement has a handful).
+const MAX_ENGAGEMENT_PAGES: usize = 10;
+
+/// Every referral of an engagement (following `@odata.nextLink`, at most
+/// [`MAX_ENGAGEMENT_PAGES`] pages).
+pub(crate) async fn list_engagement<P: PartnerCenter>(
+    pc: &P,
+    engagement: EngagementId,
+) -> Result<Vec<Referral>, Failure> {
+    let mut query = ReferralQuery {
+        engagement_id: Some(engagement),
+        ..ReferralQuery::default()
+    };
+    let mut referrals = Vec::new();
+    for _ in 0..MAX_ENGAGEMENT_PAGES {
+        let page = pc
+            .list_referrals(&query)
+            .await
+            .map_err(Failure::port(None))?;
+        referrals.extend(page.value);
+        match page.next_link {
+            Some(next_link) => {
+                query = ReferralQuery {
+                    next_link: Some(next_link),
+                    ..ReferralQuery::default()
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(referrals)
 }

@@ -32,27 +32,23 @@ use sha2::{Digest, Sha256};
 use super::deps::{Delivery, Deps};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
-    Failure, Journal, Problem, Run, attempt_key, creating, exactly_once, finish, needs_attention,
-    sentence,
+    Failure, Journal, Problem, Run, attempt_key, creating, exactly_once, finish, list_engagement,
+    needs_attention, sentence,
 };
-use super::to_pc::run_crm_retry_job;
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
-use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, EngagementId, ReferralId, SalesforceId};
+use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
     AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
-    PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
+    PortError, Ports, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::webhook::{EventName, WebhookEvent};
 
 /// The key prefix of Partner Center deliveries.
 const KEY_SOURCE: &str = "pc";
-
-/// How many pages of an engagement's referrals are read at most (an engagement has a handful).
-const MAX_ENGAGEMENT_PAGES: usize = 10;
 
 /// The Salesforce key prefix of Opportunity records.
 const SALESFORCE_OPPORTUNITY_PREFIX: &str = "006";
@@ -132,19 +128,14 @@ pub async fn handle_partner_center_event<X: Ports>(
     process(deps, event, meta, journal, key, &retry_key, 0).await
 }
 
-/// Run a job from the retry queue, in either direction: a Partner Center job runs the same sync
-/// as the event it carries, a Dataverse or Salesforce job the CRM → Partner Center sync of the
-/// record it names (as [`super::handle_crm_change`] does); each under a key of its own attempt, so a replayed
-/// message changes nothing twice. A job that carries no Partner Center referral event (or no
-/// CRM record) needs attention (and is not retried).
-pub async fn run_retry_job<X: Ports>(
+/// A Partner Center job from the retry queue: the same sync as the event it carries, under a
+/// key of its own attempt. A job that carries no referral event needs attention (and is not
+/// retried).
+pub(super) async fn run_partner_center_retry_job<X: Ports>(
     deps: &Deps<'_, X>,
     job: &RetryJob,
     meta: &Delivery,
 ) -> Result<Handled, SyncError> {
-    if matches!(job.source, RetrySource::Dataverse | RetrySource::Salesforce) {
-        return run_crm_retry_job(deps, job, meta).await;
-    }
     let journal = Journal::new(deps.audit, SyncDirection::ToCrm, meta);
     let event = (job.source == RetrySource::PartnerCenter)
         .then(|| serde_json::from_value::<WebhookEvent>(job.payload.clone()).ok())
@@ -721,36 +712,6 @@ async fn sync_related<X: Ports>(
     }
     journal.record(AuditEvent::Updated, Some(&crm)).await;
     Ok(Outcome::Updated { crm })
-}
-
-/// Every referral of an engagement (following `@odata.nextLink`, at most
-/// [`MAX_ENGAGEMENT_PAGES`] pages).
-pub(super) async fn list_engagement<P: PartnerCenter>(
-    pc: &P,
-    engagement: EngagementId,
-) -> Result<Vec<Referral>, Failure> {
-    let mut query = ReferralQuery {
-        engagement_id: Some(engagement),
-        ..ReferralQuery::default()
-    };
-    let mut referrals = Vec::new();
-    for _ in 0..MAX_ENGAGEMENT_PAGES {
-        let page = pc
-            .list_referrals(&query)
-            .await
-            .map_err(Failure::port(None))?;
-        referrals.extend(page.value);
-        match page.next_link {
-            Some(next_link) => {
-                query = ReferralQuery {
-                    next_link: Some(next_link),
-                    ..ReferralQuery::default()
-                }
-            }
-            None => break,
-        }
-    }
-    Ok(referrals)
 }
 
 fn is_microsofts(referral: &Referral) -> bool {

@@ -44,13 +44,13 @@ use serde_json::Value;
 
 use super::deps::{Delivery, Deps};
 use super::outcome::{Handled, Outcome, SyncError};
+use super::runner::list_engagement;
 use super::runner::{
     Failure, Journal, Problem, Run, attempt_key, capitalize, creating, exactly_once, finish,
     needs_attention, sentence,
 };
-use super::to_crm::list_engagement;
 use crate::datetime::WireDateTime;
-use crate::error::{ParseError, TransitionError, ValidationProblem};
+use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
     BodyScope, MappingConfig, invites_microsoft, is_shared_deal, microsoft_invitation_body,
@@ -62,6 +62,8 @@ use crate::ports::{
     PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
+use crate::status::TransitionError;
+use crate::validation::ValidationProblem;
 use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
 
 /// One change of a CRM opportunity, as the `crm-events` function parsed it.
