@@ -92,7 +92,7 @@ fn expand(tree: &str) -> Vec<String> {
     parts
         .into_iter()
         .filter(|part| !part.trim().is_empty())
-        .flat_map(|part| expand(part))
+        .flat_map(expand)
         .map(|path| match path.as_str() {
             "self" => prefix.trim_end_matches("::").to_owned(),
             _ => format!("{prefix}{path}"),
@@ -222,10 +222,10 @@ fn load(src: &Path) -> Crate {
                 }
                 format!("crate::{prefix}{path}")
             };
-            if let Some((module, rest)) = krate.split(&source.path, &full) {
-                if let Some(name) = rest.last() {
-                    names.insert(name.clone(), module);
-                }
+            if let Some((module, rest)) = krate.split(&source.path, &full)
+                && let Some(name) = rest.last()
+            {
+                names.insert(name.clone(), module);
             }
         }
         reexports.insert(source.path.clone(), names);
@@ -242,10 +242,10 @@ fn edges(krate: &Crate) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
             if reexport && source.facade {
                 continue;
             }
-            if let Some(target) = krate.resolve(&source.path, &path) {
-                if target != source.path {
-                    targets.insert(target);
-                }
+            if let Some(target) = krate.resolve(&source.path, &path)
+                && target != source.path
+            {
+                targets.insert(target);
             }
         }
     }
