@@ -18,7 +18,6 @@ pub mod entra;
 pub mod errors;
 pub mod faults;
 pub mod identities;
-pub mod lambda_watch;
 pub mod odata;
 pub mod partner_center;
 pub mod pki;

@@ -1,7 +1,6 @@
-//! Plumbing of the functions' end-to-end tests (`functions/*/tests/e2e_lambda.rs`): the
+//! Plumbing of the functions' end-to-end tests (`functions/*/tests/it/e2e_lambda.rs`): the
 //! prerequisites check, a scratch directory, and [`LambdaWatch`], the `cargo lambda watch`
-//! child process with its readiness wait and its clean-up on drop. Test support only: nothing
-//! of the sandbox server uses it.
+//! child process with its readiness wait and its clean-up on drop.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What to run when a prerequisite is missing.
-pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs cargo-lambda and moto when \
-                               missing, starts moto and exports COSELL_MOTO_ENDPOINT, \
-                               AWS_ENDPOINT_URL, dummy credentials and AWS_REGION)";
+use crate::RUN_TEST_SH;
 
 /// How long the first `cargo lambda watch` invocation may take: it compiles the function
 /// (`cargo run --features sandbox`) when `scripts/test.sh` has not built it already.
@@ -21,7 +17,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The workspace root (where `cargo lambda watch` must run).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The cargo the tests were started with.
@@ -32,10 +28,7 @@ fn cargo() -> String {
 /// moto's endpoint; panics (never skips) with instructions when the environment lacks it or
 /// `cargo lambda`.
 pub fn require_prerequisites() -> String {
-    let moto = match std::env::var("COSELL_MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint.trim().to_owned(),
-        _ => panic!("COSELL_MOTO_ENDPOINT is not set: {RUN_TEST_SH}"),
-    };
+    let moto = crate::moto::endpoint();
     let version = Command::new(cargo())
         .args(["lambda", "--version"])
         .stdin(Stdio::null())
@@ -59,19 +52,6 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// A name no other run uses: `<prefix>-<pid>-<nanos>`.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
 /// A scratch directory, removed on drop.
 #[derive(Debug)]
 pub struct ScratchDir(PathBuf);
@@ -79,7 +59,7 @@ pub struct ScratchDir(PathBuf);
 impl ScratchDir {
     /// A new, empty directory under the system temp directory.
     pub fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(unique(prefix));
+        let path = std::env::temp_dir().join(crate::unique(prefix));
         std::fs::create_dir_all(&path).expect("create a scratch directory");
         Self(path)
     }

@@ -1,0 +1,29 @@
+//! cosell-testkit: what the workspace's integration tests share (a dev-dependency only) — moto
+//! for DynamoDB and SQS ([`moto`]), names no other run uses ([`unique`]), and the `cargo lambda
+//! watch` harness of the end-to-end tests ([`lambda_watch`]).
+//!
+//! A missing prerequisite is never skipped silently: the test panics with one message naming
+//! the command to run ([`RUN_TEST_SH`]).
+
+pub mod lambda_watch;
+pub mod moto;
+
+/// What to run when a prerequisite is missing.
+pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs moto and cargo-lambda when \
+                               missing, starts moto and exports COSELL_MOTO_ENDPOINT, \
+                               AWS_ENDPOINT_URL, dummy credentials and AWS_REGION); or start \
+                               `moto_server -H 127.0.0.1 -p 5055` yourself and export \
+                               COSELL_MOTO_ENDPOINT=http://127.0.0.1:5055";
+
+/// A name no other run uses: `<prefix>-<pid>-<nanos>`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
