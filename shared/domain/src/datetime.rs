@@ -131,11 +131,9 @@ pub fn parse_datetime(text: &str) -> Result<(DateTime<Utc>, NaiveDate), ParseErr
     }
     // Normalise the separator and the case of `t`/`z`.
     let mut normal = t.to_owned();
-    if normal.len() > 10 && normal.is_char_boundary(10) && normal.is_char_boundary(11) {
-        let sep = &normal[10..11];
-        if sep == " " || sep == "t" {
-            normal.replace_range(10..11, "T");
-        }
+    // `get` answers `None` unless bytes 10..11 are one whole character.
+    if matches!(normal.get(10..11), Some(" " | "t")) {
+        normal.replace_range(10..11, "T");
     }
     if normal.ends_with('z') {
         normal.pop();
@@ -186,23 +184,39 @@ fn parse_wcf(text: &str) -> Option<(DateTime<Utc>, NaiveDate)> {
         .skip(1)
         .find(|&(_, c)| c == '+' || c == '-')
         .map(|(i, _)| i);
-    let (millis, offset) = match split {
-        Some(i) => (&inner[..i], Some(&inner[i..])),
+    let (millis, offset) = match split.and_then(|i| inner.split_at_checked(i)) {
+        Some((millis, offset)) => (millis, Some(offset)),
         None => (inner, None),
     };
     let instant = Utc.timestamp_millis_opt(millis.parse().ok()?).single()?;
     let date = match offset {
-        Some(offset) if offset.len() == 5 => {
-            let sign = if offset.starts_with('-') { -1 } else { 1 };
-            let hours: i32 = offset[1..3].parse().ok()?;
-            let minutes: i32 = offset[3..5].parse().ok()?;
-            let offset = FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))?;
+        Some(offset) => {
+            let offset = wcf_offset(offset)?;
             instant.with_timezone(&offset).date_naive()
         }
-        Some(_) => return None,
         None => instant.date_naive(),
     };
     Some((instant, date))
+}
+
+/// A WCF offset, `+hhmm` or `-hhmm` (four ASCII digits); anything else is `None`. Read by
+/// characters, so a multi-byte character in it is refused rather than sliced through.
+fn wcf_offset(text: &str) -> Option<FixedOffset> {
+    let mut chars = text.chars();
+    let sign = match chars.next()? {
+        '+' => 1,
+        '-' => -1,
+        _ => return None,
+    };
+    let mut digits = [0_i32; 4];
+    for digit in &mut digits {
+        *digit = i32::try_from(chars.next()?.to_digit(10)?).ok()?;
+    }
+    if chars.next().is_some() {
+        return None;
+    }
+    let [h1, h2, m1, m2] = digits;
+    FixedOffset::east_opt(sign * ((h1 * 10 + h2) * 3600 + (m1 * 10 + m2) * 60))
 }
 
 #[cfg(test)]
@@ -265,6 +279,24 @@ mod tests {
         let (instant, day) = parse_datetime("\\/Date(1506384247000-0700)\\/").unwrap();
         assert_eq!(instant, utc("2017-09-26T00:04:07Z"));
         assert_eq!(day, date("2017-09-25"));
+    }
+
+    #[test]
+    fn multi_byte_characters_in_a_wcf_offset_are_refused_not_sliced() {
+        for text in [
+            "/Date(1506384247000+0\u{e9}0)/",
+            "/Date(1506384247000-0\u{a0}0)/",
+            "/Date(0+0\u{e9}0)/",
+            "/Date(1506384247000-\u{e9}00)/",
+            "/Date(1506384247000+00\u{e9})/",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}T\u{e9}",
+        ] {
+            assert!(parse_datetime(text).is_err(), "{text}");
+            assert!(!WireDateTime::parse(text).is_valid(), "{text}");
+        }
+        // A well-formed offset still moves the calendar date.
+        let (_, day) = parse_datetime("/Date(1506384247000+0130)/").unwrap();
+        assert_eq!(day, date("2017-09-26"));
     }
 
     #[test]
