@@ -456,25 +456,39 @@ pub fn parse_error_body(service: &Service, body: &str) -> ServiceErrorBody {
 /// `text` with every word that holds an email address replaced by `<email>`: service messages
 /// go to logs and the audit, and some quote the offending value (a Salesforce
 /// `DUPLICATE_VALUE` names the duplicated email).
-fn without_email_addresses(text: &str) -> String {
+///
+/// A word runs between whitespace (any Unicode whitespace, such as a non-breaking space) and
+/// quotes or brackets; it holds an address when an `@` (or its percent-encoding `%40`) has
+/// something other than `@` on both sides. A full stop, colon, `!` or `?` ending the word is
+/// kept. Works on characters, never on byte offsets, so no input can make it panic.
+pub(crate) fn without_email_addresses(text: &str) -> String {
+    let is_boundary = |c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        let is_boundary = |c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c);
-        let start = rest[..at].rfind(is_boundary).map_or(0, |i| i + 1);
-        let end = rest[at..].find(is_boundary).map_or(rest.len(), |i| at + i);
-        let word = &rest[start..end];
-        let (local, domain) = word.split_at(at - start);
-        out.push_str(&rest[..start]);
-        if !local.is_empty() && domain.len() > 1 {
+    while !rest.is_empty() {
+        // `find` answers the start of a character, so both halves are whole characters.
+        let end = rest.find(is_boundary).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at_checked(end).unwrap_or((rest, ""));
+        let core = word.trim_end_matches(['.', ':', '!', '?']);
+        if holds_email_address(core) {
             out.push_str("<email>");
+            out.push_str(word.strip_prefix(core).unwrap_or_default());
         } else {
             out.push_str(word);
         }
-        rest = &rest[end..];
+        let mut chars = tail.chars();
+        if let Some(boundary) = chars.next() {
+            out.push(boundary);
+        }
+        rest = chars.as_str();
     }
-    out.push_str(rest);
     out
+}
+
+/// Whether `word` has an `@` (or `%40`) with something other than `@` before and after it.
+fn holds_email_address(word: &str) -> bool {
+    let word = word.replace("%40", "@");
+    word.trim_matches('@').contains('@')
 }
 
 /// Partner Center `{"statusCode","message"}`, Partner REST `{"code","description"}`, OAuth
@@ -1298,5 +1312,29 @@ mod tests {
             without_email_addresses("'sue@contoso.com' and \"kim@contoso.com\"."),
             "'<email>' and \"<email>\"."
         );
+    }
+
+    #[test]
+    fn email_redaction_is_safe_next_to_multi_byte_characters() {
+        assert_eq!(
+            without_email_addresses("Duplicate record\u{00a0}jane@contoso.com"),
+            "Duplicate record\u{00a0}<email>"
+        );
+        assert_eq!(
+            without_email_addresses("Doublon\u{2003}«jane@contoso.com»\u{3000}ok"),
+            "Doublon\u{2003}<email>\u{3000}ok"
+        );
+        assert_eq!(
+            without_email_addresses("Adresse\u{00a0}zoë@exämple.com\u{00a0}déjà utilisée"),
+            "Adresse\u{00a0}<email>\u{00a0}déjà utilisée"
+        );
+        // Every address is redacted, also one after leading `@`s and before a full stop.
+        assert_eq!(
+            without_email_addresses("@@jane@contoso.com and kim@contoso.com."),
+            "<email> and <email>."
+        );
+        let body = "[{\"message\":\"Duplicate record\u{00a0}jane@contoso.com\",\"errorCode\":\"DUPLICATE_VALUE\"}]";
+        let parsed = parse_error_body(&Service::Salesforce, body);
+        assert_eq!(parsed.message, "Duplicate record\u{00a0}<email>");
     }
 }
