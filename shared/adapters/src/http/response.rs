@@ -34,8 +34,8 @@ use chrono::{DateTime, Utc};
 use cosell_domain::crm_wire::dataverse::WebApiError;
 use cosell_domain::crm_wire::salesforce::RestError;
 use cosell_domain::{PortError, Service};
-use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -345,14 +345,15 @@ impl HttpAdapterError {
         } else {
             TransportKind::Request
         };
+        let detail = reqwest_error_text(error);
         if error.is_builder() {
-            return Self::Config(format!("{}: {}", ctx.operation, error_chain(error)));
+            return Self::Config(format!("{}: {detail}", ctx.operation));
         }
         Self::Transport {
             service: ctx.service.clone(),
             operation: ctx.operation.to_string(),
             kind,
-            detail: error_chain(error),
+            detail,
         }
     }
 
@@ -372,6 +373,27 @@ impl From<HttpAdapterError> for PortError {
     }
 }
 
+/// A `reqwest` failure and its causes on one line, its URL reduced to [`redacted_url`]:
+/// `reqwest` writes the whole request URL, query included, into its message.
+pub(crate) fn reqwest_error_text(error: &reqwest::Error) -> String {
+    let mut text = error_chain(error);
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), &redacted_url(url));
+        // Belt and braces: a cause that quotes the URL in another form leaks nothing either.
+        let path = url.path();
+        let safe_path = redacted_path(path);
+        if safe_path != path {
+            text = text.replace(path, &safe_path);
+        }
+        for part in [url.query(), url.fragment()].into_iter().flatten() {
+            if !part.is_empty() {
+                text = text.replace(part, "…");
+            }
+        }
+    }
+    without_email_addresses(&text)
+}
+
 /// An error and its causes on one line (`reqwest` puts the useful part in the sources).
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -385,6 +407,94 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         cause = current.source();
     }
     text
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs in error texts
+// ---------------------------------------------------------------------------------------------
+
+/// `url` as an error text may show it: scheme, host, port and path only.
+///
+/// No user info, no query (an OData `$filter` or a SOQL `q=` quotes the e-mail, account name or
+/// postal code looked up), no fragment, and the values of key segments replaced by `…`
+/// (`accounts(name=…,address1_postalcode=…)`, see [`redacted_path`]): error texts reach logs,
+/// the audit log and the CRM's Audit field.
+pub fn redacted_url(url: &Url) -> String {
+    if url.cannot_be_a_base() {
+        // `mailto:…`, `data:…`: everything after the scheme is data.
+        return format!("{}:…", url.scheme());
+    }
+    let mut text = format!("{}://", url.scheme());
+    if let Some(host) = url.host_str() {
+        text.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        text.push_str(&format!(":{port}"));
+    }
+    text.push_str(&redacted_path(url.path()));
+    text
+}
+
+/// A URL or a relative reference (a `Location`, a `nextLink`) as an error text may show it:
+/// [`redacted_url`], or for text that is no absolute URL its path up to `?` / `#`, key values
+/// redacted.
+pub fn redacted_url_text(text: &str) -> String {
+    let text = text.trim();
+    match Url::parse(text) {
+        Ok(url) => redacted_url(&url),
+        Err(_) => redacted_path(text.split(['?', '#']).next().unwrap_or_default()),
+    }
+}
+
+/// `path` with the key values of its segments replaced by `…`: a Dataverse alternate key
+/// `accounts(name='Contoso',address1_postalcode='98052')` becomes
+/// `accounts(name=…,address1_postalcode=…)` and a quoted key `accounts('Contoso')` becomes
+/// `accounts(…)`; a row id `accounts(7eb682f1-…)` is kept. Percent-encoded quotes, `=` and
+/// commas count as the characters.
+pub fn redacted_path(path: &str) -> String {
+    path.split('/')
+        .map(redacted_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn redacted_segment(segment: &str) -> Cow<'_, str> {
+    let Some((name, keys)) = segment.split_once('(') else {
+        return Cow::Borrowed(segment);
+    };
+    let keys = ["%27", "%3D", "%3d", "%2C", "%2c"]
+        .into_iter()
+        .zip(["'", "=", "=", ",", ","])
+        .fold(keys.to_owned(), |keys, (encoded, plain)| {
+            keys.replace(encoded, plain)
+        });
+    if !keys.contains(['=', '\'']) {
+        return Cow::Borrowed(segment);
+    }
+    let mut out = format!("{name}(");
+    let (mut quoted, mut in_value) = (false, false);
+    for c in keys.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                if quoted && !in_value {
+                    out.push('…');
+                    in_value = true;
+                }
+            }
+            '=' if !quoted => {
+                out.push_str("=…");
+                in_value = true;
+            }
+            ',' | ')' if !quoted => {
+                out.push(c);
+                in_value = false;
+            }
+            _ if !quoted && !in_value => out.push(c),
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,7 +780,7 @@ pub fn classify(
             let location = headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|value| value.to_str().ok())
-                .unwrap_or("no Location");
+                .map_or_else(|| "no Location".to_owned(), redacted_url_text);
             HttpAdapterError::Rejected {
                 service,
                 operation,
@@ -1336,5 +1446,82 @@ mod tests {
         let body = "[{\"message\":\"Duplicate record\u{00a0}jane@contoso.com\",\"errorCode\":\"DUPLICATE_VALUE\"}]";
         let parsed = parse_error_body(&Service::Salesforce, body);
         assert_eq!(parsed.message, "Duplicate record\u{00a0}<email>");
+    }
+
+    #[test]
+    fn urls_in_error_texts_keep_scheme_host_and_path_only() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        assert_eq!(
+            redacted_url(&url(
+                "https://user:secret@contoso.crm.dynamics.com:8443/api/data/v9.2/accounts(name='Contoso',address1_postalcode='98052')?$select=accountid#top"
+            )),
+            "https://contoso.crm.dynamics.com:8443/api/data/v9.2/accounts(name=…,address1_postalcode=…)"
+        );
+        // A row id is no look-up value and stays; a quoted or encoded key value goes.
+        assert_eq!(
+            redacted_path("/api/data/v9.2/opportunities(7eb682f1-ca75-e511-80d4-00155d2a68d1)"),
+            "/api/data/v9.2/opportunities(7eb682f1-ca75-e511-80d4-00155d2a68d1)"
+        );
+        assert_eq!(
+            redacted_path("/accounts('O''Brien, Inc.')/x"),
+            "/accounts(…)/x"
+        );
+        assert_eq!(
+            redacted_path("/accounts(name%3D%27Contoso%27,accountnumber=42)"),
+            "/accounts(name=…,accountnumber=…)"
+        );
+        assert_eq!(
+            redacted_url_text(" /v1.0/engagements/referrals?$filter=email eq 'a@b.c'#x "),
+            "/v1.0/engagements/referrals"
+        );
+        assert_eq!(redacted_url_text("mailto:jane@contoso.com"), "mailto:…");
+    }
+
+    #[test]
+    fn a_redirect_is_named_without_its_query() {
+        let err = classify(
+            &ctx(Service::Dataverse),
+            StatusCode::FOUND,
+            &headers(&[(
+                "location",
+                "https://login.example/sso?login_hint=jane@contoso.com",
+            )]),
+            "",
+        );
+        let text = err.to_string();
+        assert!(text.contains("https://login.example/sso"), "{text}");
+        assert!(
+            !text.contains("jane") && !text.contains("login_hint"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_carry_no_query_string_or_contact_data() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let ctx = RequestContext::new(Service::Dataverse, "look up a contact");
+        let error = reqwest::Client::new()
+            .get(format!(
+                "http://{addr}/api/data/v9.2/contacts?$select=contactid&$filter=emailaddress1 eq 'jane@contoso.com'#top"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let err = HttpAdapterError::transport(&ctx, &error);
+        for text in [err.to_string(), err.clone().into_port_error().to_string()] {
+            for leak in [
+                "jane",
+                "contoso",
+                "$filter",
+                "emailaddress1",
+                "select",
+                "#top",
+            ] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            assert!(text.contains("/api/data/v9.2/contacts"), "{text}");
+        }
     }
 }

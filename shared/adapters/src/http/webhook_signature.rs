@@ -76,7 +76,9 @@ use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use url::Url;
 use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter};
 
-use super::response::{HttpAdapterError, error_chain};
+use super::response::{
+    HttpAdapterError, error_chain, redacted_url, redacted_url_text, reqwest_error_text,
+};
 
 /// The documented host of Partner Center's signing certificate
 /// (`https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer`).
@@ -232,7 +234,8 @@ impl UrlPolicy {
     fn check(&self, raw: &str) -> Result<Url, WebhookAuthError> {
         let url = Url::parse(raw.trim()).map_err(|error| {
             WebhookAuthError::unauthorized(format!(
-                "the certificate URL '{raw}' is not a URL: {error}"
+                "the certificate URL '{}' is not a URL: {error}",
+                redacted_url_text(raw)
             ))
         })?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -261,7 +264,8 @@ impl UrlPolicy {
         };
         if !allowed {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate URL '{raw}' is not on an allowed host (https only: {})",
+                "the certificate URL '{}' is not on an allowed host (https only: {})",
+                redacted_url(&url),
                 self.https_hosts.join(", ")
             )));
         }
@@ -458,7 +462,9 @@ impl WebhookVerifier {
 
     async fn download(&self, url: &Url) -> Result<CertificateDer<'static>, WebhookAuthError> {
         let limit = self.inner.max_certificate_bytes;
-        tracing::debug!(certificate_url = %url, "downloading the webhook signing certificate");
+        // Messages and logs name the URL without its query.
+        let shown = redacted_url(url);
+        tracing::debug!(certificate_url = %shown, "downloading the webhook signing certificate");
         let mut response = self
             .inner
             .http
@@ -467,24 +473,24 @@ impl WebhookVerifier {
             .await
             .map_err(|error| {
                 WebhookAuthError::unavailable(format!(
-                    "the certificate at {url} could not be downloaded: {}",
-                    error_chain(&error)
+                    "the certificate at {shown} could not be downloaded: {}",
+                    reqwest_error_text(&error)
                 ))
             })?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
             return Err(WebhookAuthError::unavailable(format!(
-                "the certificate download from {url} answered HTTP {status}"
+                "the certificate download from {shown} answered HTTP {status}"
             )));
         }
         if status.is_redirection() {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate URL {url} redirects (HTTP {status}); redirects are not followed"
+                "the certificate URL {shown} redirects (HTTP {status}); redirects are not followed"
             )));
         }
         if !status.is_success() {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate download from {url} answered HTTP {status}"
+                "the certificate download from {shown} answered HTTP {status}"
             )));
         }
         if response
@@ -492,7 +498,7 @@ impl WebhookVerifier {
             .is_some_and(|length| length > limit as u64)
         {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate at {url} is larger than {limit} bytes"
+                "the certificate at {shown} is larger than {limit} bytes"
             )));
         }
         let mut body = BytesMut::new();
@@ -501,7 +507,7 @@ impl WebhookVerifier {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
                         return Err(WebhookAuthError::unauthorized(format!(
-                            "the certificate at {url} is larger than {limit} bytes"
+                            "the certificate at {shown} is larger than {limit} bytes"
                         )));
                     }
                     body.extend_from_slice(&chunk);
@@ -509,8 +515,8 @@ impl WebhookVerifier {
                 Ok(None) => break,
                 Err(error) => {
                     return Err(WebhookAuthError::unavailable(format!(
-                        "the certificate download from {url} broke off: {}",
-                        error_chain(&error)
+                        "the certificate download from {shown} broke off: {}",
+                        reqwest_error_text(&error)
                     )));
                 }
             }
@@ -519,7 +525,7 @@ impl WebhookVerifier {
         if body.starts_with(b"-----BEGIN") {
             CertificateDer::from_pem_slice(&body).map_err(|error| {
                 WebhookAuthError::unauthorized(format!(
-                    "the certificate at {url} is not a PEM certificate: {error}"
+                    "the certificate at {shown} is not a PEM certificate: {error}"
                 ))
             })
         } else {
