@@ -252,10 +252,7 @@ where
         Ok(id) => CrmRecordId::Dataverse(id),
         Err(_) => return malformed(line, "PrimaryEntityId is not a row id"),
     };
-    let Some(key) = context
-        .operation_id
-        .and_then(|id| dataverse_change_key(&id.to_string(), &record).ok())
-    else {
+    let Ok(key) = dataverse_change_key(&context.change_id(req.body()), &record) else {
         return malformed(line, "no OperationId");
     };
     let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));

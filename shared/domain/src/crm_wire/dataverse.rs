@@ -228,6 +228,13 @@ impl RemoteExecutionContext {
         !headers.msg_size_exceeded && self.is_complete()
     }
 
+    /// What names this change of the row for its idempotency key
+    /// ([`dataverse_change_key`](crate::sync::dataverse_change_key)): the `OperationId`, or
+    /// empty when it is missing. `body` is the raw webhook body.
+    pub fn change_id(&self, _body: &[u8]) -> String {
+        self.operation_id.map(|id| id.to_string()).unwrap_or_default()
+    }
+
     /// `true` for an asynchronous step (`Mode` = 1).
     pub fn is_asynchronous(&self) -> bool {
         self.mode == Some(MODE_ASYNCHRONOUS)
