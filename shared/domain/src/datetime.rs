@@ -335,3 +335,79 @@ mod tests {
         assert_eq!(wire.date(), Some(date("2018-11-14")));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    const VALID: &str = "2019-02-23T02:05:23.2931817+05:30";
+
+    proptest! {
+        #[test]
+        fn parse_datetime_never_panics_and_wire_text_is_kept(text in wire_text()) {
+            let _ = parse_datetime(&text);
+            let _ = parse_date(&text);
+            let wire = WireDateTime::parse(&text);
+            prop_assert_eq!(wire.as_str(), text.as_str());
+            prop_assert_eq!(wire.is_valid(), parse_datetime(&text).is_ok());
+        }
+
+        #[test]
+        fn wcf_dates_with_any_offset_never_panic(
+            millis in any::<i64>(),
+            offset in "[+\\-]?\\PC{0,6}",
+        ) {
+            let _ = parse_datetime(&format!("/Date({millis}{offset})/"));
+            let _ = parse_datetime(&format!("\\/Date({millis}{offset})\\/"));
+        }
+
+        #[test]
+        fn a_valid_date_time_with_one_character_changed_never_panics(
+            at in any::<prop::sample::Index>(),
+            ch in any::<char>(),
+            insert in any::<bool>(),
+        ) {
+            let mut chars: Vec<char> = VALID.chars().collect();
+            let at = at.index(chars.len());
+            if insert {
+                chars.insert(at, ch);
+            } else {
+                chars[at] = ch;
+            }
+            let text: String = chars.into_iter().collect();
+            let _ = parse_datetime(&text);
+        }
+
+        #[test]
+        fn instants_written_as_wire_text_read_back(
+            seconds in -62_135_596_800_i64..253_402_300_799,
+            nanos in 0_u32..1_000_000_000,
+        ) {
+            let instant = DateTime::<Utc>::from_timestamp(seconds, nanos).unwrap();
+            let wire = WireDateTime::from_instant(instant);
+            prop_assert_eq!(wire.instant(), Some(instant));
+            let (read, date) = parse_datetime(wire.as_str()).unwrap();
+            prop_assert_eq!(read, instant);
+            prop_assert_eq!(date, instant.date_naive());
+        }
+
+        #[test]
+        fn wcf_dates_read_back_with_their_offset(
+            millis in -8_000_000_000_000_i64..8_000_000_000_000,
+            hours in 0_i32..24,
+            minutes in 0_i32..60,
+            negative in any::<bool>(),
+        ) {
+            let sign = if negative { '-' } else { '+' };
+            let text = format!("/Date({millis}{sign}{hours:02}{minutes:02})/");
+            let (instant, date) = parse_datetime(&text).unwrap();
+            prop_assert_eq!(instant.timestamp_millis(), millis);
+            let seconds = (hours * 3600 + minutes * 60) * if negative { -1 } else { 1 };
+            let offset = FixedOffset::east_opt(seconds).unwrap();
+            prop_assert_eq!(date, instant.with_timezone(&offset).date_naive());
+        }
+    }
+}

@@ -1534,3 +1534,147 @@ mod tests {
         assert_eq!(WebApiError::parse("").message, "");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ids::{CrmRecordId, DataverseId};
+    use crate::mapping::{DataverseRecord, MappingConfig, opportunity_from_dataverse};
+    use crate::proptest_support::{json_value, mutated, wire_text};
+    use crate::sync::dataverse_change_key;
+
+    const DOCUMENTED: &str =
+        include_str!("../../tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+    const ERRORS: [&str; 3] = [
+        include_str!("../../tests/data/dataverse-webapi-error-404-upsert-if-match.json"),
+        include_str!("../../tests/data/dataverse-webapi-error-412-concurrency-update.json"),
+        include_str!("../../tests/data/dataverse-webapi-error-format.json"),
+    ];
+
+    /// A synchronous Update of an opportunity with a post image.
+    fn opportunity_update() -> Value {
+        json!({
+            "MessageName": "Update",
+            "PrimaryEntityName": "opportunity",
+            "PrimaryEntityId": "11111111-2222-3333-4444-555555555555",
+            "OperationId": "00000000-0000-0000-0000-000000000000",
+            "RequestId": null,
+            "Mode": 0,
+            "OperationCreatedOn": "/Date(1506409448000-0700)/",
+            "InputParameters": [{"key": "Target", "value": {
+                "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                "LogicalName": "opportunity",
+                "Attributes": [{"key": "name", "value": "Fabrikam rollout"}],
+            }}],
+            "PostEntityImages": [{"key": "postimage", "value": {
+                "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                "LogicalName": "opportunity",
+                "Attributes": [
+                    {"key": "name", "value": "Fabrikam rollout"},
+                    {"key": "estimatedvalue", "value": {"__type": "Money:http://schemas.microsoft.com/xrm/2011/Contracts", "Value": 25000.5}},
+                    {"key": "estimatedclosedate", "value": "/Date(1506384247000)/"},
+                    {"key": "parentaccountid", "value": {"__type": "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts", "Id": "75c2dd85-e89e-e711-8122-000d3aa2331c", "LogicalName": "account", "Name": "Fabrikam"}},
+                    {"key": "versionnumber", "value": 1001},
+                ],
+                "FormattedValues": [{"key": "statecode", "value": "Open"}],
+                "RowVersion": "1001",
+            }}],
+        })
+    }
+
+    /// Everything the `crm-events` function asks of a body that parsed.
+    fn read(context: &RemoteExecutionContext, body: &[u8]) {
+        let _ = context.is_complete();
+        let _ = context.is_asynchronous();
+        let _ = context.target();
+        let _ = context.pre_image();
+        let _ = context.post_image();
+        let attributes = context.merged_attributes();
+        let _ = opportunity_from_dataverse(
+            &DataverseRecord::new(&attributes),
+            &MappingConfig::default(),
+        );
+        let change = context.change_id(body);
+        assert_eq!(change, context.change_id(body), "one body, one change id");
+        let record = CrmRecordId::Dataverse(DataverseId::from(context.primary_entity_id));
+        assert!(dataverse_change_key(&change, &record).is_ok(), "{change}");
+        let _ = serde_json::to_string(context);
+    }
+
+    fn parse(body: &str) {
+        if let Ok(context) = RemoteExecutionContext::parse(body) {
+            read(&context, body.as_bytes());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_read_or_refused_without_panic(body in wire_text()) {
+            parse(&body);
+        }
+
+        #[test]
+        fn any_bytes_are_read_or_refused_without_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(context) = RemoteExecutionContext::parse_bytes(&body) {
+                read(&context, &body);
+            }
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused_without_panic(value in json_value()) {
+            parse(&value.to_string());
+        }
+
+        #[test]
+        fn a_sample_with_one_value_replaced_is_read_or_refused_without_panic(
+            documented in any::<bool>(),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample = if documented {
+                serde_json::from_str(DOCUMENTED).unwrap()
+            } else {
+                opportunity_update()
+            };
+            parse(&mutated(&sample, which, with).to_string());
+        }
+
+        #[test]
+        fn attribute_values_decode_without_panic(value in json_value(), text in wire_text()) {
+            let _ = decode_value(&value);
+            let _ = decode_attributes(&[KeyValuePair { key: text.clone(), value: value.clone() }]);
+            let _ = WireEntity::from_value(&value).map(|entity| (entity.decoded_attributes(), entity.version()));
+            let _ = EntityReference::from_value(&value);
+            let _ = parse_wcf_date(&text);
+        }
+
+        #[test]
+        fn error_bodies_are_read_without_panic(
+            body in wire_text(),
+            sample in prop::sample::select(ERRORS.to_vec()),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            for body in [body, mutated(&serde_json::from_str(sample).unwrap(), which, with).to_string()] {
+                let error = WebApiError::parse(&body);
+                let _ = (error.sub_error_code(), error.inner_message(), error.to_string());
+            }
+        }
+
+        #[test]
+        fn webhook_headers_are_read_without_panic(
+            headers in prop::collection::vec((wire_text(), wire_text()), 0..8),
+        ) {
+            let _ = WebhookHeaders::from_pairs(headers);
+        }
+
+        #[test]
+        fn wcf_dates_read_back(millis in -8_000_000_000_000_i64..8_000_000_000_000) {
+            let date = DateTime::<Utc>::from_timestamp_millis(millis).unwrap();
+            prop_assert_eq!(parse_wcf_date(&format_wcf_date(date)), Some(date));
+        }
+    }
+}
