@@ -1525,3 +1525,134 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    const SERVICES: [Service; 5] = [
+        Service::PartnerCenter,
+        Service::PartnerCenterWebhooks,
+        Service::Dataverse,
+        Service::Salesforce,
+        Service::Identity,
+    ];
+
+    /// Text an error body may hold: any string, and strings made of the pieces error messages
+    /// and JSON bodies are made of, multi-byte spaces and letters included.
+    fn body_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9@.:_\\-'\"(){}\\[\\],; \u{a0}\u{2003}\u{3000}\u{e9}\u{1f600}%]{0,60}",
+            "\\{\"(error|message|code|errorCode|error_description|statusCode)\": ?(\"[^\"]{0,30}\"|[0-9]{1,4}|\\{\"(code|message)\": ?\"[^\"]{0,30}\"\\})\\}",
+            "\\[\\{\"message\": ?\"[^\"]{0,40}\", ?\"errorCode\": ?\"[A-Z_]{0,20}\"\\}\\]",
+        ]
+    }
+
+    /// An e-mail address, ASCII or not.
+    fn email() -> impl Strategy<Value = String> {
+        "[a-z0-9._%+\\-\u{e9}\u{f6}]{1,12}@[a-z0-9\\-\u{e4}]{1,10}\\.[a-z]{2,6}"
+    }
+
+    /// A character that ends a word: whitespace of one to three bytes, a quote or a bracket.
+    fn boundary() -> impl Strategy<Value = char> {
+        prop::sample::select(vec![
+            ' ', '\t', '\n', '\u{a0}', '\u{2003}', '\u{3000}', '"', '\'', '(', ')', '<', '>', ',',
+            ';', '[', ']',
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn error_bodies_are_read_without_panic(body in body_text()) {
+            for service in &SERVICES {
+                let parsed = parse_error_body(service, &body);
+                prop_assert!(parsed.message.chars().count() <= MESSAGE_LIMIT + 1);
+            }
+        }
+
+        #[test]
+        fn any_answer_is_classified_without_panic(
+            status in 300_u16..600,
+            body in body_text(),
+            retry_after in body_text(),
+            location in body_text(),
+            service in prop::sample::select(SERVICES.to_vec()),
+        ) {
+            let Ok(status) = StatusCode::from_u16(status) else {
+                return Ok(());
+            };
+            let mut headers = HeaderMap::new();
+            for (name, value) in [(RETRY_AFTER, &retry_after), (reqwest::header::LOCATION, &location)] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name, value);
+                }
+            }
+            let ctx = RequestContext::new(service, "GET referral").with_required_role("Referral Admin");
+            let error = classify(&ctx, status, &headers, &body);
+            let _ = (error.is_retryable(), error.retry_after(), error.to_string());
+            let _ = error.into_port_error().to_string();
+        }
+
+        #[test]
+        fn retry_after_values_are_read_without_panic(value in body_text()) {
+            if let Some(wait) = parse_retry_after(&value, Utc::now()) {
+                prop_assert!(wait <= MAX_RETRY_AFTER);
+            }
+        }
+
+        #[test]
+        fn email_redaction_never_panics_and_leaves_no_address(text in body_text()) {
+            let redacted = without_email_addresses(&text);
+            let again = without_email_addresses(&redacted);
+            prop_assert_eq!(&again, &redacted);
+            prop_assert!(
+                !redacted
+                    .split(|c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c))
+                    .any(|word| holds_email_address(word.trim_end_matches(['.', ':', '!', '?']))),
+                "{}", redacted
+            );
+        }
+
+        #[test]
+        fn every_email_between_any_words_is_redacted(
+            before in body_text(),
+            after in body_text(),
+            address in email(),
+            open in boundary(),
+            close in boundary(),
+        ) {
+            let text = format!("{before}{open}{address}{close}{after}");
+            let redacted = without_email_addresses(&text);
+            prop_assert!(!redacted.contains(&address), "{}", redacted);
+            let message = parse_error_body(&Service::Dataverse, &serde_json::json!({"error": {"code": "0x1", "message": text}}).to_string()).message;
+            prop_assert!(!message.contains(&address), "{}", message);
+        }
+
+        #[test]
+        fn redacted_urls_keep_no_query_fragment_or_key_value(
+            path in "[a-z/\u{e9}]{0,20}",
+            key in "[a-z0-9 ,=)(\u{e9}\u{a0}]{1,12}",
+            query in "[a-z0-9 $=&'@.\u{e9}]{1,30}",
+            fragment in "[a-z0-9]{1,10}",
+        ) {
+            let raw = format!("https://contoso.crm.dynamics.com/{path}/accounts(name='{key}QQ',address1_postalcode='98052')?{query}#{fragment}");
+            let url = Url::parse(&raw).unwrap();
+            let shown = redacted_url(&url);
+            prop_assert!(!shown.contains('?') && !shown.contains('#'), "{}", shown);
+            prop_assert!(!shown.contains("QQ") && !shown.contains("98052"), "{}", shown);
+            prop_assert!(shown.starts_with("https://contoso.crm.dynamics.com/"), "{}", shown);
+            prop_assert_eq!(redacted_url_text(&raw), shown);
+        }
+
+        #[test]
+        fn any_url_text_is_redacted_without_panic(text in body_text()) {
+            let shown = redacted_url_text(&text);
+            prop_assert!(!shown.contains('?') && !shown.contains('#'), "{}", shown);
+            let _ = redacted_path(&text);
+        }
+    }
+}

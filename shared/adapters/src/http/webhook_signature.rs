@@ -977,3 +977,56 @@ mod tests {
         assert!(matches!(err, HttpAdapterError::Config(_)), "{err:?}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Header text: any string, and strings made of what the signature headers hold.
+    fn header_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "(Signature|signature|Bearer)?[ \t\u{a0}]{0,2}[A-Za-z0-9+/=\u{e9}]{0,24}",
+            "(https?|ftp)://[a-z0-9.:@\u{e9}\\-]{0,20}(/[a-z.\u{e9}]{0,10}){0,3}(\\?[a-z=]{0,8})?(#[a-z]{0,4})?",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn signature_headers_are_read_or_refused_without_panic(
+            authorization in header_text(),
+            signature in header_text(),
+            url in header_text(),
+            algorithm in prop_oneof![Just("rsa-sha256".to_owned()), header_text()],
+        ) {
+            let pairs = [
+                ("Authorization", authorization.as_str()),
+                (MS_SIGNATURE_HEADER, signature.as_str()),
+                (CERTIFICATE_URL_HEADER, url.as_str()),
+                (SIGNATURE_ALGORITHM_HEADER, algorithm.as_str()),
+            ];
+            for skip in 0..=pairs.len() {
+                let webhook = UnverifiedWebhook::from_pairs(
+                    pairs.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, pair)| *pair),
+                    Bytes::new(),
+                );
+                if let Err(error) = webhook.headers() {
+                    prop_assert!(matches!(error.status_code(), 400 | 401), "{}", error.status_code());
+                }
+            }
+        }
+
+        #[test]
+        fn certificate_urls_are_checked_without_panic(url in header_text()) {
+            let policy = UrlPolicy {
+                https_hosts: vec![DEFAULT_CERTIFICATE_HOST.to_owned()],
+                insecure: vec![("127.0.0.1".to_owned(), 8080)],
+            };
+            if let Ok(checked) = policy.check(&url) {
+                prop_assert!(checked.query().is_none() && checked.fragment().is_none());
+            }
+        }
+    }
+}
