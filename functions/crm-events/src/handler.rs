@@ -8,9 +8,13 @@
 //! |---|---|
 //! | the `WebhookKey` (`?code=`) or the `HttpHeader` secret matches, compared in constant time | 401 `unauthorized` |
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
-//! | it parses, and has an `OperationId` | 400 `malformed_body` |
+//! | it parses | 400 `malformed_body` |
 //! | it is an `opportunity` `Create` / `Update` | 200 `ignored` |
 //! | the sync core runs within the daily API budget ([`handle_crm_change_within_budget`]: over budget, the sync is queued for the next UTC day) | 503 (Dataverse retries a 503 once) |
+//!
+//! The delivery's idempotency key names the change ([`RemoteExecutionContext::change_id`]): its
+//! `OperationId`, or for a step registered synchronously, whose `OperationId` is nil, the row
+//! version of the post image (else a hash of the body).
 //!
 //! A handled change answers [`Handled::http_status`] with `{"status": "<outcome>"}`, except
 //! a change another invocation is still processing (`in_progress`): 503, because Dataverse
@@ -223,11 +227,8 @@ async fn dataverse<X: Ports>(
         Ok(id) => CrmRecordId::Dataverse(id),
         Err(_) => return malformed(line, "PrimaryEntityId is not a row id"),
     };
-    let Some(key) = context
-        .operation_id
-        .and_then(|id| dataverse_change_key(&id.to_string(), &record).ok())
-    else {
-        return malformed(line, "no OperationId");
+    let Ok(key) = dataverse_change_key(&context.change_id(req.body()), &record) else {
+        return malformed(line, "no idempotency key");
     };
     let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));
     let opportunity = context.is_complete_given(&headers).then(|| {

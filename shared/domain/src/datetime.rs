@@ -131,11 +131,9 @@ pub fn parse_datetime(text: &str) -> Result<(DateTime<Utc>, NaiveDate), ParseErr
     }
     // Normalise the separator and the case of `t`/`z`.
     let mut normal = t.to_owned();
-    if normal.len() > 10 && normal.is_char_boundary(10) && normal.is_char_boundary(11) {
-        let sep = &normal[10..11];
-        if sep == " " || sep == "t" {
-            normal.replace_range(10..11, "T");
-        }
+    // `get` answers `None` unless bytes 10..11 are one whole character.
+    if matches!(normal.get(10..11), Some(" " | "t")) {
+        normal.replace_range(10..11, "T");
     }
     if normal.ends_with('z') {
         normal.pop();
@@ -186,23 +184,39 @@ fn parse_wcf(text: &str) -> Option<(DateTime<Utc>, NaiveDate)> {
         .skip(1)
         .find(|&(_, c)| c == '+' || c == '-')
         .map(|(i, _)| i);
-    let (millis, offset) = match split {
-        Some(i) => (&inner[..i], Some(&inner[i..])),
+    let (millis, offset) = match split.and_then(|i| inner.split_at_checked(i)) {
+        Some((millis, offset)) => (millis, Some(offset)),
         None => (inner, None),
     };
     let instant = Utc.timestamp_millis_opt(millis.parse().ok()?).single()?;
     let date = match offset {
-        Some(offset) if offset.len() == 5 => {
-            let sign = if offset.starts_with('-') { -1 } else { 1 };
-            let hours: i32 = offset[1..3].parse().ok()?;
-            let minutes: i32 = offset[3..5].parse().ok()?;
-            let offset = FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))?;
+        Some(offset) => {
+            let offset = wcf_offset(offset)?;
             instant.with_timezone(&offset).date_naive()
         }
-        Some(_) => return None,
         None => instant.date_naive(),
     };
     Some((instant, date))
+}
+
+/// A WCF offset, `+hhmm` or `-hhmm` (four ASCII digits); anything else is `None`. Read by
+/// characters, so a multi-byte character in it is refused rather than sliced through.
+fn wcf_offset(text: &str) -> Option<FixedOffset> {
+    let mut chars = text.chars();
+    let sign = match chars.next()? {
+        '+' => 1,
+        '-' => -1,
+        _ => return None,
+    };
+    let mut digits = [0_i32; 4];
+    for digit in &mut digits {
+        *digit = i32::try_from(chars.next()?.to_digit(10)?).ok()?;
+    }
+    if chars.next().is_some() {
+        return None;
+    }
+    let [h1, h2, m1, m2] = digits;
+    FixedOffset::east_opt(sign * ((h1 * 10 + h2) * 3600 + (m1 * 10 + m2) * 60))
 }
 
 #[cfg(test)]
@@ -268,6 +282,24 @@ mod tests {
     }
 
     #[test]
+    fn multi_byte_characters_in_a_wcf_offset_are_refused_not_sliced() {
+        for text in [
+            "/Date(1506384247000+0\u{e9}0)/",
+            "/Date(1506384247000-0\u{a0}0)/",
+            "/Date(0+0\u{e9}0)/",
+            "/Date(1506384247000-\u{e9}00)/",
+            "/Date(1506384247000+00\u{e9})/",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}T\u{e9}",
+        ] {
+            assert!(parse_datetime(text).is_err(), "{text}");
+            assert!(!WireDateTime::parse(text).is_valid(), "{text}");
+        }
+        // A well-formed offset still moves the calendar date.
+        let (_, day) = parse_datetime("/Date(1506384247000+0130)/").unwrap();
+        assert_eq!(day, date("2017-09-26"));
+    }
+
+    #[test]
     fn the_date_is_the_one_written_not_the_utc_one() {
         let (instant, day) = parse_datetime("2024-11-14T00:00:00+02:00").unwrap();
         assert_eq!(instant.date_naive(), date("2024-11-13"));
@@ -301,5 +333,81 @@ mod tests {
         let wire = WireDateTime::from_date(date("2018-11-14"));
         assert_eq!(wire.as_str(), "2018-11-14T00:00:00Z");
         assert_eq!(wire.date(), Some(date("2018-11-14")));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    const VALID: &str = "2019-02-23T02:05:23.2931817+05:30";
+
+    proptest! {
+        #[test]
+        fn parse_datetime_never_panics_and_wire_text_is_kept(text in wire_text()) {
+            let _ = parse_datetime(&text);
+            let _ = parse_date(&text);
+            let wire = WireDateTime::parse(&text);
+            prop_assert_eq!(wire.as_str(), text.as_str());
+            prop_assert_eq!(wire.is_valid(), parse_datetime(&text).is_ok());
+        }
+
+        #[test]
+        fn wcf_dates_with_any_offset_never_panic(
+            millis in any::<i64>(),
+            offset in "[+\\-]?\\PC{0,6}",
+        ) {
+            let _ = parse_datetime(&format!("/Date({millis}{offset})/"));
+            let _ = parse_datetime(&format!("\\/Date({millis}{offset})\\/"));
+        }
+
+        #[test]
+        fn a_valid_date_time_with_one_character_changed_never_panics(
+            at in any::<prop::sample::Index>(),
+            ch in any::<char>(),
+            insert in any::<bool>(),
+        ) {
+            let mut chars: Vec<char> = VALID.chars().collect();
+            let at = at.index(chars.len());
+            if insert {
+                chars.insert(at, ch);
+            } else {
+                chars[at] = ch;
+            }
+            let text: String = chars.into_iter().collect();
+            let _ = parse_datetime(&text);
+        }
+
+        #[test]
+        fn instants_written_as_wire_text_read_back(
+            seconds in -62_135_596_800_i64..253_402_300_799,
+            nanos in 0_u32..1_000_000_000,
+        ) {
+            let instant = DateTime::<Utc>::from_timestamp(seconds, nanos).unwrap();
+            let wire = WireDateTime::from_instant(instant);
+            prop_assert_eq!(wire.instant(), Some(instant));
+            let (read, date) = parse_datetime(wire.as_str()).unwrap();
+            prop_assert_eq!(read, instant);
+            prop_assert_eq!(date, instant.date_naive());
+        }
+
+        #[test]
+        fn wcf_dates_read_back_with_their_offset(
+            millis in -8_000_000_000_000_i64..8_000_000_000_000,
+            hours in 0_i32..24,
+            minutes in 0_i32..60,
+            negative in any::<bool>(),
+        ) {
+            let sign = if negative { '-' } else { '+' };
+            let text = format!("/Date({millis}{sign}{hours:02}{minutes:02})/");
+            let (instant, date) = parse_datetime(&text).unwrap();
+            prop_assert_eq!(instant.timestamp_millis(), millis);
+            let seconds = (hours * 3600 + minutes * 60) * if negative { -1 } else { 1 };
+            let offset = FixedOffset::east_opt(seconds).unwrap();
+            prop_assert_eq!(date, instant.with_timezone(&offset).date_naive());
+        }
     }
 }

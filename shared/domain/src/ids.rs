@@ -619,3 +619,76 @@ mod tests {
         assert!(ETag::try_from(String::from("  ")).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    fn parse_all(text: &str) {
+        let _ = ReferralId::try_from(text);
+        let _ = EngagementId::try_from(text);
+        let _ = DataverseId::try_from(text);
+        let _ = SolutionId::try_from(text);
+        let _ = SalesforceId::try_from(text);
+        let _ = CrmRecordId::try_from(text);
+        let _ = ETag::try_from(text);
+        let _ = serde_json::from_value::<CrmRecordId>(serde_json::Value::from(text));
+    }
+
+    proptest! {
+        #[test]
+        fn id_parsers_never_panic(text in wire_text()) {
+            parse_all(&text);
+        }
+
+        #[test]
+        fn id_like_text_never_panics(
+            text in "(dataverse|salesforce|SalesForce|urn:uuid)?:?[0-9A-Za-z{}\\-\u{e9}\u{a0}\u{130}]{0,40}",
+        ) {
+            parse_all(&text);
+        }
+
+        #[test]
+        fn guid_ids_read_back_in_any_accepted_form(
+            bytes in any::<[u8; 16]>(),
+            upper in any::<bool>(),
+            braced in any::<bool>(),
+        ) {
+            let id = ReferralId::from(Uuid::from_bytes(bytes));
+            let text = id.to_string();
+            let mut written = if upper { text.to_ascii_uppercase() } else { text.clone() };
+            if braced {
+                written = format!("{{{written}}}");
+            }
+            prop_assert_eq!(ReferralId::try_from(written.as_str()).unwrap(), id);
+            prop_assert_eq!(ReferralId::try_from(text.as_str()).unwrap().to_string(), text);
+            let json = serde_json::to_string(&id).unwrap();
+            prop_assert_eq!(serde_json::from_str::<ReferralId>(&json).unwrap(), id);
+            let record = CrmRecordId::from(DataverseId::from(Uuid::from_bytes(bytes)));
+            prop_assert_eq!(CrmRecordId::try_from(record.to_string().as_str()).unwrap(), record);
+        }
+
+        #[test]
+        fn salesforce_ids_read_back_and_repair_a_lost_case(id15 in "[0-9A-Za-z]{15}") {
+            let id = SalesforceId::try_from(id15.as_str()).unwrap();
+            prop_assert_eq!(id.as_str().len(), 18);
+            prop_assert_eq!(id.as_15(), id15.as_str());
+            prop_assert_eq!(SalesforceId::try_from(id.as_str()).unwrap(), id.clone());
+            let lowered = id.as_str().to_ascii_lowercase();
+            prop_assert_eq!(SalesforceId::try_from(lowered.as_str()).unwrap(), id.clone());
+            let record = CrmRecordId::from(id);
+            prop_assert_eq!(CrmRecordId::try_from(record.to_string().as_str()).unwrap(), record);
+        }
+
+        #[test]
+        fn solution_ids_and_etags_read_back(id in "[A-Za-z0-9_.\\-]{1,100}", tag in "\\PC*\\S\\PC*") {
+            let solution = SolutionId::try_from(id.as_str()).unwrap();
+            prop_assert_eq!(solution.to_string(), id);
+            let etag = ETag::try_from(tag.as_str()).unwrap();
+            prop_assert_eq!(etag.as_str(), tag.as_str());
+        }
+    }
+}

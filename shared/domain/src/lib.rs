@@ -42,6 +42,9 @@ pub mod validation;
 pub mod values;
 pub mod webhook;
 
+#[cfg(test)]
+mod proptest_support;
+
 pub use datetime::WireDateTime;
 pub use error::ParseError;
 pub use ids::{

@@ -1493,3 +1493,61 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mapping::{MappingConfig, referral_to_opportunity};
+    use crate::proptest_support::{json_value, mutated, wire_text};
+
+    const SAMPLES: [&str; 3] = [
+        include_str!("../tests/data/create-referral-response.json"),
+        include_str!("../tests/data/create-referral-request.json"),
+        include_str!("../tests/data/patch-referral-request.json"),
+    ];
+
+    /// Everything the sync asks of a referral read from Partner Center.
+    fn read(referral: &Referral) {
+        let _ = referral.referral_id();
+        let _ = referral.engagement_id();
+        let _ = referral.etag();
+        let _ = referral.is_terminal();
+        let _ = referral.deal_value();
+        let _ = referral_to_opportunity(referral, &MappingConfig::default());
+        let _ = serde_json::to_value(referral);
+    }
+
+    fn parse(body: &str) {
+        if let Ok(referral) = serde_json::from_str::<Referral>(body) {
+            read(&referral);
+        }
+        if let Ok(page) = serde_json::from_str::<ReferralPage>(body) {
+            page.value.iter().for_each(read);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_read_or_refused_without_panic(body in wire_text()) {
+            parse(&body);
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused_without_panic(value in json_value()) {
+            parse(&value.to_string());
+            parse(&serde_json::json!({ "value": [value] }).to_string());
+        }
+
+        #[test]
+        fn a_sample_with_one_value_replaced_is_read_or_refused_without_panic(
+            sample in prop::sample::select(SAMPLES.to_vec()),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample: Value = serde_json::from_str(sample).unwrap();
+            parse(&mutated(&sample, which, with).to_string());
+        }
+    }
+}

@@ -349,3 +349,62 @@ mod tests {
         assert!(err.to_string().contains("greater than 0"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    proptest! {
+        #[test]
+        fn value_parsers_never_panic(text in wire_text()) {
+            let _ = CountryCode::try_from(text.as_str());
+            let _ = CountryCode::suggest(&text);
+            let _ = CurrencyCode::try_from(text.as_str());
+            let _ = DealValue::try_from(text.as_str());
+            let _ = crate::serde_helpers::parse_decimal(&text);
+        }
+
+        #[test]
+        fn decimal_like_text_never_panics(text in "[+\\-]?[0-9]{0,40}(\\.[0-9]{0,40})?([eE][+\\-]?[0-9]{0,25})?") {
+            let _ = crate::serde_helpers::parse_decimal(&text);
+            let _ = DealValue::try_from(text.as_str());
+        }
+
+        #[test]
+        fn codes_that_parse_read_back(country in "[A-Za-z]{2}", currency in "[A-Za-z]{3}") {
+            if let Ok(code) = CountryCode::try_from(country.as_str()) {
+                prop_assert_eq!(code.as_str(), country.to_ascii_uppercase());
+                prop_assert_eq!(CountryCode::try_from(code.to_string().as_str()).unwrap(), code);
+                prop_assert_eq!(CountryCode::suggest(&country), Some(code));
+            }
+            if let Ok(code) = CurrencyCode::try_from(currency.as_str()) {
+                prop_assert_eq!(code.as_str(), currency.to_ascii_uppercase());
+                prop_assert_eq!(CurrencyCode::try_from(code.to_string().as_str()).unwrap(), code);
+            }
+        }
+
+        #[test]
+        fn money_reads_back_from_json(
+            units in -1_000_000_000_000_i64..1_000_000_000_000,
+            scale in 0_u32..=2,
+            currency in prop::sample::select(vec!["USD", "EUR", "JPY", "NOK", "BHD"]),
+        ) {
+            let money = Money::new(Decimal::new(units, scale), CurrencyCode::try_from(currency).unwrap());
+            let json = serde_json::to_value(money).unwrap();
+            prop_assert_eq!(serde_json::from_value::<Money>(json).unwrap(), money);
+            if let Ok(value) = DealValue::try_from(money.amount) {
+                prop_assert_eq!(DealValue::try_from(value.to_string().as_str()).unwrap(), value);
+            }
+        }
+
+        #[test]
+        fn money_from_any_json_never_panics(value in crate::proptest_support::json_value()) {
+            let _ = serde_json::from_value::<Money>(value.clone());
+            let _ = serde_json::from_value::<Money>(serde_json::json!({"amount": value, "currency": "USD"}));
+            let _ = serde_json::from_value::<DealValue>(value);
+        }
+    }
+}

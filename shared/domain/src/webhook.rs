@@ -488,3 +488,81 @@ mod tests {
         assert!(result.date_time_utc.as_ref().unwrap().is_valid());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::proptest_support::{json_value, mutated, wire_text};
+
+    const SAMPLES: [&str; 5] = [
+        include_str!("../tests/data/webhook-referral-created.json"),
+        include_str!("../tests/data/webhook-referral-updated.json"),
+        include_str!("../tests/data/webhook-related-referral-created.json"),
+        include_str!("../tests/data/webhook-test-created.json"),
+        include_str!("../tests/data/registration-get-response.json"),
+    ];
+
+    /// Everything the receiver asks of an event.
+    fn read(event: &WebhookEvent) {
+        let _ = event.resource_id();
+        let _ = event.is_test();
+        let _ = event.referral_id();
+        let _ = event.event_name.is_referral_event();
+        let _ = event
+            .resource_change_utc_date
+            .as_ref()
+            .map(WireDateTime::instant);
+    }
+
+    fn parse(body: &str) {
+        if let Ok(event) = serde_json::from_str::<WebhookEvent>(body) {
+            read(&event);
+        }
+        let _ = serde_json::from_str::<WebhookRegistration>(body);
+        let _ = serde_json::from_str::<ValidationEventStatus>(body);
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_read_or_refused_without_panic(body in wire_text()) {
+            parse(&body);
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused_without_panic(value in json_value()) {
+            parse(&value.to_string());
+        }
+
+        #[test]
+        fn a_sample_with_one_value_replaced_is_read_or_refused_without_panic(
+            sample in prop::sample::select(SAMPLES.to_vec()),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample: Value = serde_json::from_str(sample).unwrap();
+            parse(&mutated(&sample, which, with).to_string());
+        }
+
+        #[test]
+        fn any_resource_uri_is_read_without_panic(uri in wire_text(), id in any::<[u8; 16]>()) {
+            let mut event: WebhookEvent = serde_json::from_str(SAMPLES[0]).unwrap();
+            event.resource_uri = uri;
+            read(&event);
+            let id = ReferralId::from(uuid::Uuid::from_bytes(id));
+            event.resource_uri = format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{id}?x=1");
+            prop_assert_eq!(event.referral_id().unwrap(), id);
+        }
+
+        #[test]
+        fn event_names_read_back(name in prop::sample::select(EventName::KNOWN.to_vec()), other in wire_text()) {
+            let (name, wire) = name;
+            prop_assert_eq!(EventName::parse(wire), name.clone());
+            prop_assert_eq!(EventName::parse(&wire.to_ascii_uppercase().replace('-', "_")), name);
+            let parsed = EventName::parse(&other);
+            prop_assert_eq!(EventName::parse(parsed.as_str()), parsed);
+        }
+    }
+}

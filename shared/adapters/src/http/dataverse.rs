@@ -59,7 +59,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::AuthorizedClient;
-use super::response::{HttpAdapterError, RequestContext, read_json};
+use super::response::{HttpAdapterError, RequestContext, read_json, redacted_path};
 use super::tokens::{AccessToken, EntraClientCredentials};
 
 /// The Web API version used.
@@ -291,7 +291,7 @@ impl DataverseStore {
                 HeaderValue::from_static(value),
             );
         }
-        tracing::debug!(method = %method, path = url.path(), "Dataverse request");
+        tracing::debug!(method = %method, path = %redacted_path(url.path()), "Dataverse request");
         self.client
             .send(ctx, |http, _: &AccessToken| {
                 let request = http

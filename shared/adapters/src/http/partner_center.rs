@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::AuthorizedClient;
 use super::response::{
     HttpAdapterError, MAX_RESPONSE_BYTES, RequestContext, read_json, read_limited,
+    redacted_url_text,
 };
 use super::tokens::{AccessToken, EntraRefreshToken, TokenProvider};
 
@@ -134,17 +135,19 @@ impl HttpPartnerCenter {
         let ctx = RequestContext::new(Service::PartnerCenter, "list referrals");
         let base = parse(&ctx, &self.base)?;
         if let Some(next) = query.next_link.as_deref().filter(|n| !n.trim().is_empty()) {
+            // The link's query holds the filter: error texts show it without.
+            let shown = redacted_url_text(next);
             let url = base.join(next.trim()).map_err(|error| {
                 HttpAdapterError::decode(
                     &ctx,
-                    format!("the nextLink '{next}' is not a URL: {error}"),
+                    format!("the nextLink '{shown}' is not a URL: {error}"),
                 )
             })?;
             if url.origin() != base.origin() {
                 return Err(HttpAdapterError::decode(
                     &ctx,
                     format!(
-                        "the nextLink '{next}' points to another origin than {}; it is not \
+                        "the nextLink '{shown}' points to another origin than {}; it is not \
                          followed (the bearer token would go with it)",
                         self.base
                     ),
@@ -574,6 +577,12 @@ mod tests {
         };
         let err = pc.list_url(&elsewhere).unwrap_err();
         assert!(err.to_string().contains("another origin"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("'https://evil.example/v1.0/referrals'"),
+            "the link is named without its query: {err}"
+        );
+        assert!(!err.to_string().contains("skiptoken"), "{err}");
         assert!(!err.into_port_error().is_retryable());
     }
 

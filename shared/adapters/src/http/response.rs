@@ -34,8 +34,8 @@ use chrono::{DateTime, Utc};
 use cosell_domain::crm_wire::dataverse::WebApiError;
 use cosell_domain::crm_wire::salesforce::RestError;
 use cosell_domain::{PortError, Service};
-use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -345,14 +345,15 @@ impl HttpAdapterError {
         } else {
             TransportKind::Request
         };
+        let detail = reqwest_error_text(error);
         if error.is_builder() {
-            return Self::Config(format!("{}: {}", ctx.operation, error_chain(error)));
+            return Self::Config(format!("{}: {detail}", ctx.operation));
         }
         Self::Transport {
             service: ctx.service.clone(),
             operation: ctx.operation.to_string(),
             kind,
-            detail: error_chain(error),
+            detail,
         }
     }
 
@@ -372,6 +373,27 @@ impl From<HttpAdapterError> for PortError {
     }
 }
 
+/// A `reqwest` failure and its causes on one line, its URL reduced to [`redacted_url`]:
+/// `reqwest` writes the whole request URL, query included, into its message.
+pub(crate) fn reqwest_error_text(error: &reqwest::Error) -> String {
+    let mut text = error_chain(error);
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), &redacted_url(url));
+        // Belt and braces: a cause that quotes the URL in another form leaks nothing either.
+        let path = url.path();
+        let safe_path = redacted_path(path);
+        if safe_path != path {
+            text = text.replace(path, &safe_path);
+        }
+        for part in [url.query(), url.fragment()].into_iter().flatten() {
+            if !part.is_empty() {
+                text = text.replace(part, "…");
+            }
+        }
+    }
+    without_email_addresses(&text)
+}
+
 /// An error and its causes on one line (`reqwest` puts the useful part in the sources).
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -385,6 +407,94 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         cause = current.source();
     }
     text
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs in error texts
+// ---------------------------------------------------------------------------------------------
+
+/// `url` as an error text may show it: scheme, host, port and path only.
+///
+/// No user info, no query (an OData `$filter` or a SOQL `q=` quotes the e-mail, account name or
+/// postal code looked up), no fragment, and the values of key segments replaced by `…`
+/// (`accounts(name=…,address1_postalcode=…)`, see [`redacted_path`]): error texts reach logs,
+/// the audit log and the CRM's Audit field.
+pub fn redacted_url(url: &Url) -> String {
+    if url.cannot_be_a_base() {
+        // `mailto:…`, `data:…`: everything after the scheme is data.
+        return format!("{}:…", url.scheme());
+    }
+    let mut text = format!("{}://", url.scheme());
+    if let Some(host) = url.host_str() {
+        text.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        text.push_str(&format!(":{port}"));
+    }
+    text.push_str(&redacted_path(url.path()));
+    text
+}
+
+/// A URL or a relative reference (a `Location`, a `nextLink`) as an error text may show it:
+/// [`redacted_url`], or for text that is no absolute URL its path up to `?` / `#`, key values
+/// redacted.
+pub fn redacted_url_text(text: &str) -> String {
+    let text = text.trim();
+    match Url::parse(text) {
+        Ok(url) => redacted_url(&url),
+        Err(_) => redacted_path(text.split(['?', '#']).next().unwrap_or_default()),
+    }
+}
+
+/// `path` with the key values of its segments replaced by `…`: a Dataverse alternate key
+/// `accounts(name='Contoso',address1_postalcode='98052')` becomes
+/// `accounts(name=…,address1_postalcode=…)` and a quoted key `accounts('Contoso')` becomes
+/// `accounts(…)`; a row id `accounts(7eb682f1-…)` is kept. Percent-encoded quotes, `=` and
+/// commas count as the characters.
+pub fn redacted_path(path: &str) -> String {
+    path.split('/')
+        .map(redacted_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn redacted_segment(segment: &str) -> Cow<'_, str> {
+    let Some((name, keys)) = segment.split_once('(') else {
+        return Cow::Borrowed(segment);
+    };
+    let keys = ["%27", "%3D", "%3d", "%2C", "%2c"]
+        .into_iter()
+        .zip(["'", "=", "=", ",", ","])
+        .fold(keys.to_owned(), |keys, (encoded, plain)| {
+            keys.replace(encoded, plain)
+        });
+    if !keys.contains(['=', '\'']) {
+        return Cow::Borrowed(segment);
+    }
+    let mut out = format!("{name}(");
+    let (mut quoted, mut in_value) = (false, false);
+    for c in keys.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                if quoted && !in_value {
+                    out.push('…');
+                    in_value = true;
+                }
+            }
+            '=' if !quoted => {
+                out.push_str("=…");
+                in_value = true;
+            }
+            ',' | ')' if !quoted => {
+                out.push(c);
+                in_value = false;
+            }
+            _ if !quoted && !in_value => out.push(c),
+            _ => {}
+        }
+    }
+    Cow::Owned(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,25 +566,39 @@ pub fn parse_error_body(service: &Service, body: &str) -> ServiceErrorBody {
 /// `text` with every word that holds an email address replaced by `<email>`: service messages
 /// go to logs and the audit, and some quote the offending value (a Salesforce
 /// `DUPLICATE_VALUE` names the duplicated email).
-fn without_email_addresses(text: &str) -> String {
+///
+/// A word runs between whitespace (any Unicode whitespace, such as a non-breaking space) and
+/// quotes or brackets; it holds an address when an `@` (or its percent-encoding `%40`) has
+/// something other than `@` on both sides. A full stop, colon, `!` or `?` ending the word is
+/// kept. Works on characters, never on byte offsets, so no input can make it panic.
+pub(crate) fn without_email_addresses(text: &str) -> String {
+    let is_boundary = |c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        let is_boundary = |c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c);
-        let start = rest[..at].rfind(is_boundary).map_or(0, |i| i + 1);
-        let end = rest[at..].find(is_boundary).map_or(rest.len(), |i| at + i);
-        let word = &rest[start..end];
-        let (local, domain) = word.split_at(at - start);
-        out.push_str(&rest[..start]);
-        if !local.is_empty() && domain.len() > 1 {
+    while !rest.is_empty() {
+        // `find` answers the start of a character, so both halves are whole characters.
+        let end = rest.find(is_boundary).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at_checked(end).unwrap_or((rest, ""));
+        let core = word.trim_end_matches(['.', ':', '!', '?']);
+        if holds_email_address(core) {
             out.push_str("<email>");
+            out.push_str(word.strip_prefix(core).unwrap_or_default());
         } else {
             out.push_str(word);
         }
-        rest = &rest[end..];
+        let mut chars = tail.chars();
+        if let Some(boundary) = chars.next() {
+            out.push(boundary);
+        }
+        rest = chars.as_str();
     }
-    out.push_str(rest);
     out
+}
+
+/// Whether `word` has an `@` (or `%40`) with something other than `@` before and after it.
+fn holds_email_address(word: &str) -> bool {
+    let word = word.replace("%40", "@");
+    word.trim_matches('@').contains('@')
 }
 
 /// Partner Center `{"statusCode","message"}`, Partner REST `{"code","description"}`, OAuth
@@ -656,7 +780,7 @@ pub fn classify(
             let location = headers
                 .get(reqwest::header::LOCATION)
                 .and_then(|value| value.to_str().ok())
-                .unwrap_or("no Location");
+                .map_or_else(|| "no Location".to_owned(), redacted_url_text);
             HttpAdapterError::Rejected {
                 service,
                 operation,
@@ -1298,5 +1422,237 @@ mod tests {
             without_email_addresses("'sue@contoso.com' and \"kim@contoso.com\"."),
             "'<email>' and \"<email>\"."
         );
+    }
+
+    #[test]
+    fn email_redaction_is_safe_next_to_multi_byte_characters() {
+        assert_eq!(
+            without_email_addresses("Duplicate record\u{00a0}jane@contoso.com"),
+            "Duplicate record\u{00a0}<email>"
+        );
+        assert_eq!(
+            without_email_addresses("Doublon\u{2003}«jane@contoso.com»\u{3000}ok"),
+            "Doublon\u{2003}<email>\u{3000}ok"
+        );
+        assert_eq!(
+            without_email_addresses("Adresse\u{00a0}zoë@exämple.com\u{00a0}déjà utilisée"),
+            "Adresse\u{00a0}<email>\u{00a0}déjà utilisée"
+        );
+        // Every address is redacted, also one after leading `@`s and before a full stop.
+        assert_eq!(
+            without_email_addresses("@@jane@contoso.com and kim@contoso.com."),
+            "<email> and <email>."
+        );
+        let body = "[{\"message\":\"Duplicate record\u{00a0}jane@contoso.com\",\"errorCode\":\"DUPLICATE_VALUE\"}]";
+        let parsed = parse_error_body(&Service::Salesforce, body);
+        assert_eq!(parsed.message, "Duplicate record\u{00a0}<email>");
+    }
+
+    #[test]
+    fn urls_in_error_texts_keep_scheme_host_and_path_only() {
+        let url = |text: &str| Url::parse(text).unwrap();
+        assert_eq!(
+            redacted_url(&url(
+                "https://user:secret@contoso.crm.dynamics.com:8443/api/data/v9.2/accounts(name='Contoso',address1_postalcode='98052')?$select=accountid#top"
+            )),
+            "https://contoso.crm.dynamics.com:8443/api/data/v9.2/accounts(name=…,address1_postalcode=…)"
+        );
+        // A row id is no look-up value and stays; a quoted or encoded key value goes.
+        assert_eq!(
+            redacted_path("/api/data/v9.2/opportunities(7eb682f1-ca75-e511-80d4-00155d2a68d1)"),
+            "/api/data/v9.2/opportunities(7eb682f1-ca75-e511-80d4-00155d2a68d1)"
+        );
+        assert_eq!(
+            redacted_path("/accounts('O''Brien, Inc.')/x"),
+            "/accounts(…)/x"
+        );
+        assert_eq!(
+            redacted_path("/accounts(name%3D%27Contoso%27,accountnumber=42)"),
+            "/accounts(name=…,accountnumber=…)"
+        );
+        assert_eq!(
+            redacted_url_text(" /v1.0/engagements/referrals?$filter=email eq 'a@b.c'#x "),
+            "/v1.0/engagements/referrals"
+        );
+        assert_eq!(redacted_url_text("mailto:jane@contoso.com"), "mailto:…");
+    }
+
+    #[test]
+    fn a_redirect_is_named_without_its_query() {
+        let err = classify(
+            &ctx(Service::Dataverse),
+            StatusCode::FOUND,
+            &headers(&[(
+                "location",
+                "https://login.example/sso?login_hint=jane@contoso.com",
+            )]),
+            "",
+        );
+        let text = err.to_string();
+        assert!(text.contains("https://login.example/sso"), "{text}");
+        assert!(
+            !text.contains("jane") && !text.contains("login_hint"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn transport_errors_carry_no_query_string_or_contact_data() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let ctx = RequestContext::new(Service::Dataverse, "look up a contact");
+        let error = reqwest::Client::new()
+            .get(format!(
+                "http://{addr}/api/data/v9.2/contacts?$select=contactid&$filter=emailaddress1 eq 'jane@contoso.com'#top"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let err = HttpAdapterError::transport(&ctx, &error);
+        for text in [err.to_string(), err.clone().into_port_error().to_string()] {
+            for leak in [
+                "jane",
+                "contoso",
+                "$filter",
+                "emailaddress1",
+                "select",
+                "#top",
+            ] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            assert!(text.contains("/api/data/v9.2/contacts"), "{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    const SERVICES: [Service; 5] = [
+        Service::PartnerCenter,
+        Service::PartnerCenterWebhooks,
+        Service::Dataverse,
+        Service::Salesforce,
+        Service::Identity,
+    ];
+
+    /// Text an error body may hold: any string, and strings made of the pieces error messages
+    /// and JSON bodies are made of, multi-byte spaces and letters included.
+    fn body_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9@.:_\\-'\"(){}\\[\\],; \u{a0}\u{2003}\u{3000}\u{e9}\u{1f600}%]{0,60}",
+            "\\{\"(error|message|code|errorCode|error_description|statusCode)\": ?(\"[^\"]{0,30}\"|[0-9]{1,4}|\\{\"(code|message)\": ?\"[^\"]{0,30}\"\\})\\}",
+            "\\[\\{\"message\": ?\"[^\"]{0,40}\", ?\"errorCode\": ?\"[A-Z_]{0,20}\"\\}\\]",
+        ]
+    }
+
+    /// An e-mail address, ASCII or not.
+    fn email() -> impl Strategy<Value = String> {
+        "[a-z0-9._%+\\-\u{e9}\u{f6}]{1,12}@[a-z0-9\\-\u{e4}]{1,10}\\.[a-z]{2,6}"
+    }
+
+    /// A character that ends a word: whitespace of one to three bytes, a quote or a bracket.
+    fn boundary() -> impl Strategy<Value = char> {
+        prop::sample::select(vec![
+            ' ', '\t', '\n', '\u{a0}', '\u{2003}', '\u{3000}', '"', '\'', '(', ')', '<', '>', ',',
+            ';', '[', ']',
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn error_bodies_are_read_without_panic(body in body_text()) {
+            for service in &SERVICES {
+                let parsed = parse_error_body(service, &body);
+                prop_assert!(parsed.message.chars().count() <= MESSAGE_LIMIT + 1);
+            }
+        }
+
+        #[test]
+        fn any_answer_is_classified_without_panic(
+            status in 300_u16..600,
+            body in body_text(),
+            retry_after in body_text(),
+            location in body_text(),
+            service in prop::sample::select(SERVICES.to_vec()),
+        ) {
+            let Ok(status) = StatusCode::from_u16(status) else {
+                return Ok(());
+            };
+            let mut headers = HeaderMap::new();
+            for (name, value) in [(RETRY_AFTER, &retry_after), (reqwest::header::LOCATION, &location)] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name, value);
+                }
+            }
+            let ctx = RequestContext::new(service, "GET referral").with_required_role("Referral Admin");
+            let error = classify(&ctx, status, &headers, &body);
+            let _ = (error.is_retryable(), error.retry_after(), error.to_string());
+            let _ = error.into_port_error().to_string();
+        }
+
+        #[test]
+        fn retry_after_values_are_read_without_panic(value in body_text()) {
+            if let Some(wait) = parse_retry_after(&value, Utc::now()) {
+                prop_assert!(wait <= MAX_RETRY_AFTER);
+            }
+        }
+
+        #[test]
+        fn email_redaction_never_panics_and_leaves_no_address(text in body_text()) {
+            let redacted = without_email_addresses(&text);
+            let again = without_email_addresses(&redacted);
+            prop_assert_eq!(&again, &redacted);
+            prop_assert!(
+                !redacted
+                    .split(|c: char| c.is_whitespace() || "\"'<>(),;[]{}".contains(c))
+                    .any(|word| holds_email_address(word.trim_end_matches(['.', ':', '!', '?']))),
+                "{}", redacted
+            );
+        }
+
+        #[test]
+        fn every_email_between_any_words_is_redacted(
+            before in body_text(),
+            after in body_text(),
+            address in email(),
+            open in boundary(),
+            close in boundary(),
+        ) {
+            let text = format!("{before}{open}{address}{close}{after}");
+            let redacted = without_email_addresses(&text);
+            prop_assert!(!redacted.contains(&address), "{}", redacted);
+            let message = parse_error_body(&Service::Dataverse, &serde_json::json!({"error": {"code": "0x1", "message": text}}).to_string()).message;
+            prop_assert!(!message.contains(&address), "{}", message);
+        }
+
+        #[test]
+        fn redacted_urls_keep_no_query_fragment_or_key_value(
+            path in "[a-z/\u{e9}]{0,20}",
+            key in "[a-z0-9 ,=)(\u{e9}\u{a0}]{1,12}",
+            query in "[a-z0-9 $=&'@.\u{e9}]{1,30}",
+            fragment in "[a-z0-9]{1,10}",
+        ) {
+            let raw = format!("https://contoso.crm.dynamics.com/{path}/accounts(name='{key}QQ',address1_postalcode='98052')?{query}#{fragment}");
+            let url = Url::parse(&raw).unwrap();
+            let shown = redacted_url(&url);
+            prop_assert!(!shown.contains('?') && !shown.contains('#'), "{}", shown);
+            prop_assert!(!shown.contains("QQ") && !shown.contains("98052"), "{}", shown);
+            prop_assert!(shown.starts_with("https://contoso.crm.dynamics.com/"), "{}", shown);
+            prop_assert_eq!(redacted_url_text(&raw), shown);
+        }
+
+        #[test]
+        fn any_url_text_is_redacted_without_panic(text in body_text()) {
+            let shown = redacted_url_text(&text);
+            prop_assert!(!shown.contains('?') && !shown.contains('#'), "{}", shown);
+            let _ = redacted_path(&text);
+        }
     }
 }

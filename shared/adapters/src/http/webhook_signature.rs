@@ -76,7 +76,9 @@ use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use url::Url;
 use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeIdIter};
 
-use super::response::{HttpAdapterError, error_chain};
+use super::response::{
+    HttpAdapterError, error_chain, redacted_url, redacted_url_text, reqwest_error_text,
+};
 
 /// The documented host of Partner Center's signing certificate
 /// (`https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer`).
@@ -232,7 +234,8 @@ impl UrlPolicy {
     fn check(&self, raw: &str) -> Result<Url, WebhookAuthError> {
         let url = Url::parse(raw.trim()).map_err(|error| {
             WebhookAuthError::unauthorized(format!(
-                "the certificate URL '{raw}' is not a URL: {error}"
+                "the certificate URL '{}' is not a URL: {error}",
+                redacted_url_text(raw)
             ))
         })?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -261,7 +264,8 @@ impl UrlPolicy {
         };
         if !allowed {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate URL '{raw}' is not on an allowed host (https only: {})",
+                "the certificate URL '{}' is not on an allowed host (https only: {})",
+                redacted_url(&url),
                 self.https_hosts.join(", ")
             )));
         }
@@ -458,7 +462,9 @@ impl WebhookVerifier {
 
     async fn download(&self, url: &Url) -> Result<CertificateDer<'static>, WebhookAuthError> {
         let limit = self.inner.max_certificate_bytes;
-        tracing::debug!(certificate_url = %url, "downloading the webhook signing certificate");
+        // Messages and logs name the URL without its query.
+        let shown = redacted_url(url);
+        tracing::debug!(certificate_url = %shown, "downloading the webhook signing certificate");
         let mut response = self
             .inner
             .http
@@ -467,24 +473,24 @@ impl WebhookVerifier {
             .await
             .map_err(|error| {
                 WebhookAuthError::unavailable(format!(
-                    "the certificate at {url} could not be downloaded: {}",
-                    error_chain(&error)
+                    "the certificate at {shown} could not be downloaded: {}",
+                    reqwest_error_text(&error)
                 ))
             })?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
             return Err(WebhookAuthError::unavailable(format!(
-                "the certificate download from {url} answered HTTP {status}"
+                "the certificate download from {shown} answered HTTP {status}"
             )));
         }
         if status.is_redirection() {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate URL {url} redirects (HTTP {status}); redirects are not followed"
+                "the certificate URL {shown} redirects (HTTP {status}); redirects are not followed"
             )));
         }
         if !status.is_success() {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate download from {url} answered HTTP {status}"
+                "the certificate download from {shown} answered HTTP {status}"
             )));
         }
         if response
@@ -492,7 +498,7 @@ impl WebhookVerifier {
             .is_some_and(|length| length > limit as u64)
         {
             return Err(WebhookAuthError::unauthorized(format!(
-                "the certificate at {url} is larger than {limit} bytes"
+                "the certificate at {shown} is larger than {limit} bytes"
             )));
         }
         let mut body = BytesMut::new();
@@ -501,7 +507,7 @@ impl WebhookVerifier {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
                         return Err(WebhookAuthError::unauthorized(format!(
-                            "the certificate at {url} is larger than {limit} bytes"
+                            "the certificate at {shown} is larger than {limit} bytes"
                         )));
                     }
                     body.extend_from_slice(&chunk);
@@ -509,8 +515,8 @@ impl WebhookVerifier {
                 Ok(None) => break,
                 Err(error) => {
                     return Err(WebhookAuthError::unavailable(format!(
-                        "the certificate download from {url} broke off: {}",
-                        error_chain(&error)
+                        "the certificate download from {shown} broke off: {}",
+                        reqwest_error_text(&error)
                     )));
                 }
             }
@@ -519,7 +525,7 @@ impl WebhookVerifier {
         if body.starts_with(b"-----BEGIN") {
             CertificateDer::from_pem_slice(&body).map_err(|error| {
                 WebhookAuthError::unauthorized(format!(
-                    "the certificate at {url} is not a PEM certificate: {error}"
+                    "the certificate at {shown} is not a PEM certificate: {error}"
                 ))
             })
         } else {
@@ -969,5 +975,58 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, HttpAdapterError::Config(_)), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Header text: any string, and strings made of what the signature headers hold.
+    fn header_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "(Signature|signature|Bearer)?[ \t\u{a0}]{0,2}[A-Za-z0-9+/=\u{e9}]{0,24}",
+            "(https?|ftp)://[a-z0-9.:@\u{e9}\\-]{0,20}(/[a-z.\u{e9}]{0,10}){0,3}(\\?[a-z=]{0,8})?(#[a-z]{0,4})?",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn signature_headers_are_read_or_refused_without_panic(
+            authorization in header_text(),
+            signature in header_text(),
+            url in header_text(),
+            algorithm in prop_oneof![Just("rsa-sha256".to_owned()), header_text()],
+        ) {
+            let pairs = [
+                ("Authorization", authorization.as_str()),
+                (MS_SIGNATURE_HEADER, signature.as_str()),
+                (CERTIFICATE_URL_HEADER, url.as_str()),
+                (SIGNATURE_ALGORITHM_HEADER, algorithm.as_str()),
+            ];
+            for skip in 0..=pairs.len() {
+                let webhook = UnverifiedWebhook::from_pairs(
+                    pairs.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, pair)| *pair),
+                    Bytes::new(),
+                );
+                if let Err(error) = webhook.headers() {
+                    prop_assert!(matches!(error.status_code(), 400 | 401), "{}", error.status_code());
+                }
+            }
+        }
+
+        #[test]
+        fn certificate_urls_are_checked_without_panic(url in header_text()) {
+            let policy = UrlPolicy {
+                https_hosts: vec![DEFAULT_CERTIFICATE_HOST.to_owned()],
+                insecure: vec![("127.0.0.1".to_owned(), 8080)],
+            };
+            if let Ok(checked) = policy.check(&url) {
+                prop_assert!(checked.query().is_none() && checked.fragment().is_none());
+            }
+        }
     }
 }

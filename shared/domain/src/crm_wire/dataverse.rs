@@ -14,6 +14,7 @@ use std::hash::BuildHasher;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{RAW_TEXT_LIMIT, scan_json_string_member, strip_bom, truncate_chars};
@@ -228,6 +229,38 @@ impl RemoteExecutionContext {
         !headers.msg_size_exceeded && self.is_complete()
     }
 
+    /// What names this change of the row, for its idempotency key
+    /// ([`dataverse_change_key`](crate::sync::dataverse_change_key)); `body` is the raw webhook
+    /// body. Never empty.
+    ///
+    /// 1. The `OperationId` when it is not nil: the asynchronous system job, which Dataverse
+    ///    keeps when it retries the delivery.
+    /// 2. A step registered synchronously sends the nil GUID (and a body may lack the member):
+    ///    keyed on that, every change of the row would share one key and all but the first
+    ///    would be skipped as duplicates. The row version then names the change, `v<version>`:
+    ///    the `versionnumber` column or `RowVersion` of the post image, else of the target.
+    ///    Dataverse gives every write of a row a new version, and a redelivery of one change
+    ///    carries the same one.
+    /// 3. Without a version, `sha256-<32 hex digits>` of the body: two changes differ in their
+    ///    body, and a delivery repeated as it was hashes the same. (A redelivery that differs in
+    ///    some byte is then taken as a change of its own: the record is synced once more, which
+    ///    is harmless, where a skipped change would be lost.)
+    ///
+    /// Not used: `RequestId`, which names the request rather than the change (`null` in the
+    /// documented sample, and one request can write the row more than once through its
+    /// plug-ins), and `modifiedon` alone, which two quick changes can share.
+    pub fn change_id(&self, body: &[u8]) -> String {
+        if let Some(operation) = self.operation_id.filter(|id| !id.is_nil()) {
+            return operation.to_string();
+        }
+        let images = [self.post_image_entity(), self.target_entity()];
+        if let Some(version) = images.iter().flatten().find_map(WireEntity::version) {
+            return format!("v{version}");
+        }
+        let digest = Sha256::digest(body);
+        format!("sha256-{}", hex::encode(&digest[..16]))
+    }
+
     /// `true` for an asynchronous step (`Mode` = 1).
     pub fn is_asynchronous(&self) -> bool {
         self.mode == Some(MODE_ASYNCHRONOUS)
@@ -361,6 +394,13 @@ pub struct WireEntity {
     /// Display texts by column.
     #[serde(default, deserialize_with = "lenient_pairs")]
     pub formatted_values: Vec<KeyValuePair>,
+    /// `RowVersion`, when sent (often `null`): the row's version after the write.
+    #[serde(
+        default,
+        deserialize_with = "lenient_version",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub row_version: Option<String>,
 }
 
 impl WireEntity {
@@ -376,6 +416,16 @@ impl WireEntity {
             return None;
         }
         serde_json::from_value(value.clone()).ok()
+    }
+
+    /// The row version: the `versionnumber` column, else `RowVersion`, when either is a whole
+    /// number (Dataverse raises it on every write of the row).
+    pub fn version(&self) -> Option<String> {
+        self.attributes
+            .iter()
+            .find(|pair| pair.key.eq_ignore_ascii_case("versionnumber"))
+            .and_then(|pair| version_text(&pair.value))
+            .or_else(|| self.row_version.clone())
     }
 
     /// The attributes decoded by [`decode_attributes`], plus each formatted value as a
@@ -528,6 +578,22 @@ fn lenient_uuid<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Uui
         .as_ref()
         .and_then(Value::as_str)
         .and_then(|text| Uuid::parse_str(text.trim()).ok()))
+}
+
+/// A row version: a JSON number or a string of at most 20 ASCII digits.
+fn version_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Number(number) => number.as_u64()?.to_string(),
+        Value::String(text) => text.trim().to_owned(),
+        _ => return None,
+    };
+    let digits = !text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then_some(text)
+}
+
+fn lenient_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<Value>::deserialize(deserializer)?;
+    Ok(value.as_ref().and_then(version_text))
 }
 
 fn lenient_i32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i32>, D::Error> {
@@ -928,6 +994,103 @@ mod tests {
         assert_eq!(context.pre_entity_images, Some(vec![]));
         assert_eq!(context.shared_variables, Some(vec![]));
         assert!(context.is_complete());
+    }
+
+    /// A synchronous Update of one opportunity as a webhook body: the `OperationId` nil (a
+    /// step registered synchronously), the post image at row version `version`.
+    fn synchronous_update(version: u64, name: &str, request_id: Value) -> String {
+        let image = json!({
+            "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "LogicalName": "opportunity",
+            "Id": "11111111-2222-3333-4444-555555555555",
+            "Attributes": [
+                {"key": "name", "value": name},
+                {"key": "versionnumber", "value": version},
+                {"key": "modifiedon", "value": "/Date(1506384247000)/"},
+            ],
+            "RowVersion": version.to_string(),
+        });
+        body_with(json!({
+            "Mode": 0,
+            "Stage": 40,
+            "OperationId": "00000000-0000-0000-0000-000000000000",
+            "RequestId": request_id,
+            "InputParameters": [{"key": "Target", "value": {
+                "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                "LogicalName": "opportunity",
+                "Attributes": [{"key": "name", "value": name}],
+            }}],
+            "PostEntityImages": [{"key": "postimage", "value": image}],
+        }))
+    }
+
+    fn change_key(body: &str) -> String {
+        let context = RemoteExecutionContext::parse(body).unwrap();
+        let record = crate::ids::CrmRecordId::Dataverse(crate::ids::DataverseId::from(
+            context.primary_entity_id,
+        ));
+        crate::sync::dataverse_change_key(&context.change_id(body.as_bytes()), &record)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn nil_operation_ids_still_key_each_change_apart() {
+        let first = synchronous_update(1001, "Fabrikam rollout", Value::Null);
+        let second = synchronous_update(1002, "Fabrikam rollout, phase 2", Value::Null);
+        assert_ne!(change_key(&first), change_key(&second));
+        // One request that writes the row twice still makes two changes.
+        let request = json!("5c3b4b8e-1111-4a7f-9c1e-2f0a6d8e9b10");
+        assert_ne!(
+            change_key(&synchronous_update(1003, "a", request.clone())),
+            change_key(&synchronous_update(1004, "a", request))
+        );
+        // The same delivery twice is the same change.
+        assert_eq!(change_key(&first), change_key(&first.clone()));
+        // Nothing but the body tells two changes apart: still two keys.
+        let bare = |name: &str| {
+            body_with(json!({
+                "Mode": 0,
+                "OperationId": "00000000-0000-0000-0000-000000000000",
+                "InputParameters": [{"key": "Target", "value": {
+                    "LogicalName": "opportunity",
+                    "Attributes": [{"key": "name", "value": name}],
+                }}],
+            }))
+        };
+        assert_ne!(change_key(&bare("one")), change_key(&bare("two")));
+        assert_eq!(change_key(&bare("one")), change_key(&bare("one")));
+        // A missing OperationId is the same as a nil one.
+        let missing = body_with(json!({"InputParameters": []}));
+        assert_eq!(change_key(&missing), change_key(&missing));
+        // Without a post image, the target's version names the change.
+        let target_only = body_with(json!({
+            "InputParameters": [{"key": "Target", "value": {
+                "LogicalName": "opportunity",
+                "Attributes": [{"key": "versionnumber", "value": "77"}],
+                "RowVersion": null,
+            }}],
+        }));
+        assert_eq!(
+            RemoteExecutionContext::parse(&target_only)
+                .unwrap()
+                .change_id(b"ignored"),
+            "v77"
+        );
+        // The nil GUID itself is never a key.
+        let record = crate::ids::CrmRecordId::Dataverse(crate::ids::DataverseId::from(uuid(
+            "11111111-2222-3333-4444-555555555555",
+        )));
+        assert!(
+            crate::sync::dataverse_change_key("00000000-0000-0000-0000-000000000000", &record)
+                .is_err()
+        );
+        // A real OperationId keys as before.
+        let context = sample();
+        assert_eq!(
+            context.change_id(WEBHOOK_SAMPLE.as_bytes()),
+            "4af10637-4ea2-e711-8122-000d3aa2331c"
+        );
     }
 
     #[test]
@@ -1369,5 +1532,149 @@ mod tests {
         let gateway = WebApiError::parse(r#"{"Message":"An error has occurred."}"#);
         assert_eq!(gateway.message, "An error has occurred.");
         assert_eq!(WebApiError::parse("").message, "");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ids::{CrmRecordId, DataverseId};
+    use crate::mapping::{DataverseRecord, MappingConfig, opportunity_from_dataverse};
+    use crate::proptest_support::{json_value, mutated, wire_text};
+    use crate::sync::dataverse_change_key;
+
+    const DOCUMENTED: &str =
+        include_str!("../../tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+    const ERRORS: [&str; 3] = [
+        include_str!("../../tests/data/dataverse-webapi-error-404-upsert-if-match.json"),
+        include_str!("../../tests/data/dataverse-webapi-error-412-concurrency-update.json"),
+        include_str!("../../tests/data/dataverse-webapi-error-format.json"),
+    ];
+
+    /// A synchronous Update of an opportunity with a post image.
+    fn opportunity_update() -> Value {
+        json!({
+            "MessageName": "Update",
+            "PrimaryEntityName": "opportunity",
+            "PrimaryEntityId": "11111111-2222-3333-4444-555555555555",
+            "OperationId": "00000000-0000-0000-0000-000000000000",
+            "RequestId": null,
+            "Mode": 0,
+            "OperationCreatedOn": "/Date(1506409448000-0700)/",
+            "InputParameters": [{"key": "Target", "value": {
+                "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                "LogicalName": "opportunity",
+                "Attributes": [{"key": "name", "value": "Fabrikam rollout"}],
+            }}],
+            "PostEntityImages": [{"key": "postimage", "value": {
+                "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                "LogicalName": "opportunity",
+                "Attributes": [
+                    {"key": "name", "value": "Fabrikam rollout"},
+                    {"key": "estimatedvalue", "value": {"__type": "Money:http://schemas.microsoft.com/xrm/2011/Contracts", "Value": 25000.5}},
+                    {"key": "estimatedclosedate", "value": "/Date(1506384247000)/"},
+                    {"key": "parentaccountid", "value": {"__type": "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts", "Id": "75c2dd85-e89e-e711-8122-000d3aa2331c", "LogicalName": "account", "Name": "Fabrikam"}},
+                    {"key": "versionnumber", "value": 1001},
+                ],
+                "FormattedValues": [{"key": "statecode", "value": "Open"}],
+                "RowVersion": "1001",
+            }}],
+        })
+    }
+
+    /// Everything the `crm-events` function asks of a body that parsed.
+    fn read(context: &RemoteExecutionContext, body: &[u8]) {
+        let _ = context.is_complete();
+        let _ = context.is_asynchronous();
+        let _ = context.target();
+        let _ = context.pre_image();
+        let _ = context.post_image();
+        let attributes = context.merged_attributes();
+        let _ = opportunity_from_dataverse(
+            &DataverseRecord::new(&attributes),
+            &MappingConfig::default(),
+        );
+        let change = context.change_id(body);
+        assert_eq!(change, context.change_id(body), "one body, one change id");
+        let record = CrmRecordId::Dataverse(DataverseId::from(context.primary_entity_id));
+        assert!(dataverse_change_key(&change, &record).is_ok(), "{change}");
+        let _ = serde_json::to_string(context);
+    }
+
+    fn parse(body: &str) {
+        if let Ok(context) = RemoteExecutionContext::parse(body) {
+            read(&context, body.as_bytes());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_read_or_refused_without_panic(body in wire_text()) {
+            parse(&body);
+        }
+
+        #[test]
+        fn any_bytes_are_read_or_refused_without_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(context) = RemoteExecutionContext::parse_bytes(&body) {
+                read(&context, &body);
+            }
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused_without_panic(value in json_value()) {
+            parse(&value.to_string());
+        }
+
+        #[test]
+        fn a_sample_with_one_value_replaced_is_read_or_refused_without_panic(
+            documented in any::<bool>(),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample = if documented {
+                serde_json::from_str(DOCUMENTED).unwrap()
+            } else {
+                opportunity_update()
+            };
+            parse(&mutated(&sample, which, with).to_string());
+        }
+
+        #[test]
+        fn attribute_values_decode_without_panic(value in json_value(), text in wire_text()) {
+            let _ = decode_value(&value);
+            let _ = decode_attributes(&[KeyValuePair { key: text.clone(), value: value.clone() }]);
+            let _ = WireEntity::from_value(&value).map(|entity| (entity.decoded_attributes(), entity.version()));
+            let _ = EntityReference::from_value(&value);
+            let _ = parse_wcf_date(&text);
+        }
+
+        #[test]
+        fn error_bodies_are_read_without_panic(
+            body in wire_text(),
+            sample in prop::sample::select(ERRORS.to_vec()),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            for body in [body, mutated(&serde_json::from_str(sample).unwrap(), which, with).to_string()] {
+                let error = WebApiError::parse(&body);
+                let _ = (error.sub_error_code(), error.inner_message(), error.to_string());
+            }
+        }
+
+        #[test]
+        fn webhook_headers_are_read_without_panic(
+            headers in prop::collection::vec((wire_text(), wire_text()), 0..8),
+        ) {
+            let _ = WebhookHeaders::from_pairs(headers);
+        }
+
+        #[test]
+        fn wcf_dates_read_back(millis in -8_000_000_000_000_i64..8_000_000_000_000) {
+            let date = DateTime::<Utc>::from_timestamp_millis(millis).unwrap();
+            prop_assert_eq!(parse_wcf_date(&format_wcf_date(date)), Some(date));
+        }
     }
 }

@@ -119,3 +119,27 @@ mod tests {
         assert_eq!(strip_bom("{}"), "{}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    proptest! {
+        #[test]
+        fn the_lenient_readers_never_panic(text in wire_text(), max in 0_usize..64) {
+            let _ = scan_json_string_member(&text, "message");
+            let _ = scan_json_string_member(&text, "errorCode");
+            let cut = truncate_chars(strip_bom(&text), max);
+            prop_assert!(cut.chars().count() <= max + 1);
+        }
+
+        #[test]
+        fn a_member_is_found_in_text_that_is_not_json(value in "\\PC{0,20}", noise in "[^\"]{0,20}") {
+            let text = format!("{{{noise} \"Message\" : {} ,", serde_json::to_string(&value).unwrap());
+            prop_assert_eq!(scan_json_string_member(&text, "message"), Some(value));
+        }
+    }
+}

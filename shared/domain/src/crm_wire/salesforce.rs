@@ -1319,3 +1319,128 @@ mod tests {
         assert!(failed.errors[0].is("FIELD_CUSTOM_VALIDATION_EXCEPTION"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mapping::{MappingConfig, SalesforceRecord, opportunity_from_salesforce};
+    use crate::proptest_support::{json_value, mutated, wire_text};
+
+    const ERRORS: [&str; 2] = [
+        include_str!("../../tests/data/salesforce-rest-create-success.json"),
+        include_str!("../../tests/data/salesforce-rest-error-invalid-field-create.json"),
+    ];
+
+    /// An Outbound Message of one Opportunity notification whose `Name` is `name` (already
+    /// escaped for XML).
+    fn message(name: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <soapenv:Body>
+    <notifications xmlns="http://soap.sforce.com/2005/09/outbound">
+      <OrganizationId>00D000000000062EAA</OrganizationId>
+      <ActionId>04k8c000000AbCdAAE</ActionId>
+      <SessionId xsi:nil="true"/>
+      <EnterpriseUrl>https://example.my.salesforce.com/services/Soap/c/67.0/00D000000000062</EnterpriseUrl>
+      <PartnerUrl>https://example.my.salesforce.com/services/Soap/u/67.0/00D000000000062</PartnerUrl>
+      <Notification>
+        <Id>04l8c00000AbCd0001</Id>
+        <sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+          <sf:Id>0068c00000XyZw0001</sf:Id>
+          <sf:Name>{name}</sf:Name>
+          <sf:Amount>1500.50</sf:Amount>
+          <sf:CloseDate>2027-09-30</sf:CloseDate>
+          <sf:StageName>Prospecting</sf:StageName>
+          <sf:IsClosed>false</sf:IsClosed>
+        </sObject>
+      </Notification>
+    </notifications>
+  </soapenv:Body>
+</soapenv:Envelope>
+"#
+        )
+    }
+
+    fn xml_escaped(text: &str) -> String {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+
+    /// Everything the `crm-events` function asks of a message that parsed.
+    fn read(message: &OutboundMessage) {
+        let _ = message.is_from_organization("00D000000000062");
+        for notification in &message.notifications {
+            let _ = (notification.record_id(), notification.field_text("Name"));
+            let _ = opportunity_from_salesforce(
+                &SalesforceRecord::new(&notification.fields),
+                &MappingConfig::default(),
+            );
+        }
+    }
+
+    fn parse(xml: &str) {
+        if let Ok(message) = OutboundMessage::parse(xml) {
+            read(&message);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_read_or_refused_without_panic(xml in wire_text()) {
+            parse(&xml);
+        }
+
+        #[test]
+        fn xml_like_text_is_read_or_refused_without_panic(
+            xml in "(<[?!/]?[a-zA-Z:]{0,12}( [a-z:]{1,8}=\"[^\"]{0,12}\")?[/]?>|&[a-z#0-9]{0,6};?|[^<&]{0,8}){0,12}",
+        ) {
+            parse(&xml);
+        }
+
+        #[test]
+        fn a_message_with_text_inserted_anywhere_is_read_or_refused_without_panic(
+            at in any::<prop::sample::Index>(),
+            text in wire_text(),
+        ) {
+            let xml = message("Deal");
+            // The message is ASCII: every byte index is a character boundary.
+            let (head, tail) = xml.split_at(at.index(xml.len()));
+            parse(&format!("{head}{text}{tail}"));
+            parse(&xml.replace("Deal", &text));
+        }
+
+        #[test]
+        fn field_text_reads_back_exactly(name in "[^\\x00-\\x08\\x0B\\x0C\\x0E-\\x1F\\r\\x{FFFE}\\x{FFFF}]{0,40}") {
+            let parsed = OutboundMessage::parse(&message(&xml_escaped(&name))).unwrap();
+            prop_assert_eq!(parsed.notifications[0].field_text("Name"), Some(name.as_str()));
+            read(&parsed);
+        }
+
+        #[test]
+        fn organization_ids_compare_without_panic(left in wire_text(), right in wire_text()) {
+            let _ = same_salesforce_id(&left, &right);
+        }
+
+        #[test]
+        fn rest_bodies_are_read_without_panic(
+            body in wire_text(),
+            value in json_value(),
+            sample in prop::sample::select(ERRORS.to_vec()),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample = mutated(&serde_json::from_str(sample).unwrap(), which, with).to_string();
+            for body in [body, value.to_string(), sample] {
+                for error in RestError::parse_list(&body) {
+                    let _ = (error.is("INVALID_FIELD"), error.to_string());
+                }
+                let _ = CreateResponse::parse(&body);
+                let _ = UpsertResponse::parse(&body);
+            }
+        }
+    }
+}

@@ -81,8 +81,15 @@ pub struct CrmChange {
     pub opportunity: Option<CrmOpportunity>,
 }
 
-/// The idempotency key of a Dataverse webhook delivery: `dv:<OperationId>:<record>` (Dataverse
-/// retries a delivery with the same `OperationId`).
+/// The idempotency key of a Dataverse webhook delivery: `dv:<change>:<record>`, where the
+/// change is [`RemoteExecutionContext::change_id`]: the `OperationId` (Dataverse retries a
+/// delivery with the same one), or for a synchronous step, whose `OperationId` is nil, the row
+/// version or a hash of the body.
+///
+/// A nil GUID is refused: it is the same for every change, so keying on it would skip every
+/// change after the first as a duplicate.
+///
+/// [`RemoteExecutionContext::change_id`]: crate::crm_wire::dataverse::RemoteExecutionContext::change_id
 pub fn dataverse_change_key(
     operation_id: &str,
     record: &CrmRecordId,
@@ -92,6 +99,13 @@ pub fn dataverse_change_key(
         return Err(ParseError::empty(
             "OperationId",
             "the webhook's OperationId",
+        ));
+    }
+    if uuid::Uuid::parse_str(operation_id).is_ok_and(|id| id.is_nil()) {
+        return Err(ParseError::invalid(
+            "OperationId",
+            operation_id,
+            "an OperationId other than the nil GUID, or the change id of the delivery",
         ));
     }
     IdempotencyKey::new("dv", &format!("{operation_id}:{}", record.native()))
