@@ -6,10 +6,10 @@
 //! cargo run -p partner-center-events --example sign_events
 //! ```
 //!
-//! The definitions live in `tests/support/signed_events.rs`; the handler tests fail when the
+//! The definitions live in `tests/it/support/signed_events.rs`; the handler tests fail when the
 //! committed files differ from what this writes.
 
-#[path = "../tests/support/signed_events.rs"]
+#[path = "../tests/it/support/signed_events.rs"]
 mod signed_events;
 
 use std::path::Path;

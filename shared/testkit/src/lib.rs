@@ -5,6 +5,8 @@
 //! A missing prerequisite is never skipped silently: the test panics with one message naming
 //! the command to run ([`RUN_TEST_SH`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 pub mod lambda_watch;
 pub mod moto;
 
@@ -15,15 +17,18 @@ pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs moto and cargo-l
                                `moto_server -H 127.0.0.1 -p 5055` yourself and export \
                                COSELL_MOTO_ENDPOINT=http://127.0.0.1:5055";
 
-/// A name no other run uses: `<prefix>-<pid>-<nanos>`.
+/// A name no other run and no other call uses: `<prefix>-<pid>-<nanos>-<n>` (letters, digits
+/// and hyphens: a valid table and queue name).
 pub fn unique(prefix: &str) -> String {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos())
         .unwrap_or_default();
     format!(
-        "{prefix}-{}-{}",
+        "{prefix}-{}-{}-{}",
         std::process::id(),
-        nanos % 1_000_000_000_000
+        nanos % 1_000_000_000_000,
+        CALLS.fetch_add(1, Ordering::Relaxed)
     )
 }

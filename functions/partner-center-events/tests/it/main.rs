@@ -1,0 +1,10 @@
+//! partner-center-events' integration tests, one binary: the handler against the sandbox (stores
+//! in memory), and end to end through the real binary under `cargo lambda watch`.
+
+// Test code unwraps: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
+mod e2e_lambda;
+mod handler;
+#[path = "support/signed_events.rs"]
+mod signed_events;
