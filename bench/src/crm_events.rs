@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use chrono::{SecondsFormat, Utc};
-use cosell_domain::crm_wire::salesforce::{OutboundMessage, ack_response};
+use cosell_adapters::crm_wire::salesforce::{OutboundMessage, ack_response};
 use cosell_domain::ids::CrmKind;
 use cosell_sandbox::identities::{
     DATAVERSE_APP_USER_ID, SALESFORCE_INTEGRATION_USER_ID, SALESFORCE_ORG_ID,
@@ -132,7 +132,7 @@ impl Captured {
                     notification
                         .field_text("LastModifiedById")
                         .is_some_and(|id| {
-                            cosell_domain::crm_wire::salesforce::same_salesforce_id(
+                            cosell_adapters::crm_wire::salesforce::same_salesforce_id(
                                 id,
                                 SALESFORCE_INTEGRATION_USER_ID,
                             )

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{Context as _, Result, bail};
-use cosell_domain::crm_wire::salesforce::same_salesforce_id;
+use cosell_adapters::crm_wire::salesforce::same_salesforce_id;
 use serde_json::{Value, json};
 
 use super::bridge::{Bridge, Exchange, Function};

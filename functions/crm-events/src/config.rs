@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use cosell_domain::crm_wire::salesforce::same_salesforce_id;
+use cosell_adapters::crm_wire::salesforce::same_salesforce_id;
 use cosell_domain::sync::SyncSettings;
 use cosell_runtime::config::CrmConfig;
 use cosell_runtime::{ConfigError, Env, SyncConfig};

@@ -44,9 +44,9 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use cosell_adapters::crm_wire::dataverse::{RemoteExecutionContext, WebhookHeaders};
+use cosell_adapters::crm_wire::salesforce::{OutboundMessage, SoapError, ack_response, soap_fault};
 use cosell_domain::budget::handle_crm_change_within_budget;
-use cosell_domain::crm_wire::dataverse::{RemoteExecutionContext, WebhookHeaders};
-use cosell_domain::crm_wire::salesforce::{OutboundMessage, SoapError, ack_response, soap_fault};
 use cosell_domain::mapping::{DataverseRecord, SalesforceRecord};
 use cosell_domain::ports::Ports;
 use cosell_domain::sync::{

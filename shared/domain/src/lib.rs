@@ -25,7 +25,6 @@
 pub(crate) mod macros;
 
 pub mod budget;
-pub mod crm_wire;
 pub mod datetime;
 pub mod error;
 pub mod ids;
@@ -42,8 +41,9 @@ pub mod validation;
 pub mod values;
 pub mod webhook;
 
-#[cfg(test)]
-mod proptest_support;
+/// Property-test strategies for parsers of outside input (the adapters' tests use them too).
+#[cfg(any(test, feature = "proptest"))]
+pub mod proptest_support;
 
 pub use datetime::WireDateTime;
 pub use error::ParseError;

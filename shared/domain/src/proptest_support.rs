@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 /// Text a parser should survive: any string, and strings built from the pieces the wire
 /// formats are made of (digits, signs, separators, `@`, quotes, multi-byte and odd spaces).
-pub(crate) fn wire_text() -> impl Strategy<Value = String> {
+pub fn wire_text() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
         "[0-9a-fA-F+\\-:.,;/()@'\"TZtz {}\\[\\]<>&#%=?\u{a0}\u{e9}\u{2003}\u{feff}\u{1f600}]{0,40}",
@@ -16,7 +16,7 @@ pub(crate) fn wire_text() -> impl Strategy<Value = String> {
 }
 
 /// Any JSON value, a few levels deep.
-pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+pub fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -61,7 +61,7 @@ fn json_key() -> impl Strategy<Value = String> {
 }
 
 /// The JSON pointers of every value in `value` (the root included).
-pub(crate) fn pointers(value: &Value) -> Vec<String> {
+pub fn pointers(value: &Value) -> Vec<String> {
     fn walk(value: &Value, at: String, out: &mut Vec<String>) {
         match value {
             Value::Array(items) => {
@@ -85,7 +85,7 @@ pub(crate) fn pointers(value: &Value) -> Vec<String> {
 }
 
 /// `sample` with the value at one of its pointers (picked by `which`) replaced by `with`.
-pub(crate) fn mutated(sample: &Value, which: prop::sample::Index, with: Value) -> Value {
+pub fn mutated(sample: &Value, which: prop::sample::Index, with: Value) -> Value {
     let mut copy = sample.clone();
     let all = pointers(sample);
     let pointer = &all[which.index(all.len())];

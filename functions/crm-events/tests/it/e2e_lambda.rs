@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request as AxumRequest, State};
 use chrono::Utc;
+use cosell_adapters::crm_wire::dataverse::RemoteExecutionContext;
+use cosell_adapters::crm_wire::salesforce::OutboundMessage;
 use cosell_adapters::{
     AwsClients, DynamoAuditLog, DynamoIdempotencyStore, QueueOptions, provision_queues,
     provision_table,
 };
-use cosell_domain::crm_wire::dataverse::RemoteExecutionContext;
-use cosell_domain::crm_wire::salesforce::OutboundMessage;
 use cosell_domain::sync::{dataverse_change_key, salesforce_change_key};
 use cosell_domain::{AuditEvent, IdempotencyKey};
 use cosell_sandbox::{RunningSandbox, SandboxConfig};

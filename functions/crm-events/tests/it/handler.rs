@@ -71,7 +71,7 @@ async fn capture(State(inbox): State<Inbox>, req: AxumRequest) -> axum::response
         body: String::from_utf8(body.to_vec()).unwrap(),
     });
     let body = if salesforce {
-        cosell_domain::crm_wire::salesforce::ack_response().to_owned()
+        cosell_adapters::crm_wire::salesforce::ack_response().to_owned()
     } else {
         String::new()
     };
@@ -539,7 +539,7 @@ async fn salesforce_a_message_from_another_org_is_401() {
 #[tokio::test]
 async fn salesforce_a_batch_of_100_with_one_failing_is_a_soap_fault_and_the_redelivery_completes_without_duplicates()
  {
-    use cosell_domain::crm_wire::salesforce::OutboundMessage;
+    use cosell_adapters::crm_wire::salesforce::OutboundMessage;
     use cosell_domain::ports::{IdempotencyRecord, IdempotencyStatus};
     use cosell_domain::sync::salesforce_change_key;
 
@@ -850,11 +850,11 @@ fn every_sample_is_a_function_url_post_to_a_crm_route() {
         let body = std::str::from_utf8(request.body()).unwrap();
         if name.starts_with("dataverse") {
             assert!(path.ends_with("/dataverse"), "{name}");
-            cosell_domain::crm_wire::dataverse::RemoteExecutionContext::parse(body)
+            cosell_adapters::crm_wire::dataverse::RemoteExecutionContext::parse(body)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         } else {
             assert!(path.contains("/salesforce/"), "{name}");
-            let message = cosell_domain::crm_wire::salesforce::OutboundMessage::parse(body)
+            let message = cosell_adapters::crm_wire::salesforce::OutboundMessage::parse(body)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(message.is_from_organization(SALESFORCE_ORG_ID), "{name}");
         }

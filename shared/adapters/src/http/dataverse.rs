@@ -39,8 +39,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::crm_wire::dataverse::lookup_value_key;
 use bytes::Bytes;
-use cosell_domain::crm_wire::dataverse::lookup_value_key;
 use cosell_domain::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId};
 use cosell_domain::mapping::{
     DataverseLinks, DataverseRecord, MappingConfig, dataverse_account_body, dataverse_contact_body,

@@ -29,10 +29,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use crate::crm_wire::dataverse::WebApiError;
+use crate::crm_wire::salesforce::RestError;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use cosell_domain::crm_wire::dataverse::WebApiError;
-use cosell_domain::crm_wire::salesforce::RestError;
 use cosell_domain::{PortError, Service};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};

@@ -82,14 +82,12 @@ pub struct CrmChange {
 }
 
 /// The idempotency key of a Dataverse webhook delivery: `dv:<change>:<record>`, where the
-/// change is [`RemoteExecutionContext::change_id`]: the `OperationId` (Dataverse retries a
+/// change is the adapters' `RemoteExecutionContext::change_id`: the `OperationId` (Dataverse retries a
 /// delivery with the same one), or for a synchronous step, whose `OperationId` is nil, the row
 /// version or a hash of the body.
 ///
 /// A nil GUID is refused: it is the same for every change, so keying on it would skip every
 /// change after the first as a duplicate.
-///
-/// [`RemoteExecutionContext::change_id`]: crate::crm_wire::dataverse::RemoteExecutionContext::change_id
 pub fn dataverse_change_key(
     operation_id: &str,
     record: &CrmRecordId,

@@ -125,7 +125,7 @@ mod proptests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::proptest_support::wire_text;
+    use cosell_domain::proptest_support::wire_text;
 
     proptest! {
         #[test]

@@ -230,7 +230,7 @@ impl RemoteExecutionContext {
     }
 
     /// What names this change of the row, for its idempotency key
-    /// ([`dataverse_change_key`](crate::sync::dataverse_change_key)); `body` is the raw webhook
+    /// ([`dataverse_change_key`](cosell_domain::sync::dataverse_change_key)); `body` is the raw webhook
     /// body. Never empty.
     ///
     /// 1. The `OperationId` when it is not nil: the asynchronous system job, which Dataverse
@@ -907,12 +907,12 @@ mod tests {
     use serde_json::json;
 
     const WEBHOOK_SAMPLE: &str =
-        include_str!("../../tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+        include_str!("../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
     const ERROR_404: &str =
-        include_str!("../../tests/data/dataverse-webapi-error-404-upsert-if-match.json");
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-404-upsert-if-match.json");
     const ERROR_412: &str =
-        include_str!("../../tests/data/dataverse-webapi-error-412-concurrency-update.json");
-    const ERROR_FORMAT: &str = include_str!("../../tests/data/dataverse-webapi-error-format.json");
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json");
+    const ERROR_FORMAT: &str = include_str!("../../../domain/tests/data/dataverse-webapi-error-format.json");
 
     fn sample() -> RemoteExecutionContext {
         RemoteExecutionContext::parse(WEBHOOK_SAMPLE).unwrap()
@@ -1026,10 +1026,10 @@ mod tests {
 
     fn change_key(body: &str) -> String {
         let context = RemoteExecutionContext::parse(body).unwrap();
-        let record = crate::ids::CrmRecordId::Dataverse(crate::ids::DataverseId::from(
-            context.primary_entity_id,
-        ));
-        crate::sync::dataverse_change_key(&context.change_id(body.as_bytes()), &record)
+        let record = cosell_domain::ids::CrmRecordId::Dataverse(
+            cosell_domain::ids::DataverseId::from(context.primary_entity_id),
+        );
+        cosell_domain::sync::dataverse_change_key(&context.change_id(body.as_bytes()), &record)
             .unwrap()
             .to_string()
     }
@@ -1078,12 +1078,15 @@ mod tests {
             "v77"
         );
         // The nil GUID itself is never a key.
-        let record = crate::ids::CrmRecordId::Dataverse(crate::ids::DataverseId::from(uuid(
-            "11111111-2222-3333-4444-555555555555",
-        )));
+        let record = cosell_domain::ids::CrmRecordId::Dataverse(
+            cosell_domain::ids::DataverseId::from(uuid("11111111-2222-3333-4444-555555555555")),
+        );
         assert!(
-            crate::sync::dataverse_change_key("00000000-0000-0000-0000-000000000000", &record)
-                .is_err()
+            cosell_domain::sync::dataverse_change_key(
+                "00000000-0000-0000-0000-000000000000",
+                &record
+            )
+            .is_err()
         );
         // A real OperationId keys as before.
         let context = sample();
@@ -1541,17 +1544,17 @@ mod proptests {
     use serde_json::json;
 
     use super::*;
-    use crate::ids::{CrmRecordId, DataverseId};
-    use crate::mapping::{DataverseRecord, MappingConfig, opportunity_from_dataverse};
-    use crate::proptest_support::{json_value, mutated, wire_text};
-    use crate::sync::dataverse_change_key;
+    use cosell_domain::ids::{CrmRecordId, DataverseId};
+    use cosell_domain::mapping::{DataverseRecord, MappingConfig, opportunity_from_dataverse};
+    use cosell_domain::proptest_support::{json_value, mutated, wire_text};
+    use cosell_domain::sync::dataverse_change_key;
 
     const DOCUMENTED: &str =
-        include_str!("../../tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+        include_str!("../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
     const ERRORS: [&str; 3] = [
-        include_str!("../../tests/data/dataverse-webapi-error-404-upsert-if-match.json"),
-        include_str!("../../tests/data/dataverse-webapi-error-412-concurrency-update.json"),
-        include_str!("../../tests/data/dataverse-webapi-error-format.json"),
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-404-upsert-if-match.json"),
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json"),
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-format.json"),
     ];
 
     /// A synchronous Update of an opportunity with a post image.

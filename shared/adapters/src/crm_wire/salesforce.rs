@@ -733,15 +733,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ACK_FIXTURE: &str = include_str!("../../tests/data/salesforce-outbound-ack-response.xml");
+    const ACK_FIXTURE: &str = include_str!("../../../domain/tests/data/salesforce-outbound-ack-response.xml");
     const NOTIFICATIONS_SCHEMA: &str =
-        include_str!("../../tests/data/salesforce-outbound-notifications.schema.xml");
+        include_str!("../../../domain/tests/data/salesforce-outbound-notifications.schema.xml");
     const OPPORTUNITY_NOTIFICATION_SCHEMA: &str =
-        include_str!("../../tests/data/salesforce-outbound-opportunitynotification.schema.xml");
+        include_str!("../../../domain/tests/data/salesforce-outbound-opportunitynotification.schema.xml");
     const CREATE_SUCCESS: &str =
-        include_str!("../../tests/data/salesforce-rest-create-success.json");
+        include_str!("../../../domain/tests/data/salesforce-rest-create-success.json");
     const INVALID_FIELD: &str =
-        include_str!("../../tests/data/salesforce-rest-error-invalid-field-create.json");
+        include_str!("../../../domain/tests/data/salesforce-rest-error-invalid-field-create.json");
 
     const ORG_ID: &str = "00D000000000062EAA";
 
@@ -1325,12 +1325,12 @@ mod proptests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::mapping::{MappingConfig, SalesforceRecord, opportunity_from_salesforce};
-    use crate::proptest_support::{json_value, mutated, wire_text};
+    use cosell_domain::mapping::{MappingConfig, SalesforceRecord, opportunity_from_salesforce};
+    use cosell_domain::proptest_support::{json_value, mutated, wire_text};
 
     const ERRORS: [&str; 2] = [
-        include_str!("../../tests/data/salesforce-rest-create-success.json"),
-        include_str!("../../tests/data/salesforce-rest-error-invalid-field-create.json"),
+        include_str!("../../../domain/tests/data/salesforce-rest-create-success.json"),
+        include_str!("../../../domain/tests/data/salesforce-rest-error-invalid-field-create.json"),
     ];
 
     /// An Outbound Message of one Opportunity notification whose `Name` is `name` (already
