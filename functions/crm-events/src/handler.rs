@@ -56,7 +56,7 @@ use cosell_domain::{
     CrmOpportunity, CrmRecordId, DataverseId, SalesforceId, opportunity_from_dataverse,
     opportunity_from_salesforce,
 };
-use cosell_runtime::edge::{Answer, correlation_id, deadline, status};
+use cosell_runtime::edge::{Answer, contain, correlation_id, deadline, status};
 use lambda_http::http::{HeaderMap, Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use secrecy::{ExposeSecret, SecretString};
@@ -83,7 +83,19 @@ pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Bod
         deadline: deadline(&req, now),
         now,
     };
-    let answer = route(&req, app, &delivery, &mut line).await;
+    let answer = match contain(route(&req, app, &delivery, &mut line)).await {
+        Ok(answer) => answer,
+        Err(panicked) => {
+            // 500: Dataverse and Salesforce deliver the change again; the instance goes on.
+            line.outcome = "internal_error".into();
+            line.detail = Some(panicked.to_string());
+            Answer::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the change could not be processed now; deliver it again later",
+            )
+        }
+    };
     line.status = answer.status.as_u16();
     line.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     line.emit();

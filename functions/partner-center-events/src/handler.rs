@@ -6,6 +6,7 @@
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
 //! | the signature is verified over the raw body bytes, **before** parsing ([`UnverifiedWebhook`]) | 400 `missing_signature_headers`, 401 `unauthorized`, 503 `certificate_unavailable` |
 //! | the verified body parses as a [`WebhookEvent`] | 400 `malformed_body` |
+//! | nothing panics out of the processing ([`contain`]: a panic is caught, logged with its location) | 500 `internal_error` (Partner Center delivers again) |
 //! | the sync core runs within the daily API budget ([`handle_partner_center_event_within_budget`]: over budget, the sync is queued for the next UTC day) | 503 `idempotency_unavailable` / `retry_not_scheduled` (Partner Center delivers again) |
 //!
 //! A handled event answers [`Outcome::http_status`] (200, or 409 while another invocation
@@ -26,7 +27,7 @@ use cosell_domain::budget::handle_partner_center_event_within_budget;
 use cosell_domain::ports::Ports;
 use cosell_domain::sync::{Delivery, Handled};
 use cosell_domain::webhook::WebhookEvent;
-use cosell_runtime::edge::{Answer, correlation_id, deadline, status};
+use cosell_runtime::edge::{Answer, Panicked, contain, correlation_id, deadline, status};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Error, Request, Response};
 use serde_json::json;
@@ -45,7 +46,10 @@ pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Bod
         deadline: deadline(&req, now),
         now,
     };
-    let answer = process(req, app, &delivery, &mut line).await;
+    let answer = match contain(process(req, app, &delivery, &mut line)).await {
+        Ok(answer) => answer,
+        Err(panicked) => internal_error(&mut line, &panicked),
+    };
     line.status = answer.status.as_u16();
     line.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     line.emit();
@@ -149,6 +153,18 @@ async fn process<X: Ports>(
             )
         }
     }
+}
+
+/// A panic while processing the event (caught by [`contain`]): 500, so Partner Center delivers
+/// it again; the instance goes on.
+fn internal_error(line: &mut LogLine, panicked: &Panicked) -> Answer {
+    line.outcome = "internal_error";
+    line.detail = Some(panicked.to_string());
+    Answer::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the event could not be processed now; deliver it again later",
+    )
 }
 
 /// The raw body bytes as received (`lambda_http` has already decoded a base64-encoded body).

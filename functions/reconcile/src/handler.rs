@@ -12,6 +12,8 @@ use cosell_domain::reconcile::{
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 
+use cosell_runtime::edge::{Panicked, contain};
+
 use crate::app::App;
 
 /// Why a run failed.
@@ -23,6 +25,10 @@ pub enum RunError {
     /// A side stopped early; what was done is saved.
     #[error("reconciliation stopped early: {0}")]
     Incomplete(String),
+    /// The run panicked (caught: the instance goes on; the next scheduled run starts from the
+    /// saved checkpoint).
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
 }
 
 impl From<RunError> for lambda_runtime::Diagnostic {
@@ -30,6 +36,7 @@ impl From<RunError> for lambda_runtime::Diagnostic {
         let error_type = match &error {
             RunError::Checkpoint(_) => "ReconcileCheckpointError",
             RunError::Incomplete(_) => "ReconcileIncomplete",
+            RunError::Panicked(_) => "ReconcilePanicked",
         };
         Self {
             error_type: error_type.to_owned(),
@@ -43,7 +50,7 @@ pub async fn handle<X: ReconcilePorts>(
     _event: LambdaEvent<Value>,
     app: &App<X>,
 ) -> Result<Value, RunError> {
-    let report = run(app, Utc::now()).await?;
+    let report = contain(run(app, Utc::now())).await??;
     let summary = summary(&report);
     if report.failed() {
         let errors = [&report.referrals.error, &report.opportunities.error]

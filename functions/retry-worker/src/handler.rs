@@ -35,6 +35,8 @@ use cosell_domain::webhook::WebhookEvent;
 use cosell_domain::{CrmRecordId, ReferralId};
 use lambda_runtime::LambdaEvent;
 
+use cosell_runtime::edge::contain;
+
 use crate::app::App;
 use crate::backoff::{Jitter, RandomJitter};
 use crate::queue::WorkerQueues;
@@ -108,7 +110,16 @@ where
     for message in &event.records {
         let started = Instant::now();
         let mut line = LogLine::new(message);
-        let disposition = process(message, app, invocation, jitter, &mut line).await;
+        let disposition = match contain(process(message, app, invocation, jitter, &mut line)).await
+        {
+            Ok(disposition) => disposition,
+            // The other messages of the batch go on; this one comes back (and, failing every
+            // time, ends in the dead-letter queue).
+            Err(panicked) => {
+                line.warnings.push(panicked.to_string());
+                Disposition::Redeliver { visibility: None }
+            }
+        };
         if let Disposition::Redeliver { visibility } = disposition {
             line.visibility_secs = visibility.map(|v| v.as_secs());
             if let Some(visibility) = visibility {

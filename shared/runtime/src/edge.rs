@@ -1,7 +1,11 @@
-//! The Lambda edge the Function URL functions share: the correlation id and deadline of a
-//! request, and the small answers they send.
+//! The Lambda edge the functions share: the correlation id and deadline of a request, the
+//! small answers they send, and [`contain`], which keeps a panic inside one event.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt as _;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use lambda_http::http::{StatusCode, header};
@@ -92,6 +96,52 @@ impl Answer {
     }
 }
 
+/// An event's processing panicked. The panic was caught: the instance goes on with the next
+/// event, and the event is answered as a failure so its source delivers it again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the event's processing stopped on an internal error ({location})")]
+pub struct Panicked {
+    /// Where it panicked (`file:line`), never the panic's message (it may quote input).
+    pub location: String,
+}
+
+/// Run one event's future, catching a panic inside it ([`Panicked`]): one odd event must never
+/// take the instance down, and a release build unwinds (never `panic = "abort"`). The
+/// idempotency key the event held stays in progress until its deadline, after which a
+/// redelivery takes it over (the crash path the sync core already handles).
+pub async fn contain<F: Future>(event: F) -> Result<F::Output, Panicked> {
+    AssertUnwindSafe(event)
+        .catch_unwind()
+        .await
+        .map_err(|_| Panicked {
+            location: LAST_PANIC
+                .with(|last| last.take())
+                .unwrap_or_else(|| "unknown".to_owned()),
+        })
+}
+
+thread_local! {
+    /// The location of this thread's last panic, recorded by [`install_panic_hook`].
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Replace the default panic hook (which prints the panic's message, possibly quoting input, as
+/// a plain line) by one JSON log line with the location only, and remember the location for
+/// [`contain`]'s answer.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|at| format!("{}:{}", at.file(), at.line()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        tracing::error!(
+            panic_location = location.as_str(),
+            "panicked; the event is refused"
+        );
+        LAST_PANIC.with(|last| *last.borrow_mut() = Some(location));
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -162,6 +212,21 @@ mod tests {
         let req = request().with_lambda_context(context);
         let now = at(1_800_000_000_000);
         assert_eq!(deadline(&req, now), at(1_800_000_030_000));
+    }
+
+    #[test]
+    fn a_panic_inside_an_event_is_contained_and_the_next_event_runs() {
+        let panicking = async {
+            let input = "Duplicate record\u{a0}jane@contoso.com";
+            // A byte index inside a multi-byte character: the kind of bug a test should catch.
+            #[allow(clippy::string_slice)]
+            let cut = &input[..17];
+            cut.len()
+        };
+        let caught = futures::executor::block_on(contain(panicking));
+        let error = caught.unwrap_err();
+        assert!(!error.to_string().contains("jane"), "{error}");
+        assert_eq!(futures::executor::block_on(contain(async { 7 })), Ok(7));
     }
 
     #[test]

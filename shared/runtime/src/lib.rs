@@ -59,6 +59,7 @@ pub struct Boot {
 /// `RUST_LOG`) and resolve the `X_SECRET_ARN` / `X_SSM_PARAMETER` references.
 pub async fn boot() -> Result<Boot, BootError> {
     lambda_http::tracing::init_default_subscriber();
+    edge::install_panic_hook();
     Ok(Boot {
         secrets: secrets::resolve_process_env().await?,
     })

@@ -1129,3 +1129,119 @@ async fn the_production_verifier_refuses_the_sandbox_certificate_url() {
     assert!(app.connector.stores.audit.entries().is_empty());
     assert_eq!(h.requests().await, Vec::<Value>::new());
 }
+
+/// Partner Center whose first referral read panics (a bug reached by one odd event), then
+/// answers as the real client does.
+struct PanicsOnce {
+    inner: cosell_adapters::http::HttpPartnerCenter,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl cosell_domain::PartnerCenter for PanicsOnce {
+    async fn get_referral(
+        &self,
+        id: &cosell_domain::ReferralId,
+    ) -> Result<cosell_domain::Referral, PortError> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let text = "Duplicate record\u{a0}jane@contoso.com";
+            let at = text.find('\u{a0}').unwrap() + 1;
+            // A byte index inside a multi-byte character.
+            panic!("{}", text.get(..at).unwrap());
+        }
+        self.inner.get_referral(id).await
+    }
+
+    async fn list_referrals(
+        &self,
+        query: &cosell_domain::ReferralQuery,
+    ) -> Result<cosell_domain::ReferralPage, PortError> {
+        self.inner.list_referrals(query).await
+    }
+
+    async fn create_referral(
+        &self,
+        referral: &cosell_domain::Referral,
+    ) -> Result<cosell_domain::Referral, PortError> {
+        self.inner.create_referral(referral).await
+    }
+
+    async fn patch_referral(
+        &self,
+        id: &cosell_domain::ReferralId,
+        if_match: Option<&cosell_domain::ETag>,
+        ops: &[cosell_domain::PatchOp],
+    ) -> Result<Option<cosell_domain::ETag>, PortError> {
+        self.inner.patch_referral(id, if_match, ops).await
+    }
+}
+
+/// The local ports with [`PanicsOnce`] for Partner Center.
+struct PanickyPorts;
+
+impl cosell_domain::Ports for PanickyPorts {
+    type PartnerCenter = PanicsOnce;
+    type Crm = cosell_adapters::http::crm::AnyCrm;
+    type Idempotency = cosell_domain::in_memory::InMemoryIdempotencyStore;
+    type RetryQueue = cosell_domain::in_memory::InMemoryRetryQueue;
+    type Audit = cosell_domain::in_memory::InMemoryAuditLog;
+    type Links = cosell_domain::in_memory::InMemoryLinkStore;
+}
+
+#[tokio::test]
+async fn a_panic_in_one_event_is_answered_500_and_the_instance_goes_on() {
+    let h = Harness::start(Crm::Dataverse).await;
+    h.seed_referral().await;
+    let vars = environment(&h.sandbox.base_url, Crm::Dataverse);
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+    let http = build_client(&HttpClientOptions::default()).unwrap();
+    let clients = Clients::<PanickyPorts> {
+        partner_center: PanicsOnce {
+            inner: clients::partner_center(http.clone(), &config.sync.partner_center).unwrap(),
+            panicked: std::sync::atomic::AtomicBool::new(false),
+        },
+        crm: clients::crm(http, &config.sync.crm, &config.sync.mapping).unwrap(),
+    };
+    let app = App {
+        connector: Connector::new(
+            clients,
+            Stores {
+                idempotency: cosell_domain::in_memory::InMemoryIdempotencyStore::new(
+                    config.sync.idempotency_ttl,
+                ),
+                retry_queue: cosell_domain::in_memory::InMemoryRetryQueue::new(),
+                audit: cosell_domain::in_memory::InMemoryAuditLog::new(),
+                links: cosell_domain::in_memory::InMemoryLinkStore::new(),
+            },
+            config.sync.mapping.clone(),
+            config.sync_settings(),
+        ),
+        verifier: WebhookVerifier::with_insecure_hosts(
+            app::verifier_settings(&config.webhook),
+            [h.sandbox.addr.to_string()],
+        )
+        .unwrap(),
+        max_body_bytes: config.max_body_bytes,
+    };
+
+    let (status, body) = answer(
+        handler::handle(h.request("referral-created"), &app)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal_error"))
+    );
+    assert!(!body.to_string().contains("jane"), "{body}");
+
+    // The same instance handles the next event: another referral's delivery syncs.
+    let (status, body) = answer(
+        handler::handle(h.request("referral-updated"), &app)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+}

@@ -906,13 +906,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const WEBHOOK_SAMPLE: &str =
-        include_str!("../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+    const WEBHOOK_SAMPLE: &str = include_str!(
+        "../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json"
+    );
     const ERROR_404: &str =
         include_str!("../../../domain/tests/data/dataverse-webapi-error-404-upsert-if-match.json");
-    const ERROR_412: &str =
-        include_str!("../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json");
-    const ERROR_FORMAT: &str = include_str!("../../../domain/tests/data/dataverse-webapi-error-format.json");
+    const ERROR_412: &str = include_str!(
+        "../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json"
+    );
+    const ERROR_FORMAT: &str =
+        include_str!("../../../domain/tests/data/dataverse-webapi-error-format.json");
 
     fn sample() -> RemoteExecutionContext {
         RemoteExecutionContext::parse(WEBHOOK_SAMPLE).unwrap()
@@ -1549,11 +1552,14 @@ mod proptests {
     use cosell_domain::proptest_support::{json_value, mutated, wire_text};
     use cosell_domain::sync::dataverse_change_key;
 
-    const DOCUMENTED: &str =
-        include_str!("../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json");
+    const DOCUMENTED: &str = include_str!(
+        "../../../domain/tests/data/dataverse-webhook-remoteexecutioncontext.2021.json"
+    );
     const ERRORS: [&str; 3] = [
         include_str!("../../../domain/tests/data/dataverse-webapi-error-404-upsert-if-match.json"),
-        include_str!("../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json"),
+        include_str!(
+            "../../../domain/tests/data/dataverse-webapi-error-412-concurrency-update.json"
+        ),
         include_str!("../../../domain/tests/data/dataverse-webapi-error-format.json"),
     ];
 

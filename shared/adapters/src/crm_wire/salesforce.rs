@@ -733,11 +733,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ACK_FIXTURE: &str = include_str!("../../../domain/tests/data/salesforce-outbound-ack-response.xml");
+    const ACK_FIXTURE: &str =
+        include_str!("../../../domain/tests/data/salesforce-outbound-ack-response.xml");
     const NOTIFICATIONS_SCHEMA: &str =
         include_str!("../../../domain/tests/data/salesforce-outbound-notifications.schema.xml");
-    const OPPORTUNITY_NOTIFICATION_SCHEMA: &str =
-        include_str!("../../../domain/tests/data/salesforce-outbound-opportunitynotification.schema.xml");
+    const OPPORTUNITY_NOTIFICATION_SCHEMA: &str = include_str!(
+        "../../../domain/tests/data/salesforce-outbound-opportunitynotification.schema.xml"
+    );
     const CREATE_SUCCESS: &str =
         include_str!("../../../domain/tests/data/salesforce-rest-create-success.json");
     const INVALID_FIELD: &str =
