@@ -1,0 +1,160 @@
+//! The invariants checked after quiescence.
+
+use std::collections::BTreeMap;
+
+use cosell_domain::ids::{CrmRecordId, ReferralId};
+use cosell_domain::in_memory::InMemoryAuditLog;
+use cosell_domain::mapping::invites_microsoft;
+use cosell_domain::ports::AuditEvent;
+
+use crate::sim::{EditLog, Invariant, Violation, edit_notes, latest_edit};
+use crate::world::{SimCrm, SimPartnerCenter};
+
+fn violation(invariant: Invariant, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// Check every invariant of the quiescent world.
+pub(crate) fn check(
+    pc: &SimPartnerCenter,
+    crm: &SimCrm,
+    audit: &InMemoryAuditLog,
+    edits: &EditLog,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let referrals: BTreeMap<_, _> = pc
+        .referrals()
+        .into_iter()
+        .filter(|(_, r)| !invites_microsoft(r))
+        .collect();
+    let opportunities: BTreeMap<_, _> = crm
+        .opportunities()
+        .into_iter()
+        .filter(|(_, o)| o.opportunity.sync)
+        .collect();
+    let entries = audit.entries();
+
+    // At most one counterpart per record, both ways.
+    let mut by_external: BTreeMap<String, Vec<ReferralId>> = BTreeMap::new();
+    for (id, referral) in &referrals {
+        if let Some(external) = referral.external_reference_id.as_deref() {
+            by_external
+                .entry(external.trim().to_owned())
+                .or_default()
+                .push(*id);
+        }
+    }
+    for (external, ids) in &by_external {
+        if ids.len() > 1 {
+            found.push(violation(
+                Invariant::DuplicateReferral,
+                format!(
+                    "{} referrals carry externalReferenceId {external}: {ids:?}",
+                    ids.len()
+                ),
+            ));
+        }
+    }
+    let mut by_referral: BTreeMap<ReferralId, Vec<CrmRecordId>> = BTreeMap::new();
+    for (id, stored) in &opportunities {
+        if let Some(referral) = stored.opportunity.referral_id {
+            by_referral.entry(referral).or_default().push(id.clone());
+        }
+    }
+    for (referral, ids) in &by_referral {
+        if ids.len() > 1 {
+            found.push(violation(
+                Invariant::DuplicateOpportunity,
+                format!("{} opportunities carry referral {referral}", ids.len()),
+            ));
+        }
+    }
+
+    // Every synced record has its counterpart: no change lost.
+    for (id, stored) in &opportunities {
+        match stored.opportunity.referral_id {
+            Some(referral) if referrals.contains_key(&referral) => {}
+            Some(referral) => found.push(violation(
+                Invariant::MissingCounterpart,
+                format!("opportunity {id} names referral {referral}, which does not exist"),
+            )),
+            None => found.push(violation(
+                Invariant::MissingCounterpart,
+                format!("opportunity {id} (sync on) has no referral"),
+            )),
+        }
+    }
+    // A second referral of one opportunity is reported as a duplicate above, not here.
+    let duplicates: Vec<ReferralId> = by_external
+        .values()
+        .filter(|ids| ids.len() > 1)
+        .flatten()
+        .copied()
+        .collect();
+    for (id, referral) in &referrals {
+        if !referral.is_terminal() && !by_referral.contains_key(id) && !duplicates.contains(id) {
+            found.push(violation(
+                Invariant::MissingCounterpart,
+                format!("referral {id} has no opportunity"),
+            ));
+        }
+    }
+
+    // The shared fields are equal, and hold the latest user edit, unless a conflict was audited.
+    let conflict_audited = |referral: &ReferralId, record: &CrmRecordId| {
+        entries.iter().any(|e| {
+            (e.referral_id.as_ref() == Some(referral) || e.crm.as_ref() == Some(record))
+                && matches!(&e.event, AuditEvent::Failed { reason, .. } if reason.to_lowercase().contains("conflict"))
+        })
+    };
+    for (record, stored) in &opportunities {
+        let Some(referral_id) = stored.opportunity.referral_id else {
+            continue;
+        };
+        let Some(referral) = referrals.get(&referral_id) else {
+            continue;
+        };
+        if conflict_audited(&referral_id, record) {
+            continue;
+        }
+        let details = referral.details.as_ref();
+        let pc_notes = details.and_then(|d| d.notes.clone()).unwrap_or_default();
+        let crm_notes = stored.opportunity.notes.clone().unwrap_or_default();
+        let pc_value = details.and_then(|d| d.deal_value);
+        let crm_value = stored.opportunity.deal_value.map(|m| m.amount);
+        if pc_notes != crm_notes || pc_value != crm_value {
+            found.push(violation(
+                Invariant::Diverged,
+                format!(
+                    "referral {referral_id} and opportunity {record} differ without an audited \
+                     conflict: notes {pc_notes:?} / {crm_notes:?}, deal value {pc_value:?} / \
+                     {crm_value:?}"
+                ),
+            ));
+        } else if let Some(latest) = latest_edit(edits, &referral_id, record)
+            && edit_notes(latest) != pc_notes
+        {
+            found.push(violation(
+                Invariant::Diverged,
+                format!(
+                    "the latest user edit {:?} of referral {referral_id} / opportunity {record} \
+                     was lost without an audited conflict: both sides hold {pc_notes:?}",
+                    edit_notes(latest)
+                ),
+            ));
+        }
+    }
+
+    // Every failure that needs attention says what to do.
+    for entry in &entries {
+        if let AuditEvent::Failed { reason, fix } = &entry.event
+            && fix.trim().is_empty()
+        {
+            found.push(violation(
+                Invariant::AuditWithoutFix,
+                format!("audited failure without a fix: {reason}"),
+            ));
+        }
+    }
+    found
+}
