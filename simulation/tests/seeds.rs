@@ -107,7 +107,7 @@ fn search(cfg: &Config, invariant: Invariant, flag: &str) {
 }
 
 #[test]
-#[ignore = "finds defect 1: a POST /referrals whose answer was lost is looked up only by retry jobs; a redelivery creates a second referral"]
+#[ignore = "finds defect 1 (partly fixed: a redelivery of a record delivered before now looks for the referral an earlier attempt created; about 3 seeds in 1,000 still end with a second referral, not yet analysed)"]
 fn defect_1_no_second_referral_for_an_opportunity() {
     search(&Config::default(), Invariant::DuplicateReferral, "");
 }

@@ -204,6 +204,11 @@ impl<'a, A: AuditLog> Journal<'a, A> {
         self.now
     }
 
+    /// The delivery's correlation id, when known.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
     /// The referral later entries are about.
     pub fn set_referral(&self, referral_id: ReferralId) {
         *self

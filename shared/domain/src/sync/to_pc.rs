@@ -20,8 +20,8 @@
 //! 5. **No referral** → `POST` the referral ([`referral_create_body`]), save the link (with the
 //!    referral's `eTag`, so the `referral-created` event it raises is recognised as our echo),
 //!    then write the referral id and link back to the record with the Audit text (`Created`).
-//!    A retry job first looks for the referral an earlier attempt may have created before its
-//!    answer was lost (by `externalReferenceId`, among the referrals updated since the record's
+//!    A retry job, or a delivery of a record delivered before, first looks for the referral an
+//!    earlier attempt may have created before its answer was lost (by `externalReferenceId`, among the referrals updated since the record's
 //!    first delivery) and adopts it instead of creating a second one. A deal asking for
 //!    Microsoft's help is `Shared`: Microsoft is invited to its engagement with a second
 //!    referral, once ([`Link::microsoft_invited`]).
@@ -415,7 +415,7 @@ async fn create<X: Ports>(
     sync: &Outbound<'_>,
 ) -> Result<Outcome, Failure> {
     let record = sync.record;
-    let earlier = if sync.retrying {
+    let earlier = if sync.retrying || delivered_before(deps, journal, record).await? {
         created_earlier(deps, journal, sync).await?
     } else {
         None
@@ -491,6 +491,26 @@ const FIRST_DELIVERY_ENTRIES: usize = 50;
 const MAX_CREATED_EARLIER_PAGES: usize = 20;
 /// Clock skew between this connector and Partner Center allowed for in that search.
 const CREATED_EARLIER_SKEW_MINUTES: i64 = 15;
+
+/// Whether an earlier delivery of `record` ran before this one (its audit trail has an entry
+/// of another delivery): that run may have created the referral and lost the answer (a timeout
+/// after Partner Center stored it, a crash, the Lambda deadline), and a webhook redelivery of
+/// the change (a new Dataverse `OperationId`, a second save) is not a retry job. The first
+/// delivery of a new opportunity costs one audit read and no Partner Center call.
+async fn delivered_before<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    record: &CrmRecordId,
+) -> Result<bool, Failure> {
+    let entries = deps
+        .audit
+        .by_crm_record(record, FIRST_DELIVERY_ENTRIES)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    Ok(entries.iter().any(|entry| {
+        entry.at < journal.now() || entry.correlation_id.as_deref() != journal.correlation_id()
+    }))
+}
 
 /// The referral an earlier attempt of this create may have made: a timeout or a 5xx can come
 /// after Partner Center stored it. Searched among the referrals updated since the record's
