@@ -1,14 +1,13 @@
 //! The fakes a sync test runs against: Partner Center and a CRM (a Dataverse) that keep
 //! referrals (with eTags, `updatedDateTime` and JSON Patch application) and CRM records, count
 //! every call per method and answer queued failures, and the [`World`] that wires them to the
-//! in-memory stores. Their futures never pend, so a no-op waker drives them.
+//! in-memory stores. Their futures never pend; `block_on` (re-exported here) drives them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
 
 use chrono::{DateTime, TimeZone, Utc};
+pub(super) use futures::executor::block_on;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -36,18 +35,6 @@ use crate::webhook::WebhookEvent;
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Drive a future whose leaves are always ready.
-pub(super) fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the fakes never pend"),
-    }
 }
 
 pub(super) fn assert_send<T: Send>(value: T) -> T {
