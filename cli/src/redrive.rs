@@ -10,7 +10,7 @@
 //!    and message attributes → delete from the dead-letter queue.
 //!
 //! A replayed job whose effect already happened changes nothing: each job runs under the
-//! idempotency key of its attempt, and the syncs upsert by referral id. A progress line is
+//! idempotency key of its attempt, and the syncs upsert by referral id. A progress bar is
 //! drawn on standard error when it is a terminal; the summary line says how many moved and how
 //! many failed. Exit 0 all moved (or nothing to move), 1 some failed, 2 the queues could not
 //! be read.
@@ -34,6 +34,7 @@ use cosell_adapters::aws::{AwsClients, DynamoAuditLog, MoveTaskStart, ReceivedMe
 use cosell_domain::ports::{AuditEntry, AuditEvent, AuditLog, RetryJob};
 use cosell_domain::webhook::WebhookEvent;
 use cosell_domain::{CrmRecordId, ReferralId};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::context::{Exit, Output};
@@ -498,46 +499,40 @@ fn short(id: &str) -> String {
     id.chars().take(20).collect()
 }
 
-/// A progress line on standard error (terminals only).
+/// A progress bar on standard error (terminals only).
 #[derive(Debug)]
-struct Progress {
-    enabled: bool,
-    total: u64,
-}
+struct Progress(Option<ProgressBar>);
 
 impl Progress {
-    const WIDTH: usize = 30;
-
     fn new(enabled: bool, total: u64) -> Self {
-        Self { enabled, total }
+        Self(enabled.then(|| {
+            let style = ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}").map_or_else(
+                |_| ProgressStyle::default_bar(),
+                |style| style.progress_chars("#-"),
+            );
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+                .with_style(style)
+        }))
     }
 
     fn set(&mut self, moved: usize, failed: usize) {
-        if !self.enabled {
+        let Some(bar) = &self.0 else {
             return;
+        };
+        let done = u64::try_from(moved + failed).unwrap_or(u64::MAX);
+        if bar.length().is_some_and(|total| done > total) {
+            bar.set_length(done);
         }
-        let done = moved + failed;
-        let total = usize::try_from(self.total)
-            .unwrap_or(usize::MAX)
-            .max(done)
-            .max(1);
-        let filled = done.saturating_mul(Self::WIDTH) / total;
-        let bar = format!(
-            "{}{}",
-            "#".repeat(filled),
-            "-".repeat(Self::WIDTH.saturating_sub(filled))
-        );
-        let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r[{bar}] {done}/{total} moved {moved} failed {failed}"
-        );
-        let _ = err.flush();
+        bar.set_message(format!("moved {moved} failed {failed}"));
+        bar.set_position(done);
     }
 
+    /// Leaves the bar as it was last drawn (nothing when nothing moved).
     fn finish(&self) {
-        if self.enabled {
-            eprintln!();
+        match &self.0 {
+            Some(bar) if bar.position() > 0 => bar.abandon(),
+            Some(bar) => bar.finish_and_clear(),
+            None => {}
         }
     }
 }

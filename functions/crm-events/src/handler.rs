@@ -2,6 +2,10 @@
 //! the path's last segments, so `/dataverse` and `/lambda-url/crm-events/dataverse` (as
 //! `cargo lambda watch` serves it) are the same.
 //!
+//! This file holds [`handle`], the routing, the shared steps (the secret, the body cap, the
+//! sync flag) and the log line; `handler/dataverse.rs` the Dataverse path and
+//! `handler/salesforce.rs` the Salesforce path.
+//!
 //! **`POST …/dataverse`** (a Dataverse webhook, JSON `RemoteExecutionContext`):
 //!
 //! | Step | On failure |
@@ -10,7 +14,8 @@
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
 //! | it parses | 400 `malformed_body` |
 //! | it is an `opportunity` `Create` / `Update` | 200 `ignored` |
-//! | the sync core runs within the daily API budget ([`handle_crm_change_within_budget`]: over budget, the sync is queued for the next UTC day) | 503 (Dataverse retries a 503 once) |
+//! | its `PrimaryEntityId` is a row id, and it has an `OperationId` | 400 `malformed_body` |
+//! | the sync core runs within the daily API budget ([`handle_crm_change_within_budget`](cosell_domain::budget::handle_crm_change_within_budget): over budget, the sync is queued for the next UTC day) | 503 (Dataverse retries a 503 once) |
 //!
 //! The delivery's idempotency key names the change ([`RemoteExecutionContext::change_id`]): its
 //! `OperationId`, or for a step registered synchronously, whose `OperationId` is nil, the row
@@ -21,13 +26,19 @@
 //! delivers again only after 502/503/504.
 //!
 //! **`POST …/salesforce/{secret}`** or **`POST …/salesforce?token={secret}`** (an Outbound
-//! Message, SOAP): a wrong secret 401; a body over the cap 413; a DTD / entity (XXE) or
-//! malformed XML 400 with a SOAP fault; an `OrganizationId` other than the configured org
-//! (15/18-character aware) 401. Each notification runs through the sync core independently; the
-//! message is acknowledged (`ack_response`, 200, `text/xml`) only when every notification was
-//! durably handled — any outcome but `InProgress` (another invocation holds it: it may still
-//! fail). Otherwise a SOAP fault with 500, and Salesforce delivers the message again (handled
-//! notifications are then duplicates, skipped by their idempotency key).
+//! Message, SOAP; every failure is a SOAP fault):
+//!
+//! | Step | On failure |
+//! |---|---|
+//! | the secret (the path segment, else `?token=`) matches, compared in constant time | 401 |
+//! | the body is at most `MAX_BODY_BYTES` | 413 |
+//! | it is UTF-8, has no DTD / entity (XXE) and parses as an Outbound Message | 400 |
+//! | its `OrganizationId` is the configured org (15/18-character aware) | 401 |
+//! | each notification is of an `Opportunity` with a record id | that notification is `ignored` |
+//! | each notification runs through the sync core within the daily API budget, independently, and is durably handled: any outcome but `InProgress` (another invocation holds it: it may still fail) | 500, and Salesforce delivers the message again (handled notifications are then duplicates, skipped by their idempotency key) |
+//!
+//! When every notification was durably handled the message is acknowledged (`ack_response`,
+//! 200, `text/xml`).
 //!
 //! **The opportunity passed to the core.** Neither a webhook body nor an Outbound Message
 //! carries the customer account and contact rows the Partner Center validation needs (country,
@@ -41,35 +52,25 @@
 //! `outcome`, `status`, `elapsed_ms`, warnings) and never the body, the path (it may hold the
 //! secret), contact data or tokens.
 
+mod dataverse;
+mod salesforce;
+
 use std::time::Instant;
 
 use chrono::Utc;
-use cosell_adapters::crm_wire::dataverse::{RemoteExecutionContext, WebhookHeaders};
-use cosell_adapters::crm_wire::salesforce::{OutboundMessage, SoapError, ack_response, soap_fault};
-use cosell_domain::budget::handle_crm_change_within_budget;
-use cosell_domain::mapping::{DataverseRecord, SalesforceRecord};
+use cosell_adapters::crm_wire::salesforce::soap_fault;
+use cosell_domain::CrmOpportunity;
 use cosell_domain::ports::Ports;
-use cosell_domain::sync::{
-    CrmChange, Delivery, Handled, Outcome, dataverse_change_key, salesforce_change_key,
-};
-use cosell_domain::{
-    CrmOpportunity, CrmRecordId, DataverseId, SalesforceId, opportunity_from_dataverse,
-    opportunity_from_salesforce,
-};
-use cosell_runtime::edge::{Answer, contain, correlation_id, deadline, status};
-use lambda_http::http::{HeaderMap, Method, StatusCode};
+use cosell_domain::sync::{Delivery, Handled};
+use cosell_runtime::edge::{Answer, contain, correlation_id, deadline};
+use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
-use crate::config::{DataverseAuth, EndpointConfig};
-
-/// The Dataverse table handled.
-const OPPORTUNITY: &str = "opportunity";
-/// The Salesforce object handled.
-const SALESFORCE_OPPORTUNITY: &str = "Opportunity";
+use crate::config::EndpointConfig;
 
 /// Handle one request (see the [module docs](self)).
 ///
@@ -140,7 +141,7 @@ async fn route<X: Ports>(
     match (route_of(req.uri().path()), &app.endpoint) {
         (Route::Dataverse, EndpointConfig::Dataverse { auth, .. }) => {
             line.crm = "dataverse";
-            dataverse(req, app, auth, delivery, line).await
+            dataverse::handle(req, app, auth, delivery, line).await
         }
         (
             Route::Salesforce { path_secret },
@@ -154,7 +155,7 @@ async fn route<X: Ports>(
             let token = req
                 .query_string_parameters_ref()
                 .and_then(|query| query.first("token"));
-            salesforce(
+            salesforce::handle(
                 req,
                 app,
                 (path_secret.or(token), secret),
@@ -172,271 +173,6 @@ async fn route<X: Ports>(
                 "no CRM endpoint is configured at this path",
             )
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dataverse
-
-async fn dataverse<X: Ports>(
-    req: &Request,
-    app: &App<X>,
-    auth: &DataverseAuth,
-    delivery: &Delivery,
-    line: &mut LogLine,
-) -> Answer {
-    let presented = match auth {
-        DataverseAuth::WebhookKey(_) => req
-            .query_string_parameters_ref()
-            .and_then(|query| query.first("code")),
-        DataverseAuth::HttpHeader { name, .. } => req
-            .headers()
-            .get(name.as_str())
-            .and_then(|value| value.to_str().ok()),
-    };
-    let expected = match auth {
-        DataverseAuth::WebhookKey(key) => key,
-        DataverseAuth::HttpHeader { value, .. } => value,
-    };
-    if !secret_matches(presented, expected) {
-        line.outcome = "unauthorized".into();
-        return Answer::error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the webhook key is missing or wrong",
-        );
-    }
-    if let Some(answer) = too_large(req, app.max_body_bytes, line) {
-        return answer.json();
-    }
-    let context = match RemoteExecutionContext::parse_bytes(req.body()) {
-        Ok(context) => context,
-        Err(_) => {
-            // The parser's message may quote the body: not logged.
-            line.outcome = "malformed_body".into();
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "malformed_body",
-                "the body is not a Dataverse RemoteExecutionContext",
-            );
-        }
-    };
-    line.record_id = Some(context.primary_entity_id.to_string());
-    let message = context.message_name.as_str();
-    if !context
-        .primary_entity_name
-        .eq_ignore_ascii_case(OPPORTUNITY)
-        || !(message.eq_ignore_ascii_case("Create") || message.eq_ignore_ascii_case("Update"))
-    {
-        line.outcome = "ignored".into();
-        line.detail = Some(format!(
-            "{} of {}",
-            context.message_name, context.primary_entity_name
-        ));
-        return Answer::json(StatusCode::OK, json!({ "status": "ignored" }));
-    }
-    let record = match DataverseId::try_from(context.primary_entity_id.to_string().as_str()) {
-        Ok(id) => CrmRecordId::Dataverse(id),
-        Err(_) => return malformed(line, "PrimaryEntityId is not a row id"),
-    };
-    let Ok(key) = dataverse_change_key(&context.change_id(req.body()), &record) else {
-        return malformed(line, "no idempotency key");
-    };
-    let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));
-    let opportunity = context.is_complete_given(&headers).then(|| {
-        let mut attributes = context.merged_attributes();
-        let carried = event_has(
-            &attributes,
-            &app.connector.mapping.dataverse.opportunity.sync,
-        );
-        attributes
-            .entry(app.connector.mapping.dataverse.opportunity.id.clone())
-            .or_insert_with(|| Value::String(context.primary_entity_id.to_string()));
-        let opportunity =
-            opportunity_from_dataverse(&DataverseRecord::new(&attributes), &app.connector.mapping);
-        (opportunity, carried)
-    });
-    line.describe(opportunity.as_ref().map(|(o, _)| o));
-    let change = CrmChange {
-        key,
-        record,
-        writer: context
-            .initiating_user_id
-            .or(context.user_id)
-            .map(|id| id.to_string()),
-        opportunity: opportunity
-            .filter(|(o, carried)| says_sync_off(o, *carried))
-            .map(|(o, _)| o),
-    };
-    match handle_crm_change_within_budget(
-        &app.connector.deps(),
-        app.connector.budget(),
-        &change,
-        delivery,
-    )
-    .await
-    {
-        Ok(handled) => {
-            line.handled(&handled);
-            Answer::json(
-                status(dataverse_status(&handled)),
-                json!({ "status": handled.outcome.log_name() }),
-            )
-        }
-        Err(error) => {
-            line.outcome = error.log_name().into();
-            line.detail = Some(error.to_string());
-            Answer::error(
-                status(error.http_status()),
-                error.log_name(),
-                "the change could not be processed now; deliver it again later",
-            )
-        }
-    }
-}
-
-fn malformed(line: &mut LogLine, detail: &str) -> Answer {
-    line.outcome = "malformed_body".into();
-    line.detail = Some(detail.to_owned());
-    Answer::error(
-        StatusCode::BAD_REQUEST,
-        "malformed_body",
-        "the body is not a Dataverse RemoteExecutionContext",
-    )
-}
-
-fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| value.to_str().ok().map(|value| (name.as_str(), value)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Salesforce
-
-async fn salesforce<X: Ports>(
-    req: &Request,
-    app: &App<X>,
-    (presented, expected): (Option<&str>, &SecretString),
-    organization_id: &str,
-    delivery: &Delivery,
-    line: &mut LogLine,
-) -> Answer {
-    if !secret_matches(presented, expected) {
-        line.outcome = "unauthorized".into();
-        return Answer::soap(StatusCode::UNAUTHORIZED, soap_fault("unauthorized"));
-    }
-    if let Some(answer) = too_large(req, app.max_body_bytes, line) {
-        return answer.soap();
-    }
-    let Ok(xml) = std::str::from_utf8(req.body()) else {
-        line.outcome = "malformed_body".into();
-        line.detail = Some("not UTF-8".into());
-        return Answer::soap(
-            StatusCode::BAD_REQUEST,
-            soap_fault("the body is not an Outbound Message"),
-        );
-    };
-    let message = match OutboundMessage::parse_with_limit(xml, app.max_body_bytes) {
-        Ok(message) => message,
-        Err(error) => {
-            let (status, code) = match &error {
-                SoapError::Forbidden(_) => (StatusCode::BAD_REQUEST, "forbidden_xml"),
-                SoapError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-                SoapError::Malformed(_) | SoapError::TooManyNotifications { .. } => {
-                    (StatusCode::BAD_REQUEST, "malformed_body")
-                }
-            };
-            line.outcome = code.into();
-            return Answer::soap(status, soap_fault("the body is not an Outbound Message"));
-        }
-    };
-    if !message.is_from_organization(organization_id) {
-        line.outcome = "wrong_organization".into();
-        return Answer::soap(
-            StatusCode::UNAUTHORIZED,
-            soap_fault("the message is not from the configured organization"),
-        );
-    }
-
-    let mut durable = true;
-    let mut outcomes = Vec::with_capacity(message.notifications.len());
-    for notification in &message.notifications {
-        let is_opportunity = notification
-            .sobject_type
-            .as_deref()
-            .is_none_or(|kind| kind == SALESFORCE_OPPORTUNITY);
-        let record = notification
-            .record_id()
-            .and_then(|id| SalesforceId::try_from(id).ok())
-            .map(CrmRecordId::Salesforce);
-        let (Some(record), Ok(key), true) = (
-            record,
-            salesforce_change_key(&notification.id),
-            is_opportunity,
-        ) else {
-            // Another object, or a record deleted before delivery (no data): nothing to sync.
-            outcomes.push("ignored");
-            continue;
-        };
-        line.add_record(&record.native());
-        let opportunity = opportunity_from_salesforce(
-            &SalesforceRecord {
-                opportunity: &notification.fields,
-                account: None,
-                contact: None,
-            },
-            &app.connector.mapping,
-        );
-        line.describe(Some(&opportunity));
-        let carried = event_has(
-            &notification.fields,
-            &app.connector.mapping.salesforce.opportunity.sync,
-        );
-        let change = CrmChange {
-            key,
-            record,
-            writer: notification
-                .field_text("LastModifiedById")
-                .map(str::to_owned),
-            opportunity: Some(opportunity).filter(|o| says_sync_off(o, carried)),
-        };
-        match handle_crm_change_within_budget(
-            &app.connector.deps(),
-            app.connector.budget(),
-            &change,
-            delivery,
-        )
-        .await
-        {
-            Ok(handled) => {
-                durable &= !handled.outcome.redeliver_later();
-                line.warnings
-                    .extend(handled.warnings.iter().map(ToString::to_string));
-                if let Outcome::NeedsAttention { code, .. } = &handled.outcome {
-                    line.detail = Some((*code).to_owned());
-                }
-                outcomes.push(handled.outcome.log_name());
-            }
-            Err(error) => {
-                durable = false;
-                line.detail = Some(error.to_string());
-                outcomes.push(error.log_name());
-            }
-        }
-    }
-    line.outcome = if outcomes.is_empty() {
-        "empty".into()
-    } else {
-        outcomes.join(",")
-    };
-    if durable {
-        Answer::soap(StatusCode::OK, ack_response().to_owned())
-    } else {
-        Answer::soap(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            soap_fault("not every notification could be processed now; deliver the message again"),
-        )
     }
 }
 
@@ -581,30 +317,10 @@ fn append(slot: &mut Option<String>, value: &str) {
     }
 }
 
-/// The status Dataverse gets: a change still in progress elsewhere is 503, the only kind of
-/// answer (with 502/504) after which Dataverse delivers once more; everything else as handled.
-fn dataverse_status(handled: &Handled) -> u16 {
-    match handled.outcome {
-        Outcome::InProgress => 503,
-        _ => handled.http_status(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn dataverse_gets_503_for_a_change_in_progress_elsewhere_so_it_delivers_again() {
-        let handled = |outcome| Handled {
-            outcome,
-            warnings: Vec::new(),
-            referral_id: None,
-        };
-        assert_eq!(dataverse_status(&handled(Outcome::InProgress)), 503);
-        assert_eq!(dataverse_status(&handled(Outcome::DuplicateSkipped)), 200);
-    }
 
     #[test]
     fn the_route_is_the_last_segments_of_the_path() {

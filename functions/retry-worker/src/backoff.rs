@@ -74,16 +74,14 @@ pub trait Jitter: Send + Sync {
     fn fraction(&self) -> f64;
 }
 
-/// Random jitter (from the system's random source, through a v4 UUID).
+/// Random jitter: a uniform fraction in `[0, 1)` from `fastrand`'s thread-local generator (not
+/// cryptographic: it only spreads retries).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RandomJitter;
 
 impl Jitter for RandomJitter {
     fn fraction(&self) -> f64 {
-        let bits = uuid::Uuid::new_v4().as_u128();
-        // 53 random bits: every value is exactly representable.
-        let mantissa = u64::try_from(bits >> 75).unwrap_or(0);
-        mantissa as f64 / (1u64 << 53) as f64
+        fastrand::f64()
     }
 }
 

@@ -1,36 +1,38 @@
-//! The subset of SOQL the connector (and `cosell doctor`) needs, parsed and evaluated
-//! against the in-memory records. No maintained Rust crate parses SOQL, so this is a
-//! small recursive-descent parser:
+//! The SOQL the connector sends (and the sandbox's tests use), parsed and evaluated against
+//! the in-memory records. No maintained Rust crate parses SOQL, so this is a small
+//! recursive-descent parser of just these shapes:
 //!
 //! ```text
 //! SELECT f1, f2 | COUNT() FROM Object
-//!   [WHERE cond]  cond := term (AND term)* | term (OR term)*   -- mixing needs parentheses
-//!                 term := NOT term | ( cond ) | field op literal
-//!                       | field LIKE 'pattern' | field [NOT] IN (literal, ...)
-//!                 op   := = != <> < <= > >=
-//!   [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...] [LIMIT n] [OFFSET n]
+//!   [WHERE term (AND term)*]   term := field op literal | field LIKE 'pattern'
+//!                              op   := = != <> < <= > >=
+//!   [ORDER BY f [ASC|DESC]] [LIMIT n]
 //! ```
 //!
-//! Literals: `'string'` (escapes `\' \" \\ \n \r \t \b \f \uXXXX`, and `\% \_` in LIKE),
-//! numbers, `true`/`false`, `null`, dates `2026-01-31` and date-times
-//! `2026-01-01T00:00:00Z` / `…+01:00` (unquoted). Keywords and field names are
-//! case-insensitive; text comparisons are case-insensitive like Salesforce's.
+//! The adapter sends `SELECT Id FROM Account|Contact WHERE … = '…' [AND … = '…'] ORDER BY
+//! CreatedDate ASC LIMIT 1` and `SELECT Id, Name, … FROM Opportunity WHERE <sync> = true AND
+//! LastModifiedDate >= <date-time> ORDER BY LastModifiedDate ASC`.
+//!
+//! Literals: `'string'` (escapes `\' \" \\ \n \r \t`; `%` and `_` are wildcards in LIKE),
+//! numbers, `true`/`false` and date-times `2026-01-01T00:00:00Z` / `…+01:00` (unquoted).
+//! Keywords and field names are case-insensitive; text comparisons are case-insensitive like
+//! Salesforce's. ORDER BY puts nulls first ascending and last descending, as Salesforce does.
 //!
 //! Syntax errors are `MALFORMED_QUERY` with Salesforce's caret layout; an unknown object
 //! is `INVALID_TYPE`, an unknown or unfilterable field `INVALID_FIELD`, and a literal of the
 //! wrong type (e.g. a quoted date-time) `INVALID_QUERY_FILTER_OPERATOR` — as the real
-//! service answers, so connector bugs surface here rather than in production. Mixing AND
-//! and OR without parentheses is rejected as in real SOQL. Not supported: relationship
-//! paths (`Account.Name`), sub-queries, aggregates other than `COUNT()`, date literals
-//! such as `TODAY`, `INCLUDES`/`EXCLUDES`, and `nextRecordsUrl` paging (all rows are
-//! returned with `done: true`).
+//! service answers, so connector bugs surface here rather than in production. Anything else
+//! real SOQL has is a syntax error here: OR (so AND and OR mixed without parentheses are
+//! rejected, as in real SOQL), NOT, parentheses, IN, OFFSET, NULLS FIRST/LAST, `null` and
+//! date literals, relationship paths (`Account.Name`), sub-queries, aggregates other than
+//! `COUNT()`; and there is no `nextRecordsUrl` paging (all rows are returned with
+//! `done: true`).
 
 use std::cmp::Ordering;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::ids;
 use super::schema::{self, Field, FieldType, ObjectSchema};
 
 /// A parsed query.
@@ -38,10 +40,10 @@ use super::schema::{self, Field, FieldType, ObjectSchema};
 pub struct Query {
     pub select: Select,
     pub object: String,
-    pub filter: Option<Cond>,
-    pub order_by: Vec<OrderBy>,
+    /// The terms of the WHERE clause, all of which must hold.
+    pub filter: Vec<Cond>,
+    pub order_by: Option<OrderBy>,
     pub limit: Option<usize>,
-    pub offset: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,14 +57,11 @@ pub enum Select {
 pub struct OrderBy {
     pub field: String,
     pub descending: bool,
-    pub nulls_last: bool,
 }
 
+/// One term of the WHERE clause.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
-    And(Vec<Cond>),
-    Or(Vec<Cond>),
-    Not(Box<Cond>),
     Compare {
         field: String,
         op: Op,
@@ -71,11 +70,6 @@ pub enum Cond {
     Like {
         field: String,
         pattern: Vec<LikePart>,
-    },
-    In {
-        field: String,
-        negated: bool,
-        values: Vec<Literal>,
     },
 }
 
@@ -101,11 +95,9 @@ pub enum LikePart {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
-    Null,
     Bool(bool),
     Number(f64),
     String(String),
-    Date(NaiveDate),
     DateTime(DateTime<Utc>),
 }
 
@@ -132,9 +124,8 @@ impl SoqlError {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),
-    /// String literal: characters, each flagged when it was a `\%` / `\_` escape.
-    Str(Vec<(char, bool)>),
-    /// Number, date or date-time literal, as written.
+    Str(String),
+    /// Number or date-time literal, as written.
     Num(String),
     Comma,
     Open,
@@ -167,6 +158,38 @@ fn malformed(query: &str, pos: usize, message: &str) -> SoqlError {
     )
 }
 
+/// A string literal from the opening quote at `start`: its text and the index after it.
+fn string_literal(query: &str, chars: &[char], start: usize) -> Result<(String, usize), SoqlError> {
+    let unterminated = || malformed(query, start, "unterminated string literal");
+    let mut value = String::new();
+    let mut i = start + 1;
+    loop {
+        let c = *chars.get(i).ok_or_else(unterminated)?;
+        i += 1;
+        match c {
+            '\'' => return Ok((value, i)),
+            '\\' => {
+                let e = *chars.get(i).ok_or_else(unterminated)?;
+                i += 1;
+                value.push(match e {
+                    'n' => '\n',
+                    'r' => '\r',
+                    't' => '\t',
+                    '\'' | '"' | '\\' => e,
+                    _ => {
+                        return Err(malformed(
+                            query,
+                            start,
+                            &format!("Invalid string literal: Illegal escape sequence \\{e}"),
+                        ));
+                    }
+                });
+            }
+            c => value.push(c),
+        }
+    }
+}
+
 fn tokenize(query: &str) -> Result<Vec<Spanned>, SoqlError> {
     let chars: Vec<char> = query.chars().collect();
     let mut out = Vec::new();
@@ -174,124 +197,49 @@ fn tokenize(query: &str) -> Result<Vec<Spanned>, SoqlError> {
     while i < chars.len() {
         let c = chars[i];
         let start = i;
-        let tok = match c {
+        let next = chars.get(i + 1).copied();
+        let (tok, len) = match c {
             c if c.is_whitespace() => {
                 i += 1;
                 continue;
             }
-            ',' => {
-                i += 1;
-                Tok::Comma
-            }
-            '(' => {
-                i += 1;
-                Tok::Open
-            }
-            ')' => {
-                i += 1;
-                Tok::Close
-            }
-            '=' => {
-                i += 1;
-                Tok::Op(Op::Eq)
-            }
-            '!' if chars.get(i + 1) == Some(&'=') => {
-                i += 2;
-                Tok::Op(Op::Ne)
-            }
-            '<' | '>' => {
-                let next = chars.get(i + 1).copied();
-                let (op, len) = match (c, next) {
-                    ('<', Some('=')) => (Op::Le, 2),
-                    ('<', Some('>')) => (Op::Ne, 2),
-                    ('<', _) => (Op::Lt, 1),
-                    ('>', Some('=')) => (Op::Ge, 2),
-                    _ => (Op::Gt, 1),
-                };
-                i += len;
-                Tok::Op(op)
-            }
+            ',' => (Tok::Comma, 1),
+            '(' => (Tok::Open, 1),
+            ')' => (Tok::Close, 1),
+            '=' => (Tok::Op(Op::Eq), 1),
+            '!' if next == Some('=') => (Tok::Op(Op::Ne), 2),
+            '<' | '>' => match (c, next) {
+                ('<', Some('=')) => (Tok::Op(Op::Le), 2),
+                ('<', Some('>')) => (Tok::Op(Op::Ne), 2),
+                ('<', _) => (Tok::Op(Op::Lt), 1),
+                ('>', Some('=')) => (Tok::Op(Op::Ge), 2),
+                _ => (Tok::Op(Op::Gt), 1),
+            },
             '\'' => {
-                let mut value = Vec::new();
-                i += 1;
-                loop {
-                    let Some(&c) = chars.get(i) else {
-                        return Err(malformed(query, start, "unterminated string literal"));
-                    };
-                    i += 1;
-                    match c {
-                        '\'' => break,
-                        '\\' => {
-                            let Some(&e) = chars.get(i) else {
-                                return Err(malformed(query, start, "unterminated string literal"));
-                            };
-                            i += 1;
-                            let decoded = match e {
-                                'n' => ('\n', false),
-                                'r' => ('\r', false),
-                                't' => ('\t', false),
-                                'b' => ('\u{8}', false),
-                                'f' => ('\u{c}', false),
-                                '\'' | '"' | '\\' => (e, false),
-                                '%' | '_' => (e, true),
-                                'u' => {
-                                    let hex: String = chars.iter().skip(i).take(4).collect();
-                                    i += 4;
-                                    let ch = u32::from_str_radix(&hex, 16)
-                                        .ok()
-                                        .filter(|_| hex.len() == 4)
-                                        .and_then(char::from_u32)
-                                        .ok_or_else(|| {
-                                            malformed(
-                                                query,
-                                                start,
-                                                "Invalid string literal: illegal unicode escape",
-                                            )
-                                        })?;
-                                    (ch, false)
-                                }
-                                _ => {
-                                    return Err(malformed(
-                                        query,
-                                        start,
-                                        &format!(
-                                            "Invalid string literal: Illegal escape sequence \\{e}"
-                                        ),
-                                    ));
-                                }
-                            };
-                            value.push(decoded);
-                        }
-                        c => value.push((c, false)),
-                    }
-                }
-                Tok::Str(value)
+                let (value, end) = string_literal(query, &chars, start)?;
+                (Tok::Str(value), end - start)
             }
             c if c.is_ascii_digit()
-                || ((c == '-' || c == '+')
-                    && chars.get(i + 1).is_some_and(char::is_ascii_digit)) =>
+                || ((c == '-' || c == '+') && next.is_some_and(|n| n.is_ascii_digit())) =>
             {
-                i += 1;
-                while chars.get(i).is_some_and(|c| {
-                    c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '+' | '-')
-                }) {
-                    i += 1;
-                }
-                Tok::Num(chars[start..i].iter().collect())
+                let len = 1 + chars[i + 1..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '+' | '-'))
+                    .count();
+                (Tok::Num(chars[i..i + len].iter().collect()), len)
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
-                while chars
-                    .get(i)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
-                {
-                    i += 1;
-                }
-                Tok::Word(chars[start..i].iter().collect())
+                let len = chars[i..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+                    .count();
+                (Tok::Word(chars[i..i + len].iter().collect()), len)
             }
             _ => {
                 return Err(malformed(query, start, &format!("unexpected token: '{c}'")));
             }
         };
+        i += len;
         out.push(Spanned {
             tok,
             pos: start,
@@ -363,39 +311,23 @@ impl Parser<'_> {
         found
     }
 
-    fn expect(&mut self, tok: &Tok) -> Result<(), SoqlError> {
-        if self.eat(tok) {
-            Ok(())
-        } else {
-            Err(self.unexpected())
+    /// The current token, taken when `f` accepts it.
+    fn take<T>(&mut self, f: impl FnOnce(&Tok) -> Option<T>) -> Result<T, SoqlError> {
+        match self.peek().and_then(|t| f(&t.tok)) {
+            Some(value) => {
+                self.at += 1;
+                Ok(value)
+            }
+            None => Err(self.unexpected()),
         }
     }
 
     /// A field or object name (not a keyword).
     fn name(&mut self) -> Result<String, SoqlError> {
-        match self.peek() {
-            Some(Spanned {
-                tok: Tok::Word(w), ..
-            }) if !is_keyword(w) => {
-                let w = w.clone();
-                self.at += 1;
-                Ok(w)
-            }
-            _ => Err(self.unexpected()),
-        }
-    }
-
-    fn integer(&mut self) -> Result<usize, SoqlError> {
-        match self.peek() {
-            Some(Spanned {
-                tok: Tok::Num(n), ..
-            }) => {
-                let n = n.parse().map_err(|_| self.unexpected())?;
-                self.at += 1;
-                Ok(n)
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.take(|tok| match tok {
+            Tok::Word(w) if !is_keyword(w) => Some(w.clone()),
+            _ => None,
+        })
     }
 
     fn query(&mut self) -> Result<Query, SoqlError> {
@@ -404,7 +336,7 @@ impl Parser<'_> {
             && self.tokens.get(self.at + 1).map(|t| &t.tok) == Some(&Tok::Open)
         {
             self.at += 2;
-            self.expect(&Tok::Close)?;
+            self.take(|tok| (tok == &Tok::Close).then_some(()))?;
             Select::Count
         } else {
             let mut fields = vec![self.name()?];
@@ -415,50 +347,30 @@ impl Parser<'_> {
         };
         self.expect_keyword("FROM")?;
         let object = self.name()?;
-        let filter = if self.eat_keyword("WHERE") {
-            Some(self.condition()?)
-        } else {
-            None
-        };
-        let mut order_by = Vec::new();
-        if self.eat_keyword("ORDER") {
-            self.expect_keyword("BY")?;
-            loop {
-                let field = self.name()?;
-                let descending = if self.eat_keyword("DESC") {
-                    true
-                } else {
-                    self.eat_keyword("ASC");
-                    false
-                };
-                let nulls_last = if self.eat_keyword("NULLS") {
-                    if self.eat_keyword("LAST") {
-                        true
-                    } else {
-                        self.expect_keyword("FIRST")?;
-                        false
-                    }
-                } else {
-                    // Salesforce's default: nulls first ascending, last descending.
-                    descending
-                };
-                order_by.push(OrderBy {
-                    field,
-                    descending,
-                    nulls_last,
-                });
-                if !self.eat(&Tok::Comma) {
-                    break;
-                }
+        let mut filter = Vec::new();
+        if self.eat_keyword("WHERE") {
+            filter.push(self.term()?);
+            while self.eat_keyword("AND") {
+                filter.push(self.term()?);
             }
         }
-        let limit = if self.eat_keyword("LIMIT") {
-            Some(self.integer()?)
+        let order_by = if self.eat_keyword("ORDER") {
+            self.expect_keyword("BY")?;
+            let field = self.name()?;
+            let descending = self.eat_keyword("DESC");
+            if !descending {
+                self.eat_keyword("ASC");
+            }
+            Some(OrderBy { field, descending })
         } else {
             None
         };
-        let offset = if self.eat_keyword("OFFSET") {
-            Some(self.integer()?)
+        let limit = if self.eat_keyword("LIMIT") {
+            let limit = self.take(|tok| match tok {
+                Tok::Num(n) => n.parse().ok(),
+                _ => None,
+            })?;
+            Some(limit)
         } else {
             None
         };
@@ -471,88 +383,32 @@ impl Parser<'_> {
             filter,
             order_by,
             limit,
-            offset,
-        })
-    }
-
-    /// `term (AND term)*` or `term (OR term)*`; mixing needs parentheses.
-    fn condition(&mut self) -> Result<Cond, SoqlError> {
-        let first = self.term()?;
-        let joiner = if self.peek_keyword("AND") {
-            "AND"
-        } else if self.peek_keyword("OR") {
-            "OR"
-        } else {
-            return Ok(first);
-        };
-        let other = if joiner == "AND" { "OR" } else { "AND" };
-        let mut terms = vec![first];
-        while self.eat_keyword(joiner) {
-            terms.push(self.term()?);
-            if self.peek_keyword(other) {
-                return Err(self.unexpected());
-            }
-        }
-        Ok(if joiner == "AND" {
-            Cond::And(terms)
-        } else {
-            Cond::Or(terms)
         })
     }
 
     fn term(&mut self) -> Result<Cond, SoqlError> {
-        if self.eat_keyword("NOT") {
-            return Ok(Cond::Not(Box::new(self.term()?)));
-        }
-        if self.eat(&Tok::Open) {
-            let inner = self.condition()?;
-            self.expect(&Tok::Close)?;
-            return Ok(inner);
-        }
         let field = self.name()?;
-        if let Some(Spanned {
-            tok: Tok::Op(op), ..
-        }) = self.peek()
-        {
-            let op = *op;
-            self.at += 1;
-            let value = self.literal()?;
-            return Ok(Cond::Compare { field, op, value });
-        }
         if self.eat_keyword("LIKE") {
-            let Some(Spanned {
-                tok: Tok::Str(chars),
-                ..
-            }) = self.peek()
-            else {
-                return Err(self.unexpected());
-            };
-            let pattern = chars
-                .iter()
-                .map(|&(c, escaped)| match (c, escaped) {
-                    ('%', false) => LikePart::Any,
-                    ('_', false) => LikePart::One,
-                    (c, _) => LikePart::Char(c),
-                })
-                .collect();
-            self.at += 1;
+            let pattern = self.take(|tok| match tok {
+                Tok::Str(text) => Some(
+                    text.chars()
+                        .map(|c| match c {
+                            '%' => LikePart::Any,
+                            '_' => LikePart::One,
+                            c => LikePart::Char(c),
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })?;
             return Ok(Cond::Like { field, pattern });
         }
-        let negated = self.eat_keyword("NOT");
-        if self.eat_keyword("IN") {
-            self.expect(&Tok::Open)?;
-            let mut values = vec![self.literal()?];
-            while self.eat(&Tok::Comma) {
-                values.push(self.literal()?);
-            }
-            self.expect(&Tok::Close)?;
-            return Ok(Cond::In {
-                field,
-                negated,
-                values,
-            });
-        }
-        Err(self.unexpected())
+        let op = self.take(|tok| match tok {
+            Tok::Op(op) => Some(*op),
+            _ => None,
+        })?;
+        let value = self.literal()?;
+        Ok(Cond::Compare { field, op, value })
     }
 
     fn literal(&mut self) -> Result<Literal, SoqlError> {
@@ -560,29 +416,24 @@ impl Parser<'_> {
             return Err(self.unexpected());
         };
         let literal = match &token.tok {
-            Tok::Str(chars) => Literal::String(chars.iter().map(|&(c, _)| c).collect()),
-            Tok::Word(w) if w.eq_ignore_ascii_case("null") => Literal::Null,
+            Tok::Str(text) => Literal::String(text.clone()),
             Tok::Word(w) if w.eq_ignore_ascii_case("true") => Literal::Bool(true),
             Tok::Word(w) if w.eq_ignore_ascii_case("false") => Literal::Bool(false),
-            Tok::Num(n) => {
-                if let Some(date) = schema::parse_date(n) {
-                    Literal::Date(date)
-                } else if n.contains(['T', 't']) {
-                    // SOQL date-times carry an explicit zone: `Z` or `±hh:mm`.
-                    let zoned = n.ends_with(['Z', 'z'])
-                        || n.len() > 6 && n[n.len() - 6..].starts_with(['+', '-']);
-                    schema::parse_datetime(n)
-                        .filter(|_| zoned)
-                        .map(Literal::DateTime)
-                        .ok_or_else(|| {
-                            malformed(self.query, token.pos, &format!("unexpected token: {n}"))
-                        })?
-                } else {
-                    n.parse::<f64>()
-                        .map(Literal::Number)
-                        .map_err(|_| self.unexpected())?
-                }
+            Tok::Num(n) if n.contains(['T', 't']) => {
+                // SOQL date-times carry an explicit zone: `Z` or `±hh:mm`.
+                let zoned = n.ends_with(['Z', 'z'])
+                    || n.len() > 6 && n[n.len() - 6..].starts_with(['+', '-']);
+                schema::parse_datetime(n)
+                    .filter(|_| zoned)
+                    .map(Literal::DateTime)
+                    .ok_or_else(|| {
+                        malformed(self.query, token.pos, &format!("unexpected token: {n}"))
+                    })?
             }
+            Tok::Num(n) => n
+                .parse::<f64>()
+                .map(Literal::Number)
+                .map_err(|_| self.unexpected())?,
             _ => return Err(self.unexpected()),
         };
         self.at += 1;
@@ -622,6 +473,23 @@ fn field<'s>(object: &'s ObjectSchema, name: &str) -> Result<&'s Field, SoqlErro
         .ok_or_else(|| no_such_column(object, name))
 }
 
+/// A field that can be filtered and sorted on; `use_` says how it was used when it cannot.
+fn filterable<'s>(
+    object: &'s ObjectSchema,
+    name: &str,
+    use_: &str,
+) -> Result<&'s Field, SoqlError> {
+    let f = field(object, name)?;
+    if f.filterable() {
+        Ok(f)
+    } else {
+        Err(SoqlError::new(
+            "INVALID_FIELD",
+            format!("field '{}' can not be {use_}", f.name),
+        ))
+    }
+}
+
 fn wrong_type(field: &Field) -> SoqlError {
     let (kind, quoted) = match field.kind {
         FieldType::Boolean => ("boolean", false),
@@ -641,55 +509,30 @@ fn wrong_type(field: &Field) -> SoqlError {
     )
 }
 
-fn check_literal(field: &Field, op: Op, literal: &Literal) -> Result<(), SoqlError> {
-    let ok = match (field.kind, literal) {
-        (_, Literal::Null) => true,
-        (FieldType::Id | FieldType::Reference, Literal::String(s)) => {
-            if ids::normalize(s).is_none() {
-                return Err(SoqlError::new(
-                    "INVALID_QUERY_FILTER_OPERATOR",
-                    format!("invalid ID field: {s}"),
-                ));
-            }
-            true
-        }
-        (kind, Literal::String(_)) => kind.is_text(),
-        (FieldType::Boolean, Literal::Bool(_)) => {
-            if !matches!(op, Op::Eq | Op::Ne) {
-                return Err(SoqlError::new(
-                    "INVALID_QUERY_FILTER_OPERATOR",
-                    "invalid operator on boolean field",
-                ));
-            }
-            true
-        }
-        (kind, Literal::Number(_)) => kind.is_number(),
-        (FieldType::Date, Literal::Date(_)) => true,
-        (FieldType::DateTime, Literal::DateTime(_)) => true,
-        _ => false,
-    };
-    if ok { Ok(()) } else { Err(wrong_type(field)) }
-}
-
-fn filterable<'s>(object: &'s ObjectSchema, name: &str) -> Result<&'s Field, SoqlError> {
-    let f = field(object, name)?;
-    if f.filterable() {
-        Ok(f)
-    } else {
-        Err(SoqlError::new(
-            "INVALID_FIELD",
-            format!("field '{}' can not be filtered in query call", f.name),
-        ))
-    }
-}
-
+/// The field of a WHERE term exists, can be filtered, and takes the term's literal or LIKE.
 fn check(cond: &Cond, object: &ObjectSchema) -> Result<(), SoqlError> {
     match cond {
-        Cond::And(terms) | Cond::Or(terms) => terms.iter().try_for_each(|t| check(t, object)),
-        Cond::Not(inner) => check(inner, object),
-        Cond::Compare { field, op, value } => check_literal(filterable(object, field)?, *op, value),
+        Cond::Compare { field, op, value } => {
+            let f = filterable(object, field, "filtered in query call")?;
+            let fits = match (f.kind, value) {
+                (kind, Literal::String(_)) => kind.is_text(),
+                (FieldType::Boolean, Literal::Bool(_)) => {
+                    if !matches!(op, Op::Eq | Op::Ne) {
+                        return Err(SoqlError::new(
+                            "INVALID_QUERY_FILTER_OPERATOR",
+                            "invalid operator on boolean field",
+                        ));
+                    }
+                    true
+                }
+                (kind, Literal::Number(_)) => kind.is_number(),
+                (FieldType::DateTime, Literal::DateTime(_)) => true,
+                _ => false,
+            };
+            if fits { Ok(()) } else { Err(wrong_type(f)) }
+        }
         Cond::Like { field, .. } => {
-            let f = filterable(object, field)?;
+            let f = filterable(object, field, "filtered in query call")?;
             if f.kind.is_text() {
                 Ok(())
             } else {
@@ -699,43 +542,48 @@ fn check(cond: &Cond, object: &ObjectSchema) -> Result<(), SoqlError> {
                 ))
             }
         }
-        Cond::In { field, values, .. } => {
-            let f = filterable(object, field)?;
-            values.iter().try_for_each(|v| check_literal(f, Op::Eq, v))
+    }
+}
+
+/// A stored value (or a literal) of a field's type, ordered as Salesforce orders it: text
+/// case-insensitively.
+#[derive(Debug, PartialEq, PartialOrd)]
+enum Key {
+    Bool(bool),
+    Number(f64),
+    Text(String),
+    DateTime(DateTime<Utc>),
+}
+
+impl Key {
+    /// The key of a stored value (`None`: null, absent or unreadable).
+    fn of(field: &Field, value: Option<&Value>) -> Option<Self> {
+        let value = value?;
+        match field.kind {
+            FieldType::Boolean => value.as_bool().map(Self::Bool),
+            FieldType::DateTime => value
+                .as_str()
+                .and_then(schema::parse_datetime)
+                .map(Self::DateTime),
+            kind if kind.is_number() => value.as_f64().map(Self::Number),
+            _ => value.as_str().map(|s| Self::Text(s.to_lowercase())),
+        }
+    }
+
+    fn literal(literal: &Literal) -> Self {
+        match literal {
+            Literal::Bool(b) => Self::Bool(*b),
+            Literal::Number(n) => Self::Number(*n),
+            Literal::String(s) => Self::Text(s.to_lowercase()),
+            Literal::DateTime(t) => Self::DateTime(*t),
         }
     }
 }
 
-/// Orders a stored value against a literal of the field's type (`None` = incomparable).
-fn order(field: &Field, stored: &Value, literal: &Literal) -> Option<Ordering> {
-    match (field.kind, literal) {
-        (FieldType::Id | FieldType::Reference, Literal::String(s)) => {
-            let wanted = ids::normalize(s)?;
-            Some(
-                stored
-                    .as_str()?
-                    .to_ascii_lowercase()
-                    .cmp(&wanted.to_ascii_lowercase()),
-            )
-        }
-        (_, Literal::String(s)) => Some(stored.as_str()?.to_lowercase().cmp(&s.to_lowercase())),
-        (_, Literal::Number(n)) => stored.as_f64()?.partial_cmp(n),
-        (_, Literal::Bool(b)) => Some(stored.as_bool()?.cmp(b)),
-        (_, Literal::Date(d)) => Some(schema::parse_date(stored.as_str()?)?.cmp(d)),
-        (_, Literal::DateTime(t)) => Some(schema::parse_datetime(stored.as_str()?)?.cmp(t)),
-        (_, Literal::Null) => None,
-    }
-}
-
-fn compare(field: &Field, stored: &Value, op: Op, literal: &Literal) -> bool {
-    let stored_null = stored.is_null();
-    match (stored_null, literal) {
-        (true, Literal::Null) => return op == Op::Eq,
-        (false, Literal::Null) => return op == Op::Ne,
-        (true, _) => return op == Op::Ne,
-        _ => {}
-    }
-    let Some(ordering) = order(field, stored, literal) else {
+fn compare(field: &Field, stored: Option<&Value>, op: Op, literal: &Literal) -> bool {
+    // A null (or incomparable) value is only ever "not equal".
+    let Some(ordering) = Key::of(field, stored).and_then(|k| k.partial_cmp(&Key::literal(literal)))
+    else {
         return op == Op::Ne;
     };
     match op {
@@ -763,14 +611,11 @@ fn like(pattern: &[LikePart], text: &[char]) -> bool {
 
 fn eval(cond: &Cond, object: &ObjectSchema, row: &Map<String, Value>) -> bool {
     // `check` ran first, so fields exist; a missing one matches nothing.
-    let value = |name: &str| -> Option<(&Field, &Value)> {
+    let value = |name: &str| -> Option<(&Field, Option<&Value>)> {
         let f = object.field(name)?;
-        Some((f, row.get(&f.name).unwrap_or(&Value::Null)))
+        Some((f, row.get(&f.name).filter(|v| !v.is_null())))
     };
     match cond {
-        Cond::And(terms) => terms.iter().all(|t| eval(t, object, row)),
-        Cond::Or(terms) => terms.iter().any(|t| eval(t, object, row)),
-        Cond::Not(inner) => !eval(inner, object, row),
         Cond::Compare {
             field,
             op,
@@ -778,59 +623,31 @@ fn eval(cond: &Cond, object: &ObjectSchema, row: &Map<String, Value>) -> bool {
         } => value(field).is_some_and(|(f, stored)| compare(f, stored, *op, literal)),
         Cond::Like { field, pattern } => value(field).is_some_and(|(_, stored)| {
             stored
-                .as_str()
+                .and_then(Value::as_str)
                 .is_some_and(|s| like(pattern, &s.chars().collect::<Vec<_>>()))
-        }),
-        Cond::In {
-            field,
-            negated,
-            values,
-        } => value(field).is_some_and(|(f, stored)| {
-            let found = values.iter().any(|v| compare(f, stored, Op::Eq, v));
-            found != *negated
         }),
     }
 }
 
-fn sort_order(field: &Field, a: &Value, b: &Value, nulls_last: bool) -> Ordering {
-    match (a.is_null(), b.is_null()) {
-        (true, true) => return Ordering::Equal,
-        (true, false) => {
-            return if nulls_last {
-                Ordering::Greater
-            } else {
-                Ordering::Less
-            };
-        }
-        (false, true) => {
-            return if nulls_last {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            };
-        }
-        _ => {}
-    }
-    let as_literal = match field.kind {
-        FieldType::Boolean => b.as_bool().map(Literal::Bool),
-        FieldType::Date => b.as_str().and_then(schema::parse_date).map(Literal::Date),
-        FieldType::DateTime => b
-            .as_str()
-            .and_then(schema::parse_datetime)
-            .map(Literal::DateTime),
-        kind if kind.is_number() => b.as_f64().map(Literal::Number),
-        FieldType::Id | FieldType::Reference => {
-            return a
-                .as_str()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-                .cmp(&b.as_str().unwrap_or_default().to_ascii_lowercase());
-        }
-        _ => b.as_str().map(|s| Literal::String(s.to_owned())),
+/// The order of two rows by `field`: nulls first ascending, last descending.
+fn sort_order(
+    field: &Field,
+    descending: bool,
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+) -> Ordering {
+    let key = |row: &Map<String, Value>| Key::of(field, row.get(&field.name));
+    let ascending = match (key(a), key(b)) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
     };
-    as_literal
-        .and_then(|lit| order(field, a, &lit))
-        .unwrap_or(Ordering::Equal)
+    if descending {
+        ascending.reverse()
+    } else {
+        ascending
+    }
 }
 
 /// The result of a query: matching rows, and the fields to return (`None` for COUNT()).
@@ -863,50 +680,31 @@ pub fn execute<'r, 's>(
             Some(fields)
         }
     };
-    if let Some(filter) = &query.filter {
-        check(filter, object)?;
-    }
-    let mut order_fields = Vec::with_capacity(query.order_by.len());
-    for item in &query.order_by {
-        let f = field(object, &item.field)?;
-        if !f.filterable() {
-            return Err(SoqlError::new(
-                "INVALID_FIELD",
-                format!("field '{}' can not be sorted in a query call", f.name),
-            ));
-        }
-        order_fields.push((f, item));
-    }
+    query
+        .filter
+        .iter()
+        .try_for_each(|cond| check(cond, object))?;
+    let order_by = query
+        .order_by
+        .as_ref()
+        .map(|item| {
+            Ok::<_, SoqlError>((
+                filterable(object, &item.field, "sorted in a query call")?,
+                item.descending,
+            ))
+        })
+        .transpose()?;
     let mut matched: Vec<&Map<String, Value>> = rows
-        .filter(|row| query.filter.as_ref().is_none_or(|c| eval(c, object, row)))
+        .filter(|row| query.filter.iter().all(|c| eval(c, object, row)))
         .collect();
-    if !order_fields.is_empty() {
-        matched.sort_by(|a, b| {
-            order_fields
-                .iter()
-                .map(|(f, item)| {
-                    let (x, y) = (
-                        a.get(&f.name).unwrap_or(&Value::Null),
-                        b.get(&f.name).unwrap_or(&Value::Null),
-                    );
-                    let o = sort_order(f, x, y, item.nulls_last);
-                    // NULLS FIRST/LAST is absolute, so only reverse non-null comparisons.
-                    if item.descending && !x.is_null() && !y.is_null() {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                })
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        });
+    if let Some((field, descending)) = order_by {
+        matched.sort_by(|a, b| sort_order(field, descending, a, b));
     }
-    let rows = matched
-        .into_iter()
-        .skip(query.offset.unwrap_or(0))
-        .take(query.limit.unwrap_or(usize::MAX))
-        .collect();
-    Ok(Outcome { rows, fields })
+    matched.truncate(query.limit.unwrap_or(usize::MAX));
+    Ok(Outcome {
+        rows: matched,
+        fields,
+    })
 }
 
 #[cfg(test)]
@@ -962,18 +760,16 @@ mod tests {
                 .expect("parses");
         assert_eq!(q.select, Select::Fields(vec!["Id".into()]));
         assert_eq!(q.object, "Account");
-        assert!(matches!(q.filter, Some(Cond::And(ref t)) if t.len() == 2));
-        let q = parse("select id, name from opportunity where sync_with_partner_center__c = TRUE and LastModifiedDate >= 2026-01-01T00:00:00Z order by LastModifiedDate desc nulls last limit 5 offset 1")
+        assert_eq!(q.filter.len(), 2);
+        let q = parse("select id, name from opportunity where sync_with_partner_center__c = TRUE and LastModifiedDate >= 2026-01-01T00:00:00Z order by LastModifiedDate desc limit 5")
             .expect("parses");
         assert_eq!(q.limit, Some(5));
-        assert_eq!(q.offset, Some(1));
         assert_eq!(
             q.order_by,
-            vec![OrderBy {
+            Some(OrderBy {
                 field: "LastModifiedDate".into(),
                 descending: true,
-                nulls_last: true
-            }]
+            })
         );
     }
 
@@ -994,30 +790,13 @@ mod tests {
         assert_eq!(escaped, Ok(vec!["001000000000003AAA".into()]));
         assert_eq!(
             run(
-                "SELECT Id FROM Account WHERE Name = 'Contoso' OR Name = 'Nobody'",
-                &data,
-                "Account"
-            )
-            .map(|v| v.len()),
-            Ok(2)
-        );
-        assert_eq!(
-            run(
-                "SELECT Id FROM Account WHERE BillingCity = null",
+                "SELECT Id FROM Account WHERE BillingCity != 'Redmond'",
                 &data,
                 "Account"
             )
             .map(|v| v.len()),
             Ok(2),
-            "absent and null both match = null"
-        );
-        assert_eq!(
-            run(
-                "SELECT Id FROM Account WHERE BillingCity != null",
-                &data,
-                "Account"
-            ),
-            Ok(vec!["001000000000001AAA".into()])
+            "absent and null are not equal to a value"
         );
     }
 
@@ -1044,17 +823,6 @@ mod tests {
         );
         assert_eq!(
             run(
-                "SELECT Id FROM Opportunity WHERE CloseDate < 2026-02-15 ORDER BY CloseDate",
-                &data,
-                "Opportunity"
-            ),
-            Ok(vec![
-                "006000000000003AAA".into(),
-                "006000000000002AAA".into()
-            ])
-        );
-        assert_eq!(
-            run(
                 "SELECT Id FROM Opportunity ORDER BY Amount DESC",
                 &data,
                 "Opportunity"
@@ -1078,38 +846,27 @@ mod tests {
         );
         assert_eq!(
             run(
-                "SELECT Id FROM Opportunity WHERE Id IN ('006000000000001', '006000000000003AAA') LIMIT 1",
+                "SELECT Id FROM Opportunity WHERE Sync_with_Partner_Center__c = true ORDER BY LastModifiedDate DESC LIMIT 1",
                 &data,
                 "Opportunity"
             ),
-            Ok(vec!["006000000000001AAA".into()]),
-            "15-character ids match their 18-character form"
-        );
-        assert_eq!(
-            run(
-                "SELECT Id FROM Opportunity WHERE NOT (Name = 'A' OR Name LIKE 'b%')",
-                &data,
-                "Opportunity"
-            ),
-            Ok(vec!["006000000000003AAA".into()])
+            Ok(vec!["006000000000002AAA".into()])
         );
     }
 
     #[test]
-    fn like_honours_wildcards_and_escapes() {
+    fn like_honours_wildcards() {
         let p = |s: &str| match parse(&format!("SELECT Id FROM Account WHERE Name LIKE {s}")) {
-            Ok(Query {
-                filter: Some(Cond::Like { pattern, .. }),
-                ..
-            }) => pattern,
+            Ok(Query { filter, .. }) => match filter.as_slice() {
+                [Cond::Like { pattern, .. }] => pattern.clone(),
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
         };
         let chars = |s: &str| s.chars().collect::<Vec<_>>();
         assert!(like(&p("'Con%'"), &chars("contoso")));
         assert!(like(&p("'%t_so'"), &chars("Contoso")));
         assert!(!like(&p("'Con'"), &chars("Contoso")));
-        assert!(like(&p(r"'100\%'"), &chars("100%")));
-        assert!(!like(&p(r"'100\%'"), &chars("1000")));
     }
 
     #[test]
@@ -1154,10 +911,6 @@ mod tests {
         );
         assert_eq!(
             code("SELECT Id FROM Opportunity WHERE Amount = '5'"),
-            Err("INVALID_QUERY_FILTER_OPERATOR")
-        );
-        assert_eq!(
-            code("SELECT Id FROM Opportunity WHERE Id = 'nope'"),
             Err("INVALID_QUERY_FILTER_OPERATOR")
         );
         assert_eq!(

@@ -674,6 +674,7 @@ pub(crate) fn crm_job(key: &str, record: &CrmRecordId, writer: Option<&str>) -> 
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use futures::executor::block_on;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -769,16 +770,6 @@ mod tests {
             let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([bad]));
             let error = BudgetPolicy::from_lookup(vars(pairs)).unwrap_err();
             assert!(error.to_string().contains(bad.0), "{error}");
-        }
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
         }
     }
 

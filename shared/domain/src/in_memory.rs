@@ -518,25 +518,13 @@ mod tests {
     use super::*;
     use crate::ports::{AuditEvent, RetrySource, Service, SyncDirection};
     use chrono::TimeZone;
+    use futures::executor::block_on;
     use serde_json::json;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + seconds, 0)
             .single()
             .unwrap()
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = pin!(future);
-        match future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(output) => output,
-            Poll::Pending => panic!("in-memory futures are always ready"),
-        }
     }
 
     fn key(id: &str) -> IdempotencyKey {

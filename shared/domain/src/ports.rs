@@ -925,10 +925,9 @@ pub trait Ports {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use futures::executor::block_on;
     use std::collections::HashMap;
-    use std::pin::pin;
     use std::sync::Mutex;
-    use std::task::{Context, Poll, Waker};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + seconds, 0)
@@ -1199,16 +1198,6 @@ mod tests {
                 .unwrap()
                 .insert(link.referral_id, link.clone());
             async { Ok(()) }
-        }
-    }
-
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = pin!(future);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
         }
     }
 

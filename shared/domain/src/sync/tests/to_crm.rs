@@ -1,0 +1,415 @@
+//! Partner Center → CRM: a new referral, its redeliveries and echoes, its updates and
+//! the 412s of the write-back.
+
+use super::*;
+
+#[test]
+fn a_new_referral_creates_one_opportunity_with_its_customer_and_writes_the_id_back() {
+    let world = World::new();
+    let id = world.pc.insert(co_sell_referral());
+    let event = webhook("referral-created", REFERRAL, at(1));
+
+    let handled = world.handle(&event, at(100)).unwrap();
+
+    let Outcome::Created { crm } = &handled.outcome else {
+        panic!("{:?}", handled.outcome);
+    };
+    assert_eq!(handled.http_status(), 200);
+    let records = world.crm.opportunities();
+    assert_eq!(records.len(), 1);
+    let stored = &records[crm];
+    let o = &stored.opportunity;
+    assert_eq!(o.name.as_deref(), Some("Contoso ERP"));
+    assert_eq!(o.deal_value, Some(usd(50_000)));
+    assert_eq!(o.closing_date, NaiveDate::from_ymd_opt(2027, 6, 30));
+    assert_eq!(o.notes.as_deref(), Some("Supply chain"));
+    assert_eq!(o.stage, Some(OpportunityStage::OnHold), "New → on hold");
+    assert_eq!(o.referral_id, Some(id));
+    assert!(o.sync && o.visible_to_microsoft);
+    assert_eq!(o.account.country.map(|c| c.as_str()), Some("US"));
+    let state = lock(&world.crm.state);
+    assert_eq!(state.accounts.len(), 1);
+    assert_eq!(state.contacts.len(), 1);
+    assert_eq!(stored.account.as_ref(), Some(&state.accounts[0].0));
+    assert_eq!(stored.contact.as_ref(), Some(&state.contacts[0].0));
+    assert_eq!(state.contacts[0].1.as_ref(), Some(&state.accounts[0].0));
+    drop(state);
+    assert!(
+        stored
+            .audit
+            .as_deref()
+            .is_some_and(|a| a.contains("Created from Partner Center referral"))
+    );
+
+    let referral = world.pc.referral(id);
+    assert_eq!(referral.external_reference_id, Some(crm.native()));
+
+    // Budget: GET, upsert, PATCH, plus the account and contact look-ups and creates.
+    let pc = &world.pc.calls;
+    let crm_calls = &world.crm.calls;
+    assert_eq!(pc.get("get_referral") + pc.get("patch_referral"), 2);
+    assert_eq!(crm_calls.get("upsert_opportunity"), 1);
+    assert_eq!(world.pc_calls() + crm_calls.get("upsert_opportunity"), 3);
+    assert_eq!(
+        crm_calls.get("find_account") + crm_calls.get("create_account"),
+        2
+    );
+    assert_eq!(
+        crm_calls.get("find_contact_by_email") + crm_calls.get("create_contact"),
+        2
+    );
+    assert_eq!(world.crm_calls(), 5);
+
+    let link = world.links.link(&id).unwrap();
+    assert_eq!(&link.crm, crm);
+    assert_eq!(
+        link.last_referral_etag,
+        referral.etag(),
+        "the eTag after our PATCH"
+    );
+    assert_eq!(
+        link.last_fingerprint_to_crm,
+        Some(o.fingerprint()),
+        "what the CRM was given"
+    );
+    assert_eq!(
+        world.audit_events(),
+        vec![
+            AuditEvent::Received,
+            AuditEvent::Created,
+            AuditEvent::WrittenBack
+        ]
+    );
+    let entries = world.audit.entries();
+    assert!(entries.iter().all(|e| e.referral_id == Some(id)
+        && e.correlation_id.as_deref() == Some("req-1")
+        && e.direction == Some(crate::ports::SyncDirection::ToCrm)));
+    let key = partner_center_event_key(&event, at(100)).unwrap();
+    let record = world.idempotency.record(&key).unwrap();
+    assert_eq!(record.status, IdempotencyStatus::Completed);
+    assert_eq!(record.expires_at, at(100 + 3600));
+    assert_eq!(record.response.unwrap()["outcome"], "created");
+}
+
+#[test]
+fn five_redeliveries_of_the_same_event_make_no_further_calls() {
+    let world = World::new();
+    let (_, _, event) = world.synced_referral();
+    let (pc, crm, links) = (
+        world.pc_calls(),
+        world.crm_calls(),
+        world.links.calls().total(),
+    );
+
+    for n in 0..5 {
+        assert_eq!(
+            world.outcome(&event, at(200 + n)),
+            Outcome::DuplicateSkipped
+        );
+    }
+
+    assert_eq!(world.pc_calls(), pc);
+    assert_eq!(world.crm_calls(), crm);
+    assert_eq!(world.links.calls().total(), links);
+    assert_eq!(world.crm.opportunities().len(), 1);
+    let skipped = world
+        .audit_events()
+        .into_iter()
+        .filter(|e| *e == AuditEvent::DuplicateSkipped)
+        .count();
+    assert_eq!(skipped, 5);
+}
+
+#[test]
+fn a_concurrent_duplicate_is_answered_in_progress_and_applies_nothing() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+    let event = webhook("referral-created", REFERRAL, at(1));
+    // Another invocation holds the delivery until its Lambda deadline.
+    let key = partner_center_event_key(&event, at(100)).unwrap();
+    world.idempotency.insert(IdempotencyRecord {
+        key: key.clone(),
+        status: IdempotencyStatus::InProgress,
+        expires_at: at(100 + 3600),
+        in_progress_until: Some(at(130)),
+        response: None,
+        payload_hash: None,
+    });
+
+    let outcome = world.outcome(&event, at(110));
+
+    assert_eq!(outcome, Outcome::InProgress);
+    assert_eq!(outcome.http_status(), 409);
+    assert!(outcome.redeliver_later());
+    assert_eq!(world.pc_calls() + world.crm_calls(), 0);
+    assert!(world.crm.opportunities().is_empty());
+    assert!(world.audit.entries().is_empty());
+    assert_eq!(
+        world.idempotency.record(&key).unwrap().status,
+        IdempotencyStatus::InProgress
+    );
+
+    // The holder died: after its deadline the redelivery takes over, once.
+    assert!(matches!(
+        world.outcome(&event, at(131)),
+        Outcome::Created { .. }
+    ));
+    assert_eq!(world.crm.opportunities().len(), 1);
+}
+
+#[test]
+fn the_echo_of_our_own_write_back_makes_no_crm_call() {
+    let world = World::new();
+    let (id, crm, _) = world.synced_referral();
+    let crm_calls = world.crm_calls();
+    // Our PATCH raised referral-updated.
+    let changed = world
+        .pc
+        .referral(id)
+        .updated_date_time
+        .and_then(|d| d.instant())
+        .unwrap();
+
+    let outcome = world.outcome(&webhook("referral-updated", REFERRAL, changed), at(200));
+
+    assert_eq!(outcome, Outcome::EchoSkipped);
+    assert_eq!(world.crm_calls(), crm_calls);
+    assert_eq!(world.pc.calls.get("patch_referral"), 1);
+    let last = world.audit.entries().pop().unwrap();
+    assert_eq!(last.event, AuditEvent::EchoSkipped);
+    assert_eq!(last.crm, Some(crm));
+}
+
+#[test]
+fn a_write_back_without_a_returned_etag_still_costs_no_crm_call_on_the_echo() {
+    let world = World::new();
+    *lock(&world.pc.patch_returns_no_etag) = true;
+    let (id, _, _) = world.synced_referral();
+    assert_eq!(world.links.link(&id).unwrap().last_referral_etag, None);
+    let crm_calls = world.crm_calls();
+
+    let outcome = world.outcome(&webhook("referral-updated", REFERRAL, at(3)), at(200));
+
+    // Recognised by content instead of by eTag.
+    assert_eq!(outcome, Outcome::UnchangedSkipped);
+    assert_eq!(world.crm_calls(), crm_calls);
+    assert_eq!(world.pc.calls.get("patch_referral"), 1);
+}
+
+#[test]
+fn a_real_update_in_partner_center_updates_the_opportunity_once() {
+    let world = World::new();
+    let (id, crm, _) = world.synced_referral();
+    let changed = world.pc.edit(id, |r| {
+        let details = r.details.as_mut().unwrap();
+        details.deal_value = Some(Decimal::from(75_000));
+        details.notes = Some("Supply chain and apps".into());
+        r.name = Some("Renamed in Partner Center".into());
+        r.status = Some(ReferralStatus::Active);
+        r.substatus = Some(ReferralSubstatus::Accepted);
+    });
+    let event = webhook("referral-updated", REFERRAL, changed);
+    let before = world.crm.calls.snapshot();
+
+    assert_eq!(
+        world.outcome(&event, at(300)),
+        Outcome::Updated { crm: crm.clone() }
+    );
+    assert_eq!(world.outcome(&event, at(301)), Outcome::DuplicateSkipped);
+
+    let stored = world.crm.stored(&crm);
+    assert_eq!(stored.opportunity.deal_value, Some(usd(75_000)));
+    assert_eq!(
+        stored.opportunity.notes.as_deref(),
+        Some("Supply chain and apps")
+    );
+    assert_eq!(
+        stored.opportunity.stage,
+        Some(OpportunityStage::Active),
+        "Accepted → active stage"
+    );
+    assert_eq!(
+        stored.opportunity.name.as_deref(),
+        Some("Contoso ERP"),
+        "the update scope leaves the name to the CRM user"
+    );
+    assert!(
+        stored
+            .audit
+            .as_deref()
+            .is_some_and(|a| a.contains("Updated from Partner Center referral"))
+    );
+    let after = world.crm.calls.snapshot();
+    assert_eq!(
+        after["upsert_opportunity"],
+        before["upsert_opportunity"] + 1
+    );
+    assert_eq!(
+        world.crm_calls(),
+        before.values().sum::<usize>() + 1,
+        "one CRM write, no look-ups"
+    );
+    assert_eq!(world.crm.opportunities().len(), 1);
+    assert_eq!(
+        world.pc.calls.get("patch_referral"),
+        1,
+        "the back-link is already there"
+    );
+    let link = world.links.link(&id).unwrap();
+    assert_eq!(link.last_referral_etag, world.pc.referral(id).etag());
+    assert_eq!(
+        link.last_fingerprint_to_crm,
+        Some(referral_to_opportunity_fingerprint(&world, id))
+    );
+}
+
+fn referral_to_opportunity_fingerprint(world: &World, id: ReferralId) -> String {
+    crate::mapping::referral_to_opportunity(&world.pc.referral(id), &world.mapping).fingerprint()
+}
+
+#[test]
+fn an_update_that_changes_no_mapped_field_writes_nothing_to_the_crm() {
+    let world = World::new();
+    let (id, _, _) = world.synced_referral();
+    let changed = world.pc.edit(id, |r| {
+        r.status_reason = Some("Seller reassigned".into());
+    });
+    let crm_calls = world.crm_calls();
+
+    let outcome = world.outcome(&webhook("referral-updated", REFERRAL, changed), at(300));
+
+    assert_eq!(outcome, Outcome::UnchangedSkipped);
+    assert_eq!(world.crm_calls(), crm_calls);
+    assert_eq!(
+        world.links.link(&id).unwrap().last_referral_etag,
+        world.pc.referral(id).etag(),
+        "the link's eTag is refreshed"
+    );
+    assert_eq!(
+        world.audit_events().last(),
+        Some(&AuditEvent::UnchangedSkipped)
+    );
+}
+
+#[test]
+fn a_412_on_the_write_back_rereads_the_referral_once_and_retries_once() {
+    let world = World::new();
+    let id = world.pc.insert(co_sell_referral());
+    // Someone changes an unmapped field between our GET and our PATCH.
+    lock(&world.pc.before_patch).push_back(Box::new(|r: &mut Referral| {
+        r.status_reason = Some("touched".into());
+    }));
+
+    let outcome = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    let Outcome::Created { crm } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(world.pc.calls.get("get_referral"), 2, "one re-read");
+    assert_eq!(world.pc.calls.get("patch_referral"), 2, "one retry");
+    let referral = world.pc.referral(id);
+    assert_eq!(referral.external_reference_id, Some(crm.native()));
+    assert_eq!(
+        world.links.link(&id).unwrap().last_referral_etag,
+        referral.etag(),
+        "the CRM holds the re-read content, so our PATCH's echo is recognised"
+    );
+    assert!(world.queue.jobs().is_empty());
+}
+
+#[test]
+fn a_412_caused_by_a_real_change_does_not_hide_that_change_as_an_echo() {
+    let world = World::new();
+    let id = world.pc.insert(co_sell_referral());
+    lock(&world.pc.before_patch).push_back(Box::new(|r: &mut Referral| {
+        r.details.as_mut().unwrap().deal_value = Some(Decimal::from(60_000));
+    }));
+    let Outcome::Created { crm } =
+        world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100))
+    else {
+        panic!("not created");
+    };
+    assert_eq!(world.links.link(&id).unwrap().last_referral_etag, None);
+
+    // The events of the other change and of our PATCH both arrive; the first syncs the change.
+    let outcome = world.outcome(&webhook("referral-updated", REFERRAL, at(2)), at(200));
+
+    assert_eq!(outcome, Outcome::Updated { crm: crm.clone() });
+    assert_eq!(
+        world.crm.stored(&crm).opportunity.deal_value,
+        Some(usd(60_000))
+    );
+    assert_eq!(
+        world.outcome(&webhook("referral-updated", REFERRAL, at(3)), at(201)),
+        Outcome::EchoSkipped
+    );
+}
+
+#[test]
+fn a_second_412_after_the_reread_is_retried_later() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+    for _ in 0..2 {
+        world.pc.fail_next(
+            "patch_referral",
+            PortError::PreconditionFailed {
+                service: Service::PartnerCenter,
+            },
+        );
+    }
+
+    let outcome = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    assert_eq!(
+        outcome,
+        Outcome::RetryEnqueued {
+            attempt: 1,
+            delay: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(world.pc.calls.get("patch_referral"), 2);
+    assert_eq!(world.pc.calls.get("get_referral"), 2);
+}
+
+#[test]
+fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_created_twice() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+    // Another delivery of the new referral holds the lock on creating its opportunity...
+    let held =
+        crate::ports::IdempotencyKey::new("create", &format!("referral:{REFERRAL}")).unwrap();
+    block_on(crate::ports::IdempotencyStore::acquire(
+        &world.idempotency,
+        &held,
+        at(99),
+        at(300),
+    ))
+    .unwrap();
+    // ...when this one arrives: nothing is created, it runs again later.
+    let updated = webhook("referral-updated", REFERRAL, at(2));
+    let outcome = world.outcome(&updated, at(100));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    assert!(world.crm.opportunities().is_empty());
+    assert!(
+        lock(&world.crm.state).accounts.is_empty(),
+        "no account made either"
+    );
+
+    // The other delivery creates the opportunity (here: its lock freed, the event again).
+    block_on(crate::ports::IdempotencyStore::release(
+        &world.idempotency,
+        &held,
+    ))
+    .unwrap();
+    let created = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(101));
+    assert!(matches!(created, Outcome::Created { .. }), "{created:?}");
+    // The retry finds the link: no second opportunity, account or contact.
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
+    assert_eq!(world.crm.opportunities().len(), 1);
+    assert_eq!(lock(&world.crm.state).accounts.len(), 1);
+}
