@@ -79,6 +79,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 lint_template
 
+log "architecture rules (scripts/check_architecture.sh)"
+scripts/check_architecture.sh
+
 ensure_moto
 ensure_cargo_lambda
 start_moto
