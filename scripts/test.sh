@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace, the way CI does:
 #   formatting, clippy (-D warnings), then all unit, contract and integration tests.
-# Installs what the tests need when it is missing (moto server for DynamoDB/SQS, cargo-lambda
-# for the end-to-end tests), starts moto on a free loopback port, and stops it again on exit.
+# Installs what the tests need when it is missing (moto server for DynamoDB/SQS, cfn-lint),
+# starts moto on a free loopback port, and stops it again on exit. The end-to-end tests run the
+# functions' real binaries (built by `cargo test` itself) on the sandbox's local Lambda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,16 +19,6 @@ ensure_moto() {
     python3 -m pip install --quiet 'moto[server]>=5.1,<6'
     hash -r
   fi
-}
-
-# The end-to-end tests (functions/*/tests/e2e_*.rs) run the functions under `cargo lambda watch`.
-ensure_cargo_lambda() {
-  if ! cargo lambda --version >/dev/null 2>&1; then
-    log "installing cargo-lambda (pip install 'cargo-lambda>=1.8,<2')"
-    python3 -m pip install --quiet 'cargo-lambda>=1.8,<2'
-    hash -r
-  fi
-  cargo lambda --version
 }
 
 # The SAM template: cfn-lint (applies the SAM transform), then the checks of its variables,
@@ -83,14 +74,7 @@ log "architecture rules (scripts/check_architecture.sh)"
 scripts/check_architecture.sh
 
 ensure_moto
-ensure_cargo_lambda
 start_moto
-
-# The builds `cargo lambda watch` runs in the end-to-end tests (`cargo run -p <function>`),
-# made now so the tests do not wait for them.
-log "cargo build -p partner-center-events --features sandbox; cargo build -p crm-events"
-cargo build -p partner-center-events --features sandbox --locked
-cargo build -p crm-events --locked
 
 log "cargo test"
 test_log=$(mktemp)

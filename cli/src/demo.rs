@@ -47,7 +47,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use bridge::{Bridge, Function};
-use sandbox::SandboxClient;
+pub use sandbox::SandboxClient;
 
 /// How often step 4 delivers the first event again.
 pub const DUPLICATES: usize = 3;

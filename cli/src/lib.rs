@@ -10,6 +10,8 @@
 //! | [`audit`] | `cosell audit`: one referral's timeline; `--needs-attention` |
 //! | [`reconcile`] | `cosell reconcile`: queue the syncs whose webhook never arrived; `--since` backfills, `--dry-run` lists |
 //! | [`status`] | `cosell status`: API calls today against the budget, queue depths, last reconcile |
+//! | [`stack`] | `cosell dev`: the deployed topology on this machine (the real function binaries on the sandbox's local Lambda, moto) |
+//! | [`soak`] | `cosell soak`: that stack under load and faults, then lost / duplicated / diverged counts |
 
 pub mod audit;
 pub mod context;
@@ -18,4 +20,6 @@ pub mod doctor;
 pub mod reconcile;
 pub mod redrive;
 pub mod register_webhook;
+pub mod soak;
+pub mod stack;
 pub mod status;

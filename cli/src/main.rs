@@ -42,6 +42,14 @@ enum Command {
     /// API calls used today against the budget, retry queue and dead-letter queue depth, last
     /// reconcile. Exit 0 healthy, 1 problems, 2 could not read.
     Status(cosell_cli::status::Args),
+    /// Run the deployed topology on this machine: the four function binaries on a local Lambda
+    /// (Function URLs, the retry queue's event source, the reconcile schedule), the sandbox and
+    /// moto. Ctrl-C stops it.
+    Dev(cosell_cli::stack::DevArgs),
+    /// Soak that stack: thousands of changes in both directions with duplicates, faults, token
+    /// expiry and killed instances, then count what was lost, duplicated or diverged. Exit 0
+    /// none, 1 some, 2 could not run.
+    Soak(cosell_cli::soak::Args),
 }
 
 #[tokio::main]
@@ -64,5 +72,7 @@ async fn main() -> ExitCode {
         Command::Redrive(args) => cosell_cli::redrive::main(args).await,
         Command::Reconcile(args) => cosell_cli::reconcile::main(args).await,
         Command::Status(args) => cosell_cli::status::main(args).await,
+        Command::Dev(args) => cosell_cli::stack::dev(args).await,
+        Command::Soak(args) => cosell_cli::soak::main(args).await,
     }
 }

@@ -18,6 +18,7 @@ pub mod entra;
 pub mod errors;
 pub mod faults;
 pub mod identities;
+pub mod lambda;
 pub mod odata;
 pub mod partner_center;
 pub mod pki;

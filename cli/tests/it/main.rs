@@ -12,3 +12,4 @@ mod ops;
 mod reconcile_status;
 mod redrive;
 mod register_webhook;
+mod soak;

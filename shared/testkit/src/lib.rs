@@ -1,18 +1,17 @@
 //! cosell-testkit: what the workspace's integration tests share (a dev-dependency only) — moto
-//! for DynamoDB and SQS ([`moto`]), names no other run uses ([`unique`]), and the `cargo lambda
-//! watch` harness of the end-to-end tests ([`lambda_watch`]).
+//! for DynamoDB and SQS ([`moto`]), names no other run uses ([`unique`]), and the end-to-end
+//! tests' harness for a function's real binary on the sandbox's local Lambda ([`local_lambda`]).
 //!
 //! A missing prerequisite is never skipped silently: the test panics with one message naming
 //! the command to run ([`RUN_TEST_SH`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub mod lambda_watch;
+pub mod local_lambda;
 pub mod moto;
 
 /// What to run when a prerequisite is missing.
-pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs moto and cargo-lambda when \
-                               missing, starts moto and exports COSELL_MOTO_ENDPOINT, \
+pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs moto when missing, starts moto and exports COSELL_MOTO_ENDPOINT, \
                                AWS_ENDPOINT_URL, dummy credentials and AWS_REGION); or start \
                                `moto_server -H 127.0.0.1 -p 5055` yourself and export \
                                COSELL_MOTO_ENDPOINT=http://127.0.0.1:5055";

@@ -1,4 +1,5 @@
-//! End to end: the real `crm-events` binary under `cargo lambda watch`, against the sandbox
+//! End to end: the real `crm-events` binary on the sandbox's local Lambda (five instances
+//! behind a Function URL), against the sandbox
 //! (Partner Center, Entra ID, Dataverse, Salesforce; in-process, on a free port) and DynamoDB +
 //! SQS on moto — for Dataverse and for Salesforce.
 //!
@@ -10,8 +11,8 @@
 //! another invocation of the function would, to make the function refuse it once.
 //! Asynchronous effects are awaited by polling with bounded deadlines, never by sleeping.
 //!
-//! Prerequisites (`scripts/test.sh` provides them): `cargo lambda` on the PATH and moto, with
-//! `COSELL_MOTO_ENDPOINT` exported. Without them the tests fail with instructions.
+//! Prerequisite (`scripts/test.sh` provides it): moto, with `COSELL_MOTO_ENDPOINT` exported.
+//! Without it the tests fail with instructions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::support;
@@ -31,7 +32,7 @@ use cosell_adapters::{
 use cosell_domain::sync::{dataverse_change_key, salesforce_change_key};
 use cosell_domain::{AuditEvent, IdempotencyKey};
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
-use cosell_testkit::lambda_watch::{self as e2e, LambdaWatch, ScratchDir};
+use cosell_testkit::local_lambda::{self as e2e, LocalFunction, ScratchDir};
 use serde_json::{Value, json};
 use support::{Crm, ENDPOINT_SECRET, WEBHOOK_KEY, invites_microsoft};
 
@@ -41,12 +42,12 @@ const FUNCTION: &str = "crm-events";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dataverse_end_to_end_through_cargo_lambda_watch() {
+async fn dataverse_end_to_end_on_the_local_lambda() {
     end_to_end(Crm::Dataverse).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn salesforce_end_to_end_through_cargo_lambda_watch() {
+async fn salesforce_end_to_end_on_the_local_lambda() {
     end_to_end(Crm::Salesforce).await;
 }
 
@@ -383,7 +384,7 @@ async fn relay(State(relay): State<Relay>, req: AxumRequest) -> axum::response::
 
 struct E2e {
     crm: Crm,
-    watch: LambdaWatch,
+    watch: LocalFunction,
     sandbox: RunningSandbox,
     http: reqwest::Client,
     relay: Relay,
@@ -435,9 +436,13 @@ impl E2e {
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
-        let mut watch =
-            LambdaWatch::start(FUNCTION, None, &env, scratch.path("cargo-lambda-watch.log"));
-        watch.wait_ready(&http).await;
+        let watch = LocalFunction::start(
+            FUNCTION,
+            env!("CARGO_BIN_EXE_crm-events"),
+            &env,
+            &scratch.path("logs"),
+        )
+        .await;
 
         let relay = Relay {
             function_url: watch.url(),

@@ -1,5 +1,6 @@
-//! End to end: the real `partner-center-events` binary under `cargo lambda watch` (built with
-//! the `sandbox` feature), against the sandbox (Partner Center, Entra ID, Dataverse, Salesforce;
+//! End to end: the real `partner-center-events` binary (built by `cargo test` with the
+//! `sandbox` feature of the adapters, which its dev-dependencies enable) on the sandbox's local
+//! Lambda (five instances behind a Function URL), against the sandbox (Partner Center, Entra ID, Dataverse, Salesforce;
 //! in-process, on a free port) and DynamoDB + SQS on moto — for Dataverse and for Salesforce.
 //!
 //! The function URL is registered through the sandbox's webhook registration API (app-only
@@ -9,13 +10,11 @@
 //! sleeping.
 //!
 //! The function serves one CRM per process, so each test has its own sandbox, table, queues
-//! and watch; the two run in parallel. A run takes about 40 s, most of it the 30 s
+//! and local Lambda; the two run in parallel. A run takes about 40 s, most of it the 30 s
 //! `DelaySeconds` of the first retry job (the other steps run meanwhile).
 //!
-//! Prerequisites (`scripts/test.sh` provides them): `cargo lambda` on the PATH and moto, with
-//! `COSELL_MOTO_ENDPOINT` exported. Without them the tests fail with instructions: they never
-//! skip. The first run compiles the function (`cargo run --features sandbox`); `scripts/test.sh`
-//! builds it beforehand so the watch starts in seconds.
+//! Prerequisite (`scripts/test.sh` provides it): moto, with `COSELL_MOTO_ENDPOINT` exported.
+//! Without it the tests fail with instructions: they never skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,7 +34,7 @@ use cosell_sandbox::pki::{
     SALESFORCE_APP_KEY_PEM, Signer,
 };
 use cosell_sandbox::{RunningSandbox, SandboxConfig};
-use cosell_testkit::lambda_watch::{self as e2e, LambdaWatch, ScratchDir};
+use cosell_testkit::local_lambda::{self as e2e, LocalFunction, ScratchDir};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -55,12 +54,12 @@ const REFERRAL_EVENTS: [&str; 4] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dataverse_end_to_end_through_cargo_lambda_watch() {
+async fn dataverse_end_to_end_on_the_local_lambda() {
     end_to_end(Crm::Dataverse).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn salesforce_end_to_end_through_cargo_lambda_watch() {
+async fn salesforce_end_to_end_on_the_local_lambda() {
     end_to_end(Crm::Salesforce).await;
 }
 
@@ -388,10 +387,9 @@ async fn end_to_end(crm: Crm) {
     assert!(
         lock_held,
         "step 7: more than one invocation ran the sync of one delivery, the idempotency \
-         record's in-progress lock did not hold: {answers:?}. (cargo-lambda 1.9 sends \
-         `Lambda-Runtime-Deadline-Ms: 600000`, a duration instead of an epoch time; a handler \
-         that takes it as the invocation deadline writes an in-progress record that has \
-         already expired.)"
+         record's in-progress lock did not hold: {answers:?}. (A handler that takes a \
+         wrong `Lambda-Runtime-Deadline-Ms` as the invocation deadline writes an in-progress \
+         record that has already expired.)"
     );
     e.step(started, "done");
 }
@@ -533,7 +531,7 @@ struct SignedRequest {
 struct E2e {
     crm: Crm,
     // Dropped first: stops the function before the services it talks to.
-    watch: LambdaWatch,
+    watch: LocalFunction,
     sandbox: RunningSandbox,
     http: reqwest::Client,
     aws: AwsClients,
@@ -600,13 +598,13 @@ impl E2e {
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
-        let mut watch = LambdaWatch::start(
+        let watch = LocalFunction::start(
             FUNCTION,
-            Some("sandbox"),
+            env!("CARGO_BIN_EXE_partner-center-events"),
             &env,
-            scratch.path("cargo-lambda-watch.log"),
-        );
-        watch.wait_ready(&http).await;
+            &scratch.path("logs"),
+        )
+        .await;
         Self {
             crm,
             watch,
