@@ -42,11 +42,19 @@ const SOLUTION: &str = "SOL-34104-EBB";
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(20);
 
 /// The stack a soak runs on: [`StackOptions::new`] with tokens that expire every
-/// [`TOKEN_LIFETIME`].
+/// [`TOKEN_LIFETIME`], and a daily API budget a soak of 10,000 changes does not use up (the
+/// default, 10,000 calls, would defer the rest of the run's syncs to the next day).
 pub fn stack_options(crm: Crm, bin_dir: PathBuf, log_dir: PathBuf, moto: String) -> StackOptions {
     let mut options = StackOptions::new(crm, bin_dir, log_dir, moto);
+    soak_settings(&mut options);
+    options
+}
+
+fn soak_settings(options: &mut StackOptions) {
     options.sandbox.token_lifetime = TOKEN_LIFETIME;
     options
+        .env
+        .insert("DAILY_API_BUDGET".to_owned(), "100000000".to_owned());
 }
 
 /// What to send.
@@ -133,6 +141,11 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut running = JoinSet::new();
     for n in 0..options.events {
+        // Webhooks arrive as fast as the stack takes them, a bounded backlog ahead: Lambda
+        // would start more instances, the local one has a fixed number.
+        while Deliveries::read(&client).await?.running() > MAX_BACKLOG {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if options.faults {
             fault_at(stack, n, options.events).await?;
         }
@@ -189,12 +202,9 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
     report.reconcile_enqueued = summary["enqueued"].as_u64().unwrap_or_default();
     settle(stack, options.settle_timeout).await?;
 
-    let deliveries = client.deliveries().await?;
-    report.deliveries = deliveries.len();
-    report.deliveries_refused = deliveries
-        .iter()
-        .filter(|delivery| delivery["delivered"] != true)
-        .count();
+    let deliveries = Deliveries::read(&client).await?;
+    report.deliveries = deliveries.total;
+    report.deliveries_refused = deliveries.total - deliveries.delivered;
     report.crashes = [PARTNER_CENTER_EVENTS, CRM_EVENTS, RETRY_WORKER]
         .iter()
         .map(|function| stack.lambda.crashes(function))
@@ -382,11 +392,7 @@ async fn settle(stack: &Stack, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut quiet = 0;
     loop {
-        let deliveries = stack.client.deliveries().await?;
-        let pending = deliveries
-            .iter()
-            .filter(|delivery| delivery["finished"] != true)
-            .count();
+        let pending = Deliveries::read(&stack.client).await?.running();
         let depth = queue.depth().await?;
         let jobs = depth.visible + depth.in_flight + depth.delayed;
         quiet = if pending == 0 && jobs == 0 {
@@ -404,6 +410,39 @@ async fn settle(stack: &Stack, timeout: Duration) -> Result<()> {
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Webhook deliveries not yet finished beyond which the soak waits before sending more.
+const MAX_BACKLOG: usize = 48;
+
+/// The sandbox's webhook delivery counts.
+#[derive(Debug, Clone, Copy)]
+struct Deliveries {
+    total: usize,
+    finished: usize,
+    delivered: usize,
+}
+
+impl Deliveries {
+    async fn read(client: &SandboxClient) -> Result<Self> {
+        let counts = client.get("/_sandbox/deliveries?summary=true").await?;
+        let count = |name: &str| {
+            counts[name]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            total: count("total"),
+            finished: count("finished"),
+            delivered: count("delivered"),
+        })
+    }
+
+    /// Deliveries still being attempted.
+    fn running(self) -> usize {
+        self.total.saturating_sub(self.finished)
     }
 }
 
@@ -557,7 +596,7 @@ pub struct Args {
 pub async fn main(args: Args) -> std::process::ExitCode {
     let run = async {
         let (mut options, _moto) = args.stack.options().await?;
-        options.sandbox.token_lifetime = TOKEN_LIFETIME;
+        soak_settings(&mut options);
         let stack = Stack::start(options).await?;
         let soak = SoakOptions {
             events: args.events,

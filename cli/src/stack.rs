@@ -55,6 +55,8 @@ pub struct StackOptions {
     pub queues: QueueOptions,
     /// The sandbox's settings.
     pub sandbox: SandboxConfig,
+    /// More variables for every function (they win over the stack's own).
+    pub env: BTreeMap<String, String>,
 }
 
 impl StackOptions {
@@ -73,6 +75,7 @@ impl StackOptions {
                 ..QueueOptions::default()
             },
             sandbox: SandboxConfig::default(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl Stack {
             ]
             .map(|(name, value)| (name.to_owned(), value.to_owned())),
         );
+        env.extend(options.env.clone());
         let spec = |name: &str, instances: usize, timeout: u64| FunctionSpec {
             name: name.to_owned(),
             binary: options.bin_dir.join(name),

@@ -94,8 +94,31 @@ async fn clear_requests(State(state): State<AppState>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn list_deliveries(State(state): State<AppState>) -> Response {
-    Json(json!({ "deliveries": state.world().deliveries.all() })).into_response()
+#[derive(Debug, Default, Deserialize)]
+struct DeliveriesQuery {
+    /// Counts only (`total`, `finished`, `delivered`): cheap to poll under load.
+    #[serde(default)]
+    summary: bool,
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Query(query): Query<DeliveriesQuery>,
+) -> Response {
+    let world = state.world();
+    let all = world.deliveries.all();
+    if query.summary {
+        let count = |keep: fn(&crate::delivery::DeliveryRecord) -> bool| {
+            all.iter().filter(|record| keep(record)).count()
+        };
+        return Json(json!({
+            "total": all.len(),
+            "finished": count(|record| record.finished),
+            "delivered": count(|record| record.delivered),
+        }))
+        .into_response();
+    }
+    Json(json!({ "deliveries": all })).into_response()
 }
 
 #[derive(Debug, Deserialize)]
