@@ -5,24 +5,48 @@
 //!
 //! | Side | Listing | In sync (nothing queued) | Queued |
 //! |---|---|---|---|
-//! | Partner Center | [`PartnerCenter::list_referrals`] with `updatedDateTime ge <since>` | the link's `eTag` is the referral's, or the link saw this `updatedDateTime` or a newer one | a [`RetryJob`] carrying a synthetic `referral-updated` event, as the webhook would have |
-//! | CRM | [`CrmStore::list_opportunities`] (sync on, modified since) | the connector wrote it last, or its fingerprint is what either side was last given | a Dataverse / Salesforce [`RetryJob`] naming the record |
+//! | Partner Center | [`PartnerCenter::list_referrals`] with `updatedDateTime ge <position>`, `$orderby=updatedDateTime asc`, `$top` | the link's `eTag` is the referral's, or the link saw this `updatedDateTime` or a newer one | a [`RetryJob`] carrying a synthetic `referral-updated` event, as the webhook would have |
+//! | CRM | [`CrmStore::list_opportunities`] (sync on, after `(modified, id)` of the position, at most a page) | the connector wrote it last, or its fingerprint is what either side was last given | a Dataverse / Salesforce [`RetryJob`] naming the record |
 //!
 //! A referral with no link is queued unless the connector would ignore it anyway (a lead
 //! outside the [`ReferralScope`](crate::sync::ReferralScope), another organization's referral,
 //! the partner's invitation of Microsoft to an engagement, a closed one). A job's key names the record and its version (`reconcile:pc:<id>:<version>`),
 //! so queueing the same version twice (overlapping runs) syncs it once.
 //!
+//! # Paging: by key, never by position
+//!
+//! Records change while a pass reads them (the retry worker writes back the referrals this
+//! pass queued, sellers edit opportunities), and a change moves a record to the end of the
+//! order by change time. Paging by position (`$skip`, a `$skiptoken` offset, a query locator
+//! taken once) then shifts the records behind it across a page boundary: some are read twice,
+//! others never. So every page is a new query from the last record handled, in the order
+//! `(changed, id)`:
+//!
+//! - CRM: "modified after `t`, or at `t` with an id greater than the last one", ordered by
+//!   `(modified, id)`, at most [`ReconcileSettings::page_size`] (Dataverse `$top`, SOQL
+//!   `LIMIT`; docs/dataverse.md#paging, docs/salesforce.md#soql-queries-and-query-locators).
+//! - Partner Center orders by `updatedDateTime` only (ordering or filtering by `id` is not
+//!   documented; docs/partner-center.md#listing-filtering-and-paging): the page is
+//!   "`updatedDateTime ge t`", and the referrals already handled at `t` (kept by id in the
+//!   position) are skipped; `$top` is the page size plus their number, so a page always holds
+//!   new ones.
+//!
+//! A record that changes during the pass moves to a later position and is read again there
+//! (harmless: jobs are keyed by version); none is skipped. No continuation link or query
+//! locator is kept (they expire, and they page by position).
+//!
 //! # Checkpoint
 //!
 //! Each side keeps a [`ReconcileCursor`]. A pass reads from `since − overlap` (clock skew and
-//! changes committed late) page by page. Work per run is bounded
-//! ([`ReconcileSettings::max_items`] per side, and the background API budget): a run that stops
-//! early saves the next page's link (`resume`), so the cursor only moves past pages whose jobs
-//! were all queued; the next run continues there. When a pass reaches its last page, `since`
-//! becomes the newest change it saw (the service's own clock, so the connector's clock does
-//! not matter). A backfill ([`ReconcileRun::since`]) reads from the given instant and leaves the
-//! checkpoint alone. A dry run queues and saves nothing and lists what it would queue.
+//! changes committed late). The position (the last record handled) is saved after every page,
+//! so a run killed at its deadline loses at most one page. Work per run is bounded per record,
+//! not per page: [`ReconcileSettings::max_items`] per side, [`ReconcileRun::deadline`] (read on
+//! the run's [`Clock`]), and the background API budget (before each page); a run that stops
+//! saves where it stopped and the next run continues after it. When a pass reaches its last
+//! page, `since` becomes the newest change it saw (the service's own clock, so the connector's
+//! clock does not matter). A backfill ([`ReconcileRun::since`]) reads from the given instant
+//! and leaves the checkpoint alone. A dry run queues and saves nothing and lists what it would
+//! queue.
 //!
 //! Nothing read is kept or reported beyond ids, versions and reasons (no contact data).
 
@@ -39,8 +63,8 @@ use crate::ids::{CrmRecordId, ReferralId};
 use crate::mapping::invites_microsoft;
 use crate::ports::{
     ApiBudget, Checkpoint, CheckpointStore, CrmStore, IdempotencyKey, Link, LinkStore,
-    ListedOpportunity, OpportunityQuery, PartnerCenter, PortError, ReconcileCursor, ReferralQuery,
-    RetryJob, RetryQueue, RetrySource,
+    ListedOpportunity, OpportunityQuery, PartnerCenter, PortError, ReconcileCursor,
+    ReconcilePosition, ReferralQuery, RetryJob, RetryQueue, RetrySource,
 };
 use crate::referral::Referral;
 use crate::sync::SyncSettings;
@@ -49,9 +73,10 @@ use crate::webhook::{EventName, WebhookEvent};
 /// How much one run does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileSettings {
-    /// Records examined per side and run, at most (a run finishes the page it is on).
+    /// Records examined per side and run, at most (checked before every record).
     pub max_items: usize,
-    /// Page size asked for.
+    /// Records asked for per page, on both sides (Partner Center `$top`, Dataverse `$top`,
+    /// SOQL `LIMIT`).
     pub page_size: u32,
     /// How far before the checkpoint a pass starts reading.
     pub overlap: Duration,
@@ -68,6 +93,9 @@ impl ReconcileSettings {
     pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(5 * 60);
     /// The default first look-back.
     pub const DEFAULT_FIRST_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+    /// The most Partner Center referrals one position keeps at its instant (they share one
+    /// `updatedDateTime`, to 100 ns): beyond it the side stops with an error rather than skip.
+    pub const MAX_TIES: usize = 1_000;
 }
 
 impl Default for ReconcileSettings {
@@ -90,6 +118,25 @@ pub struct ReconcileRun {
     pub since: Option<DateTime<Utc>>,
     /// List what would be queued; queue and save nothing.
     pub dry_run: bool,
+    /// Stop (saving where the run stands) once the run's [`Clock`] reaches this instant; the
+    /// caller leaves room before its own hard limit for one record and the checkpoint's save.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// What a run reads the time from, to keep its [`ReconcileRun::deadline`].
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// A clock stopped at one instant: for runs without a deadline, and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
 }
 
 /// The ports a reconciliation run uses, named once: fewer than a sync's (no idempotency store,
@@ -124,6 +171,8 @@ pub struct ReconcileDeps<'a, X: ReconcilePorts> {
     pub checkpoints: &'a X::Checkpoints,
     /// The API budget (reconciliation is background work).
     pub budget: Budget<'a, X::Budget>,
+    /// The clock the deadline is checked on.
+    pub clock: &'a dyn Clock,
 }
 
 /// Which side a change was read from.
@@ -194,6 +243,8 @@ pub struct SideReport {
     pub ignored: usize,
     /// Whether the pass reached its last page.
     pub finished: bool,
+    /// Whether the side stopped at the run's item limit.
+    pub capped: bool,
     /// Why the side stopped early, if it failed.
     pub error: Option<String>,
 }
@@ -213,6 +264,8 @@ pub struct ReconcileReport {
     pub calls: u64,
     /// The background budget was spent: the rest waits until then.
     pub deferred_until: Option<DateTime<Utc>>,
+    /// The run reached its deadline: it stopped where it stood (saved), the next continues.
+    pub deadline_reached: bool,
     /// The checkpoint saved (not for a dry run or a backfill).
     pub checkpoint: Option<Checkpoint>,
 }
@@ -251,80 +304,198 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Where a pass over one side starts, and the page to continue from.
+/// Where one side's pass stands: where it started, and the last record it handled.
 #[derive(Debug, Clone)]
-struct Start {
+struct Walk {
+    /// The pass's first instant (inclusive).
     since: DateTime<Utc>,
-    resume: Option<String>,
-    pass_newest: Option<DateTime<Utc>>,
-}
-
-fn start(
-    cursor: Option<&ReconcileCursor>,
-    run: &ReconcileRun,
-    settings: &ReconcileSettings,
-) -> Start {
-    if let Some(since) = run.since {
-        return Start {
-            since,
-            resume: None,
-            pass_newest: None,
-        };
-    }
-    let cursor = cursor.cloned().unwrap_or_default();
-    let since = cursor.since.map_or_else(
-        || minus(run.now, settings.first_lookback),
-        |since| minus(since, settings.overlap),
-    );
-    Start {
-        since,
-        resume: cursor.resume,
-        pass_newest: cursor.pass_newest,
-    }
-}
-
-/// The cursor after a pass: moved past the pages fully queued.
-fn advanced(previous: Option<&ReconcileCursor>, pass: &Pass) -> ReconcileCursor {
-    let previous = previous.cloned().unwrap_or_default();
-    if pass.finished {
-        ReconcileCursor {
-            since: newest(previous.since, pass.newest),
-            resume: None,
-            pass_newest: None,
-        }
-    } else if pass.pages_done == 0 {
-        previous
-    } else {
-        ReconcileCursor {
-            since: previous.since,
-            resume: pass.next_link.clone(),
-            pass_newest: pass.newest,
-        }
-    }
-}
-
-/// The progress of one side's pass.
-#[derive(Debug, Default)]
-struct Pass {
-    pages_done: usize,
-    next_link: Option<String>,
-    newest: Option<DateTime<Utc>>,
+    /// The cursor's `since` before this pass (kept until the pass ends).
+    previous_since: Option<DateTime<Utc>>,
+    /// The last record handled.
+    after: Option<ReconcilePosition>,
+    /// Keep every id handled at the position's instant (Partner Center, which cannot order
+    /// by id), or only the last one (a CRM, which can).
+    keep_ties: bool,
+    /// The pass reached its last page.
     finished: bool,
 }
 
-impl Pass {
-    /// A page fully handled (all its jobs queued): count it, move the newest change seen, and
-    /// keep where the next page starts. `None` when it was the last page.
-    fn page_done(
+impl Walk {
+    fn start(
+        cursor: Option<&ReconcileCursor>,
+        run: &ReconcileRun,
+        settings: &ReconcileSettings,
+        keep_ties: bool,
+    ) -> Self {
+        if let Some(since) = run.since {
+            return Self {
+                since,
+                previous_since: None,
+                after: None,
+                keep_ties,
+                finished: false,
+            };
+        }
+        let cursor = cursor.cloned().unwrap_or_default();
+        let since = cursor.since.map_or_else(
+            || minus(run.now, settings.first_lookback),
+            |since| minus(since, settings.overlap),
+        );
+        Self {
+            since,
+            previous_since: cursor.since,
+            after: cursor.after,
+            keep_ties,
+            finished: false,
+        }
+    }
+
+    /// Where the next page starts (inclusive).
+    fn from(&self) -> DateTime<Utc> {
+        self.after.as_ref().map_or(self.since, |after| after.at)
+    }
+
+    /// The records at [`from`](Self::from) already handled.
+    fn handled_at_from(&self) -> usize {
+        self.after.as_ref().map_or(0, |after| after.ids.len())
+    }
+
+    /// The last record handled, when there is one at [`from`](Self::from).
+    fn last_id(&self) -> Option<&str> {
+        self.after
+            .as_ref()
+            .and_then(|after| after.ids.last())
+            .map(String::as_str)
+    }
+
+    /// Whether a record listed again was handled already: it sorts before the position, or it
+    /// is one of the records handled at the position's instant.
+    fn seen(&self, at: Option<DateTime<Utc>>, id: Option<&str>) -> bool {
+        match (&self.after, at) {
+            (Some(after), Some(at)) => {
+                at < after.at
+                    || (at == after.at && id.is_some_and(|id| after.ids.iter().any(|s| s == id)))
+            }
+            _ => false,
+        }
+    }
+
+    /// A record handled: the position moves to it. A record without a time or an id cannot
+    /// be a position (it is handled, the position stays).
+    fn handled(&mut self, at: Option<DateTime<Utc>>, id: Option<&str>) -> Result<(), String> {
+        let (Some(at), Some(id)) = (at, id) else {
+            return Ok(());
+        };
+        match &mut self.after {
+            Some(after) if at < after.at => {}
+            Some(after) if at == after.at => {
+                if !self.keep_ties {
+                    after.ids.clear();
+                } else if after.ids.len() >= ReconcileSettings::MAX_TIES {
+                    return Err(format!(
+                        "more than {} records changed at {}: the service orders them by time \
+                         only, so paging cannot go past them without skipping some",
+                        ReconcileSettings::MAX_TIES,
+                        stamp(at)
+                    ));
+                }
+                after.ids.push(id.to_owned());
+            }
+            _ => {
+                self.after = Some(ReconcilePosition {
+                    at,
+                    ids: vec![id.to_owned()],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The cursor to save: the position of an unfinished pass, or, once the pass ended, the
+    /// newest change it saw as the next pass's `since`.
+    fn cursor(&self) -> ReconcileCursor {
+        if self.finished {
+            ReconcileCursor {
+                since: newest(self.previous_since, self.after.as_ref().map(|a| a.at)),
+                after: None,
+            }
+        } else {
+            ReconcileCursor {
+                since: self.previous_since,
+                after: self.after.clone(),
+            }
+        }
+    }
+}
+
+/// What stops a side before the end of a page: checked before every record.
+struct Limits<'a> {
+    max_items: usize,
+    deadline: Option<DateTime<Utc>>,
+    clock: &'a dyn Clock,
+}
+
+impl Limits<'_> {
+    /// Whether the side must stop now; records why in `report`.
+    fn reached(&self, side: Side, report: &mut ReconcileReport) -> bool {
+        if report.deadline_reached {
+            return true;
+        }
+        if self
+            .deadline
+            .is_some_and(|deadline| self.clock.now() >= deadline)
+        {
+            report.deadline_reached = true;
+            return true;
+        }
+        let side = report.side_mut(side);
+        if side.examined >= self.max_items {
+            side.capped = true;
+            return true;
+        }
+        false
+    }
+}
+
+impl ReconcileReport {
+    fn side_mut(&mut self, side: Side) -> &mut SideReport {
+        match side {
+            Side::PartnerCenter => &mut self.referrals,
+            Side::Crm => &mut self.opportunities,
+        }
+    }
+}
+
+/// The checkpoint as the run moves it, saved after every page (not in a dry run or a
+/// backfill).
+struct Progress {
+    checkpoint: Checkpoint,
+    saving: bool,
+    now: DateTime<Utc>,
+}
+
+impl Progress {
+    async fn save<S: CheckpointStore>(
         &mut self,
-        page_newest: Option<DateTime<Utc>>,
-        next_link: Option<String>,
-    ) -> Option<String> {
-        self.pages_done += 1;
-        self.newest = newest(self.newest, page_newest);
-        self.next_link.clone_from(&next_link);
-        self.finished = next_link.is_none();
-        next_link
+        store: &S,
+        side: Side,
+        walk: &Walk,
+        enqueued: usize,
+    ) -> Result<(), ReconcileError> {
+        let cursor = walk.cursor();
+        match side {
+            Side::PartnerCenter => self.checkpoint.referrals = cursor,
+            Side::Crm => self.checkpoint.opportunities = cursor,
+        }
+        if !self.saving {
+            return Ok(());
+        }
+        self.checkpoint.last_run = Some(self.now);
+        self.checkpoint.last_enqueued = u64::try_from(enqueued).unwrap_or(u64::MAX);
+        store
+            .save(&self.checkpoint)
+            .await
+            .map_err(ReconcileError::SaveCheckpoint)
     }
 }
 
@@ -364,54 +535,78 @@ pub async fn reconcile<X: ReconcilePorts>(
         partner_center: &partner_center,
         crm: &crm,
     };
+    let limits = Limits {
+        max_items: settings.max_items,
+        deadline: run.deadline,
+        clock: ports.clock,
+    };
+    let mut progress = Progress {
+        checkpoint: checkpoint.clone().unwrap_or_default(),
+        saving: !backfill && !run.dry_run,
+        now: run.now,
+    };
+    let ctx = Ctx {
+        ports: &ports,
+        gate: &gate,
+        limits: &limits,
+        sync,
+        settings,
+        run,
+    };
 
-    let referrals_start = start(checkpoint.as_ref().map(|c| &c.referrals), run, settings);
-    let referrals_pass = referrals(
-        &ports,
+    let mut referrals_walk = Walk::start(
+        checkpoint.as_ref().map(|c| &c.referrals),
+        run,
+        settings,
+        true,
+    );
+    let referrals_done = referrals(
+        &ctx,
         &partner_center,
-        &gate,
-        sync,
-        settings,
-        run,
-        &referrals_start,
+        &mut referrals_walk,
+        &mut progress,
         &mut report,
     )
     .await;
-    let opportunities_start = start(checkpoint.as_ref().map(|c| &c.opportunities), run, settings);
-    let opportunities_pass = opportunities(
-        &ports,
-        &crm,
-        &gate,
-        sync,
-        settings,
-        run,
-        &opportunities_start,
-        &mut report,
-    )
-    .await;
+    let opportunities_done = match referrals_done {
+        Ok(()) => {
+            let mut walk = Walk::start(
+                checkpoint.as_ref().map(|c| &c.opportunities),
+                run,
+                settings,
+                false,
+            );
+            opportunities(&ctx, &crm, &mut walk, &mut progress, &mut report).await
+        }
+        Err(error) => Err(error),
+    };
 
     report.calls = partner_center.calls().saturating_add(crm.calls());
     // Counting is best effort: a counter that does not answer must not repeat the run.
     count(ports.budget, run.now, report.calls).await.ok();
-
-    if !backfill && !run.dry_run {
-        let saved = Checkpoint {
-            referrals: advanced(checkpoint.as_ref().map(|c| &c.referrals), &referrals_pass),
-            opportunities: advanced(
-                checkpoint.as_ref().map(|c| &c.opportunities),
-                &opportunities_pass,
-            ),
-            last_run: Some(run.now),
-            last_enqueued: u64::try_from(report.planned.len()).unwrap_or(u64::MAX),
-        };
+    opportunities_done?;
+    if progress.saving {
+        // Also when nothing moved: `last_run` and `last_enqueued` say the run happened.
+        progress.checkpoint.last_run = Some(run.now);
+        progress.checkpoint.last_enqueued = u64::try_from(report.planned.len()).unwrap_or(u64::MAX);
         ports
             .checkpoints
-            .save(&saved)
+            .save(&progress.checkpoint)
             .await
             .map_err(ReconcileError::SaveCheckpoint)?;
-        report.checkpoint = Some(saved);
+        report.checkpoint = Some(progress.checkpoint);
     }
     Ok(report)
+}
+
+/// What both sides' passes share.
+struct Ctx<'c, X: ReconcilePorts> {
+    ports: &'c ReconcileDeps<'c, X>,
+    gate: &'c Gate<'c, 'c, X::Budget, X::PartnerCenter, X::Crm>,
+    limits: &'c Limits<'c>,
+    sync: &'c SyncSettings,
+    settings: &'c ReconcileSettings,
+    run: &'c ReconcileRun,
 }
 
 /// Reads the background budget before each page.
@@ -456,35 +651,32 @@ async fn plan<Q: RetryQueue>(
 // Partner Center referrals
 // ---------------------------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-async fn referrals<X: ReconcilePorts, MC>(
-    ports: &ReconcileDeps<'_, X>,
+/// The referrals' pass: pages of `updatedDateTime ge <position>` ordered by `updatedDateTime`,
+/// the referrals handled at the position's instant skipped by id
+/// (docs/partner-center.md#listing-filtering-and-paging). The checkpoint is saved after every
+/// page; only a checkpoint that cannot be saved ends the run with an error.
+async fn referrals<X: ReconcilePorts>(
+    ctx: &Ctx<'_, X>,
     partner_center: &Metered<'_, X::PartnerCenter>,
-    gate: &Gate<'_, '_, X::Budget, X::PartnerCenter, MC>,
-    sync: &SyncSettings,
-    settings: &ReconcileSettings,
-    run: &ReconcileRun,
-    start: &Start,
+    walk: &mut Walk,
+    progress: &mut Progress,
     report: &mut ReconcileReport,
-) -> Pass {
-    report.referrals.since = Some(start.since);
-    let mut pass = Pass {
-        newest: start.pass_newest,
-        ..Pass::default()
-    };
-    let mut next = start.resume.clone();
+) -> Result<(), ReconcileError> {
+    report.referrals.since = Some(walk.since);
     loop {
-        if report.referrals.examined >= settings.max_items {
+        if ctx.limits.reached(Side::PartnerCenter, report) {
             break;
         }
-        if let Some(until) = gate.spent().await {
+        if let Some(until) = ctx.gate.spent().await {
             report.deferred_until = Some(until);
             break;
         }
+        // Room for the referrals handled at the instant the page starts at, which come again.
+        let skipped = u32::try_from(walk.handled_at_from()).unwrap_or(u32::MAX);
+        let top = ctx.settings.page_size.max(1).saturating_add(skipped);
         let query = ReferralQuery {
-            updated_since: Some(start.since),
-            top: Some(settings.page_size),
-            next_link: next.clone(),
+            updated_since: Some(walk.from()),
+            top: Some(top),
             ..ReferralQuery::default()
         };
         let page = match partner_center.list_referrals(&query).await {
@@ -495,31 +687,68 @@ async fn referrals<X: ReconcilePorts, MC>(
             }
         };
         report.referrals.pages += 1;
-        let mut page_newest = None;
-        let mut failed = None;
+        // A page shorter than asked for, without a next link, is the last one. (The service's
+        // largest page is UNKNOWN: a `nextLink` says there is more even on a short page.)
+        let more = page.next_link.is_some() || page.value.len() >= top as usize;
+        let before = walk.after.clone();
+        let mut stopped = false;
         for referral in &page.value {
-            report.referrals.examined += 1;
             let updated = referral
                 .updated_date_time
                 .as_ref()
                 .and_then(WireDateTime::instant);
-            page_newest = newest(page_newest, updated);
-            if let Err(error) = referral_step(ports, sync, run, referral, updated, report).await {
-                failed = Some(error);
+            if walk.seen(updated, referral.id.as_deref()) {
+                continue;
+            }
+            if ctx.limits.reached(Side::PartnerCenter, report) {
+                stopped = true;
+                break;
+            }
+            report.referrals.examined += 1;
+            let step = referral_step(ctx.ports, ctx.sync, ctx.run, referral, updated, report)
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|()| walk.handled(updated, referral.id.as_deref()));
+            if let Err(error) = step {
+                report.referrals.error = Some(error);
+                stopped = true;
                 break;
             }
         }
-        if let Some(error) = failed {
-            report.referrals.error = Some(error.to_string());
+        let moved = walk.after != before;
+        if !stopped && !more {
+            walk.finished = true;
+        }
+        if moved || walk.finished {
+            progress
+                .save(
+                    ctx.ports.checkpoints,
+                    Side::PartnerCenter,
+                    walk,
+                    report.planned.len(),
+                )
+                .await?;
+        }
+        if stopped || walk.finished {
             break;
         }
-        match pass.page_done(page_newest, page.next_link) {
-            Some(link) => next = Some(link),
-            None => break,
+        if !moved {
+            report.referrals.error = Some(no_progress("Partner Center", walk));
+            break;
         }
     }
-    report.referrals.finished = pass.finished;
-    pass
+    report.referrals.finished = walk.finished;
+    Ok(())
+}
+
+/// A full page of records all handled already: the service did not order or filter as asked.
+/// The side stops rather than read the same page again.
+fn no_progress(service: &str, walk: &Walk) -> String {
+    format!(
+        "{service} listed no record after the one handled last (changed at {}); the listing \
+         does not follow the order asked for, so this pass stops here",
+        stamp(walk.from())
+    )
 }
 
 async fn referral_step<X: ReconcilePorts>(
@@ -629,35 +858,31 @@ fn referral_verdict<C: CrmStore>(
 // CRM opportunities
 // ---------------------------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-async fn opportunities<X: ReconcilePorts, MP>(
-    ports: &ReconcileDeps<'_, X>,
+/// The opportunities' pass: pages after `(modified, id)` of the position, ordered by it, at
+/// most a page size each (docs/dataverse.md#paging,
+/// docs/salesforce.md#soql-queries-and-query-locators). The checkpoint is saved after every
+/// page.
+async fn opportunities<X: ReconcilePorts>(
+    ctx: &Ctx<'_, X>,
     crm: &Metered<'_, X::Crm>,
-    gate: &Gate<'_, '_, X::Budget, MP, X::Crm>,
-    sync: &SyncSettings,
-    settings: &ReconcileSettings,
-    run: &ReconcileRun,
-    start: &Start,
+    walk: &mut Walk,
+    progress: &mut Progress,
     report: &mut ReconcileReport,
-) -> Pass {
-    report.opportunities.since = Some(start.since);
-    let mut pass = Pass {
-        newest: start.pass_newest,
-        ..Pass::default()
-    };
-    let mut next = start.resume.clone();
+) -> Result<(), ReconcileError> {
+    report.opportunities.since = Some(walk.since);
     loop {
-        if report.opportunities.examined >= settings.max_items {
+        if ctx.limits.reached(Side::Crm, report) {
             break;
         }
-        if let Some(until) = gate.spent().await {
+        if let Some(until) = ctx.gate.spent().await {
             report.deferred_until = Some(until);
             break;
         }
+        let top = ctx.settings.page_size.max(1);
         let query = OpportunityQuery {
-            modified_since: start.since,
-            top: Some(settings.page_size),
-            next_link: next.clone(),
+            modified_since: walk.from(),
+            after: walk.last_id().and_then(|id| CrmRecordId::try_from(id).ok()),
+            top,
         };
         let page = match crm.list_opportunities(&query).await {
             Ok(page) => page,
@@ -667,27 +892,53 @@ async fn opportunities<X: ReconcilePorts, MP>(
             }
         };
         report.opportunities.pages += 1;
-        let mut page_newest = None;
-        let mut failed = None;
+        let more = page.items.len() >= top as usize;
+        let before = walk.after.clone();
+        let mut stopped = false;
         for listed in &page.items {
+            let id = listed
+                .opportunity
+                .record
+                .id
+                .as_ref()
+                .map(ToString::to_string);
+            if walk.seen(listed.modified_at, id.as_deref()) {
+                continue;
+            }
+            if ctx.limits.reached(Side::Crm, report) {
+                stopped = true;
+                break;
+            }
             report.opportunities.examined += 1;
-            page_newest = newest(page_newest, listed.modified_at);
-            if let Err(error) = opportunity_step(ports, crm, sync, run, listed, report).await {
-                failed = Some(error);
+            let step = opportunity_step(ctx.ports, crm, ctx.sync, ctx.run, listed, report)
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|()| walk.handled(listed.modified_at, id.as_deref()));
+            if let Err(error) = step {
+                report.opportunities.error = Some(error);
+                stopped = true;
                 break;
             }
         }
-        if let Some(error) = failed {
-            report.opportunities.error = Some(error.to_string());
+        let moved = walk.after != before;
+        if !stopped && !more {
+            walk.finished = true;
+        }
+        if moved || walk.finished {
+            progress
+                .save(ctx.ports.checkpoints, Side::Crm, walk, report.planned.len())
+                .await?;
+        }
+        if stopped || walk.finished {
             break;
         }
-        match pass.page_done(page_newest, page.next_link) {
-            Some(link) => next = Some(link),
-            None => break,
+        if !moved {
+            report.opportunities.error = Some(no_progress("The CRM", walk));
+            break;
         }
     }
-    report.opportunities.finished = pass.finished;
-    pass
+    report.opportunities.finished = walk.finished;
+    Ok(())
 }
 
 async fn opportunity_step<X: ReconcilePorts>(
@@ -754,6 +1005,9 @@ async fn opportunity_step<X: ReconcilePorts>(
 }
 
 #[cfg(test)]
+mod paging_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -768,75 +1022,156 @@ mod tests {
             now: at(now),
             since: None,
             dry_run: false,
+            deadline: None,
+        }
+    }
+
+    fn position(instant: &str, ids: &[&str]) -> ReconcilePosition {
+        ReconcilePosition {
+            at: at(instant),
+            ids: ids.iter().map(|id| (*id).to_owned()).collect(),
         }
     }
 
     #[test]
     fn a_pass_starts_at_the_checkpoint_minus_the_overlap_or_the_first_lookback() {
         let settings = ReconcileSettings::default();
-        let first = start(None, &run("2027-01-15T10:00:00Z"), &settings);
+        let first = Walk::start(None, &run("2027-01-15T10:00:00Z"), &settings, true);
         assert_eq!(first.since, at("2027-01-14T10:00:00Z"));
+        assert_eq!(first.from(), first.since);
         let cursor = ReconcileCursor {
             since: Some(at("2027-01-15T09:00:00Z")),
-            resume: Some("next".into()),
-            pass_newest: Some(at("2027-01-15T09:30:00Z")),
+            after: Some(position("2027-01-15T09:30:00Z", &["a", "b"])),
         };
-        let resumed = start(Some(&cursor), &run("2027-01-15T10:00:00Z"), &settings);
+        let resumed = Walk::start(Some(&cursor), &run("2027-01-15T10:00:00Z"), &settings, true);
         assert_eq!(resumed.since, at("2027-01-15T08:55:00Z"));
-        assert_eq!(resumed.resume.as_deref(), Some("next"));
+        assert_eq!(resumed.from(), at("2027-01-15T09:30:00Z"));
+        assert_eq!(resumed.handled_at_from(), 2);
+        assert_eq!(resumed.last_id(), Some("b"));
         let backfill = ReconcileRun {
             since: Some(at("2026-12-01T00:00:00Z")),
             ..run("2027-01-15T10:00:00Z")
         };
-        let started = start(Some(&cursor), &backfill, &settings);
+        let started = Walk::start(Some(&cursor), &backfill, &settings, true);
         assert_eq!(started.since, at("2026-12-01T00:00:00Z"));
-        assert_eq!(started.resume, None);
+        assert_eq!(started.after, None);
     }
 
     #[test]
-    fn the_cursor_moves_only_past_fully_queued_pages() {
+    fn the_position_moves_by_time_then_id_and_skips_what_was_handled() {
+        let settings = ReconcileSettings::default();
+        let mut walk = Walk::start(None, &run("2027-01-15T10:00:00Z"), &settings, true);
+        let t1 = Some(at("2027-01-15T09:00:00Z"));
+        let t2 = Some(at("2027-01-15T09:00:01Z"));
+        walk.handled(t1, Some("a")).unwrap();
+        walk.handled(t1, Some("b")).unwrap();
+        assert_eq!(
+            walk.after,
+            Some(position("2027-01-15T09:00:00Z", &["a", "b"]))
+        );
+        assert!(walk.seen(t1, Some("a")) && walk.seen(t1, Some("b")));
+        assert!(
+            !walk.seen(t1, Some("c")),
+            "another record at the same instant is new"
+        );
+        assert!(walk.seen(Some(at("2027-01-15T08:00:00Z")), Some("z")));
+        assert!(
+            !walk.seen(t2, Some("a")),
+            "a record that changed again is read again"
+        );
+        assert!(!walk.seen(None, Some("a")));
+        walk.handled(t2, Some("a")).unwrap();
+        assert_eq!(walk.after, Some(position("2027-01-15T09:00:01Z", &["a"])));
+        // No time or no id: handled, the position stays.
+        walk.handled(None, Some("x")).unwrap();
+        walk.handled(t2, None).unwrap();
+        assert_eq!(walk.after, Some(position("2027-01-15T09:00:01Z", &["a"])));
+        // A CRM keeps only the last id (it filters by id itself).
+        let mut crm = Walk::start(None, &run("2027-01-15T10:00:00Z"), &settings, false);
+        crm.handled(t1, Some("a")).unwrap();
+        crm.handled(t1, Some("b")).unwrap();
+        assert_eq!(crm.after, Some(position("2027-01-15T09:00:00Z", &["b"])));
+    }
+
+    #[test]
+    fn too_many_referrals_at_one_instant_stop_the_side_instead_of_skipping() {
+        let settings = ReconcileSettings::default();
+        let mut walk = Walk::start(None, &run("2027-01-15T10:00:00Z"), &settings, true);
+        let t = Some(at("2027-01-15T09:00:00Z"));
+        for n in 0..ReconcileSettings::MAX_TIES {
+            walk.handled(t, Some(&n.to_string())).unwrap();
+        }
+        assert!(walk.handled(t, Some("one more")).is_err());
+    }
+
+    #[test]
+    fn the_cursor_keeps_the_position_until_the_pass_ends() {
         let previous = ReconcileCursor {
             since: Some(at("2027-01-15T09:00:00Z")),
-            ..ReconcileCursor::default()
+            after: None,
         };
-        // Stopped before finishing a page: unchanged.
-        let nothing = Pass::default();
-        assert_eq!(advanced(Some(&previous), &nothing), previous);
-        // Stopped after two pages: `since` stays, the next page and the newest change are kept.
-        let partial = Pass {
-            pages_done: 2,
-            next_link: Some("page-3".into()),
-            newest: Some(at("2027-01-15T09:40:00Z")),
-            finished: false,
-        };
+        let settings = ReconcileSettings::default();
+        let mut walk = Walk::start(
+            Some(&previous),
+            &run("2027-01-15T10:00:00Z"),
+            &settings,
+            true,
+        );
+        // Nothing handled yet: unchanged.
+        assert_eq!(walk.cursor(), previous);
+        walk.handled(Some(at("2027-01-15T09:40:00Z")), Some("a"))
+            .unwrap();
         assert_eq!(
-            advanced(Some(&previous), &partial),
+            walk.cursor(),
             ReconcileCursor {
                 since: Some(at("2027-01-15T09:00:00Z")),
-                resume: Some("page-3".into()),
-                pass_newest: Some(at("2027-01-15T09:40:00Z")),
+                after: Some(position("2027-01-15T09:40:00Z", &["a"])),
             }
         );
         // The pass ended: `since` is the newest change seen, never earlier than before.
-        let finished = Pass {
-            finished: true,
-            pages_done: 1,
-            newest: Some(at("2027-01-15T09:50:00Z")),
-            next_link: None,
-        };
+        walk.finished = true;
         assert_eq!(
-            advanced(Some(&previous), &finished).since,
-            Some(at("2027-01-15T09:50:00Z"))
+            walk.cursor(),
+            ReconcileCursor {
+                since: Some(at("2027-01-15T09:40:00Z")),
+                after: None,
+            }
         );
-        let empty = Pass {
-            finished: true,
-            pages_done: 1,
-            ..Pass::default()
-        };
-        assert_eq!(advanced(Some(&previous), &empty), previous);
+        let mut empty = Walk::start(
+            Some(&previous),
+            &run("2027-01-15T10:00:00Z"),
+            &settings,
+            true,
+        );
+        empty.finished = true;
+        assert_eq!(empty.cursor(), previous);
+        let mut older = Walk::start(
+            Some(&previous),
+            &run("2027-01-15T10:00:00Z"),
+            &settings,
+            true,
+        );
+        older
+            .handled(Some(at("2027-01-15T08:58:00Z")), Some("a"))
+            .unwrap();
+        older.finished = true;
+        assert_eq!(older.cursor().since, Some(at("2027-01-15T09:00:00Z")));
+    }
+
+    #[test]
+    fn an_old_checkpoint_with_a_saved_next_link_reads_without_a_position() {
+        let old: ReconcileCursor = serde_json::from_value(serde_json::json!({
+            "since": "2027-01-15T09:00:00Z",
+            "resume": "https://example.invalid/referrals?$skiptoken=abc",
+            "pass_newest": "2027-01-15T09:30:00Z"
+        }))
+        .unwrap();
         assert_eq!(
-            advanced(None, &finished).since,
-            Some(at("2027-01-15T09:50:00Z"))
+            old,
+            ReconcileCursor {
+                since: Some(at("2027-01-15T09:00:00Z")),
+                after: None,
+            }
         );
     }
 }
