@@ -351,15 +351,13 @@ impl World {
         block_on(self.run_future(settings, now_run())).unwrap()
     }
 
-    fn run_future<'a>(
-        &'a self,
-        settings: &'a ReconcileSettings,
+    async fn run_future(
+        &self,
+        settings: &ReconcileSettings,
         run: ReconcileRun,
-    ) -> impl Future<Output = Result<ReconcileReport, ReconcileError>> + 'a {
-        async move {
-            let sync = SyncSettings::default();
-            reconcile(self.deps(), &sync, settings, &run).await
-        }
+    ) -> Result<ReconcileReport, ReconcileError> {
+        let sync = SyncSettings::default();
+        reconcile(self.deps(), &sync, settings, &run).await
     }
 
     /// The referrals a job was queued for (by any run).
