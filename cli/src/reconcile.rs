@@ -104,6 +104,8 @@ pub async fn run_with<X: ReconcilePorts>(
         now,
         since: args.since,
         dry_run: args.dry_run,
+        // An operator's run goes on until its item limit or the end of the changes.
+        deadline: None,
     };
     Ok(reconcile(app.deps(), &app.settings, &app.reconcile, &run).await?)
 }

@@ -62,7 +62,7 @@ pub struct Status {
     pub retry_queue: Depth,
     /// The dead-letter queue, when one is known.
     pub dead_letter_queue: Option<Depth>,
-    /// The reconciliation checkpoint (`last_run`, per side `since` / `resume`).
+    /// The reconciliation checkpoint (`last_run`, per side `since` / `after`).
     pub last_reconcile: Option<Checkpoint>,
     /// What needs a look.
     pub problems: Vec<String>,
@@ -178,7 +178,7 @@ pub fn print(status: &Status, out: &mut dyn Write) -> Result<()> {
                 ("referrals", &checkpoint.referrals),
                 ("opportunities", &checkpoint.opportunities),
             ] {
-                let resume = if cursor.resume.is_some() {
+                let resume = if cursor.after.is_some() {
                     " (a pass is unfinished: the next run continues it)"
                 } else {
                     ""

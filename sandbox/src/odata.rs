@@ -253,9 +253,19 @@ fn split_path(path: &str) -> Vec<String> {
     path.split('/').map(str::to_owned).collect()
 }
 
+/// An unquoted GUID literal (`5f0e…-…`), which may start with a letter.
+fn is_guid(word: &str) -> bool {
+    word.len() == 36
+        && word.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 fn word_operand(word: &str) -> Operand {
     match word {
         "null" => Operand::Literal(Value::Null),
+        _ if is_guid(word) => Operand::Literal(Value::String(word.to_owned())),
         "true" => Operand::Literal(Value::Bool(true)),
         "false" => Operand::Literal(Value::Bool(false)),
         _ if word.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {
@@ -474,6 +484,11 @@ mod tests {
             ("updatedDateTime ge '2019-02-24T00:00:00Z'", false),
             ("not (status eq 'Closed') or status eq 'Closed'", true),
             ("startswith(customerProfile/address/country, 'u')", true),
+            (
+                "engagementId gt 0a7a9a4e-6c1b-4a4e-9d65-7f1b0c0de001 and engagementId lt \
+                 a5d7fd06-0000-4000-8000-00000000beef",
+                true,
+            ),
         ] {
             let parsed = parse_filter(filter).expect(filter);
             assert_eq!(parsed.matches(&r), expected, "{filter}");

@@ -16,7 +16,7 @@ use cosell_domain::in_memory::{
 use cosell_domain::mapping::{MappingConfig, invites_microsoft};
 use cosell_domain::ports::{AuditEntry, AuditEvent, AuditLog, Ports, RetryJob};
 use cosell_domain::reconcile::{
-    ReconcileDeps, ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun,
+    FixedClock, ReconcileDeps, ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun,
     ReconcileSettings, reconcile,
 };
 use cosell_domain::sync::{
@@ -397,8 +397,10 @@ impl<'a> Run<'a> {
                     now: meta.now,
                     since: None,
                     dry_run: false,
+                    deadline: None,
                 };
                 Box::pin(async move {
+                    let clock = FixedClock(run.now);
                     let deps: ReconcileDeps<'_, RecPorts<'_>> = ReconcileDeps {
                         partner_center: &wrapped.pc,
                         crm: &wrapped.crm,
@@ -409,6 +411,7 @@ impl<'a> Run<'a> {
                             counter: &stores.budget,
                             policy,
                         },
+                        clock: &clock,
                     };
                     let settings = ReconcileSettings::default();
                     Done::Reconcile(reconcile(deps, sync, &settings, &run).await)

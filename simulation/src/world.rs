@@ -889,39 +889,33 @@ impl CrmStore for SimCrm {
         async move {
             yield_now().await;
             self.hit();
-            const PAGE: usize = 5;
-            let (since, skip) = match &query.next_link {
-                Some(link) => {
-                    let (skip, since) = link.split_once('|').unwrap_or(("0", ""));
-                    (
-                        DateTime::parse_from_rfc3339(since)
-                            .map(|d| d.with_timezone(&Utc))
-                            .unwrap_or(query.modified_since),
-                        skip.parse::<usize>().unwrap_or(0),
-                    )
-                }
-                None => (query.modified_since, 0),
-            };
+            // Keyset paging, as the adapters ask Dataverse: `(modifiedon, id)` after the
+            // query's position, in that order, at most `top`.
             let state = lock(&self.state);
+            let after = |id: &CrmRecordId, s: &StoredOpportunity| match &query.after {
+                None => s.modified_at >= query.modified_since,
+                Some(last) => {
+                    s.modified_at > query.modified_since
+                        || (s.modified_at == query.modified_since
+                            && id.to_string() > last.to_string())
+                }
+            };
             let mut matching: Vec<(&CrmRecordId, &StoredOpportunity)> = state
                 .opportunities
                 .iter()
-                .filter(|(_, s)| s.opportunity.sync && s.modified_at >= since)
+                .filter(|(id, s)| s.opportunity.sync && after(id, s))
                 .collect();
-            matching.sort_by_key(|(id, s)| (s.modified_at, (*id).clone()));
+            matching.sort_by_key(|(id, s)| (s.modified_at, id.to_string()));
             let items = matching
                 .iter()
-                .skip(skip)
-                .take(PAGE)
+                .take(query.top as usize)
                 .map(|(id, s)| ListedOpportunity {
                     opportunity: read(id, s),
                     modified_at: Some(s.modified_at),
                     modified_by: Some(s.modified_by.clone()),
                 })
                 .collect();
-            let next_link = (skip + PAGE < matching.len())
-                .then(|| format!("{}|{}", skip + PAGE, since.to_rfc3339()));
-            Ok(OpportunityPage { items, next_link })
+            Ok(OpportunityPage { items })
         }
     }
 }

@@ -11,7 +11,7 @@ use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::in_memory::{
     InMemoryApiBudget, InMemoryCheckpointStore, InMemoryLinkStore, InMemoryRetryQueue,
 };
-use cosell_domain::reconcile::{ReconcileDeps, ReconcilePorts, ReconcileSettings};
+use cosell_domain::reconcile::{Clock, ReconcileDeps, ReconcilePorts, ReconcileSettings};
 use cosell_domain::sync::SyncSettings;
 use cosell_runtime::stores::{AnyCheckpointStore, AnyLinkStore, AnyRetryQueue};
 use cosell_runtime::{Boot, BootError, BuildError, Clients, StoreConfig};
@@ -75,6 +75,16 @@ impl<X: ReconcilePorts> std::fmt::Debug for App<X> {
     }
 }
 
+/// The wall clock a run checks its deadline on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WallClock;
+
+impl Clock for WallClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+}
+
 impl<X: ReconcilePorts> App<X> {
     /// The reconciliation core's view of it.
     pub fn deps(&self) -> ReconcileDeps<'_, X> {
@@ -88,6 +98,7 @@ impl<X: ReconcilePorts> App<X> {
                 counter: &self.budget,
                 policy: &self.budget_policy,
             },
+            clock: &WallClock,
         }
     }
 }

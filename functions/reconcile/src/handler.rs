@@ -4,8 +4,12 @@
 //! A side that failed (Partner Center or the CRM unavailable) makes the invocation fail after
 //! the checkpoint of the pages done is saved, so the function's error alarm sees it; the next
 //! scheduled run continues where this one stopped.
+//!
+//! The run stops [`DEADLINE_MARGIN`] before the invocation's deadline (checked before every
+//! record), saving where it stands, so the Lambda timeout never kills it before its checkpoint
+//! is saved.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use cosell_domain::reconcile::{
     ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun, reconcile,
 };
@@ -45,12 +49,20 @@ impl From<RunError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// How long before the invocation's deadline a run stops: room for the record in hand, the
+/// checkpoint's save and the answer.
+pub const DEADLINE_MARGIN: TimeDelta = TimeDelta::seconds(20);
+
 /// The Lambda handler: the scheduled event is ignored.
 pub async fn handle<X: ReconcilePorts>(
-    _event: LambdaEvent<Value>,
+    event: LambdaEvent<Value>,
     app: &App<X>,
 ) -> Result<Value, RunError> {
-    let report = contain(run(app, Utc::now())).await??;
+    let deadline = i64::try_from(event.context.deadline)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .and_then(|deadline| deadline.checked_sub_signed(DEADLINE_MARGIN));
+    let report = contain(run_until(app, Utc::now(), deadline)).await??;
     let summary = summary(&report);
     if report.failed() {
         let errors = [&report.referrals.error, &report.opportunities.error]
@@ -64,15 +76,25 @@ pub async fn handle<X: ReconcilePorts>(
     Ok(summary)
 }
 
-/// One run at `now` (tests pass the instant), with its log line.
+/// One run at `now` (tests pass the instant) without a deadline, with its log line.
 pub async fn run<X: ReconcilePorts>(
     app: &App<X>,
     now: DateTime<Utc>,
+) -> Result<ReconcileReport, ReconcileError> {
+    run_until(app, now, None).await
+}
+
+/// One run at `now` that stops at `deadline` (on the wall clock), with its log line.
+pub async fn run_until<X: ReconcilePorts>(
+    app: &App<X>,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
 ) -> Result<ReconcileReport, ReconcileError> {
     let run = ReconcileRun {
         now,
         since: None,
         dry_run: false,
+        deadline,
     };
     let report = reconcile(app.deps(), &app.settings, &app.reconcile, &run).await?;
     tracing::info!(
@@ -83,6 +105,7 @@ pub async fn run<X: ReconcilePorts>(
         referrals_finished = report.referrals.finished,
         opportunities_finished = report.opportunities.finished,
         deferred_until = ?report.deferred_until,
+        deadline_reached = report.deadline_reached,
         referrals_error = ?report.referrals.error,
         opportunities_error = ?report.opportunities.error,
         "reconciliation run"
@@ -98,6 +121,7 @@ pub fn summary(report: &ReconcileReport) -> Value {
         "referrals": report.referrals,
         "opportunities": report.opportunities,
         "deferred_until": report.deferred_until,
+        "deadline_reached": report.deadline_reached,
         "checkpoint": report.checkpoint,
     })
 }

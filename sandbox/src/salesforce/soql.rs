@@ -4,14 +4,16 @@
 //!
 //! ```text
 //! SELECT f1, f2 | COUNT() FROM Object
-//!   [WHERE term (AND term)*]   term := field op literal | field LIKE 'pattern'
-//!                              op   := = != <> < <= > >=
-//!   [ORDER BY f [ASC|DESC]] [LIMIT n]
+//!   [WHERE cond]   cond := term (AND term)* | term (OR term)*
+//!                  term := field op literal | field LIKE 'pattern' | ( cond )
+//!                  op   := = != <> < <= > >=
+//!   [ORDER BY f [ASC|DESC] (, f [ASC|DESC])*] [LIMIT n]
 //! ```
 //!
 //! The adapter sends `SELECT Id FROM Account|Contact WHERE … = '…' [AND … = '…'] ORDER BY
-//! CreatedDate ASC LIMIT 1` and `SELECT Id, Name, … FROM Opportunity WHERE <sync> = true AND
-//! LastModifiedDate >= <date-time> ORDER BY LastModifiedDate ASC`.
+//! CreatedDate ASC LIMIT 1` and, per listing page, `SELECT Id, Name, … FROM Opportunity WHERE
+//! <sync> = true AND (LastModifiedDate > <t> OR (LastModifiedDate = <t> AND Id > '<id>'))
+//! ORDER BY LastModifiedDate ASC, Id ASC LIMIT <n>` (or `LastModifiedDate >= <t>`).
 //!
 //! Literals: `'string'` (escapes `\' \" \\ \n \r \t`; `%` and `_` are wildcards in LIKE),
 //! numbers, `true`/`false` and date-times `2026-01-01T00:00:00Z` / `…+01:00` (unquoted).
@@ -21,9 +23,9 @@
 //! Syntax errors are `MALFORMED_QUERY` with Salesforce's caret layout; an unknown object
 //! is `INVALID_TYPE`, an unknown or unfilterable field `INVALID_FIELD`, and a literal of the
 //! wrong type (e.g. a quoted date-time) `INVALID_QUERY_FILTER_OPERATOR` — as the real
-//! service answers, so connector bugs surface here rather than in production. Anything else
-//! real SOQL has is a syntax error here: OR (so AND and OR mixed without parentheses are
-//! rejected, as in real SOQL), NOT, parentheses, IN, OFFSET, NULLS FIRST/LAST, `null` and
+//! service answers, so connector bugs surface here rather than in production. AND and OR
+//! mixed without parentheses are rejected, as in real SOQL. Anything else real SOQL has is a
+//! syntax error here: NOT, IN, OFFSET, NULLS FIRST/LAST, `null` and
 //! date literals, relationship paths (`Account.Name`), sub-queries, aggregates other than
 //! `COUNT()`; and there is no `nextRecordsUrl` paging (all rows are returned with
 //! `done: true`).
@@ -42,7 +44,8 @@ pub struct Query {
     pub object: String,
     /// The terms of the WHERE clause, all of which must hold.
     pub filter: Vec<Cond>,
-    pub order_by: Option<OrderBy>,
+    /// The ORDER BY fields, first one first.
+    pub order_by: Vec<OrderBy>,
     pub limit: Option<usize>,
 }
 
@@ -71,6 +74,10 @@ pub enum Cond {
         field: String,
         pattern: Vec<LikePart>,
     },
+    /// A parenthesised group whose terms must all hold.
+    All(Vec<Cond>),
+    /// Terms joined by OR: one of them must hold.
+    Any(Vec<Cond>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,24 +354,29 @@ impl Parser<'_> {
         };
         self.expect_keyword("FROM")?;
         let object = self.name()?;
-        let mut filter = Vec::new();
-        if self.eat_keyword("WHERE") {
-            filter.push(self.term()?);
-            while self.eat_keyword("AND") {
-                filter.push(self.term()?);
+        let filter = if self.eat_keyword("WHERE") {
+            match self.condition()? {
+                Cond::All(terms) => terms,
+                other => vec![other],
+            }
+        } else {
+            Vec::new()
+        };
+        let mut order_by = Vec::new();
+        if self.eat_keyword("ORDER") {
+            self.expect_keyword("BY")?;
+            loop {
+                let field = self.name()?;
+                let descending = self.eat_keyword("DESC");
+                if !descending {
+                    self.eat_keyword("ASC");
+                }
+                order_by.push(OrderBy { field, descending });
+                if !self.eat(&Tok::Comma) {
+                    break;
+                }
             }
         }
-        let order_by = if self.eat_keyword("ORDER") {
-            self.expect_keyword("BY")?;
-            let field = self.name()?;
-            let descending = self.eat_keyword("DESC");
-            if !descending {
-                self.eat_keyword("ASC");
-            }
-            Some(OrderBy { field, descending })
-        } else {
-            None
-        };
         let limit = if self.eat_keyword("LIMIT") {
             let limit = self.take(|tok| match tok {
                 Tok::Num(n) => n.parse().ok(),
@@ -386,7 +398,36 @@ impl Parser<'_> {
         })
     }
 
+    /// Terms joined by AND (an [`Cond::All`]) or by OR (an [`Cond::Any`]); a mix without
+    /// parentheses is a syntax error, as in real SOQL.
+    fn condition(&mut self) -> Result<Cond, SoqlError> {
+        let mut terms = vec![self.term()?];
+        let joiner = if self.peek_keyword("AND") {
+            "AND"
+        } else if self.peek_keyword("OR") {
+            "OR"
+        } else {
+            return Ok(Cond::All(terms));
+        };
+        while self.eat_keyword(joiner) {
+            terms.push(self.term()?);
+        }
+        if self.peek_keyword("AND") || self.peek_keyword("OR") {
+            return Err(self.unexpected());
+        }
+        Ok(if joiner == "AND" {
+            Cond::All(terms)
+        } else {
+            Cond::Any(terms)
+        })
+    }
+
     fn term(&mut self) -> Result<Cond, SoqlError> {
+        if self.eat(&Tok::Open) {
+            let inner = self.condition()?;
+            self.take(|tok| (tok == &Tok::Close).then_some(()))?;
+            return Ok(inner);
+        }
         let field = self.name()?;
         if self.eat_keyword("LIKE") {
             let pattern = self.take(|tok| match tok {
@@ -512,6 +553,7 @@ fn wrong_type(field: &Field) -> SoqlError {
 /// The field of a WHERE term exists, can be filtered, and takes the term's literal or LIKE.
 fn check(cond: &Cond, object: &ObjectSchema) -> Result<(), SoqlError> {
     match cond {
+        Cond::All(terms) | Cond::Any(terms) => terms.iter().try_for_each(|c| check(c, object)),
         Cond::Compare { field, op, value } => {
             let f = filterable(object, field, "filtered in query call")?;
             let fits = match (f.kind, value) {
@@ -616,6 +658,8 @@ fn eval(cond: &Cond, object: &ObjectSchema, row: &Map<String, Value>) -> bool {
         Some((f, row.get(&f.name).filter(|v| !v.is_null())))
     };
     match cond {
+        Cond::All(terms) => terms.iter().all(|c| eval(c, object, row)),
+        Cond::Any(terms) => terms.iter().any(|c| eval(c, object, row)),
         Cond::Compare {
             field,
             op,
@@ -686,20 +730,24 @@ pub fn execute<'r, 's>(
         .try_for_each(|cond| check(cond, object))?;
     let order_by = query
         .order_by
-        .as_ref()
+        .iter()
         .map(|item| {
             Ok::<_, SoqlError>((
                 filterable(object, &item.field, "sorted in a query call")?,
                 item.descending,
             ))
         })
-        .transpose()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut matched: Vec<&Map<String, Value>> = rows
         .filter(|row| query.filter.iter().all(|c| eval(c, object, row)))
         .collect();
-    if let Some((field, descending)) = order_by {
-        matched.sort_by(|a, b| sort_order(field, descending, a, b));
-    }
+    matched.sort_by(|a, b| {
+        order_by
+            .iter()
+            .map(|(field, descending)| sort_order(field, *descending, a, b))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    });
     matched.truncate(query.limit.unwrap_or(usize::MAX));
     Ok(Outcome {
         rows: matched,
@@ -766,10 +814,10 @@ mod tests {
         assert_eq!(q.limit, Some(5));
         assert_eq!(
             q.order_by,
-            Some(OrderBy {
+            vec![OrderBy {
                 field: "LastModifiedDate".into(),
                 descending: true,
-            })
+            }]
         );
     }
 
@@ -855,6 +903,45 @@ mod tests {
     }
 
     #[test]
+    fn keyset_pages_use_or_groups_and_a_second_sort_field() {
+        let data = rows(json!([
+            {"Id": "006000000000003AAA", "Sync_with_Partner_Center__c": true,
+             "LastModifiedDate": "2026-01-01T00:00:00.000+0000"},
+            {"Id": "006000000000001AAA", "Sync_with_Partner_Center__c": true,
+             "LastModifiedDate": "2026-01-01T00:00:00.000+0000"},
+            {"Id": "006000000000002AAA", "Sync_with_Partner_Center__c": true,
+             "LastModifiedDate": "2026-01-01T00:00:00.000+0000"},
+            {"Id": "006000000000004AAA", "Sync_with_Partner_Center__c": true,
+             "LastModifiedDate": "2025-12-31T00:00:00.000+0000"},
+            {"Id": "006000000000005AAA", "Sync_with_Partner_Center__c": true,
+             "LastModifiedDate": "2026-01-02T00:00:00.000+0000"},
+        ]));
+        let page = |after: &str, limit: usize| {
+            run(
+                &format!(
+                    "SELECT Id FROM Opportunity WHERE Sync_with_Partner_Center__c = true AND \
+                     (LastModifiedDate > 2026-01-01T00:00:00Z OR (LastModifiedDate = \
+                     2026-01-01T00:00:00Z AND Id > '{after}')) ORDER BY LastModifiedDate ASC, \
+                     Id ASC LIMIT {limit}"
+                ),
+                &data,
+                "Opportunity",
+            )
+        };
+        assert_eq!(
+            page("006000000000001AAA", 2),
+            Ok(vec![
+                "006000000000002AAA".into(),
+                "006000000000003AAA".into()
+            ])
+        );
+        assert_eq!(
+            page("006000000000003AAA", 2),
+            Ok(vec!["006000000000005AAA".into()])
+        );
+    }
+
+    #[test]
     fn like_honours_wildcards() {
         let p = |s: &str| match parse(&format!("SELECT Id FROM Account WHERE Name LIKE {s}")) {
             Ok(Query { filter, .. }) => match filter.as_slice() {
@@ -880,6 +967,8 @@ mod tests {
             "SELECT Id FROM Account WHERE Name = 'bad \\q escape'",
             "SELECT Id FROM Account LIMIT ten",
             "SELECT Id FROM Account WHERE (Name = 'x'",
+            "SELECT Id FROM Account WHERE (Name = 'x' OR Name = 'y' AND Name = 'z')",
+            "SELECT Id FROM Account ORDER BY Name,",
             "SELECT Id FROM Opportunity WHERE LastModifiedDate > 2026-01-01T00:00:00",
             "DELETE FROM Account",
         ] {

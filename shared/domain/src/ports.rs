@@ -178,7 +178,8 @@ impl PortError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReferralQuery {
     /// Only referrals updated at or after this instant (`updatedDateTime ge …`; documented as
-    /// filterable only in the 2019 docs).
+    /// filterable only in the 2019 docs). Written at full precision (Partner Center's
+    /// timestamps carry 100 ns), so a page can start exactly at a referral already read.
     pub updated_since: Option<DateTime<Utc>>,
     /// Only referrals of this engagement (the related referrals).
     pub engagement_id: Option<EngagementId>,
@@ -198,7 +199,7 @@ impl ReferralQuery {
         if let Some(since) = self.updated_since {
             clauses.push(format!(
                 "updatedDateTime ge {}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                since.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
             ));
         }
         if let Some(engagement) = &self.engagement_id {
@@ -342,7 +343,9 @@ pub trait CrmStore: Send + Sync {
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// One page of the opportunities with "Sync with Partner Center" on that were modified at
-    /// or after [`OpportunityQuery::modified_since`], oldest first (what reconciliation reads).
+    /// or after [`OpportunityQuery::modified_since`] (after [`OpportunityQuery::after`] when
+    /// given), ordered by `(modified, id)`, at most [`OpportunityQuery::top`] of them (what
+    /// reconciliation reads).
     /// Like [`CrmStore::find_opportunity_by_referral`], the account and contact are not read.
     ///
     /// The default answers [`PortError::Permanent`]: an adapter that cannot list does not
@@ -362,17 +365,21 @@ pub trait CrmStore: Send + Sync {
     }
 }
 
-/// A query for [`CrmStore::list_opportunities`].
+/// A query for [`CrmStore::list_opportunities`]: one page of a keyset walk in the order
+/// `(modified, id)` (docs/dataverse.md#paging, docs/salesforce.md#soql-queries-and-query-locators).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpportunityQuery {
-    /// Only opportunities modified at or after this instant (Dataverse `modifiedon ge …`,
-    /// Salesforce `LastModifiedDate >= …`).
+    /// Without [`after`](Self::after): only opportunities modified at or after this instant
+    /// (Dataverse `modifiedon ge …`, Salesforce `LastModifiedDate >= …`). With it: the
+    /// instant of that record.
     pub modified_since: DateTime<Utc>,
-    /// Page size.
-    pub top: Option<u32>,
-    /// Continue from a previous page's [`OpportunityPage::next_link`] (used as is; the other
-    /// fields are ignored then).
-    pub next_link: Option<String>,
+    /// The last record handled, modified at [`modified_since`](Self::modified_since): only
+    /// opportunities modified after that instant, or at it with a greater id (the service
+    /// compares and orders the ids, so the client never needs their collation).
+    pub after: Option<CrmRecordId>,
+    /// At most this many opportunities (Dataverse `$top`, SOQL `LIMIT`): every page is
+    /// bounded, whatever the service's own batch size.
+    pub top: u32,
 }
 
 /// One opportunity of a listing.
@@ -389,10 +396,10 @@ pub struct ListedOpportunity {
 /// One page of [`CrmStore::list_opportunities`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpportunityPage {
-    /// The opportunities on this page, oldest change first.
+    /// The opportunities on this page, in the order `(modified, id)`; fewer than the query's
+    /// `top` only on the last page. No continuation is kept: the next page is asked for from
+    /// the last record handled ([`OpportunityQuery::after`]).
     pub items: Vec<ListedOpportunity>,
-    /// Where the next page is (Dataverse `@odata.nextLink`, Salesforce `nextRecordsUrl`).
-    pub next_link: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -836,19 +843,33 @@ pub trait LinkStore: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 
 /// Where one side of reconciliation (Partner Center referrals, CRM opportunities) stands.
+///
+/// A checkpoint written by an earlier version (with a saved next-page link, `resume`) reads
+/// as one without a position: its pass starts again from `since` (harmless: jobs are keyed by
+/// version).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileCursor {
     /// Changes at or after this instant (minus the overlap) are read by the next pass; `None`
     /// before the first finished pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
-    /// The next page of an unfinished pass (a run stopped at its item limit or budget): the
-    /// next run continues there, so the cursor only moves past pages fully enqueued.
+    /// The last record handled by an unfinished pass (a run stopped at its item limit, its
+    /// deadline or the budget, or was killed): the next run continues after it. Saved after
+    /// every page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume: Option<String>,
-    /// The newest change seen so far in the unfinished pass; becomes `since` when it ends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pass_newest: Option<DateTime<Utc>>,
+    pub after: Option<ReconcilePosition>,
+}
+
+/// The last record a pass handled, in the order `(changed, id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcilePosition {
+    /// When it changed (`updatedDateTime`, `modifiedon`, `LastModifiedDate`), as the service
+    /// reported it.
+    pub at: DateTime<Utc>,
+    /// The records handled that changed at `at`, in the order read; the last one is where the
+    /// pass stands. Partner Center cannot order by id, so all of them are kept there (the
+    /// next page skips them); a CRM orders by id, so only the last is kept.
+    pub ids: Vec<String>,
 }
 
 /// The reconciliation checkpoint: one item in the table.
@@ -1106,6 +1127,19 @@ mod tests {
              '37ef26aa-1d15-4533-9f93-a69bd33ab1e5' and status eq 'Active'"
         );
         assert_eq!(ReferralQuery::default().odata_filter(), None);
+        // A page starts exactly at a referral already read: the instant keeps its 100 ns.
+        let precise = ReferralQuery {
+            updated_since: Some(
+                DateTime::parse_from_rfc3339("2019-02-23T02:05:23.2931817Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            ..ReferralQuery::default()
+        };
+        assert_eq!(
+            precise.odata_filter().unwrap(),
+            "updatedDateTime ge 2019-02-23T02:05:23.293181700Z"
+        );
     }
 
     #[test]

@@ -259,6 +259,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
             now,
             since: None,
             dry_run: true,
+            deadline: None,
         },
     )
     .await
@@ -314,7 +315,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
     );
     let checkpoint = h.app.checkpoints.checkpoint().unwrap();
     assert_eq!(checkpoint.last_enqueued, 4);
-    assert!(checkpoint.referrals.since.is_some() && checkpoint.referrals.resume.is_none());
+    assert!(checkpoint.referrals.since.is_some() && checkpoint.referrals.after.is_none());
     assert!(checkpoint.opportunities.since.is_some());
     assert!(first.calls >= 3, "list pages are counted: {}", first.calls);
     assert_eq!(

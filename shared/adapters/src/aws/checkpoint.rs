@@ -1,7 +1,7 @@
 //! [`CheckpointStore`] on the connector's DynamoDB table: the reconciliation checkpoint.
 //!
 //! Item: `pk = RECONCILE`, `sk = CHECKPOINT`, `entity = checkpoint`, `checkpoint` (S, the
-//! [`Checkpoint`] as JSON: per side `since`, `resume`, `pass_newest`; `last_run`,
+//! [`Checkpoint`] as JSON: per side `since` and `after` (the last record handled); `last_run`,
 //! `last_enqueued`) and `updated_at`. One writer at a time (the scheduled function; a backfill
 //! never writes it); read strongly consistent.
 

@@ -19,7 +19,7 @@
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 `GET` with `$filter`, `$select` of the primary key, `$top=1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST` (`Prefer: return=representation`, `$select` of the primary key) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH opportunities(<id>)` with `If-Match: *` |
-//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 `GET opportunities?$filter=<sync> eq true and modifiedon ge …&$orderby=modifiedon asc` per page of 100 (`@odata.nextLink`); currencies are not resolved |
+//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 `GET opportunities?$filter=<sync> eq true and (modifiedon gt <t> or (modifiedon eq <t> and opportunityid gt <last>))&$orderby=modifiedon asc,opportunityid asc&$top=<page>` per page (keyset paging, no `@odata.nextLink` kept; docs/dataverse.md#paging); currencies are not resolved |
 //!
 //! # Upserts
 //!
@@ -123,20 +123,16 @@ struct Collection {
     value: Vec<Map<String, Value>>,
 }
 
-/// A collection page (`{"value": [...], "@odata.nextLink": "…"}`).
+/// A collection page (`{"value": [...]}`; with `$top` there is no `@odata.nextLink`).
 #[derive(Debug, Deserialize)]
 struct CollectionPage {
     #[serde(default)]
     value: Vec<Map<String, Value>>,
-    #[serde(rename = "@odata.nextLink", default)]
-    next_link: Option<String>,
 }
 
 /// When a row was last modified, and by whom (system columns).
 const MODIFIED_ON_COLUMN: &str = "modifiedon";
 const MODIFIED_BY_VALUE: &str = "_modifiedby_value";
-/// Rows per page of [`CrmStore::list_opportunities`] (`Prefer: odata.maxpagesize`).
-const PREFER_LIST_PAGE: &str = "odata.maxpagesize=100";
 
 /// `'text'` as an OData string literal (`'` doubled).
 fn odata_string(text: &str) -> String {
@@ -471,6 +467,39 @@ impl DataverseStore {
     // -----------------------------------------------------------------------------------------
 
     /// The opportunity columns the mapping reads.
+    /// The query options of one [`CrmStore::list_opportunities`] page: the keyset condition
+    /// in `$filter`, the order `(modifiedon, <id>)` and `$top` (docs/dataverse.md#paging).
+    /// Comparing the primary key with `gt` lets the service order and compare the GUIDs
+    /// alike (SQL Server does not order them as their text); the code never compares them.
+    pub fn list_query(&self, query: &OpportunityQuery) -> Result<Vec<(&str, String)>, PortError> {
+        let f = &self.mapping.dataverse.opportunity;
+        let at = query
+            .modified_since
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let changed = match &query.after {
+            None => format!("{MODIFIED_ON_COLUMN} ge {at}"),
+            Some(record) => {
+                let last = dataverse_id(record, "opportunity")?;
+                format!(
+                    "({MODIFIED_ON_COLUMN} gt {at} or ({MODIFIED_ON_COLUMN} eq {at} and {} gt {last}))",
+                    f.id
+                )
+            }
+        };
+        Ok(vec![
+            (
+                "$select",
+                format!(
+                    "{},{MODIFIED_ON_COLUMN},{MODIFIED_BY_VALUE}",
+                    self.opportunity_select()
+                ),
+            ),
+            ("$filter", format!("{} eq true and {changed}", f.sync)),
+            ("$orderby", format!("{MODIFIED_ON_COLUMN} asc,{} asc", f.id)),
+            ("$top", query.top.max(1).to_string()),
+        ])
+    }
+
     fn opportunity_select(&self) -> String {
         let f = &self.mapping.dataverse.opportunity;
         [
@@ -592,9 +621,10 @@ impl CrmStore for DataverseStore {
         Ok(Some(opportunity_from_dataverse(&record, &self.mapping)))
     }
 
-    /// `GET opportunities?$filter=<sync column> eq true and modifiedon ge <since>&$orderby=
-    /// modifiedon asc` with `Prefer: odata.maxpagesize=100`, or the given `@odata.nextLink`
-    /// (only on the environment's own host). The currency is not resolved.
+    /// `GET opportunities?$filter=<sync column> eq true and (modifiedon gt <t> or (modifiedon eq
+    /// <t> and <id> gt <last id>))&$orderby=modifiedon asc,<id> asc&$top=<n>`
+    /// ([`list_query`](Self::list_query)): one page of a keyset walk, bounded by `$top`. No
+    /// `@odata.nextLink` is followed or kept. The currency is not resolved.
     #[tracing::instrument(skip_all)]
     async fn list_opportunities(
         &self,
@@ -602,52 +632,14 @@ impl CrmStore for DataverseStore {
     ) -> Result<OpportunityPage, PortError> {
         let f = &self.mapping.dataverse.opportunity;
         let ctx = Self::ctx("list the opportunities modified since the checkpoint");
-        let url = match &query.next_link {
-            Some(link) => {
-                let url = Url::parse(link).map_err(|error| {
-                    dataverse_error(format!("the next-page link is not a URL: {error}"))
-                })?;
-                if url.origin() != self.base.origin() {
-                    return Err(dataverse_error(
-                        "the next-page link points away from the Dataverse environment",
-                    ));
-                }
-                url
-            }
-            None => self.url(
-                &f.entity_set,
-                &[
-                    (
-                        "$select",
-                        format!(
-                            "{},{MODIFIED_ON_COLUMN},{MODIFIED_BY_VALUE}",
-                            self.opportunity_select()
-                        ),
-                    ),
-                    (
-                        "$filter",
-                        format!(
-                            "{} eq true and {MODIFIED_ON_COLUMN} ge {}",
-                            f.sync,
-                            query
-                                .modified_since
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                    ),
-                    ("$orderby", format!("{MODIFIED_ON_COLUMN} asc")),
-                ],
-            )?,
-        };
+        let url = self.url(&f.entity_set, &self.list_query(query)?)?;
         let response = self
             .send(
                 &ctx,
                 Method::GET,
                 url,
                 None,
-                &[
-                    ("prefer", PREFER_FORMATTED_VALUES),
-                    ("prefer", PREFER_LIST_PAGE),
-                ],
+                &[("prefer", PREFER_FORMATTED_VALUES)],
             )
             .await?;
         let page: CollectionPage = read_json(&ctx, response).await?;
@@ -667,10 +659,7 @@ impl CrmStore for DataverseStore {
                     .map(str::to_owned),
             })
             .collect();
-        Ok(OpportunityPage {
-            items,
-            next_link: page.next_link,
-        })
+        Ok(OpportunityPage { items })
     }
 
     /// `GET opportunities(<id>)` with its account, contact and currency (see the module docs).

@@ -20,7 +20,7 @@
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 SOQL `GET query?q=SELECT Id FROM … WHERE … ORDER BY CreatedDate ASC LIMIT 1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST sobjects/<Object>` (201 `{id}`) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH sobjects/Opportunity/<id>` of the audit field |
-//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 SOQL `GET query?q=SELECT Id, Name, <sync>, <referral id>, LastModifiedDate, LastModifiedById FROM Opportunity WHERE <sync> = true AND LastModifiedDate >= … ORDER BY LastModifiedDate ASC` per page (`nextRecordsUrl`) |
+//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 SOQL `GET query?q=SELECT Id, Name, <sync>, <referral id>, LastModifiedDate, LastModifiedById FROM Opportunity WHERE <sync> = true AND (LastModifiedDate > <t> OR (LastModifiedDate = <t> AND Id > '<last>')) ORDER BY LastModifiedDate ASC, Id ASC LIMIT <page>` per page (keyset paging; no `nextRecordsUrl` kept) |
 //!
 //! The upsert key field is [`SalesforceOpportunityFields::referral_identifier`] (default
 //! `Referral_Identifier__c`; it must be an External ID field). It is left out of the body of an
@@ -145,28 +145,21 @@ struct QueryResult {
     records: Vec<Map<String, Value>>,
 }
 
-/// A SOQL answer with its paging (`nextRecordsUrl` while `done` is false).
+/// A SOQL answer of a listing page. With `LIMIT` at most [`MAX_LIST_PAGE`] there is one
+/// batch: no `nextRecordsUrl` (a query locator) is followed or kept.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct QueryPage {
     #[serde(default)]
     records: Vec<Map<String, Value>>,
-    #[serde(default)]
-    next_records_url: Option<String>,
 }
+
+/// The largest listing page asked for: Salesforce's default query batch (2,000 records), so a
+/// page is always one answer (docs/salesforce.md#soql-queries-and-query-locators).
+pub const MAX_LIST_PAGE: u32 = 2_000;
 
 /// When a record was last modified, and by whom (system fields).
 const LAST_MODIFIED_DATE_FIELD: &str = "LastModifiedDate";
 const LAST_MODIFIED_BY_FIELD: &str = "LastModifiedById";
-
-/// The query locator of a `nextRecordsUrl` (`/services/data/v62.0/query/01gD0000002HU6KIAW-2000`).
-fn query_locator(link: &str) -> Option<&str> {
-    link.split(['?', '#'])
-        .next()
-        .and_then(|path| path.trim_end_matches('/').rsplit_once("/query/"))
-        .map(|(_, locator)| locator)
-        .filter(|locator| !locator.is_empty() && !locator.contains('/'))
-}
 
 /// A Salesforce date-time (`2026-01-02T03:04:05.000+0000`, or RFC 3339).
 fn salesforce_datetime(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -222,6 +215,42 @@ fn record_id(record: &Map<String, Value>, field: &str) -> Option<SalesforceId> {
 }
 
 impl SalesforceStore {
+    /// The SOQL of one [`CrmStore::list_opportunities`] page: `SELECT Id, Name, <sync>,
+    /// <referral id>, LastModifiedDate, LastModifiedById FROM Opportunity WHERE <sync> = true
+    /// AND (LastModifiedDate > <t> OR (LastModifiedDate = <t> AND Id > '<last>')) ORDER BY
+    /// LastModifiedDate ASC, Id ASC LIMIT <n>` (`LastModifiedDate >= <t>` for the first page).
+    /// The service compares and orders the ids alike; the code never compares them
+    /// (docs/salesforce.md#soql-queries-and-query-locators).
+    pub fn list_soql(&self, query: &OpportunityQuery) -> Result<String, PortError> {
+        let f = &self.mapping.salesforce.opportunity;
+        let at = query
+            .modified_since
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let changed = match &query.after {
+            None => format!("{LAST_MODIFIED_DATE_FIELD} >= {at}"),
+            Some(record) => {
+                let last = salesforce_id(record, "opportunity")?;
+                format!(
+                    "({LAST_MODIFIED_DATE_FIELD} > {at} OR ({LAST_MODIFIED_DATE_FIELD} = {at} AND \
+                     {id} > {last}))",
+                    id = f.id,
+                    last = soql_string(last.as_str()),
+                )
+            }
+        };
+        Ok(format!(
+            "SELECT {id}, {name}, {sync}, {referral}, {LAST_MODIFIED_DATE_FIELD}, \
+             {LAST_MODIFIED_BY_FIELD} FROM {object} WHERE {sync} = true AND {changed} ORDER BY \
+             {LAST_MODIFIED_DATE_FIELD} ASC, {id} ASC LIMIT {limit}",
+            id = f.id,
+            name = f.name,
+            sync = f.sync,
+            referral = f.referral_identifier,
+            object = f.object,
+            limit = query.top.clamp(1, MAX_LIST_PAGE),
+        ))
+    }
+
     /// The store; the instance URL comes with each token. Fails only on an unusable API
     /// version.
     pub fn new(
@@ -521,41 +550,19 @@ impl CrmStore for SalesforceStore {
         )))
     }
 
-    /// SOQL `SELECT Id, Name, <sync>, <referral id>, LastModifiedDate, LastModifiedById FROM
-    /// Opportunity WHERE <sync> = true AND LastModifiedDate >= <since> ORDER BY
-    /// LastModifiedDate ASC`, or the query locator of `nextRecordsUrl`. Only those fields are
-    /// read (reconciliation reads a changed record in full with `get_opportunity`).
+    /// One page of a keyset walk ([`list_soql`](Self::list_soql)), bounded by `LIMIT`. No
+    /// `nextRecordsUrl` is followed or kept. Only those fields are read (reconciliation reads a
+    /// changed record in full with `get_opportunity`).
     #[tracing::instrument(skip_all)]
     async fn list_opportunities(
         &self,
         query: &OpportunityQuery,
     ) -> Result<OpportunityPage, PortError> {
-        let f = &self.mapping.salesforce.opportunity;
         let ctx = Self::ctx("list the opportunities modified since the checkpoint");
-        let response = match &query.next_link {
-            Some(link) => {
-                // Only the query locator is used, on the token's instance.
-                let locator = query_locator(link)
-                    .ok_or_else(|| salesforce_error("the next-page link is not a query locator"))?;
-                self.send(&ctx, Method::GET, &["query", locator], &[], None)
-                    .await?
-            }
-            None => {
-                let soql = format!(
-                    "SELECT {id}, {name}, {sync}, {referral}, {LAST_MODIFIED_DATE_FIELD},                      {LAST_MODIFIED_BY_FIELD} FROM {object} WHERE {sync} = true AND                      {LAST_MODIFIED_DATE_FIELD} >= {since} ORDER BY {LAST_MODIFIED_DATE_FIELD} ASC",
-                    id = f.id,
-                    name = f.name,
-                    sync = f.sync,
-                    referral = f.referral_identifier,
-                    object = f.object,
-                    since = query
-                        .modified_since
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                );
-                self.send(&ctx, Method::GET, &["query"], &[("q", &soql)], None)
-                    .await?
-            }
-        };
+        let soql = self.list_soql(query)?;
+        let response = self
+            .send(&ctx, Method::GET, &["query"], &[("q", &soql)], None)
+            .await?;
         let page: QueryPage = read_json(&ctx, response).await?;
         let items = page
             .records
@@ -575,10 +582,7 @@ impl CrmStore for SalesforceStore {
                     .map(str::to_owned),
             })
             .collect();
-        Ok(OpportunityPage {
-            items,
-            next_link: page.next_records_url,
-        })
+        Ok(OpportunityPage { items })
     }
 
     /// `GET sobjects/Opportunity/<id>` with its Account and Contact (see the module docs).
@@ -840,14 +844,7 @@ mod tests {
     }
 
     #[test]
-    fn next_pages_are_followed_by_their_query_locator_and_dates_read_in_both_forms() {
-        assert_eq!(
-            query_locator("/services/data/v62.0/query/01gD0000002HU6KIAW-2000"),
-            Some("01gD0000002HU6KIAW-2000")
-        );
-        assert_eq!(query_locator("/services/data/v62.0/query/"), None);
-        assert_eq!(query_locator("https://evil.example/x"), None);
-        assert_eq!(query_locator("/services/data/v62.0/query/a/b"), None);
+    fn dates_are_read_in_both_forms() {
         let at = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         assert_eq!(
             salesforce_datetime("2026-01-02T03:04:05.000+0000"),

@@ -9,7 +9,9 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use cosell_adapters::aws::aws_sdk_dynamodb;
 use cosell_adapters::aws::{DynamoApiBudget, DynamoCheckpointStore};
 use cosell_adapters::provision_table;
-use cosell_domain::ports::{ApiBudget, Checkpoint, CheckpointStore, ReconcileCursor};
+use cosell_domain::ports::{
+    ApiBudget, Checkpoint, CheckpointStore, ReconcileCursor, ReconcilePosition,
+};
 
 async fn dynamodb() -> aws_sdk_dynamodb::Client {
     cosell_testkit::moto::clients().await.dynamodb
@@ -96,8 +98,10 @@ async fn the_checkpoint_is_saved_and_read_back_whole() {
     let checkpoint = Checkpoint {
         referrals: ReconcileCursor {
             since: Some(at),
-            resume: Some("https://example.invalid/referrals?$skip=100".into()),
-            pass_newest: Some(at),
+            after: Some(ReconcilePosition {
+                at,
+                ids: vec!["4111fffc-f9ee-4d53-bba6-569135228642".into()],
+            }),
         },
         opportunities: ReconcileCursor::default(),
         last_run: Some(at),

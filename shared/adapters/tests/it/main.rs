@@ -7,6 +7,7 @@
 mod budget_checkpoint;
 mod common;
 mod crm_http;
+mod crm_listing;
 mod moto;
 mod partner_center_http;
 mod secrets;
