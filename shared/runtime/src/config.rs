@@ -114,6 +114,9 @@ pub struct WebhookConfig {
     pub intermediates_pem: String,
     /// https hosts a certificate URL may name.
     pub cert_hosts: Vec<String>,
+    /// `WEBHOOK_CERT_SUBJECTS`: the names the signing certificate's subject CN (or a DNS
+    /// subjectAltName) may be.
+    pub cert_subjects: Vec<String>,
     /// `host:port` pairs accepted over plain http (sandbox builds only; always empty
     /// otherwise).
     pub insecure_cert_hosts: Vec<String>,
@@ -127,6 +130,7 @@ impl fmt::Debug for WebhookConfig {
             .field("trust_anchors", &count(&self.trust_anchors_pem))
             .field("intermediates", &count(&self.intermediates_pem))
             .field("cert_hosts", &self.cert_hosts)
+            .field("cert_subjects", &self.cert_subjects)
             .field("insecure_cert_hosts", &self.insecure_cert_hosts)
             .finish()
     }
