@@ -383,6 +383,9 @@ struct VerifierInner {
     subject_names: Vec<String>,
     failed: Mutex<FailedUrls>,
     downloads: Mutex<DownloadBudget>,
+    /// Held while a certificate is downloaded: concurrent first deliveries (Partner Center
+    /// sends several at once) wait for one download instead of each spending the budget.
+    downloading: tokio::sync::Mutex<()>,
     clock: VerifierClock,
 }
 
@@ -614,6 +617,7 @@ impl WebhookVerifier {
                     refill: config.download_refill,
                     since: config.clock.now(),
                 }),
+                downloading: tokio::sync::Mutex::new(()),
                 clock: config.clock,
             }),
         })
@@ -644,16 +648,45 @@ impl WebhookVerifier {
         &self,
         url: &Url,
     ) -> Result<(Arc<CertificateDer<'static>>, Option<Instant>), WebhookAuthError> {
-        let cached = self
-            .inner
+        if let Some(cached) = self.cached(url) {
+            return Ok(cached);
+        }
+        self.refuse_if_failed(url)?;
+        let _one_at_a_time = self.inner.downloading.lock().await;
+        // Downloaded, or found unusable, while this request waited?
+        if let Some(cached) = self.cached(url) {
+            return Ok(cached);
+        }
+        self.refuse_if_failed(url)?;
+        Ok((self.fetch(url).await?, None))
+    }
+
+    /// The certificate at `url` again, after `stale` (cached) failed a check: the one another
+    /// request downloaded meanwhile, else a new download.
+    async fn refresh(
+        &self,
+        url: &Url,
+        stale: &Arc<CertificateDer<'static>>,
+    ) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
+        let _one_at_a_time = self.inner.downloading.lock().await;
+        match self.cached(url) {
+            Some((der, _)) if der != *stale => Ok(der),
+            _ => self.fetch(url).await,
+        }
+    }
+
+    /// The cached certificate of `url` and when it was downloaded.
+    fn cached(&self, url: &Url) -> Option<(Arc<CertificateDer<'static>>, Option<Instant>)> {
+        self.inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(url.as_str())
-            .map(|cached| (Arc::clone(&cached.der), cached.fetched));
-        if let Some((der, fetched)) = cached {
-            return Ok((der, Some(fetched)));
-        }
+            .map(|cached| (Arc::clone(&cached.der), Some(cached.fetched)))
+    }
+
+    /// 401 without a download when `url` failed recently (the negative cache).
+    fn refuse_if_failed(&self, url: &Url) -> Result<(), WebhookAuthError> {
         let now = self.inner.clock.now();
         let refused = {
             let failed = self
@@ -665,15 +698,15 @@ impl WebhookVerifier {
                 .refused(url.as_str(), now)
                 .map(|reason| (reason.to_owned(), failed.ttl))
         };
-        if let Some((reason, ttl)) = refused {
-            return Err(WebhookAuthError::unauthorized(format!(
+        match refused {
+            Some((reason, ttl)) => Err(WebhookAuthError::unauthorized(format!(
                 "the certificate URL {} failed recently and is not downloaded again for {} s \
                  (it failed: {reason})",
                 redacted_url(url),
                 ttl.as_secs()
-            )));
+            ))),
+            None => Ok(()),
         }
-        Ok((self.fetch(url).await?, None))
     }
 
     /// Download the certificate at `url` (within the download budget), check its chain and
@@ -1065,7 +1098,7 @@ impl UnverifiedWebhook {
             if !stale {
                 return Err(error);
             }
-            let fresh = verifier.fetch(&url).await?;
+            let fresh = verifier.refresh(&url, &certificate).await?;
             if fresh == certificate {
                 return Err(error);
             }

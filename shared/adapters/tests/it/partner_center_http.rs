@@ -1420,3 +1420,18 @@ async fn new_certificate_urls_beyond_the_download_budget_are_refused_without_a_d
     );
     assert_eq!(certs.hits("made-up-newer.cer"), 0);
 }
+
+#[tokio::test]
+async fn concurrent_first_deliveries_download_the_certificate_once_and_all_verify() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    let genuine = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+
+    let verified =
+        futures::future::join_all((0..8).map(|_| genuine.unverified().verify(&verifier))).await;
+
+    assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+    assert_eq!(certs.hits("cert.cer"), 1);
+}
