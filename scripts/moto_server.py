@@ -6,6 +6,10 @@ it), so tests that fire concurrent writes at one item -- the exactly-once key ta
 concurrent deliveries, the daily API counter -- could race inside moto and fail (seen: two of ten
 concurrent ADDs returned the same total). Handling DynamoDB requests one at a time restores the
 guarantee the code relies on; SQS requests (long polls among them) stay concurrent.
+
+Secrets Manager requests are serialised too: the refresh token's version-checked write relies
+on UpdateSecretVersionStage refusing to move AWSCURRENT off a version that no longer holds it,
+which AWS applies atomically and moto checks and changes without a lock.
 """
 
 import sys
@@ -19,7 +23,7 @@ _dispatch = DomainDispatcherApplication.__call__
 
 
 def _call(self, environ, start_response):
-    if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+    if environ.get("HTTP_X_AMZ_TARGET", "").startswith(("DynamoDB_", "secretsmanager.")):
         with _DYNAMODB:
             # The whole response is produced inside the lock.
             return list(_dispatch(self, environ, start_response))

@@ -32,6 +32,7 @@ lint_template() {
   log "cfn-lint infra/template.yaml"
   cfn-lint infra/template.yaml
   python3 infra/check_template.py
+  python3 -m unittest infra/test_check_template.py
 }
 
 free_port() {

@@ -434,6 +434,7 @@ pub fn audit_event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::Received => "received",
         AuditEvent::DuplicateSkipped => "duplicate_skipped",
         AuditEvent::UnchangedSkipped => "unchanged_skipped",
+        AuditEvent::HeldUntilAccepted { .. } => "held_until_accepted",
         AuditEvent::EchoSkipped => "echo_skipped",
         AuditEvent::Created => "created",
         AuditEvent::Updated => "updated",

@@ -122,7 +122,10 @@ fn step(event: &AuditEvent) -> u8 {
     match event {
         AuditEvent::Redriven => 0,
         AuditEvent::Received => 1,
-        AuditEvent::DuplicateSkipped | AuditEvent::EchoSkipped | AuditEvent::UnchangedSkipped => 2,
+        AuditEvent::DuplicateSkipped
+        | AuditEvent::EchoSkipped
+        | AuditEvent::UnchangedSkipped
+        | AuditEvent::HeldUntilAccepted { .. } => 2,
         AuditEvent::Created | AuditEvent::Updated => 3,
         AuditEvent::WrittenBack => 4,
         AuditEvent::Failed { .. } => 5,
@@ -141,6 +144,7 @@ pub fn describe(entry: &AuditEntry) -> String {
         AuditEvent::Received => format!("change received from {source}"),
         AuditEvent::DuplicateSkipped => "skipped: the same delivery arrived again".to_owned(),
         AuditEvent::UnchangedSkipped => "skipped: no mapped field changed".to_owned(),
+        AuditEvent::HeldUntilAccepted { reason, .. } => format!("not sent yet: {reason}"),
         AuditEvent::EchoSkipped => "skipped: the connector's own write came back".to_owned(),
         AuditEvent::Created => format!("created {target}"),
         AuditEvent::Updated => format!("updated {target}"),
@@ -161,7 +165,7 @@ fn direction_label(entry: &AuditEntry) -> &'static str {
 
 fn fix_of(entry: &AuditEntry) -> Option<&str> {
     match &entry.event {
-        AuditEvent::Failed { fix, .. } => Some(fix),
+        AuditEvent::Failed { fix, .. } | AuditEvent::HeldUntilAccepted { fix, .. } => Some(fix),
         _ => None,
     }
 }

@@ -680,6 +680,9 @@ fn describe(event: &AuditEvent) -> String {
         AuditEvent::Received => "event received".to_owned(),
         AuditEvent::DuplicateSkipped => "same delivery again: skipped".to_owned(),
         AuditEvent::UnchangedSkipped => "nothing mapped changed: skipped".to_owned(),
+        AuditEvent::HeldUntilAccepted { reason, fix } => {
+            format!("not sent until accepted: {reason} Fix: {fix}")
+        }
         AuditEvent::EchoSkipped => "own write-back came back: skipped".to_owned(),
         AuditEvent::Created => "opportunity created".to_owned(),
         AuditEvent::Updated => "opportunity updated".to_owned(),

@@ -4,6 +4,8 @@
 # the sandbox Salesforce token endpoint can check JWT bearer assertions.
 #
 #   root (CA) -> intermediate (CA) -> leaf "pcnotifications-dispatch" (O=Microsoft Corporation)
+#                                   -> leaf "other-service" (O=Microsoft Corporation, another CN:
+#                                      a genuine chain, the wrong subject)
 #   salesforce-connected-app: key + self-signed certificate "uploaded" to the sandbox org
 #
 # Usage: bash sandbox/certs/generate.sh   (needs openssl; valid for 20 years)
@@ -30,6 +32,13 @@ openssl x509 -req -in leaf.csr -CA intermediate.cert.pem -CAkey intermediate.key
   -days "$days" -sha256 -out leaf.cert.pem \
   -extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:pcnotifications-dispatch.microsoft.com\n')
 
+# A leaf of the same chain and organisation for another service: for "wrong subject" tests.
+openssl req -newkey rsa:2048 -nodes -sha256 -keyout other-subject.key.pem -out other-subject.csr \
+  -subj "$subj_base/CN=other-service.microsoft.com"
+openssl x509 -req -in other-subject.csr -CA intermediate.cert.pem -CAkey intermediate.key.pem -CAcreateserial \
+  -days "$days" -sha256 -out other-subject.cert.pem \
+  -extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:other-service.microsoft.com\n')
+
 # A second leaf, same subject, signed by an untrusted self-made CA: for "wrong chain" tests.
 openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$days" \
   -keyout rogue.key.pem -out rogue.cert.pem \
@@ -41,11 +50,12 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$days" \
   -subj "/O=cosell-sync sandbox/CN=salesforce-connected-app"
 
 # PKCS#8 for the signing keys (what aws-lc-rs / jsonwebtoken load).
-for k in leaf rogue salesforce-connected-app; do
+for k in leaf other-subject rogue salesforce-connected-app; do
   openssl pkcs8 -topk8 -nocrypt -in "$k.key.pem" -out "$k.pk8.pem"
   mv "$k.pk8.pem" "$k.key.pem"
 done
 openssl x509 -in salesforce-connected-app.cert.pem -pubkey -noout > salesforce-connected-app.pub.pem
 openssl x509 -in leaf.cert.pem -outform DER -out leaf.cer
+openssl x509 -in other-subject.cert.pem -outform DER -out other-subject.cer
 openssl x509 -in rogue.cert.pem -outform DER -out rogue.cer
 rm -f ./*.csr ./*.srl root.key.pem intermediate.key.pem

@@ -38,6 +38,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route(pki::LEAF_CERT_PATH, get(|| cer(pki::LEAF_CERT_DER)))
         .route(pki::ROGUE_CERT_PATH, get(|| cer(pki::ROGUE_CERT_DER)))
+        .route(
+            pki::OTHER_SUBJECT_CERT_PATH,
+            get(|| cer(pki::OTHER_SUBJECT_CERT_DER)),
+        )
         .merge(partner_center::control_routes())
         .merge(dataverse::control_routes())
         .merge(salesforce::control_routes())

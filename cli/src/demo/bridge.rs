@@ -335,6 +335,7 @@ fn soap_outcome(entries: &[AuditEntry], request_id: &str, answer: &[u8]) -> Stri
             AuditEvent::Received | AuditEvent::WrittenBack | AuditEvent::Redriven => None,
             AuditEvent::DuplicateSkipped => Some("duplicate_skipped"),
             AuditEvent::UnchangedSkipped => Some("unchanged_skipped"),
+            AuditEvent::HeldUntilAccepted { .. } => Some("held_until_accepted"),
             AuditEvent::EchoSkipped => Some("echo_skipped"),
             AuditEvent::Created => Some("created"),
             AuditEvent::Updated => Some("updated"),

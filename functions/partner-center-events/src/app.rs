@@ -70,4 +70,7 @@ pub fn verifier_settings(config: &WebhookConfig) -> WebhookVerifierConfig {
     );
     settings.allowed_hosts.clone_from(&config.cert_hosts);
     settings
+        .allowed_subject_names
+        .clone_from(&config.cert_subjects);
+    settings
 }

@@ -1,7 +1,9 @@
 //! The function's typed configuration: the shared [`SyncConfig`] variables plus webhook
 //! verification and the body cap, read from the environment once per cold start.
 
-use cosell_adapters::http::webhook_signature::DEFAULT_CERTIFICATE_HOST;
+use cosell_adapters::http::webhook_signature::{
+    DEFAULT_CERTIFICATE_HOST, DEFAULT_SIGNING_SUBJECT_NAME,
+};
 use cosell_domain::sync::SyncSettings;
 use cosell_runtime::config::{ConfigError, Env, SyncConfig, WebhookConfig};
 
@@ -36,6 +38,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// | `WEBHOOK_TRUST_ANCHORS_PEM` | yes | | PEM of the Microsoft root certificates the signing certificate chains to, or the path of a PEM file in the deployment package |
 /// | `WEBHOOK_INTERMEDIATES_PEM` | no | none | PEM (or the path of a PEM file) of the intermediate CA certificates |
 /// | `WEBHOOK_CERT_HOSTS` | no | `3psostorageacct.blob.core.windows.net` | comma-separated https hosts a `X-MS-Certificate-Url` may name |
+/// | `WEBHOOK_CERT_SUBJECTS` | no | `pcnotifications-dispatch.microsoft.com` | comma-separated names the signing certificate's subject CN (or a DNS subjectAltName) must be one of |
 /// | `SANDBOX_INSECURE_CERT_HOSTS` | no | | comma-separated `host:port` whose certificate URLs are accepted over plain http; **only** in a build with the `sandbox` cargo feature (local sandbox runs); any other build refuses to start when it is set |
 /// | `MAX_BODY_BYTES` | no | `65536` | larger webhook bodies are answered 413 |
 /// | `IDEMPOTENCY_TTL_SECS` | no | `3600` | how long a processed delivery is remembered |
@@ -85,6 +88,9 @@ impl Config {
             cert_hosts: env
                 .list("WEBHOOK_CERT_HOSTS")
                 .unwrap_or_else(|| vec![DEFAULT_CERTIFICATE_HOST.to_owned()]),
+            cert_subjects: env
+                .list("WEBHOOK_CERT_SUBJECTS")
+                .unwrap_or_else(|| vec![DEFAULT_SIGNING_SUBJECT_NAME.to_owned()]),
             insecure_cert_hosts: sandbox_hosts(env.list("SANDBOX_INSECURE_CERT_HOSTS"))?,
         };
         let max_body_bytes = env.number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64)?;

@@ -657,6 +657,14 @@ pub enum AuditEvent {
     DuplicateSkipped,
     /// Nothing mapped changed; skipped.
     UnchangedSkipped,
+    /// A CRM change to a referral Partner Center has not accepted yet (New, the opportunity on
+    /// hold): not sent, and not forgotten — it is sent once the referral is accepted.
+    HeldUntilAccepted {
+        /// What was held and why (no contact data).
+        reason: String,
+        /// What the seller or admin does to send it.
+        fix: String,
+    },
     /// Our own write came back as an event; skipped.
     EchoSkipped,
     /// A record was created on the other side.
@@ -728,6 +736,9 @@ impl AuditEntry {
             AuditEvent::Received => format!("{at} Change received"),
             AuditEvent::DuplicateSkipped => format!("{at} Duplicate delivery skipped"),
             AuditEvent::UnchangedSkipped => format!("{at} No mapped field changed"),
+            AuditEvent::HeldUntilAccepted { reason, fix } => {
+                format!("{at} Change not sent yet: {reason} Fix: {fix}")
+            }
             AuditEvent::EchoSkipped => format!("{at} Own change skipped"),
             AuditEvent::Redriven => format!("{at} Retried by an operator"),
         }

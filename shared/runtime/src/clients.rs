@@ -68,11 +68,12 @@ pub fn partner_center(
             credential_label: Some(
                 "the Partner Center refresh token (PC_REFRESH_TOKEN, app PC_CLIENT_ID)".into(),
             ),
-            keep_rotated_in: config
-                .refresh_token_secret
-                .as_deref()
-                .and_then(|arn| SecretWriter::for_reference("PC_REFRESH_TOKEN", arn))
-                .map(Arc::new),
+            keep_rotated_in: match config.refresh_token_secret.as_deref() {
+                Some(arn) => SecretWriter::for_reference("PC_REFRESH_TOKEN", arn)
+                    .map_err(|error| HttpAdapterError::Config(error.to_string()))?
+                    .map(Arc::new),
+                None => None,
+            },
         },
     )?;
     Ok(HttpPartnerCenter::new(http, tokens, &config.api_base_url)?)

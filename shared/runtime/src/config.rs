@@ -57,7 +57,8 @@ pub struct PartnerCenterConfig {
     /// `PC_PARTNER_TEAM_JSON`: the partner's sales team on referrals created from the CRM.
     pub partner_team: Vec<Member>,
     /// `PC_REFRESH_TOKEN_SECRET_ARN`: the secret the refresh token is read from, which keeps
-    /// the token Entra rotates.
+    /// the token Entra rotates. A secret of its own (never `arn#key` of a JSON secret: the
+    /// write-back would rewrite the other keys), written only by a version-checked write.
     pub refresh_token_secret: Option<String>,
 }
 
@@ -113,6 +114,9 @@ pub struct WebhookConfig {
     pub intermediates_pem: String,
     /// https hosts a certificate URL may name.
     pub cert_hosts: Vec<String>,
+    /// `WEBHOOK_CERT_SUBJECTS`: the names the signing certificate's subject CN (or a DNS
+    /// subjectAltName) may be.
+    pub cert_subjects: Vec<String>,
     /// `host:port` pairs accepted over plain http (sandbox builds only; always empty
     /// otherwise).
     pub insecure_cert_hosts: Vec<String>,
@@ -126,6 +130,7 @@ impl fmt::Debug for WebhookConfig {
             .field("trust_anchors", &count(&self.trust_anchors_pem))
             .field("intermediates", &count(&self.intermediates_pem))
             .field("cert_hosts", &self.cert_hosts)
+            .field("cert_subjects", &self.cert_subjects)
             .field("insecure_cert_hosts", &self.insecure_cert_hosts)
             .finish()
     }
@@ -168,7 +173,9 @@ impl SyncConfig {
             refresh_token: env.secret("PC_REFRESH_TOKEN")?,
             partner_organization_id: env.optional("PC_PARTNER_ORGANIZATION_ID"),
             partner_team: partner_team(env.optional("PC_PARTNER_TEAM_JSON"))?,
-            refresh_token_secret: env.optional("PC_REFRESH_TOKEN_SECRET_ARN"),
+            refresh_token_secret: refresh_token_secret(
+                env.optional("PC_REFRESH_TOKEN_SECRET_ARN"),
+            )?,
         };
         let crm = match env.required("CRM_KIND")?.to_ascii_lowercase().as_str() {
             "dataverse" => CrmConfig::Dataverse {
@@ -271,6 +278,28 @@ fn sync_settings(
         partner_organization_id: partner_center.partner_organization_id.clone(),
         partner_team: partner_center.partner_team.clone(),
         ..SyncSettings::default()
+    }
+}
+
+/// `PC_REFRESH_TOKEN_SECRET_ARN` must name a whole secret: the rotated refresh token is
+/// written back to it, and writing one key of a JSON secret rewrites every other key (an
+/// operator's new CRM secret could be reverted).
+fn refresh_token_secret(reference: Option<String>) -> Result<Option<String>, ConfigError> {
+    match reference {
+        Some(reference)
+            if reference
+                .split_once('#')
+                .is_some_and(|(_, key)| !key.trim().is_empty()) =>
+        {
+            Err(ConfigError::invalid(
+                "PC_REFRESH_TOKEN_SECRET_ARN",
+                "it names one key of a JSON secret, but the rotated refresh token is written back \
+                 to it and a write would rewrite the secret's other keys: keep the refresh token \
+                 alone in a secret of its own (the template's PcRefreshTokenSecret) and set the \
+                 variable to that secret's ARN, without #key",
+            ))
+        }
+        other => Ok(other),
     }
 }
 
@@ -405,5 +434,47 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 format!("the file '{text}' holds no PEM certificate"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync_config(refresh_token_secret: &str) -> Result<SyncConfig, ConfigError> {
+        let vars = [
+            ("CRM_KIND", "dataverse"),
+            ("PC_TENANT_ID", "tenant"),
+            ("PC_CLIENT_ID", "client"),
+            ("PC_CLIENT_SECRET", "client-secret"),
+            ("PC_REFRESH_TOKEN", "refresh-token"),
+            ("PC_REFRESH_TOKEN_SECRET_ARN", refresh_token_secret),
+            ("DATAVERSE_URL", "https://contoso.crm.dynamics.com"),
+            ("DATAVERSE_CLIENT_ID", "dv-client"),
+            ("DATAVERSE_CLIENT_SECRET", "dv-secret"),
+            ("STORE", "memory"),
+        ];
+        let env = Env(|name: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        });
+        SyncConfig::from_env(&env)
+    }
+
+    #[test]
+    fn a_refresh_token_kept_as_one_key_of_a_shared_json_secret_is_refused_with_the_fix() {
+        let error =
+            sync_config("arn:aws:secretsmanager:r:1:secret:creds#pc_refresh_token").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("PC_REFRESH_TOKEN_SECRET_ARN") && text.contains("secret of its own"),
+            "{text}"
+        );
+        let config = sync_config("arn:aws:secretsmanager:r:1:secret:pc-refresh-token").unwrap();
+        assert_eq!(
+            config.partner_center.refresh_token_secret.as_deref(),
+            Some("arn:aws:secretsmanager:r:1:secret:pc-refresh-token")
+        );
     }
 }

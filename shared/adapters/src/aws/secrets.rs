@@ -166,6 +166,25 @@ pub enum SecretError {
         reference: String,
         /// The service's error code and message, and what to check.
         problem: String,
+        /// Whether a later write may succeed (throttling, a 5xx, the network) rather than
+        /// needing a person (access denied, no such secret).
+        retryable: bool,
+    },
+    /// A value that is written back (the rotated refresh token) is configured as one key of a
+    /// JSON secret. Writing it would rewrite the whole secret and could revert its other keys
+    /// (an operator's new CRM credential), so it must have a secret of its own. Permanent.
+    #[error(
+        "{variable}{SECRET_ARN_SUFFIX} names {reference}, but {variable} is written back when it \
+         rotates and must be the whole value of a secret of its own (writing one key rewrites the \
+         whole JSON secret and could revert its other keys): create a secret holding only the \
+         value (the template's PcRefreshTokenSecret) and set {variable}{SECRET_ARN_SUFFIX} to its \
+         ARN without #key"
+    )]
+    SharedSecret {
+        /// The variable.
+        variable: String,
+        /// The configured reference.
+        reference: String,
     },
     /// The service call failed (missing secret or parameter, access denied, network).
     #[error("{variable}: could not read {reference}: {problem}")]
@@ -356,10 +375,13 @@ impl SecretResolver {
         };
         match key {
             FetchKey::Secret(secret_id) => {
+                // AWSCURRENT is the default; named, because moto answers a request without a
+                // stage from the version last *put*, not the one the label was moved to.
                 let output = self
                     .secrets_manager
                     .get_secret_value()
                     .secret_id(secret_id)
+                    .version_stage(CURRENT_STAGE)
                     .send()
                     .await
                     .map_err(|err| unreadable(problem(&err, "secretsmanager:GetSecretValue")))?;
@@ -444,88 +466,236 @@ where
     format!("{detail}{hint}")
 }
 
-/// Writes a value that changed while the function ran (Entra's rotated refresh token) back to
-/// the Secrets Manager secret it came from — the whole secret, or its key of a JSON secret,
-/// the other keys unchanged — so the next cold start begins with the newest one. The client
-/// is built on the first write (a function that never rotates never loads it). SSM
-/// parameters are not written back.
+/// The staging label of a version [`SecretWriter::write_rotated`] put and then tries to make
+/// current; it stays on the newest such version (a version left without labels is removed by
+/// Secrets Manager in time).
+pub const ROTATED_STAGE: &str = "COSELL_ROTATED";
+/// The staging label of a secret's current version.
+const CURRENT_STAGE: &str = "AWSCURRENT";
+
+/// What [`SecretWriter::write_rotated`] did.
+#[derive(Debug, Clone)]
+pub enum RotatedWrite {
+    /// The rotated value is the secret's current version now.
+    Stored,
+    /// The secret no longer held the value this instance rotated from: another instance stored
+    /// its own rotation, or an operator put a new value. That value was left as it is; here it
+    /// is, for the caller to continue from.
+    Superseded(SecretString),
+}
+
+/// Writes a value that changes while the function runs (Entra's rotated refresh token) back to
+/// the Secrets Manager secret it came from, so the next cold start begins with the newest one.
+///
+/// The secret holds that value alone ([`SecretWriter::for_reference`] refuses `arn#key`): a
+/// write never touches another credential. Each write is version-checked, so it never reverts
+/// a newer value ([`Self::write_rotated`]):
+///
+/// 1. `GetSecretValue` reads the current version; if its value is not the one this instance
+///    rotated from, someone else wrote since → [`RotatedWrite::Superseded`], nothing written;
+/// 2. `PutSecretValue` adds the rotated value as a new version labelled [`ROTATED_STAGE`],
+///    *not* `AWSCURRENT`;
+/// 3. `UpdateSecretVersionStage` moves `AWSCURRENT` to it with `RemoveFromVersionId` = the
+///    version read in step 1: Secrets Manager refuses the move when `AWSCURRENT` is no longer
+///    on that version (another write in between), so exactly one of two concurrent writers
+///    wins and the other gets [`RotatedWrite::Superseded`].
+///
+/// The client is built on the first write (a function that never rotates never loads it).
+/// SSM parameters are not written back.
 #[derive(Debug)]
 pub struct SecretWriter {
     variable: String,
     secret_id: String,
-    json_key: Option<String>,
     client: tokio::sync::OnceCell<aws_sdk_secretsmanager::Client>,
 }
 
 impl SecretWriter {
-    /// A writer for `variable`'s `X_SECRET_ARN` value (`arn` or `arn#key`); `None` for a
-    /// blank one.
-    pub fn for_reference(variable: &str, reference: &str) -> Option<Self> {
+    /// A writer for `variable`'s `X_SECRET_ARN` value; `None` for a blank one. A reference to
+    /// one key of a JSON secret (`arn#key`) is refused with [`SecretError::SharedSecret`]:
+    /// writing it would rewrite the secret's other keys too.
+    pub fn for_reference(variable: &str, reference: &str) -> Result<Option<Self>, SecretError> {
         match SecretSource::secrets_manager(reference) {
             SecretSource::SecretsManager {
                 secret_id,
-                json_key,
-            } if !secret_id.is_empty() => Some(Self {
+                json_key: None,
+            } if !secret_id.is_empty() => Ok(Some(Self {
                 variable: variable.to_owned(),
                 secret_id,
-                json_key,
                 client: tokio::sync::OnceCell::new(),
+            })),
+            source @ SecretSource::SecretsManager {
+                json_key: Some(_), ..
+            } => Err(SecretError::SharedSecret {
+                variable: variable.to_owned(),
+                reference: source.to_string(),
             }),
-            _ => None,
+            _ => Ok(None),
         }
+    }
+
+    /// The same, with a client from `config` instead of the standard AWS configuration.
+    pub fn with_sdk_config(self, config: &aws_config::SdkConfig) -> Self {
+        let client =
+            tokio::sync::OnceCell::new_with(Some(aws_sdk_secretsmanager::Client::new(config)));
+        Self { client, ..self }
     }
 
     /// Where it writes, in words (no value).
     pub fn describe(&self) -> String {
         SecretSource::SecretsManager {
             secret_id: self.secret_id.clone(),
-            json_key: self.json_key.clone(),
+            json_key: None,
         }
         .to_string()
     }
 
-    /// Put `value` in place of the old one (a new version of the secret).
-    pub async fn write(&self, value: &SecretString) -> Result<(), SecretError> {
+    /// Store `rotated`, obtained with `previous`, unless the secret holds another value than
+    /// `previous` by now (see the type's docs for the three calls).
+    pub async fn write_rotated(
+        &self,
+        previous: &SecretString,
+        rotated: &SecretString,
+    ) -> Result<RotatedWrite, SecretError> {
         let client = self
             .client
             .get_or_init(|| async {
                 aws_sdk_secretsmanager::Client::new(&super::sdk_config_from_env().await)
             })
             .await;
-        let unwritable = |problem: String| SecretError::Unwritable {
+        let unwritable = |problem: String, retryable: bool| SecretError::Unwritable {
             variable: self.variable.clone(),
             reference: self.describe(),
             problem,
+            retryable,
         };
-        let text = match &self.json_key {
-            None => value.expose_secret().to_owned(),
-            Some(key) => {
-                let current = client
-                    .get_secret_value()
-                    .secret_id(&self.secret_id)
-                    .send()
-                    .await
-                    .map_err(|err| unwritable(problem(&err, "secretsmanager:GetSecretValue")))?;
-                let mut object = current
-                    .secret_string()
-                    .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-                    .and_then(|value| value.as_object().cloned())
-                    .ok_or_else(|| unwritable("the secret is not a JSON object".to_owned()))?;
-                object.insert(
-                    key.clone(),
-                    serde_json::Value::String(value.expose_secret().to_owned()),
-                );
-                serde_json::Value::Object(object).to_string()
-            }
+        let sdk_failure = |action: &'static str| {
+            move |err: &dyn SdkFailure| unwritable(err.problem(action), err.retryable())
         };
-        client
+
+        let (read_version, stored) = self
+            .current(client)
+            .await
+            .map_err(|err| sdk_failure("secretsmanager:GetSecretValue")(&err))?;
+        let Some(read_version) = read_version else {
+            return Err(unwritable(
+                "the secret has no current version with a text value (put one with aws \
+                 secretsmanager put-secret-value)"
+                    .to_owned(),
+                false,
+            ));
+        };
+        if stored.expose_secret() != previous.expose_secret() {
+            return Ok(RotatedWrite::Superseded(stored));
+        }
+
+        let put = client
             .put_secret_value()
             .secret_id(&self.secret_id)
-            .secret_string(text)
+            .secret_string(rotated.expose_secret())
+            .version_stages(ROTATED_STAGE)
             .send()
             .await
-            .map_err(|err| unwritable(problem(&err, "secretsmanager:PutSecretValue")))?;
-        Ok(())
+            .map_err(|err| sdk_failure("secretsmanager:PutSecretValue")(&err))?;
+        let new_version = put.version_id().unwrap_or_default().to_owned();
+
+        let moved = client
+            .update_secret_version_stage()
+            .secret_id(&self.secret_id)
+            .version_stage(CURRENT_STAGE)
+            .move_to_version_id(&new_version)
+            .remove_from_version_id(&read_version)
+            .send()
+            .await;
+        match moved {
+            Ok(_) => Ok(RotatedWrite::Stored),
+            Err(err) => {
+                // Refused because AWSCURRENT moved on since step 1? Then the newer value stays.
+                let (now_version, now) = self
+                    .current(client)
+                    .await
+                    .map_err(|err| sdk_failure("secretsmanager:GetSecretValue")(&err))?;
+                if now_version.as_deref() != Some(read_version.as_str()) {
+                    Ok(RotatedWrite::Superseded(now))
+                } else {
+                    Err(sdk_failure("secretsmanager:UpdateSecretVersionStage")(&err))
+                }
+            }
+        }
+    }
+
+    /// The current version's id (when it has a text value) and value.
+    async fn current(
+        &self,
+        client: &aws_sdk_secretsmanager::Client,
+    ) -> Result<
+        (Option<String>, SecretString),
+        SdkError<
+            aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError,
+            aws_sdk_secretsmanager::config::http::HttpResponse,
+        >,
+    > {
+        let output = client
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .version_stage(CURRENT_STAGE)
+            .send()
+            .await?;
+        let text = output.secret_string().map(ToOwned::to_owned);
+        let version = output
+            .version_id()
+            .filter(|_| text.is_some())
+            .map(ToOwned::to_owned);
+        Ok((version, SecretString::from(text.unwrap_or_default())))
+    }
+}
+
+/// An SDK call's failure, whatever the operation.
+trait SdkFailure {
+    /// The service's code and message, plus what to check.
+    fn problem(&self, action: &str) -> String;
+    /// Whether trying again later may succeed.
+    fn retryable(&self) -> bool;
+}
+
+impl<E, R> SdkFailure for SdkError<E, R>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    fn problem(&self, action: &str) -> String {
+        problem(self, action)
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            _ => matches!(
+                self.code(),
+                Some(
+                    "ThrottlingException"
+                        | "TooManyRequestsException"
+                        | "InternalServiceError"
+                        | "InternalFailure"
+                        | "ServiceUnavailable"
+                )
+            ),
+        }
+    }
+}
+
+impl SecretError {
+    /// Whether trying again later may succeed (a throttled or failed write); every other error
+    /// needs a person and its message names the variable and the fix.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unwritable {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 

@@ -55,8 +55,8 @@ pub use tokens::{
     EntraRefreshTokenConfig, SalesforceJwtBearer, SalesforceJwtBearerConfig, TokenProvider,
 };
 pub use webhook_signature::{
-    UnverifiedWebhook, VerifiedWebhook, WebhookAuthError, WebhookAuthErrorKind, WebhookVerifier,
-    WebhookVerifierConfig,
+    UnverifiedWebhook, VerifiedWebhook, VerifierClock, WebhookAuthError, WebhookAuthErrorKind,
+    WebhookVerifier, WebhookVerifierConfig,
 };
 
 /// Settings of the shared outbound HTTP client.

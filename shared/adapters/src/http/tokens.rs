@@ -24,7 +24,7 @@
 //! and `https://login.salesforce.com` (`https://test.salesforce.com` for Salesforce sandboxes,
 //! or a My Domain URL); tests and the demo use the sandbox's base URL for both.
 
-use crate::aws::secrets::SecretWriter;
+use crate::aws::secrets::{RotatedWrite, SecretWriter};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -633,19 +633,41 @@ impl EntraRefreshToken {
         ];
         let mut answer = app.request(EntraGrant::RefreshToken, &ctx, &form).await?;
         if let Some(rotated) = answer.refresh_token.take() {
-            if let Some(writer) = &inner.keep_rotated_in
-                && let Err(error) = Box::pin(writer.write(&rotated)).await
-            {
-                tracing::warn!(
-                    %error,
-                    "the rotated refresh token was not saved; a new instance starts from the \
-                     one stored before"
-                );
-            }
+            let next = match &inner.keep_rotated_in {
+                Some(writer) if rotated.expose_secret() != refresh_token.expose_secret() => {
+                    match Box::pin(writer.write_rotated(&refresh_token, &rotated)).await {
+                        Ok(RotatedWrite::Stored) => rotated,
+                        // Another instance's rotation, or an operator's new token: both valid
+                        // (Entra keeps earlier refresh tokens valid until they expire), and the
+                        // stored one is what every instance converges on.
+                        Ok(RotatedWrite::Superseded(stored))
+                            if !stored.expose_secret().trim().is_empty() =>
+                        {
+                            tracing::info!(
+                                secret = %writer.describe(),
+                                "the refresh token's secret changed since this instance read \
+                                 it; continuing from the stored token"
+                            );
+                            stored
+                        }
+                        Ok(RotatedWrite::Superseded(_)) => rotated,
+                        Err(error) => {
+                            tracing::warn!(
+                                %error,
+                                retryable = error.is_retryable(),
+                                "the rotated refresh token was not saved; a new instance starts \
+                                 from the one stored before"
+                            );
+                            rotated
+                        }
+                    }
+                }
+                _ => rotated,
+            };
             *inner
                 .refresh_token
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = rotated;
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
         }
         tracing::debug!(scope = %app.scope, "obtained a delegated Entra ID access token");
         Ok(entra_access_token(answer))

@@ -26,19 +26,40 @@
 //!    nothing anywhere can switch verification off: chain, organisation and signature are
 //!    always checked.
 //! 4. The certificate is downloaded without following redirects, with a timeout and a size cap
-//!    ([`DEFAULT_MAX_CERTIFICATE_BYTES`]); DER or PEM. It is cached per URL for the life of the
-//!    instance (the chain is still checked on every use, so expiry is noticed). When a cached
-//!    certificate fails steps 5–7 it is downloaded again, at most once per URL per
-//!    [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`], so a certificate rotated at the same URL is
-//!    picked up while forged requests cannot trigger a download each. A network
-//!    failure, a timeout or a 5xx / 429 of the download → [`Unavailable`] (503, so Partner
-//!    Center delivers the event again); any other answer (404, 3xx, oversize) → 401.
+//!    ([`DEFAULT_MAX_CERTIFICATE_BYTES`]); DER or PEM. Only a certificate that passes steps 5–6
+//!    is cached, per URL, for the life of the instance (the chain is still checked on every use,
+//!    so expiry is noticed). When a cached certificate fails steps 5–7 it is downloaded again,
+//!    at most once per URL per [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`], so a certificate
+//!    rotated at the same URL is picked up while forged requests cannot trigger a download
+//!    each. A network failure, a timeout or a 5xx / 429 of the download → [`Unavailable`]
+//!    (503, so Partner Center delivers the event again); any other answer (404, 3xx, oversize)
+//!    → 401.
+//!
+//!    Unauthenticated requests choose the URL, so downloads are bounded (all → 401 before any
+//!    download, with the reason):
+//!    - **negative cache**: a URL whose download or certificate failed (404, not a
+//!      certificate, wrong chain or subject) is refused without a download for
+//!      [`DEFAULT_FAILED_URL_TTL`]; at most [`DEFAULT_MAX_FAILED_URLS`] URLs are remembered
+//!      (the oldest are forgotten first);
+//!    - **download budget**: a token bucket of [`DEFAULT_DOWNLOAD_BURST`] downloads, one more
+//!      every [`DEFAULT_DOWNLOAD_REFILL`], shared by every URL not cached; over it a request is
+//!      refused without a download until the bucket refills. The real certificate, once
+//!      cached, needs no download, so a flood of made-up paths cannot stop genuine events.
+//!
+//!    The clock of both is injectable ([`VerifierClock`]) so tests need no sleeps.
 //! 5. The chain is verified with rustls-webpki against the configured trust anchors and
 //!    intermediates at the current time. Extended key usage: the real leaf's EKU is UNKNOWN,
 //!    so a leaf (and intermediates) without EKU, or with serverAuth, clientAuth or
 //!    anyExtendedKeyUsage, is accepted; any other EKU set (e.g. code signing only) is not.
 //!    Revocation is **not** checked (no CRL/OCSP fetch from a Lambda).
-//! 6. The certificate's subject has `O=Microsoft Corporation`.
+//! 6. The certificate's subject has `O=Microsoft Corporation` **and** names the signing
+//!    certificate: its subject CN (or a DNS subjectAltName) is one of
+//!    [`WebhookVerifierConfig::allowed_subject_names`], by default
+//!    [`DEFAULT_SIGNING_SUBJECT_NAME`]. Microsoft's documentation names the certificate file
+//!    (`pcnotifications-dispatch.microsoft.com.cer`) but not its subject; we read the file name
+//!    as the subject CN, and keep the list configurable (`WEBHOOK_CERT_SUBJECTS`) should the
+//!    real certificate say otherwise. Without this check any certificate Microsoft's CAs
+//!    issued to any Microsoft service (all `O=Microsoft Corporation`) would be accepted.
 //! 7. The signature is RSASSA-PKCS1-v1_5 with SHA-256 over the raw body bytes, by the
 //!    certificate's key (2048–8192-bit RSA).
 //!
@@ -101,6 +122,17 @@ pub const MS_SIGNATURE_HEADER: &str = "x-ms-signature";
 const MAX_CACHED_CERTIFICATES: usize = 16;
 /// The shortest time between two downloads of one URL's certificate after a failed check.
 pub const DEFAULT_CERTIFICATE_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// The subject name of Partner Center's signing certificate (the documented file name,
+/// `pcnotifications-dispatch.microsoft.com.cer`, read as its CN; see the module docs).
+pub const DEFAULT_SIGNING_SUBJECT_NAME: &str = "pcnotifications-dispatch.microsoft.com";
+/// How long a URL whose certificate could not be used is refused without a download.
+pub const DEFAULT_FAILED_URL_TTL: Duration = Duration::from_secs(600);
+/// How many failed URLs are remembered.
+pub const DEFAULT_MAX_FAILED_URLS: usize = 256;
+/// Certificate downloads allowed at once (the token bucket's size).
+pub const DEFAULT_DOWNLOAD_BURST: u32 = 4;
+/// One more download is allowed after this long (the token bucket's refill).
+pub const DEFAULT_DOWNLOAD_REFILL: Duration = Duration::from_secs(60);
 
 /// EKU OIDs (DER contents): serverAuth 1.3.6.1.5.5.7.3.1, clientAuth 1.3.6.1.5.5.7.3.2,
 /// anyExtendedKeyUsage 2.5.29.37.0.
@@ -205,7 +237,61 @@ pub struct WebhookVerifierConfig {
     /// After a failed check, a cached certificate is downloaded again only when it is at least
     /// this old (default [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`]).
     pub refresh_interval: Duration,
+    /// The names the signing certificate's subject CN (or a DNS subjectAltName) may be, exact
+    /// and case-insensitive. Default: [`DEFAULT_SIGNING_SUBJECT_NAME`].
+    pub allowed_subject_names: Vec<String>,
+    /// How long a URL whose certificate failed is refused without a download
+    /// (default [`DEFAULT_FAILED_URL_TTL`]).
+    pub failed_url_ttl: Duration,
+    /// How many failed URLs are remembered (default [`DEFAULT_MAX_FAILED_URLS`]).
+    pub max_failed_urls: usize,
+    /// Downloads allowed at once (default [`DEFAULT_DOWNLOAD_BURST`]).
+    pub download_burst: u32,
+    /// One more download is allowed after this long (default [`DEFAULT_DOWNLOAD_REFILL`]).
+    pub download_refill: Duration,
+    /// The monotonic clock of the caches and the download budget.
+    pub clock: VerifierClock,
 }
+
+/// A monotonic clock: [`VerifierClock::system`], or any function (tests advance their own).
+#[derive(Clone)]
+pub struct VerifierClock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl VerifierClock {
+    /// [`Instant::now`].
+    pub fn system() -> Self {
+        Self(Arc::new(Instant::now))
+    }
+
+    /// A clock reading `now`.
+    pub fn from_fn(now: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl Default for VerifierClock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for VerifierClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerifierClock")
+    }
+}
+
+impl PartialEq for VerifierClock {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for VerifierClock {}
 
 impl WebhookVerifierConfig {
     /// The defaults with the given PEM bundles.
@@ -217,6 +303,12 @@ impl WebhookVerifierConfig {
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             max_certificate_bytes: DEFAULT_MAX_CERTIFICATE_BYTES,
             refresh_interval: DEFAULT_CERTIFICATE_REFRESH_INTERVAL,
+            allowed_subject_names: vec![DEFAULT_SIGNING_SUBJECT_NAME.to_owned()],
+            failed_url_ttl: DEFAULT_FAILED_URL_TTL,
+            max_failed_urls: DEFAULT_MAX_FAILED_URLS,
+            download_burst: DEFAULT_DOWNLOAD_BURST,
+            download_refill: DEFAULT_DOWNLOAD_REFILL,
+            clock: VerifierClock::system(),
         }
     }
 }
@@ -288,6 +380,95 @@ struct VerifierInner {
     max_certificate_bytes: usize,
     refresh_interval: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    subject_names: Vec<String>,
+    failed: Mutex<FailedUrls>,
+    downloads: Mutex<DownloadBudget>,
+    /// Held while a certificate is downloaded: concurrent first deliveries (Partner Center
+    /// sends several at once) wait for one download instead of each spending the budget.
+    downloading: tokio::sync::Mutex<()>,
+    clock: VerifierClock,
+}
+
+/// The negative cache: URLs whose certificate could not be used, until when they are refused
+/// and why. Bounded: when full, expired entries go first, then the oldest.
+struct FailedUrls {
+    until: HashMap<String, (Instant, String)>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl FailedUrls {
+    fn refused(&self, url: &str, now: Instant) -> Option<&str> {
+        self.until
+            .get(url)
+            .filter(|(until, _)| now < *until)
+            .map(|(_, reason)| reason.as_str())
+    }
+
+    fn remember(&mut self, url: &str, reason: &str, now: Instant) {
+        if self.capacity == 0 || self.ttl.is_zero() {
+            return;
+        }
+        if self.until.len() >= self.capacity && !self.until.contains_key(url) {
+            self.until.retain(|_, (until, _)| now < *until);
+        }
+        while self.until.len() >= self.capacity && !self.until.contains_key(url) {
+            let oldest = self
+                .until
+                .iter()
+                .min_by_key(|(_, (until, _))| *until)
+                .map(|(key, _)| key.clone());
+            match oldest {
+                Some(key) => self.until.remove(&key),
+                None => break,
+            };
+        }
+        self.until
+            .insert(url.to_owned(), (now + self.ttl, reason.to_owned()));
+    }
+
+    fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
+/// The token bucket bounding certificate downloads.
+struct DownloadBudget {
+    available: u32,
+    burst: u32,
+    refill: Duration,
+    /// When the bucket was last topped up.
+    since: Instant,
+}
+
+impl DownloadBudget {
+    /// Take one download; `Err(wait)` when none is left (`wait`: until the next one).
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.refill.is_zero() {
+            return Ok(());
+        }
+        let elapsed = now.saturating_duration_since(self.since);
+        let earned = elapsed.as_nanos() / self.refill.as_nanos();
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.available = self.available.saturating_add(earned).min(self.burst);
+            self.since = if self.available == self.burst {
+                now
+            } else {
+                self.since + self.refill * earned
+            };
+        }
+        if self.available == 0 {
+            return Err(self
+                .refill
+                .saturating_sub(now.saturating_duration_since(self.since)));
+        }
+        if self.available == self.burst {
+            self.since = now;
+        }
+        self.available -= 1;
+        Ok(())
+    }
 }
 
 /// A downloaded certificate and when it was downloaded.
@@ -388,6 +569,18 @@ impl WebhookVerifier {
                 "allowed certificate host '{bad}' must be a bare host name"
             )));
         }
+        let subject_names: Vec<String> = config
+            .allowed_subject_names
+            .iter()
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        if subject_names.is_empty() {
+            return Err(HttpAdapterError::Config(format!(
+                "no allowed subject name for the webhook signing certificate: set \
+                 WEBHOOK_CERT_SUBJECTS (default {DEFAULT_SIGNING_SUBJECT_NAME})"
+            )));
+        }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.download_timeout)
@@ -412,6 +605,20 @@ impl WebhookVerifier {
                 max_certificate_bytes: config.max_certificate_bytes,
                 refresh_interval: config.refresh_interval,
                 cache: Mutex::new(HashMap::new()),
+                subject_names,
+                failed: Mutex::new(FailedUrls {
+                    until: HashMap::new(),
+                    ttl: config.failed_url_ttl,
+                    capacity: config.max_failed_urls,
+                }),
+                downloads: Mutex::new(DownloadBudget {
+                    available: config.download_burst,
+                    burst: config.download_burst,
+                    refill: config.download_refill,
+                    since: config.clock.now(),
+                }),
+                downloading: tokio::sync::Mutex::new(()),
+                clock: config.clock,
             }),
         })
     }
@@ -425,35 +632,131 @@ impl WebhookVerifier {
             .len()
     }
 
+    /// How many failed certificate URLs are remembered (refused without a download).
+    pub fn failed_certificate_urls(&self) -> usize {
+        self.inner
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The certificate at `url` (already policy-checked): cached (with its download instant),
-    /// or downloaded (`None`).
+    /// or downloaded and checked (`None`). A URL that failed recently, or a download over the
+    /// budget, is refused without a download.
     async fn certificate(
         &self,
         url: &Url,
     ) -> Result<(Arc<CertificateDer<'static>>, Option<Instant>), WebhookAuthError> {
-        let cached = self
-            .inner
+        if let Some(cached) = self.cached(url) {
+            return Ok(cached);
+        }
+        self.refuse_if_failed(url)?;
+        let _one_at_a_time = self.inner.downloading.lock().await;
+        // Downloaded, or found unusable, while this request waited?
+        if let Some(cached) = self.cached(url) {
+            return Ok(cached);
+        }
+        self.refuse_if_failed(url)?;
+        Ok((self.fetch(url).await?, None))
+    }
+
+    /// The certificate at `url` again, after `stale` (cached) failed a check: the one another
+    /// request downloaded meanwhile, else a new download.
+    async fn refresh(
+        &self,
+        url: &Url,
+        stale: &Arc<CertificateDer<'static>>,
+    ) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
+        let _one_at_a_time = self.inner.downloading.lock().await;
+        match self.cached(url) {
+            Some((der, _)) if der != *stale => Ok(der),
+            _ => self.fetch(url).await,
+        }
+    }
+
+    /// The cached certificate of `url` and when it was downloaded.
+    fn cached(&self, url: &Url) -> Option<(Arc<CertificateDer<'static>>, Option<Instant>)> {
+        self.inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(url.as_str())
-            .map(|cached| (Arc::clone(&cached.der), cached.fetched));
-        match cached {
-            Some((der, fetched)) => Ok((der, Some(fetched))),
-            None => Ok((self.fetch(url).await?, None)),
+            .map(|cached| (Arc::clone(&cached.der), Some(cached.fetched)))
+    }
+
+    /// 401 without a download when `url` failed recently (the negative cache).
+    fn refuse_if_failed(&self, url: &Url) -> Result<(), WebhookAuthError> {
+        let now = self.inner.clock.now();
+        let refused = {
+            let failed = self
+                .inner
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            failed
+                .refused(url.as_str(), now)
+                .map(|reason| (reason.to_owned(), failed.ttl))
+        };
+        match refused {
+            Some((reason, ttl)) => Err(WebhookAuthError::unauthorized(format!(
+                "the certificate URL {} failed recently and is not downloaded again for {} s \
+                 (it failed: {reason})",
+                redacted_url(url),
+                ttl.as_secs()
+            ))),
+            None => Ok(()),
         }
     }
 
-    /// Download the certificate at `url` and cache it (replacing an older download).
+    /// Download the certificate at `url` (within the download budget), check its chain and
+    /// subject, and cache it (replacing an older download); a URL whose certificate cannot be
+    /// used is remembered as failed.
     async fn fetch(&self, url: &Url) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
-        let der = Arc::new(self.download(url).await?);
+        let taken = {
+            let mut budget = self
+                .inner
+                .downloads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            budget
+                .take(self.inner.clock.now())
+                .map_err(|wait| (wait, budget.burst, budget.refill))
+        };
+        if let Err((wait, burst, refill)) = taken {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "too many certificate downloads for uncached URLs: {} is not downloaded (at most \
+                 {burst} at once, then one every {} s; the next in {} s)",
+                redacted_url(url),
+                refill.as_secs(),
+                wait.as_secs().max(1)
+            )));
+        }
+        let checked = match self.download(url).await {
+            Ok(der) => self.check_certificate(&der).map(|()| der),
+            Err(error) => Err(error),
+        };
+        let der = match checked {
+            Ok(der) => Arc::new(der),
+            Err(error) => {
+                if error.kind() == WebhookAuthErrorKind::Unauthorized {
+                    let now = self.inner.clock.now();
+                    self.inner
+                        .failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remember(url.as_str(), error.reason(), now);
+                }
+                return Err(error);
+            }
+        };
         let mut cache = self
             .inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if cache.len() < MAX_CACHED_CERTIFICATES || cache.contains_key(url.as_str()) {
-            let fetched = Instant::now();
+            let fetched = self.inner.clock.now();
             let der = Arc::clone(&der);
             cache.insert(url.as_str().to_owned(), Cached { der, fetched });
         }
@@ -533,13 +836,36 @@ impl WebhookVerifier {
         }
     }
 
-    /// Steps 5–7: chain, organisation, signature.
+    /// Steps 5–7: chain, subject, signature.
     fn check(
         &self,
         der: &CertificateDer<'_>,
         body: &[u8],
         signature: &[u8],
     ) -> Result<(), WebhookAuthError> {
+        let certificate = self.checked_certificate(der)?;
+        certificate
+            .verify_signature(
+                webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+                body,
+                signature,
+            )
+            .map_err(|error| {
+                WebhookAuthError::unauthorized(format!(
+                    "the signature does not match the body: {error}"
+                ))
+            })
+    }
+
+    /// Steps 5–6: chain and subject.
+    fn check_certificate(&self, der: &CertificateDer<'_>) -> Result<(), WebhookAuthError> {
+        self.checked_certificate(der).map(|_| ())
+    }
+
+    fn checked_certificate<'a>(
+        &self,
+        der: &'a CertificateDer<'a>,
+    ) -> Result<EndEntityCert<'a>, WebhookAuthError> {
         let certificate = EndEntityCert::try_from(der).map_err(|error| {
             WebhookAuthError::unauthorized(format!("the certificate is not valid X.509: {error}"))
         })?;
@@ -572,18 +898,38 @@ impl WebhookVerifier {
                  {REQUIRED_ORGANIZATION}"
             )));
         }
-        certificate
-            .verify_signature(
-                webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
-                body,
-                signature,
-            )
-            .map_err(|error| {
-                WebhookAuthError::unauthorized(format!(
-                    "the signature does not match the body: {error}"
-                ))
-            })
+        let names = subject_names(&parsed);
+        let allowed = &self.inner.subject_names;
+        if !names
+            .iter()
+            .any(|name| allowed.contains(&name.to_ascii_lowercase()))
+        {
+            return Err(WebhookAuthError::unauthorized(format!(
+                "the certificate is issued to {names:?}, not to the Partner Center signing \
+                 certificate ({}): a Microsoft certificate of another service is refused",
+                allowed.join(", ")
+            )));
+        }
+        Ok(certificate)
     }
+}
+
+/// The subject's common names, then the DNS names of its subjectAltName extension.
+fn subject_names(certificate: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    let mut names: Vec<String> = certificate
+        .subject()
+        .iter_common_name()
+        .filter_map(|attribute| attribute.as_str().ok())
+        .map(ToOwned::to_owned)
+        .collect();
+    if let Ok(Some(alternative)) = certificate.subject_alternative_name() {
+        for name in &alternative.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
 }
 
 /// EKU rule for the signing certificate (and its intermediates): none, or one of serverAuth,
@@ -745,12 +1091,14 @@ impl UnverifiedWebhook {
         let (certificate, cached_at) = verifier.certificate(&url).await?;
         if let Err(error) = verifier.check(&certificate, &self.body, &signature) {
             // A certificate rotated at the same URL: download it again, rate-limited per URL.
-            let stale = cached_at
-                .is_some_and(|fetched| fetched.elapsed() >= verifier.inner.refresh_interval);
+            let now = verifier.inner.clock.now();
+            let stale = cached_at.is_some_and(|fetched| {
+                now.saturating_duration_since(fetched) >= verifier.inner.refresh_interval
+            });
             if !stale {
                 return Err(error);
             }
-            let fresh = verifier.fetch(&url).await?;
+            let fresh = verifier.refresh(&url, &certificate).await?;
             if fresh == certificate {
                 return Err(error);
             }
@@ -963,6 +1311,74 @@ mod tests {
         let debug = format!("{webhook:?}");
         assert!(!debug.contains("referral-created"), "{debug}");
         assert!(debug.contains("body_len"), "{debug}");
+    }
+
+    #[test]
+    fn the_download_budget_allows_a_burst_then_one_download_per_refill_interval() {
+        let start = Instant::now();
+        let mut budget = DownloadBudget {
+            available: 2,
+            burst: 2,
+            refill: Duration::from_secs(60),
+            since: start,
+        };
+        assert!(budget.take(start).is_ok());
+        assert!(budget.take(start).is_ok());
+        assert_eq!(budget.take(start), Err(Duration::from_secs(60)));
+        let later = start + Duration::from_secs(45);
+        assert_eq!(budget.take(later), Err(Duration::from_secs(15)));
+        assert!(budget.take(start + Duration::from_secs(60)).is_ok());
+        assert!(budget.take(start + Duration::from_secs(61)).is_err());
+        // A long quiet time refills to the burst, never beyond it.
+        let quiet = start + Duration::from_secs(3600);
+        assert!(budget.take(quiet).is_ok());
+        assert!(budget.take(quiet).is_ok());
+        assert!(budget.take(quiet).is_err());
+    }
+
+    #[test]
+    fn the_negative_cache_forgets_expired_then_oldest_urls_and_stays_bounded() {
+        let start = Instant::now();
+        let mut failed = FailedUrls {
+            until: HashMap::new(),
+            ttl: Duration::from_secs(10),
+            capacity: 3,
+        };
+        for (i, url) in ["a", "b", "c"].iter().enumerate() {
+            failed.remember(url, "404", start + Duration::from_secs(i as u64));
+        }
+        assert_eq!(failed.refused("a", start), Some("404"));
+        // Full: the oldest ("a") goes.
+        failed.remember("d", "404", start + Duration::from_secs(3));
+        assert_eq!(failed.len(), 3);
+        assert_eq!(failed.refused("a", start), None);
+        assert!(
+            failed
+                .refused("d", start + Duration::from_secs(12))
+                .is_some()
+        );
+        // Expired entries go first, and an expired URL is not refused.
+        failed.remember("e", "404", start + Duration::from_secs(12));
+        assert!(failed.len() <= 3);
+        assert_eq!(failed.refused("b", start + Duration::from_secs(12)), None);
+        assert!(
+            failed
+                .refused("e", start + Duration::from_secs(12))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_verifier_needs_an_allowed_subject_name() {
+        let mut config = WebhookVerifierConfig::new(sandbox_root(), "");
+        config.allowed_subject_names = vec![" ".to_owned()];
+        let err = WebhookVerifier::new(config).unwrap_err();
+        assert!(err.to_string().contains("WEBHOOK_CERT_SUBJECTS"), "{err}");
+    }
+
+    /// A self-signed CA certificate (any will do as a trust anchor here).
+    fn sandbox_root() -> &'static str {
+        include_str!("../../../../sandbox/certs/root.cert.pem")
     }
 
     #[test]

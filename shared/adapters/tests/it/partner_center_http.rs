@@ -20,9 +20,12 @@ use axum::routing::{get, post};
 use cosell_adapters::http::tokens::{
     PARTNER_CENTER_REFERRALS_SCOPE, PARTNER_CENTER_WEBHOOKS_SCOPE, dataverse_scope,
 };
+use cosell_adapters::http::webhook_signature::{
+    DEFAULT_DOWNLOAD_BURST, DEFAULT_DOWNLOAD_REFILL, DEFAULT_FAILED_URL_TTL,
+};
 use cosell_adapters::http::{
     EntraRefreshToken, EntraRefreshTokenConfig, HttpAdapterError, HttpPartnerCenter,
-    SalesforceJwtBearer, TokenProvider, UnverifiedWebhook, WebhookAuthErrorKind,
+    SalesforceJwtBearer, TokenProvider, UnverifiedWebhook, VerifierClock, WebhookAuthErrorKind,
     WebhookRegistrationClient, WebhookVerifier, WebhookVerifierConfig,
 };
 use cosell_domain::ids::{ETag, ReferralId};
@@ -34,6 +37,7 @@ use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKEN,
     PC_USER_UPN, SALESFORCE_INTEGRATION_USERNAME, TENANT_ID,
 };
+use cosell_sandbox::pki::Pki;
 use cosell_sandbox::{SandboxConfig, pki};
 use secrecy::SecretString;
 use serde_json::json;
@@ -201,10 +205,11 @@ async fn serve_cert(
         "big.cer" => vec![0x30_u8; 17 * 1024].into_response(),
         "redirect" => (StatusCode::FOUND, [(header::LOCATION, "/cert.cer")]).into_response(),
         "fail" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        // Rotated at the same URL: another certificate first, the signing one afterwards.
+        // Rotated at the same URL: another valid certificate first, the signing one afterwards.
         "rotating.cer" if hits.lock().unwrap()["rotating.cer"] == 1 => {
-            pki::ROGUE_CERT_DER.into_response()
+            pki::OTHER_SUBJECT_CERT_DER.into_response()
         }
+        "rogue.cer" => pki::ROGUE_CERT_DER.into_response(),
         "rotating.cer" => pki::LEAF_CERT_DER.into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
@@ -1172,10 +1177,14 @@ async fn a_certificate_rotated_at_the_same_url_is_downloaded_again_once() {
     let certs = CertServer::start().await;
     let mut settings = sandbox_pki();
     settings.refresh_interval = Duration::ZERO;
+    // Both certificates are valid signing certificates here; the first one served is the old.
+    settings
+        .allowed_subject_names
+        .push("other-service.microsoft.com".to_owned());
     let verifier = WebhookVerifier::with_insecure_hosts(settings, [&certs.host_port]).unwrap();
     let rotating = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("rotating.cer")));
-    // The first download is the old (here: untrusted) certificate: refused, and not fetched
-    // again within the same request.
+    // The first download is the old certificate: the signature is refused, and the
+    // certificate not fetched again within the same request.
     let err = rotating.unverified().verify(&verifier).await.unwrap_err();
     assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
     assert_eq!(certs.hits("rotating.cer"), 1);
@@ -1252,4 +1261,177 @@ async fn an_etag_from_the_port_can_be_sent_back_as_if_match() {
     )
     .await
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded certificate downloads and the signing certificate's subject
+// ---------------------------------------------------------------------------------------------
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<Instant>>);
+
+impl TestClock {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+
+    fn clock(&self) -> VerifierClock {
+        let now = Arc::clone(&self.0);
+        VerifierClock::from_fn(move || *now.lock().unwrap())
+    }
+}
+
+/// A verifier of the sandbox PKI for `certs`, on the test clock.
+fn bounded_verifier(certs: &CertServer, clock: &TestClock) -> WebhookVerifier {
+    let mut settings = sandbox_pki();
+    settings.clock = clock.clock();
+    WebhookVerifier::with_insecure_hosts(settings, [&certs.host_port]).unwrap()
+}
+
+#[tokio::test]
+async fn a_certificate_of_the_genuine_chain_issued_to_another_name_is_unauthorized() {
+    let (h, _listener, _, delivered) = signed_event(false).await;
+    // Signed with the key of another Microsoft certificate: same chain, same organisation.
+    let signature = Pki::embedded().sign_as_other_subject(&delivered.body);
+    let other = delivered
+        .replaced("x-ms-signature", None)
+        .replaced("Authorization", Some(&format!("Signature {signature}")))
+        .replaced(
+            "X-MS-Certificate-Url",
+            Some(&h.url(pki::OTHER_SUBJECT_CERT_PATH)),
+        );
+
+    let err = other.unverified().verify(&h.verifier()).await.unwrap_err();
+
+    assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
+    assert!(
+        err.reason().contains("other-service.microsoft.com")
+            && err
+                .reason()
+                .contains("pcnotifications-dispatch.microsoft.com"),
+        "{err}"
+    );
+    // The genuine leaf carries the accepted subject.
+    delivered.unverified().verify(&h.verifier()).await.unwrap();
+}
+
+#[tokio::test]
+async fn certificates_that_fail_their_checks_are_never_cached() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    for name in ["rogue.cer", "big.cer", "missing.cer"] {
+        let err = delivered
+            .with("X-MS-Certificate-Url", Some(&certs.url(name)))
+            .verify(&verifier)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized, "{name}");
+    }
+    assert_eq!(verifier.cached_certificates(), 0);
+    assert_eq!(verifier.failed_certificate_urls(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_certificate_url_is_not_downloaded_again_until_its_time_to_live_passes() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    let missing = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("missing.cer")));
+
+    let first = missing.unverified().verify(&verifier).await.unwrap_err();
+    assert!(first.reason().contains("404"), "{first}");
+    for _ in 0..5 {
+        let err = missing.unverified().verify(&verifier).await.unwrap_err();
+        assert_eq!(err.status_code(), 401);
+        assert!(
+            err.reason().contains("failed recently") && err.reason().contains("404"),
+            "{err}"
+        );
+    }
+    assert_eq!(certs.hits("missing.cer"), 1);
+
+    clock.advance(DEFAULT_FAILED_URL_TTL);
+    missing.unverified().verify(&verifier).await.unwrap_err();
+    assert_eq!(certs.hits("missing.cer"), 2);
+}
+
+#[tokio::test]
+async fn new_certificate_urls_beyond_the_download_budget_are_refused_without_a_download() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    let genuine = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+    genuine.unverified().verify(&verifier).await.unwrap();
+
+    // Unauthenticated requests naming ever new paths on the allowed host.
+    let path = |i: usize| format!("made-up-{i}.cer");
+    let mut refused = 0;
+    for i in 0..20 {
+        let err = delivered
+            .with("X-MS-Certificate-Url", Some(&certs.url(&path(i))))
+            .verify(&verifier)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status_code(), 401);
+        if err.reason().contains("too many certificate downloads") {
+            refused += 1;
+        }
+    }
+    let downloaded: usize = (0..20).map(|i| certs.hits(&path(i))).sum();
+    let burst = usize::try_from(DEFAULT_DOWNLOAD_BURST).unwrap();
+    assert_eq!(
+        downloaded,
+        burst - 1,
+        "the genuine certificate took one download"
+    );
+    assert_eq!(refused, 20 - downloaded);
+
+    // The cached genuine certificate needs no download: genuine events still verify.
+    genuine.unverified().verify(&verifier).await.unwrap();
+
+    // After the refill interval, one more download is allowed.
+    clock.advance(DEFAULT_DOWNLOAD_REFILL);
+    delivered
+        .with("X-MS-Certificate-Url", Some(&certs.url("made-up-new.cer")))
+        .verify(&verifier)
+        .await
+        .unwrap_err();
+    assert_eq!(certs.hits("made-up-new.cer"), 1);
+    let err = delivered
+        .with(
+            "X-MS-Certificate-Url",
+            Some(&certs.url("made-up-newer.cer")),
+        )
+        .verify(&verifier)
+        .await
+        .unwrap_err();
+    assert!(
+        err.reason().contains("too many certificate downloads"),
+        "{err}"
+    );
+    assert_eq!(certs.hits("made-up-newer.cer"), 0);
+}
+
+#[tokio::test]
+async fn concurrent_first_deliveries_download_the_certificate_once_and_all_verify() {
+    let (_h, _listener, _, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    let genuine = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+
+    let verified =
+        futures::future::join_all((0..8).map(|_| genuine.unverified().verify(&verifier))).await;
+
+    assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+    assert_eq!(certs.hits("cert.cer"), 1);
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cosell_adapters::aws::secrets::{SecretError, SecretResolver, SecretWriter};
+use cosell_adapters::aws::secrets::{RotatedWrite, SecretError, SecretResolver, SecretWriter};
 use cosell_adapters::aws::{aws_sdk_secretsmanager, aws_sdk_ssm};
 use cosell_adapters::http::tokens::PARTNER_CENTER_REFERRALS_SCOPE;
 use cosell_adapters::http::{EntraRefreshToken, EntraRefreshTokenConfig};
@@ -16,6 +16,7 @@ use cosell_sandbox::identities::{PC_CLIENT_ID, PC_CLIENT_SECRET, PC_REFRESH_TOKE
 use secrecy::ExposeSecret;
 
 struct Moto {
+    config: cosell_adapters::aws::aws_config::SdkConfig,
     resolver: SecretResolver,
     secrets_manager: aws_sdk_secretsmanager::Client,
     ssm: aws_sdk_ssm::Client,
@@ -26,6 +27,7 @@ async fn moto() -> Moto {
     let config = cosell_testkit::moto::sdk_config().await;
     Moto {
         resolver: SecretResolver::from_conf(&config),
+        config: config.clone(),
         secrets_manager: aws_sdk_secretsmanager::Client::new(&config),
         ssm: aws_sdk_ssm::Client::new(&config),
     }
@@ -275,45 +277,66 @@ fn refresh_tokens(
     .unwrap()
 }
 
+/// A writer of `arn` (a secret of its own) with moto's client.
+async fn writer(moto: &Moto, arn: &str) -> SecretWriter {
+    SecretWriter::for_reference("PC_REFRESH_TOKEN", arn)
+        .unwrap()
+        .unwrap()
+        .with_sdk_config(&moto.config)
+}
+
+impl Moto {
+    /// The secret's current value.
+    async fn current(&self, arn: &str) -> String {
+        self.secrets_manager
+            .get_secret_value()
+            .secret_id(arn)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .unwrap()
+            .secret_string()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// How many versions the secret has.
+    async fn versions(&self, arn: &str) -> usize {
+        self.secrets_manager
+            .list_secret_version_ids()
+            .secret_id(arn)
+            .include_deprecated(true)
+            .send()
+            .await
+            .unwrap()
+            .versions()
+            .len()
+    }
+}
+
 #[tokio::test]
-async fn a_rotated_refresh_token_is_written_back_to_its_key_of_the_secret() {
-    // The writer builds its client from the standard variables, which scripts/test.sh points
-    // at moto (AWS_ENDPOINT_URL).
+async fn a_rotated_refresh_token_is_written_back_to_its_own_secret() {
     let moto = moto().await;
-    let secret = serde_json::json!({
-        "pc_refresh_token": PC_REFRESH_TOKEN,
-        "pc_client_secret": "kept as it is",
-    });
-    let arn = moto.secret(&secret.to_string()).await;
-    let reference = format!("{arn}#pc_refresh_token");
+    let arn = moto.secret(PC_REFRESH_TOKEN).await;
     let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
         .await
         .unwrap();
-    let writer = SecretWriter::for_reference("PC_REFRESH_TOKEN", &reference).unwrap();
+    let writer = writer(&moto, &arn).await;
     assert!(!format!("{writer:?}").contains(PC_REFRESH_TOKEN));
 
     let tokens = refresh_tokens(&sandbox.base_url, PC_REFRESH_TOKEN, Some(writer));
     tokens.token().await.unwrap();
 
-    let stored = moto
-        .secrets_manager
-        .get_secret_value()
-        .secret_id(&arn)
-        .send()
-        .await
-        .unwrap();
-    let stored: serde_json::Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
-    let rotated = stored["pc_refresh_token"].as_str().unwrap().to_owned();
+    let rotated = moto.current(&arn).await;
     assert_ne!(
         rotated, PC_REFRESH_TOKEN,
         "the rotated token replaced the first one"
     );
-    assert_eq!(stored["pc_client_secret"], "kept as it is");
 
     // A new instance reads the rotated one from the secret, and it works.
     let resolved = moto
         .resolver
-        .resolve_vars([("PC_REFRESH_TOKEN_SECRET_ARN", reference.as_str())])
+        .resolve_vars([("PC_REFRESH_TOKEN_SECRET_ARN", arn.as_str())])
         .await
         .unwrap();
     let next = resolved
@@ -328,12 +351,182 @@ async fn a_rotated_refresh_token_is_written_back_to_its_key_of_the_secret() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_token_rotation_never_writes_the_operators_credential_secret() {
+    let moto = moto().await;
+    let credentials = moto
+        .secret(r#"{"pc_client_secret":"first","dataverse_client_secret":"first"}"#)
+        .await;
+    let refresh_token = moto.secret(PC_REFRESH_TOKEN).await;
+    let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
+        .await
+        .unwrap();
+
+    // The refresh token as one key of the credential secret is refused, with the fix.
+    let error = SecretWriter::for_reference(
+        "PC_REFRESH_TOKEN",
+        &format!("{credentials}#pc_refresh_token"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, SecretError::SharedSecret { variable, .. } if variable == "PC_REFRESH_TOKEN")
+    );
+    assert!(
+        !error.is_retryable() && error.to_string().contains("secret of its own"),
+        "{error}"
+    );
+
+    // The operator puts new CRM credentials while the instance runs; its rotation leaves them.
+    let instance = refresh_tokens(
+        &sandbox.base_url,
+        PC_REFRESH_TOKEN,
+        Some(writer(&moto, &refresh_token).await),
+    );
+    let operators = r#"{"pc_client_secret":"second","dataverse_client_secret":"second"}"#;
+    moto.secrets_manager
+        .put_secret_value()
+        .secret_id(&credentials)
+        .secret_string(operators)
+        .send()
+        .await
+        .unwrap();
+    instance.token().await.unwrap();
+
+    assert_eq!(moto.current(&credentials).await, operators);
+    assert_eq!(
+        moto.versions(&credentials).await,
+        2,
+        "no version but the operator's"
+    );
+    assert_ne!(moto.current(&refresh_token).await, PC_REFRESH_TOKEN);
+}
+
+#[tokio::test]
+async fn an_operators_new_refresh_token_is_never_reverted_by_a_running_instances_rotation() {
+    let moto = moto().await;
+    let arn = moto.secret(PC_REFRESH_TOKEN).await;
+    let sandbox = cosell_sandbox::spawn(SandboxConfig::default())
+        .await
+        .unwrap();
+    let instance = refresh_tokens(
+        &sandbox.base_url,
+        PC_REFRESH_TOKEN,
+        Some(writer(&moto, &arn).await),
+    );
+    // The operator re-consents and puts the new refresh token while the instance runs on the
+    // one it read at its cold start.
+    let reconsented = reqwest::Client::new()
+        .post(format!(
+            "{}/_sandbox/entra/refresh-tokens",
+            sandbox.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    moto.secrets_manager
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(&reconsented)
+        .send()
+        .await
+        .unwrap();
+
+    let first = instance.token().await.unwrap();
+    assert_eq!(
+        moto.current(&arn).await,
+        reconsented,
+        "the operator's token stays"
+    );
+
+    // The instance continues from the operator's token: its next rotation is stored.
+    instance.invalidate(&first).await;
+    instance.token().await.unwrap();
+    let stored = moto.current(&arn).await;
+    assert!(
+        stored != reconsented && stored != PC_REFRESH_TOKEN,
+        "rotated from the operator's"
+    );
+    refresh_tokens(&sandbox.base_url, &stored, None)
+        .token()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn of_concurrent_rotations_from_one_token_exactly_one_is_stored_and_the_others_keep_it() {
+    let moto = moto().await;
+    let arn = moto.secret("rt-0").await;
+    let writers: Vec<SecretWriter> =
+        futures::future::join_all((0..8).map(|_| writer(&moto, &arn))).await;
+    let previous = secrecy::SecretString::from("rt-0");
+    let results = futures::future::join_all(writers.iter().enumerate().map(|(i, writer)| {
+        let rotated = secrecy::SecretString::from(format!("rt-1-from-instance-{i}"));
+        let previous = previous.clone();
+        async move { writer.write_rotated(&previous, &rotated).await.unwrap() }
+    }))
+    .await;
+
+    let stored = moto.current(&arn).await;
+    let winners: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, result)| matches!(result, RotatedWrite::Stored))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one write is current: {results:?}"
+    );
+    assert_eq!(stored, format!("rt-1-from-instance-{}", winners[0]));
+    for result in &results {
+        if let RotatedWrite::Superseded(kept) = result {
+            assert_eq!(
+                kept.expose_secret(),
+                stored,
+                "a loser learns the stored token"
+            );
+        }
+    }
+
+    // The next rotation, from the stored token, is stored; one from the lost branch is not.
+    let loser = (winners[0] + 1) % writers.len();
+    let lost = secrecy::SecretString::from(format!("rt-1-from-instance-{loser}"));
+    let late = writers[loser]
+        .write_rotated(&lost, &secrecy::SecretString::from("rt-2-late"))
+        .await
+        .unwrap();
+    assert!(matches!(late, RotatedWrite::Superseded(_)), "{late:?}");
+    let next = writers[loser]
+        .write_rotated(
+            &secrecy::SecretString::from(stored.clone()),
+            &secrecy::SecretString::from("rt-2"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(next, RotatedWrite::Stored), "{next:?}");
+    assert_eq!(moto.current(&arn).await, "rt-2");
+}
+
 #[test]
-fn only_secrets_manager_references_are_written_back() {
-    assert!(SecretWriter::for_reference("PC_REFRESH_TOKEN", "  ").is_none());
-    let writer = SecretWriter::for_reference("PC_REFRESH_TOKEN", "arn:aws:x:secret:pc#rt").unwrap();
+fn only_whole_secrets_manager_secrets_are_written_back() {
+    assert!(
+        SecretWriter::for_reference("PC_REFRESH_TOKEN", "  ")
+            .unwrap()
+            .is_none()
+    );
+    let writer = SecretWriter::for_reference("PC_REFRESH_TOKEN", "arn:aws:x:secret:pc")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         writer.describe(),
-        "the key rt of the Secrets Manager secret arn:aws:x:secret:pc"
+        "the Secrets Manager secret arn:aws:x:secret:pc"
     );
+    assert!(SecretWriter::for_reference("PC_REFRESH_TOKEN", "arn:aws:x:secret:pc#rt").is_err());
 }

@@ -32,8 +32,8 @@ pub use dataverse::{
     dataverse_opportunity_body, dataverse_state, opportunity_from_dataverse,
 };
 pub use partner_center::{
-    invites_microsoft, is_shared_deal, microsoft_invitation_body, referral_create_body,
-    referral_patch, referral_to_opportunity, stage_of,
+    held_until_accepted, invites_microsoft, is_shared_deal, microsoft_invitation_body,
+    referral_create_body, referral_patch, referral_to_opportunity, stage_of,
 };
 pub use salesforce::{
     SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,

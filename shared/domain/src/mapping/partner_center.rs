@@ -293,6 +293,27 @@ fn normalized_text(text: Option<&str>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The update fields (currency, name, deal value, closing date, notes) that differ between a
+/// **New** referral (not accepted yet) and an opportunity still on hold in the CRM: the
+/// changes [`referral_patch`] holds back ("changes made while on hold don't sync") until the
+/// referral is accepted — in Partner Center, or by moving the opportunity to its active stage,
+/// which accepts it and sends them with it. Empty when nothing is held.
+pub fn held_until_accepted(current: &Referral, desired: &Opportunity) -> Vec<String> {
+    let is_new = current
+        .state()
+        .is_some_and(|s| s.status == ReferralStatus::New);
+    if !is_new || desired.stage != Some(OpportunityStage::OnHold) {
+        return Vec::new();
+    }
+    let fields_only = Opportunity {
+        stage: None,
+        ..desired.clone()
+    };
+    referral_patch(current, &fields_only, false)
+        .map(|ops| ops.into_iter().map(|op| op.path).collect())
+        .unwrap_or_default()
+}
+
 /// The JSON Patch that brings `current` in line with `desired` for the CRM → Partner Center
 /// update fields (docs/partner-center.md#update-field-lists: currency, name, deal value, closing
 /// date, notes, state).

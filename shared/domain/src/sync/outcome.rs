@@ -47,6 +47,13 @@ pub enum Outcome {
     /// No mapped field changed since the last sync to the CRM (or, CRM → Partner Center, to
     /// Partner Center).
     UnchangedSkipped,
+    /// CRM → Partner Center: the opportunity changed, but its referral is not accepted yet
+    /// (New, the opportunity on hold) and Partner Center takes no change before that; the
+    /// record's Audit field says to accept it first. Sent once the referral is accepted.
+    HeldUntilAccepted {
+        /// The opportunity.
+        crm: CrmRecordId,
+    },
     /// An opportunity was created (CRM → Partner Center: a referral was created for it).
     Created {
         /// The opportunity.
@@ -122,6 +129,7 @@ impl Outcome {
             Self::InProgress => "in_progress",
             Self::EchoSkipped => "echo_skipped",
             Self::UnchangedSkipped => "unchanged_skipped",
+            Self::HeldUntilAccepted { .. } => "held_until_accepted",
             Self::Created { .. } => "created",
             Self::Updated { .. } => "updated",
             Self::RetryEnqueued { .. } => "retry_enqueued",
@@ -158,7 +166,7 @@ impl Outcome {
     pub fn response(&self) -> Value {
         let mut response = json!({ "outcome": self.log_name(), "status": self.http_status() });
         match self {
-            Self::Created { crm } | Self::Updated { crm } => {
+            Self::Created { crm } | Self::Updated { crm } | Self::HeldUntilAccepted { crm } => {
                 response["crm"] = json!(crm);
             }
             Self::RetryEnqueued { attempt, delay } => {

@@ -53,8 +53,8 @@ use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
-    BodyScope, MappingConfig, invites_microsoft, is_shared_deal, microsoft_invitation_body,
-    referral_create_body, referral_patch, stage_of,
+    BodyScope, MappingConfig, held_until_accepted, invites_microsoft, is_shared_deal,
+    microsoft_invitation_body, referral_create_body, referral_patch, stage_of,
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
@@ -650,6 +650,11 @@ async fn update<X: Ports>(
     };
 
     let ops = plan(&current)?;
+    let held = held_until_accepted(&current, sync.opportunity());
+    if ops.is_empty() && !held.is_empty() {
+        return hold_until_accepted(deps, journal, sync, referral_id, &current, &held, invited)
+            .await;
+    }
     if ops.is_empty() {
         let link = sync.link_after(
             referral_id,
@@ -710,6 +715,74 @@ async fn update<X: Ports>(
     Ok(Outcome::Updated {
         crm: record.clone(),
     })
+}
+
+/// Step 6 when the referral is still New and the opportunity on hold but its update fields
+/// differ: Partner Center takes no change before the referral is accepted ("changes made while
+/// on hold don't sync"). Nothing is sent; the link keeps what was last *sent* (so the change
+/// counts as unsent and goes out with the acceptance, or with the next sync after it), and the
+/// record's Audit field says how to send it.
+async fn hold_until_accepted<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+    current: &Referral,
+    held: &[String],
+    invited: bool,
+) -> Result<Outcome, Failure> {
+    let record = sync.record;
+    let mut link = sync.link_after(referral_id, current, current.etag(), invited, journal.now());
+    link.last_fingerprint_to_pc = sync.link.and_then(|l| l.last_fingerprint_to_pc.clone());
+    link.last_stage_to_pc = sync.link.and_then(|l| l.last_stage_to_pc);
+    deps.links
+        .put(&link)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
+    let fields: Vec<&str> = held
+        .iter()
+        .map(|path| path.rsplit('/').next().unwrap_or(path))
+        .collect();
+    let event = AuditEvent::HeldUntilAccepted {
+        reason: format!(
+            "Partner Center has not accepted referral {referral_id} yet (it is New and the \
+             opportunity is on hold), and it takes no change before that; the change to {} \
+             waits.",
+            fields.join(", ")
+        ),
+        // Accepted in Partner Center instead, the referral's update fields are written to
+        // the opportunity (Partner Center → CRM has no conflict policy yet), so the seller
+        // enters the change again; the CRM route keeps it.
+        fix: format!(
+            "Accept the referral first: {} — that accepts it in Partner Center and the change \
+             is sent with it. If it is accepted in Partner Center instead, its deal value, \
+             closing date, currency and notes are copied into the opportunity: make the change \
+             again after that and it is sent.",
+            accept_in_crm(deps.mapping, record.kind())
+        ),
+    };
+    let text = journal.entry(event.clone(), Some(record)).crm_text();
+    let written = deps.crm.write_audit(record, &text).await;
+    journal.tolerate(written);
+    journal.record(event, Some(record)).await;
+    Ok(Outcome::HeldUntilAccepted {
+        crm: record.clone(),
+    })
+}
+
+/// How a seller accepts a referral from the CRM: the opportunity's active stage.
+fn accept_in_crm(mapping: &MappingConfig, kind: CrmKind) -> String {
+    match kind {
+        CrmKind::Dataverse => format!(
+            "set the opportunity's Status Reason from On Hold ({}) to In Progress ({})",
+            mapping.dataverse.status_codes.on_hold, mapping.dataverse.status_codes.in_progress
+        ),
+        CrmKind::Salesforce => format!(
+            "move the opportunity's Stage from {} to {}",
+            mapping.stages.on_hold, mapping.stages.active
+        ),
+    }
 }
 
 async fn patch<P: PartnerCenter>(

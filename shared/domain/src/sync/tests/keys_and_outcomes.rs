@@ -36,6 +36,11 @@ fn outcomes_map_to_http_statuses_and_log_names() {
         (Outcome::InProgress, 409, "in_progress"),
         (Outcome::EchoSkipped, 200, "echo_skipped"),
         (Outcome::UnchangedSkipped, 200, "unchanged_skipped"),
+        (
+            Outcome::HeldUntilAccepted { crm: crm.clone() },
+            200,
+            "held_until_accepted",
+        ),
         (Outcome::Created { crm: crm.clone() }, 200, "created"),
         (Outcome::Updated { crm: crm.clone() }, 200, "updated"),
         (

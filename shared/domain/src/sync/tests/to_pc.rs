@@ -879,3 +879,131 @@ fn a_record_whose_referral_another_delivery_is_creating_is_retried_not_created_t
     assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
     assert_eq!(world.deal_referrals(), 1);
 }
+
+/// A Microsoft referral synced to the CRM while New (the opportunity on hold), then changed
+/// by the seller in the CRM before anyone accepted it; the outcome of that change's sync. The
+/// patches sent before (the CRM id written into the referral) are forgotten.
+fn held_change(world: &World) -> (ReferralId, CrmRecordId, Outcome) {
+    let (id, record, _) = world.synced_referral();
+    lock(&world.pc.patches).clear();
+    assert_eq!(
+        world.crm.stored(&record).opportunity.stage,
+        Some(OpportunityStage::OnHold)
+    );
+    world.crm_edit(&record, |o| {
+        o.deal_value = Some(usd(60_000));
+        o.notes = Some("Supply chain, phase 2".into());
+    });
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+    (id, record, outcome)
+}
+
+#[test]
+fn a_sellers_change_to_a_referral_not_yet_accepted_is_held_and_the_audit_field_says_to_accept_it_first()
+ {
+    let world = World::to_pc();
+    let (id, record, outcome) = held_change(&world);
+
+    assert_eq!(
+        outcome,
+        Outcome::HeldUntilAccepted {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(outcome.log_name(), "held_until_accepted");
+    assert!(world.patches().is_empty(), "{:?}", world.patches());
+    let Some(AuditEvent::HeldUntilAccepted { reason, fix }) = world.audit_events().pop() else {
+        panic!("{:?}", world.audit_events());
+    };
+    assert!(
+        reason.contains("dealValue") && reason.contains("notes") && reason.contains("not accepted"),
+        "{reason}"
+    );
+    assert!(
+        fix.contains("Accept the referral first")
+            && fix.contains("In Progress")
+            && fix.contains("sent"),
+        "{fix}"
+    );
+    let audit = world.crm_audit(&record);
+    assert!(
+        audit.contains("Change not sent yet") && audit.contains("Fix: Accept the referral first"),
+        "{audit}"
+    );
+    assert!(!audit.contains("No mapped field changed"), "{audit}");
+    let link = world.links.link(&id).unwrap();
+    assert_ne!(
+        link.last_fingerprint_to_pc,
+        Some(world.crm.stored(&record).opportunity.fingerprint()),
+        "the held change does not count as sent"
+    );
+}
+
+#[test]
+fn a_held_change_is_sent_with_the_acceptance_when_the_seller_moves_the_opportunity_to_in_progress()
+{
+    let world = World::to_pc();
+    let (id, record, _) = held_change(&world);
+
+    world.crm_edit(&record, |o| o.stage = Some(OpportunityStage::Active));
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    let patches = world.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        paths(&patches[0].2),
+        [
+            "/details/dealValue",
+            "/details/notes",
+            "/status",
+            "/substatus"
+        ]
+    );
+    let referral = world.pc.referral(id);
+    assert_eq!(referral.status, Some(ReferralStatus::Active));
+    let details = referral.details.as_ref().unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(60_000)));
+    assert_eq!(details.notes.as_deref(), Some("Supply chain, phase 2"));
+}
+
+#[test]
+fn a_held_change_is_sent_by_the_next_sync_once_the_referral_is_accepted_in_partner_center() {
+    let world = World::to_pc();
+    let (id, record, first) = held_change(&world);
+    assert_ne!(
+        first,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert!(world.patches().is_empty(), "{:?}", world.patches());
+
+    // Accepted in Partner Center; the record's change is synced again (a retry, a redelivery,
+    // or reconcile finding the opportunity differs from what Partner Center was sent).
+    world.pc.edit(id, |r| {
+        r.status = Some(ReferralStatus::Active);
+        r.substatus = Some(ReferralSubstatus::Accepted);
+    });
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(130));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    let patches = world.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        paths(&patches[0].2),
+        ["/details/dealValue", "/details/notes"]
+    );
+    let details = world.pc.referral(id).details.unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(60_000)));
+}
