@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use chrono::{DateTime, Utc};
+use cosell_adapters::crm_wire::dataverse::RemoteExecutionContext;
 use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::ids::{CrmRecordId, ReferralId};
 use cosell_domain::in_memory::{
@@ -807,11 +808,38 @@ fn webhook(event: &PcEvent) -> WebhookEvent {
     serde_json::from_value(value).unwrap_or_else(|error| panic!("a valid webhook event: {error}"))
 }
 
+/// The delivery of a CRM save, keyed as crm-events keys it: the webhook body goes through
+/// `RemoteExecutionContext::change_id`. Every fourth save comes from a step registered
+/// synchronously, whose `OperationId` Dataverse sends as the nil GUID (the trigger of defect 4:
+/// keyed by it, every later change of the record would be skipped as a duplicate); its post
+/// image carries the row version.
 fn crm_change(event: &CrmEvent, read: bool) -> CrmChange {
-    let operation = uuid::Uuid::from_u128(
-        0x0b00_0000_0000_4000_8000_0000_0000_0000 + u128::from(event.operation),
-    );
-    let key = dataverse_change_key(&operation.to_string(), &event.record)
+    let synchronous = event.operation.is_multiple_of(4);
+    let operation = if synchronous {
+        uuid::Uuid::nil()
+    } else {
+        uuid::Uuid::from_u128(
+            0x0b00_0000_0000_4000_8000_0000_0000_0000 + u128::from(event.operation),
+        )
+    };
+    let row = event.record.native();
+    let body = json!({
+        "MessageName": "Update",
+        "PrimaryEntityName": "opportunity",
+        "PrimaryEntityId": row,
+        "OperationId": operation.to_string(),
+        "Mode": if synchronous { 0 } else { 1 },
+        "InputParameters": [{"key": "Target", "value": {"LogicalName": "opportunity", "Id": row, "Attributes": []}}],
+        "PostEntityImages": [{"key": "postimage", "value": {
+            "LogicalName": "opportunity",
+            "Id": row,
+            "Attributes": [{"key": "versionnumber", "value": event.version}],
+        }}],
+    })
+    .to_string();
+    let context = RemoteExecutionContext::parse(&body)
+        .unwrap_or_else(|error| panic!("a valid webhook body: {error}"));
+    let key = dataverse_change_key(&context.change_id(body.as_bytes()), &event.record)
         .unwrap_or_else(|error| panic!("a valid change key: {error}"));
     CrmChange {
         key,

@@ -492,6 +492,8 @@ pub struct StoredOpportunity {
 pub struct CrmEvent {
     /// The Dataverse `OperationId` (one per save).
     pub operation: u64,
+    /// The row version the save gave the record (`versionnumber` of the post image).
+    pub version: u64,
     /// The record.
     pub record: CrmRecordId,
     /// Who saved it.
@@ -581,6 +583,7 @@ impl SimCrm {
             let snapshot = read(id, stored);
             state.events.push(CrmEvent {
                 operation,
+                version: stored.version,
                 record: id.clone(),
                 writer: writer.to_owned(),
                 snapshot,
