@@ -53,14 +53,7 @@ async fn root(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = HttpRequest {
-        method,
-        path: "/".to_owned(),
-        query: uri.query().unwrap_or_default().to_owned(),
-        headers,
-        body,
-        peer,
-    };
+    let request = HttpRequest::new(method, "/".to_owned(), &uri, headers, body, peer);
     invoke(&invoker, &function, request).await
 }
 
@@ -73,14 +66,7 @@ async fn nested(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = HttpRequest {
-        method,
-        path: format!("/{path}"),
-        query: uri.query().unwrap_or_default().to_owned(),
-        headers,
-        body,
-        peer,
-    };
+    let request = HttpRequest::new(method, format!("/{path}"), &uri, headers, body, peer);
     invoke(&invoker, &function, request).await
 }
 
@@ -93,6 +79,26 @@ pub(super) struct HttpRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
+}
+
+impl HttpRequest {
+    fn new(
+        method: Method,
+        path: String,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            query: uri.query().unwrap_or_default().to_owned(),
+            headers,
+            body,
+            peer,
+        }
+    }
 }
 
 async fn invoke(invoker: &Invoker, function: &str, request: HttpRequest) -> Response {

@@ -609,6 +609,21 @@ struct Ctx<'c, X: ReconcilePorts> {
     run: &'c ReconcileRun,
 }
 
+impl<X: ReconcilePorts> Ctx<'_, X> {
+    /// Whether `side` must stop before its next page: a limit of the run is reached, or the
+    /// day's budget is spent (then `report.deferred_until` says until when).
+    async fn page_stop(&self, side: Side, report: &mut ReconcileReport) -> bool {
+        if self.limits.reached(side, report) {
+            return true;
+        }
+        if let Some(until) = self.gate.spent().await {
+            report.deferred_until = Some(until);
+            return true;
+        }
+        false
+    }
+}
+
 /// Reads the background budget before each page.
 struct Gate<'a, 'p, B, P, C> {
     budget: Budget<'a, B>,
@@ -664,11 +679,7 @@ async fn referrals<X: ReconcilePorts>(
 ) -> Result<(), ReconcileError> {
     report.referrals.since = Some(walk.since);
     loop {
-        if ctx.limits.reached(Side::PartnerCenter, report) {
-            break;
-        }
-        if let Some(until) = ctx.gate.spent().await {
-            report.deferred_until = Some(until);
+        if ctx.page_stop(Side::PartnerCenter, report).await {
             break;
         }
         // Room for the referrals handled at the instant the page starts at, which come again.
@@ -871,11 +882,7 @@ async fn opportunities<X: ReconcilePorts>(
 ) -> Result<(), ReconcileError> {
     report.opportunities.since = Some(walk.since);
     loop {
-        if ctx.limits.reached(Side::Crm, report) {
-            break;
-        }
-        if let Some(until) = ctx.gate.spent().await {
-            report.deferred_until = Some(until);
+        if ctx.page_stop(Side::Crm, report).await {
             break;
         }
         let top = ctx.settings.page_size.max(1);
