@@ -1,7 +1,7 @@
 //! `cosell-simulation --seed N [--trace]` replays one seed verbosely;
 //! `cosell-simulation --seeds COUNT [--from N]` runs many with a progress line.
 //! `--known-defects off` turns the triggers of the known defects off; `--no-reconcile`
-//! runs without reconciliation.
+//! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side.
 
 use std::time::Instant;
 
@@ -22,6 +22,9 @@ fn main() {
     };
     if args.iter().any(|a| a == "--no-reconcile") {
         cfg.reconcile = false;
+    }
+    if args.iter().any(|a| a == "--no-concurrent-edits") {
+        cfg.concurrent_edits = false;
     }
     if let Some(drop) = value("--drop") {
         cfg.drop_webhooks = u32::try_from(drop).unwrap_or(1000);

@@ -845,7 +845,10 @@ fn crm_change(event: &CrmEvent, read: bool) -> CrmChange {
         key,
         record: event.record.clone(),
         writer: Some(event.writer.clone()),
-        opportunity: (!read).then(|| event.snapshot.clone()),
+        // As crm-events passes it: the image only when it turns sync off; otherwise the core
+        // reads the record as it is now (an image may be older than a change synced since).
+        opportunity: (!read && !event.snapshot.opportunity.sync).then(|| event.snapshot.clone()),
+        modified_at: Some(event.modified_at),
     }
 }
 

@@ -500,6 +500,8 @@ pub struct CrmEvent {
     pub writer: String,
     /// The record as saved (the webhook's attributes).
     pub snapshot: CrmOpportunity,
+    /// When it was saved (the image's `modifiedon`).
+    pub modified_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Default)]
@@ -587,6 +589,7 @@ impl SimCrm {
                 record: id.clone(),
                 writer: writer.to_owned(),
                 snapshot,
+                modified_at: now,
             });
         }
     }

@@ -57,9 +57,10 @@ mod salesforce;
 
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cosell_adapters::crm_wire::salesforce::soap_fault;
 use cosell_domain::CrmOpportunity;
+use cosell_domain::datetime::WireDateTime;
 use cosell_domain::ports::Ports;
 use cosell_domain::sync::{Delivery, Handled};
 use cosell_runtime::edge::{Answer, contain, correlation_id, deadline};
@@ -189,6 +190,15 @@ fn secret_matches(presented: Option<&str>, expected: &SecretString) -> bool {
 /// it is off (see the module docs).
 fn says_sync_off(opportunity: &CrmOpportunity, carried: bool) -> bool {
     carried && !opportunity.opportunity.sync
+}
+
+/// When the record was modified, as the event's image says (`modifiedon`, `LastModifiedDate`):
+/// the core reads the record as it is now when that is not newer than the last change synced.
+fn image_modified(fields: &Map<String, Value>, column: &str) -> Option<DateTime<Utc>> {
+    fields
+        .get(column)
+        .and_then(Value::as_str)
+        .and_then(|text| WireDateTime::parse(text).instant())
 }
 
 fn event_has(fields: &Map<String, Value>, column: &str) -> bool {

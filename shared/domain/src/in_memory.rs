@@ -652,6 +652,7 @@ mod tests {
             last_fingerprint_to_pc: None,
             last_stage_to_pc: None,
             microsoft_invited: false,
+            last_crm_modified: None,
             updated_at: at(0),
         };
         block_on(links.put(&link)).unwrap();

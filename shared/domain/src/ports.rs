@@ -796,6 +796,12 @@ pub struct Link {
     /// existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stage_to_pc: Option<OpportunityStage>,
+    /// When the CRM record was last modified, as the newest change synced to Partner Center
+    /// said (Dataverse `modifiedon`, Salesforce `LastModifiedDate` of the event's image): a
+    /// delivery whose image is not newer arrived late, or in the same second as another, and
+    /// the record is read as it is now instead. Absent in links stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crm_modified: Option<DateTime<Utc>>,
     /// A Shared deal created from the CRM: its second referral, inviting Microsoft to the
     /// engagement, exists (false in links stored before it existed: checked on the next sync).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -1201,6 +1207,7 @@ mod tests {
             last_fingerprint_to_pc: Some("def".into()),
             last_stage_to_pc: None,
             microsoft_invited: false,
+            last_crm_modified: None,
             updated_at: at(10),
         };
         assert!(link.is_echo_from_crm("abc") && !link.is_echo_from_crm("def"));
@@ -1268,6 +1275,7 @@ mod tests {
             last_fingerprint_to_pc: None,
             last_stage_to_pc: None,
             microsoft_invited: false,
+            last_crm_modified: None,
             updated_at: at(0),
         };
         let found = block_on(assert_send(remember(&store, &link))).unwrap();

@@ -12,12 +12,14 @@ use lambda_http::http::{HeaderMap, StatusCode};
 use lambda_http::{Request, RequestExt};
 use serde_json::{Value, json};
 
-use super::{LogLine, event_has, says_sync_off, secret_matches, too_large};
+use super::{LogLine, event_has, image_modified, says_sync_off, secret_matches, too_large};
 use crate::app::App;
 use crate::config::DataverseAuth;
 
 /// The Dataverse table handled.
 const OPPORTUNITY: &str = "opportunity";
+/// The column saying when a row was last modified.
+const MODIFIED_ON: &str = "modifiedon";
 
 /// Handles one Dataverse webhook delivery.
 pub(super) async fn handle<X: Ports>(
@@ -85,8 +87,10 @@ pub(super) async fn handle<X: Ports>(
         return malformed(line, "no idempotency key");
     };
     let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));
+    let mut modified_at = None;
     let opportunity = context.is_complete_given(&headers).then(|| {
         let mut attributes = context.merged_attributes();
+        modified_at = image_modified(&attributes, MODIFIED_ON);
         let carried = event_has(
             &attributes,
             &app.connector.mapping.dataverse.opportunity.sync,
@@ -109,6 +113,7 @@ pub(super) async fn handle<X: Ports>(
         opportunity: opportunity
             .filter(|(o, carried)| says_sync_off(o, *carried))
             .map(|(o, _)| o),
+        modified_at,
     };
     match handle_crm_change_within_budget(
         &app.connector.deps(),

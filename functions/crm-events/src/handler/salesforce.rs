@@ -12,11 +12,13 @@ use lambda_http::Request;
 use lambda_http::http::StatusCode;
 use secrecy::SecretString;
 
-use super::{LogLine, event_has, says_sync_off, secret_matches, too_large};
+use super::{LogLine, event_has, image_modified, says_sync_off, secret_matches, too_large};
 use crate::app::App;
 
 /// The Salesforce object handled.
 const SALESFORCE_OPPORTUNITY: &str = "Opportunity";
+/// The field saying when a record was last modified.
+const LAST_MODIFIED_DATE: &str = "LastModifiedDate";
 
 /// Handles one Outbound Message: its notifications one by one.
 pub(super) async fn handle<X: Ports>(
@@ -105,6 +107,7 @@ pub(super) async fn handle<X: Ports>(
                 .field_text("LastModifiedById")
                 .map(str::to_owned),
             opportunity: Some(opportunity).filter(|o| says_sync_off(o, carried)),
+            modified_at: image_modified(&notification.fields, LAST_MODIFIED_DATE),
         };
         match handle_crm_change_within_budget(
             &app.connector.deps(),

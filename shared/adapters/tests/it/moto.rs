@@ -275,6 +275,7 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         last_fingerprint_to_pc: None,
         last_stage_to_pc: None,
         microsoft_invited: false,
+        last_crm_modified: None,
         updated_at: now,
         version: 0,
     };
@@ -341,6 +342,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
         last_fingerprint_to_pc: None,
         last_stage_to_pc: None,
         microsoft_invited: false,
+        last_crm_modified: None,
         updated_at: now,
         version: 0,
     };

@@ -379,6 +379,7 @@ async fn sync_referral<X: Ports>(
             last_fingerprint_to_crm: Some(fingerprint.clone()),
             last_fingerprint_to_pc: link.as_ref().and_then(|l| l.last_fingerprint_to_pc.clone()),
             microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
+            last_crm_modified: link.as_ref().and_then(|l| l.last_crm_modified),
             version: link.as_ref().map_or(0, |l| l.version),
             // The CRM now holds the referral's stage: a later CRM change closes the referral only
             // when it moves away from it.

@@ -27,7 +27,8 @@
 //!    referral, once ([`Link::microsoft_invited`]).
 //! 6. **A referral** → `GET` it (404 → `NeedsAttention`: the record names a referral Partner
 //!    Center does not know), then `PATCH` only the update fields that differ
-//!    ([`referral_patch`]) with `If-Match` (on 412 re-read once and patch once more). A close
+//!    ([`referral_patch`]) with `If-Match` (a 412 is retried with the record read again: see
+//!    [`update`]). A close
 //!    as won or lost is sent only when the CRM stage moved since the last sync
 //!    ([`Link::last_stage_to_pc`]); a referral in a terminal state is never changed
 //!    (`NeedsAttention`, the Audit field says why). Nothing differs → `UnchangedSkipped`.
@@ -79,6 +80,10 @@ pub struct CrmChange {
     /// The opportunity as the event carries it; `None` to read it from the CRM (a Dataverse
     /// body over 256 KB carries no attributes).
     pub opportunity: Option<CrmOpportunity>,
+    /// When the record was modified, as the event's image says (Dataverse `modifiedon`,
+    /// Salesforce `LastModifiedDate`): an image no newer than the last change synced
+    /// ([`Link::last_crm_modified`]) is not used (see [`sync_change`]).
+    pub modified_at: Option<DateTime<Utc>>,
 }
 
 /// The idempotency key of a Dataverse webhook delivery: `dv:<change>:<record>`, where the
@@ -190,6 +195,7 @@ pub(super) async fn run_crm_retry_job<X: Ports>(
                 record: payload.record,
                 writer: payload.writer,
                 opportunity: None,
+                modified_at: None,
             };
             process(deps, &change, meta, journal, key, &job.key, job.attempt).await
         }
@@ -273,16 +279,31 @@ async fn sync_change<X: Ports>(
             crm: None,
         }));
     }
+    let stored_link = deps
+        .links
+        .get_by_crm(record)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    // An image no newer than the last change synced is a late delivery (or one of two saves
+    // in the same second): Partner Center may already hold something newer, so the record is
+    // read as it is now.
+    let stale = matches!(
+        (change.modified_at, stored_link.as_ref().and_then(|l| l.last_crm_modified)),
+        (Some(image), Some(synced)) if image <= synced
+    );
     let read;
-    let candidate = match &change.opportunity {
-        Some(candidate) => candidate,
-        None => {
+    // What the sync sends is as of: the image's time, or for a record read now, now (the
+    // CRM's clock may differ a little from ours: a later image within that skew is read too,
+    // which costs one read and loses nothing).
+    let (candidate, as_of) = match &change.opportunity {
+        Some(candidate) if !stale => (candidate, change.modified_at),
+        _ => {
             read = deps
                 .crm
                 .get_opportunity(record)
                 .await
                 .map_err(Failure::port(Some(record)))?;
-            &read
+            (&read, Some(journal.now()))
         }
     };
     let opportunity = &candidate.opportunity;
@@ -290,11 +311,7 @@ async fn sync_change<X: Ports>(
         return Ok(sync_off());
     }
 
-    let link = deps
-        .links
-        .get_by_crm(record)
-        .await
-        .map_err(Failure::port(Some(record)))?
+    let link = stored_link
         // A link to another referral than the one the record names is not this record's.
         .filter(|link| {
             opportunity
@@ -314,7 +331,12 @@ async fn sync_change<X: Ports>(
         // A Shared deal whose invitation of Microsoft an earlier run could not send is not
         // "unchanged": the update step sends it.
         let owes_invitation = !link.microsoft_invited && is_shared_deal(opportunity);
-        if echo || (link.is_unchanged_for_pc(&fingerprint) && !owes_invitation) {
+        // What the link says Partner Center was sent is not trusted after a late image or
+        // when retrying: another sync of the record may have run in between, and a write of
+        // theirs may have landed after a newer one (its link then failed, hence the retry).
+        // `update` compares with the referral itself instead.
+        let verify = stale || retrying;
+        if echo || (!verify && link.is_unchanged_for_pc(&fingerprint) && !owes_invitation) {
             finish_write_back(deps, journal, record, opportunity, link.referral_id).await?;
             let (event, outcome) = if echo {
                 (AuditEvent::EchoSkipped, Outcome::EchoSkipped)
@@ -334,6 +356,7 @@ async fn sync_change<X: Ports>(
         fingerprint,
         link: link.as_ref(),
         retrying,
+        as_of,
     };
     match referral_id {
         None => {
@@ -353,6 +376,9 @@ struct Outbound<'s> {
     link: Option<&'s Link>,
     /// A retry job's run: an earlier attempt may have created the referral already.
     retrying: bool,
+    /// The time the opportunity sent is as of: the image's [`CrmChange::modified_at`], or when
+    /// read, the time of the read.
+    as_of: Option<DateTime<Utc>>,
 }
 
 impl Outbound<'_> {
@@ -398,6 +424,7 @@ impl Outbound<'_> {
                 .stage
                 .or_else(|| self.link.and_then(|l| l.last_stage_to_pc)),
             microsoft_invited,
+            last_crm_modified: self.as_of.max(self.link.and_then(|l| l.last_crm_modified)),
             updated_at: now,
             version: self.link.map_or(0, |l| l.version),
         }
@@ -674,27 +701,13 @@ async fn update<X: Ports>(
         return Ok(Outcome::UnchangedSkipped);
     }
 
-    let (read, etag) = match patch(pc, referral_id, &current, &ops).await {
-        Ok(etag) => (current, etag),
-        Err(PortError::PreconditionFailed { .. }) => {
-            // Someone changed the referral since it was read: once more on a fresh read.
-            let fresh = pc
-                .get_referral(&referral_id)
-                .await
-                .map_err(Failure::port(Some(record)))?;
-            let ops = plan(&fresh)?;
-            let etag = if ops.is_empty() {
-                // Their change was ours: its version is not our write, so no echo eTag.
-                None
-            } else {
-                patch(pc, referral_id, &fresh, &ops)
-                    .await
-                    .map_err(Failure::port(Some(record)))?
-            };
-            (fresh, etag)
-        }
-        Err(error) => return Err(Failure::port(Some(record))(error)),
-    };
+    // A 412: the referral changed since it was read — perhaps by another sync of this record
+    // with a later version of it. Re-planning this run's read on the re-read referral could
+    // overwrite that later version, so the change is retried with the record read again.
+    let etag = patch(pc, referral_id, &current, &ops)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    let read = current;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
     let link = sync.link_after(referral_id, &read, etag, invited, journal.now());

@@ -143,6 +143,7 @@ fn a_link_to_another_crm_needs_attention() {
         last_fingerprint_to_pc: None,
         last_stage_to_pc: None,
         microsoft_invited: false,
+        last_crm_modified: None,
         updated_at: at(0),
     });
 

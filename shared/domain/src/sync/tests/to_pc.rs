@@ -64,6 +64,7 @@ impl World {
             record: record.clone(),
             writer: Some(writer.into()),
             opportunity: Some(self.crm_read(record)),
+            modified_at: None,
         }
     }
 
@@ -1006,4 +1007,98 @@ fn a_held_change_is_sent_by_the_next_sync_once_the_referral_is_accepted_in_partn
     );
     let details = world.pc.referral(id).details.unwrap();
     assert_eq!(details.deal_value, Some(Decimal::from(60_000)));
+}
+
+#[test]
+fn a_412_on_the_patch_is_retried_with_the_record_read_again_not_over_the_newer_write() {
+    // Two syncs of one record at once: ours read the record ("older"), then another sync of a
+    // later save wrote "newer" to the referral between our GET and our PATCH. Planning our
+    // older read again on the re-read referral would overwrite the newer value.
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.notes = Some("older".into()));
+    let change = world.crm_change(&record, 2, SELLER);
+    world.crm_edit(&record, |o| o.notes = Some("newer".into()));
+    lock(&world.pc.before_patch).push_back(Box::new(|r: &mut Referral| {
+        r.details.as_mut().unwrap().notes = Some("newer".into());
+    }));
+
+    let outcome = world.sync_crm(&change, at(110));
+
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { .. }),
+        "{outcome:?}"
+    );
+    let notes = world.pc.referral(id).details.unwrap().notes;
+    assert_eq!(notes.as_deref(), Some("newer"), "the newer write stays");
+    let (job, _) = world.queue.jobs().pop().expect("a retry job");
+    assert_eq!(
+        world.retry(&job, at(140)),
+        Outcome::UnchangedSkipped,
+        "the retry reads the record as it is now: nothing left to send"
+    );
+    let notes = world.pc.referral(id).details.unwrap().notes;
+    assert_eq!(notes.as_deref(), Some("newer"));
+}
+
+#[test]
+fn a_late_image_is_not_sent_over_a_newer_change_synced_before_it() {
+    // The webhook of an earlier save arrives after a later save was synced (delivery retries,
+    // out of order): its image is older than what Partner Center holds.
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.notes = Some("first".into()));
+    let late = CrmChange {
+        modified_at: Some(at(101)),
+        ..world.crm_change(&record, 2, SELLER)
+    };
+    world.crm_edit(&record, |o| o.notes = Some("second".into()));
+    let second = CrmChange {
+        modified_at: Some(at(102)),
+        ..world.crm_change(&record, 3, SELLER)
+    };
+    assert_eq!(
+        world.sync_crm(&second, at(110)),
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+
+    world.sync_crm(&late, at(120));
+
+    let notes = world.pc.referral(id).details.unwrap().notes;
+    assert_eq!(
+        notes.as_deref(),
+        Some("second"),
+        "the late image is not sent"
+    );
+}
+
+#[test]
+fn a_retry_compares_with_the_referral_not_with_what_the_link_says_was_sent() {
+    // A concurrent sync's older write landed after ours (its link write then failed, hence its
+    // retry): the link says "second" was sent, Partner Center holds "first".
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.notes = Some("second".into()));
+    let change = world.crm_change(&record, 2, SELLER);
+    world.sync_crm(&change, at(110));
+    world.pc.edit(id, |r: &mut Referral| {
+        r.details.as_mut().unwrap().notes = Some("first".into());
+    });
+    let job = RetryJob {
+        source: RetrySource::Dataverse,
+        key: change.key.to_string(),
+        attempt: 1,
+        payload: json!({ "record": record }),
+    };
+
+    world.retry(&job, at(140));
+
+    let notes = world.pc.referral(id).details.unwrap().notes;
+    assert_eq!(
+        notes.as_deref(),
+        Some("second"),
+        "Partner Center is corrected"
+    );
 }
