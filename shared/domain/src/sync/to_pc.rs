@@ -279,11 +279,15 @@ async fn sync_change<X: Ports>(
             crm: None,
         }));
     }
-    let stored_link = deps
-        .links
-        .get_by_crm(record)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    let read = match change.opportunity {
+        Some(_) => None,
+        None => Some(read_record(deps, record).await?),
+    };
+    let named = read
+        .as_ref()
+        .or(change.opportunity.as_ref())
+        .and_then(|c| c.opportunity.referral_id);
+    let stored_link = link_of(deps, record, named).await?;
     // An image no newer than the last change synced is a late delivery (or one of two saves
     // in the same second): Partner Center may already hold something newer, so the record is
     // read as it is now.
@@ -291,19 +295,18 @@ async fn sync_change<X: Ports>(
         (change.modified_at, stored_link.as_ref().and_then(|l| l.last_crm_modified)),
         (Some(image), Some(synced)) if image <= synced
     );
-    let read;
     // What the sync sends is as of: the image's time, or for a record read now, now (the
     // CRM's clock may differ a little from ours: a later image within that skew is read too,
     // which costs one read and loses nothing).
-    let (candidate, as_of) = match &change.opportunity {
-        Some(candidate) if !stale => (candidate, change.modified_at),
-        _ => {
-            read = deps
-                .crm
-                .get_opportunity(record)
-                .await
-                .map_err(Failure::port(Some(record)))?;
-            (&read, Some(journal.now()))
+    let owned;
+    let (candidate, as_of) = match (read, &change.opportunity) {
+        (None, Some(image)) if !stale => (image, change.modified_at),
+        (read, _) => {
+            owned = match read {
+                Some(read) => read,
+                None => read_record(deps, record).await?,
+            };
+            (&owned, Some(journal.now()))
         }
     };
     let opportunity = &candidate.opportunity;
@@ -366,6 +369,36 @@ async fn sync_change<X: Ports>(
         }
         Some(id) => update(deps, journal, &sync, id).await,
     }
+}
+
+async fn read_record<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: &CrmRecordId,
+) -> Result<CrmOpportunity, Failure> {
+    deps.crm
+        .get_opportunity(record)
+        .await
+        .map_err(Failure::port(Some(record)))
+}
+
+/// The record's link. A record that names its referral (every record synced once, its
+/// write-back done) is looked up by that referral: a strongly consistent read of the link's
+/// own item. Only a record without one is looked up by its CRM id (an index, eventually
+/// consistent).
+async fn link_of<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: &CrmRecordId,
+    named: Option<ReferralId>,
+) -> Result<Option<Link>, Failure> {
+    let found = match named {
+        Some(referral) => deps
+            .links
+            .get_by_referral(&referral)
+            .await
+            .map(|link| link.filter(|link| link.crm == *record)),
+        None => deps.links.get_by_crm(record).await,
+    };
+    found.map_err(Failure::port(Some(record)))
 }
 
 /// What steps 5 and 6 work on.
@@ -541,7 +574,7 @@ async fn delivered_before<X: Ports>(
 
 /// The referral an earlier attempt of this create may have made: a timeout or a 5xx can come
 /// after Partner Center stored it. Searched among the referrals updated since the record's
-/// oldest audited delivery (`updatedDateTime ge …`, the documented filter) by its
+/// oldest audited delivery (`updatedDateTime ge …`, the documented filter, paged by that time) by its
 /// `externalReferenceId` (whether that member is filterable is UNKNOWN, so it is compared
 /// here). Too many candidates to search → a person decides, rather than a second referral.
 async fn created_earlier<X: Ports>(
@@ -561,16 +594,26 @@ async fn created_earlier<X: Ports>(
         .min()
         .unwrap_or_else(|| journal.now());
     let native = record.native();
-    let mut query = ReferralQuery {
-        updated_since: Some(first - chrono::Duration::minutes(CREATED_EARLIER_SKEW_MINUTES)),
-        ..ReferralQuery::default()
-    };
+    // Keyset paging: each page starts at the newest `updatedDateTime` of the one before
+    // (inclusive). A referral changed during the search moves forward in that order, so it is
+    // still met; with `@odata.nextLink` (a position) it could move past the pages read.
+    let mut since = first - chrono::Duration::minutes(CREATED_EARLIER_SKEW_MINUTES);
     for _ in 0..MAX_CREATED_EARLIER_PAGES {
+        let query = ReferralQuery {
+            updated_since: Some(since),
+            ..ReferralQuery::default()
+        };
         let page = deps
             .partner_center
             .list_referrals(&query)
             .await
             .map_err(Failure::port(Some(record)))?;
+        let newest = page
+            .value
+            .iter()
+            .filter_map(|r| r.updated_date_time.as_ref().and_then(WireDateTime::instant))
+            .max();
+        let more = page.next_link.is_some();
         let found = page.value.into_iter().find(|referral| {
             referral.external_reference_id.as_deref().map(str::trim) == Some(native.as_str())
                 && !invites_microsoft(referral)
@@ -578,22 +621,19 @@ async fn created_earlier<X: Ports>(
         if found.is_some() {
             return Ok(found);
         }
-        match page.next_link {
-            Some(next_link) => {
-                query = ReferralQuery {
-                    next_link: Some(next_link),
-                    ..ReferralQuery::default()
-                };
-            }
-            None => return Ok(None),
+        match newest {
+            _ if !more => return Ok(None),
+            Some(newest) if newest > since => since = newest,
+            // A whole page at one instant: paging cannot go past it.
+            _ => break,
         }
     }
     Err(Failure::Problem(Problem {
         code: "create_unconfirmed",
         reason: format!(
             "an earlier attempt to create the referral of {record} failed without an answer, and \
-             more than {MAX_CREATED_EARLIER_PAGES} pages of referrals changed since, so whether \
-             it was created could not be checked."
+             more than {MAX_CREATED_EARLIER_PAGES} pages of referrals (or a whole page at one \
+             instant) changed since, so whether it was created could not be checked."
         ),
         fix: format!(
             "Search Partner Center for a referral whose external reference is {native}: if there \
