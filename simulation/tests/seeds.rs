@@ -12,11 +12,15 @@ const CI_STEPS: u32 = 20;
 /// Seeds an ignored defect test searches.
 const SEARCH_SEEDS: u64 = 20_000;
 
-/// The invariants that hold today, faults, crashes, timeouts and reordering included.
-const HOLDING: [Invariant; 3] = [
+/// The invariants that hold today, faults, crashes, timeouts, lost create answers and
+/// reordering included: all but `Diverged` (defect 5).
+const HOLDING: [Invariant; 6] = [
+    Invariant::DuplicateReferral,
+    Invariant::DuplicateOpportunity,
     Invariant::MissingCounterpart,
     Invariant::AuditWithoutFix,
     Invariant::TooManyCalls,
+    Invariant::NoQuiescence,
 ];
 
 fn replay(report: &Report, flag: &str) -> String {
@@ -50,14 +54,9 @@ fn assert_holds(cfg: &Config, seeds: std::ops::Range<u64>, invariants: &[Invaria
 fn ten_thousand_seeds_keep_the_invariants_that_hold() {
     let cfg = Config {
         steps: CI_STEPS,
-        ..Config::without_known_defects()
+        ..Config::default()
     };
-    assert_holds(
-        &cfg,
-        0..CI_SEEDS,
-        &HOLDING,
-        " --without-known-defects --steps 20",
-    );
+    assert_holds(&cfg, 0..CI_SEEDS, &HOLDING, " --steps 20");
 }
 
 #[test]
@@ -107,7 +106,7 @@ fn search(cfg: &Config, invariant: Invariant, flag: &str) {
 }
 
 #[test]
-#[ignore = "finds defect 1 (partly fixed: a redelivery of a record delivered before now looks for the referral an earlier attempt created; about 3 seeds in 1,000 still end with a second referral, not yet analysed)"]
+#[ignore = "finds the rest of defect 1: about 1 seed in 5,000 at 60 steps (seed 2433) ends with a second referral when the first attempt's audit entries could not be written, so a later webhook delivery does not know an earlier attempt ran; the fix is a durable marker (the create lock reporting an earlier holder)"]
 fn defect_1_no_second_referral_for_an_opportunity() {
     search(&Config::default(), Invariant::DuplicateReferral, "");
 }
@@ -116,20 +115,4 @@ fn defect_1_no_second_referral_for_an_opportunity() {
 #[ignore = "finds defect 5: no conflict policy; Partner Center -> CRM overwrites a seller's edit (If-Match: *) and the sides diverge with nothing audited"]
 fn defect_5_no_lost_edit_without_an_audited_conflict() {
     search(&Config::default(), Invariant::Diverged, "");
-}
-
-#[test]
-#[ignore = "finds a new defect: two opportunities carry one referral id"]
-fn no_second_opportunity_for_a_referral() {
-    search(&Config::default(), Invariant::DuplicateOpportunity, "");
-}
-
-#[test]
-#[ignore = "finds an unanalysed failure: for about 2 seeds in 10,000 the queues do not drain"]
-fn every_seed_quiesces() {
-    search(
-        &Config::without_known_defects(),
-        Invariant::NoQuiescence,
-        " --without-known-defects",
-    );
 }
