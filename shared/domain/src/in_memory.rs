@@ -653,6 +653,7 @@ mod tests {
             last_stage_to_pc: None,
             microsoft_invited: false,
             updated_at: at(0),
+            synced_fields: std::collections::BTreeMap::new(),
         };
         block_on(links.put(&link)).unwrap();
         let stored = Link {

@@ -144,6 +144,7 @@ fn a_link_to_another_crm_needs_attention() {
         last_stage_to_pc: None,
         microsoft_invited: false,
         updated_at: at(0),
+        synced_fields: std::collections::BTreeMap::new(),
     });
 
     let outcome = world.outcome(&webhook("referral-updated", REFERRAL, at(1)), at(100));
