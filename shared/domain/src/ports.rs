@@ -277,6 +277,11 @@ pub struct OpportunityWrite<'a> {
     pub audit: Option<&'a str>,
     /// Which fields to write.
     pub scope: BodyScope,
+    /// Update `record` only while it is still at this version ([`CrmOpportunity::version`]):
+    /// [`PortError::PreconditionFailed`] when it changed since it was read. `None`: update
+    /// whatever the version (`If-Match: *`). An adapter whose CRM has no conditional update
+    /// (Salesforce) writes unconditionally (docs/conflicts.md#what-it-costs).
+    pub if_match: Option<&'a str>,
 }
 
 /// The result of an upsert.

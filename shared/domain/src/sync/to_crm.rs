@@ -382,6 +382,8 @@ async fn sync_referral<X: Ports>(
             contact: contact.as_ref(),
             audit: Some(&audit_text),
             scope,
+            // Not over a save made since the merge's read: a 412 retries, merging again.
+            if_match: plan.crm_version.as_deref(),
         };
         let upserted = deps
             .crm
@@ -495,6 +497,8 @@ struct Plan {
     patched: Vec<SharedField>,
     /// The merge, when there was one.
     merge: Option<Merge>,
+    /// The version of the CRM record the merge read, when the CRM reports one.
+    crm_version: Option<String>,
 }
 
 impl Plan {
@@ -584,6 +588,7 @@ async fn plan_update<X: Ports>(
         to_pc: Vec::new(),
         patched: Vec::new(),
         merge: None,
+        crm_version: None,
     };
     let (crm, merge) = match counterpart {
         Counterpart::New => return Ok(plan),
@@ -598,12 +603,13 @@ async fn plan_update<X: Ports>(
                 }
                 return Ok(plan);
             }
-            let crm = deps
+            let read = deps
                 .crm
                 .get_opportunity(record)
                 .await
-                .map_err(Failure::port(Some(record)))?
-                .opportunity;
+                .map_err(Failure::port(Some(record)))?;
+            plan.crm_version = read.version;
+            let crm = read.opportunity;
             let merge = Merge::new(Some(&link.synced_fields), opportunity, &crm);
             (crm, merge)
         }
@@ -935,6 +941,7 @@ async fn sync_related<X: Ports>(
                 contact: None,
                 audit: Some(&text),
                 scope: BodyScope::Update,
+                if_match: None,
             };
             deps.crm
                 .upsert_opportunity(&write)

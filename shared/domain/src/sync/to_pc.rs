@@ -364,6 +364,7 @@ async fn sync_change<X: Ports>(
         fingerprint,
         link: link.as_ref(),
         retrying,
+        version: candidate.version.as_deref(),
     };
     match referral_id {
         None => {
@@ -392,6 +393,9 @@ struct Outbound<'s> {
     link: Option<&'s Link>,
     /// A retry job's run: an earlier attempt may have created the referral already.
     retrying: bool,
+    /// The record's version as read or delivered, when known: Partner Center's values are
+    /// written to it only while it is unchanged (a 412 retries, merging again).
+    version: Option<&'s str>,
 }
 
 /// The merge of one CRM → Partner Center update (docs/conflicts.md#the-policy).
@@ -868,9 +872,16 @@ async fn update<X: Ports>(
         }
         // Nothing for Partner Center, but its changes for the CRM.
         let text = merged.audit_text(journal.entry(AuditEvent::WrittenBack, Some(record)));
-        write_values(deps, record, referral_id, &merged.crm_values(), &text)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
         merged.record_conflicts(journal, record).await;
         deps.links
             .put(&link)
@@ -909,9 +920,16 @@ async fn update<X: Ports>(
     let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
     if !merged.to_crm.is_empty() {
         // Partner Center's values first, the link after: a retry finds the sides equal.
-        write_values(deps, record, referral_id, &merged.crm_values(), &text)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
         merged.record_conflicts(journal, record).await;
         deps.links
             .put(&link)
@@ -993,9 +1011,16 @@ async fn hold_until_accepted<X: Ports>(
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
     } else {
-        write_values(deps, record, referral_id, &merged.crm_values(), &text)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
         deps.links
             .put(&link)
             .await
@@ -1040,7 +1065,15 @@ async fn write_back<X: Ports>(
     referral_id: ReferralId,
     audit: &str,
 ) -> Result<(), PortError> {
-    write_values(deps, record, referral_id, &Opportunity::default(), audit).await
+    write_values(
+        deps,
+        record,
+        referral_id,
+        &Opportunity::default(),
+        audit,
+        None,
+    )
+    .await
 }
 
 /// Write the referral id and link, the update fields set in `values` (Partner Center's values
@@ -1052,6 +1085,7 @@ async fn write_values<X: Ports>(
     referral_id: ReferralId,
     values: &Opportunity,
     audit: &str,
+    if_match: Option<&str>,
 ) -> Result<(), PortError> {
     let ids = Opportunity {
         referral_id: Some(referral_id),
@@ -1066,6 +1100,7 @@ async fn write_values<X: Ports>(
         contact: None,
         audit: Some(audit),
         scope: BodyScope::Update,
+        if_match,
     };
     deps.crm.upsert_opportunity(&write).await.map(|_| ())
 }
