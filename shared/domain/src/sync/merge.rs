@@ -22,11 +22,13 @@
 //! same answer in both directions.
 //!
 //! Writes and calls (docs/conflicts.md#what-it-costs): Partner Center → CRM reads the CRM
-//! record once before it writes a shared field, because the adapters' CRM writes are
-//! `If-Match: *` (a true conditional write needs the record's version in the link and in both
-//! adapters, Salesforce has no `If-Match` on record updates, so it is left for later); the read
-//! is skipped when Partner Center changed no shared field since the base, so echoes,
-//! redeliveries and unchanged referrals cost nothing more. CRM → Partner Center reads the
+//! record once before it writes a shared field (the CRM's values are needed to merge), and
+//! writes with `If-Match` on the version that read reported (Dataverse's `@odata.etag`; a 412
+//! retries and merges again; Salesforce has no `If-Match` on record updates, so there the write
+//! stays unconditional). The read is skipped when Partner Center changed no shared field since
+//! the base, so echoes, redeliveries and unchanged referrals cost nothing more. A true
+//! conditional write without the read would need the record's version in the link, which the
+//! connector does not learn from its own writes. CRM → Partner Center reads the
 //! referral anyway, so its merge costs no call; a CRM webhook's copy of the record that shows a
 //! shared field changed is checked by reading the record, since the copy may be older than a
 //! later save or the connector's own write (docs/conflicts.md#late-crm-webhooks).
