@@ -442,6 +442,7 @@ pub fn audit_event_name(event: &AuditEvent) -> &'static str {
         AuditEvent::Failed { .. } => "needs_attention",
         AuditEvent::RetryEnqueued { .. } => "retry_enqueued",
         AuditEvent::Redriven => "redriven",
+        AuditEvent::ConflictResolved { .. } => "conflict_resolved",
     }
 }
 

@@ -126,7 +126,7 @@ fn step(event: &AuditEvent) -> u8 {
         | AuditEvent::EchoSkipped
         | AuditEvent::UnchangedSkipped
         | AuditEvent::HeldUntilAccepted { .. } => 2,
-        AuditEvent::Created | AuditEvent::Updated => 3,
+        AuditEvent::Created | AuditEvent::Updated | AuditEvent::ConflictResolved { .. } => 3,
         AuditEvent::WrittenBack => 4,
         AuditEvent::Failed { .. } => 5,
         AuditEvent::RetryEnqueued { .. } => 6,
@@ -152,6 +152,16 @@ pub fn describe(entry: &AuditEntry) -> String {
         AuditEvent::Failed { reason, .. } => format!("FAILED: {reason}"),
         AuditEvent::RetryEnqueued { attempt } => format!("retry enqueued (attempt {attempt})"),
         AuditEvent::Redriven => "redriven from the dead-letter queue by an operator".to_owned(),
+        AuditEvent::ConflictResolved { fields } => {
+            let kept: Vec<String> = fields
+                .iter()
+                .map(|c| format!("{} ({} kept)", c.field.name(), c.winner))
+                .collect();
+            format!(
+                "conflict: changed on both sides since the last sync: {}",
+                kept.join(", ")
+            )
+        }
     }
 }
 

@@ -690,6 +690,9 @@ fn describe(event: &AuditEvent) -> String {
         AuditEvent::Failed { reason, fix } => format!("FAILED: {reason} Fix: {fix}"),
         AuditEvent::RetryEnqueued { attempt } => format!("retry {attempt} enqueued"),
         AuditEvent::Redriven => "redriven by an operator".to_owned(),
+        AuditEvent::ConflictResolved { fields } => {
+            cosell_domain::sync::conflict_text(fields).to_lowercase()
+        }
     }
 }
 

@@ -7,7 +7,11 @@ use cosell_domain::in_memory::InMemoryAuditLog;
 use cosell_domain::mapping::invites_microsoft;
 use cosell_domain::ports::AuditEvent;
 
-use crate::sim::{EditLog, Invariant, Violation, edit_notes, latest_edit};
+use cosell_domain::sync::{SharedField, Side};
+
+use crate::sim::{
+    EditLog, Invariant, Violation, edit_deal_value, edit_notes, edit_side, latest_edit,
+};
 use crate::world::{SimCrm, SimPartnerCenter};
 
 fn violation(invariant: Invariant, detail: String) -> Violation {
@@ -100,13 +104,17 @@ pub(crate) fn check(
         }
     }
 
-    // The shared fields are equal, and hold the latest user edit, unless a conflict was audited.
-    let conflict_audited = |referral: &ReferralId, record: &CrmRecordId| {
-        entries.iter().any(|e| {
-            (e.referral_id.as_ref() == Some(referral) || e.crm.as_ref() == Some(record))
-                && matches!(&e.event, AuditEvent::Failed { reason, .. } if reason.to_lowercase().contains("conflict"))
-        })
-    };
+    // Both sides hold the same values (the conflict policy always converges), and the latest
+    // user edit of each field is on both sides unless an audited conflict on that field chose
+    // the other side's value (docs/conflicts.md#the-policy).
+    let conflict_lost =
+        |referral: &ReferralId, record: &CrmRecordId, field: SharedField, side: Side| {
+            entries.iter().any(|e| {
+                (e.referral_id.as_ref() == Some(referral) || e.crm.as_ref() == Some(record))
+                    && matches!(&e.event, AuditEvent::ConflictResolved { fields }
+                    if fields.iter().any(|c| c.field == field && c.winner != side))
+            })
+        };
     for (record, stored) in &opportunities {
         let Some(referral_id) = stored.opportunity.referral_id else {
             continue;
@@ -114,9 +122,6 @@ pub(crate) fn check(
         let Some(referral) = referrals.get(&referral_id) else {
             continue;
         };
-        if conflict_audited(&referral_id, record) {
-            continue;
-        }
         let details = referral.details.as_ref();
         let pc_notes = details.and_then(|d| d.notes.clone()).unwrap_or_default();
         let crm_notes = stored.opportunity.notes.clone().unwrap_or_default();
@@ -126,20 +131,39 @@ pub(crate) fn check(
             found.push(violation(
                 Invariant::Diverged,
                 format!(
-                    "referral {referral_id} and opportunity {record} differ without an audited \
-                     conflict: notes {pc_notes:?} / {crm_notes:?}, deal value {pc_value:?} / \
-                     {crm_value:?}"
+                    "referral {referral_id} and opportunity {record} differ: notes {pc_notes:?} / \
+                     {crm_notes:?}, deal value {pc_value:?} / {crm_value:?}"
                 ),
             ));
-        } else if let Some(latest) = latest_edit(edits, &referral_id, record)
-            && edit_notes(latest) != pc_notes
+            continue;
+        }
+        let Some(latest) = latest_edit(edits, &referral_id, record) else {
+            continue;
+        };
+        let side = edit_side(latest);
+        if edit_notes(latest) != pc_notes
+            && !conflict_lost(&referral_id, record, SharedField::Notes, side)
         {
             found.push(violation(
                 Invariant::Diverged,
                 format!(
-                    "the latest user edit {:?} of referral {referral_id} / opportunity {record} \
-                     was lost without an audited conflict: both sides hold {pc_notes:?}",
+                    "the latest user edit {:?} ({side}) of referral {referral_id} / opportunity \
+                     {record} was lost without an audited conflict: both sides hold notes \
+                     {pc_notes:?}",
                     edit_notes(latest)
+                ),
+            ));
+        }
+        let latest_value = rust_decimal::Decimal::from(edit_deal_value(latest));
+        if pc_value != Some(latest_value)
+            && !conflict_lost(&referral_id, record, SharedField::DealValue, side)
+        {
+            found.push(violation(
+                Invariant::Diverged,
+                format!(
+                    "the latest user edit's deal value {latest_value} ({side}) of referral \
+                     {referral_id} / opportunity {record} was lost without an audited \
+                     conflict: both sides hold {pc_value:?}"
                 ),
             ));
         }

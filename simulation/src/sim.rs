@@ -21,8 +21,8 @@ use cosell_domain::reconcile::{
     ReconcileSettings, reconcile,
 };
 use cosell_domain::sync::{
-    CrmChange, Delivery, Deps, Handled, RetryPolicy, SyncError, SyncSettings, dataverse_change_key,
-    handle_crm_change, handle_partner_center_event, run_retry_job,
+    CrmChange, Delivery, Deps, Handled, RetryPolicy, Side, SyncError, SyncSettings,
+    dataverse_change_key, handle_crm_change, handle_partner_center_event, run_retry_job,
 };
 use cosell_domain::webhook::WebhookEvent;
 use serde_json::json;
@@ -85,8 +85,8 @@ pub enum Invariant {
     DuplicateOpportunity,
     /// A synced record has no counterpart: a change was lost.
     MissingCounterpart,
-    /// The shared fields differ without an audited conflict, or a user's latest edit is on
-    /// neither side (defect 5).
+    /// The shared fields differ, or a user's latest edit is not on both sides although no
+    /// audited conflict chose the other side's value (defect 5; docs/conflicts.md).
     Diverged,
     /// A failure was audited without a fix.
     AuditWithoutFix,
@@ -255,6 +255,7 @@ pub(crate) struct Edit {
     referral: Option<ReferralId>,
     record: Option<CrmRecordId>,
     notes: String,
+    deal_value: u64,
 }
 
 /// The Lambda timeout the deliveries run under.
@@ -626,13 +627,18 @@ impl<'a> Run<'a> {
             0..12 => {
                 let id = stores.pc.microsoft_creates(n);
                 self.ms_referrals.push(id);
-                self.note_edit(Some(id), None, format!("ms-initial-{n}"));
+                self.note_edit(Some(id), None, format!("ms-initial-{n}"), 1000 + n);
                 self.log(|| format!("microsoft creates referral {}", short(&id.to_string())));
             }
             12..24 => {
                 let id = stores.crm.seller_creates(n);
                 self.seller_records.push(id.clone());
-                self.note_edit(None, Some(id.clone()), format!("seller-initial-{n}"));
+                self.note_edit(
+                    None,
+                    Some(id.clone()),
+                    format!("seller-initial-{n}"),
+                    2000 + n,
+                );
                 self.log(|| format!("seller creates opportunity {}", short(&id.to_string())));
             }
             24..44 => {
@@ -651,7 +657,7 @@ impl<'a> Run<'a> {
                     let id = referrals[self.rng.usize(0..referrals.len())];
                     let notes = format!("ms-{n}");
                     if stores.pc.microsoft_edits(id, &notes, 5000 + n) {
-                        self.note_edit(Some(id), None, notes);
+                        self.note_edit(Some(id), None, notes, 5000 + n);
                         self.log(|| {
                             format!(
                                 "microsoft edits referral {} (ms-{n})",
@@ -671,7 +677,7 @@ impl<'a> Run<'a> {
                     let id = records[self.rng.usize(0..records.len())].clone();
                     let notes = format!("seller-{n}");
                     if stores.crm.seller_edits(&id, &notes, 7000 + n) {
-                        self.note_edit(None, Some(id.clone()), notes);
+                        self.note_edit(None, Some(id.clone()), notes, 7000 + n);
                         self.log(|| {
                             format!(
                                 "seller edits opportunity {} (seller-{n})",
@@ -694,11 +700,11 @@ impl<'a> Run<'a> {
                     let ms = format!("ms-{n}");
                     let seller = format!("seller-{n}");
                     if stores.crm.seller_edits(&record, &seller, 7000 + n) {
-                        self.note_edit(None, Some(record.clone()), seller);
+                        self.note_edit(None, Some(record.clone()), seller, 7000 + n);
                     }
                     stores.clock.advance(self.rng.i64(1..3_000));
                     if stores.pc.microsoft_edits(referral, &ms, 5000 + n) {
-                        self.note_edit(Some(referral), None, ms);
+                        self.note_edit(Some(referral), None, ms, 5000 + n);
                     }
                     self.log(|| {
                         format!(
@@ -722,6 +728,7 @@ impl<'a> Run<'a> {
         referral: Option<ReferralId>,
         record: Option<CrmRecordId>,
         notes: String,
+        deal_value: u64,
     ) {
         self.changes += 1;
         self.edits.push(Edit {
@@ -729,6 +736,7 @@ impl<'a> Run<'a> {
             referral,
             record,
             notes,
+            deal_value,
         });
     }
 
@@ -985,6 +993,20 @@ pub(crate) fn latest_edit<'e>(
 /// The notes of an edit.
 pub(crate) fn edit_notes(edit: &Edit) -> &str {
     &edit.notes
+}
+
+/// The deal value of an edit.
+pub(crate) fn edit_deal_value(edit: &Edit) -> u64 {
+    edit.deal_value
+}
+
+/// The side an edit was made on.
+pub(crate) fn edit_side(edit: &Edit) -> Side {
+    if edit.referral.is_some() {
+        Side::PartnerCenter
+    } else {
+        Side::Crm
+    }
 }
 
 pub(crate) type EditLog = [Edit];

@@ -539,6 +539,11 @@ fn crm_not_found(id: &CrmRecordId) -> PortError {
     }
 }
 
+/// A row version as Dataverse's `@odata.etag` spells it.
+fn row_version(version: u64) -> String {
+    format!("W/\"{version}\"")
+}
+
 /// The record as the CRM answers it.
 pub fn read(id: &CrmRecordId, stored: &StoredOpportunity) -> CrmOpportunity {
     CrmOpportunity {
@@ -552,6 +557,7 @@ pub fn read(id: &CrmRecordId, stored: &StoredOpportunity) -> CrmOpportunity {
         rejected: Vec::new(),
         amount: stored.opportunity.deal_value.map(|m| m.amount),
         currency: stored.opportunity.deal_value.map(|m| m.currency),
+        version: Some(row_version(stored.version)),
     }
 }
 
@@ -697,6 +703,15 @@ impl SimCrm {
             self.saved(&mut state, &id, CONNECTOR_USER);
             return Ok(Upserted { id, created: true });
         };
+        if let (Some(expected), Some(stored)) = (write.if_match, state.opportunities.get(&id))
+            && expected != "*"
+            && expected != row_version(stored.version)
+        {
+            // `If-Match` with a version the row has moved past (Dataverse: 412).
+            return Err(PortError::PreconditionFailed {
+                service: Service::Dataverse,
+            });
+        }
         if let Some(stored) = state.opportunities.get_mut(&id) {
             let new = write.opportunity;
             match write.scope {

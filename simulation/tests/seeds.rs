@@ -112,7 +112,7 @@ fn defect_1_no_second_referral_for_an_opportunity() {
 }
 
 #[test]
-#[ignore = "finds defect 5: no conflict policy; Partner Center -> CRM overwrites a seller's edit (If-Match: *) and the sides diverge with nothing audited"]
+#[ignore = "defect 5 partly fixed (per-field merge, audited conflicts, conditional Dataverse writes): about 1 seed in 4 still diverges, from causes outside the conflict policy: a seller's save between a create's webhook copy and the connector's write-back is hidden from reconcile (the connector wrote last), and unlinked creation races"]
 fn defect_5_no_lost_edit_without_an_audited_conflict() {
     search(&Config::default(), Invariant::Diverged, "");
 }

@@ -332,7 +332,10 @@ fn soap_outcome(entries: &[AuditEntry], request_id: &str, answer: &[u8]) -> Stri
         .iter()
         .filter(|entry| entry.correlation_id.as_deref() == Some(request_id))
         .filter_map(|entry| match &entry.event {
-            AuditEvent::Received | AuditEvent::WrittenBack | AuditEvent::Redriven => None,
+            AuditEvent::Received
+            | AuditEvent::WrittenBack
+            | AuditEvent::Redriven
+            | AuditEvent::ConflictResolved { .. } => None,
             AuditEvent::DuplicateSkipped => Some("duplicate_skipped"),
             AuditEvent::UnchangedSkipped => Some("unchanged_skipped"),
             AuditEvent::HeldUntilAccepted { .. } => Some("held_until_accepted"),

@@ -654,6 +654,7 @@ mod tests {
             microsoft_invited: false,
             last_crm_modified: None,
             updated_at: at(0),
+            synced_fields: std::collections::BTreeMap::new(),
         };
         block_on(links.put(&link)).unwrap();
         let stored = Link {

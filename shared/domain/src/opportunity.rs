@@ -399,6 +399,12 @@ pub struct CrmOpportunity {
     pub amount: Option<Decimal>,
     /// The currency as read or defaulted, even without an amount.
     pub currency: Option<CurrencyCode>,
+    /// The record's version as the CRM reports it (Dataverse: the row's `@odata.etag`), when
+    /// known: an update that names it ([`OpportunityWrite::if_match`]) fails with a 412 when
+    /// the record changed since (docs/conflicts.md#what-it-costs).
+    ///
+    /// [`OpportunityWrite::if_match`]: crate::ports::OpportunityWrite::if_match
+    pub version: Option<String>,
 }
 
 impl CrmOpportunity {

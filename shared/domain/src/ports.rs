@@ -7,6 +7,7 @@
 //!
 //! Every port returns [`PortError`], whose variants make the retry decision explicit.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::mapping::BodyScope;
 use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, OpportunityStage};
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::status::ReferralStatus;
+use crate::sync::FieldConflict;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -275,6 +277,11 @@ pub struct OpportunityWrite<'a> {
     pub audit: Option<&'a str>,
     /// Which fields to write.
     pub scope: BodyScope,
+    /// Update `record` only while it is still at this version ([`CrmOpportunity::version`]):
+    /// [`PortError::PreconditionFailed`] when it changed since it was read. `None`: update
+    /// whatever the version (`If-Match: *`). An adapter whose CRM has no conditional update
+    /// (Salesforce) writes unconditionally (docs/conflicts.md#what-it-costs).
+    pub if_match: Option<&'a str>,
 }
 
 /// The result of an upsert.
@@ -687,6 +694,13 @@ pub enum AuditEvent {
     },
     /// Moved back from the dead-letter queue by an operator.
     Redriven,
+    /// Both sides changed the same fields since the last sync; each field's owner won
+    /// (docs/conflicts.md#the-policy) and the other side was overwritten. Names the fields and
+    /// winners only, never a value.
+    ConflictResolved {
+        /// The fields and who won each.
+        fields: Vec<FieldConflict>,
+    },
 }
 
 /// One audit log entry.
@@ -741,6 +755,9 @@ impl AuditEntry {
             }
             AuditEvent::EchoSkipped => format!("{at} Own change skipped"),
             AuditEvent::Redriven => format!("{at} Retried by an operator"),
+            AuditEvent::ConflictResolved { fields } => {
+                format!("{at} {}", crate::sync::conflict_text(fields))
+            }
         }
     }
 }
@@ -813,6 +830,14 @@ pub struct Link {
     /// two syncs of one record at once cannot overwrite each other's link.
     #[serde(default)]
     pub version: u64,
+    /// Per shared field ([`SharedField::name`]), the first 16 hex digits of the SHA-256 of the
+    /// value both sides last agreed on: the base of the three-way merge
+    /// (docs/conflicts.md#the-policy). Hashes, never values: no contact data in the link table.
+    /// Empty in links stored before it existed (the direction's source wins, as before).
+    ///
+    /// [`SharedField::name`]: crate::sync::SharedField::name
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub synced_fields: BTreeMap<String, String>,
 }
 
 impl Link {
@@ -1209,6 +1234,7 @@ mod tests {
             microsoft_invited: false,
             last_crm_modified: None,
             updated_at: at(10),
+            synced_fields: BTreeMap::new(),
         };
         assert!(link.is_echo_from_crm("abc") && !link.is_echo_from_crm("def"));
         assert!(link.is_unchanged_for_pc("def"));
@@ -1277,6 +1303,7 @@ mod tests {
             microsoft_invited: false,
             last_crm_modified: None,
             updated_at: at(0),
+            synced_fields: BTreeMap::new(),
         };
         let found = block_on(assert_send(remember(&store, &link))).unwrap();
         assert_eq!(found, Some(link.clone()));

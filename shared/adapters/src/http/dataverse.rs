@@ -29,8 +29,10 @@
 //! was created (201) or updated (200) and carries the id. The key column is left out of the
 //! body (docs/dataverse.md#update-and-upsert-by-alternate-key: "don't repeat key values in the
 //! body"). With a record id the row is patched by its id with `If-Match: *` (update only: a missing
-//! row is [`PortError::NotFound`], never a new row) and the referral id is written into the key
-//! column.
+//! row is [`PortError::NotFound`], never a new row), or with the row version the sync read
+//! ([`OpportunityWrite::if_match`], the `@odata.etag` of `get_opportunity`; a save made since is
+//! [`PortError::PreconditionFailed`], docs/conflicts.md#what-it-costs), and the referral id is
+//! written into the key column.
 //!
 //! The deal's currency is bound through `transactioncurrencyid@odata.bind`; the
 //! `transactioncurrency` row of an ISO code is looked up once per instance. A currency the
@@ -262,7 +264,7 @@ impl DataverseStore {
         method: Method,
         url: Url,
         body: Option<&Map<String, Value>>,
-        extra: &[(&'static str, &'static str)],
+        extra: &[(&'static str, &str)],
     ) -> Result<reqwest::Response, HttpAdapterError> {
         let body = body
             .map(|body| serde_json::to_vec(body).map(Bytes::from))
@@ -282,10 +284,11 @@ impl DataverseStore {
             headers.insert("If-None-Match", HeaderValue::from_static("null"));
         }
         for (name, value) in extra {
-            headers.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
+            // A row version read from Dataverse is visible ASCII; anything else is refused.
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                HttpAdapterError::Config(format!("the {name} header value is not valid"))
+            })?;
+            headers.append(HeaderName::from_static(name), value);
         }
         tracing::debug!(method = %method, path = %redacted_path(url.path()), "Dataverse request");
         self.client
@@ -748,8 +751,16 @@ impl CrmStore for DataverseStore {
                 let ctx =
                     Self::ctx("update an opportunity").with_resource(format!("{} {id}", f.entity));
                 let url = self.url(&format!("{}({id})", f.entity_set), &[])?;
-                self.send(&ctx, Method::PATCH, url, Some(&body), &[("if-match", "*")])
-                    .await?;
+                // The version the sync read, so a save made since is not overwritten (412).
+                let if_match = write.if_match.unwrap_or("*");
+                self.send(
+                    &ctx,
+                    Method::PATCH,
+                    url,
+                    Some(&body),
+                    &[("if-match", if_match)],
+                )
+                .await?;
                 Ok(Upserted {
                     id: CrmRecordId::Dataverse(id),
                     created: false,

@@ -626,7 +626,9 @@ impl CrmStore for SalesforceStore {
         Ok(opportunity_from_salesforce(&record, &self.mapping))
     }
 
-    /// The upsert (see the module docs).
+    /// The upsert (see the module docs). [`OpportunityWrite::if_match`] is not sent: a
+    /// Salesforce record update takes no `If-Match`, and `get_opportunity` reports no version
+    /// (docs/conflicts.md#what-it-costs).
     #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
     async fn upsert_opportunity(
         &self,

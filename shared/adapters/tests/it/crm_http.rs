@@ -185,6 +185,7 @@ fn write<'a>(
         contact: None,
         audit: None,
         scope,
+        if_match: None,
     }
 }
 

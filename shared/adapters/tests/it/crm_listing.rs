@@ -69,6 +69,7 @@ async fn write<C: CrmStore>(crm: &C, referral: ReferralId, name: &str, scope: Bo
         contact: None,
         audit: None,
         scope,
+        if_match: None,
     })
     .await
     .unwrap();

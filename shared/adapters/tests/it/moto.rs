@@ -278,6 +278,11 @@ async fn links_are_found_by_referral_and_by_crm_record() {
         last_crm_modified: None,
         updated_at: now,
         version: 0,
+        // The merge's base: hashes per field, stored as a map.
+        synced_fields: std::collections::BTreeMap::from([
+            ("notes".to_owned(), "0123456789abcdef".to_owned()),
+            ("stage".to_owned(), "fedcba9876543210".to_owned()),
+        ]),
     };
 
     assert_eq!(
@@ -345,6 +350,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
         last_crm_modified: None,
         updated_at: now,
         version: 0,
+        synced_fields: std::collections::BTreeMap::new(),
     };
     links.put(&link).await.unwrap();
     let read = links

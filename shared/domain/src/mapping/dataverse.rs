@@ -21,6 +21,9 @@ use crate::opportunity::{
 use crate::serde_helpers::decimal_to_json;
 use crate::values::{CurrencyCode, Money};
 
+/// The annotation carrying a row's version in a Web API answer.
+const ODATA_ETAG: &str = "@odata.etag";
+
 /// A Dataverse opportunity as read, with the related rows the caller could get.
 ///
 /// `account` and `contact` may be left `None` when the opportunity row carries them expanded
@@ -156,6 +159,7 @@ pub fn opportunity_from_dataverse(
         rejected: rejected.0,
         amount,
         currency,
+        version: read::text(row, ODATA_ETAG),
     }
 }
 

@@ -148,6 +148,7 @@ pub fn opportunity_from_salesforce(
         rejected: rejected.0,
         amount,
         currency,
+        version: None,
     }
 }
 

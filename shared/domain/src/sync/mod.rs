@@ -14,6 +14,7 @@
 //! | [`Deps`], [`SyncSettings`], [`ReferralScope`], [`Delivery`] | what a run is given |
 //! | [`Outcome`], [`Handled`], [`SyncError`] | how it ended, and its HTTP status |
 //! | [`RetryPolicy`] | who runs a sync again after a retryable failure (the sync, or the retry worker) |
+//! | [`CONFLICT_POLICY`], [`Merge`], [`SharedField`], [`Side`] | the conflict policy: the per-field three-way merge of both directions (docs/conflicts.md#the-policy) |
 //!
 //! The exactly-once machinery (idempotency key, retry scheduling, failure policy, audit
 //! journal) lives in `runner` and is shared with the CRM → Partner Center direction.
@@ -21,6 +22,7 @@
 //! [`RetryJob`]: crate::ports::RetryJob
 
 mod deps;
+mod merge;
 mod outcome;
 mod retry;
 mod runner;
@@ -29,6 +31,10 @@ mod to_pc;
 
 pub(crate) use deps::later;
 pub use deps::{Delivery, Deps, ReferralCategory, ReferralScope, SyncSettings};
+pub use merge::{
+    CONFLICT_POLICY, FieldConflict, Merge, Resolution, SharedField, Side, agreed_fields,
+    conflict_text, field_hashes,
+};
 pub use outcome::{Handled, Outcome, RetryPolicy, SyncError};
 pub use retry::run_retry_job;
 pub use to_crm::{handle_partner_center_event, partner_center_event_key};

@@ -12,10 +12,12 @@
 //! | `tests/redeliver.rs` | the retry worker's redeliver mode |
 //! | `tests/keys_and_outcomes.rs` | keys, outcomes, categories, settings |
 //! | `tests/to_pc.rs` | CRM → Partner Center |
+//! | `tests/conflicts.rs` | edits on both sides at once: the conflict policy |
 
 mod fakes;
 mod fixtures;
 
+mod conflicts;
 mod failures;
 mod keys_and_outcomes;
 mod redeliver;

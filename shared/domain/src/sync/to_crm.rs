@@ -14,7 +14,11 @@
 //!    read), else (not for `referral-created`, whose referral no CRM record can carry yet)
 //!    [`CrmStore::find_opportunity_by_referral`].
 //! 5. A new opportunity gets its customer account (matched by name and postal code) and contact
-//!    (matched by email) found or created first; then the opportunity is upserted.
+//!    (matched by email) found or created first; then the opportunity is upserted. A linked one
+//!    is merged field by field first (docs/conflicts.md#the-policy): when Partner Center changed
+//!    a shared field since the last sync the record is read once, only the fields Partner Center
+//!    changed (or won) are written, the fields the CRM changed (or won) go to Partner Center in
+//!    the step 6 patch, and a field both changed goes to its owner and is audited.
 //! 6. The CRM id is written back into the referral's `externalReferenceId` (JSON Patch with
 //!    `If-Match`; on 412 the referral is re-read once and the patch retried once), and the link
 //!    saved with the referral's new `eTag`, so the `referral-updated` our patch raises is
@@ -25,11 +29,14 @@
 //!
 //! For `related-referral-created` / `-updated` see [`sync_related`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::deps::{Delivery, Deps};
+use super::merge::{FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
     Failure, Journal, Problem, Run, attempt_key, creating, exactly_once, finish, list_engagement,
@@ -38,13 +45,14 @@ use super::runner::{
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId, SalesforceId};
-use crate::mapping::{BodyScope, invites_microsoft, referral_to_opportunity};
+use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
     AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
     PortError, Ports, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
+use crate::status::ReferralStatus;
 use crate::webhook::{EventName, WebhookEvent};
 
 /// The key prefix of Partner Center deliveries.
@@ -304,6 +312,7 @@ async fn sync_referral<X: Ports>(
             &referral,
             &link.crm,
             &fingerprint,
+            &[],
         )
         .await
         .map_err(Failure::port(Some(&link.crm)))?;
@@ -321,9 +330,12 @@ async fn sync_referral<X: Ports>(
         return Ok(Outcome::UnchangedSkipped);
     }
 
-    let record = match &link {
-        Some(link) => Some(link.crm.clone()),
-        None => locate(deps, event_name, &referral, referral_id).await?,
+    let (record, located) = match &link {
+        Some(link) => (Some(link.crm.clone()), None),
+        None => match locate(deps, event_name, &referral, referral_id).await? {
+            Some((record, found)) => (Some(record), Some(found)),
+            None => (None, None),
+        },
     };
     if record.is_none() && referral.is_terminal() {
         let state = referral
@@ -343,20 +355,35 @@ async fn sync_referral<X: Ports>(
                 (BodyScope::Create, account, contact)
             }
         };
+        let counterpart = match (&record, &link, &located) {
+            (None, _, _) => Counterpart::New,
+            (Some(record), Some(link), _) => Counterpart::Linked(record, link),
+            (Some(_), None, Some(found)) => Counterpart::Unlinked(found),
+            // `locate` answers a record with its values.
+            (Some(_), None, None) => Counterpart::New,
+        };
+        let plan = plan_update(deps, counterpart, &referral, &opportunity).await?;
         let expected = if record.is_some() {
             AuditEvent::Updated
         } else {
             AuditEvent::Created
         };
-        let audit_text = journal.entry(expected, record.as_ref()).crm_text();
+        let mut audit_text = journal.entry(expected, record.as_ref()).crm_text();
+        let conflicts = plan.conflicts();
+        if !conflicts.is_empty() {
+            audit_text.push_str(". ");
+            audit_text.push_str(&conflict_text(&conflicts));
+        }
         let write = OpportunityWrite {
             referral_id: &referral_id,
             record: record.as_ref(),
-            opportunity: &opportunity,
+            opportunity: &plan.to_crm,
             account: account.as_ref(),
             contact: contact.as_ref(),
             audit: Some(&audit_text),
             scope,
+            // Not over a save made since the merge's read: a 412 retries, merging again.
+            if_match: plan.crm_version.as_deref(),
         };
         let upserted = deps
             .crm
@@ -370,7 +397,19 @@ async fn sync_referral<X: Ports>(
             (AuditEvent::Updated, Outcome::Updated { crm: crm.clone() })
         };
         journal.record(event, Some(&crm)).await;
+        if !conflicts.is_empty() {
+            journal
+                .record(
+                    AuditEvent::ConflictResolved { fields: conflicts },
+                    Some(&crm),
+                )
+                .await;
+        }
 
+        let old_base = link
+            .as_ref()
+            .map(|l| l.synced_fields.clone())
+            .unwrap_or_default();
         let mut saved = Link {
             referral_id,
             crm: crm.clone(),
@@ -381,17 +420,42 @@ async fn sync_referral<X: Ports>(
             microsoft_invited: link.as_ref().is_some_and(|l| l.microsoft_invited),
             last_crm_modified: link.as_ref().and_then(|l| l.last_crm_modified),
             version: link.as_ref().map_or(0, |l| l.version),
-            // The CRM now holds the referral's stage: a later CRM change closes the referral only
-            // when it moves away from it.
-            last_stage_to_pc: opportunity
+            // The CRM now holds the stage written to it: a later CRM change closes the referral
+            // only when it moves away from it (a stage the CRM kept is not the referral's).
+            last_stage_to_pc: plan
+                .to_crm
                 .stage
-                .or_else(|| link.and_then(|l| l.last_stage_to_pc)),
+                .or_else(|| link.as_ref().and_then(|l| l.last_stage_to_pc)),
             updated_at: journal.now(),
+            synced_fields: plan.base_after(&old_base, false),
         };
-        match write_back(deps, journal, referral_id, &referral, &crm, &fingerprint).await {
-            Ok(seen) => saved.last_referral_etag = seen,
+        let written_back = write_back(
+            deps,
+            journal,
+            referral_id,
+            &referral,
+            &crm,
+            &fingerprint,
+            &plan.to_pc,
+        )
+        .await;
+        match written_back {
+            Ok(seen) => {
+                saved.last_referral_etag = seen;
+                saved.synced_fields = plan.base_after(&old_base, true);
+                if !plan.to_pc.is_empty() {
+                    // Partner Center now holds the CRM's values of the fields it won.
+                    saved.last_fingerprint_to_crm = Some(plan.partner_center_after().fingerprint());
+                }
+            }
             Err(error) => {
-                // Remember what the CRM holds, so the retry only finishes the write-back.
+                // Remember what the CRM holds, so the retry only finishes the write-back; a
+                // retry that still owes Partner Center the CRM's values merges again.
+                if !plan.to_pc.is_empty() {
+                    saved.last_fingerprint_to_crm = link
+                        .as_ref()
+                        .and_then(|l| l.last_fingerprint_to_crm.clone());
+                }
                 let kept = deps.links.put(&saved).await;
                 journal.tolerate(kept);
                 return Err(Failure::Port {
@@ -416,13 +480,183 @@ async fn sync_referral<X: Ports>(
     }
 }
 
-/// The CRM opportunity of a referral that has no link yet.
+/// What a Partner Center → CRM sync writes where: the per-field merge
+/// (docs/conflicts.md#the-policy).
+#[derive(Debug)]
+struct Plan {
+    /// What the CRM is given: the referral's values, its shared fields only where Partner
+    /// Center's value wins (a field left empty is left as the CRM holds it).
+    to_crm: Opportunity,
+    /// The referral's values.
+    partner_center: Opportunity,
+    /// The CRM's values: as read for the merge, or the referral's for a new opportunity;
+    /// `None` when unknown (not read).
+    crm: Option<Opportunity>,
+    /// The patch giving Partner Center the CRM's values of the fields the CRM won.
+    to_pc: Vec<PatchOp>,
+    /// The fields `to_pc` carries.
+    patched: Vec<SharedField>,
+    /// The merge, when there was one.
+    merge: Option<Merge>,
+    /// The version of the CRM record the merge read, when the CRM reports one.
+    crm_version: Option<String>,
+}
+
+impl Plan {
+    fn conflicts(&self) -> Vec<FieldConflict> {
+        self.merge
+            .as_ref()
+            .map(Merge::conflicts)
+            .unwrap_or_default()
+    }
+
+    /// Partner Center's values once `to_pc` is applied.
+    fn partner_center_after(&self) -> Opportunity {
+        let mut after = self.partner_center.clone();
+        if let Some(crm) = &self.crm {
+            for field in &self.patched {
+                field.copy(crm, &mut after);
+            }
+        }
+        after
+    }
+
+    /// [`Link::synced_fields`] after this sync (`patched`: whether `to_pc` reached Partner
+    /// Center).
+    fn base_after(
+        &self,
+        old: &BTreeMap<String, String>,
+        patched: bool,
+    ) -> BTreeMap<String, String> {
+        let partner_center = if patched {
+            self.partner_center_after()
+        } else {
+            self.partner_center.clone()
+        };
+        match &self.crm {
+            Some(crm) => {
+                let mut crm = crm.clone();
+                for field in SharedField::ALL {
+                    if field.is_set(&self.to_crm) {
+                        field.copy(&self.to_crm, &mut crm);
+                    }
+                }
+                agreed_fields(old, &partner_center, &crm)
+            }
+            // Not read: the CRM holds what it was given.
+            None => {
+                let mut base = old.clone();
+                for field in SharedField::ALL {
+                    if field.is_set(&self.to_crm) {
+                        base.insert(field.name().to_owned(), field.hash(&partner_center));
+                    }
+                }
+                base
+            }
+        }
+    }
+}
+
+/// What the referral's CRM counterpart is, for [`plan_update`].
+#[derive(Debug, Clone, Copy)]
+enum Counterpart<'a> {
+    /// None yet: the opportunity is created from the referral.
+    New,
+    /// The linked record.
+    Linked(&'a CrmRecordId, &'a Link),
+    /// A record found by its ids but not linked yet, with its values as read.
+    Unlinked(&'a Opportunity),
+}
+
+/// The [`Plan`] of a sync (docs/conflicts.md#the-policy). A new opportunity gets every value of
+/// the referral; so does one linked before the merge's base existed (as before the policy). A
+/// record found unlinked is merged without a base (each differing field goes to its owner).
+/// With a base, the CRM record is read only when Partner Center changed a shared field since
+/// it; that field then goes to the CRM unless the CRM changed it too and owns it, and the
+/// fields the CRM changed (and won) go to Partner Center — except the stage, which the CRM →
+/// Partner Center rules send, and except to a referral not accepted yet (it takes no change)
+/// or closed.
+async fn plan_update<X: Ports>(
+    deps: &Deps<'_, X>,
+    counterpart: Counterpart<'_>,
+    referral: &Referral,
+    opportunity: &Opportunity,
+) -> Result<Plan, Failure> {
+    let mut plan = Plan {
+        to_crm: opportunity.clone(),
+        partner_center: opportunity.clone(),
+        crm: matches!(counterpart, Counterpart::New).then(|| opportunity.clone()),
+        to_pc: Vec::new(),
+        patched: Vec::new(),
+        merge: None,
+        crm_version: None,
+    };
+    let (crm, merge) = match counterpart {
+        Counterpart::New => return Ok(plan),
+        Counterpart::Linked(_, link) if link.synced_fields.is_empty() => return Ok(plan),
+        Counterpart::Linked(record, link) => {
+            let changed = SharedField::ALL.iter().any(|field| {
+                link.synced_fields.get(field.name()) != Some(&field.hash(opportunity))
+            });
+            if !changed {
+                for field in SharedField::ALL {
+                    field.clear(&mut plan.to_crm);
+                }
+                return Ok(plan);
+            }
+            let read = deps
+                .crm
+                .get_opportunity(record)
+                .await
+                .map_err(Failure::port(Some(record)))?;
+            plan.crm_version = read.version;
+            let crm = read.opportunity;
+            let merge = Merge::new(Some(&link.synced_fields), opportunity, &crm);
+            (crm, merge)
+        }
+        Counterpart::Unlinked(found) => {
+            let merge = Merge::new(None, opportunity, found);
+            (found.clone(), merge)
+        }
+    };
+    let partner_center_wins: Vec<SharedField> = merge
+        .won_by(Side::PartnerCenter, Side::PartnerCenter, opportunity)
+        .collect();
+    for field in SharedField::ALL {
+        if !partner_center_wins.contains(&field) {
+            field.clear(&mut plan.to_crm);
+        }
+    }
+    let crm_wins: Vec<SharedField> = merge
+        .won_by(Side::Crm, Side::PartnerCenter, &crm)
+        .filter(|field| *field != SharedField::Stage)
+        .collect();
+    let accepted = referral
+        .state()
+        .is_some_and(|state| state.status != ReferralStatus::New);
+    if !crm_wins.is_empty() && accepted {
+        let mut values = Opportunity::default();
+        for field in &crm_wins {
+            field.copy(&crm, &mut values);
+        }
+        // A closed referral takes no change: the CRM keeps its values.
+        if let Ok(ops) = referral_patch(referral, &values, false) {
+            plan.to_pc = ops;
+            plan.patched = crm_wins;
+        }
+    }
+    plan.crm = Some(crm);
+    plan.merge = Some(merge);
+    Ok(plan)
+}
+
+/// The CRM opportunity of a referral that has no link yet, with its values as read.
 async fn locate<X: Ports>(
     deps: &Deps<'_, X>,
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
-) -> Result<Option<CrmRecordId>, Failure> {
+) -> Result<Option<(CrmRecordId, Opportunity)>, Failure> {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
         match crm.get_opportunity(&named).await {
@@ -433,7 +667,7 @@ async fn locate<X: Ports>(
                     .referral_id
                     .is_none_or(|id| id == referral_id) =>
             {
-                return Ok(Some(found.record.id.unwrap_or(named)));
+                return Ok(Some((found.record.id.unwrap_or(named), found.opportunity)));
             }
             Ok(_) | Err(PortError::NotFound { .. }) => {}
             Err(error) => return Err(Failure::port(None)(error)),
@@ -446,7 +680,7 @@ async fn locate<X: Ports>(
         .find_opportunity_by_referral(&referral_id)
         .await
         .map_err(Failure::port(None))?;
-    Ok(found.and_then(|found| found.record.id))
+    Ok(found.and_then(|found| found.record.id.map(|id| (id, found.opportunity))))
 }
 
 /// Find or create the customer account (by name and postal code) and contact (by email) of a
@@ -500,13 +734,15 @@ async fn customer<X: Ports>(
     Ok((account_id, contact_id))
 }
 
-/// Write `crm` into the referral's `externalReferenceId` when it names something else, and
-/// return the `eTag` the link should keep: one of a referral version whose mapped content the
-/// CRM holds (`None` when unknown, so the next event is compared by content instead).
+/// Write `crm` into the referral's `externalReferenceId` when it names something else (with
+/// `values`, the CRM's values of the fields it won, in the same PATCH), and return the `eTag`
+/// the link should keep: one of a referral version whose mapped content the CRM holds (`None`
+/// when unknown, so the next event is compared by content instead).
 ///
 /// A terminal referral takes no change, so nothing is written to it. On 412 the referral is
-/// re-read once and the patch retried once with the fresh `eTag`; a second 412 is an error (a
-/// retried job starts over).
+/// re-read once and the back-link retried once with the fresh `eTag`; a second 412, or a 412
+/// on a patch carrying `values` (planned against the referral as read), is an error (a
+/// retried job starts over and merges again).
 async fn write_back<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
@@ -514,20 +750,27 @@ async fn write_back<X: Ports>(
     referral: &Referral,
     crm: &CrmRecordId,
     fingerprint: &str,
+    values: &[PatchOp],
 ) -> Result<Option<ETag>, PortError> {
-    if !needs_write_back(referral, crm) {
+    let link_back = needs_write_back(referral, crm);
+    if !link_back && values.is_empty() {
         return Ok(referral.etag());
     }
     let pc = deps.partner_center;
+    let mut ops: Vec<PatchOp> = link_back
+        .then(|| back_link(referral, crm))
+        .into_iter()
+        .collect();
+    ops.extend_from_slice(values);
     let patched = pc
-        .patch_referral(
-            &referral_id,
-            referral.etag().as_ref(),
-            &[back_link(referral, crm)],
-        )
+        .patch_referral(&referral_id, referral.etag().as_ref(), &ops)
         .await;
     let seen = match patched {
         Ok(etag) => etag,
+        // The CRM's values were planned against the referral as read: a retry merges again.
+        Err(error @ PortError::PreconditionFailed { .. }) if !values.is_empty() => {
+            return Err(error);
+        }
         Err(PortError::PreconditionFailed { .. }) => {
             let fresh = pc.get_referral(&referral_id).await?;
             // Someone else's change came in between: it raises its own event, which must not
@@ -699,6 +942,7 @@ async fn sync_related<X: Ports>(
                 contact: None,
                 audit: Some(&text),
                 scope: BodyScope::Update,
+                if_match: None,
             };
             deps.crm
                 .upsert_opportunity(&write)

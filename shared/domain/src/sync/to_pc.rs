@@ -26,9 +26,12 @@
 //!    Microsoft's help is `Shared`: Microsoft is invited to its engagement with a second
 //!    referral, once ([`Link::microsoft_invited`]).
 //! 6. **A referral** → `GET` it (404 → `NeedsAttention`: the record names a referral Partner
-//!    Center does not know), then `PATCH` only the update fields that differ
-//!    ([`referral_patch`]) with `If-Match` (a 412 is retried with the record read again: see
-//!    [`update`]). A close
+//!    Center does not know), merge the shared fields with it (docs/conflicts.md#the-policy:
+//!    what Partner Center changed is kept and written to the CRM with the Audit text, a field
+//!    both changed goes to its owner and is audited), then `PATCH` only the update fields that
+//!    differ ([`referral_patch`]) with `If-Match` (a 412 is retried with the record read again:
+//!    see [`update`]). A webhook's copy of the record that shows a shared field changed since
+//!    the last sync is read again first (docs/conflicts.md#late-crm-webhooks). A close
 //!    as won or lost is sent only when the CRM stage moved since the last sync
 //!    ([`Link::last_stage_to_pc`]); a referral in a terminal state is never changed
 //!    (`NeedsAttention`, the Audit field says why). Nothing differs → `UnchangedSkipped`.
@@ -39,11 +42,14 @@
 //! [`SyncSettings::crm_connector_user_id`]: super::SyncSettings::crm_connector_user_id
 //! [`RetryJob`]: crate::ports::RetryJob
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::deps::{Delivery, Deps};
+use super::merge::{FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::list_engagement;
 use super::runner::{
@@ -55,7 +61,8 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
     BodyScope, MappingConfig, held_until_accepted, invites_microsoft, is_shared_deal,
-    microsoft_invitation_body, referral_create_body, referral_patch, stage_of,
+    microsoft_invitation_body, referral_create_body, referral_patch, referral_to_opportunity,
+    stage_of,
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
@@ -321,6 +328,28 @@ async fn sync_change<X: Ports>(
                 .referral_id
                 .is_none_or(|id| id == link.referral_id)
         });
+    // A webhook's copy of the record may be older than a later save, or than the connector's
+    // own write (a conflict Partner Center won): a shared field it shows changed since the last
+    // sync is checked by reading the record (docs/conflicts.md#late-crm-webhooks).
+    let reread;
+    let claims_change = change.opportunity.is_some()
+        && link
+            .as_ref()
+            .is_some_and(|link| shows_shared_change(link, opportunity));
+    let candidate = if claims_change {
+        reread = deps
+            .crm
+            .get_opportunity(record)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        &reread
+    } else {
+        candidate
+    };
+    let opportunity = &candidate.opportunity;
+    if !opportunity.sync {
+        return Ok(sync_off());
+    }
     let referral_id = opportunity
         .referral_id
         .or_else(|| link.as_ref().map(|l| l.referral_id));
@@ -360,6 +389,7 @@ async fn sync_change<X: Ports>(
         link: link.as_ref(),
         retrying,
         as_of,
+        version: candidate.version.as_deref(),
     };
     match referral_id {
         None => {
@@ -401,6 +431,15 @@ async fn link_of<X: Ports>(
     found.map_err(Failure::port(Some(record)))
 }
 
+/// Whether the record shows a shared field changed since the link's base (never for a link
+/// without one).
+fn shows_shared_change(link: &Link, opportunity: &Opportunity) -> bool {
+    !link.synced_fields.is_empty()
+        && SharedField::ALL
+            .iter()
+            .any(|field| link.synced_fields.get(field.name()) != Some(&field.hash(opportunity)))
+}
+
 /// What steps 5 and 6 work on.
 struct Outbound<'s> {
     record: &'s CrmRecordId,
@@ -412,6 +451,87 @@ struct Outbound<'s> {
     /// The time the opportunity sent is as of: the image's [`CrmChange::modified_at`], or when
     /// read, the time of the read.
     as_of: Option<DateTime<Utc>>,
+    /// The record's version as read or delivered, when known: Partner Center's values are
+    /// written to it only while it is unchanged (a 412 retries, merging again).
+    version: Option<&'s str>,
+}
+
+/// The merge of one CRM → Partner Center update (docs/conflicts.md#the-policy).
+#[derive(Debug)]
+struct Merged {
+    /// What Partner Center is asked to hold: the CRM's values, without the fields Partner
+    /// Center changed (or won), with Partner Center's stage where it won.
+    desired: Opportunity,
+    /// The CRM's values.
+    crm: Opportunity,
+    /// Partner Center's values.
+    partner_center: Opportunity,
+    /// The fields Partner Center won: its values go to the CRM.
+    to_crm: Vec<SharedField>,
+    /// The conflicts.
+    conflicts: Vec<FieldConflict>,
+    /// The base before the sync.
+    base: BTreeMap<String, String>,
+}
+
+impl Merged {
+    /// The values the CRM is given: Partner Center's, of the fields it won.
+    fn crm_values(&self) -> Opportunity {
+        let mut values = Opportunity::default();
+        for field in &self.to_crm {
+            field.copy(&self.partner_center, &mut values);
+        }
+        values
+    }
+
+    /// The link's merge state once `ops` reached Partner Center and the CRM got
+    /// [`Merged::crm_values`].
+    fn settle(&self, link: &mut Link, sync: &Outbound<'_>, ops: &[PatchOp]) {
+        let mut partner_center = self.partner_center.clone();
+        for field in SharedField::ALL {
+            let sent = match field {
+                SharedField::Stage => ops.iter().any(|op| op.path == "/status"),
+                _ => {
+                    !ops.is_empty() && field.is_set(&self.desired) && !self.to_crm.contains(&field)
+                }
+            };
+            if sent {
+                field.copy(&self.desired, &mut partner_center);
+            }
+        }
+        let mut crm = self.crm.clone();
+        for field in &self.to_crm {
+            field.copy(&self.partner_center, &mut crm);
+        }
+        link.synced_fields = agreed_fields(&self.base, &partner_center, &crm);
+        // The CRM's content after the write: its next webhook carrying it is nothing new.
+        if !self.to_crm.is_empty() {
+            let mut after = sync.opportunity().clone();
+            for field in &self.to_crm {
+                field.copy(&self.partner_center, &mut after);
+            }
+            link.last_fingerprint_to_pc = Some(after.fingerprint());
+        }
+    }
+
+    /// The record's Audit text: `entry`'s, and the conflicts.
+    fn audit_text(&self, entry: crate::ports::AuditEntry) -> String {
+        let mut text = entry.crm_text();
+        if !self.conflicts.is_empty() {
+            text.push_str(". ");
+            text.push_str(&conflict_text(&self.conflicts));
+        }
+        text
+    }
+
+    async fn record_conflicts<A: AuditLog>(&self, journal: &Journal<'_, A>, record: &CrmRecordId) {
+        if !self.conflicts.is_empty() {
+            let event = AuditEvent::ConflictResolved {
+                fields: self.conflicts.clone(),
+            };
+            journal.record(event, Some(record)).await;
+        }
+    }
 }
 
 impl Outbound<'_> {
@@ -429,6 +549,56 @@ impl Outbound<'_> {
             .or_else(|| stage_of(current.status.as_ref(), current.substatus.as_ref()));
         desired.is_some_and(|s| s.is_closed())
             && previous.map(|s| s.coarse()) != desired.map(|s| s.coarse())
+    }
+
+    /// The merge against `current` (see [`Merged`]). With a link stored before the base
+    /// existed the CRM's values are sent, as before the policy; without a link (a referral id
+    /// entered by hand, a link an earlier run could not save) each differing field goes to its
+    /// owner.
+    fn merged(&self, current: &Referral, mapping: &MappingConfig) -> Merged {
+        let partner_center = referral_to_opportunity(current, mapping);
+        let crm = self.opportunity().clone();
+        let mut desired = crm.clone();
+        let base = self
+            .link
+            .map(|l| l.synced_fields.clone())
+            .unwrap_or_default();
+        let mut merged = Merged {
+            desired: desired.clone(),
+            crm: crm.clone(),
+            partner_center,
+            to_crm: Vec::new(),
+            conflicts: Vec::new(),
+            base,
+        };
+        // A link stored before the base existed: the CRM's values are sent, as before.
+        if self.link.is_some() && merged.base.is_empty() {
+            return merged;
+        }
+        let merge = Merge::new(
+            self.link.map(|_| &merged.base),
+            &merged.partner_center,
+            &crm,
+        );
+        merged.to_crm = merge
+            .won_by(Side::PartnerCenter, Side::Crm, &merged.partner_center)
+            .collect();
+        for (field, resolution) in &merge.fields {
+            let crm_wins = resolution.winner(Side::Crm) == Some(Side::Crm);
+            match field {
+                // The stage keeps its transition rules; where Partner Center's stage wins it is
+                // what Partner Center is asked to hold, so no transition is sent.
+                SharedField::Stage if merged.to_crm.contains(field) => {
+                    desired.stage = merged.partner_center.stage;
+                }
+                SharedField::Stage => {}
+                _ if !crm_wins => field.clear(&mut desired),
+                _ => {}
+            }
+        }
+        merged.conflicts = merge.conflicts();
+        merged.desired = desired;
+        merged
     }
 
     /// The link after a sync to Partner Center.
@@ -460,6 +630,10 @@ impl Outbound<'_> {
             last_crm_modified: self.as_of.max(self.link.and_then(|l| l.last_crm_modified)),
             updated_at: now,
             version: self.link.map_or(0, |l| l.version),
+            synced_fields: self
+                .link
+                .map(|l| l.synced_fields.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -509,7 +683,13 @@ async fn create<X: Ports>(
     journal.set_referral(referral_id);
     journal.record(AuditEvent::Created, Some(record)).await;
 
-    let link = sync.link_after(referral_id, &created, created.etag(), false, journal.now());
+    let mut link = sync.link_after(referral_id, &created, created.etag(), false, journal.now());
+    // The referral was made from the opportunity: the merge's base is what both now hold.
+    link.synced_fields = agreed_fields(
+        &link.synced_fields,
+        &referral_to_opportunity(&created, deps.mapping),
+        sync.opportunity(),
+    );
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
     write_back(deps, record, referral_id, &text)
@@ -689,7 +869,10 @@ async fn invite_microsoft<X: Ports>(
         .map_err(Failure::port(Some(sync.record)))
 }
 
-/// Step 6: update the referral.
+/// Step 6: update the referral, merged field by field with what Partner Center changed
+/// (docs/conflicts.md#the-policy): only the fields the CRM changed (or won) are sent, and the
+/// fields Partner Center changed (or won) are written to the CRM with the sync's Audit text
+/// (the write the sync makes anyway), so both sides hold the same values.
 async fn update<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
@@ -712,33 +895,67 @@ async fn update<X: Ports>(
     let invited = ensure_invitation(deps, sync, &current).await?;
     let explicit_close = sync.explicit_close(&current);
     let plan = |referral: &Referral| {
-        referral_patch(referral, sync.opportunity(), explicit_close)
+        let merged = sync.merged(referral, deps.mapping);
+        referral_patch(referral, &merged.desired, explicit_close)
+            .map(|ops| (ops, merged))
             .map_err(|error| Failure::Problem(not_applicable(&error, record)))
     };
 
-    let ops = plan(&current)?;
-    let held = held_until_accepted(&current, sync.opportunity());
+    let (ops, merged) = plan(&current)?;
+    let held = held_until_accepted(&current, &merged.desired);
     if ops.is_empty() && !held.is_empty() {
-        return hold_until_accepted(deps, journal, sync, referral_id, &current, &held, invited)
-            .await;
+        return hold_until_accepted(
+            deps,
+            journal,
+            sync,
+            referral_id,
+            &current,
+            &held,
+            invited,
+            &merged,
+        )
+        .await;
     }
     if ops.is_empty() {
-        let link = sync.link_after(
+        let mut link = sync.link_after(
             referral_id,
             &current,
             current.etag(),
             invited,
             journal.now(),
         );
+        merged.settle(&mut link, sync, &ops);
+        if merged.to_crm.is_empty() {
+            deps.links
+                .put(&link)
+                .await
+                .map_err(Failure::port(Some(record)))?;
+            finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
+            journal
+                .record(AuditEvent::UnchangedSkipped, Some(record))
+                .await;
+            return Ok(Outcome::UnchangedSkipped);
+        }
+        // Nothing for Partner Center, but its changes for the CRM.
+        let text = merged.audit_text(journal.entry(AuditEvent::WrittenBack, Some(record)));
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
+        merged.record_conflicts(journal, record).await;
         deps.links
             .put(&link)
             .await
             .map_err(Failure::port(Some(record)))?;
-        finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
-        journal
-            .record(AuditEvent::UnchangedSkipped, Some(record))
-            .await;
-        return Ok(Outcome::UnchangedSkipped);
+        return Ok(Outcome::Updated {
+            crm: record.clone(),
+        });
     }
 
     // A 412: the referral changed since it was read — perhaps by another sync of this record
@@ -750,12 +967,35 @@ async fn update<X: Ports>(
     let read = current;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let link = sync.link_after(referral_id, &read, etag, invited, journal.now());
+    let mut link = sync.link_after(referral_id, &read, etag, invited, journal.now());
+    merged.settle(&mut link, sync, &ops);
+    let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
+    if !merged.to_crm.is_empty() {
+        // Partner Center's values first, the link after: a retry finds the sides equal.
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
+        merged.record_conflicts(journal, record).await;
+        deps.links
+            .put(&link)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        return Ok(Outcome::Updated {
+            crm: record.clone(),
+        });
+    }
+    merged.record_conflicts(journal, record).await;
     deps.links
         .put(&link)
         .await
         .map_err(Failure::port(Some(record)))?;
-    let text = journal.entry(AuditEvent::Updated, Some(record)).crm_text();
     if sync.opportunity().referral_id == Some(referral_id) {
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
@@ -772,9 +1012,14 @@ async fn update<X: Ports>(
 
 /// Step 6 when the referral is still New and the opportunity on hold but its update fields
 /// differ: Partner Center takes no change before the referral is accepted ("changes made while
-/// on hold don't sync"). Nothing is sent; the link keeps what was last *sent* (so the change
-/// counts as unsent and goes out with the acceptance, or with the next sync after it), and the
-/// record's Audit field says how to send it.
+/// on hold don't sync"). Nothing is sent; the link keeps what was last *sent* and the merge's
+/// base of the held fields (so the change counts as unsent and goes out with the acceptance —
+/// from the CRM, or from Partner Center, whose acceptance the merge does not let overwrite
+/// it), and the record's Audit field says how to send it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the update step's state, passed on as it is"
+)]
 async fn hold_until_accepted<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
@@ -783,16 +1028,13 @@ async fn hold_until_accepted<X: Ports>(
     current: &Referral,
     held: &[String],
     invited: bool,
+    merged: &Merged,
 ) -> Result<Outcome, Failure> {
     let record = sync.record;
     let mut link = sync.link_after(referral_id, current, current.etag(), invited, journal.now());
+    merged.settle(&mut link, sync, &[]);
     link.last_fingerprint_to_pc = sync.link.and_then(|l| l.last_fingerprint_to_pc.clone());
     link.last_stage_to_pc = sync.link.and_then(|l| l.last_stage_to_pc);
-    deps.links
-        .put(&link)
-        .await
-        .map_err(Failure::port(Some(record)))?;
-    finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
     let fields: Vec<&str> = held
         .iter()
         .map(|path| path.rsplit('/').next().unwrap_or(path))
@@ -804,20 +1046,39 @@ async fn hold_until_accepted<X: Ports>(
              waits.",
             fields.join(", ")
         ),
-        // Accepted in Partner Center instead, the referral's update fields are written to
-        // the opportunity (Partner Center → CRM has no conflict policy yet), so the seller
-        // enters the change again; the CRM route keeps it.
         fix: format!(
             "Accept the referral first: {} — that accepts it in Partner Center and the change \
-             is sent with it. If it is accepted in Partner Center instead, its deal value, \
-             closing date, currency and notes are copied into the opportunity: make the change \
-             again after that and it is sent.",
+             is sent with it. If it is accepted in Partner Center instead, the change is sent then: the \
+             acceptance does not overwrite it (docs/conflicts.md#held-changes).",
             accept_in_crm(deps.mapping, record.kind())
         ),
     };
-    let text = journal.entry(event.clone(), Some(record)).crm_text();
-    let written = deps.crm.write_audit(record, &text).await;
-    journal.tolerate(written);
+    let text = merged.audit_text(journal.entry(event.clone(), Some(record)));
+    if merged.to_crm.is_empty() {
+        deps.links
+            .put(&link)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
+        let written = deps.crm.write_audit(record, &text).await;
+        journal.tolerate(written);
+    } else {
+        write_values(
+            deps,
+            record,
+            referral_id,
+            &merged.crm_values(),
+            &text,
+            sync.version,
+        )
+        .await
+        .map_err(Failure::port(Some(record)))?;
+        deps.links
+            .put(&link)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+    }
+    merged.record_conflicts(journal, record).await;
     journal.record(event, Some(record)).await;
     Ok(Outcome::HeldUntilAccepted {
         crm: record.clone(),
@@ -856,10 +1117,32 @@ async fn write_back<X: Ports>(
     referral_id: ReferralId,
     audit: &str,
 ) -> Result<(), PortError> {
+    write_values(
+        deps,
+        record,
+        referral_id,
+        &Opportunity::default(),
+        audit,
+        None,
+    )
+    .await
+}
+
+/// Write the referral id and link, the update fields set in `values` (Partner Center's values
+/// of the fields it won) and `audit` to the record: an update of the record by its id that
+/// sets only those.
+async fn write_values<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: &CrmRecordId,
+    referral_id: ReferralId,
+    values: &Opportunity,
+    audit: &str,
+    if_match: Option<&str>,
+) -> Result<(), PortError> {
     let ids = Opportunity {
         referral_id: Some(referral_id),
         referral_link: deps.mapping.referral_link(&referral_id.to_string()),
-        ..Opportunity::default()
+        ..values.clone()
     };
     let write = OpportunityWrite {
         referral_id: &referral_id,
@@ -869,6 +1152,7 @@ async fn write_back<X: Ports>(
         contact: None,
         audit: Some(audit),
         scope: BodyScope::Update,
+        if_match,
     };
     deps.crm.upsert_opportunity(&write).await.map(|_| ())
 }

@@ -423,6 +423,7 @@ impl FakeCrm {
             rejected: Vec::new(),
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
+            version: None,
         }
     }
 }

@@ -145,6 +145,7 @@ fn a_link_to_another_crm_needs_attention() {
         microsoft_invited: false,
         last_crm_modified: None,
         updated_at: at(0),
+        synced_fields: std::collections::BTreeMap::new(),
     });
 
     let outcome = world.outcome(&webhook("referral-updated", REFERRAL, at(1)), at(100));

@@ -245,9 +245,15 @@ fn a_real_update_in_partner_center_updates_the_opportunity_once() {
         before["upsert_opportunity"] + 1
     );
     assert_eq!(
+        after["get_opportunity"],
+        before.get("get_opportunity").copied().unwrap_or(0) + 1,
+        "the shared fields changed: the record is read once to merge them \
+         (docs/conflicts.md#the-policy)"
+    );
+    assert_eq!(
         world.crm_calls(),
-        before.values().sum::<usize>() + 1,
-        "one CRM write, no look-ups"
+        before.values().sum::<usize>() + 2,
+        "one read, one CRM write, no look-ups"
     );
     assert_eq!(world.crm.opportunities().len(), 1);
     assert_eq!(

@@ -1,0 +1,289 @@
+//! The conflict policy (docs/conflicts.md#the-policy): edits on both sides of one deal at
+//! once, in both directions. No edit is lost without an audited conflict, and both sides end
+//! with the same values.
+
+use super::*;
+
+const SELLER: &str = "3f0c1d2e-0000-4000-8000-0000000005e1";
+
+/// A co-sell referral already accepted, synced once to a new opportunity.
+fn accepted_deal(world: &World) -> (ReferralId, CrmRecordId) {
+    let mut referral = co_sell_referral();
+    referral.status = Some(ReferralStatus::Active);
+    referral.substatus = Some(ReferralSubstatus::Accepted);
+    let id = world.pc.insert(referral);
+    let Outcome::Created { crm } =
+        world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100))
+    else {
+        panic!("not created");
+    };
+    (id, crm)
+}
+
+/// A seller's edit in the CRM (its webhook not delivered yet).
+fn seller_edits(world: &World, record: &CrmRecordId, change: impl FnOnce(&mut Opportunity)) {
+    let mut state = lock(&world.crm.state);
+    change(&mut state.opportunities.get_mut(record).unwrap().opportunity);
+}
+
+/// A Microsoft user's edit in Partner Center; its `referral-updated` webhook.
+fn microsoft_edits(
+    world: &World,
+    id: ReferralId,
+    change: impl FnOnce(&mut Referral),
+) -> WebhookEvent {
+    let changed = world.pc.edit(id, change);
+    webhook("referral-updated", REFERRAL, changed)
+}
+
+/// The seller's save as the CRM's webhook carries it (the record as it was saved).
+fn seller_webhook(record: &CrmRecordId, saved: &CrmOpportunity, operation: u32) -> CrmChange {
+    CrmChange {
+        key: dataverse_change_key(&format!("op-{operation}"), record).unwrap(),
+        record: record.clone(),
+        writer: Some(SELLER.into()),
+        opportunity: Some(saved.clone()),
+        modified_at: None,
+    }
+}
+
+fn sync_crm(world: &World, change: &CrmChange, now: DateTime<Utc>) -> Outcome {
+    block_on(handle_crm_change(
+        &world.deps(),
+        change,
+        &World::delivery(now),
+    ))
+    .unwrap()
+    .outcome
+}
+
+fn crm_read(world: &World, record: &CrmRecordId) -> CrmOpportunity {
+    world.crm.read(record, &world.crm.stored(record))
+}
+
+/// The audited conflicts, as stored (the audit log's JSON).
+fn conflicts(world: &World) -> Vec<serde_json::Value> {
+    world
+        .audit
+        .entries()
+        .into_iter()
+        .map(|entry| serde_json::to_value(&entry.event).unwrap())
+        .filter(|event| event["kind"] == "conflict_resolved")
+        .collect()
+}
+
+fn pc_notes(world: &World, id: ReferralId) -> Option<String> {
+    world.pc.referral(id).details.and_then(|d| d.notes)
+}
+
+fn pc_deal_value(world: &World, id: ReferralId) -> Option<Decimal> {
+    world.pc.referral(id).details.and_then(|d| d.deal_value)
+}
+
+#[test]
+fn partner_center_to_crm_keeps_a_sellers_edit_of_another_field_made_seconds_earlier() {
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+
+    // The seller raises the deal value; seconds later Microsoft rewrites the notes.
+    seller_edits(&world, &record, |o| o.deal_value = Some(usd(60_000)));
+    let event = microsoft_edits(&world, id, |r| {
+        r.details.as_mut().unwrap().notes = Some("Microsoft: customer wants a pilot".into());
+    });
+    let outcome = world.outcome(&event, at(200));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    let stored = world.crm.stored(&record).opportunity;
+    assert_eq!(
+        stored.deal_value,
+        Some(usd(60_000)),
+        "the seller's edit is not overwritten"
+    );
+    assert_eq!(
+        stored.notes.as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    // Both sides equal: the seller's value went to Partner Center in the same sync.
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+    assert!(
+        conflicts(&world).is_empty(),
+        "different fields: no conflict"
+    );
+
+    // The seller's webhook arrives afterwards: nothing left to send, nothing reverted.
+    let saved = crm_read(&world, &record);
+    sync_crm(&world, &seller_webhook(&record, &saved, 2), at(210));
+    assert_eq!(
+        pc_notes(&world, id).as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+}
+
+#[test]
+fn an_edit_of_the_same_field_on_both_sides_goes_to_its_owner_with_one_audited_conflict() {
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+
+    // Both sides change the deal value and the notes within seconds.
+    seller_edits(&world, &record, |o| {
+        o.deal_value = Some(usd(60_000));
+        o.notes = Some("Seller: phase 2 agreed".into());
+    });
+    let seller_saved = crm_read(&world, &record);
+    let event = microsoft_edits(&world, id, |r| {
+        let details = r.details.as_mut().unwrap();
+        details.deal_value = Some(Decimal::from(70_000));
+        details.notes = Some("Microsoft: customer wants a pilot".into());
+    });
+    world.outcome(&event, at(200));
+
+    // The policy: the CRM owns the deal value, Partner Center the notes.
+    let stored = world.crm.stored(&record).opportunity;
+    assert_eq!(stored.deal_value, Some(usd(60_000)));
+    assert_eq!(
+        stored.notes.as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+    assert_eq!(
+        pc_notes(&world, id).as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    let audited = conflicts(&world);
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(
+        audited[0]["fields"],
+        json!([
+            { "field": "deal_value", "winner": "crm" },
+            { "field": "notes", "winner": "partner_center" },
+        ])
+    );
+    let text = audited[0].to_string();
+    for value in ["60000", "70000", "phase 2", "pilot"] {
+        assert!(!text.contains(value), "the audit names no value: {text}");
+    }
+    assert!(
+        world
+            .crm
+            .stored(&record)
+            .audit
+            .is_some_and(|a| a.contains("Changed on both sides")),
+        "the seller sees why their notes were replaced"
+    );
+
+    // The seller's webhook, carrying the record as saved before the connector's write, comes
+    // late: the notes that lost are not sent to Partner Center.
+    sync_crm(&world, &seller_webhook(&record, &seller_saved, 2), at(210));
+    assert_eq!(
+        pc_notes(&world, id).as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    assert_eq!(
+        world.crm.stored(&record).opportunity.notes.as_deref(),
+        Some("Microsoft: customer wants a pilot")
+    );
+    assert_eq!(conflicts(&world).len(), 1, "one conflict, audited once");
+}
+
+#[test]
+fn crm_to_partner_center_keeps_a_microsoft_edit_of_another_field_made_seconds_earlier() {
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+
+    // Microsoft rewrites the notes (its webhook not delivered yet); the seller then raises the
+    // deal value and the CRM's webhook arrives first.
+    microsoft_edits(&world, id, |r| {
+        r.details.as_mut().unwrap().notes = Some("Microsoft: customer wants a pilot".into());
+    });
+    seller_edits(&world, &record, |o| o.deal_value = Some(usd(60_000)));
+    let saved = crm_read(&world, &record);
+    let outcome = sync_crm(&world, &seller_webhook(&record, &saved, 2), at(200));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(
+        pc_notes(&world, id).as_deref(),
+        Some("Microsoft: customer wants a pilot"),
+        "Microsoft's edit is not overwritten"
+    );
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+    assert_eq!(
+        world.crm.stored(&record).opportunity.notes.as_deref(),
+        Some("Microsoft: customer wants a pilot"),
+        "both sides equal: Microsoft's notes went to the CRM in the same sync"
+    );
+    assert!(conflicts(&world).is_empty());
+}
+
+#[test]
+fn a_held_change_is_not_overwritten_when_the_referral_is_accepted_in_partner_center() {
+    let world = World::new();
+    // Microsoft's referral, New: the opportunity is on hold.
+    let (id, record, _) = world.synced_referral();
+    assert_eq!(
+        world.crm.stored(&record).opportunity.stage,
+        Some(OpportunityStage::OnHold)
+    );
+    // The seller raises the deal value; Partner Center takes no change yet: held.
+    seller_edits(&world, &record, |o| o.deal_value = Some(usd(60_000)));
+    let saved = crm_read(&world, &record);
+    let held = sync_crm(&world, &seller_webhook(&record, &saved, 2), at(200));
+    assert_eq!(
+        held,
+        Outcome::HeldUntilAccepted {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(50_000)));
+
+    // Accepted in Partner Center.
+    let event = microsoft_edits(&world, id, |r| {
+        r.status = Some(ReferralStatus::Active);
+        r.substatus = Some(ReferralSubstatus::Accepted);
+    });
+    world.outcome(&event, at(300));
+
+    let stored = world.crm.stored(&record).opportunity;
+    assert_eq!(stored.stage, Some(OpportunityStage::Active));
+    assert_eq!(
+        stored.deal_value,
+        Some(usd(60_000)),
+        "the acceptance does not overwrite the held change"
+    );
+    assert_eq!(
+        pc_deal_value(&world, id),
+        Some(Decimal::from(60_000)),
+        "the held change is sent once accepted"
+    );
+    assert!(conflicts(&world).is_empty());
+}
+
+#[test]
+fn a_partner_center_change_of_no_shared_field_reads_nothing_and_overwrites_nothing() {
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+    seller_edits(&world, &record, |o| {
+        o.notes = Some("Seller: phase 2 agreed".into())
+    });
+
+    // A rename in Partner Center: no shared field changed since the last sync.
+    let event = microsoft_edits(&world, id, |r| r.name = Some("Contoso ERP, renamed".into()));
+    let reads = world.crm.calls.get("get_opportunity");
+    world.outcome(&event, at(200));
+
+    assert_eq!(world.crm.calls.get("get_opportunity"), reads, "no read");
+    assert_eq!(
+        world.crm.stored(&record).opportunity.notes.as_deref(),
+        Some("Seller: phase 2 agreed")
+    );
+}
