@@ -12,11 +12,18 @@ run by scripts/test.sh after cfn-lint):
   `!Ref` of a whole secret (never `arn#key` of a JSON secret, whose other keys a write could
   revert), no other variable reads that secret, every Secrets Manager write action
   (PutSecretValue, UpdateSecretVersionStage, ...) is allowed on that secret only, and every
-  function that refreshes the token may do the version-checked write (docs/aws.md).
+  function that refreshes the token may do the version-checked write (docs/aws.md);
+- the connector's metrics on the dashboard and in the alarms are the ones the code emits
+  (infra/metrics.json, which a Rust test holds equal to `cosell_domain::metrics`): the
+  namespace, the dimensions Function and Crm (Crm = the CrmKind parameter, Function one of the
+  four functions), and the metric names; every metric and both queues are on the dashboard, its
+  alarm widget shows every alarm of the template, and the "needs attention > 0 over an hour"
+  and "budget >= 80 %" alarms exist.
 
 Uses cfn-lint's YAML loader (short-form intrinsics). Exit status 1 and one line per problem.
 """
 
+import json
 import pathlib
 import re
 import sys
@@ -142,6 +149,134 @@ def secret_write_problems(template):
     return problems
 
 
+METRICS_FILE = ROOT / "infra" / "metrics.json"
+
+
+def load_catalogue():
+    return json.loads(METRICS_FILE.read_text(encoding="utf-8"))
+
+
+def dashboard_body(resource):
+    """The dashboard's JSON, `${...}` of its !Sub kept as text (they sit inside strings)."""
+    body = resource["Properties"]["DashboardBody"]
+    if isinstance(body, dict) and "Fn::Sub" in body:
+        body = body["Fn::Sub"]
+        body = body[0] if isinstance(body, list) else body
+    return json.loads(body)
+
+
+def dashboard_metrics(body):
+    """(widget title, namespace, metric name, {dimension: value}) of every metric line."""
+    for widget in body.get("widgets", []):
+        properties = widget.get("properties", {})
+        title = properties.get("title", "?")
+        previous = []
+        for line in properties.get("metrics", []):
+            parts = [part for part in line if not isinstance(part, dict)]
+            # "." repeats the previous line's element at that position (the console's shorthand).
+            parts = [
+                previous[i] if part == "." and i < len(previous) else part
+                for i, part in enumerate(parts)
+            ]
+            previous = parts
+            if len(parts) < 2 or len(parts) % 2:
+                yield title, None, None, {}
+                continue
+            yield title, parts[0], parts[1], dict(zip(parts[2::2], parts[3::2]))
+
+
+def alarm_metrics(resource):
+    """(namespace, metric name, {dimension: value}) of an alarm, direct or in metric math."""
+    properties = resource["Properties"]
+    found = []
+    if "MetricName" in properties:
+        found.append((properties.get("Namespace"), properties["MetricName"], properties.get("Dimensions", [])))
+    for query in properties.get("Metrics", []):
+        metric = query.get("MetricStat", {}).get("Metric")
+        if metric:
+            found.append((metric.get("Namespace"), metric.get("MetricName"), metric.get("Dimensions", [])))
+    for namespace, name, dimensions in found:
+        yield namespace, name, {d["Name"]: d["Value"] for d in dimensions}
+
+
+def metrics_problems(template, catalogue=None):
+    """Problems with the dashboard's and the alarms' view of the connector's metrics."""
+    catalogue = catalogue or load_catalogue()
+    namespace = catalogue["namespace"]
+    names = {metric["name"] for metric in catalogue["metrics"]}
+    dimensions = set(catalogue["dimensions"])
+    functions = set(catalogue["functions"])
+    resources = template["Resources"]
+    problems = []
+
+    def check(owner, name, dims, crm_ok):
+        if name not in names:
+            problems.append(f"{owner}: {namespace} metric {name!r} is not one the code emits (infra/metrics.json)")
+        if set(dims) != dimensions:
+            problems.append(f"{owner}: {name} has dimensions {sorted(dims)}, the code emits {sorted(dimensions)}")
+        if dims.get("Function") not in functions and "Function" in dims:
+            problems.append(f"{owner}: {name} Function={dims.get('Function')!r} is none of {sorted(functions)}")
+        if "Crm" in dims and not crm_ok(dims["Crm"]):
+            problems.append(f"{owner}: {name} Crm={dims['Crm']!r} is not the CrmKind parameter")
+
+    dashboards = [r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Dashboard"]
+    if len(dashboards) != 1:
+        problems.append(f"expected one AWS::CloudWatch::Dashboard, found {len(dashboards)}")
+    for dashboard in dashboards:
+        try:
+            body = dashboard_body(dashboard)
+        except (ValueError, TypeError) as error:
+            problems.append(f"Dashboard: the body is not JSON: {error}")
+            continue
+        shown = set()
+        queues = set()
+        for title, ns, name, dims in dashboard_metrics(body):
+            if ns is None:
+                problems.append(f"Dashboard widget {title!r}: a metric line is not [namespace, name, dimension, value, ...]")
+            elif ns == namespace:
+                shown.add(name)
+                check(f"Dashboard widget {title!r}", name, dims, lambda value: value == "${CrmKind}")
+            elif ns == "AWS/SQS":
+                queues.add(dims.get("QueueName"))
+        for name in sorted(names - shown):
+            problems.append(f"Dashboard: the metric {name} is on no widget")
+        for queue in ("RetryQueue", "RetryDeadLetterQueue"):
+            if "${%s.QueueName}" % queue not in queues:
+                problems.append(f"Dashboard: the depth of {queue} is on no widget")
+        alarm_widgets = [w for w in body.get("widgets", []) if w.get("type") == "alarm"]
+        listed = {a for w in alarm_widgets for a in w.get("properties", {}).get("alarms", [])}
+        for logical_id, resource in resources.items():
+            if resource["Type"] == "AWS::CloudWatch::Alarm" and "${%s.Arn}" % logical_id not in listed:
+                problems.append(f"Dashboard: the alarm {logical_id} is on no alarm widget")
+
+    required = {"NeedsAttention": False, "ApiBudgetUsedPercent": False}
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        properties = resource["Properties"]
+        alarm_names = set()
+        for ns, name, dims in alarm_metrics(resource):
+            if ns == namespace:
+                alarm_names.add(name)
+                check(logical_id, name, dims, lambda value: value == {"Ref": "CrmKind"})
+        threshold = float(properties.get("Threshold", "nan"))
+        operator = properties.get("ComparisonOperator")
+        periods = [
+            int(query["MetricStat"]["Period"])
+            for query in properties.get("Metrics", [])
+            if "MetricStat" in query
+        ] or [int(properties.get("Period", 0))]
+        if alarm_names == {"NeedsAttention"} and threshold == 0 and operator == "GreaterThanThreshold" and min(periods) >= 3600:
+            required["NeedsAttention"] = True
+        if alarm_names == {"ApiBudgetUsedPercent"} and threshold == 80 and operator == "GreaterThanOrEqualToThreshold":
+            required["ApiBudgetUsedPercent"] = True
+    if not required["NeedsAttention"]:
+        problems.append("no alarm on NeedsAttention > 0 over an hour")
+    if not required["ApiBudgetUsedPercent"]:
+        problems.append("no alarm on ApiBudgetUsedPercent >= 80")
+    return problems
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "infra" / "template.yaml")
     template, matches = decode(path)
@@ -183,12 +318,13 @@ def main():
     if receive != queue["RedrivePolicy"]["maxReceiveCount"]:
         problems.append("RetryWorkerFunction: MAX_RECEIVE_COUNT is not the queue's maxReceiveCount")
     problems += secret_write_problems(template)
+    problems += metrics_problems(template)
     for problem in problems:
         print(f"infra/template.yaml: {problem}")
     if not problems:
         print(
-            "infra/template.yaml: environment variables, binaries, queue settings and secret "
-            "write scoping agree with the code"
+            "infra/template.yaml: environment variables, binaries, queue settings, secret "
+            "write scoping, the dashboard's and the alarms' metrics agree with the code"
         )
     return 1 if problems else 0
 

@@ -292,7 +292,10 @@ pub fn print_needs_attention(
                 text: describe(entry),
             })
             .collect();
-        Output::write_json(out, &json!({ "needs_attention": items, "exit": exit }))?;
+        Output::write_json(
+            out,
+            &json!({ "needs_attention": items, "count": items.len(), "exit": exit }),
+        )?;
         return Ok(exit);
     }
     if entries.is_empty() {

@@ -1,17 +1,22 @@
 //! `cosell status [--json]`: the deployment at a glance — Partner Center and CRM calls used
-//! today against the daily budget, the retry queue's and dead-letter queue's depth, and the
-//! last reconciliation run and checkpoint.
+//! today against the daily budget, the day's outcomes (counted from the audit log, under the
+//! names of the outcome metrics: README "Metrics and the dashboard"), the retry queue's and
+//! dead-letter queue's depth, and the last reconciliation run and checkpoint — what the
+//! CloudWatch dashboard shows, for someone without CloudWatch access.
 //!
 //! Reads the table (`TABLE_NAME`), the queue (`RETRY_QUEUE_URL`, its dead-letter queue from
 //! `DLQ_URL` or its `RedrivePolicy`) and the budget variables (`DAILY_API_BUDGET`,
 //! `WEBHOOK_RESERVED_SHARE`). Exit 0 healthy, 1 when the dead-letter queue holds jobs or the
 //! day's budget is used up, 2 when something could not be read.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use cosell_adapters::aws::{AwsClients, DynamoApiBudget, DynamoCheckpointStore, SqsQueue};
+use cosell_adapters::aws::{
+    AwsClients, DynamoApiBudget, DynamoAuditLog, DynamoCheckpointStore, SqsQueue,
+};
 use cosell_domain::budget::{BudgetPolicy, CallKind, utc_day};
 use cosell_domain::ports::Checkpoint;
 use serde::Serialize;
@@ -58,6 +63,11 @@ pub struct Status {
     pub daily_budget: u64,
     /// Where background work (reconciliation, retries) stops.
     pub background_limit: u64,
+    /// `calls_today` as a percentage of `daily_budget` (the `ApiBudgetUsedPercent` metric).
+    pub budget_used_percent: f64,
+    /// The day's outcomes by the name of their metric (`Created`, `DuplicateSkipped`,
+    /// `NeedsAttention`, …), counted from the audit log's entries since 00:00 UTC.
+    pub outcomes_today: BTreeMap<String, u64>,
     /// The retry queue.
     pub retry_queue: Depth,
     /// The dead-letter queue, when one is known.
@@ -95,6 +105,17 @@ pub async fn status(
             delayed: depth.delayed,
         })
     };
+    let midnight = day.and_hms_opt(0, 0, 0).map_or(now, |at| at.and_utc());
+    let mut outcomes_today = BTreeMap::new();
+    for entry in DynamoAuditLog::new(aws.dynamodb.clone(), args.table.clone())
+        .try_since(midnight)
+        .await
+        .context("reading today's audit entries")?
+    {
+        if let Some(name) = entry.event.metric_name() {
+            *outcomes_today.entry(name.to_owned()).or_insert(0) += 1;
+        }
+    }
     let retry_queue = depth(args.queue_url.clone()).await?;
     let dlq_url = match args.dlq_url.clone().filter(|url| !url.trim().is_empty()) {
         Some(url) => Some(url),
@@ -133,11 +154,20 @@ pub async fn status(
         calls_today,
         daily_budget: policy.daily_budget,
         background_limit: policy.limit(CallKind::Background),
+        budget_used_percent: percent(calls_today, policy.daily_budget),
+        outcomes_today,
         retry_queue,
         dead_letter_queue,
         last_reconcile,
         problems,
     })
+}
+
+/// `used` as a percentage of `budget`, to two decimals (as the metric is published).
+fn percent(used: u64, budget: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let (used, budget) = (used as f64, budget.max(1) as f64);
+    (used * 100.0 / budget * 100.0).round() / 100.0
 }
 
 fn stamp(at: Option<DateTime<Utc>>) -> String {
@@ -158,9 +188,23 @@ fn depth_text(depth: Depth) -> String {
 pub fn print(status: &Status, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
-        "API calls today ({}): {} of {} (background work stops at {})",
-        status.day, status.calls_today, status.daily_budget, status.background_limit
+        "API calls today ({}): {} of {} ({} %; background work stops at {})",
+        status.day,
+        status.calls_today,
+        status.daily_budget,
+        status.budget_used_percent,
+        status.background_limit
     )?;
+    if status.outcomes_today.is_empty() {
+        writeln!(out, "Outcomes today: none audited")?;
+    } else {
+        let counts: Vec<String> = status
+            .outcomes_today
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        writeln!(out, "Outcomes today: {}", counts.join(", "))?;
+    }
     writeln!(out, "Retry queue: {}", depth_text(status.retry_queue))?;
     match status.dead_letter_queue {
         Some(depth) => writeln!(out, "Dead-letter queue: {}", depth_text(depth))?,

@@ -601,6 +601,52 @@ async fn the_timeline_follows_a_referral_through_both_functions_a_503_and_its_re
             .all(|e| e["event"]["kind"] == "echo_skipped" || e["event"]["kind"] == "received"),
         "{json_text}"
     );
+
+    // 5. The same counts as the metrics, without CloudWatch: `cosell status --json` counts the
+    //    day's outcomes from the audit log under the outcome metrics' names, and
+    //    `cosell audit --needs-attention --json` counts the records behind NeedsAttention.
+    let (json_text, _) = audit_text(&s.log, args(None, true, true)).await;
+    let attention: Value = serde_json::from_str(&json_text).unwrap();
+    let open = attention["count"].as_u64().unwrap();
+    assert!(open >= 1, "{json_text}");
+    let status_args = cosell_cli::status::Args {
+        table: s.world.table.clone(),
+        queue_url: s.world.queues.queue_url.clone(),
+        dlq_url: None,
+        json: true,
+    };
+    let mut out = Vec::new();
+    cosell_cli::status::run(
+        &status_args,
+        &s.world.aws,
+        s.world.lookup(),
+        Utc::now(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let status: Value = serde_json::from_slice(&out).unwrap();
+    let outcomes = &status["outcomes_today"];
+    for name in ["Created", "Updated", "NeedsAttention", "RetryEnqueued"] {
+        assert!(
+            outcomes[name].as_u64().is_some_and(|n| n >= 1),
+            "{name}: {status}"
+        );
+    }
+    assert!(
+        outcomes["NeedsAttention"].as_u64().unwrap() >= open,
+        "{status}"
+    );
+    let names: Vec<&str> = cosell_domain::metrics::OUTCOMES
+        .iter()
+        .map(|spec| spec.name)
+        .collect();
+    for name in outcomes.as_object().unwrap().keys() {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} is no outcome metric"
+        );
+    }
 }
 
 #[tokio::test]

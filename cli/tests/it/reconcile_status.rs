@@ -123,6 +123,13 @@ async fn reconcile_backfills_and_status_shows_calls_queues_and_the_checkpoint() 
     assert!(shown["calls_today"].as_u64().unwrap() >= 3, "{shown}");
     assert_eq!(shown["daily_budget"], 1000);
     assert_eq!(shown["background_limit"], 800);
+    let calls = shown["calls_today"].as_f64().unwrap();
+    assert_eq!(
+        shown["budget_used_percent"].as_f64(),
+        Some((calls / 1000.0 * 100.0 * 100.0).round() / 100.0),
+        "the ApiBudgetUsedPercent metric's figure: {shown}"
+    );
+    assert!(shown["outcomes_today"].is_object(), "{shown}");
     assert!(
         shown["retry_queue"]["visible"].as_u64().unwrap() >= 2,
         "{shown}"

@@ -61,9 +61,12 @@ use chrono::{DateTime, Utc};
 use cosell_adapters::crm_wire::salesforce::soap_fault;
 use cosell_domain::CrmOpportunity;
 use cosell_domain::datetime::WireDateTime;
+use cosell_domain::metrics::Metric;
 use cosell_domain::ports::Ports;
+use cosell_domain::sync::Outcome;
 use cosell_domain::sync::{Delivery, Handled};
 use cosell_runtime::edge::{Answer, contain, correlation_id, deadline};
+use cosell_runtime::metrics;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use secrecy::{ExposeSecret, SecretString};
@@ -89,6 +92,7 @@ pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Bod
         Ok(answer) => answer,
         Err(panicked) => {
             // 500: Dataverse and Salesforce deliver the change again; the instance goes on.
+            metrics::count(Metric::InternalError, 1);
             line.outcome = "internal_error".into();
             line.detail = Some(panicked.to_string());
             Answer::error(
@@ -101,6 +105,10 @@ pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Bod
     line.status = answer.status.as_u16();
     line.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     line.emit();
+    if answer.status.is_client_error() {
+        metrics::count(Metric::Rejected, 1);
+    }
+    metrics::flush(started.elapsed());
     answer.into_response()
 }
 
@@ -272,6 +280,7 @@ impl LogLine {
     }
 
     fn handled(&mut self, handled: &Handled) {
+        metrics::outcome(&handled.outcome);
         self.outcome = handled.outcome.log_name().into();
         self.detail = handled.outcome.log_detail();
         if let Some(id) = handled.referral_id.map(|id| id.to_string()) {
@@ -315,6 +324,14 @@ impl LogLine {
             line!(info);
         }
     }
+}
+
+/// Count a change ignored before the sync core (another entity or message, a deleted record)
+/// as the core's own `Ignored` outcome.
+fn count_ignored() {
+    metrics::outcome(&Outcome::Ignored {
+        reason: String::new(),
+    });
 }
 
 fn append(slot: &mut Option<String>, value: &str) {

@@ -42,6 +42,8 @@ impl App<Deployed> {
     /// The deployed app: the configured clients and stores (`main`).
     pub async fn build(boot: &Boot, config: &Config) -> Result<Self, BootError> {
         let connector = boot.connector(&config.sync, config.sync_settings()).await?;
+        let daily_budget = connector.metering.policy.daily_budget;
+        boot.start_metrics("partner-center-events", &config.sync, daily_budget);
         Ok(Self::new(connector, config)?)
     }
 }

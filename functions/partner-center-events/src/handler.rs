@@ -24,10 +24,12 @@ use bytes::Bytes;
 use chrono::Utc;
 use cosell_adapters::http::{UnverifiedWebhook, WebhookAuthErrorKind};
 use cosell_domain::budget::handle_partner_center_event_within_budget;
+use cosell_domain::metrics::Metric;
 use cosell_domain::ports::Ports;
 use cosell_domain::sync::{Delivery, Handled};
 use cosell_domain::webhook::WebhookEvent;
 use cosell_runtime::edge::{Answer, Panicked, contain, correlation_id, deadline, status};
+use cosell_runtime::metrics;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Error, Request, Response};
 use serde_json::json;
@@ -53,6 +55,10 @@ pub async fn handle<X: Ports>(req: Request, app: &App<X>) -> Result<Response<Bod
     line.status = answer.status.as_u16();
     line.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     line.emit();
+    if answer.status.is_client_error() && answer.status != StatusCode::CONFLICT {
+        metrics::count(Metric::Rejected, 1);
+    }
+    metrics::flush(started.elapsed());
     answer.into_response()
 }
 
@@ -105,6 +111,9 @@ async fn process<X: Ports>(
             };
             line.outcome = code;
             line.detail = Some(error.reason().to_owned());
+            if matches!(error.kind(), WebhookAuthErrorKind::Unavailable) {
+                metrics::count(Metric::DeliveryFailed, 1);
+            }
             return Answer::error(status(error.status_code()), code, message);
         }
     };
@@ -146,6 +155,7 @@ async fn process<X: Ports>(
         Err(error) => {
             line.outcome = error.log_name();
             line.detail = Some(error.to_string());
+            metrics::count(Metric::DeliveryFailed, 1);
             Answer::error(
                 status(error.http_status()),
                 error.log_name(),
@@ -159,6 +169,7 @@ async fn process<X: Ports>(
 /// it again; the instance goes on.
 fn internal_error(line: &mut LogLine, panicked: &Panicked) -> Answer {
     line.outcome = "internal_error";
+    metrics::count(Metric::InternalError, 1);
     line.detail = Some(panicked.to_string());
     Answer::error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -209,6 +220,7 @@ impl LogLine {
     }
 
     fn handled(&mut self, handled: &Handled) {
+        metrics::outcome(&handled.outcome);
         self.outcome = handled.outcome.log_name();
         self.crm_record = handled.outcome.crm().map(ToString::to_string);
         self.detail = handled.outcome.log_detail();

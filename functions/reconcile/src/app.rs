@@ -106,6 +106,7 @@ impl<X: ReconcilePorts> App<X> {
 impl App<Deployed> {
     /// The deployed app: the configured clients and stores (`main`).
     pub async fn build(boot: &Boot, config: &Config) -> Result<Self, BootError> {
+        boot.start_metrics("reconcile", &config.sync, config.budget.daily_budget);
         Ok(match &config.sync.store {
             StoreConfig::DynamoDb {
                 table_name,

@@ -9,6 +9,8 @@
 //! record), saving where it stands, so the Lambda timeout never kills it before its checkpoint
 //! is saved.
 
+use std::time::Instant;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use cosell_domain::reconcile::{
     ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun, reconcile,
@@ -16,7 +18,9 @@ use cosell_domain::reconcile::{
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 
+use cosell_domain::metrics::Metric;
 use cosell_runtime::edge::{Panicked, contain};
+use cosell_runtime::metrics;
 
 use crate::app::App;
 
@@ -53,8 +57,22 @@ impl From<RunError> for lambda_runtime::Diagnostic {
 /// checkpoint's save and the answer.
 pub const DEADLINE_MARGIN: TimeDelta = TimeDelta::seconds(20);
 
-/// The Lambda handler: the scheduled event is ignored.
+/// The Lambda handler: the scheduled event is ignored. Ends with the invocation's metrics
+/// document (`cosell_runtime::metrics`).
 pub async fn handle<X: ReconcilePorts>(
+    event: LambdaEvent<Value>,
+    app: &App<X>,
+) -> Result<Value, RunError> {
+    let started = Instant::now();
+    let result = handle_event(event, app).await;
+    if matches!(result, Err(RunError::Panicked(_))) {
+        metrics::count(Metric::InternalError, 1);
+    }
+    metrics::flush(started.elapsed());
+    result
+}
+
+async fn handle_event<X: ReconcilePorts>(
     event: LambdaEvent<Value>,
     app: &App<X>,
 ) -> Result<Value, RunError> {
@@ -97,6 +115,11 @@ pub async fn run_until<X: ReconcilePorts>(
         deadline,
     };
     let report = reconcile(app.deps(), &app.settings, &app.reconcile, &run).await?;
+    metrics::count(Metric::ReconcileEnqueued, report.planned.len() as u64);
+    metrics::count(
+        Metric::ReconcileInSync,
+        (report.referrals.in_sync + report.opportunities.in_sync) as u64,
+    );
     tracing::info!(
         referrals_examined = report.referrals.examined,
         opportunities_examined = report.opportunities.examined,

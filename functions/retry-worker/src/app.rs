@@ -42,6 +42,8 @@ impl App<Deployed, SqsWorkerQueues> {
     /// The deployed app: the configured clients and stores and the SQS queues (`main`).
     pub async fn build(boot: &Boot, config: &Config) -> Result<Self, BootError> {
         let connector = boot.connector(&config.sync, config.sync_settings()).await?;
+        let daily_budget = connector.metering.policy.daily_budget;
+        boot.start_metrics("retry-worker", &config.sync, daily_budget);
         let aws = boot.aws().await;
         let queues = SqsWorkerQueues::new(aws.sqs, &config.retry_queue_url, &config.dlq_url);
         Ok(Self::new(connector, queues, config))

@@ -35,7 +35,9 @@ use cosell_domain::webhook::WebhookEvent;
 use cosell_domain::{CrmRecordId, ReferralId};
 use lambda_runtime::LambdaEvent;
 
+use cosell_domain::metrics::Metric;
 use cosell_runtime::edge::contain;
+use cosell_runtime::metrics;
 
 use crate::app::App;
 use crate::backoff::{Jitter, RandomJitter};
@@ -106,6 +108,7 @@ where
     M: WorkerQueues,
     J: Jitter,
 {
+    let batch_started = Instant::now();
     let mut response = SqsBatchResponse::default();
     for message in &event.records {
         let started = Instant::now();
@@ -116,6 +119,7 @@ where
             // The other messages of the batch go on; this one comes back (and, failing every
             // time, ends in the dead-letter queue).
             Err(panicked) => {
+                metrics::count(Metric::InternalError, 1);
                 line.warnings.push(panicked.to_string());
                 Disposition::Redeliver { visibility: None }
             }
@@ -139,6 +143,7 @@ where
         line.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         line.emit(disposition);
     }
+    metrics::flush(batch_started.elapsed());
     response
 }
 
@@ -157,6 +162,7 @@ where
     let job = match parse(message) {
         Ok(job) => job,
         Err(reason) => {
+            metrics::count(Metric::MalformedJob, 1);
             line.outcome = "malformed";
             line.detail = Some(reason);
             return match app.queues.dead_letter(message).await {
@@ -202,6 +208,7 @@ where
             }
         }
         Err(error) => {
+            metrics::count(Metric::DeliveryFailed, 1);
             line.outcome = error.log_name();
             line.detail = Some(error.to_string());
             (None, sync_error_reason(&error), line.referral(), None)
@@ -210,6 +217,7 @@ where
 
     let receive_count = line.receive_count.unwrap_or(1);
     if receive_count >= app.worker.max_receive_count {
+        metrics::count(Metric::DeadLettered, 1);
         line.outcome = "dead_lettered";
         let dead = DeadLetter {
             job: &job,
@@ -379,6 +387,7 @@ impl LogLine {
     }
 
     fn handled(&mut self, handled: &Handled) {
+        metrics::outcome(&handled.outcome);
         self.outcome = handled.outcome.log_name();
         self.detail = handled.outcome.log_detail();
         if let Some(crm) = handled.outcome.crm() {

@@ -191,6 +191,7 @@ aws_operations! {
     aws_sdk_dynamodb::operation::update_item::UpdateItemError => "dynamodb:UpdateItem",
     aws_sdk_dynamodb::operation::delete_item::DeleteItemError => "dynamodb:DeleteItem",
     aws_sdk_dynamodb::operation::query::QueryError => "dynamodb:Query",
+    aws_sdk_dynamodb::operation::scan::ScanError => "dynamodb:Scan",
     aws_sdk_dynamodb::operation::create_table::CreateTableError => "dynamodb:CreateTable",
     aws_sdk_dynamodb::operation::describe_table::DescribeTableError => "dynamodb:DescribeTable",
     aws_sdk_dynamodb::operation::update_time_to_live::UpdateTimeToLiveError => "dynamodb:UpdateTimeToLive",

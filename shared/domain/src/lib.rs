@@ -18,6 +18,7 @@
 //! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity` or every problem |
 //! | [`ports`] | `PartnerCenter`, `CrmStore`, `IdempotencyStore`, `RetryQueue`, `AuditLog`, `LinkStore`, `PortError` |
 //! | [`sync`] | the sync core: `handle_partner_center_event`, `handle_crm_change`, `run_retry_job`, `Outcome`, exactly once |
+//! | [`metrics`] | the CloudWatch metrics as plain data: namespace, dimensions, names, units |
 //! | [`in_memory`] | in-memory idempotency store, audit log, link store and retry queue |
 //! | [`error`] | `ParseError`, `TransitionError`, `ValidationProblem` |
 //! | [`serde_helpers`], [`datetime`] | tolerant serde helpers (decimal from number or string, lenient dates) |
@@ -30,6 +31,7 @@ pub mod error;
 pub mod ids;
 pub mod in_memory;
 pub mod mapping;
+pub mod metrics;
 pub mod opportunity;
 pub mod ports;
 pub mod reconcile;

@@ -720,6 +720,28 @@ pub struct AuditEntry {
     pub event: AuditEvent,
 }
 
+impl AuditEvent {
+    /// The outcome metric (`cosell_domain::metrics::OUTCOMES`) this entry stands for, so the
+    /// CLI's counts from the audit log carry the metrics' names: `Failed` is `NeedsAttention`;
+    /// `Received`, `WrittenBack`, `Redriven` and `ConflictResolved` are steps, not outcomes.
+    pub fn metric_name(&self) -> Option<&'static str> {
+        match self {
+            Self::DuplicateSkipped => Some("DuplicateSkipped"),
+            Self::UnchangedSkipped => Some("UnchangedSkipped"),
+            Self::HeldUntilAccepted { .. } => Some("HeldUntilAccepted"),
+            Self::EchoSkipped => Some("EchoSkipped"),
+            Self::Created => Some("Created"),
+            Self::Updated => Some("Updated"),
+            Self::Failed { .. } => Some("NeedsAttention"),
+            Self::RetryEnqueued { .. } => Some("RetryEnqueued"),
+            // A conflict is resolved within an Updated / Created sync, which counts it.
+            Self::Received | Self::WrittenBack | Self::Redriven | Self::ConflictResolved { .. } => {
+                None
+            }
+        }
+    }
+}
+
 impl AuditEntry {
     /// Whether this entry needs a person (a failure).
     pub fn needs_attention(&self) -> bool {

@@ -91,6 +91,16 @@ pub enum CrmConfig {
     },
 }
 
+impl CrmConfig {
+    /// Which CRM it is.
+    pub fn kind(&self) -> cosell_domain::CrmKind {
+        match self {
+            Self::Dataverse { .. } => cosell_domain::CrmKind::Dataverse,
+            Self::Salesforce { .. } => cosell_domain::CrmKind::Salesforce,
+        }
+    }
+}
+
 /// Where the stores live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {

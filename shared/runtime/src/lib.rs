@@ -13,11 +13,13 @@
 //! | [`stores`] | `Stores`, the `Any*` stores (DynamoDB / SQS or memory) and the [`Deployed`] port set |
 //! | [`connector`] | [`Connector`]: ports, mapping, settings and budget; `deps()` for the sync core |
 //! | [`edge`] | `correlation_id`, `deadline`, `Answer` |
+//! | [`metrics`] | the CloudWatch metrics in Embedded Metric Format: one document per invocation |
 
 pub mod clients;
 pub mod config;
 pub mod connector;
 pub mod edge;
+pub mod metrics;
 pub mod stores;
 
 use cosell_adapters::aws::secrets::{self, ResolvedSecrets, SecretError};
@@ -69,6 +71,13 @@ impl Boot {
     /// A variable's value: from its secret reference, else the environment.
     pub fn var(&self, name: &str) -> Option<String> {
         self.secrets.var(name)
+    }
+
+    /// Turn on the metrics of `function` (one of `cosell_domain::metrics::FUNCTIONS`) for the
+    /// CRM `sync` names, with the budget's percentage of `daily_budget`: one Embedded Metric
+    /// Format document per invocation on stdout ([`metrics`]).
+    pub fn start_metrics(&self, function: &'static str, sync: &SyncConfig, daily_budget: u64) {
+        metrics::start(function, sync.crm.kind(), daily_budget);
     }
 
     /// The AWS SDK clients (region and credentials from the standard variables).

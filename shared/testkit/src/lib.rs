@@ -1,12 +1,14 @@
 //! cosell-testkit: what the workspace's integration tests share (a dev-dependency only) — moto
 //! for DynamoDB and SQS ([`moto`]), names no other run uses ([`unique`]), and the end-to-end
-//! tests' harness for a function's real binary on the sandbox's local Lambda ([`local_lambda`]).
+//! tests' harness for a function's real binary on the sandbox's local Lambda ([`local_lambda`]),
+//! and the reading of the CloudWatch metrics documents a function printed ([`emf`]).
 //!
 //! A missing prerequisite is never skipped silently: the test panics with one message naming
 //! the command to run ([`RUN_TEST_SH`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod emf;
 pub mod local_lambda;
 pub mod moto;
 

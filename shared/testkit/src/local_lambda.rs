@@ -105,6 +105,21 @@ impl LocalFunction {
         self.lambda.crashes(self.function) > 0
     }
 
+    /// Everything the instances printed so far (stdout and stderr, as CloudWatch Logs receives
+    /// it on AWS): the JSON log lines and the metrics documents ([`crate::emf::documents`]).
+    pub fn output(&self) -> String {
+        self.lambda
+            .log_path(self.function)
+            .and_then(|path| std::fs::read(path).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The CloudWatch Embedded Metric Format documents the instances printed so far.
+    pub fn emf_documents(&self) -> Vec<serde_json::Value> {
+        crate::emf::documents(&self.output())
+    }
+
     /// The last `lines` lines of the instances' log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         self.lambda.log_tail(self.function, lines)

@@ -72,6 +72,7 @@ pub(super) async fn handle<X: Ports>(
         .eq_ignore_ascii_case(OPPORTUNITY)
         || !(message.eq_ignore_ascii_case("Create") || message.eq_ignore_ascii_case("Update"))
     {
+        super::count_ignored();
         line.outcome = "ignored".into();
         line.detail = Some(format!(
             "{} of {}",
@@ -131,6 +132,7 @@ pub(super) async fn handle<X: Ports>(
             )
         }
         Err(error) => {
+            cosell_runtime::metrics::count(cosell_domain::metrics::Metric::DeliveryFailed, 1);
             line.outcome = error.log_name().into();
             line.detail = Some(error.to_string());
             Answer::error(

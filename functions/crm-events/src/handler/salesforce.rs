@@ -83,6 +83,7 @@ pub(super) async fn handle<X: Ports>(
             is_opportunity,
         ) else {
             // Another object, or a record deleted before delivery (no data): nothing to sync.
+            super::count_ignored();
             outcomes.push("ignored");
             continue;
         };
@@ -118,6 +119,7 @@ pub(super) async fn handle<X: Ports>(
         .await
         {
             Ok(handled) => {
+                cosell_runtime::metrics::outcome(&handled.outcome);
                 durable &= !handled.outcome.redeliver_later();
                 line.warnings
                     .extend(handled.warnings.iter().map(ToString::to_string));
@@ -127,6 +129,7 @@ pub(super) async fn handle<X: Ports>(
                 outcomes.push(handled.outcome.log_name());
             }
             Err(error) => {
+                cosell_runtime::metrics::count(cosell_domain::metrics::Metric::DeliveryFailed, 1);
                 durable = false;
                 line.detail = Some(error.to_string());
                 outcomes.push(error.log_name());

@@ -197,6 +197,46 @@ async fn end_to_end(crm: Crm) {
     }
     e.step(started, "6 redelivery after a refusal");
     assert!(!e.watch.instance_exited(), "{}", e.watch.log_tail(40));
+    assert_metrics(&e.watch, crm);
+}
+
+/// The metrics: one CloudWatch EMF document per invocation on the instances' stdout (the local
+/// Lambda's log file, as CloudWatch Logs receives it on AWS), of this function and CRM, counting
+/// every outcome the run produced (step 6's refusal: another invocation held the change) and the
+/// calls per service.
+fn assert_metrics(watch: &LocalFunction, crm: Crm) {
+    use cosell_testkit::emf;
+    let docs = watch.emf_documents();
+    emf::assert_shape(&docs, FUNCTION, crm.name());
+    assert_eq!(
+        emf::samples(&docs)["HandlerLatency"],
+        docs.len(),
+        "one latency per document, one document per invocation"
+    );
+    let totals = emf::totals(&docs);
+    let crm_calls = match crm {
+        Crm::Dataverse => "DataverseCalls",
+        Crm::Salesforce => "SalesforceCalls",
+    };
+    for metric in [
+        "Created",
+        "EchoSkipped",
+        "Updated",
+        "DuplicateSkipped",
+        "NeedsAttention",
+        "InProgress",
+        "Rejected",
+        "PartnerCenterCalls",
+        crm_calls,
+        "ApiCallsToday",
+    ] {
+        assert!(
+            totals.get(metric).is_some_and(|n| *n >= 1.0),
+            "{metric} was not counted: {totals:?}"
+        );
+    }
+    assert!(totals["NeedsAttention"] >= 3.0, "{totals:?}");
+    assert!(totals["Rejected"] >= 2.0, "{totals:?}");
 }
 
 /// Dataverse retries a delivery once after a 503: the first attempt finds the key held, the

@@ -384,6 +384,7 @@ async fn end_to_end(crm: Crm) {
         "a function instance exited during the run\n{}",
         e.watch.log_tail(40)
     );
+    assert_metrics(&e.watch, crm);
     assert!(
         lock_held,
         "step 7: more than one invocation ran the sync of one delivery, the idempotency \
@@ -392,6 +393,44 @@ async fn end_to_end(crm: Crm) {
          record that has already expired.)"
     );
     e.step(started, "done");
+}
+
+/// The metrics: one CloudWatch EMF document per invocation on the instances' stdout (the local
+/// Lambda's log file, as CloudWatch Logs receives it on AWS), of this function and CRM, counting
+/// every outcome the run produced and the calls per service.
+fn assert_metrics(watch: &LocalFunction, crm: Crm) {
+    use cosell_testkit::emf;
+    let docs = watch.emf_documents();
+    emf::assert_shape(&docs, FUNCTION, crm.name());
+    assert_eq!(
+        emf::samples(&docs)["HandlerLatency"],
+        docs.len(),
+        "one latency per document, one document per invocation"
+    );
+    let totals = emf::totals(&docs);
+    let crm_calls = match crm {
+        Crm::Dataverse => "DataverseCalls",
+        Crm::Salesforce => "SalesforceCalls",
+    };
+    for metric in [
+        "Created",
+        "DuplicateSkipped",
+        "EchoSkipped",
+        "Updated",
+        "RetryEnqueued",
+        "NeedsAttention",
+        "Rejected",
+        "PartnerCenterCalls",
+        crm_calls,
+        "ApiCallsToday",
+    ] {
+        assert!(
+            totals.get(metric).is_some_and(|n| *n >= 1.0),
+            "{metric} was not counted: {totals:?}"
+        );
+    }
+    assert!(totals["DuplicateSkipped"] >= 10.0, "{totals:?}");
+    assert!(totals["Created"] >= 2.0, "{totals:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -154,6 +154,42 @@ impl DynamoAuditLog {
         .await
     }
 
+    /// Every audit entry written at `since` or later (oldest first), read with a filtered
+    /// `Scan` of the table: an operator's count (`cosell status`), not a sync's path — it reads
+    /// the whole table.
+    pub async fn try_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<AuditEntry>, AwsAdapterError> {
+        let from = format!("{}{}", keys::AUDIT_PREFIX, keys::timestamp(since));
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#entity = :audit AND #sk >= :from")
+                .expression_attribute_names("#entity", ENTITY)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":audit", s("audit"))
+                .expression_attribute_values(":from", s(from.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .on_table(&self.table)?;
+            for item in page.items() {
+                entries.push(self.decode(item)?);
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+        entries.sort_by_key(|entry| entry.at);
+        Ok(entries)
+    }
+
     /// [`AuditLog::needs_attention`], with the adapter's error: the `ATTENTION` items newest
     /// first, less those a later success has resolved (each checked with one `Query`, and
     /// deleted once found resolved, so the next listing skips it for free).

@@ -174,16 +174,52 @@ impl From<DynamoApiBudget> for AnyApiBudget {
 
 impl ApiBudget for AnyApiBudget {
     async fn used(&self, day: NaiveDate) -> Result<u64, PortError> {
-        match self {
+        let used = match self {
             Self::Dynamo(budget) => budget.used(day).await,
             Self::Memory(budget) => budget.used(day).await,
-        }
+        }?;
+        last_seen::record(day, i64::try_from(used).unwrap_or(i64::MAX));
+        Ok(used)
     }
 
     async fn add(&self, day: NaiveDate, delta: i64) -> Result<i64, PortError> {
-        match self {
+        let total = match self {
             Self::Dynamo(budget) => budget.add(day, delta).await,
             Self::Memory(budget) => budget.add(day, delta).await,
+        }?;
+        last_seen::record(day, total);
+        Ok(total)
+    }
+}
+
+/// The day's call count as this process last read or added it: what the runtime publishes as
+/// the `ApiCallsToday` / `ApiBudgetUsedPercent` metrics at the end of an invocation, without a
+/// read of its own (docs/aws.md#embedded-metric-format). One per process: a Lambda instance
+/// runs one invocation at a time.
+pub mod last_seen {
+    use std::sync::Mutex;
+
+    use chrono::NaiveDate;
+
+    static LAST: Mutex<Option<(NaiveDate, u64)>> = Mutex::new(None);
+
+    /// Remember `total` as `day`'s count (a newer day replaces an older one; within a day the
+    /// latest answer wins).
+    pub fn record(day: NaiveDate, total: i64) {
+        let total = u64::try_from(total).unwrap_or_default();
+        if let Ok(mut last) = LAST.lock()
+            && last.is_none_or(|(seen, _)| seen <= day)
+        {
+            *last = Some((day, total));
         }
+    }
+
+    /// `day`'s count as last seen, if this process saw one that day.
+    pub fn count(day: NaiveDate) -> Option<u64> {
+        LAST.lock()
+            .ok()
+            .and_then(|last| *last)
+            .filter(|(seen, _)| *seen == day)
+            .map(|(_, total)| total)
     }
 }

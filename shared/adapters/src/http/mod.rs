@@ -184,11 +184,21 @@ impl AuthorizedClient {
     where
         F: Fn(&reqwest::Client, &AccessToken) -> reqwest::RequestBuilder + Send + Sync,
     {
+        count_call(&ctx.service);
         let response = build(&self.http, token)
             .bearer_auth(token.secret())
             .send()
             .await
             .map_err(|error| HttpAdapterError::transport(ctx, &error))?;
         check(ctx, response).await
+    }
+}
+
+/// Counts one request to `service` in its calls metric (`cosell_domain::metrics::Metric::calls_to`)
+/// through the `metrics` facade: a no-op until the runtime installs the recorder, which prints the
+/// counts once per invocation (docs/aws.md#embedded-metric-format).
+pub(crate) fn count_call(service: &cosell_domain::Service) {
+    if let Some(metric) = cosell_domain::metrics::Metric::calls_to(service) {
+        metrics::counter!(metric.name()).increment(1);
     }
 }

@@ -474,6 +474,7 @@ impl EntraApp {
         ctx: &RequestContext,
         form: &[(&str, &str)],
     ) -> Result<TokenAnswer, HttpAdapterError> {
+        super::count_call(&Service::Identity);
         match request_token(&self.http, ctx, &self.token_url, form).await {
             Ok(answer) => Ok(answer),
             Err(TokenFailure::Unavailable(error)) => Err(error),
@@ -914,6 +915,8 @@ impl SalesforceJwtBearer {
             ("grant_type", JWT_BEARER_GRANT),
             ("assertion", assertion.expose_secret()),
         ];
+        // Salesforce's OAuth endpoint: counted as a Salesforce call.
+        super::count_call(&Service::Salesforce);
         match request_token(&inner.http, &ctx, &inner.token_url, &form).await {
             Ok(answer) => {
                 let instance = answer.instance_url.ok_or_else(|| {

@@ -138,6 +138,26 @@ impl Outcome {
         }
     }
 
+    /// The CloudWatch metric that counts this outcome (PascalCase; the catalogue of every
+    /// metric is [`crate::metrics`], see docs/aws.md#embedded-metric-format). The match is
+    /// exhaustive, so a new outcome cannot go uncounted.
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            Self::Acknowledged => "Acknowledged",
+            Self::Ignored { .. } => "Ignored",
+            Self::DuplicateSkipped => "DuplicateSkipped",
+            Self::InProgress => "InProgress",
+            Self::EchoSkipped => "EchoSkipped",
+            Self::UnchangedSkipped => "UnchangedSkipped",
+            Self::HeldUntilAccepted { .. } => "HeldUntilAccepted",
+            Self::Created { .. } => "Created",
+            Self::Updated { .. } => "Updated",
+            Self::RetryEnqueued { .. } => "RetryEnqueued",
+            Self::RetryLater { .. } => "RetryLater",
+            Self::NeedsAttention { .. } => "NeedsAttention",
+        }
+    }
+
     /// Whether a queue consumer should let the message come back (report a batch item
     /// failure): while another invocation holds the same delivery, or when it is to deliver
     /// the job again ([`Outcome::RetryLater`]).
