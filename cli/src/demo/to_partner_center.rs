@@ -367,7 +367,20 @@ async fn seed_and_deliver(
     sandbox
         .settled_deliveries_of(service, deliveries + 1)
         .await?;
-    Ok(bridge.exchanges().split_off(exchanges))
+    // In arrival order (the bridge numbers requests as they arrive; a write-back's own
+    // notification may finish before the change that caused it).
+    let mut new = bridge.exchanges().split_off(exchanges);
+    new.sort_by_key(|exchange| arrival(&exchange.request_id));
+    Ok(new)
+}
+
+/// The arrival number of a bridge request id (`<prefix>-<n>`).
+fn arrival(request_id: &str) -> u64 {
+    request_id
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// The `n`th demo opportunity's id.

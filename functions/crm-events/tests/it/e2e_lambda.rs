@@ -218,11 +218,17 @@ fn assert_metrics(watch: &LocalFunction, crm: Crm) {
         Crm::Dataverse => "DataverseCalls",
         Crm::Salesforce => "SalesforceCalls",
     };
+    // (No Dataverse step of this run is a completed duplicate: its redelivery meets the change
+    // still in progress.)
+    let duplicate = match crm {
+        Crm::Dataverse => "InProgress",
+        Crm::Salesforce => "DuplicateSkipped",
+    };
     for metric in [
         "Created",
         "EchoSkipped",
         "Updated",
-        "DuplicateSkipped",
+        duplicate,
         "NeedsAttention",
         "InProgress",
         "Rejected",
