@@ -938,24 +938,7 @@ async fn update<X: Ports>(
         }
         // Nothing for Partner Center, but its changes for the CRM.
         let text = merged.audit_text(journal.entry(AuditEvent::WrittenBack, Some(record)));
-        write_values(
-            deps,
-            record,
-            referral_id,
-            &merged.crm_values(),
-            &text,
-            sync.version,
-        )
-        .await
-        .map_err(Failure::port(Some(record)))?;
-        merged.record_conflicts(journal, record).await;
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
-        return Ok(Outcome::Updated {
-            crm: record.clone(),
-        });
+        return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
 
     // A 412: the referral changed since it was read — perhaps by another sync of this record
@@ -964,32 +947,13 @@ async fn update<X: Ports>(
     let etag = patch(pc, referral_id, &current, &ops)
         .await
         .map_err(Failure::port(Some(record)))?;
-    let read = current;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let mut link = sync.link_after(referral_id, &read, etag, invited, journal.now());
+    let mut link = sync.link_after(referral_id, &current, etag, invited, journal.now());
     merged.settle(&mut link, sync, &ops);
     let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
     if !merged.to_crm.is_empty() {
-        // Partner Center's values first, the link after: a retry finds the sides equal.
-        write_values(
-            deps,
-            record,
-            referral_id,
-            &merged.crm_values(),
-            &text,
-            sync.version,
-        )
-        .await
-        .map_err(Failure::port(Some(record)))?;
-        merged.record_conflicts(journal, record).await;
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
-        return Ok(Outcome::Updated {
-            crm: record.clone(),
-        });
+        return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
     merged.record_conflicts(journal, record).await;
     deps.links
@@ -1126,6 +1090,38 @@ async fn write_back<X: Ports>(
         None,
     )
     .await
+}
+
+/// Partner Center's values (of the fields it won) to the CRM with the Audit text, the
+/// conflicts audited, then the link: in that order, so a retry finds the sides equal.
+async fn to_crm_then_link<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+    merged: &Merged,
+    link: &Link,
+    text: &str,
+) -> Result<Outcome, Failure> {
+    let record = sync.record;
+    write_values(
+        deps,
+        record,
+        referral_id,
+        &merged.crm_values(),
+        text,
+        sync.version,
+    )
+    .await
+    .map_err(Failure::port(Some(record)))?;
+    merged.record_conflicts(journal, record).await;
+    deps.links
+        .put(link)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    Ok(Outcome::Updated {
+        crm: record.clone(),
+    })
 }
 
 /// Write the referral id and link, the update fields set in `values` (Partner Center's values
