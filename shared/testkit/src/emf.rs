@@ -59,6 +59,31 @@ fn declared(doc: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The totals of a run's documents, after checking them: each of `function` on `crm`
+/// ([`assert_shape`]), one latency per document (one document per invocation), and each of
+/// `metrics` counted at least once.
+pub fn assert_counted(
+    docs: &[Value],
+    function: &str,
+    crm: &str,
+    metrics: &[&str],
+) -> BTreeMap<String, f64> {
+    assert_shape(docs, function, crm);
+    assert_eq!(
+        samples(docs)["HandlerLatency"],
+        docs.len(),
+        "one latency per document, one document per invocation"
+    );
+    let totals = totals(docs);
+    for metric in metrics {
+        assert!(
+            totals.get(*metric).is_some_and(|n| *n >= 1.0),
+            "{metric} was not counted: {totals:?}"
+        );
+    }
+    totals
+}
+
 /// Panics unless every document is one of `function` on `crm`: the namespace, the one
 /// dimension set (`Function`, `Crm`) with those values, a timestamp, and only metrics of the
 /// catalogue, each with its unit and a value.
