@@ -53,6 +53,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The most DynamoDB requests one event of this kind may make (docs/aws.md#requests-per-event):
+    /// a new referral, an update and an echo take the key, claim the link and commit; a
+    /// duplicate is answered by the failed conditional write that takes the key; of `copies`
+    /// concurrent copies one applies the event and the others each make that one write.
+    pub fn max_dynamodb_requests(self, copies: usize) -> u64 {
+        match self {
+            Self::New | Self::Updated | Self::Echo => 3,
+            Self::Duplicate => 1,
+            Self::ConcurrentDuplicate => 3 + (copies.max(1) as u64 - 1),
+        }
+    }
+
     /// Every kind, in report order.
     pub const ALL: [Self; 5] = [
         Self::New,
@@ -323,6 +335,19 @@ pub fn method_notes() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The DynamoDB target of a kind: at most `max` requests on the wire in any one event.
+pub fn dynamodb_check(max: u64, report: &KindReport) -> (String, String, bool) {
+    let requests = &report.aws_requests_per_event;
+    (
+        format!("at most {max} DynamoDB requests per event"),
+        format!(
+            "max {} per event (mean {})",
+            requests.dynamodb_max, requests.dynamodb
+        ),
+        requests.dynamodb_max <= max && report.events > 0,
+    )
+}
+
 /// The targets of one CRM's run.
 pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
     let check = |kind: &str, target: String, measured: String, ok: bool| TargetCheck {
@@ -395,6 +420,9 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
             }
             Kind::Updated | Kind::Echo => {}
         }
+        let copies = report.applied.map_or(1, |applied| applied.copies);
+        let (target, measured, ok) = dynamodb_check(kind.max_dynamodb_requests(copies), report);
+        checks.push(check(kind.name(), target, measured, ok));
         if kind != Kind::ConcurrentDuplicate {
             let (target, measured, ok) = own_cpu_check(report);
             checks.push(check(kind.name(), target, measured, ok));

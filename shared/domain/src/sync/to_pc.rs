@@ -658,6 +658,10 @@ async fn create<X: Ports>(
     let created = match earlier {
         Some(referral) => referral,
         None => {
+            // The delivery's `Received` entry, durable before the create (or no create):
+            // should this run crash or lose its commit, the next delivery knows an earlier one
+            // ran and looks for the referral it may have made instead of making a second one.
+            journal.flush().await.map_err(Failure::port(Some(record)))?;
             let body = referral_create_body(sync.validated, &deps.settings.partner_team);
             deps.partner_center
                 .create_referral(&body)
@@ -715,10 +719,7 @@ async fn create<X: Ports>(
             version: link.version + 1,
             ..link
         };
-        deps.links
-            .put(&invited)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(invited, true);
     }
     Ok(Outcome::Created {
         crm: record.clone(),
@@ -926,10 +927,7 @@ async fn update<X: Ports>(
         );
         merged.settle(&mut link, sync, &ops);
         if merged.to_crm.is_empty() {
-            deps.links
-                .put(&link)
-                .await
-                .map_err(Failure::port(Some(record)))?;
+            journal.keep_link(link, true);
             finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
             journal
                 .record(AuditEvent::UnchangedSkipped, Some(record))
@@ -956,10 +954,7 @@ async fn update<X: Ports>(
         return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
     merged.record_conflicts(journal, record).await;
-    deps.links
-        .put(&link)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    journal.keep_link(link, true);
     if sync.opportunity().referral_id == Some(referral_id) {
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
@@ -1019,10 +1014,7 @@ async fn hold_until_accepted<X: Ports>(
     };
     let text = merged.audit_text(journal.entry(event.clone(), Some(record)));
     if merged.to_crm.is_empty() {
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(link, true);
         finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
@@ -1037,10 +1029,7 @@ async fn hold_until_accepted<X: Ports>(
         )
         .await
         .map_err(Failure::port(Some(record)))?;
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(link, true);
     }
     merged.record_conflicts(journal, record).await;
     journal.record(event, Some(record)).await;
@@ -1115,10 +1104,7 @@ async fn to_crm_then_link<X: Ports>(
     .await
     .map_err(Failure::port(Some(record)))?;
     merged.record_conflicts(journal, record).await;
-    deps.links
-        .put(link)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    journal.keep_link(link.clone(), true);
     Ok(Outcome::Updated {
         crm: record.clone(),
     })
