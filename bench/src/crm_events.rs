@@ -1001,8 +1001,8 @@ mod tests {
         };
         let checks = evaluate(&run_with(good_kinds(), all));
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 4, new × 2, updated, duplicate, echo, own CPU × 4, referrals
-        assert_eq!(checks.len(), 14);
+        // outcomes × 4, new × 2, updated, duplicate, echo, DynamoDB × 4, own CPU × 4, referrals
+        assert_eq!(checks.len(), 18);
 
         let mut kinds = good_kinds();
         kinds[1] = KindReport::summarize("updated", 1, &[sample("updated", (1, 2), (3, 1), 0)]);

@@ -674,8 +674,45 @@ mod tests {
     fn a_clean_run_meets_every_target() {
         let checks = evaluate(&good_run());
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 5 kinds, duplicate, new, concurrent, own CPU × 4 kinds, opportunities
-        assert_eq!(checks.len(), 13);
+        // outcomes × 5 kinds, duplicate, new, concurrent, DynamoDB × 5 kinds, own CPU × 4
+        // kinds, opportunities
+        assert_eq!(checks.len(), 18);
+    }
+
+    #[test]
+    fn a_kind_over_its_dynamodb_requests_is_reported() {
+        let requests = |n: u64| BTreeMap::from([("dynamodb:PutItem".to_owned(), n)]);
+        let mut run = good_run();
+        let mut new = sample(&["created"], (1, 1), (3, 3));
+        new.aws_requests = requests(4);
+        run.kinds[0] = KindReport::summarize("new", 1, &[new]);
+        let mut duplicate = sample(&["duplicate_skipped"], (0, 0), (0, 0));
+        duplicate.aws_requests = requests(2);
+        run.kinds[2] = KindReport::summarize("duplicate", 1, &[duplicate]);
+        // 5 copies: one applies (3), four are answered by their failed write (1 each).
+        let mut copies = sample(&["created"; 5], (1, 1), (3, 3));
+        copies.aws_requests = requests(7);
+        run.kinds[4] = KindReport::summarize("concurrent_duplicate", 5, &[copies]);
+
+        let failed: Vec<(String, String)> = evaluate(&run)
+            .into_iter()
+            .filter(|c| !c.ok && c.target.contains("DynamoDB"))
+            .map(|c| (c.kind, c.measured))
+            .collect();
+
+        assert_eq!(
+            failed,
+            [
+                ("new".to_owned(), "max 4 per event (mean 4)".to_owned()),
+                (
+                    "duplicate".to_owned(),
+                    "max 2 per event (mean 2)".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(Kind::New.max_dynamodb_requests(1), 3);
+        assert_eq!(Kind::Duplicate.max_dynamodb_requests(1), 1);
+        assert_eq!(Kind::ConcurrentDuplicate.max_dynamodb_requests(5), 7);
     }
 
     #[test]
