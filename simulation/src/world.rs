@@ -22,7 +22,7 @@ use cosell_domain::mapping::BodyScope;
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use cosell_domain::ports::{
     CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, PortError, ReferralQuery, Service, Upserted,
+    PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted,
 };
 use cosell_domain::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 use serde_json::{Value, json};
@@ -359,7 +359,7 @@ impl SimPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         self.hit();
         let mut state = lock(&self.state);
         let current = state
@@ -413,9 +413,9 @@ impl SimPartnerCenter {
             })?;
         self.touch(&mut state, &mut referral);
         Self::raise(&mut state, "referral-updated", &referral);
-        let etag = referral.etag();
+        let patched = Patched::of(&referral);
         state.referrals.insert(*id, referral);
-        Ok(etag)
+        Ok(patched)
     }
 }
 
@@ -456,7 +456,7 @@ impl PartnerCenter for SimPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send {
+    ) -> impl Future<Output = Result<Patched, PortError>> + Send {
         async move {
             yield_now().await;
             self.patch_now(id, if_match, ops)

@@ -384,7 +384,7 @@ impl<P: PartnerCenter> PartnerCenter for Metered<'_, P> {
         id: &ReferralId,
         if_match: Option<&crate::ids::ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<crate::ids::ETag>, PortError> {
+    ) -> Result<crate::ports::Patched, PortError> {
         self.hit();
         self.inner.patch_referral(id, if_match, ops).await
     }

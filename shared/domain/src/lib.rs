@@ -66,8 +66,8 @@ pub use opportunity::{
 pub use ports::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyRecord,
     IdempotencyState, IdempotencyStatus, IdempotencyStore, Link, LinkStore, OpportunityWrite,
-    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
-    SyncDirection, Upserted,
+    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource,
+    Service, SyncDirection, Upserted,
 };
 pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 pub use status::TransitionError;

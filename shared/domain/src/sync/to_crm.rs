@@ -44,12 +44,12 @@ use super::runner::{
 };
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
-use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId, SalesforceId};
+use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
 use crate::opportunity::Opportunity;
 use crate::ports::{
     AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
-    PortError, Ports, RetryJob, RetrySource, SyncDirection,
+    Patched, PortError, Ports, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::status::ReferralStatus;
@@ -228,30 +228,66 @@ async fn process<X: Ports>(
             EventName::RelatedReferralCreated | EventName::RelatedReferralUpdated => {
                 sync_related(deps, &journal, referral_id).await
             }
-            name => sync_referral(deps, &journal, name, referral_id).await,
+            name => {
+                let changed = event
+                    .resource_change_utc_date
+                    .as_ref()
+                    .and_then(WireDateTime::instant);
+                sync_referral(deps, &journal, name, referral_id, changed).await
+            }
         }
     };
     let outcome = exactly_once(deps, meta, &run, &journal, sync).await?;
     Ok(finish(outcome, journal))
 }
 
-/// `referral-created` / `referral-updated` (see the module docs).
+/// `referral-created` / `referral-updated` (see the module docs); `changed` is the event's
+/// `ResourceChangeUtcDate`.
 async fn sync_referral<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     event_name: &EventName,
     referral_id: ReferralId,
+    changed: Option<DateTime<Utc>>,
 ) -> Result<Outcome, Failure> {
+    let known = deps
+        .links
+        .get_by_referral(&referral_id)
+        .await
+        .map_err(Failure::port(None))?;
+    // A change the link already holds — the echo of our own write-back, whose answer gave the
+    // link its `updatedDateTime`, or a late redelivery — is known without reading the referral.
+    // Whether `ResourceChangeUtcDate` is the referral's `updatedDateTime` is UNKNOWN
+    // (docs/partner-center.md#webhook-events): read robustly, only a change stamped at or
+    // before what the link holds is skipped; a later stamp, or none, reads the referral. A
+    // link without an eTag may owe Partner Center its write-back (saved when that failed, for
+    // the retry to finish it): read.
+    if let (Some(link), Some(changed)) = (&known, changed)
+        && link.crm.kind() == deps.crm.kind()
+        && link.last_referral_etag.is_some()
+        && link.holds_change_at(changed)
+    {
+        journal
+            .record(AuditEvent::EchoSkipped, Some(&link.crm))
+            .await;
+        return Ok(Outcome::EchoSkipped);
+    }
     let referral = deps
         .partner_center
         .get_referral(&referral_id)
         .await
         .map_err(Failure::port(None))?;
-    let link = deps
-        .links
-        .get_by_referral(&referral_id)
-        .await
-        .map_err(Failure::port(None))?;
+    // The link read above may be older than the referral just read (another sync of the same
+    // referral in between): the merge's base must not be, so a linked referral's link is read
+    // again. A referral without one goes to the create path, which takes a lock.
+    let link = match known {
+        Some(_) => deps
+            .links
+            .get_by_referral(&referral_id)
+            .await
+            .map_err(Failure::port(None))?,
+        None => None,
+    };
     let updated = referral
         .updated_date_time
         .as_ref()
@@ -320,8 +356,8 @@ async fn sync_referral<X: Ports>(
             .record(AuditEvent::UnchangedSkipped, Some(&link.crm))
             .await;
         let refreshed = Link {
-            last_referral_etag: seen,
-            last_referral_updated: updated.or(link.last_referral_updated),
+            last_referral_etag: seen.etag,
+            last_referral_updated: seen.updated.or(updated).or(link.last_referral_updated),
             updated_at: journal.now(),
             ..link.clone()
         };
@@ -441,7 +477,8 @@ async fn sync_referral<X: Ports>(
         .await;
         match written_back {
             Ok(seen) => {
-                saved.last_referral_etag = seen;
+                saved.last_referral_etag = seen.etag;
+                saved.last_referral_updated = seen.updated.or(saved.last_referral_updated);
                 saved.synced_fields = plan.base_after(&old_base, true);
                 if !plan.to_pc.is_empty() {
                     // Partner Center now holds the CRM's values of the fields it won.
@@ -751,10 +788,10 @@ async fn write_back<X: Ports>(
     crm: &CrmRecordId,
     fingerprint: &str,
     values: &[PatchOp],
-) -> Result<Option<ETag>, PortError> {
+) -> Result<Patched, PortError> {
     let link_back = needs_write_back(referral, crm);
     if !link_back && values.is_empty() {
-        return Ok(referral.etag());
+        return Ok(Patched::of(referral));
     }
     let pc = deps.partner_center;
     let mut ops: Vec<PatchOp> = link_back
@@ -766,7 +803,7 @@ async fn write_back<X: Ports>(
         .patch_referral(&referral_id, referral.etag().as_ref(), &ops)
         .await;
     let seen = match patched {
-        Ok(etag) => etag,
+        Ok(patched) => ours(patched, referral.etag().is_some()),
         // The CRM's values were planned against the referral as read: a retry merges again.
         Err(error @ PortError::PreconditionFailed { .. }) if !values.is_empty() => {
             return Err(error);
@@ -777,20 +814,43 @@ async fn write_back<X: Ports>(
             // look like our echo unless the CRM already holds its content.
             let same = referral_to_opportunity(&fresh, deps.mapping).fingerprint() == fingerprint;
             if !needs_write_back(&fresh, crm) {
-                return Ok(fresh.etag().filter(|_| same));
+                return Ok(if same {
+                    Patched::of(&fresh)
+                } else {
+                    Patched::default()
+                });
             }
-            pc.patch_referral(
-                &referral_id,
-                fresh.etag().as_ref(),
-                &[back_link(&fresh, crm)],
-            )
-            .await?
-            .filter(|_| same)
+            let patched = pc
+                .patch_referral(
+                    &referral_id,
+                    fresh.etag().as_ref(),
+                    &[back_link(&fresh, crm)],
+                )
+                .await?;
+            if same {
+                ours(patched, fresh.etag().is_some())
+            } else {
+                Patched::default()
+            }
         }
         Err(error) => return Err(error),
     };
     journal.record(AuditEvent::WrittenBack, Some(crm)).await;
     Ok(seen)
+}
+
+/// What a write-back's answer tells of the referral. Its `updatedDateTime` is kept only after
+/// a conditional PATCH: an unconditional one may have landed on someone else's change made
+/// since our read, whose event that time would then hide.
+fn ours(patched: Patched, conditional: bool) -> Patched {
+    if conditional {
+        patched
+    } else {
+        Patched {
+            updated: None,
+            ..patched
+        }
+    }
 }
 
 fn needs_write_back(referral: &Referral, crm: &CrmRecordId) -> bool {

@@ -944,12 +944,18 @@ async fn update<X: Ports>(
     // A 412: the referral changed since it was read — perhaps by another sync of this record
     // with a later version of it. Re-planning this run's read on the re-read referral could
     // overwrite that later version, so the change is retried with the record read again.
-    let etag = patch(pc, referral_id, &current, &ops)
+    let patched = pc
+        .patch_referral(&referral_id, current.etag().as_ref(), &ops)
         .await
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let mut link = sync.link_after(referral_id, &current, etag, invited, journal.now());
+    let mut link = sync.link_after(referral_id, &current, patched.etag, invited, journal.now());
+    // After a conditional PATCH nothing came in between: the answer's time is the state the
+    // link holds, so the PATCH's own event is known as an echo without a read.
+    if current.etag().is_some() {
+        link.last_referral_updated = patched.updated.or(link.last_referral_updated);
+    }
     merged.settle(&mut link, sync, &ops);
     let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
     if !merged.to_crm.is_empty() {
@@ -1061,16 +1067,6 @@ fn accept_in_crm(mapping: &MappingConfig, kind: CrmKind) -> String {
             mapping.stages.on_hold, mapping.stages.active
         ),
     }
-}
-
-async fn patch<P: PartnerCenter>(
-    pc: &P,
-    referral_id: ReferralId,
-    current: &Referral,
-    ops: &[PatchOp],
-) -> Result<Option<ETag>, PortError> {
-    pc.patch_referral(&referral_id, current.etag().as_ref(), ops)
-        .await
 }
 
 /// Write the referral id and link (and `audit`) to the record: an update of the record by its

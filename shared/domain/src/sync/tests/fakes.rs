@@ -19,8 +19,8 @@ use crate::in_memory::{
 use crate::mapping::{BodyScope, MappingConfig};
 use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use crate::ports::{
-    AuditEvent, CrmStore, OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery,
-    RetryJob, Service, Upserted,
+    AuditEvent, CrmStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports,
+    ReferralQuery, RetryJob, Service, Upserted,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 use crate::sync::{
@@ -169,7 +169,7 @@ impl FakePartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         self.begin("patch_referral")?;
         lock(&self.patches).push((*id, if_match.cloned(), ops.to_vec()));
         let edits: Vec<Edit> = lock(&self.before_patch).drain(..).collect();
@@ -217,9 +217,9 @@ impl FakePartnerCenter {
         *referral = serde_json::from_value(json).unwrap();
         self.touch(referral);
         Ok(if *lock(&self.patch_returns_no_etag) {
-            None
+            Patched::default()
         } else {
-            referral.etag()
+            Patched::of(referral)
         })
     }
 }
@@ -273,7 +273,7 @@ impl PartnerCenter for FakePartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send {
+    ) -> impl Future<Output = Result<Patched, PortError>> + Send {
         std::future::ready(self.patch_now(id, if_match, ops))
     }
 }

@@ -340,14 +340,18 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
         Some(world.crm.stored(&record).opportunity.fingerprint())
     );
 
-    // The referral-updated event our PATCH raises is our own echo.
+    // The referral-updated event our PATCH raises is our own echo, known without a read: the
+    // PATCH's answer gave the link the referral's updatedDateTime.
     let crm_calls = world.crm_calls();
+    let reads = world.pc.calls.get("get_referral");
+    let changed = after.updated().unwrap();
     let echo = world.outcome(
-        &webhook("referral-updated", &id.to_string(), at(50)),
+        &webhook("referral-updated", &id.to_string(), changed),
         at(111),
     );
     assert_eq!(echo, Outcome::EchoSkipped);
     assert_eq!(world.crm_calls(), crm_calls);
+    assert_eq!(world.pc.calls.get("get_referral"), reads);
 }
 
 #[test]
