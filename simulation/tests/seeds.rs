@@ -89,8 +89,8 @@ fn without_reconciliation_a_dropped_webhook_is_a_lost_change() {
 
 /// Defect 4 was fixed before the simulation existed; undoing its fix in the simulation's model
 /// of a Dataverse delivery (keyed by a nil `OperationId`, as before the fix) shows the
-/// simulation finds it: a seed that holds every invariant with the fix loses a seller's later
-/// save without it (skipped as a duplicate of an earlier save), and more seeds diverge.
+/// simulation finds it: seeds that hold every invariant with the fix lose a seller's later save
+/// without it (skipped as a duplicate of an earlier save), and more seeds diverge.
 #[test]
 fn the_simulation_finds_defect_4_when_its_fix_is_undone() {
     let fixed = Config::without_known_defects();
@@ -98,28 +98,28 @@ fn the_simulation_finds_defect_4_when_its_fix_is_undone() {
         undone_fix: Some(UndoneFix::NilOperationId),
         ..fixed.clone()
     };
-    let (mut diverged_fixed, mut diverged_undone, mut found) = (0, 0, None);
+    let diverged = |r: &Report| {
+        r.violations
+            .iter()
+            .any(|v| v.invariant == Invariant::Diverged)
+    };
+    let (mut diverged_fixed, mut diverged_undone, mut found) = (0, 0, Vec::new());
     for seed in 0..300 {
         let with_fix = run_seed(seed, &fixed);
         let without_fix = run_seed(seed, &undone);
-        let diverged = |r: &Report| {
-            r.violations
-                .iter()
-                .any(|v| v.invariant == Invariant::Diverged)
-        };
         diverged_fixed += u32::from(diverged(&with_fix));
         diverged_undone += u32::from(diverged(&without_fix));
-        if found.is_none() && with_fix.violations.is_empty() && diverged(&without_fix) {
-            found = Some(seed);
+        if with_fix.violations.is_empty() && diverged(&without_fix) {
+            found.push(seed);
         }
     }
     assert!(
-        found.is_some(),
-        "no seed lost a change with defect 4's fix undone"
+        found.len() >= 3,
+        "seeds that lose a change only with defect 4's fix undone: {found:?}"
     );
     assert!(
-        diverged_undone > diverged_fixed * 3 / 2,
-        "undoing the fix should make clearly more seeds diverge: {diverged_undone} vs {diverged_fixed} of 300"
+        diverged_undone > diverged_fixed,
+        "undoing the fix should make more seeds diverge: {diverged_undone} vs {diverged_fixed} of 300"
     );
 }
 
