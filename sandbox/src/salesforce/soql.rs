@@ -44,6 +44,7 @@ use std::cmp::Ordering;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::ids;
 use super::schema::{self, Field, FieldType, ObjectSchema, Schema};
 
 /// A parsed query.
@@ -632,6 +633,23 @@ impl Key {
 }
 
 fn compare(field: &Field, stored: Option<&Value>, op: Op, literal: &Literal) -> bool {
+    // An id may be written with 15 or 18 characters: both name the same record.
+    let normalized;
+    let literal = match literal {
+        Literal::String(text) if matches!(field.kind, FieldType::Id | FieldType::Reference) => {
+            normalized = Literal::String(ids::normalize(text).unwrap_or_else(|| text.clone()));
+            &normalized
+        }
+        other => other,
+    };
+    let stored_id;
+    let stored = match stored.and_then(Value::as_str) {
+        Some(text) if matches!(field.kind, FieldType::Id | FieldType::Reference) => {
+            stored_id = ids::normalize(text).map(Value::String);
+            stored_id.as_ref().or(stored)
+        }
+        _ => stored,
+    };
     // A null (or incomparable) value is only ever "not equal".
     let Some(ordering) = Key::of(field, stored).and_then(|k| k.partial_cmp(&Key::literal(literal)))
     else {
@@ -873,7 +891,12 @@ fn put<'r>(
     let related = row
         .get(&hop.reference.name)
         .and_then(Value::as_str)
-        .and_then(|id| parent(hop.parent.name, id));
+        .and_then(|id| {
+            parent(
+                hop.parent.name,
+                &ids::normalize(id).unwrap_or_else(|| id.to_owned()),
+            )
+        });
     let Some(related) = related else {
         out.entry(hop.relationship.clone()).or_insert(Value::Null);
         return;
@@ -1252,6 +1275,23 @@ mod tests {
             .is_ok(),
             "standard references (and paths of them) are relationships"
         );
+    }
+
+    #[test]
+    fn ids_match_in_their_15_and_18_character_forms() {
+        let id18 = ids::with_checksum("006000000000001");
+        let data = rows(json!([{ "Id": id18, "Name": "A" }]));
+        for literal in ["006000000000001", id18.as_str()] {
+            assert_eq!(
+                run(
+                    &format!("SELECT Id FROM Opportunity WHERE Id = '{literal}'"),
+                    &data,
+                    "Opportunity"
+                ),
+                Ok(vec![id18.clone()]),
+                "{literal}"
+            );
+        }
     }
 
     #[test]
