@@ -862,6 +862,9 @@ pub fn execute<'r, 's>(
     })
 }
 
+/// Finds a parent record: `(object, id)` → its fields.
+pub type Parents<'p, 'r> = &'p dyn Fn(&str, &str) -> Option<&'r Map<String, Value>>;
+
 /// The `attributes` of a record in an answer.
 fn attributes(object: &ObjectSchema, version: &str, row: &Map<String, Value>) -> Value {
     let id = row.get("Id").and_then(Value::as_str).unwrap_or_default();
@@ -879,7 +882,7 @@ fn put<'r>(
     path: &[Hop<'_>],
     field: &Field,
     version: &str,
-    parent: &dyn Fn(&str, &str) -> Option<&'r Map<String, Value>>,
+    parent: Parents<'_, 'r>,
 ) {
     let Some((hop, rest)) = path.split_first() else {
         out.insert(
@@ -921,7 +924,7 @@ pub fn record<'r>(
     version: &str,
     row: &Map<String, Value>,
     fields: &[Selected<'_>],
-    parent: &dyn Fn(&str, &str) -> Option<&'r Map<String, Value>>,
+    parent: Parents<'_, 'r>,
 ) -> Value {
     let mut out = Map::new();
     out.insert("attributes".into(), attributes(object, version, row));
