@@ -934,6 +934,7 @@ impl CrmStore for SimCrm {
                     opportunity: read(id, s),
                     modified_at: Some(s.modified_at),
                     modified_by: Some(s.modified_by.clone()),
+                    complete: true,
                 })
                 .collect();
             Ok(OpportunityPage { items })

@@ -336,8 +336,8 @@ pub async fn count<B: ApiBudget>(
 // ---------------------------------------------------------------------------------------------
 
 /// A [`PartnerCenter`] or [`CrmStore`] that counts every call made through it, then delegates.
-/// One port call is counted as one API call (a Dataverse `get_opportunity` may send up to four
-/// requests; [`BudgetPolicy::calls_per_sync`] leaves room for that).
+/// One port call is counted as one API call (a `get_opportunity` is one request on either CRM,
+/// its account and contact read with it).
 #[derive(Debug)]
 pub struct Metered<'a, T> {
     inner: &'a T,

@@ -420,12 +420,16 @@ pub struct OpportunityQuery {
 /// One opportunity of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedOpportunity {
-    /// The opportunity, without its account and contact.
+    /// The opportunity: in full when [`complete`](Self::complete), else at least its id, sync
+    /// flag and referral id.
     pub opportunity: CrmOpportunity,
     /// When it was last modified (Dataverse `modifiedon`, Salesforce `LastModifiedDate`).
     pub modified_at: Option<DateTime<Utc>>,
     /// Who modified it last (Dataverse `_modifiedby_value`, Salesforce `LastModifiedById`).
     pub modified_by: Option<String>,
+    /// The listing read the record as [`CrmStore::get_opportunity`] does (its account, contact
+    /// and currency included), so it can be compared without reading it again.
+    pub complete: bool,
 }
 
 /// One page of [`CrmStore::list_opportunities`].

@@ -154,8 +154,8 @@ impl Crm {
 
     /// The seller's `n`th opportunity (1 to 255) with sync on, all of one account (in
     /// `country`) and, in Dataverse, one contact: the control-API `PUT`s that seed them, the
-    /// opportunity last, and its id. Dataverse asks for Microsoft's help; the sandbox's
-    /// Salesforce Opportunity has no `ContactId`, so the Salesforce seed asks for none.
+    /// opportunity last, and its id. Dataverse asks for Microsoft's help; the Salesforce seed
+    /// sets no `ContactId` (no primary contact), so it asks for none.
     pub fn seed(self, n: u8, country: &str) -> (Vec<(String, Value)>, String) {
         match self {
             Self::Dataverse => {
