@@ -2,7 +2,8 @@
 //! `cosell-simulation --seeds COUNT [--from N]` runs many with a progress line.
 //! `--known-defects off` turns the triggers of the known defects off; `--no-reconcile`
 //! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side;
-//! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix.
+//! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix; `--no-faults` injects
+//! none.
 
 use std::time::Instant;
 
@@ -26,6 +27,15 @@ fn main() {
     }
     if args.iter().any(|a| a == "--no-concurrent-edits") {
         cfg.concurrent_edits = false;
+    }
+    if args.iter().any(|a| a == "--no-faults") {
+        cfg.faults = cosell_simulation::faults::FaultRates {
+            transient: 0,
+            precondition: 0,
+            lost_answer: 0,
+            crash: 0,
+            lost_create_answers: false,
+        };
     }
     if args.iter().any(|a| a == "--undo-fix-of-defect-4") {
         cfg.undone_fix = Some(UndoneFix::NilOperationId);

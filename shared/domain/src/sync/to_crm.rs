@@ -46,7 +46,7 @@ use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
-use crate::opportunity::Opportunity;
+use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
     Patched, PortError, Ports, RetryJob, RetrySource, SyncDirection,
@@ -602,7 +602,7 @@ enum Counterpart<'a> {
     /// The linked record.
     Linked(&'a CrmRecordId, &'a Link),
     /// A record found by its ids but not linked yet, with its values as read.
-    Unlinked(&'a Opportunity),
+    Unlinked(&'a CrmOpportunity),
 }
 
 /// The [`Plan`] of a sync (docs/conflicts.md#the-policy). A new opportunity gets every value of
@@ -652,8 +652,11 @@ async fn plan_update<X: Ports>(
             (crm, merge)
         }
         Counterpart::Unlinked(found) => {
-            let merge = Merge::new(None, opportunity, found);
-            (found.clone(), merge)
+            // Not over a save made since `locate` read it (another sync creating or updating
+            // the same record meanwhile): a 412 retries, reading it again.
+            plan.crm_version = found.version.clone();
+            let merge = Merge::new(None, opportunity, &found.opportunity);
+            (found.opportunity.clone(), merge)
         }
     };
     let partner_center_wins: Vec<SharedField> = merge
@@ -693,7 +696,7 @@ async fn locate<X: Ports>(
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
-) -> Result<Option<(CrmRecordId, Opportunity)>, Failure> {
+) -> Result<Option<(CrmRecordId, CrmOpportunity)>, Failure> {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
         match crm.get_opportunity(&named).await {
@@ -704,7 +707,8 @@ async fn locate<X: Ports>(
                     .referral_id
                     .is_none_or(|id| id == referral_id) =>
             {
-                return Ok(Some((found.record.id.unwrap_or(named), found.opportunity)));
+                let id = found.record.id.clone().unwrap_or(named);
+                return Ok(Some((id, found)));
             }
             Ok(_) | Err(PortError::NotFound { .. }) => {}
             Err(error) => return Err(Failure::port(None)(error)),
@@ -717,7 +721,7 @@ async fn locate<X: Ports>(
         .find_opportunity_by_referral(&referral_id)
         .await
         .map_err(Failure::port(None))?;
-    Ok(found.and_then(|found| found.record.id.map(|id| (id, found.opportunity))))
+    Ok(found.and_then(|found| found.record.id.clone().map(|id| (id, found))))
 }
 
 /// Find or create the customer account (by name and postal code) and contact (by email) of a

@@ -288,6 +288,8 @@ pub(super) struct Stored {
     pub(super) account: Option<CrmRecordId>,
     pub(super) contact: Option<CrmRecordId>,
     pub(super) audit: Option<String>,
+    /// The row version (Dataverse's `versionnumber`), bumped by every write.
+    pub(super) version: u64,
 }
 
 #[derive(Default)]
@@ -314,7 +316,12 @@ pub(super) struct FakeCrm {
     pub(super) state: Mutex<CrmState>,
     pub(super) calls: CallCounts,
     failures: Mutex<HashMap<&'static str, VecDeque<PortError>>>,
+    /// Saves made by sellers just before the connector's next upsert reaches the CRM.
+    pub(super) before_upsert: Mutex<VecDeque<CrmEdit>>,
 }
+
+/// A seller's save of a record.
+pub(super) type CrmEdit = Box<dyn FnOnce(&mut Opportunity) + Send>;
 
 impl FakeCrm {
     pub(super) fn fail_next(&self, method: &'static str, error: PortError) {
@@ -351,6 +358,7 @@ impl FakeCrm {
                 account: None,
                 contact: None,
                 audit: None,
+                version: 1,
             },
         );
         id
@@ -366,6 +374,20 @@ impl FakeCrm {
     fn upsert_now(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         self.begin("upsert_opportunity")?;
         let mut state = lock(&self.state);
+        let edits: Vec<CrmEdit> = lock(&self.before_upsert).drain(..).collect();
+        for edit in edits {
+            let target = write.record.cloned().or_else(|| {
+                state
+                    .opportunities
+                    .iter()
+                    .find(|(_, s)| s.opportunity.referral_id.as_ref() == Some(write.referral_id))
+                    .map(|(id, _)| id.clone())
+            });
+            if let Some(stored) = target.and_then(|id| state.opportunities.get_mut(&id)) {
+                edit(&mut stored.opportunity);
+                stored.version += 1;
+            }
+        }
         let existing = match write.record {
             Some(id) if state.opportunities.contains_key(id) => Some(id.clone()),
             Some(id) => return Err(Self::not_found(id)),
@@ -386,11 +408,22 @@ impl FakeCrm {
                     account: write.account.cloned(),
                     contact: write.contact.cloned(),
                     audit: write.audit.map(str::to_owned),
+                    version: 1,
                 },
             );
             return Ok(Upserted { id, created: true });
         };
         let stored = state.opportunities.get_mut(&id).unwrap();
+        // `If-Match` with a version the row has moved past: Dataverse answers 412.
+        if let Some(expected) = write.if_match
+            && expected != "*"
+            && expected != stored.version.to_string()
+        {
+            return Err(PortError::PreconditionFailed {
+                service: Service::Dataverse,
+            });
+        }
+        stored.version += 1;
         let new = write.opportunity;
         match write.scope {
             BodyScope::Create => stored.opportunity = new.clone(),
@@ -423,7 +456,7 @@ impl FakeCrm {
             rejected: Vec::new(),
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
-            version: None,
+            version: Some(stored.version.to_string()),
         }
     }
 }
@@ -544,6 +577,7 @@ impl CrmStore for FakeCrm {
                 .get_mut(opportunity)
                 .ok_or_else(|| Self::not_found(opportunity))?;
             stored.audit = Some(text.to_owned());
+            stored.version += 1;
             Ok(())
         });
         std::future::ready(written)
