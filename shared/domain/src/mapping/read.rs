@@ -13,6 +13,7 @@ use crate::datetime::parse_date;
 use crate::ids::{ReferralId, SolutionId};
 use crate::opportunity::{AssistanceRequest, Contact, OpportunityField, RejectedValue};
 use crate::serde_helpers::{decimal_from_json, lenient_bool};
+use crate::taxonomy::{TaxonomyConfig, TaxonomyField, TaxonomyValues};
 use crate::values::{CountryCode, CurrencyCode};
 
 /// The annotation Dataverse adds for the display text of option sets and lookups.
@@ -217,6 +218,64 @@ pub(crate) fn join_solutions(ids: &[SolutionId]) -> String {
 /// value.
 pub(crate) fn help(map: &Map<String, Value>, key: &str) -> Option<AssistanceRequest> {
     text_or_label(map, key).map(|t| AssistanceRequest::parse(&t))
+}
+
+/// The CRM columns of the three taxonomy members.
+pub(crate) struct TaxonomyKeys<'a> {
+    pub(crate) solution_area: &'a str,
+    pub(crate) solution_play: &'a str,
+    pub(crate) partner_role: &'a str,
+}
+
+/// A taxonomy value's text: a text column, a choice / picklist (its formatted label when
+/// Dataverse sent one), or a lookup's name (a webhook's `EntityReference`).
+fn taxonomy_text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    match map.get(key) {
+        Some(Value::Object(reference)) if reference.contains_key("Id") => text(reference, "Name"),
+        _ => text_or_label(map, key),
+    }
+}
+
+/// The Solution Area, Solution Play and Partner Role of a record, matched against the
+/// allowed values (docs/partner-center.md#solution-area-solution-play-and-partner-role): a
+/// value the configuration does not allow (a play of another area included) is recorded as
+/// rejected with the text found.
+pub(crate) fn taxonomy(
+    map: &Map<String, Value>,
+    keys: &TaxonomyKeys<'_>,
+    config: &TaxonomyConfig,
+    rejected: &mut Rejections,
+) -> TaxonomyValues {
+    let mut read = |key: &str, field: TaxonomyField, allowed: &dyn Fn(&str) -> bool| {
+        let found = taxonomy_text(map, key)?;
+        if allowed(&found) {
+            Some(found)
+        } else {
+            rejected.take::<()>(
+                Read::Rejected(found),
+                OpportunityField::of_taxonomy(field),
+                key,
+            );
+            None
+        }
+    };
+    let solution_area = read(keys.solution_area, TaxonomyField::SolutionArea, &|t| {
+        config.solution_area(t).is_some()
+    })
+    .and_then(|t| config.solution_area(&t).cloned());
+    let solution_play = read(keys.solution_play, TaxonomyField::SolutionPlay, &|t| {
+        config.solution_play(solution_area.as_ref(), t).is_some()
+    })
+    .and_then(|t| config.solution_play(solution_area.as_ref(), &t).cloned());
+    let partner_role = read(keys.partner_role, TaxonomyField::PartnerRole, &|t| {
+        config.partner_role(t).is_some()
+    })
+    .and_then(|t| config.partner_role(&t).cloned());
+    TaxonomyValues {
+        solution_area,
+        solution_play,
+        partner_role,
+    }
 }
 
 /// The four contact columns; `None` when all are empty.

@@ -27,6 +27,7 @@ use crate::sync::{
     Delivery, Deps, Handled, Outcome, SyncError, SyncSettings, handle_partner_center_event,
     run_retry_job,
 };
+use crate::taxonomy::TaxonomyValues;
 use crate::webhook::WebhookEvent;
 
 // ---------------------------------------------------------------------------------------------
@@ -288,6 +289,8 @@ pub(super) struct Stored {
     pub(super) account: Option<CrmRecordId>,
     pub(super) contact: Option<CrmRecordId>,
     pub(super) audit: Option<String>,
+    /// The Solution Area, Solution Play and Partner Role the record holds.
+    pub(super) taxonomy: TaxonomyValues,
 }
 
 #[derive(Default)]
@@ -340,8 +343,20 @@ impl FakeCrm {
         lock(&self.state).opportunities[id].clone()
     }
 
-    /// An opportunity a seller created in the CRM.
+    /// An opportunity a seller created in the CRM, with an allowed taxonomy.
     pub(super) fn seed(&self, opportunity: Opportunity) -> CrmRecordId {
+        self.seed_with_taxonomy(
+            opportunity,
+            MappingConfig::default().taxonomy.first_allowed(),
+        )
+    }
+
+    /// An opportunity a seller created in the CRM, with the taxonomy given.
+    pub(super) fn seed_with_taxonomy(
+        &self,
+        opportunity: Opportunity,
+        taxonomy: TaxonomyValues,
+    ) -> CrmRecordId {
         let mut state = lock(&self.state);
         let id = state.new_id();
         state.opportunities.insert(
@@ -351,6 +366,7 @@ impl FakeCrm {
                 account: None,
                 contact: None,
                 audit: None,
+                taxonomy,
             },
         );
         id
@@ -386,6 +402,7 @@ impl FakeCrm {
                     account: write.account.cloned(),
                     contact: write.contact.cloned(),
                     audit: write.audit.map(str::to_owned),
+                    taxonomy: TaxonomyValues::default(),
                 },
             );
             return Ok(Upserted { id, created: true });
@@ -424,6 +441,7 @@ impl FakeCrm {
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
             version: None,
+            taxonomy: stored.taxonomy.clone(),
         }
     }
 }
