@@ -368,4 +368,72 @@ mod tests {
         assert!(matches!(decimal(&record, "N"), Read::Missing));
         assert!(matches!(decimal(&record, "Absent"), Read::Missing));
     }
+
+    const KEYS: TaxonomyKeys<'static> = TaxonomyKeys {
+        solution_area: "area",
+        solution_play: "play",
+        partner_role: "role",
+    };
+
+    #[test]
+    fn taxonomy_values_are_matched_and_the_rest_rejected_with_the_text_found() {
+        let record =
+            map(json!({ "area": " SECURITY ", "play": "Unify Your Data Platform", "role": 7 }));
+        let mut rejected = Rejections::default();
+        let values = taxonomy(&record, &KEYS, &TaxonomyConfig::default(), &mut rejected);
+        assert_eq!(
+            values.solution_area.as_ref().map(|a| a.as_str()),
+            Some("Security")
+        );
+        assert_eq!(values.solution_play, None, "a play of another area");
+        assert_eq!(values.partner_role, None);
+        let found: Vec<(OpportunityField, &str, &str)> = rejected
+            .0
+            .iter()
+            .map(|r| (r.field, r.crm_field.as_str(), r.found.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    OpportunityField::SolutionPlay,
+                    "play",
+                    "Unify Your Data Platform"
+                ),
+                (OpportunityField::PartnerRole, "role", "7"),
+            ]
+        );
+        let empty = taxonomy(
+            &map(json!({ "area": "", "play": null })),
+            &KEYS,
+            &TaxonomyConfig::default(),
+            &mut Rejections::default(),
+        );
+        assert_eq!(empty, TaxonomyValues::default());
+    }
+
+    proptest::proptest! {
+        /// Any JSON in the three columns: each value is an allowed one, or rejected naming its
+        /// column, or missing; never a panic.
+        #[test]
+        fn any_taxonomy_column_is_read_or_rejected_naming_the_column(
+            area in crate::proptest_support::json_value(),
+            play in crate::proptest_support::json_value(),
+            role in crate::proptest_support::wire_text(),
+        ) {
+            let record = map(json!({ "area": area, "play": play, "role": role }));
+            let mut rejected = Rejections::default();
+            let config = TaxonomyConfig::default();
+            let values = taxonomy(&record, &KEYS, &config, &mut rejected);
+            for r in &rejected.0 {
+                proptest::prop_assert!(["area", "play", "role"].contains(&r.crm_field.as_str()));
+            }
+            if let Some(area) = &values.solution_area {
+                proptest::prop_assert!(config.solution_area(area.as_str()).is_some());
+            }
+            if let Some(role) = &values.partner_role {
+                proptest::prop_assert!(config.partner_role(role.as_str()).is_some());
+            }
+        }
+    }
 }
