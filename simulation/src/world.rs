@@ -25,6 +25,7 @@ use cosell_domain::ports::{
     PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted,
 };
 use cosell_domain::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+use cosell_domain::taxonomy::{TaxonomyConfig, TaxonomyValues};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -558,8 +559,14 @@ pub fn read(id: &CrmRecordId, stored: &StoredOpportunity) -> CrmOpportunity {
         amount: stored.opportunity.deal_value.map(|m| m.amount),
         currency: stored.opportunity.deal_value.map(|m| m.currency),
         version: Some(row_version(stored.version)),
+        taxonomy: SELLER_TAXONOMY.clone(),
     }
 }
+
+/// The Solution Area, Solution Play and Partner Role every seller's opportunity holds: allowed
+/// by the default configuration, so a referral may be created from it.
+static SELLER_TAXONOMY: std::sync::LazyLock<TaxonomyValues> =
+    std::sync::LazyLock::new(|| TaxonomyConfig::default().first_allowed());
 
 impl SimCrm {
     /// An empty CRM.

@@ -340,6 +340,12 @@ fn opportunity() -> ObjectSchema {
             "Microsoft CRM Identifier",
             String,
         ),
+        // The co-sell taxonomy of a referral created from the opportunity
+        // (docs/partner-center.md#solution-area-solution-play-and-partner-role). Its values are
+        // configuration, so unrestricted text rather than invented picklists.
+        Field::new("Solution_Area__c", "Solution Area", String),
+        Field::new("Solution_Play__c", "Solution Play", String),
+        Field::new("Partner_Role__c", "Partner Role", String),
     ]);
     ObjectSchema {
         name: "Opportunity",

@@ -152,6 +152,8 @@ impl Harness {
                         "msft_microsoftpartnercenterreferralsync": true,
                         "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
                         "msft_microsoftpartnercentersolutions": SOLUTION,
+                        "msft_solutionarea": "Security", "msft_solutionplay": "Data Security",
+                        "msft_partnerrole": "Implementation",
                     }),
                 )
                 .await;
@@ -172,6 +174,8 @@ impl Harness {
                         "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
                         "AccountId": account, "Sync_with_Partner_Center__c": true,
                         "Microsoft_Solutions__c": SOLUTION,
+                        "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+                        "Partner_Role__c": "Implementation",
                     }),
                 )
                 .await;

@@ -483,6 +483,9 @@ impl DataverseStore {
             f.visibility.clone(),
             f.solutions.clone(),
             f.microsoft_crm_identifier.clone(),
+            f.solution_area.clone(),
+            f.solution_play.clone(),
+            f.partner_role.clone(),
         ]
         .join(",")
     }

@@ -444,6 +444,9 @@ impl SalesforceStore {
             f.visibility.as_str(),
             f.solutions.as_str(),
             f.microsoft_crm_identifier.as_str(),
+            f.solution_area.as_str(),
+            f.solution_play.as_str(),
+            f.partner_role.as_str(),
         ];
         if sf.multi_currency {
             fields.push(&f.currency_iso_code);

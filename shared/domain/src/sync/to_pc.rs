@@ -15,7 +15,9 @@
 //! 3. **Echo / unchanged**: its fingerprint is what the CRM was last given from Partner Center
 //!    (`EchoSkipped`) or what Partner Center was last sent (`UnchangedSkipped`): no Partner
 //!    Center call (a write-back an earlier run could not finish is finished).
-//! 4. **Validate** ([`validate_for_partner_center`]): on failure no Partner Center call; the
+//! 4. **Validate** ([`validate_for_partner_center`]; for a record without a referral
+//!    [`validate_new_referral`], which also wants its Solution Area, Solution Play and Partner
+//!    Role): on failure no Partner Center call; the
 //!    problems and their fixes go to the record's Audit field (`NeedsAttention`).
 //! 5. **No referral** → `POST` the referral ([`referral_create_body`]), save the link (with the
 //!    referral's `eTag`, so the `referral-created` event it raises is recognised as our echo),
@@ -62,7 +64,7 @@ use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
     BodyScope, MappingConfig, held_until_accepted, invites_microsoft, is_shared_deal,
     microsoft_invitation_body, referral_create_body, referral_patch, referral_to_opportunity,
-    stage_of,
+    shared_deal_body, stage_of,
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
@@ -72,7 +74,9 @@ use crate::ports::{
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::status::TransitionError;
 use crate::validation::ValidationProblem;
-use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
+use crate::validation::{
+    NewReferral, ValidatedOpportunity, validate_for_partner_center, validate_new_referral,
+};
 
 /// One change of a CRM opportunity, as the `crm-events` function parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,24 +384,41 @@ async fn sync_change<X: Ports>(
         }
     }
 
-    let validated = validate_for_partner_center(candidate, deps.mapping)
-        .map_err(|problems| Failure::Problem(invalid_opportunity(&problems, record)))?;
-    let sync = Outbound {
-        record,
-        validated: &validated,
-        fingerprint,
-        link: link.as_ref(),
-        retrying,
-        as_of,
-        version: candidate.version.as_deref(),
-    };
+    let invalid =
+        |problems: Vec<ValidationProblem>| Failure::Problem(invalid_opportunity(&problems, record));
     match referral_id {
+        // A new referral also needs its Solution Area, Solution Play and Partner Role
+        // (docs/partner-center.md#solution-area-solution-play-and-partner-role): checked
+        // here, before any Partner Center call.
         None => {
+            let new = validate_new_referral(candidate, deps.mapping).map_err(invalid)?;
+            let sync = Outbound {
+                record,
+                validated: new.validated(),
+                fingerprint,
+                link: link.as_ref(),
+                retrying,
+                as_of,
+                version: candidate.version.as_deref(),
+            };
             let subject = record.to_string();
-            let created = Box::pin(create(deps, journal, &sync));
+            let created = Box::pin(create(deps, journal, &sync, &new));
             creating(deps.idempotency, journal, &subject, Some(record), created).await
         }
-        Some(id) => update(deps, journal, &sync, id).await,
+        Some(id) => {
+            let validated =
+                validate_for_partner_center(candidate, deps.mapping).map_err(invalid)?;
+            let sync = Outbound {
+                record,
+                validated: &validated,
+                fingerprint,
+                link: link.as_ref(),
+                retrying,
+                as_of,
+                version: candidate.version.as_deref(),
+            };
+            update(deps, journal, &sync, id).await
+        }
     }
 }
 
@@ -647,6 +668,7 @@ async fn create<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
+    new: &NewReferral,
 ) -> Result<Outcome, Failure> {
     let record = sync.record;
     let earlier = if sync.retrying || delivered_before(deps, journal, record).await? {
@@ -655,15 +677,14 @@ async fn create<X: Ports>(
         None
     };
     let adopted = earlier.is_some();
+    let body = referral_create_body(new, &deps.settings.partner_team);
     let created = match earlier {
         Some(referral) => referral,
-        None => {
-            let body = referral_create_body(sync.validated, &deps.settings.partner_team);
-            deps.partner_center
-                .create_referral(&body)
-                .await
-                .map_err(Failure::port(Some(record)))?
-        }
+        None => deps
+            .partner_center
+            .create_referral(&body)
+            .await
+            .map_err(Failure::port(Some(record)))?,
     };
     let referral_id = created.referral_id().map_err(|error| {
         Failure::Problem(Problem {
@@ -707,7 +728,7 @@ async fn create<X: Ports>(
             // The earlier attempt may have sent the invitation too.
             ensure_invitation(deps, sync, &created).await?;
         } else {
-            invite_microsoft(deps, sync, &engagement).await?;
+            invite_microsoft(deps, sync, &engagement, &body).await?;
         }
         // The link as just stored (`put` stored it one version up).
         let invited = Link {
@@ -850,18 +871,20 @@ async fn ensure_invitation<X: Ports>(
             problem => problem,
         })?;
     if !referrals.iter().any(invites_microsoft) {
-        invite_microsoft(deps, sync, &engagement).await?;
+        invite_microsoft(deps, sync, &engagement, current).await?;
     }
     Ok(true)
 }
 
-/// `POST` the referral that invites Microsoft to the deal's `engagement`.
+/// `POST` the referral that invites Microsoft to the deal's `engagement`, with the taxonomy of
+/// the partner's own referral `own` (as created, or as Partner Center holds it).
 async fn invite_microsoft<X: Ports>(
     deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     engagement: &EngagementId,
+    own: &Referral,
 ) -> Result<(), Failure> {
-    let shared = referral_create_body(sync.validated, &deps.settings.partner_team);
+    let shared = shared_deal_body(sync.validated, &deps.settings.partner_team, own);
     deps.partner_center
         .create_referral(&microsoft_invitation_body(&shared, engagement))
         .await

@@ -62,6 +62,42 @@ impl Crm {
         }
     }
 
+    /// The Solution Area, Solution Play and Partner Role fields (every referral created from
+    /// the CRM carries them).
+    pub fn solution_area_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_solutionarea",
+            Self::Salesforce => "Solution_Area__c",
+        }
+    }
+
+    pub fn solution_play_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_solutionplay",
+            Self::Salesforce => "Solution_Play__c",
+        }
+    }
+
+    pub fn partner_role_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_partnerrole",
+            Self::Salesforce => "Partner_Role__c",
+        }
+    }
+
+    /// The allowed taxonomy the seed gives each CRM's opportunities (Solution Area, Solution
+    /// Play, Partner Role), as configured by default.
+    pub fn taxonomy(self) -> [&'static str; 3] {
+        match self {
+            Self::Dataverse => ["Security", "Data Security", "Implementation"],
+            Self::Salesforce => [
+                "Cloud & AI Platforms",
+                "Migrate and Modernize Your Estate",
+                "Managed Services",
+            ],
+        }
+    }
+
     pub fn country_field(self) -> &'static str {
         match self {
             Self::Dataverse => "address1_country",
@@ -184,6 +220,10 @@ impl Crm {
                             "msft_microsoftpartnercenterreferralsync": true,
                             "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
                             "msft_microsoftpartnercentersolutions": SOLUTION,
+                            // Spelled as a seller might: matched to the configured values.
+                            "msft_solutionarea": "security",
+                            "msft_solutionplay": "data-security",
+                            "msft_partnerrole": "Implementation",
                         }),
                     ),
                 ];
@@ -205,6 +245,9 @@ impl Crm {
                             "CurrencyIsoCode": "USD", "AccountId": account,
                             "Sync_with_Partner_Center__c": true,
                             "Microsoft_Solutions__c": SOLUTION,
+                            "Solution_Area__c": "Cloud & AI Platforms",
+                            "Solution_Play__c": "Migrate and Modernize Your Estate",
+                            "Partner_Role__c": "Managed Services",
                         }),
                     ),
                 ];

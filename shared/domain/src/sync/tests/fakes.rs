@@ -27,6 +27,7 @@ use crate::sync::{
     Delivery, Deps, Handled, Outcome, SyncError, SyncSettings, handle_partner_center_event,
     run_retry_job,
 };
+use crate::taxonomy::TaxonomyValues;
 use crate::webhook::WebhookEvent;
 
 // ---------------------------------------------------------------------------------------------
@@ -290,6 +291,8 @@ pub(super) struct Stored {
     pub(super) audit: Option<String>,
     /// The row version (Dataverse's `versionnumber`), bumped by every write.
     pub(super) version: u64,
+    /// The Solution Area, Solution Play and Partner Role the record holds.
+    pub(super) taxonomy: TaxonomyValues,
 }
 
 #[derive(Default)]
@@ -347,8 +350,20 @@ impl FakeCrm {
         lock(&self.state).opportunities[id].clone()
     }
 
-    /// An opportunity a seller created in the CRM.
+    /// An opportunity a seller created in the CRM, with an allowed taxonomy.
     pub(super) fn seed(&self, opportunity: Opportunity) -> CrmRecordId {
+        self.seed_with_taxonomy(
+            opportunity,
+            MappingConfig::default().taxonomy.first_allowed(),
+        )
+    }
+
+    /// An opportunity a seller created in the CRM, with the taxonomy given.
+    pub(super) fn seed_with_taxonomy(
+        &self,
+        opportunity: Opportunity,
+        taxonomy: TaxonomyValues,
+    ) -> CrmRecordId {
         let mut state = lock(&self.state);
         let id = state.new_id();
         state.opportunities.insert(
@@ -359,6 +374,7 @@ impl FakeCrm {
                 contact: None,
                 audit: None,
                 version: 1,
+                taxonomy,
             },
         );
         id
@@ -409,6 +425,7 @@ impl FakeCrm {
                     contact: write.contact.cloned(),
                     audit: write.audit.map(str::to_owned),
                     version: 1,
+                    taxonomy: TaxonomyValues::default(),
                 },
             );
             return Ok(Upserted { id, created: true });
@@ -457,6 +474,7 @@ impl FakeCrm {
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
             version: Some(stored.version.to_string()),
+            taxonomy: stored.taxonomy.clone(),
         }
     }
 }
