@@ -389,7 +389,7 @@ impl<P: PartnerCenter> PartnerCenter for Gauged<P> {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<cosell_domain::Patched, PortError> {
         self.gauge
             .time(async { self.inner.patch_referral(id, if_match, ops).await })
             .await

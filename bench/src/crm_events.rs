@@ -595,6 +595,8 @@ async fn seed_opportunity(control: &Control, crm: CrmKind, n: usize) -> anyhow::
                 "_parentcontactid_value": "be000000-0000-4000-8000-0000000000c1",
                 "msft_microsoftpartnercenterreferralsync": true,
                 "msft_microsoftpartnercentersolutions": SOLUTION,
+                "msft_solutionarea": "Security", "msft_solutionplay": "Data Security",
+                "msft_partnerrole": "Implementation",
             }),
         ),
         CrmKind::Salesforce => (
@@ -604,6 +606,8 @@ async fn seed_opportunity(control: &Control, crm: CrmKind, n: usize) -> anyhow::
                 "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
                 "AccountId": "001000000000001", "Sync_with_Partner_Center__c": true,
                 "Microsoft_Solutions__c": SOLUTION,
+                "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+                "Partner_Role__c": "Implementation",
             }),
         ),
     };

@@ -320,6 +320,8 @@ async fn seed_opportunity(client: &SandboxClient, crm: Crm, n: usize) -> Result<
                         "_parentcontactid_value": DATAVERSE_CONTACT,
                         "msft_microsoftpartnercenterreferralsync": true,
                         "msft_microsoftpartnercentersolutions": SOLUTION,
+                        "msft_solutionarea": "Security", "msft_solutionplay": "Data Security",
+                        "msft_partnerrole": "Implementation",
                     }),
                 )
                 .await?;
@@ -335,6 +337,8 @@ async fn seed_opportunity(client: &SandboxClient, crm: Crm, n: usize) -> Result<
                         "CurrencyIsoCode": "USD", "AccountId": SALESFORCE_ACCOUNT,
                         "Sync_with_Partner_Center__c": true,
                         "Microsoft_Solutions__c": SOLUTION,
+                        "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+                        "Partner_Role__c": "Implementation",
                     }),
                 )
                 .await?;

@@ -16,7 +16,8 @@ use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
     AcquireOutcome, AuditEntry, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
     IdempotencyStore, Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, Service, Upserted,
+    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, Service,
+    Upserted,
 };
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
@@ -252,7 +253,7 @@ impl<P: PartnerCenter> PartnerCenter for Faulty<'_, P> {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         faulty!(
             self,
             "pc.patch_referral",

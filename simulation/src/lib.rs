@@ -17,4 +17,4 @@ pub mod faults;
 pub mod sim;
 pub mod world;
 
-pub use sim::{Config, Invariant, Report, Violation, first_failing, run_seed};
+pub use sim::{Config, Invariant, Report, UndoneFix, Violation, first_failing, run_seed};

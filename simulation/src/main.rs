@@ -1,11 +1,13 @@
 //! `cosell-simulation --seed N [--trace]` replays one seed verbosely;
 //! `cosell-simulation --seeds COUNT [--from N]` runs many with a progress line.
 //! `--known-defects off` turns the triggers of the known defects off; `--no-reconcile`
-//! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side.
+//! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side;
+//! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix; `--no-faults` injects
+//! none.
 
 use std::time::Instant;
 
-use cosell_simulation::{Config, run_seed};
+use cosell_simulation::{Config, UndoneFix, run_seed};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +27,18 @@ fn main() {
     }
     if args.iter().any(|a| a == "--no-concurrent-edits") {
         cfg.concurrent_edits = false;
+    }
+    if args.iter().any(|a| a == "--no-faults") {
+        cfg.faults = cosell_simulation::faults::FaultRates {
+            transient: 0,
+            precondition: 0,
+            lost_answer: 0,
+            crash: 0,
+            lost_create_answers: false,
+        };
+    }
+    if args.iter().any(|a| a == "--undo-fix-of-defect-4") {
+        cfg.undone_fix = Some(UndoneFix::NilOperationId);
     }
     if let Some(drop) = value("--drop") {
         cfg.drop_webhooks = u32::try_from(drop).unwrap_or(1000);

@@ -15,7 +15,7 @@ use cosell_domain::in_memory::{
     InMemoryRetryQueue,
 };
 use cosell_domain::mapping::{MappingConfig, invites_microsoft};
-use cosell_domain::ports::{AuditEntry, AuditEvent, AuditLog, Ports, RetryJob};
+use cosell_domain::ports::{AuditEntry, AuditEvent, AuditLog, IdempotencyKey, Ports, RetryJob};
 use cosell_domain::reconcile::{
     FixedClock, ReconcileDeps, ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun,
     ReconcileSettings, reconcile,
@@ -47,6 +47,17 @@ pub struct Config {
     pub concurrent_edits: bool,
     /// Keep the schedule (for a reproduction).
     pub trace: bool,
+    /// A fix undone, to show that the simulation finds the defect it fixed (a mutation test).
+    pub undone_fix: Option<UndoneFix>,
+}
+
+/// A fix the simulation can undo in its own model of a delivery (the production code keeps
+/// the fix; the simulation keys the delivery as the code did before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UndoneFix {
+    /// Defect 4: a Dataverse change keyed by its `OperationId` even when that is the nil GUID
+    /// (a step registered synchronously), so every later change of the record shares the key.
+    NilOperationId,
 }
 
 impl Default for Config {
@@ -58,6 +69,7 @@ impl Default for Config {
             reconcile: true,
             concurrent_edits: true,
             trace: false,
+            undone_fix: None,
         }
     }
 }
@@ -384,7 +396,7 @@ impl<'a> Run<'a> {
             }
             Delivering::Crm { event, read, .. } => {
                 let deps = self.hook_deps;
-                let change = crm_change(event, *read);
+                let change = crm_change(event, *read, self.cfg.undone_fix);
                 Box::pin(async move { Done::Sync(handle_crm_change(&deps, &change, &meta).await) })
             }
             Delivering::Retry { job, .. } => {
@@ -821,7 +833,7 @@ fn webhook(event: &PcEvent) -> WebhookEvent {
 /// synchronously, whose `OperationId` Dataverse sends as the nil GUID (the trigger of defect 4:
 /// keyed by it, every later change of the record would be skipped as a duplicate); its post
 /// image carries the row version.
-fn crm_change(event: &CrmEvent, read: bool) -> CrmChange {
+fn crm_change(event: &CrmEvent, read: bool, undone: Option<UndoneFix>) -> CrmChange {
     let synchronous = event.operation.is_multiple_of(4);
     let operation = if synchronous {
         uuid::Uuid::nil()
@@ -847,8 +859,14 @@ fn crm_change(event: &CrmEvent, read: bool) -> CrmChange {
     .to_string();
     let context = RemoteExecutionContext::parse(&body)
         .unwrap_or_else(|error| panic!("a valid webhook body: {error}"));
-    let key = dataverse_change_key(&context.change_id(body.as_bytes()), &event.record)
-        .unwrap_or_else(|error| panic!("a valid change key: {error}"));
+    let key = match undone {
+        // Before the fix: the key was the `OperationId` and the record, whatever the id.
+        Some(UndoneFix::NilOperationId) => {
+            IdempotencyKey::new("dv", &format!("{operation}:{}", event.record.native()))
+        }
+        None => dataverse_change_key(&context.change_id(body.as_bytes()), &event.record),
+    }
+    .unwrap_or_else(|error| panic!("a valid change key: {error}"));
     CrmChange {
         key,
         record: event.record.clone(),

@@ -22,9 +22,10 @@ use cosell_domain::mapping::BodyScope;
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use cosell_domain::ports::{
     CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, PortError, ReferralQuery, Service, Upserted,
+    PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted,
 };
 use cosell_domain::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+use cosell_domain::taxonomy::{TaxonomyConfig, TaxonomyValues};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -359,7 +360,7 @@ impl SimPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         self.hit();
         let mut state = lock(&self.state);
         let current = state
@@ -413,9 +414,9 @@ impl SimPartnerCenter {
             })?;
         self.touch(&mut state, &mut referral);
         Self::raise(&mut state, "referral-updated", &referral);
-        let etag = referral.etag();
+        let patched = Patched::of(&referral);
         state.referrals.insert(*id, referral);
-        Ok(etag)
+        Ok(patched)
     }
 }
 
@@ -456,7 +457,7 @@ impl PartnerCenter for SimPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send {
+    ) -> impl Future<Output = Result<Patched, PortError>> + Send {
         async move {
             yield_now().await;
             self.patch_now(id, if_match, ops)
@@ -558,8 +559,14 @@ pub fn read(id: &CrmRecordId, stored: &StoredOpportunity) -> CrmOpportunity {
         amount: stored.opportunity.deal_value.map(|m| m.amount),
         currency: stored.opportunity.deal_value.map(|m| m.currency),
         version: Some(row_version(stored.version)),
+        taxonomy: SELLER_TAXONOMY.clone(),
     }
 }
+
+/// The Solution Area, Solution Play and Partner Role every seller's opportunity holds: allowed
+/// by the default configuration, so a referral may be created from it.
+static SELLER_TAXONOMY: std::sync::LazyLock<TaxonomyValues> =
+    std::sync::LazyLock::new(|| TaxonomyConfig::default().first_allowed());
 
 impl SimCrm {
     /// An empty CRM.
@@ -934,6 +941,7 @@ impl CrmStore for SimCrm {
                     opportunity: read(id, s),
                     modified_at: Some(s.modified_at),
                     modified_by: Some(s.modified_by.clone()),
+                    complete: true,
                 })
                 .collect();
             Ok(OpportunityPage { items })

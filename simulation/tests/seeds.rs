@@ -2,7 +2,8 @@
 //! defect has an ignored test that fails with the first seed finding it
 //! (`cargo test -p cosell-simulation -- --ignored`).
 
-use cosell_simulation::{Config, Invariant, Report, first_failing, run_seed};
+use cosell_simulation::faults::FaultRates;
+use cosell_simulation::{Config, Invariant, Report, UndoneFix, first_failing, run_seed};
 
 /// Seeds the CI test runs.
 const CI_SEEDS: u64 = 10_000;
@@ -84,6 +85,56 @@ fn without_reconciliation_a_dropped_webhook_is_a_lost_change() {
     assert!(
         found.is_some(),
         "the simulation should see the change a dropped webhook loses"
+    );
+}
+
+/// Defect 4 was fixed before the simulation existed; undoing its fix in the simulation's model
+/// of a Dataverse delivery (keyed by a nil `OperationId`, as before the fix) shows the
+/// simulation finds it: a seller's later save is skipped as a duplicate of an earlier one and
+/// lost. Reconcile repairs most such losses (the record changed after its last sync), so the
+/// webhook path is shown alone: no reconcile, no injected faults, no dropped webhooks — where
+/// about ten times as many seeds diverge without the fix.
+#[test]
+fn the_simulation_finds_defect_4_when_its_fix_is_undone() {
+    let fixed = Config {
+        faults: FaultRates {
+            transient: 0,
+            precondition: 0,
+            lost_answer: 0,
+            crash: 0,
+            lost_create_answers: false,
+        },
+        drop_webhooks: 0,
+        reconcile: false,
+        ..Config::without_known_defects()
+    };
+    let undone = Config {
+        undone_fix: Some(UndoneFix::NilOperationId),
+        ..fixed.clone()
+    };
+    let diverged = |r: &Report| {
+        r.violations
+            .iter()
+            .any(|v| v.invariant == Invariant::Diverged)
+    };
+    let (mut diverged_fixed, mut diverged_undone, mut found) = (0, 0, Vec::new());
+    for seed in 0..300 {
+        let with_fix = run_seed(seed, &fixed);
+        let without_fix = run_seed(seed, &undone);
+        diverged_fixed += u32::from(diverged(&with_fix));
+        diverged_undone += u32::from(diverged(&without_fix));
+        if with_fix.violations.is_empty() && diverged(&without_fix) {
+            found.push(seed);
+        }
+    }
+    assert!(
+        found.len() >= 20,
+        "seeds that lose a change only with defect 4's fix undone: {found:?}"
+    );
+    assert!(
+        diverged_undone >= 4 * diverged_fixed,
+        "undoing the fix should make several times more seeds diverge: {diverged_undone} vs \
+         {diverged_fixed} of 300"
     );
 }
 

@@ -423,6 +423,8 @@ async fn seed(sandbox: &SandboxClient, crm: Crm, n: u8, with_solution: bool) -> 
                 "msft_microsoftpartnercenterreferralsync": true,
                 "msft_microsoftpartnercenterhelpneed": HELP,
                 "msft_microsoftpartnercentersolutions": SOLUTION,
+                "msft_solutionarea": "Security", "msft_solutionplay": "Data Security",
+                "msft_partnerrole": "Implementation",
             });
             if !with_solution && let Some(row) = row.as_object_mut() {
                 row.remove(solutions_field(crm));
@@ -446,6 +448,8 @@ async fn seed(sandbox: &SandboxClient, crm: Crm, n: u8, with_solution: bool) -> 
                 "CloseDate": "2027-06-30", "Amount": DEAL_VALUE, "CurrencyIsoCode": "USD",
                 "AccountId": account, "Sync_with_Partner_Center__c": true,
                 "Microsoft_Solutions__c": SOLUTION,
+                "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+                "Partner_Role__c": "Implementation",
             });
             if !with_solution && let Some(fields) = record.as_object_mut() {
                 fields.remove(solutions_field(crm));

@@ -144,11 +144,16 @@ macro_rules! custom_fields {
             visibility,
             solutions,
             microsoft_crm_identifier,
+            solution_area,
+            solution_play,
+            partner_role,
         )
     };
 }
 
-/// `crm-fields`: the configured custom fields exist on the opportunity.
+/// `crm-fields`: the configured custom fields exist on the opportunity, the Solution Area,
+/// Solution Play and Partner Role every referral created from the CRM carries included
+/// (docs/partner-center.md#solution-area-solution-play-and-partner-role).
 ///
 /// Dataverse: `EntityDefinitions(LogicalName='opportunity')/Attributes?$select=LogicalName`;
 /// Salesforce: `sobjects/Opportunity/describe`.

@@ -304,6 +304,57 @@ async fn crm_access_names_the_missing_privilege() {
 }
 
 #[tokio::test]
+async fn crm_fields_checks_the_taxonomy_fields_of_both_crms() {
+    let world = healthy(Crm::Dataverse).await;
+    assert!(
+        check(&run(&world).await, "crm-fields")
+            .detail
+            .contains("the 11 custom fields exist"),
+    );
+    world
+        .control(
+            Method::DELETE,
+            "/_sandbox/dataverse/schema/opportunity/msft_solutionplay",
+            None,
+        )
+        .await;
+    let checks = run(&world).await;
+    assert_fix(
+        &checks,
+        "crm-fields",
+        Status::Problem,
+        &[
+            "msft_solutionplay (solution_play)",
+            "dataverse.opportunity.<field>",
+        ],
+    );
+    others_ok(&checks, &["crm-fields"]);
+
+    let world = healthy(Crm::Salesforce).await;
+    for field in ["Solution_Area__c", "Partner_Role__c"] {
+        world
+            .control(
+                Method::DELETE,
+                &format!("/_sandbox/salesforce/schema/Opportunity/{field}"),
+                None,
+            )
+            .await;
+    }
+    let checks = run(&world).await;
+    assert_fix(
+        &checks,
+        "crm-fields",
+        Status::Problem,
+        &[
+            "Solution_Area__c (solution_area)",
+            "Partner_Role__c (partner_role)",
+            "salesforce.opportunity.<field>",
+        ],
+    );
+    others_ok(&checks, &["crm-fields"]);
+}
+
+#[tokio::test]
 async fn crm_fields_names_the_missing_custom_field() {
     let world = healthy(Crm::Dataverse).await;
     world

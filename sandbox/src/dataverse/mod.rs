@@ -9,8 +9,8 @@
 //!
 //! | method | path | statuses |
 //! |---|---|---|
-//! | GET | `/{set}` with `$select`, `$filter`, `$orderby`, `$top`, `$count`; `Prefer: odata.maxpagesize=n` pages with `@odata.nextLink` | 200, 400, 401, 403, 404, 501 (`$expand`, `$apply`, `fetchXml`) |
-//! | GET | `/{set}({id})`, `/{set}(key='v',…)` with `$select`; `If-None-Match: W/"n"` | 200, 304, 400, 401, 404 |
+//! | GET | `/{set}` with `$select`, `$filter`, `$orderby`, `$top`, `$count`, `$expand` (single-valued navigation properties, see `expand.rs`); `Prefer: odata.maxpagesize=n` pages with `@odata.nextLink` | 200, 400, 401, 403, 404, 501 (`$apply`, `fetchXml`, `$filter`/`$orderby`/`$top` inside `$expand`) |
+//! | GET | `/{set}({id})`, `/{set}(key='v',…)` with `$select`, `$expand`; `If-None-Match: W/"n"` | 200, 304, 400, 401, 404 |
 //! | POST | `/{set}` create; `Prefer: return=representation` | 204 + `OData-EntityId`, 201 + body, 400, 401, 404, 412 (duplicate key) |
 //! | PATCH | `/{set}({id})`, `/{set}(key='v',…)` upsert; `If-Match: *` / `If-Match: W/"n"` / `If-None-Match: *`; `Prefer: return=representation` | 204 + `OData-EntityId`, 201 (created) / 200 (updated) + body, 400, 401, 404, 412 |
 //! | GET | `/WhoAmI` (or `WhoAmI()`) | 200, 401 |
@@ -114,6 +114,7 @@
 //! - Port 80/443 restriction on webhook URLs is not enforced (the listeners use free ports).
 
 mod control;
+mod expand;
 mod keys;
 mod schema;
 mod store;

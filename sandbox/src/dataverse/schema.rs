@@ -389,6 +389,11 @@ fn opportunity() -> TableDef {
         boolean("msft_microsoftpartnercenterreferralvisible"),
         memo("msft_microsoftpartnercentersolutions", 4000),
         string("msft_microsoftcrmidentifier", 100),
+        // The co-sell taxonomy of a referral created from the opportunity
+        // (docs/partner-center.md#solution-area-solution-play-and-partner-role): text columns.
+        string("msft_solutionarea", 200),
+        string("msft_solutionplay", 200),
+        string("msft_partnerrole", 200),
     ];
     columns.extend(state_columns(
         &[(0, "Open"), (1, "Won"), (2, "Lost")],

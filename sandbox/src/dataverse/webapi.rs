@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value, json};
 
+use super::expand::{self, Expansion};
 use super::keys::{self, Key, Resource};
 use super::schema::{self, Access, Kind, TableDef};
 use super::store::{IfMatch, WriteRequest, etag, etag_matches, render};
@@ -18,6 +19,7 @@ use crate::auth::TokenRejection;
 use crate::delivery::{self, Delivery};
 use crate::identities::{DATAVERSE_BUSINESS_UNIT_ID, DATAVERSE_ORGANIZATION_ID, TENANT_ID};
 use crate::odata::{self, Filter, Operand};
+use crate::records::Row;
 use crate::state::{AppState, World};
 
 const VERSIONS: &[&str] = &["v9.0", "v9.1", "v9.2"];
@@ -292,10 +294,12 @@ fn json_response(status: StatusCode, body: Value, headers: &[(&str, String)]) ->
     response
 }
 
-/// Parsed `$select`, `$filter`, `$orderby`, `$top`, `$count`, `$skiptoken`.
+/// Parsed `$select`, `$filter`, `$orderby`, `$top`, `$count`, `$skiptoken`, and the text of
+/// `$expand` (resolved by [`expand::resolve`] where reads take it).
 #[derive(Debug, Default)]
 struct QueryOptions {
     select: Option<Vec<String>>,
+    expand: Option<String>,
     filter: Option<Filter>,
     orderby: Option<String>,
     top: Option<usize>,
@@ -352,7 +356,8 @@ fn query_options(def: &TableDef, pairs: &[(String, String)]) -> Result<QueryOpti
                     "The query parameter $skip is not supported",
                 ));
             }
-            "$expand" | "$apply" | "$search" | "fetchXml" => {
+            "$expand" => options.expand = Some(value.clone()),
+            "$apply" | "$search" | "fetchXml" => {
                 return Err(ApiError::new(
                     StatusCode::NOT_IMPLEMENTED,
                     "",
@@ -425,14 +430,55 @@ fn check_operand(def: &TableDef, operand: Operand, vars: &[String]) -> Result<Op
     Err(ApiError::no_property(&path.join("/"), def))
 }
 
-fn context_url(ctx: &Ctx<'_>, def: &TableDef, select: Option<&[String]>, single: bool) -> String {
-    let projection = select.map_or(String::new(), |s| format!("({})", s.join(",")));
+fn context_url(
+    ctx: &Ctx<'_>,
+    def: &TableDef,
+    select: Option<&[String]>,
+    expansions: &[Expansion],
+    single: bool,
+) -> String {
+    let mut items: Vec<String> = select.map(<[String]>::to_vec).unwrap_or_default();
+    items.extend(expansions.iter().map(Expansion::context));
+    let projection = if select.is_none() && expansions.is_empty() {
+        String::new()
+    } else {
+        format!("({})", items.join(","))
+    };
     let entity = if single { "/$entity" } else { "" };
     format!("{}/$metadata#{}{projection}{entity}", ctx.base, def.set)
 }
 
+/// The resolved `$expand` of a read (none when the query has no `$expand`).
+fn expansions(
+    dv: &State,
+    def: &TableDef,
+    options: &QueryOptions,
+) -> Result<Vec<Expansion>, ApiError> {
+    options
+        .expand
+        .as_deref()
+        .map_or(Ok(Vec::new()), |text| expand::resolve(dv, def, text))
+}
+
+/// A row as a read renders it: its columns (or the `$select`ed ones) and its expansions.
+fn render_read(
+    dv: &State,
+    def: &TableDef,
+    row: &Row,
+    options: &QueryOptions,
+    expansions: &[Expansion],
+    annotations: bool,
+) -> Map<String, Value> {
+    let mut out = render(def, row, options.select.as_deref(), annotations);
+    for expansion in expansions {
+        expansion.render_into(dv, row, annotations, &mut out);
+    }
+    out
+}
+
 fn list(ctx: &Ctx<'_>, dv: &State, def: &TableDef) -> Result<Response, ApiError> {
     let options = query_options(def, &ctx.request.query)?;
+    let expansions = expansions(dv, def, &options)?;
     let mut values: Vec<Value> = dv
         .rows(def.logical)
         .map(|row| Value::Object(render(def, row, None, false)))
@@ -459,12 +505,27 @@ fn list(ctx: &Ctx<'_>, dv: &State, def: &TableDef) -> Result<Response, ApiError>
         .iter()
         .filter_map(|v| v.get(def.pk).and_then(Value::as_str))
         .filter_map(|id| dv.row(def.logical, id))
-        .map(|row| Value::Object(render(def, row, options.select.as_deref(), annotations)))
+        .map(|row| {
+            Value::Object(render_read(
+                dv,
+                def,
+                row,
+                &options,
+                &expansions,
+                annotations,
+            ))
+        })
         .collect();
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
-        json!(context_url(ctx, def, options.select.as_deref(), false)),
+        json!(context_url(
+            ctx,
+            def,
+            options.select.as_deref(),
+            &expansions,
+            false
+        )),
     );
     if options.count {
         body.insert("@odata.count".into(), json!(matching));
@@ -490,6 +551,7 @@ fn list(ctx: &Ctx<'_>, dv: &State, def: &TableDef) -> Result<Response, ApiError>
 
 fn get_one(ctx: &Ctx<'_>, dv: &State, def: &TableDef, key: &Key) -> Result<Response, ApiError> {
     let options = query_options(def, &ctx.request.query)?;
+    let expansions = expansions(dv, def, &options)?;
     let row = dv.find(def, key)?;
     let tag = etag(row);
     if let Some(sent) = ctx.request.header("if-none-match")
@@ -507,12 +569,20 @@ fn get_one(ctx: &Ctx<'_>, dv: &State, def: &TableDef, key: &Key) -> Result<Respo
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
-        json!(context_url(ctx, def, options.select.as_deref(), true)),
+        json!(context_url(
+            ctx,
+            def,
+            options.select.as_deref(),
+            &expansions,
+            true
+        )),
     );
-    body.extend(render(
+    body.extend(render_read(
+        dv,
         def,
         row,
-        options.select.as_deref(),
+        &options,
+        &expansions,
         ctx.request.wants_annotations(),
     ));
     Ok(json_response(
@@ -531,6 +601,13 @@ fn write(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Outcome, ApiError> {
     let options = query_options(def, &ctx.request.query)?;
+    if options.expand.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "",
+            "The sandbox does not implement $expand on a write's returned representation.",
+        ));
+    }
     let body = parse_body(def, &ctx.request.body)?;
     if def.logical == "serviceendpoint" {
         check_endpoint_auth(dv, def, resource, &body)?;
@@ -562,7 +639,7 @@ fn write(
         let mut body = Map::new();
         body.insert(
             "@odata.context".into(),
-            json!(context_url(ctx, def, options.select.as_deref(), true)),
+            json!(context_url(ctx, def, options.select.as_deref(), &[], true)),
         );
         body.extend(render(
             &written.def,

@@ -97,6 +97,46 @@ fn finish(state: &AppState, outcome: Outcome) -> Response {
     }
 }
 
+/// The taxonomy members a services co-sell referral requires (create-a-referral: "Required for
+/// Services co-sell referrals only").
+const SERVICES_CO_SELL_MEMBERS: &[&str] = &["partnerRole", "solutionArea", "solutionPlay"];
+
+/// The documented rule for services co-sell referrals
+/// (docs/partner-center.md#solution-area-solution-play-and-partner-role): Partner Role,
+/// Solution Area and Solution Play are required. What marks a referral as services co-sell is
+/// UNKNOWN; the sandbox reads it narrowly as a co-sell referral, one asking Microsoft's help
+/// (`inviteContext.assistanceRequestCode` set to anything but `Unknown`). The values are not
+/// checked (Partner Center does not publish them): each must be a non-empty string.
+fn services_co_sell_taxonomy(referral: &Map<String, Value>) -> Result<(), String> {
+    let asks_help = referral
+        .get("inviteContext")
+        .and_then(|c| c.get("assistanceRequestCode"))
+        .and_then(Value::as_str)
+        .is_some_and(|code| {
+            let code = code.trim();
+            !code.is_empty() && !code.eq_ignore_ascii_case("Unknown")
+        });
+    if !asks_help {
+        return Ok(());
+    }
+    for member in SERVICES_CO_SELL_MEMBERS {
+        match referral.get(*member) {
+            Some(Value::String(text)) if !text.trim().is_empty() => {}
+            None | Some(Value::Null) => {
+                return Err(format!(
+                    "The referral member '{member}' is required for services co-sell referrals."
+                ));
+            }
+            Some(_) => {
+                return Err(format!(
+                    "The referral member '{member}' must be a non-empty string."
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bad_request(message: &str) -> Response {
     errors::partner_center(StatusCode::BAD_REQUEST, message)
 }
@@ -378,6 +418,7 @@ fn create_locked(state: &AppState, world: &mut World, headers: &HeaderMap, body:
         }
     }
     normalize_deal_value(&mut referral).map_err(|m| bad_request(&m))?;
+    services_co_sell_taxonomy(&referral).map_err(|m| bad_request(&m))?;
     let engagement_id = match referral.get("engagementId") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),

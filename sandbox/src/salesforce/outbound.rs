@@ -79,6 +79,9 @@ pub fn default_fields() -> Vec<String> {
         "Microsoft_Referral_Visibility__c",
         "Microsoft_Solutions__c",
         "Microsoft_CRM_Identifier__c",
+        "Solution_Area__c",
+        "Solution_Play__c",
+        "Partner_Role__c",
     ]
     .map(str::to_owned)
     .to_vec()

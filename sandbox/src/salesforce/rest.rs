@@ -644,13 +644,14 @@ async fn query(
         .into_iter()
         .flat_map(|t| t.rows())
         .map(|row| &row.fields);
-    let outcome = soql::execute(&parsed, object, rows).map_err(to_api)?;
+    let outcome = soql::execute(&parsed, &sf.schema, object, rows).map_err(to_api)?;
+    let parent = |object: &str, id: &str| sf.record(object, id);
     let records: Vec<Value> = match &outcome.fields {
         None => Vec::new(),
         Some(fields) => outcome
             .rows
             .iter()
-            .map(|row| schema::rest_record(object, &caller.version, row, Some(fields)))
+            .map(|row| soql::record(object, &caller.version, row, fields, &parent))
             .collect(),
     };
     Ok(Json(json!({

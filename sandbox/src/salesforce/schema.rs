@@ -150,6 +150,12 @@ impl Field {
         self
     }
 
+    /// Set on create only.
+    fn create_only(mut self) -> Self {
+        self.updateable = false;
+        self
+    }
+
     fn defaulted(mut self) -> Self {
         self.defaulted_on_create = true;
         self
@@ -168,6 +174,21 @@ impl Field {
     fn external_id(mut self) -> Self {
         self.external_id = true;
         self
+    }
+
+    /// The child-to-parent relationship name of a reference field, as SOQL paths name it:
+    /// a standard `AccountId` is `Account`, a custom `Partner__c` is `Partner__r`.
+    pub fn relationship_name(&self) -> Option<String> {
+        if self.kind != FieldType::Reference {
+            return None;
+        }
+        if self.custom {
+            return self
+                .name
+                .strip_suffix("__c")
+                .map(|base| format!("{base}__r"));
+        }
+        self.name.strip_suffix("Id").map(str::to_owned)
     }
 
     /// Must be present (non-null) in a create request.
@@ -268,6 +289,11 @@ fn opportunity() -> ObjectSchema {
     let mut fields = vec![
         id_field(),
         Field::new("AccountId", "Account ID", Reference).reference("Account"),
+        // The primary contact (API v46.0 and later): set on create, derived from the
+        // opportunity's primary contact role afterwards, so not updateable.
+        Field::new("ContactId", "Contact ID", Reference)
+            .reference("Contact")
+            .create_only(),
         Field::new("Name", "Name", String).len(120).required(),
         Field::new("Description", "Description", TextArea),
         Field::new("StageName", "Stage", Picklist)
@@ -314,6 +340,12 @@ fn opportunity() -> ObjectSchema {
             "Microsoft CRM Identifier",
             String,
         ),
+        // The co-sell taxonomy of a referral created from the opportunity
+        // (docs/partner-center.md#solution-area-solution-play-and-partner-role). Its values are
+        // configuration, so unrestricted text rather than invented picklists.
+        Field::new("Solution_Area__c", "Solution Area", String),
+        Field::new("Solution_Play__c", "Solution Play", String),
+        Field::new("Partner_Role__c", "Partner Role", String),
     ]);
     ObjectSchema {
         name: "Opportunity",
@@ -512,6 +544,7 @@ impl Schema {
                     "sortable": f.filterable(),
                     "restrictedPicklist": f.picklist.is_some(),
                     "referenceTo": f.reference_to.map_or_else(Vec::new, |o| vec![o]),
+                    "relationshipName": f.relationship_name(),
                     "picklistValues": [],
                 });
                 if let Some(picklist) = f.picklist {

@@ -26,16 +26,26 @@
 //! service answers, so connector bugs surface here rather than in production. AND and OR
 //! mixed without parentheses are rejected, as in real SOQL. Anything else real SOQL has is a
 //! syntax error here: NOT, IN, OFFSET, NULLS FIRST/LAST, `null` and
-//! date literals, relationship paths (`Account.Name`), sub-queries, aggregates other than
-//! `COUNT()`; and there is no `nextRecordsUrl` paging (all rows are returned with
-//! `done: true`).
+//! date literals, sub-queries, aggregates other than `COUNT()`; and there is no
+//! `nextRecordsUrl` paging (all rows are returned with `done: true`).
+//!
+//! Child-to-parent relationship paths are selectable (docs/salesforce.md#related-records-in-one-query):
+//! `SELECT Id, Account.Name, Contact.Email FROM Opportunity WHERE Id = '…'`. Each segment but
+//! the last is the relationship name of a reference field (`AccountId` → `Account`, a custom
+//! `Partner__c` → `Partner__r`), any case; the answer nests the parent's fields under the
+//! relationship name as declared, with the parent's `attributes`, or `null` when the reference
+//! is unset. An unknown relationship is `INVALID_FIELD` "Didn't understand relationship 'x' in
+//! field path…", an unknown field of a parent `INVALID_FIELD` "No such column 'x' on entity
+//! 'Account'…", as the service answers. Relationship paths in WHERE and ORDER BY are not
+//! implemented (`INVALID_FIELD`); the five-level depth limit is not checked.
 
 use std::cmp::Ordering;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::schema::{self, Field, FieldType, ObjectSchema};
+use super::ids;
+use super::schema::{self, Field, FieldType, ObjectSchema, Schema};
 
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
@@ -623,6 +633,23 @@ impl Key {
 }
 
 fn compare(field: &Field, stored: Option<&Value>, op: Op, literal: &Literal) -> bool {
+    // An id may be written with 15 or 18 characters: both name the same record.
+    let normalized;
+    let literal = match literal {
+        Literal::String(text) if matches!(field.kind, FieldType::Id | FieldType::Reference) => {
+            normalized = Literal::String(ids::normalize(text).unwrap_or_else(|| text.clone()));
+            &normalized
+        }
+        other => other,
+    };
+    let stored_id;
+    let stored = match stored.and_then(Value::as_str) {
+        Some(text) if matches!(field.kind, FieldType::Id | FieldType::Reference) => {
+            stored_id = ids::normalize(text).map(Value::String);
+            stored_id.as_ref().or(stored)
+        }
+        _ => stored,
+    };
     // A null (or incomparable) value is only ever "not equal".
     let Some(ordering) = Key::of(field, stored).and_then(|k| k.partial_cmp(&Key::literal(literal)))
     else {
@@ -694,29 +721,109 @@ fn sort_order(
     }
 }
 
+/// One step of a child-to-parent path: the relationship name as declared, the reference
+/// field behind it and the parent object.
+#[derive(Debug, Clone)]
+pub struct Hop<'s> {
+    pub relationship: String,
+    pub reference: &'s Field,
+    pub parent: &'s ObjectSchema,
+}
+
+/// A selected field: a field of the queried object (`path` empty) or of a parent.
+#[derive(Debug, Clone)]
+pub struct Selected<'s> {
+    pub path: Vec<Hop<'s>>,
+    pub field: &'s Field,
+}
+
+impl Selected<'_> {
+    /// `Account.Name`, as declared.
+    fn text(&self) -> String {
+        self.path
+            .iter()
+            .map(|hop| hop.relationship.as_str())
+            .chain([self.field.name.as_str()])
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
 /// The result of a query: matching rows, and the fields to return (`None` for COUNT()).
 #[derive(Debug)]
 pub struct Outcome<'r, 's> {
     pub rows: Vec<&'r Map<String, Value>>,
-    pub fields: Option<Vec<&'s Field>>,
+    pub fields: Option<Vec<Selected<'s>>>,
 }
 
-/// Validates `query` against `object` and runs it over `rows` (in creation order).
+fn unknown_relationship(name: &str) -> SoqlError {
+    SoqlError::new(
+        "INVALID_FIELD",
+        format!(
+            "Didn't understand relationship '{name}' in field path. If you are attempting to use \
+             a custom relationship, be sure to append the '__r' after the custom relationship \
+             name. Please reference your WSDL or the describe call for the appropriate names."
+        ),
+    )
+}
+
+/// A selected field or child-to-parent path (`Account.Name`) of `object`.
+fn selected<'s>(
+    schema: &'s Schema,
+    object: &'s ObjectSchema,
+    name: &str,
+) -> Result<Selected<'s>, SoqlError> {
+    let segments: Vec<&str> = name.split('.').collect();
+    let Some((last, relationships)) = segments.split_last() else {
+        return Err(no_such_column(object, name));
+    };
+    let mut at = object;
+    let mut path = Vec::with_capacity(relationships.len());
+    for relationship in relationships {
+        let hop = at
+            .fields
+            .iter()
+            .find_map(|f| {
+                let declared = f.relationship_name()?;
+                if !declared.eq_ignore_ascii_case(relationship) {
+                    return None;
+                }
+                let parent = schema.object(f.reference_to?)?;
+                Some(Hop {
+                    relationship: declared,
+                    reference: f,
+                    parent,
+                })
+            })
+            .ok_or_else(|| unknown_relationship(relationship))?;
+        at = hop.parent;
+        path.push(hop);
+    }
+    Ok(Selected {
+        path,
+        field: field(at, last)?,
+    })
+}
+
+/// Validates `query` against `object` (and, for relationship paths, the objects of `schema`)
+/// and runs it over `rows` (in creation order).
 pub fn execute<'r, 's>(
     query: &Query,
+    schema: &'s Schema,
     object: &'s ObjectSchema,
     rows: impl Iterator<Item = &'r Map<String, Value>>,
 ) -> Result<Outcome<'r, 's>, SoqlError> {
     let fields = match &query.select {
         Select::Count => None,
         Select::Fields(names) => {
-            let mut fields: Vec<&Field> = Vec::with_capacity(names.len());
+            let mut fields: Vec<Selected<'s>> = Vec::with_capacity(names.len());
             for name in names {
-                let f = field(object, name)?;
-                if fields.iter().any(|g| g.name == f.name) {
+                let f = selected(schema, object, name)?;
+                let text = f.text();
+                if fields.iter().any(|g| g.text().eq_ignore_ascii_case(&text)) {
                     return Err(SoqlError::new(
                         "INVALID_FIELD",
-                        format!("duplicate field selected: {}", f.name),
+                        format!("duplicate field selected: {text}"),
                     ));
                 }
                 fields.push(f);
@@ -755,6 +862,85 @@ pub fn execute<'r, 's>(
     })
 }
 
+/// Finds a parent record: `(object, id)` → its fields.
+pub type Parents<'p, 'r> = &'p dyn Fn(&str, &str) -> Option<&'r Map<String, Value>>;
+
+/// The `attributes` of a record in an answer.
+fn attributes(object: &ObjectSchema, version: &str, row: &Map<String, Value>) -> Value {
+    let id = row.get("Id").and_then(Value::as_str).unwrap_or_default();
+    serde_json::json!({
+        "type": object.name,
+        "url": format!("/services/data/v{version}/sobjects/{}/{id}", object.name),
+    })
+}
+
+/// Puts the value of `path` + `field` of `row` into `out`, nesting parents under their
+/// relationship names (`null` for an unset or missing parent).
+fn put<'r>(
+    out: &mut Map<String, Value>,
+    row: &Map<String, Value>,
+    path: &[Hop<'_>],
+    field: &Field,
+    version: &str,
+    parent: Parents<'_, 'r>,
+) {
+    let Some((hop, rest)) = path.split_first() else {
+        out.insert(
+            field.name.clone(),
+            row.get(&field.name).cloned().unwrap_or(Value::Null),
+        );
+        return;
+    };
+    let related = row
+        .get(&hop.reference.name)
+        .and_then(Value::as_str)
+        .and_then(|id| {
+            parent(
+                hop.parent.name,
+                &ids::normalize(id).unwrap_or_else(|| id.to_owned()),
+            )
+        });
+    let Some(related) = related else {
+        out.entry(hop.relationship.clone()).or_insert(Value::Null);
+        return;
+    };
+    let entry = out.entry(hop.relationship.clone()).or_insert_with(|| {
+        let mut record = Map::new();
+        record.insert(
+            "attributes".into(),
+            attributes(hop.parent, version, related),
+        );
+        Value::Object(record)
+    });
+    if let Value::Object(inner) = entry {
+        put(inner, related, rest, field, version, parent);
+    }
+}
+
+/// One record of a query answer: `attributes`, then the selected fields in order, parents'
+/// fields nested under the relationship name. `parent(object, id)` finds a parent record.
+pub fn record<'r>(
+    object: &ObjectSchema,
+    version: &str,
+    row: &Map<String, Value>,
+    fields: &[Selected<'_>],
+    parent: Parents<'_, 'r>,
+) -> Value {
+    let mut out = Map::new();
+    out.insert("attributes".into(), attributes(object, version, row));
+    for selected in fields {
+        put(
+            &mut out,
+            row,
+            &selected.path,
+            selected.field,
+            version,
+            parent,
+        );
+    }
+    Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,7 +960,7 @@ mod tests {
         let schema = Schema::default();
         let object = schema.object(object).expect("object");
         let query = parse(q)?;
-        let outcome = execute(&query, object, data.iter())?;
+        let outcome = execute(&query, &schema, object, data.iter())?;
         Ok(outcome
             .rows
             .iter()
@@ -1011,12 +1197,113 @@ mod tests {
     }
 
     #[test]
+    fn parent_fields_nest_under_the_relationship_name_and_a_missing_parent_is_null() {
+        let schema = Schema::default();
+        let object = schema.object("Opportunity").expect("object");
+        let accounts = accounts();
+        let data = rows(json!([
+            {"Id": "006000000000001AAA", "Name": "A", "AccountId": "001000000000001AAA"},
+            {"Id": "006000000000002AAA", "Name": "B", "AccountId": null},
+        ]));
+        let query = parse(
+            "SELECT Id, account.Name, Account.BillingPostalCode, Contact.Email FROM Opportunity",
+        )
+        .expect("parses");
+        let outcome = execute(&query, &schema, object, data.iter()).expect("runs");
+        let fields = outcome.fields.expect("fields");
+        let parent = |object: &str, id: &str| {
+            (object == "Account")
+                .then(|| accounts.iter().find(|a| a["Id"] == id))
+                .flatten()
+        };
+        let records: Vec<Value> = outcome
+            .rows
+            .iter()
+            .map(|row| record(object, "62.0", row, &fields, &parent))
+            .collect();
+        assert_eq!(
+            records[0],
+            json!({
+                "attributes": {"type": "Opportunity", "url": "/services/data/v62.0/sobjects/Opportunity/006000000000001AAA"},
+                "Id": "006000000000001AAA",
+                "Account": {
+                    "attributes": {"type": "Account", "url": "/services/data/v62.0/sobjects/Account/001000000000001AAA"},
+                    "Name": "Contoso",
+                    "BillingPostalCode": "98052",
+                },
+                "Contact": null,
+            })
+        );
+        assert_eq!(records[1]["Account"], Value::Null);
+    }
+
+    #[test]
+    fn unknown_relationships_and_parent_fields_are_invalid_fields() {
+        let data = opportunities();
+        let error = |q: &str| run(q, &data, "Opportunity").expect_err(q);
+        let relationship = error("SELECT Id, Acount.Name FROM Opportunity");
+        assert_eq!(relationship.code, "INVALID_FIELD");
+        assert!(
+            relationship
+                .message
+                .starts_with("Didn't understand relationship 'Acount' in field path."),
+            "{}",
+            relationship.message
+        );
+        let column = error("SELECT Account.Nme FROM Opportunity");
+        assert_eq!(column.code, "INVALID_FIELD");
+        assert!(
+            column
+                .message
+                .starts_with("No such column 'Nme' on entity 'Account'."),
+            "{}",
+            column.message
+        );
+        assert_eq!(
+            error("SELECT AccountId.Name FROM Opportunity").code,
+            "INVALID_FIELD",
+            "the reference field is not the relationship"
+        );
+        assert_eq!(
+            error("SELECT Account.Name, account.name FROM Opportunity").code,
+            "INVALID_FIELD",
+            "duplicate field"
+        );
+        assert!(
+            run(
+                "SELECT Id, Owner.Name, Account.Owner.Email FROM Opportunity",
+                &data,
+                "Opportunity"
+            )
+            .is_ok(),
+            "standard references (and paths of them) are relationships"
+        );
+    }
+
+    #[test]
+    fn ids_match_in_their_15_and_18_character_forms() {
+        let id18 = ids::with_checksum("006000000000001");
+        let data = rows(json!([{ "Id": id18, "Name": "A" }]));
+        for literal in ["006000000000001", id18.as_str()] {
+            assert_eq!(
+                run(
+                    &format!("SELECT Id FROM Opportunity WHERE Id = '{literal}'"),
+                    &data,
+                    "Opportunity"
+                ),
+                Ok(vec![id18.clone()]),
+                "{literal}"
+            );
+        }
+    }
+
+    #[test]
     fn count_returns_no_fields() {
         let schema = Schema::default();
         let object = schema.object("Opportunity").expect("object");
         let data = opportunities();
         let query = parse("SELECT COUNT() FROM Opportunity WHERE Amount > 0").expect("parses");
-        let outcome = execute(&query, object, data.iter()).expect("runs");
+        let outcome = execute(&query, &schema, object, data.iter()).expect("runs");
         assert!(outcome.fields.is_none());
         assert_eq!(outcome.rows.len(), 2);
     }

@@ -1675,3 +1675,176 @@ async fn control_seeds_validate_columns_and_raw_reads_need_no_token() {
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn expand_reads_the_related_rows_in_one_request_with_their_own_select() {
+    let dv = Dv::start().await;
+    let account = dv
+        .create(
+            "accounts",
+            json!({ "name": "Contoso", "address1_postalcode": "98052", "telephone1": "555" }),
+        )
+        .await;
+    let account_id = account["accountid"].as_str().unwrap();
+    let contact = dv
+        .create(
+            "contacts",
+            json!({ "firstname": "Sue", "lastname": "Smith", "emailaddress1": "sue@contoso.com" }),
+        )
+        .await;
+    let contact_id = contact["contactid"].as_str().unwrap();
+    let eur = cosell_sandbox_currency("EUR");
+    let with_parents = dv
+        .create(
+            "opportunities",
+            json!({
+                "name": "with parents",
+                "parentaccountid@odata.bind": format!("/accounts({account_id})"),
+                "parentcontactid@odata.bind": format!("/contacts({contact_id})"),
+                "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({eur})"),
+            }),
+        )
+        .await;
+    let id = with_parents["opportunityid"].as_str().unwrap();
+    let orphan = dv
+        .create("opportunities", json!({ "name": "orphan" }))
+        .await;
+    let orphan_id = orphan["opportunityid"].as_str().unwrap();
+    dv.control(reqwest::Method::DELETE, "/_sandbox/requests", None)
+        .await;
+
+    let expand = "$expand=parentaccountid($select=name,address1_postalcode),\
+                  parentcontactid($select=emailaddress1,firstname),\
+                  transactioncurrencyid($select=isocurrencycode)";
+    let row = dv
+        .get_json(&format!("opportunities({id})?$select=name&{expand}"))
+        .await;
+    assert_eq!(row["name"], "with parents");
+    assert!(
+        row.get("_parentaccountid_value").is_none(),
+        "$select still limits the row's own columns: {row}"
+    );
+    let parent = &row["parentaccountid"];
+    assert_eq!(parent["name"], "Contoso");
+    assert_eq!(parent["address1_postalcode"], "98052");
+    assert_eq!(
+        parent["accountid"], account_id,
+        "the primary key always comes"
+    );
+    assert!(parent["@odata.etag"].as_str().unwrap().starts_with("W/\""));
+    assert!(parent.get("telephone1").is_none(), "$select inside $expand");
+    assert_eq!(row["parentcontactid"]["emailaddress1"], "sue@contoso.com");
+    assert_eq!(row["parentcontactid"]["firstname"], "Sue");
+    assert!(row["parentcontactid"].get("lastname").is_none());
+    assert_eq!(row["transactioncurrencyid"]["isocurrencycode"], "EUR");
+    assert_eq!(row["transactioncurrencyid"]["transactioncurrencyid"], eur);
+    assert!(
+        row["@odata.context"]
+            .as_str()
+            .unwrap()
+            .ends_with("#opportunities(name,parentaccountid(name,address1_postalcode),parentcontactid(emailaddress1,firstname),transactioncurrencyid(isocurrencycode))/$entity"),
+        "{}",
+        row["@odata.context"]
+    );
+
+    // An unset lookup expands to null.
+    let bare = dv
+        .get_json(&format!("opportunities({orphan_id})?$select=name&{expand}"))
+        .await;
+    assert_eq!(bare["parentaccountid"], Value::Null);
+    assert_eq!(bare["parentcontactid"], Value::Null);
+    assert_eq!(
+        bare["transactioncurrencyid"]["isocurrencycode"], "USD",
+        "the default currency"
+    );
+
+    // A collection read expands every row.
+    let listed = dv
+        .get_json(&format!(
+            "opportunities?$select=name&$filter=name eq 'with parents'&{expand}"
+        ))
+        .await;
+    assert_eq!(listed["value"][0]["parentaccountid"]["name"], "Contoso");
+
+    // A Customer lookup has one navigation property per table.
+    let customer = dv
+        .create(
+            "opportunities",
+            json!({
+                "name": "customer",
+                "customerid_account@odata.bind": format!("/accounts({account_id})"),
+            }),
+        )
+        .await;
+    let customer_id = customer["opportunityid"].as_str().unwrap();
+    let both = dv
+        .get_json(&format!(
+            "opportunities({customer_id})?$select=name&$expand=customerid_account($select=name),customerid_contact($select=fullname)"
+        ))
+        .await;
+    assert_eq!(both["customerid_account"]["name"], "Contoso");
+    assert_eq!(both["customerid_contact"], Value::Null);
+
+    let requests = dv.ts.requests(Some("dataverse")).await;
+    assert_eq!(
+        requests.len(),
+        5,
+        "one logged request per read: {requests:#?}"
+    );
+}
+
+#[tokio::test]
+async fn expand_errors_follow_the_service() {
+    let dv = Dv::start().await;
+    let row = dv.create("opportunities", json!({ "name": "x" })).await;
+    let id = row["opportunityid"].as_str().unwrap();
+    let error = |query: String| {
+        let dv = &dv;
+        async move { error_of(dv.get(&format!("opportunities({id})?{query}")).await).await }
+    };
+    let (status, code, message) = error("$expand=parentaccount($select=name)".into()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "0x0"));
+    assert_eq!(
+        message,
+        "Could not find a property named 'parentaccount' on type 'Microsoft.Dynamics.CRM.opportunity'."
+    );
+    let (status, _, message) = error("$expand=parentaccountid($select=nme)".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message,
+        "Could not find a property named 'nme' on type 'Microsoft.Dynamics.CRM.account'."
+    );
+    let (status, _, message) = error("$expand=name".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.ends_with("Only navigation properties can be expanded."),
+        "{message}"
+    );
+    let (status, _, message) = error("$expand=parentaccountid($select=name".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.starts_with("Syntax error in $expand"), "{message}");
+    let (status, ..) = error("$expand=parentaccountid($top=1)".into()).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    let (status, ..) = error("$expand=parentaccountid($count=true)".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let audit = "createdby,modifiedby,createdonbehalfby,modifiedonbehalfby,transactioncurrencyid";
+    let sixteen = format!(
+        "parentaccountid($expand={audit},primarycontactid),parentcontactid($expand={audit}),\
+         createdby,modifiedby,createdonbehalfby"
+    );
+    let (status, _, message) = error(format!("$expand={sixteen}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("maximum limit"), "{message}");
+    let response = dv
+        .request(reqwest::Method::POST, "accounts?$expand=primarycontactid")
+        .header("Prefer", "return=representation")
+        .json(&json!({ "name": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+}
+
+fn cosell_sandbox_currency(iso: &str) -> &'static str {
+    cosell_sandbox::dataverse::currency_id(iso).unwrap()
+}

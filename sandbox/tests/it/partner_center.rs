@@ -802,6 +802,55 @@ async fn create_accepts_pascal_case_and_rejects_bad_bodies() {
 }
 
 #[tokio::test]
+async fn a_services_co_sell_referral_needs_its_partner_role_solution_area_and_play() {
+    let ts = TestSandbox::start().await;
+    let token = user_token(&ts).await;
+    let co_sell = || {
+        let mut body = fixture("create-referral-request.json");
+        body["type"] = json!("Shared");
+        body["inviteContext"] = json!({ "assistanceRequestCode": "ProofOfConceptOrDemo" });
+        body["partnerRole"] = json!("Implementation");
+        body["solutionArea"] = json!("Security");
+        body["solutionPlay"] = json!("Data Security");
+        body
+    };
+    let reply = send_json(&ts, Method::POST, REFERRALS, &token, &co_sell()).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["solutionPlay"], "Data Security");
+    assert_eq!(reply.body["partnerRole"], "Implementation");
+
+    for member in ["partnerRole", "solutionArea", "solutionPlay"] {
+        for broken in [None, Some(json!("  ")), Some(json!({ "id": "Security" }))] {
+            let mut body = co_sell();
+            match &broken {
+                None => body.as_object_mut().unwrap().remove(member),
+                Some(value) => body
+                    .as_object_mut()
+                    .unwrap()
+                    .insert(member.into(), value.clone()),
+            };
+            let reply = send_json(&ts, Method::POST, REFERRALS, &token, &body).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{member} {broken:?}");
+            assert!(
+                reply.message().contains(&format!("'{member}'")),
+                "{}",
+                reply.message()
+            );
+        }
+    }
+    // A referral that asks no help is not services co-sell: the members stay optional.
+    let reply = send_json(
+        &ts,
+        Method::POST,
+        REFERRALS,
+        &token,
+        &fixture("create-referral-request.json"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+#[tokio::test]
 async fn patch_checks_if_match_operations_and_bodies() {
     let ts = TestSandbox::start().await;
     let token = user_token(&ts).await;

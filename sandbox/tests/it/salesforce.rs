@@ -1719,3 +1719,92 @@ async fn seeding_reads_back_raw_and_through_rest() {
         .status();
     assert_eq!(slash, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn soql_reads_parent_fields_through_relationships_in_one_request() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let account = post_json(
+        &sb,
+        &token,
+        "/sobjects/Account/",
+        &json!({"Name": "Contoso", "BillingPostalCode": "98052", "Phone": "555"}),
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let contact = post_json(
+        &sb,
+        &token,
+        "/sobjects/Contact/",
+        &json!({"FirstName": "Sue", "LastName": "Smith", "Email": "sue@contoso.com"}),
+    )
+    .await
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut body = opportunity("with parents");
+    body["AccountId"] = json!(account);
+    body["ContactId"] = json!(contact);
+    let id = create_opportunity(&sb, &token, &body).await;
+    let orphan = create_opportunity(&sb, &token, &opportunity("orphan")).await;
+    sb.http
+        .delete(sb.url("/_sandbox/requests"))
+        .send()
+        .await
+        .unwrap();
+
+    let select = "SELECT Id, Name, Account.Name, account.BillingPostalCode, Contact.Email, \
+                  Contact.FirstName FROM Opportunity WHERE Id = ";
+    let found = query(&sb, &token, &format!("{select}'{id}'")).await;
+    assert_eq!(found.status, StatusCode::OK, "{:?}", found.body);
+    assert_eq!(
+        found.body["records"][0],
+        json!({
+            "attributes": {"type": "Opportunity", "url": format!("/services/data/v62.0/sobjects/Opportunity/{id}")},
+            "Id": id,
+            "Name": "with parents",
+            "Account": {
+                "attributes": {"type": "Account", "url": format!("/services/data/v62.0/sobjects/Account/{account}")},
+                "Name": "Contoso",
+                "BillingPostalCode": "98052",
+            },
+            "Contact": {
+                "attributes": {"type": "Contact", "url": format!("/services/data/v62.0/sobjects/Contact/{contact}")},
+                "Email": "sue@contoso.com",
+                "FirstName": "Sue",
+            },
+        })
+    );
+    let bare = query(&sb, &token, &format!("{select}'{orphan}'")).await;
+    assert_eq!(bare.body["records"][0]["Account"], Value::Null);
+    assert_eq!(bare.body["records"][0]["Contact"], Value::Null);
+    let none = query(&sb, &token, &format!("{select}'006000000000077AAA'")).await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(none.body["totalSize"], 0);
+    assert_eq!(none.body["records"], json!([]));
+
+    let unknown = query(&sb, &token, "SELECT Id, Acount.Name FROM Opportunity").await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&unknown), "INVALID_FIELD");
+    assert!(
+        unknown.body[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Didn't understand relationship 'Acount' in field path."),
+        "{:?}",
+        unknown.body
+    );
+    let column = query(&sb, &token, "SELECT Id, Account.Nme FROM Opportunity").await;
+    assert_eq!(error_code(&column), "INVALID_FIELD");
+
+    let requests = sb.requests(Some("salesforce")).await;
+    assert_eq!(
+        requests.len(),
+        5,
+        "one logged request per query: {requests:#?}"
+    );
+}

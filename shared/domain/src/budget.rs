@@ -336,8 +336,8 @@ pub async fn count<B: ApiBudget>(
 // ---------------------------------------------------------------------------------------------
 
 /// A [`PartnerCenter`] or [`CrmStore`] that counts every call made through it, then delegates.
-/// One port call is counted as one API call (a Dataverse `get_opportunity` may send up to four
-/// requests; [`BudgetPolicy::calls_per_sync`] leaves room for that).
+/// One port call is counted as one API call (a `get_opportunity` is one request on either CRM,
+/// its account and contact read with it).
 #[derive(Debug)]
 pub struct Metered<'a, T> {
     inner: &'a T,
@@ -384,7 +384,7 @@ impl<P: PartnerCenter> PartnerCenter for Metered<'_, P> {
         id: &ReferralId,
         if_match: Option<&crate::ids::ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<crate::ids::ETag>, PortError> {
+    ) -> Result<crate::ports::Patched, PortError> {
         self.hit();
         self.inner.patch_referral(id, if_match, ops).await
     }

@@ -15,7 +15,8 @@
 //! | [`status`] | `ReferralStatus`, `ReferralSubstatus`, `ReferralState` and its transition table |
 //! | [`opportunity`] | the canonical `Opportunity` and its fingerprint |
 //! | [`mapping`] | `MappingConfig` and the mapping functions for Partner Center, Dataverse, Salesforce |
-//! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity` or every problem |
+//! | [`taxonomy`] | `SolutionArea`, `SolutionPlay`, `PartnerRole`, the allowed values (`TaxonomyConfig`) |
+//! | [`validation`] | `validate_for_partner_center` → `ValidatedOpportunity`, `validate_new_referral` → `NewReferral`, or every problem |
 //! | [`ports`] | `PartnerCenter`, `CrmStore`, `IdempotencyStore`, `RetryQueue`, `AuditLog`, `LinkStore`, `PortError` |
 //! | [`sync`] | the sync core: `handle_partner_center_event`, `handle_crm_change`, `run_retry_job`, `Outcome`, exactly once |
 //! | [`metrics`] | the CloudWatch metrics as plain data: namespace, dimensions, names, units |
@@ -39,6 +40,7 @@ pub mod referral;
 pub mod serde_helpers;
 pub mod status;
 pub mod sync;
+pub mod taxonomy;
 pub mod validation;
 pub mod values;
 pub mod webhook;
@@ -66,13 +68,19 @@ pub use opportunity::{
 pub use ports::{
     AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
     IdempotencyRecord, IdempotencyState, IdempotencyStatus, IdempotencyStore, KeyAfter, Link,
-    LinkStore, OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob,
+    LinkStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob,
     RetryQueue, RetrySource, Service, SyncDirection, Upserted,
 };
 pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 pub use status::TransitionError;
 pub use status::{ReferralState, ReferralStatus, ReferralSubstatus};
+pub use taxonomy::{
+    PartnerRole, SolutionArea, SolutionPlay, Taxonomy, TaxonomyConfig, TaxonomyField,
+    TaxonomyValues,
+};
 pub use validation::ValidationProblem;
-pub use validation::{ValidatedOpportunity, validate_for_partner_center};
+pub use validation::{
+    NewReferral, ValidatedOpportunity, validate_for_partner_center, validate_new_referral,
+};
 pub use values::{CountryCode, CurrencyCode, DealValue, Money};
 pub use webhook::{EventName, WebhookEvent, WebhookRegistration};

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{CrmKind, CrmRecordId, ReferralId, SolutionId};
 use crate::macros::wire_key;
+use crate::taxonomy::{TaxonomyField, TaxonomyValues};
 use crate::values::{CountryCode, CurrencyCode, Money};
 
 /// Where the opportunity stands.
@@ -372,6 +373,23 @@ pub enum OpportunityField {
     Stage,
     /// A boolean flag (sync, visibility).
     Flag,
+    /// The Solution Area.
+    SolutionArea,
+    /// The Solution Play.
+    SolutionPlay,
+    /// The Partner Role.
+    PartnerRole,
+}
+
+impl OpportunityField {
+    /// The field of a taxonomy member.
+    pub fn of_taxonomy(field: TaxonomyField) -> Self {
+        match field {
+            TaxonomyField::SolutionArea => Self::SolutionArea,
+            TaxonomyField::SolutionPlay => Self::SolutionPlay,
+            TaxonomyField::PartnerRole => Self::PartnerRole,
+        }
+    }
 }
 
 /// A CRM value that could not be turned into its domain type. Never holds contact data.
@@ -399,6 +417,11 @@ pub struct CrmOpportunity {
     pub amount: Option<Decimal>,
     /// The currency as read or defaulted, even without an amount.
     pub currency: Option<CurrencyCode>,
+    /// The Solution Area, Solution Play and Partner Role as read, each one the configuration
+    /// allows (what it does not allow is in `rejected`). Sent only when a referral is created
+    /// from the record, so not part of [`Opportunity`] and its fingerprint
+    /// (docs/partner-center.md#solution-area-solution-play-and-partner-role).
+    pub taxonomy: TaxonomyValues,
     /// The record's version as the CRM reports it (Dataverse: the row's `@odata.etag`), when
     /// known: an update that names it ([`OpportunityWrite::if_match`]) fails with a 412 when
     /// the record changed since (docs/conflicts.md#what-it-costs).

@@ -240,16 +240,44 @@ pub trait PartnerCenter: Send + Sync {
     /// `PATCH /v1.0/engagements/referrals/{id}` with JSON Patch; `If-Match` when given
     /// (a mismatch is [`PortError::PreconditionFailed`]).
     ///
-    /// Returns the referral's new `eTag` (send `Prefer: return=representation` and read the
-    /// returned referral's `eTag`, or the `ETag` response header), or `None` when the service
-    /// did not say. The sync core keeps it so the `referral-updated` event that its own
-    /// write-back raises is recognised as an echo.
+    /// Returns what the answer says the referral now is (send `Prefer: return=representation`
+    /// and read the returned referral's `eTag` and `updatedDateTime`, or the `ETag` response
+    /// header). The sync core keeps both so the `referral-updated` event that its own
+    /// write-back raises is recognised as an echo, by its `ResourceChangeUtcDate`, without
+    /// reading the referral again.
     fn patch_referral(
         &self,
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send;
+    ) -> impl Future<Output = Result<Patched, PortError>> + Send;
+}
+
+/// Partner Center's answer to a PATCH, as far as it says: each member `None` when it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patched {
+    /// The referral's new `eTag`.
+    pub etag: Option<ETag>,
+    /// Its new `updatedDateTime`.
+    pub updated: Option<DateTime<Utc>>,
+}
+
+impl Patched {
+    /// What a returned referral says.
+    pub fn of(referral: &Referral) -> Self {
+        Self {
+            etag: referral.etag(),
+            updated: referral.updated(),
+        }
+    }
+
+    /// Only the `eTag` (an answer without a body).
+    pub fn etag(etag: Option<ETag>) -> Self {
+        Self {
+            etag,
+            updated: None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,12 +420,16 @@ pub struct OpportunityQuery {
 /// One opportunity of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedOpportunity {
-    /// The opportunity, without its account and contact.
+    /// The opportunity: in full when [`complete`](Self::complete), else at least its id, sync
+    /// flag and referral id.
     pub opportunity: CrmOpportunity,
     /// When it was last modified (Dataverse `modifiedon`, Salesforce `LastModifiedDate`).
     pub modified_at: Option<DateTime<Utc>>,
     /// Who modified it last (Dataverse `_modifiedby_value`, Salesforce `LastModifiedById`).
     pub modified_by: Option<String>,
+    /// The listing read the record as [`CrmStore::get_opportunity`] does (its account, contact
+    /// and currency included), so it can be compared without reading it again.
+    pub complete: bool,
 }
 
 /// One page of [`CrmStore::list_opportunities`].
@@ -947,6 +979,13 @@ impl Link {
     /// A referral read that is older than the last one seen (out-of-order delivery): skip it.
     pub fn is_stale_referral(&self, updated: Option<DateTime<Utc>>) -> bool {
         matches!((self.last_referral_updated, updated), (Some(last), Some(seen)) if seen < last)
+    }
+
+    /// A change of the referral made at `changed` (a webhook's `ResourceChangeUtcDate`) is
+    /// already in the state the link holds: made at or before its `updatedDateTime`.
+    pub fn holds_change_at(&self, changed: DateTime<Utc>) -> bool {
+        self.last_referral_updated
+            .is_some_and(|last| changed <= last)
     }
 }
 

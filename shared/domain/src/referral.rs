@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -416,6 +417,13 @@ impl Referral {
         self.e_tag
             .as_deref()
             .and_then(|tag| ETag::try_from(tag).ok())
+    }
+
+    /// When Partner Center last changed it (`updatedDateTime`), when readable.
+    pub fn updated(&self) -> Option<DateTime<Utc>> {
+        self.updated_date_time
+            .as_ref()
+            .and_then(WireDateTime::instant)
     }
 
     /// Status and substatus together; `None` when the referral carries no status.

@@ -2,7 +2,10 @@
 //! (docs/partner-center.md#validation-rules).
 //!
 //! [`validate_for_partner_center`] returns every problem at once, each naming the record, the
-//! configured CRM field and the fix, or a [`ValidatedOpportunity`]: the only input
+//! configured CRM field and the fix, or a [`ValidatedOpportunity`]. A referral is created only
+//! from a [`NewReferral`], which [`validate_new_referral`] returns when the record also holds
+//! an allowed Solution Area, Solution Play and Partner Role
+//! (docs/partner-center.md#solution-area-solution-play-and-partner-role): the only input
 //! [`crate::mapping::referral_create_body`] accepts.
 
 use crate::error::quoted;
@@ -11,6 +14,7 @@ use crate::mapping::MappingConfig;
 use crate::opportunity::{
     AssistanceRequest, CrmOpportunity, Opportunity, OpportunityField, RecordRef,
 };
+use crate::taxonomy::{Taxonomy, TaxonomyField, TaxonomyValues};
 use crate::values::{CountryCode, DealValue};
 
 /// A CRM opportunity that passed [`validate_for_partner_center`].
@@ -36,9 +40,44 @@ impl ValidatedOpportunity {
             .and_then(|m| DealValue::try_from(m.amount).ok())
     }
 
+    /// The taxonomy values the record holds (each allowed; any may be missing).
+    pub fn taxonomy(&self) -> &TaxonomyValues {
+        &self.0.taxonomy
+    }
+
     /// Back to the unchecked form.
     pub fn into_inner(self) -> CrmOpportunity {
         self.0
+    }
+}
+
+/// A CRM opportunity a referral may be created from: it passed
+/// [`validate_for_partner_center`] and holds a complete, allowed [`Taxonomy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReferral {
+    validated: ValidatedOpportunity,
+    taxonomy: Taxonomy,
+}
+
+impl NewReferral {
+    /// The validated opportunity.
+    pub fn validated(&self) -> &ValidatedOpportunity {
+        &self.validated
+    }
+
+    /// The CRM record.
+    pub fn record(&self) -> &RecordRef {
+        self.validated.record()
+    }
+
+    /// The opportunity.
+    pub fn opportunity(&self) -> &Opportunity {
+        self.validated.opportunity()
+    }
+
+    /// Its Solution Area, Solution Play and Partner Role.
+    pub fn taxonomy(&self) -> &Taxonomy {
+        &self.taxonomy
     }
 }
 
@@ -54,6 +93,9 @@ struct Fields {
     contact: String,
     help: String,
     referral_id: String,
+    solution_area: String,
+    solution_play: String,
+    partner_role: String,
 }
 
 impl Fields {
@@ -72,6 +114,9 @@ impl Fields {
                     contact: o.parent_contact.clone(),
                     help: o.help.clone(),
                     referral_id: o.referral_identifier.clone(),
+                    solution_area: o.solution_area.clone(),
+                    solution_play: o.solution_play.clone(),
+                    partner_role: o.partner_role.clone(),
                 }
             }
             CrmKind::Salesforce => {
@@ -92,8 +137,76 @@ impl Fields {
                     contact: o.contact_id.clone(),
                     help: o.help.clone(),
                     referral_id: o.referral_identifier.clone(),
+                    solution_area: o.solution_area.clone(),
+                    solution_play: o.solution_play.clone(),
+                    partner_role: o.partner_role.clone(),
                 }
             }
+        }
+    }
+
+    /// The CRM field of a taxonomy member.
+    fn of_taxonomy(&self, field: TaxonomyField) -> &str {
+        match field {
+            TaxonomyField::SolutionArea => &self.solution_area,
+            TaxonomyField::SolutionPlay => &self.solution_play,
+            TaxonomyField::PartnerRole => &self.partner_role,
+        }
+    }
+}
+
+/// Check everything [`validate_for_partner_center`] checks and, for the referral about to be
+/// created, its taxonomy: the Solution Area, Solution Play (one of the area's) and Partner Role
+/// are present and among the configured values
+/// (docs/partner-center.md#solution-area-solution-play-and-partner-role). Partner Center
+/// requires them on services co-sell referrals; what makes a referral one is not documented,
+/// so every referral created from the CRM carries them.
+///
+/// Returns all problems at once; each taxonomy problem names the CRM field (as configured),
+/// the Partner Center member and the allowed values.
+pub fn validate_new_referral(
+    candidate: &CrmOpportunity,
+    config: &MappingConfig,
+) -> Result<NewReferral, Vec<ValidationProblem>> {
+    let checked = validate_for_partner_center(candidate, config);
+    let record = &candidate.record;
+    let fields = Fields::of(record.crm, config);
+    let values = &candidate.taxonomy;
+    let area = values.solution_area.as_ref();
+    let mut problems = Vec::new();
+    for member in TaxonomyField::ALL {
+        let field = fields.of_taxonomy(member).to_owned();
+        let allowed = config.taxonomy.allowed(member, area);
+        let rejected = candidate.rejected(OpportunityField::of_taxonomy(member));
+        if let Some(rejected) = rejected {
+            problems.push(ValidationProblem::TaxonomyValueUnknown {
+                record: record.clone(),
+                field,
+                member,
+                found: rejected.found.clone(),
+                area: (member == TaxonomyField::SolutionPlay)
+                    .then(|| area.map(|a| a.as_str().to_owned()))
+                    .flatten(),
+                allowed,
+            });
+        } else if !values.has(member) {
+            problems.push(ValidationProblem::TaxonomyValueMissing {
+                record: record.clone(),
+                field,
+                member,
+                allowed,
+            });
+        }
+    }
+    match (checked, values.complete()) {
+        (Ok(validated), Some(taxonomy)) if problems.is_empty() => Ok(NewReferral {
+            validated,
+            taxonomy,
+        }),
+        (checked, _) => {
+            let mut all = checked.err().unwrap_or_default();
+            all.extend(problems);
+            Err(all)
         }
     }
 }
@@ -371,6 +484,50 @@ pub enum ValidationProblem {
         /// The value found.
         found: String,
     },
+    /// A Solution Area, Solution Play or Partner Role is missing from a record a referral is
+    /// to be created from.
+    #[error(
+        "{record}: the {member} is missing; Partner Center's referral member \"{pc}\" needs it \
+         on every referral the connector creates. Fix: set {field} on the opportunity to one of: \
+         {options}.",
+        pc = member.partner_center_member(),
+        options = options(allowed)
+    )]
+    TaxonomyValueMissing {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the value.
+        field: String,
+        /// Which member.
+        member: TaxonomyField,
+        /// The allowed values (a play's: those of the record's area, when known).
+        allowed: Vec<String>,
+    },
+    /// A Solution Area, Solution Play or Partner Role is not one of the configured values (a
+    /// play: not one of the record's area).
+    #[error(
+        "{record}: {member} {found:?} is not allowed for Partner Center's referral member \
+         \"{pc}\"{of_area}. Fix: set {field} on the opportunity to one of: {options} (the \
+         allowed values are the taxonomy of MAPPING_CONFIG_JSON).",
+        found = quoted(found),
+        pc = member.partner_center_member(),
+        of_area = area.as_ref().map(|a| format!(" with Solution Area {a:?}")).unwrap_or_default(),
+        options = options(allowed)
+    )]
+    TaxonomyValueUnknown {
+        /// The opportunity.
+        record: RecordRef,
+        /// The CRM field holding the value.
+        field: String,
+        /// Which member.
+        member: TaxonomyField,
+        /// The value found.
+        found: String,
+        /// The record's Solution Area, for a play.
+        area: Option<String>,
+        /// The allowed values.
+        allowed: Vec<String>,
+    },
     /// The referral identifier stored on the opportunity is not a GUID.
     #[error(
         "{record}: the stored Partner Center referral identifier {found:?} is not a GUID. Fix: \
@@ -402,6 +559,8 @@ impl ValidationProblem {
             Self::CurrencyInvalid { .. } => "currency_invalid",
             Self::HelpOptionUnknown { .. } => "help_option_unknown",
             Self::ReferralIdInvalid { .. } => "referral_id_invalid",
+            Self::TaxonomyValueMissing { .. } => "taxonomy_value_missing",
+            Self::TaxonomyValueUnknown { .. } => "taxonomy_value_unknown",
         }
     }
 
@@ -418,7 +577,9 @@ impl ValidationProblem {
             | Self::ClosingDateMissing { record, .. }
             | Self::CurrencyInvalid { record, .. }
             | Self::HelpOptionUnknown { record, .. }
-            | Self::ReferralIdInvalid { record, .. } => record,
+            | Self::ReferralIdInvalid { record, .. }
+            | Self::TaxonomyValueMissing { record, .. }
+            | Self::TaxonomyValueUnknown { record, .. } => record,
         }
     }
 
@@ -435,9 +596,20 @@ impl ValidationProblem {
             | Self::ClosingDateMissing { field, .. }
             | Self::CurrencyInvalid { field, .. }
             | Self::HelpOptionUnknown { field, .. }
-            | Self::ReferralIdInvalid { field, .. } => field,
+            | Self::ReferralIdInvalid { field, .. }
+            | Self::TaxonomyValueMissing { field, .. }
+            | Self::TaxonomyValueUnknown { field, .. } => field,
         }
     }
+}
+
+/// Allowed values as a message lists them: `"A", "B", "C"`.
+fn options(allowed: &[String]) -> String {
+    allowed
+        .iter()
+        .map(|value| format!("{value:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn country_problem(found: Option<&str>) -> String {
@@ -814,6 +986,177 @@ mod tests {
             "{}",
             all[0]
         );
+    }
+
+    /// [`good_dataverse_row`] with an allowed taxonomy: a referral may be created from it.
+    fn new_referral_row() -> Map<String, Value> {
+        let mut row = good_dataverse_row();
+        row.insert("msft_solutionarea".into(), json!("Security"));
+        row.insert("msft_solutionplay".into(), json!("data security"));
+        row.insert("msft_partnerrole".into(), json!("Implementation"));
+        row
+    }
+
+    fn new_referral_problems(row: &Map<String, Value>) -> Vec<ValidationProblem> {
+        validate_new_referral(&dataverse(row), &MappingConfig::default()).unwrap_err()
+    }
+
+    #[test]
+    fn a_new_referral_carries_the_configured_spelling_of_its_taxonomy() {
+        let new = validate_new_referral(&dataverse(&new_referral_row()), &MappingConfig::default())
+            .unwrap();
+        let taxonomy = new.taxonomy();
+        assert_eq!(taxonomy.solution_area.as_str(), "Security");
+        assert_eq!(taxonomy.solution_play.as_str(), "Data Security");
+        assert_eq!(taxonomy.partner_role.as_str(), "Implementation");
+        assert_eq!(new.record().name.as_deref(), Some("Contoso ERP"));
+        // An update of an existing referral does not need it.
+        assert!(
+            validate_for_partner_center(
+                &dataverse(&good_dataverse_row()),
+                &MappingConfig::default()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_missing_taxonomy_value_names_both_fields_and_the_allowed_values() {
+        let mut row = new_referral_row();
+        row.remove("msft_partnerrole");
+        let all = new_referral_problems(&row);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_actionable(&all[0], "taxonomy_value_missing", "msft_partnerrole");
+        assert_eq!(
+            all[0].to_string(),
+            format!(
+                "Opportunity \"Contoso ERP\" (opportunity {OPPORTUNITY_ID}): the Partner Role is \
+                 missing; Partner Center's referral member \"partnerRole\" needs it on every \
+                 referral the connector creates. Fix: set msft_partnerrole on the opportunity to \
+                 one of: \"Advisory\", \"Implementation\", \"Managed Services\", \"Licensing\"."
+            )
+        );
+
+        let none = new_referral_problems(&good_dataverse_row());
+        let fields: Vec<(&str, &str)> = none.iter().map(|p| (p.code(), p.field())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("taxonomy_value_missing", "msft_solutionarea"),
+                ("taxonomy_value_missing", "msft_solutionplay"),
+                ("taxonomy_value_missing", "msft_partnerrole"),
+            ]
+        );
+        let area = none[0].to_string();
+        assert!(
+            area.contains("\"solutionArea\"")
+                && area
+                    .contains("\"AI Business Solutions\", \"Cloud & AI Platforms\", \"Security\""),
+            "{area}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_taxonomy_value_is_quoted_with_the_allowed_values() {
+        let mut row = new_referral_row();
+        row.insert("msft_solutionarea".into(), json!("Modern Work"));
+        let all = new_referral_problems(&row);
+        // The play is then checked against every area's plays: "Data Security" is one.
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_actionable(&all[0], "taxonomy_value_unknown", "msft_solutionarea");
+        let message = all[0].to_string();
+        assert!(
+            message.contains(
+                "Solution Area \"Modern Work\" is not allowed for Partner Center's \
+                              referral member \"solutionArea\""
+            ) && message.contains(
+                "one of: \"AI Business Solutions\", \"Cloud & AI Platforms\", \"Security\""
+            ) && message.contains("MAPPING_CONFIG_JSON"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_play_of_another_area_is_refused_with_the_area_s_plays() {
+        let mut row = new_referral_row();
+        row.insert(
+            "msft_solutionplay".into(),
+            json!("Unify Your Data Platform"),
+        );
+        let all = new_referral_problems(&row);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_actionable(&all[0], "taxonomy_value_unknown", "msft_solutionplay");
+        let message = all[0].to_string();
+        assert!(
+            message.contains(
+                "Solution Play \"Unify Your Data Platform\" is not allowed for Partner Center's \
+                 referral member \"solutionPlay\" with Solution Area \"Security\""
+            ) && message.contains(
+                "one of: \"Data Security\", \"Modern SecOps with Unified Platform\", \"Protect \
+                 Cloud, AI Platform and Apps\""
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn taxonomy_problems_come_with_every_other_problem() {
+        let mut row = good_dataverse_row();
+        row.remove("estimatedvalue");
+        row.insert("msft_partnerrole".into(), json!("Reseller"));
+        let codes: Vec<&str> = new_referral_problems(&row)
+            .iter()
+            .map(ValidationProblem::code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "deal_value_missing",
+                "taxonomy_value_missing",
+                "taxonomy_value_missing",
+                "taxonomy_value_unknown",
+            ]
+        );
+    }
+
+    #[test]
+    fn salesforce_taxonomy_messages_name_the_configured_salesforce_fields() {
+        let mut config = MappingConfig::default();
+        config.salesforce.opportunity.partner_role = "Co_Sell_Role__c".into();
+        let row = obj(json!({
+            "Id": "006000000000001", "Name": "Contoso ERP", "Amount": 100, "CloseDate": "2026-06-30",
+            "CurrencyIsoCode": "USD", "Sync_with_Partner_Center__c": "true",
+            "Account": { "Name": "Contoso", "BillingCountry": "US" },
+            "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+            "Co_Sell_Role__c": "Broker"
+        }));
+        let candidate = opportunity_from_salesforce(&SalesforceRecord::new(&row), &config);
+        let all = validate_new_referral(&candidate, &config).unwrap_err();
+        let fields: Vec<(&str, &str)> = all.iter().map(|p| (p.code(), p.field())).collect();
+        assert_eq!(fields, [("taxonomy_value_unknown", "Co_Sell_Role__c")]);
+        assert!(all[0].to_string().contains("\"partnerRole\""), "{}", all[0]);
+        let mut ok = row.clone();
+        ok.insert("Co_Sell_Role__c".into(), json!("managed services"));
+        let candidate = opportunity_from_salesforce(&SalesforceRecord::new(&ok), &config);
+        let new = validate_new_referral(&candidate, &config).unwrap();
+        assert_eq!(new.taxonomy().partner_role.as_str(), "Managed Services");
+    }
+
+    #[test]
+    fn dataverse_choices_and_lookups_are_read_by_their_label() {
+        let mut row = new_referral_row();
+        row.insert("msft_solutionarea".into(), json!(100_000_002));
+        row.insert(
+            "msft_solutionarea@OData.Community.Display.V1.FormattedValue".into(),
+            json!("Security"),
+        );
+        row.insert(
+            "msft_partnerrole".into(),
+            json!({ "Id": "5a3f2c1e-0000-0000-0000-000000000001", "LogicalName": "msft_partnerrole", "Name": "Advisory" }),
+        );
+        let new = validate_new_referral(&dataverse(&row), &MappingConfig::default()).unwrap();
+        assert_eq!(new.taxonomy().solution_area.as_str(), "Security");
+        assert_eq!(new.taxonomy().partner_role.as_str(), "Advisory");
     }
 
     #[test]

@@ -80,6 +80,14 @@ async fn end_to_end(crm: Crm) {
     let expected = usize::from(crm == Crm::Dataverse);
     assert_eq!(invitations, expected);
     assert_eq!(e.partner_center("POST").await, 1 + expected);
+    // Every referral created (the invitation of Microsoft too) carries the record's Solution
+    // Area, Solution Play and Partner Role, spelled as configured.
+    for referral in e.all_referrals().await {
+        let members = ["solutionArea", "solutionPlay", "partnerRole"];
+        for (member, value) in members.into_iter().zip(crm.taxonomy()) {
+            assert_eq!(referral[member], value, "{member}: {referral:#}");
+        }
+    }
     let audit = e.audit(&first).await;
     assert!(audit.contains(&AuditEvent::Created), "{audit:?}");
     assert!(audit.contains(&AuditEvent::EchoSkipped), "{audit:?}");
@@ -121,20 +129,44 @@ async fn end_to_end(crm: Crm) {
     // Microsoft's help is asked for: no Partner Center call, and the record's audit field names
     // the field and the fix.
     e.clear_requests().await;
-    let cases: [(u8, &str, &str); 3] = [
-        (2, "missing solution", crm.solutions_field()),
-        (4, "country USA", crm.country_field()),
-        (5, "no contact", crm.contact_field()),
+    // A missing Solution Area and an unknown Partner Role: the same, the message naming the
+    // CRM field, the Partner Center member and the allowed values.
+    let cases: [(u8, &str, &str, &[&str]); 5] = [
+        (2, "missing solution", crm.solutions_field(), &[]),
+        (4, "country USA", crm.country_field(), &[]),
+        (5, "no contact", crm.contact_field(), &[]),
+        (
+            6,
+            "missing solution area",
+            crm.solution_area_field(),
+            &[
+                "\"solutionArea\"",
+                "\"AI Business Solutions\", \"Cloud & AI Platforms\", \"Security\"",
+            ],
+        ),
+        (
+            7,
+            "unknown partner role",
+            crm.partner_role_field(),
+            &[
+                "Partner Role \"Reseller\" is not allowed",
+                "\"partnerRole\"",
+                "\"Advisory\", \"Implementation\", \"Managed Services\", \"Licensing\"",
+            ],
+        ),
     ];
-    for (n, case, field) in cases {
+    for (n, case, field, says) in cases {
         let since = e.exchanges().len();
         let country = if n == 4 { "USA" } else { "US" };
         let incomplete = e
             .seed_with(n, country, |o| {
                 o[crm.help_field()] = json!("Proof of concept or demo");
+                let o = o.as_object_mut().unwrap();
                 match n {
-                    2 => o.as_object_mut().unwrap().remove(crm.solutions_field()),
-                    5 => o.as_object_mut().unwrap().remove("_parentcontactid_value"),
+                    2 => o.remove(crm.solutions_field()),
+                    5 => o.remove("_parentcontactid_value"),
+                    6 => o.remove(crm.solution_area_field()),
+                    7 => o.insert(crm.partner_role_field().into(), json!("Reseller")),
                     _ => None,
                 };
             })
@@ -146,6 +178,9 @@ async fn end_to_end(crm: Crm) {
             .to_owned();
         assert!(audit_field.contains(field), "{case}: {audit_field}");
         assert!(audit_field.contains("Fix:"), "{case}: {audit_field}");
+        for text in says {
+            assert!(audit_field.contains(text), "{case}: {text}: {audit_field}");
+        }
     }
     assert_eq!(e.partner_center_calls().await, 0);
     assert_eq!(e.referrals().await.len(), 1);
@@ -233,7 +268,7 @@ fn assert_metrics(watch: &LocalFunction, crm: Crm) {
             "ApiCallsToday",
         ],
     );
-    assert!(totals["NeedsAttention"] >= 3.0, "{totals:?}");
+    assert!(totals["NeedsAttention"] >= 5.0, "{totals:?}");
     assert!(totals["Rejected"] >= 2.0, "{totals:?}");
 }
 

@@ -345,6 +345,8 @@ both_crms!(
     the_same_delivery_again_calls_partner_center_zero_times,
     our_own_write_back_echo_calls_partner_center_zero_times,
     a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix,
+    a_created_referral_carries_the_solution_area_play_and_partner_role,
+    a_missing_or_unknown_taxonomy_value_calls_nothing_and_names_both_fields,
     a_wrong_or_missing_secret_is_401,
     malformed_bodies_are_400,
 );
@@ -443,6 +445,72 @@ async fn a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix(crm:
     let audit = record[crm.audit_field()].as_str().unwrap_or_default();
     assert!(audit.contains(crm.solutions_field()), "{audit}");
     assert!(audit.to_lowercase().contains("fix"), "{audit}");
+}
+
+async fn a_created_referral_carries_the_solution_area_play_and_partner_role(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    assert_eq!(h.deliver(&delivery).await.0, 200);
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 1, "{referrals:?}");
+    let members = ["solutionArea", "solutionPlay", "partnerRole"];
+    for (member, value) in members.into_iter().zip(crm.taxonomy()) {
+        assert_eq!(referrals[0][member], value, "{member}: {:#}", referrals[0]);
+    }
+}
+
+async fn a_missing_or_unknown_taxonomy_value_calls_nothing_and_names_both_fields(crm: Crm) {
+    let cases: [(&str, fn(Crm, &mut Value), &str, &[&str]); 3] = [
+        (
+            "missing solution play",
+            |crm, o| {
+                o.as_object_mut().unwrap().remove(crm.solution_play_field());
+            },
+            "the Solution Play is missing",
+            &["\"solutionPlay\"", "to one of: \""],
+        ),
+        (
+            "unknown solution area",
+            |crm, o| o[crm.solution_area_field()] = json!("Modern Work"),
+            "Solution Area \"Modern Work\" is not allowed",
+            &[
+                "\"solutionArea\"",
+                "\"AI Business Solutions\", \"Cloud & AI Platforms\", \"Security\"",
+            ],
+        ),
+        (
+            "empty partner role",
+            |crm, o| o[crm.partner_role_field()] = json!(""),
+            "the Partner Role is missing",
+            &["\"partnerRole\"", "\"Advisory\", \"Implementation\""],
+        ),
+    ];
+    for (case, break_it, reason, says) in cases {
+        let h = Harness::start(crm).await;
+        let id = h.seed(None, |o| break_it(crm, o)).await;
+        let delivery = h.next_delivery().await;
+        h.clear_requests().await;
+        let (status, body) = h.deliver(&delivery).await;
+        assert_eq!(status, 200, "{case}: {body}");
+        if crm == Crm::Dataverse {
+            assert_eq!(body, r#"{"status":"needs_attention"}"#, "{case}");
+        }
+        assert_eq!(h.partner_center_calls().await, 0, "{case}");
+        assert!(h.referrals().await.is_empty(), "{case}");
+        let record = h.record(&id).await;
+        let audit = record[crm.audit_field()].as_str().unwrap_or_default();
+        assert!(audit.contains(reason), "{case}: {audit}");
+        let field = match case {
+            "missing solution play" => crm.solution_play_field(),
+            "unknown solution area" => crm.solution_area_field(),
+            _ => crm.partner_role_field(),
+        };
+        assert!(audit.contains(field), "{case}: {audit}");
+        for text in says {
+            assert!(audit.contains(text), "{case}: {text}: {audit}");
+        }
+    }
 }
 
 async fn a_wrong_or_missing_secret_is_401(crm: Crm) {

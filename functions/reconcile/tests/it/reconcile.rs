@@ -152,6 +152,8 @@ impl Harness {
                         "msft_microsoftpartnercenterreferralsync": true,
                         "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
                         "msft_microsoftpartnercentersolutions": SOLUTION,
+                        "msft_solutionarea": "Security", "msft_solutionplay": "Data Security",
+                        "msft_partnerrole": "Implementation",
                     }),
                 )
                 .await;
@@ -172,12 +174,73 @@ impl Harness {
                         "CloseDate": "2027-06-30", "Amount": 25000, "CurrencyIsoCode": "USD",
                         "AccountId": account, "Sync_with_Partner_Center__c": true,
                         "Microsoft_Solutions__c": SOLUTION,
+                        "Solution_Area__c": "Security", "Solution_Play__c": "Data Security",
+                        "Partner_Role__c": "Implementation",
                     }),
                 )
                 .await;
                 CrmRecordId::try_from(format!("salesforce:{opportunity}")).unwrap()
             }
         }
+    }
+
+    /// The connector's requests to `service` so far: `METHOD path?query`, as received.
+    async fn calls(&self, service: &str) -> Vec<String> {
+        let log: Value = self
+            .control
+            .get(format!(
+                "{}/_sandbox/requests?service={service}",
+                self.sandbox.base_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        log["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["method"].as_str().unwrap(),
+                    r["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    /// A seller's save of a column the sync does not map (the probability), read raw and
+    /// written back through the control API.
+    async fn seller_touch(&self, crm: Crm, record: &CrmRecordId) {
+        let path = match crm {
+            Crm::Dataverse => format!("/_sandbox/dataverse/opportunities/{}", record.native()),
+            Crm::Salesforce => format!("/_sandbox/salesforce/Opportunity/{}", record.native()),
+        };
+        let mut row: Value = self
+            .control
+            .get(format!("{}{path}", self.sandbox.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (column, system) = match crm {
+            Crm::Dataverse => ("closeprobability", ["modifiedon", "_modifiedby_value", ""]),
+            Crm::Salesforce => (
+                "Probability",
+                ["LastModifiedDate", "LastModifiedById", "SystemModstamp"],
+            ),
+        };
+        let fields = row.as_object_mut().unwrap();
+        for name in system {
+            fields.remove(name);
+        }
+        fields.insert(column.to_owned(), json!(40));
+        self.put(&path, row).await;
     }
 
     /// Writes (anything but GET) the sandbox received from the connector so far.
@@ -357,6 +420,42 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
     assert!(h.app.retry_queue.jobs().is_empty());
     assert_eq!(h.writes().await, writes, "the second run wrote nothing");
     assert_eq!(h.app.checkpoints.checkpoint().unwrap().last_enqueued, 0);
+
+    // A seller saves a column the sync does not map: the record is compared with what was
+    // synced and found in sync. A Dataverse page carries the account and contact, so nothing
+    // is read again; a Salesforce record is read again with one query.
+    h.seller_touch(crm, &opportunity).await;
+    h.control
+        .delete(format!("{}/_sandbox/requests", h.sandbox.base_url))
+        .send()
+        .await
+        .unwrap();
+    let third = handler::run(&h.app, later + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    assert!(!third.failed(), "{third:?}");
+    assert!(third.planned.is_empty(), "{:?}", third.planned);
+    assert!(
+        third.opportunities.in_sync >= 1,
+        "the touched record was listed and compared: {:?}",
+        third.opportunities
+    );
+    let (service, reads) = match crm {
+        Crm::Dataverse => ("dataverse", 0),
+        Crm::Salesforce => ("salesforce", 1),
+    };
+    let calls = h.calls(service).await;
+    let native = opportunity.native();
+    let reread: Vec<&String> = calls
+        .iter()
+        .filter(|call| call.contains(&native[..15]) && !call.contains("LastModifiedDate"))
+        .filter(|call| !call.contains("%24filter") && !call.contains("$filter"))
+        .collect();
+    assert_eq!(
+        reread.len(),
+        reads,
+        "reads of the touched record besides the listing: {calls:#?}"
+    );
 }
 
 #[tokio::test]

@@ -13,13 +13,13 @@
 //!
 //! | Operation | Requests |
 //! |---|---|
-//! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | 1 `GET opportunities?$filter=<referral column> eq '…'&$select=…&$top=1`, + 1 when the row's currency was not seen before by this instance. The account and contact are **not** read (the result's `account` is empty and `contact` `None`; use `get_opportunity` for them) |
-//! | [`get_opportunity`](CrmStore::get_opportunity) | 1 `GET opportunities(<id>)?$select=…`, then concurrently 1 `GET accounts(<id>)` when the parent account is set, 1 `GET contacts(<id>)` when the parent contact is set, 1 `GET transactioncurrencies(<id>)` when the currency was not seen before: 1–4 (`$expand` would make it one, but is left out so the adapter also runs against the sandbox, which answers 501 to it) |
+//! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | exactly 1 `GET opportunities?$filter=<referral column> eq '…'&$select=…&$top=1&$expand=<currency>($select=isocurrencycode)`. The account and contact are **not** read (the result's `account` is empty and `contact` `None`; use `get_opportunity` for them) |
+//! | [`get_opportunity`](CrmStore::get_opportunity) | exactly 1 `GET opportunities(<id>)?$select=…&$expand=<account>($select=…),<contact>($select=…),<currency>($select=isocurrencycode)` ([`opportunity_expand`](DataverseStore::opportunity_expand); docs/dataverse.md#related-rows-in-one-read): an unset lookup expands to `null` |
 //! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`, + 1 `GET transactioncurrencies?$filter=isocurrencycode eq '…'` the first time a currency is written (cached per instance) |
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 `GET` with `$filter`, `$select` of the primary key, `$top=1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST` (`Prefer: return=representation`, `$select` of the primary key) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH opportunities(<id>)` with `If-Match: *` |
-//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 `GET opportunities?$filter=<sync> eq true and (modifiedon gt <t> or (modifiedon eq <t> and opportunityid gt <last>))&$orderby=modifiedon asc,opportunityid asc&$top=<page>` per page (keyset paging, no `@odata.nextLink` kept; docs/dataverse.md#paging); currencies are not resolved |
+//! | [`list_opportunities`](CrmStore::list_opportunities) | 1 `GET opportunities?$filter=<sync> eq true and (modifiedon gt <t> or (modifiedon eq <t> and opportunityid gt <last>))&$orderby=modifiedon asc,opportunityid asc&$top=<page>&$expand=…` per page (keyset paging, no `@odata.nextLink` kept; docs/dataverse.md#paging); each row carries its account, contact and currency as `get_opportunity` reads them |
 //!
 //! # Upserts
 //!
@@ -35,7 +35,8 @@
 //! written into the key column.
 //!
 //! The deal's currency is bound through `transactioncurrencyid@odata.bind`; the
-//! `transactioncurrency` row of an ISO code is looked up once per instance. A currency the
+//! `transactioncurrency` row of an ISO code is looked up once per instance (or not at all when
+//! a read already expanded it). A currency the
 //! environment lacks is a [`PortError::Permanent`] naming where to add it.
 
 use std::collections::HashMap;
@@ -100,11 +101,10 @@ impl DataverseConfig {
     }
 }
 
-/// The `transactioncurrency` rows seen, both ways.
+/// The `transactioncurrency` rows seen (written, or read expanded), by ISO code.
 #[derive(Debug, Default)]
 struct CurrencyCache {
     by_code: HashMap<CurrencyCode, DataverseId>,
-    by_id: HashMap<DataverseId, CurrencyCode>,
 }
 
 /// The [`CrmStore`] over the Dataverse Web API. Cheap to clone (clones share the token cache
@@ -315,20 +315,6 @@ impl DataverseStore {
         Ok(read_json::<Collection>(ctx, response).await?.value)
     }
 
-    /// One row by id; `None` when it does not exist (404).
-    async fn get_row(
-        &self,
-        ctx: &RequestContext,
-        url: Url,
-        extra: &[(&'static str, &'static str)],
-    ) -> Result<Option<Map<String, Value>>, HttpAdapterError> {
-        match self.send(ctx, Method::GET, url, None, extra).await {
-            Ok(response) => Ok(Some(read_json(ctx, response).await?)),
-            Err(HttpAdapterError::NotFound { .. }) => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
     /// The id of the row a create or upsert wrote: the `pk` member of the representation, or
     /// the `OData-EntityId` header of a 204.
     async fn written_id(
@@ -403,7 +389,6 @@ impl DataverseStore {
     fn remember_currency(&self, code: CurrencyCode, id: DataverseId) {
         let mut cache = self.cache();
         cache.by_code.insert(code, id);
-        cache.by_id.insert(id, code);
     }
 
     /// The `transactioncurrency` row of `code`: cached, or one
@@ -437,32 +422,6 @@ impl DataverseStore {
         };
         self.remember_currency(code, id);
         Ok(id)
-    }
-
-    /// The ISO code of a `transactioncurrency` row: cached, or one `GET` of the row. `None`
-    /// when the row or its code cannot be read (the mapping then falls back to
-    /// [`MappingConfig::default_currency`]).
-    async fn currency_code(&self, id: DataverseId) -> Result<Option<CurrencyCode>, PortError> {
-        if let Some(code) = self.cache().by_id.get(&id).copied() {
-            return Ok(Some(code));
-        }
-        let f = &self.mapping.dataverse.opportunity;
-        let ctx = Self::ctx("read a currency").with_resource(format!("currency {id}"));
-        let url = self.url(
-            &format!("{}({id})", f.currency_entity_set),
-            &[("$select", f.currency_iso_code.clone())],
-        )?;
-        let Some(row) = self.get_row(&ctx, url, &[]).await? else {
-            return Ok(None);
-        };
-        let code = row
-            .get(&f.currency_iso_code)
-            .and_then(Value::as_str)
-            .and_then(|text| CurrencyCode::try_from(text).ok());
-        if let Some(code) = code {
-            self.remember_currency(code, id);
-        }
-        Ok(code)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -500,6 +459,7 @@ impl DataverseStore {
             ("$filter", format!("{} eq true and {changed}", f.sync)),
             ("$orderby", format!("{MODIFIED_ON_COLUMN} asc,{} asc", f.id)),
             ("$top", query.top.max(1).to_string()),
+            ("$expand", self.opportunity_expand()),
         ])
     }
 
@@ -523,6 +483,9 @@ impl DataverseStore {
             f.visibility.clone(),
             f.solutions.clone(),
             f.microsoft_crm_identifier.clone(),
+            f.solution_area.clone(),
+            f.solution_play.clone(),
+            f.partner_role.clone(),
         ]
         .join(",")
     }
@@ -549,36 +512,46 @@ impl DataverseStore {
             .join(",")
     }
 
-    /// The currency of an opportunity row, from its lookup.
-    async fn row_currency(
-        &self,
-        row: &Map<String, Value>,
-    ) -> Result<Option<CurrencyCode>, PortError> {
-        let key = lookup_value_key(&self.mapping.dataverse.opportunity.currency);
-        match guid(row, &key) {
-            Some(id) => self.currency_code(id).await,
-            None => Ok(None),
-        }
+    /// The `$expand` of an opportunity read: its account, contact and currency lookups
+    /// (single-valued navigation properties named like the lookups), each with its own
+    /// `$select` (docs/dataverse.md#related-rows-in-one-read).
+    pub fn opportunity_expand(&self) -> String {
+        let f = &self.mapping.dataverse.opportunity;
+        format!(
+            "{}($select={}),{}($select={}),{}($select={})",
+            f.parent_account,
+            self.account_select(),
+            f.parent_contact,
+            self.contact_select(),
+            f.currency,
+            f.currency_iso_code,
+        )
     }
 
-    /// A related row (account, contact) by id; `None` when unset or gone.
-    async fn related_row(
-        &self,
-        operation: &'static str,
-        set: &str,
-        id: Option<DataverseId>,
-        select: String,
-    ) -> Result<Option<Map<String, Value>>, PortError> {
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        let ctx = Self::ctx(operation).with_resource(format!("{set}({id})"));
-        let url = self.url(&format!("{set}({id})"), &[("$select", select)])?;
-        let row = self.get_row(&ctx, url, &[]).await?;
-        if row.is_none() {
-            tracing::warn!(set, %id, "the opportunity's related row no longer exists");
+    /// An opportunity row read with [`opportunity_expand`](Self::opportunity_expand): the
+    /// expanded account, contact and currency are read from the row (`null` when the lookup is
+    /// unset); the currency seen is remembered for later writes.
+    fn expanded_opportunity(&self, row: &Map<String, Value>) -> CrmOpportunity {
+        let f = &self.mapping.dataverse.opportunity;
+        if let Some(currency) = row.get(&f.currency).and_then(Value::as_object)
+            && let (Some(id), Some(code)) = (
+                guid(currency, CURRENCY_ID_COLUMN),
+                currency
+                    .get(&f.currency_iso_code)
+                    .and_then(Value::as_str)
+                    .and_then(|text| CurrencyCode::try_from(text).ok()),
+            )
+        {
+            self.remember_currency(code, id);
         }
-        Ok(row)
+        let related = |property: &str| row.get(property).and_then(Value::as_object);
+        let record = DataverseRecord {
+            opportunity: row,
+            account: related(&f.parent_account),
+            contact: related(&f.parent_contact),
+            currency: None,
+        };
+        opportunity_from_dataverse(&record, &self.mapping)
     }
 }
 
@@ -608,26 +581,22 @@ impl CrmStore for DataverseStore {
                     ),
                 ),
                 ("$top", "1".to_owned()),
+                (
+                    "$expand",
+                    format!("{}($select={})", f.currency, f.currency_iso_code),
+                ),
             ],
         )?;
         let rows = self
             .get_rows(&ctx, url, &[("prefer", PREFER_FORMATTED_VALUES)])
             .await?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let currency = self.row_currency(&row).await?;
-        let record = DataverseRecord {
-            currency,
-            ..DataverseRecord::new(&row)
-        };
-        Ok(Some(opportunity_from_dataverse(&record, &self.mapping)))
+        Ok(rows.first().map(|row| self.expanded_opportunity(row)))
     }
 
     /// `GET opportunities?$filter=<sync column> eq true and (modifiedon gt <t> or (modifiedon eq
     /// <t> and <id> gt <last id>))&$orderby=modifiedon asc,<id> asc&$top=<n>`
     /// ([`list_query`](Self::list_query)): one page of a keyset walk, bounded by `$top`. No
-    /// `@odata.nextLink` is followed or kept. The currency is not resolved.
+    /// `@odata.nextLink` is followed or kept. Each row carries its account, contact and currency.
     #[tracing::instrument(skip_all)]
     async fn list_opportunities(
         &self,
@@ -650,7 +619,7 @@ impl CrmStore for DataverseStore {
             .value
             .iter()
             .map(|row| ListedOpportunity {
-                opportunity: opportunity_from_dataverse(&DataverseRecord::new(row), &self.mapping),
+                opportunity: self.expanded_opportunity(row),
                 modified_at: row
                     .get(MODIFIED_ON_COLUMN)
                     .and_then(Value::as_str)
@@ -660,12 +629,14 @@ impl CrmStore for DataverseStore {
                     .get(MODIFIED_BY_VALUE)
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                complete: true,
             })
             .collect();
         Ok(OpportunityPage { items })
     }
 
-    /// `GET opportunities(<id>)` with its account, contact and currency (see the module docs).
+    /// `GET opportunities(<id>)?$select=…&$expand=<account>(…),<contact>(…),<currency>(…)`:
+    /// the row with its account, contact and currency in one request (see the module docs).
     #[tracing::instrument(skip_all, fields(crm = %id))]
     async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
         let id = dataverse_id(id, "opportunity")?;
@@ -673,7 +644,10 @@ impl CrmStore for DataverseStore {
         let ctx = Self::ctx("read an opportunity").with_resource(format!("{} {id}", f.entity));
         let url = self.url(
             &format!("{}({id})", f.entity_set),
-            &[("$select", self.opportunity_select())],
+            &[
+                ("$select", self.opportunity_select()),
+                ("$expand", self.opportunity_expand()),
+            ],
         )?;
         let response = self
             .send(
@@ -685,31 +659,7 @@ impl CrmStore for DataverseStore {
             )
             .await?;
         let row: Map<String, Value> = read_json(&ctx, response).await?;
-        let accounts = &self.mapping.dataverse.account.entity_set;
-        let contacts = &self.mapping.dataverse.contact.entity_set;
-        let (account, contact, currency) = tokio::join!(
-            self.related_row(
-                "read an opportunity's account",
-                accounts,
-                guid(&row, &lookup_value_key(&f.parent_account)),
-                self.account_select(),
-            ),
-            self.related_row(
-                "read an opportunity's contact",
-                contacts,
-                guid(&row, &lookup_value_key(&f.parent_contact)),
-                self.contact_select(),
-            ),
-            self.row_currency(&row),
-        );
-        let (account, contact, currency) = (account?, contact?, currency?);
-        let record = DataverseRecord {
-            opportunity: &row,
-            account: account.as_ref(),
-            contact: contact.as_ref(),
-            currency,
-        };
-        Ok(opportunity_from_dataverse(&record, &self.mapping))
+        Ok(self.expanded_opportunity(&row))
     }
 
     /// The upsert (see the module docs).

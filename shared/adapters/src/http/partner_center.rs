@@ -9,7 +9,7 @@
 //! both logged at debug level, so a failure can be matched with Microsoft support.
 
 use cosell_domain::ids::{ETag, ReferralId};
-use cosell_domain::ports::{PartnerCenter, PortError, ReferralQuery, Service};
+use cosell_domain::ports::{PartnerCenter, Patched, PortError, ReferralQuery, Service};
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use cosell_domain::webhook::{
     EventName, ValidationEventResponse, ValidationEventStatus, WebhookRegistration,
@@ -255,7 +255,7 @@ impl HttpPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, HttpAdapterError> {
+    ) -> Result<Patched, HttpAdapterError> {
         let ctx = RequestContext::new(Service::PartnerCenter, "PATCH referral")
             .with_resource(format!("referral {id}"))
             .with_required_role(WRITE_ROLE);
@@ -288,7 +288,7 @@ impl HttpPartnerCenter {
                 request
             })
             .await?;
-        let header = header_etag(response.headers());
+        let header = Patched::etag(header_etag(response.headers()));
         // The write happened: an unreadable representation must not turn it into an error
         // (a retry would apply it twice), so fall back to the header.
         let body = match read_limited(&ctx, response, MAX_RESPONSE_BYTES, false).await {
@@ -302,7 +302,10 @@ impl HttpPartnerCenter {
             return Ok(header);
         }
         match serde_json::from_slice::<Referral>(&body) {
-            Ok(referral) => Ok(referral.etag().or(header)),
+            Ok(referral) => Ok(Patched {
+                etag: referral.etag().or(header.etag),
+                updated: referral.updated(),
+            }),
             Err(error) => {
                 tracing::warn!(error = %error, "the PATCH answer is not a referral; using the ETag header");
                 Ok(header)
@@ -337,7 +340,7 @@ impl PartnerCenter for HttpPartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         Ok(self.try_patch_referral(id, if_match, ops).await?)
     }
 }

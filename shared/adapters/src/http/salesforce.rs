@@ -15,7 +15,7 @@
 //! | Operation | Requests |
 //! |---|---|
 //! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | 1 `GET sobjects/Opportunity/<External ID field>/<referral id>` (404 → `None`; several matches (300) → permanent). The Account and Contact are **not** read (use `get_opportunity`) |
-//! | [`get_opportunity`](CrmStore::get_opportunity) | 1 `GET sobjects/Opportunity/<id>`, then concurrently 1 `GET sobjects/Account/<AccountId>?fields=…` when set and 1 `GET sobjects/Contact/<ContactId>?fields=…` when the record carries a contact (API v46+ orgs): 1–3 |
+//! | [`get_opportunity`](CrmStore::get_opportunity) | exactly 1 SOQL `GET query?q=SELECT Id, …, Account.Name, Account.BillingPostalCode, …, Contact.Email, … FROM Opportunity WHERE Id = '<id>'` ([`opportunity_soql`](SalesforceStore::opportunity_soql); child-to-parent relationship fields, docs/salesforce.md#related-records-in-one-query): an unset `AccountId` / `ContactId` comes back as a `null` parent; no record is `NotFound`. `ContactId` exists from API v46.0 |
 //! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`: `sobjects/Opportunity/<External ID field>/<referral id>` (201 `created:true` / 200 `created:false`), or with a record id `sobjects/Opportunity/<id>` (204, never creates) |
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 SOQL `GET query?q=SELECT Id FROM … WHERE … ORDER BY CreatedDate ASC LIMIT 1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST sobjects/<Object>` (201 `{id}`) |
@@ -389,31 +389,6 @@ impl SalesforceStore {
         *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = Some(usage);
     }
 
-    /// One record by id (all its fields, or `fields`); `None` when it does not exist.
-    async fn get_record(
-        &self,
-        ctx: &RequestContext,
-        object: &str,
-        id: &SalesforceId,
-        fields: Option<&str>,
-    ) -> Result<Option<Map<String, Value>>, HttpAdapterError> {
-        let query: Vec<(&str, &str)> = fields.map(|f| ("fields", f)).into_iter().collect();
-        match self
-            .send(
-                ctx,
-                Method::GET,
-                &["sobjects", object, id.as_str()],
-                &query,
-                None,
-            )
-            .await
-        {
-            Ok(response) => Ok(Some(read_json(ctx, response).await?)),
-            Err(HttpAdapterError::NotFound { .. }) => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
     /// The first row of a SOQL query's answer; its `Id`.
     async fn query_id(
         &self,
@@ -447,45 +422,77 @@ impl SalesforceStore {
     // Opportunities
     // -----------------------------------------------------------------------------------------
 
-    fn account_fields(&self) -> String {
-        let f = &self.mapping.salesforce.account;
-        [
-            &f.id,
-            &f.name,
-            &f.street,
-            &f.city,
-            &f.state,
-            &f.postal_code,
-            &f.country,
-        ]
-        .map(String::as_str)
-        .join(",")
-    }
-
-    fn contact_fields(&self) -> String {
-        let f = &self.mapping.salesforce.contact;
-        [&f.id, &f.first_name, &f.last_name, &f.email, &f.phone]
-            .map(String::as_str)
-            .join(",")
-    }
-
-    /// A related record (Account, Contact) by id; `None` when unset or gone.
-    async fn related(
-        &self,
-        operation: &'static str,
-        object: &str,
-        id: Option<SalesforceId>,
-        fields: String,
-    ) -> Result<Option<Map<String, Value>>, PortError> {
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        let ctx = Self::ctx(operation).with_resource(format!("{object} {id}"));
-        let record = self.get_record(&ctx, object, &id, Some(&fields)).await?;
-        if record.is_none() {
-            tracing::warn!(object, %id, "the opportunity's related record no longer exists");
+    /// The Opportunity fields the mapping reads (the currency only in multi-currency orgs).
+    fn opportunity_fields(&self) -> Vec<&str> {
+        let sf = &self.mapping.salesforce;
+        let f = &sf.opportunity;
+        let mut fields = vec![
+            f.id.as_str(),
+            f.name.as_str(),
+            f.amount.as_str(),
+            f.close_date.as_str(),
+            f.description.as_str(),
+            f.stage_name.as_str(),
+            f.is_closed.as_str(),
+            f.is_won.as_str(),
+            f.account_id.as_str(),
+            f.contact_id.as_str(),
+            f.sync.as_str(),
+            f.referral_identifier.as_str(),
+            f.referral_link.as_str(),
+            f.help.as_str(),
+            f.visibility.as_str(),
+            f.solutions.as_str(),
+            f.microsoft_crm_identifier.as_str(),
+            f.solution_area.as_str(),
+            f.solution_play.as_str(),
+            f.partner_role.as_str(),
+        ];
+        if sf.multi_currency {
+            fields.push(&f.currency_iso_code);
         }
-        Ok(record)
+        fields
+    }
+
+    /// The select list of an Opportunity with its parents: its own fields, then
+    /// `Account.<field>` and `Contact.<field>` through the configured relationship names
+    /// (docs/salesforce.md#related-records-in-one-query).
+    pub fn opportunity_select(&self) -> String {
+        let sf = &self.mapping.salesforce;
+        let f = &sf.opportunity;
+        let a = &sf.account;
+        let c = &sf.contact;
+        let account = [
+            &a.id,
+            &a.name,
+            &a.street,
+            &a.city,
+            &a.state,
+            &a.postal_code,
+            &a.country,
+        ]
+        .map(|field| format!("{}.{field}", f.account_relationship));
+        let contact = [&c.id, &c.first_name, &c.last_name, &c.email, &c.phone]
+            .map(|field| format!("{}.{field}", f.contact_relationship));
+        self.opportunity_fields()
+            .into_iter()
+            .map(str::to_owned)
+            .chain(account)
+            .chain(contact)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `SELECT <opportunity_select> FROM Opportunity WHERE Id = '<id>'`.
+    pub fn opportunity_soql(&self, id: &SalesforceId) -> String {
+        let f = &self.mapping.salesforce.opportunity;
+        format!(
+            "SELECT {} FROM {} WHERE {} = {}",
+            self.opportunity_select(),
+            f.object,
+            f.id,
+            soql_string(id.as_str())
+        )
     }
 
     fn missing_external_id(&self, message: &str) -> PortError {
@@ -551,8 +558,11 @@ impl CrmStore for SalesforceStore {
     }
 
     /// One page of a keyset walk ([`list_soql`](Self::list_soql)), bounded by `LIMIT`. No
-    /// `nextRecordsUrl` is followed or kept. Only those fields are read (reconciliation reads a
-    /// changed record in full with `get_opportunity`).
+    /// `nextRecordsUrl` is followed or kept. Only those fields are read, so the items are not
+    /// [`complete`](ListedOpportunity::complete) (reconciliation reads a changed record in full
+    /// with `get_opportunity`): with every mapped field, long descriptions included, the
+    /// service may answer in batches smaller than `LIMIT`
+    /// (docs/salesforce.md#related-records-in-one-query), and a page must be one answer.
     #[tracing::instrument(skip_all)]
     async fn list_opportunities(
         &self,
@@ -580,50 +590,34 @@ impl CrmStore for SalesforceStore {
                     .get(LAST_MODIFIED_BY_FIELD)
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                complete: false,
             })
             .collect();
         Ok(OpportunityPage { items })
     }
 
-    /// `GET sobjects/Opportunity/<id>` with its Account and Contact (see the module docs).
+    /// One SOQL query of the Opportunity with its Account's and Contact's fields
+    /// ([`opportunity_soql`](Self::opportunity_soql); see the module docs). No record is
+    /// [`PortError::NotFound`].
     #[tracing::instrument(skip_all, fields(crm = %id))]
     async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
         let id = salesforce_id(id, "opportunity")?;
-        let sf = &self.mapping.salesforce;
-        let f = &sf.opportunity;
-        let ctx =
-            Self::ctx("read an opportunity").with_resource(format!("{} {}", f.object, id.as_str()));
+        let f = &self.mapping.salesforce.opportunity;
+        let what = format!("{} {}", f.object, id.as_str());
+        let ctx = Self::ctx("read an opportunity").with_resource(what.clone());
+        let soql = self.opportunity_soql(&id);
         let response = self
-            .send(
-                &ctx,
-                Method::GET,
-                &["sobjects", f.object.as_str(), id.as_str()],
-                &[],
-                None,
-            )
+            .send(&ctx, Method::GET, &["query"], &[("q", &soql)], None)
             .await?;
-        let row: Map<String, Value> = read_json(&ctx, response).await?;
-        let (account, contact) = tokio::join!(
-            self.related(
-                "read an opportunity's account",
-                &sf.account.object,
-                record_id(&row, &f.account_id),
-                self.account_fields(),
-            ),
-            self.related(
-                "read an opportunity's contact",
-                &sf.contact.object,
-                record_id(&row, &f.contact_id),
-                self.contact_fields(),
-            ),
-        );
-        let (account, contact) = (account?, contact?);
-        let record = SalesforceRecord {
-            opportunity: &row,
-            account: account.as_ref(),
-            contact: contact.as_ref(),
-        };
-        Ok(opportunity_from_salesforce(&record, &self.mapping))
+        let result: QueryResult = read_json(&ctx, response).await?;
+        let row = result.records.first().ok_or(PortError::NotFound {
+            service: Service::Salesforce,
+            what,
+        })?;
+        Ok(opportunity_from_salesforce(
+            &SalesforceRecord::new(row),
+            &self.mapping,
+        ))
     }
 
     /// The upsert (see the module docs). [`OpportunityWrite::if_match`] is not sent: a

@@ -379,7 +379,7 @@ async fn dataverse_find_and_get_round_trip_through_the_mapping() {
     assert_eq!(
         h.calls("dataverse").await.len(),
         1,
-        "one request (the currency is cached from the upsert)"
+        "one request, the currency expanded"
     );
 
     h.clear_requests().await;
@@ -388,10 +388,40 @@ async fn dataverse_find_and_get_round_trip_through_the_mapping() {
     assert_eq!(read.opportunity, written);
     assert_eq!(read.record.id.as_ref(), Some(&upserted.id));
     assert_eq!(read.record.crm, CrmKind::Dataverse);
+    assert_eq!(
+        read.opportunity.account.name.as_deref(),
+        Some("O'Neil's Bakery & Co")
+    );
+    assert_eq!(
+        read.opportunity.account.postal_code.as_deref(),
+        Some("10115")
+    );
+    let contact = read.opportunity.contact.as_ref().expect("the contact");
+    assert_eq!(
+        contact.email.as_deref(),
+        Some("siobhan.o'neil@bakery.example")
+    );
+    assert_eq!(contact.first_name.as_deref(), Some("Siobhan"));
+    assert_eq!(
+        read.opportunity.deal_value.map(|m| m.currency.as_str()),
+        Some("EUR")
+    );
     let calls = h.calls("dataverse").await;
-    assert_eq!(calls.len(), 3, "opportunity, account, contact: {calls:#?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "one request carries the account, contact and currency (was 3: opportunity, account, \
+         contact): {calls:#?}"
+    );
+    assert!(
+        calls[0].starts_with(&format!(
+            "GET /api/data/v9.2/opportunities({})?",
+            upserted.id.native()
+        )) && calls[0].contains("$expand="),
+        "{calls:#?}"
+    );
 
-    // A fresh instance resolves the currency id once.
+    // A fresh instance reads the currency from the same request (was a 4th request).
     let cold = h.dataverse();
     h.clear_requests().await;
     assert_eq!(
@@ -402,13 +432,21 @@ async fn dataverse_find_and_get_round_trip_through_the_mapping() {
         written
     );
     let calls = h.calls("dataverse").await;
-    assert_eq!(calls.len(), 4, "{calls:#?}");
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("GET /api/data/v9.2/transactioncurrencies(")),
-        "{calls:#?}"
-    );
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+
+    // Without an account or contact the read is the same one request; they read as unset.
+    let bare_referral = new_referral_id();
+    let bare = Opportunity {
+        account: Account::default(),
+        contact: None,
+        ..opportunity(bare_referral)
+    };
+    let bare_id = create_opportunity(&dv, &bare_referral, &bare).await;
+    h.clear_requests().await;
+    let read = dv.get_opportunity(&bare_id).await.unwrap();
+    assert_eq!(read.opportunity.account, Account::default());
+    assert_eq!(read.opportunity.contact, None);
+    assert_eq!(h.calls("dataverse").await.len(), 1);
 
     let missing = CrmRecordId::Dataverse(DataverseId::from(Uuid::new_v4()));
     let err = dv.get_opportunity(&missing).await.unwrap_err();
@@ -801,7 +839,39 @@ async fn salesforce_find_and_get_round_trip_through_the_mapping() {
     assert_eq!(read.opportunity, written);
     assert_eq!(read.record.crm, CrmKind::Salesforce);
     let calls = h.calls("salesforce").await;
-    assert_eq!(calls.len(), 2, "opportunity and account: {calls:#?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "one SOQL query carries the account (was 2: the record, then its account): {calls:#?}"
+    );
+    assert!(
+        calls[0].starts_with("GET /services/data/v62.0/query?q="),
+        "{calls:#?}"
+    );
+
+    // A primary contact (set when the record is created, e.g. by a seller) comes in the same
+    // query.
+    let contact = sf
+        .create_contact(&customer_contact(), Some(&account))
+        .await
+        .unwrap();
+    let mut raw = h.salesforce_record("Opportunity", &upserted.id).await;
+    raw["ContactId"] = json!(contact.native());
+    h.put(
+        &format!("/_sandbox/salesforce/Opportunity/{}", upserted.id.native()),
+        raw,
+    )
+    .await;
+    h.clear_requests().await;
+    let read = sf.get_opportunity(&upserted.id).await.unwrap();
+    assert_eq!(
+        read.opportunity,
+        Opportunity {
+            contact: Some(customer_contact()),
+            ..written.clone()
+        }
+    );
+    assert_eq!(h.calls("salesforce").await.len(), 1);
 
     let missing = CrmRecordId::Salesforce(SalesforceId::try_from("006000000000077").unwrap());
     let err = sf.get_opportunity(&missing).await.unwrap_err();

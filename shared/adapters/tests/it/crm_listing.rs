@@ -13,7 +13,7 @@ use cosell_adapters::http::salesforce::{SalesforceConfig, SalesforceStore};
 use cosell_adapters::http::tokens::dataverse_scope;
 use cosell_domain::ids::ReferralId;
 use cosell_domain::mapping::{BodyScope, MappingConfig};
-use cosell_domain::opportunity::{Account, Opportunity, OpportunityStage};
+use cosell_domain::opportunity::{Account, Contact, Opportunity, OpportunityStage};
 use cosell_domain::ports::{CrmStore, OpportunityQuery, OpportunityWrite};
 use cosell_sandbox::identities::{
     DATAVERSE_CLIENT_ID, DATAVERSE_CLIENT_SECRET, SALESFORCE_INTEGRATION_USERNAME,
@@ -196,4 +196,106 @@ async fn dataverse_keyset_pages_read_every_record_once_and_a_changed_one_again()
     let (read, pages) = walk(&h, &dv, 2).await;
     assert_walked(&seeded, &read);
     assert_eq!(pages, 5, "4 full pages of 2 and an empty one");
+}
+
+#[tokio::test]
+async fn a_dataverse_page_carries_each_record_as_a_read_does_in_one_request() {
+    let h = Harness::start().await;
+    let dv = dataverse(&h);
+    let account = dv
+        .create_account(&Account {
+            name: Some("Contoso".into()),
+            postal_code: Some("98052".into()),
+            ..Account::default()
+        })
+        .await
+        .unwrap();
+    let contact = dv
+        .create_contact(
+            &Contact {
+                first_name: Some("Sue".into()),
+                last_name: Some("Smith".into()),
+                email: Some("sue@contoso.example".into()),
+                phone: None,
+            },
+            Some(&account),
+        )
+        .await
+        .unwrap();
+    let referral = ReferralId::from(Uuid::new_v4());
+    let opportunity = Opportunity {
+        name: Some("Deal".into()),
+        deal_value: Some(
+            serde_json::from_value(serde_json::json!({"amount": "10", "currency": "GBP"})).unwrap(),
+        ),
+        sync: true,
+        referral_id: Some(referral),
+        ..Opportunity::default()
+    };
+    let id = dv
+        .upsert_opportunity(&OpportunityWrite {
+            referral_id: &referral,
+            record: None,
+            opportunity: &opportunity,
+            account: Some(&account),
+            contact: Some(&contact),
+            audit: None,
+            scope: BodyScope::Create,
+            if_match: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    seed(&dv, 1).await;
+
+    h.delete("/_sandbox/requests").await;
+    let page = dv.list_opportunities(&first_page(10)).await.unwrap();
+    assert_eq!(
+        h.requests("dataverse").await.len(),
+        1,
+        "one request per page"
+    );
+    assert_eq!(page.items.len(), 2);
+    assert!(page.items.iter().all(|item| item.complete));
+    let listed = page
+        .items
+        .iter()
+        .find(|item| item.opportunity.record.id.as_ref() == Some(&id))
+        .expect("listed");
+    let read = dv.get_opportunity(&id).await.unwrap();
+    assert_eq!(listed.opportunity.opportunity, read.opportunity);
+    assert_eq!(
+        listed.opportunity.opportunity.account.name.as_deref(),
+        Some("Contoso")
+    );
+    assert_eq!(
+        listed
+            .opportunity
+            .opportunity
+            .contact
+            .as_ref()
+            .and_then(|c| c.email.as_deref()),
+        Some("sue@contoso.example")
+    );
+    assert_eq!(
+        listed
+            .opportunity
+            .opportunity
+            .deal_value
+            .map(|m| m.currency.as_str()),
+        Some("GBP")
+    );
+}
+
+#[tokio::test]
+async fn a_salesforce_page_is_not_complete() {
+    let h = Harness::start().await;
+    let sf = salesforce(&h);
+    seed(&sf, 1).await;
+    let page = sf.list_opportunities(&first_page(10)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(
+        !page.items[0].complete,
+        "reconciliation reads a changed Salesforce record again"
+    );
 }

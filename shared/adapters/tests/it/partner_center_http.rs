@@ -647,14 +647,14 @@ async fn create_get_and_patch_a_referral_with_etags() {
     assert_eq!(read.etag(), Some(etag.clone()));
 
     let ops = [PatchOp::replace("/details/dealValue", json!(12345))];
-    let new_etag = pc
-        .patch_referral(&id, Some(&etag), &ops)
-        .await
-        .unwrap()
-        .expect("the patch returns the new eTag");
+    let patched = pc.patch_referral(&id, Some(&etag), &ops).await.unwrap();
+    let new_etag = patched.etag.expect("the patch returns the new eTag");
     assert_ne!(new_etag, etag);
     let read = pc.get_referral(&id).await.unwrap();
     assert_eq!(read.etag(), Some(new_etag.clone()));
+    // And the new updatedDateTime: its echo is known by the event's ResourceChangeUtcDate.
+    assert_eq!(patched.updated, read.updated());
+    assert!(patched.updated.is_some());
     assert_eq!(
         read.deal_value().map(|d| d.to_string()).as_deref(),
         Some("12345")
@@ -670,7 +670,7 @@ async fn create_get_and_patch_a_referral_with_etags() {
     );
     // Without If-Match there is no concurrency check.
     let unconditional = pc.patch_referral(&id, None, &ops).await.unwrap();
-    assert!(unconditional.is_some_and(|tag| tag != new_etag));
+    assert!(unconditional.etag.is_some_and(|tag| tag != new_etag));
 
     // Every request carried the correlation headers (the sandbox accepts them silently),
     // and one token served all six calls.

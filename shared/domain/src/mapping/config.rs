@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::taxonomy::TaxonomyConfig;
 use crate::values::CurrencyCode;
 
 /// The whole mapping configuration.
@@ -28,6 +29,9 @@ pub struct MappingConfig {
     /// A link to the referral in the Partner Center UI, with `{id}` replaced by the referral id.
     /// The UI's URL format is UNKNOWN (undocumented), so no link is written unless configured.
     pub referral_link_template: Option<String>,
+    /// The allowed Solution Areas (with their plays) and Partner Roles of referrals created
+    /// from the CRM (docs/partner-center.md#solution-area-solution-play-and-partner-role).
+    pub taxonomy: TaxonomyConfig,
 }
 
 impl MappingConfig {
@@ -110,6 +114,13 @@ pub struct DataverseOpportunityFields {
     pub solutions: String,
     /// "Microsoft CRM Identifier".
     pub microsoft_crm_identifier: String,
+    /// Solution Area of a referral created from the opportunity (text or choice column; a
+    /// choice is read through its formatted label).
+    pub solution_area: String,
+    /// Solution Play (text or choice column).
+    pub solution_play: String,
+    /// Partner Role (text or choice column).
+    pub partner_role: String,
 }
 
 impl Default for DataverseOpportunityFields {
@@ -138,6 +149,9 @@ impl Default for DataverseOpportunityFields {
             visibility: "msft_microsoftpartnercenterreferralvisible".into(),
             solutions: "msft_microsoftpartnercentersolutions".into(),
             microsoft_crm_identifier: "msft_microsoftcrmidentifier".into(),
+            solution_area: "msft_solutionarea".into(),
+            solution_play: "msft_solutionplay".into(),
+            partner_role: "msft_partnerrole".into(),
         }
     }
 }
@@ -336,6 +350,12 @@ pub struct SalesforceOpportunityFields {
     pub solutions: String,
     /// "Microsoft CRM Identifier".
     pub microsoft_crm_identifier: String,
+    /// Solution Area of a referral created from the opportunity (text or picklist).
+    pub solution_area: String,
+    /// Solution Play (text or picklist).
+    pub solution_play: String,
+    /// Partner Role (text or picklist).
+    pub partner_role: String,
 }
 
 impl Default for SalesforceOpportunityFields {
@@ -363,6 +383,9 @@ impl Default for SalesforceOpportunityFields {
             visibility: "Microsoft_Referral_Visibility__c".into(),
             solutions: "Microsoft_Solutions__c".into(),
             microsoft_crm_identifier: "Microsoft_CRM_Identifier__c".into(),
+            solution_area: "Solution_Area__c".into(),
+            solution_play: "Solution_Play__c".into(),
+            partner_role: "Partner_Role__c".into(),
         }
     }
 }

@@ -148,6 +148,16 @@ pub fn opportunity_from_dataverse(
         referral_link: read::text(row, &f.referral_link),
         microsoft_crm_id: read::text(row, &f.microsoft_crm_identifier),
     };
+    let taxonomy = read::taxonomy(
+        row,
+        &read::TaxonomyKeys {
+            solution_area: &f.solution_area,
+            solution_play: &f.solution_play,
+            partner_role: &f.partner_role,
+        },
+        &config.taxonomy,
+        &mut rejected,
+    );
     CrmOpportunity {
         record: RecordRef {
             crm: CrmKind::Dataverse,
@@ -160,6 +170,7 @@ pub fn opportunity_from_dataverse(
         amount,
         currency,
         version: read::text(row, ODATA_ETAG),
+        taxonomy,
     }
 }
 

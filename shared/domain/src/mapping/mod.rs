@@ -5,7 +5,7 @@
 //! | Direction | Entry point |
 //! |---|---|
 //! | PC → model | [`referral_to_opportunity`] |
-//! | model → PC (create) | [`referral_create_body`] (from a [`ValidatedOpportunity`]) |
+//! | model → PC (create) | [`referral_create_body`] (from a [`NewReferral`]) |
 //! | model → PC (update) | [`referral_patch`] |
 //! | Dataverse → model | [`opportunity_from_dataverse`] |
 //! | model → Dataverse | [`dataverse_opportunity_body`], [`dataverse_account_body`], [`dataverse_contact_body`] |
@@ -13,7 +13,7 @@
 //! | model → Salesforce | [`salesforce_opportunity_body`], [`salesforce_account_body`], [`salesforce_contact_body`] |
 //!
 //! [`Opportunity`]: crate::opportunity::Opportunity
-//! [`ValidatedOpportunity`]: crate::validation::ValidatedOpportunity
+//! [`NewReferral`]: crate::validation::NewReferral
 
 mod common;
 mod config;
@@ -33,7 +33,7 @@ pub use dataverse::{
 };
 pub use partner_center::{
     held_until_accepted, invites_microsoft, is_shared_deal, microsoft_invitation_body,
-    referral_create_body, referral_patch, referral_to_opportunity, stage_of,
+    referral_create_body, referral_patch, referral_to_opportunity, shared_deal_body, stage_of,
 };
 pub use salesforce::{
     SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,

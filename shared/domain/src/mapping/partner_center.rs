@@ -20,7 +20,7 @@ use crate::referral::{
 use crate::serde_helpers::decimal_to_json;
 use crate::status::TransitionError;
 use crate::status::{ReferralState, ReferralStatus, ReferralSubstatus};
-use crate::validation::ValidatedOpportunity;
+use crate::validation::{NewReferral, ValidatedOpportunity};
 use crate::values::{CountryCode, CurrencyCode, Money};
 
 /// The stage a referral state maps to: New → on hold, Active → active, Closed/Won → won,
@@ -175,9 +175,54 @@ fn member_of(contact: &Contact) -> Member {
 /// `partner_team` is the partner's own sales team (the UI requires at least one member with
 /// name, phone and email); the opportunity model does not carry the CRM owner.
 ///
+/// The record's Solution Area, Solution Play and Partner Role go to the top-level members
+/// `solutionArea`, `solutionPlay` and `partnerRole` as strings, spelled as configured. Their
+/// JSON shape is UNKNOWN (the create page names the members and types only); a string is how
+/// every documented referral enum travels
+/// (docs/partner-center.md#solution-area-solution-play-and-partner-role).
+///
 /// The second step of the Shared flow, the referral that invites Microsoft, is
 /// [`microsoft_invitation_body`]: it needs the first one's `engagementId`.
-pub fn referral_create_body(validated: &ValidatedOpportunity, partner_team: &[Member]) -> Referral {
+pub fn referral_create_body(new: &NewReferral, partner_team: &[Member]) -> Referral {
+    let taxonomy = new.taxonomy();
+    Referral {
+        solution_area: Some(Value::String(taxonomy.solution_area.as_str().to_owned())),
+        solution_play: Some(Value::String(taxonomy.solution_play.as_str().to_owned())),
+        partner_role: Some(Value::String(taxonomy.partner_role.as_str().to_owned())),
+        ..referral_body(new.validated(), partner_team)
+    }
+}
+
+/// The create body of an already created deal, for the second referral of its Shared flow
+/// ([`microsoft_invitation_body`]) when it is sent by a later sync: [`referral_create_body`]'s
+/// members, with the Solution Area, Solution Play and Partner Role of `own` (the partner's
+/// referral as Partner Center holds it), each falling back to the record's value.
+pub fn shared_deal_body(
+    validated: &ValidatedOpportunity,
+    partner_team: &[Member],
+    own: &Referral,
+) -> Referral {
+    let record = validated.taxonomy();
+    let text = |value: Option<&str>| value.map(|v| Value::String(v.to_owned()));
+    Referral {
+        solution_area: own
+            .solution_area
+            .clone()
+            .or_else(|| text(record.solution_area.as_ref().map(|v| v.as_str()))),
+        solution_play: own
+            .solution_play
+            .clone()
+            .or_else(|| text(record.solution_play.as_ref().map(|v| v.as_str()))),
+        partner_role: own
+            .partner_role
+            .clone()
+            .or_else(|| text(record.partner_role.as_ref().map(|v| v.as_str()))),
+        ..referral_body(validated, partner_team)
+    }
+}
+
+/// [`referral_create_body`] without the taxonomy.
+fn referral_body(validated: &ValidatedOpportunity, partner_team: &[Member]) -> Referral {
     let opportunity = validated.opportunity();
     let help = opportunity.help.as_ref().filter(|h| h.is_known());
     let solutions = &opportunity.solutions;

@@ -13,6 +13,7 @@ use crate::datetime::parse_date;
 use crate::ids::{ReferralId, SolutionId};
 use crate::opportunity::{AssistanceRequest, Contact, OpportunityField, RejectedValue};
 use crate::serde_helpers::{decimal_from_json, lenient_bool};
+use crate::taxonomy::{TaxonomyConfig, TaxonomyField, TaxonomyValues};
 use crate::values::{CountryCode, CurrencyCode};
 
 /// The annotation Dataverse adds for the display text of option sets and lookups.
@@ -219,6 +220,64 @@ pub(crate) fn help(map: &Map<String, Value>, key: &str) -> Option<AssistanceRequ
     text_or_label(map, key).map(|t| AssistanceRequest::parse(&t))
 }
 
+/// The CRM columns of the three taxonomy members.
+pub(crate) struct TaxonomyKeys<'a> {
+    pub(crate) solution_area: &'a str,
+    pub(crate) solution_play: &'a str,
+    pub(crate) partner_role: &'a str,
+}
+
+/// A taxonomy value's text: a text column, a choice / picklist (its formatted label when
+/// Dataverse sent one), or a lookup's name (a webhook's `EntityReference`).
+fn taxonomy_text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    match map.get(key) {
+        Some(Value::Object(reference)) if reference.contains_key("Id") => text(reference, "Name"),
+        _ => text_or_label(map, key),
+    }
+}
+
+/// The Solution Area, Solution Play and Partner Role of a record, matched against the
+/// allowed values (docs/partner-center.md#solution-area-solution-play-and-partner-role): a
+/// value the configuration does not allow (a play of another area included) is recorded as
+/// rejected with the text found.
+pub(crate) fn taxonomy(
+    map: &Map<String, Value>,
+    keys: &TaxonomyKeys<'_>,
+    config: &TaxonomyConfig,
+    rejected: &mut Rejections,
+) -> TaxonomyValues {
+    let mut read = |key: &str, field: TaxonomyField, allowed: &dyn Fn(&str) -> bool| {
+        let found = taxonomy_text(map, key)?;
+        if allowed(&found) {
+            Some(found)
+        } else {
+            rejected.take::<()>(
+                Read::Rejected(found),
+                OpportunityField::of_taxonomy(field),
+                key,
+            );
+            None
+        }
+    };
+    let solution_area = read(keys.solution_area, TaxonomyField::SolutionArea, &|t| {
+        config.solution_area(t).is_some()
+    })
+    .and_then(|t| config.solution_area(&t).cloned());
+    let solution_play = read(keys.solution_play, TaxonomyField::SolutionPlay, &|t| {
+        config.solution_play(solution_area.as_ref(), t).is_some()
+    })
+    .and_then(|t| config.solution_play(solution_area.as_ref(), &t).cloned());
+    let partner_role = read(keys.partner_role, TaxonomyField::PartnerRole, &|t| {
+        config.partner_role(t).is_some()
+    })
+    .and_then(|t| config.partner_role(&t).cloned());
+    TaxonomyValues {
+        solution_area,
+        solution_play,
+        partner_role,
+    }
+}
+
 /// The four contact columns; `None` when all are empty.
 pub(crate) fn contact(
     map: &Map<String, Value>,
@@ -308,5 +367,73 @@ mod tests {
         assert!(matches!(date(&record, "CloseDate"), Read::Found(_)));
         assert!(matches!(decimal(&record, "N"), Read::Missing));
         assert!(matches!(decimal(&record, "Absent"), Read::Missing));
+    }
+
+    const KEYS: TaxonomyKeys<'static> = TaxonomyKeys {
+        solution_area: "area",
+        solution_play: "play",
+        partner_role: "role",
+    };
+
+    #[test]
+    fn taxonomy_values_are_matched_and_the_rest_rejected_with_the_text_found() {
+        let record =
+            map(json!({ "area": " SECURITY ", "play": "Unify Your Data Platform", "role": 7 }));
+        let mut rejected = Rejections::default();
+        let values = taxonomy(&record, &KEYS, &TaxonomyConfig::default(), &mut rejected);
+        assert_eq!(
+            values.solution_area.as_ref().map(|a| a.as_str()),
+            Some("Security")
+        );
+        assert_eq!(values.solution_play, None, "a play of another area");
+        assert_eq!(values.partner_role, None);
+        let found: Vec<(OpportunityField, &str, &str)> = rejected
+            .0
+            .iter()
+            .map(|r| (r.field, r.crm_field.as_str(), r.found.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    OpportunityField::SolutionPlay,
+                    "play",
+                    "Unify Your Data Platform"
+                ),
+                (OpportunityField::PartnerRole, "role", "7"),
+            ]
+        );
+        let empty = taxonomy(
+            &map(json!({ "area": "", "play": null })),
+            &KEYS,
+            &TaxonomyConfig::default(),
+            &mut Rejections::default(),
+        );
+        assert_eq!(empty, TaxonomyValues::default());
+    }
+
+    proptest::proptest! {
+        /// Any JSON in the three columns: each value is an allowed one, or rejected naming its
+        /// column, or missing; never a panic.
+        #[test]
+        fn any_taxonomy_column_is_read_or_rejected_naming_the_column(
+            area in crate::proptest_support::json_value(),
+            play in crate::proptest_support::json_value(),
+            role in crate::proptest_support::wire_text(),
+        ) {
+            let record = map(json!({ "area": area, "play": play, "role": role }));
+            let mut rejected = Rejections::default();
+            let config = TaxonomyConfig::default();
+            let values = taxonomy(&record, &KEYS, &config, &mut rejected);
+            for r in &rejected.0 {
+                proptest::prop_assert!(["area", "play", "role"].contains(&r.crm_field.as_str()));
+            }
+            if let Some(area) = &values.solution_area {
+                proptest::prop_assert!(config.solution_area(area.as_str()).is_some());
+            }
+            if let Some(role) = &values.partner_role {
+                proptest::prop_assert!(config.partner_role(role.as_str()).is_some());
+            }
+        }
     }
 }

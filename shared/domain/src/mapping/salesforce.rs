@@ -137,6 +137,16 @@ pub fn opportunity_from_salesforce(
         referral_link: read::text(row, &f.referral_link),
         microsoft_crm_id: read::text(row, &f.microsoft_crm_identifier),
     };
+    let taxonomy = read::taxonomy(
+        row,
+        &read::TaxonomyKeys {
+            solution_area: &f.solution_area,
+            solution_play: &f.solution_play,
+            partner_role: &f.partner_role,
+        },
+        &config.taxonomy,
+        &mut rejected,
+    );
     CrmOpportunity {
         record: RecordRef {
             crm: CrmKind::Salesforce,
@@ -149,6 +159,7 @@ pub fn opportunity_from_salesforce(
         amount,
         currency,
         version: None,
+        taxonomy,
     }
 }
 

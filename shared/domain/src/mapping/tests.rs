@@ -17,7 +17,7 @@ use crate::referral::{
 };
 use crate::status::TransitionError;
 use crate::status::{ReferralStatus, ReferralSubstatus};
-use crate::validation::validate_for_partner_center;
+use crate::validation::validate_new_referral;
 use crate::values::{CountryCode, CurrencyCode, Money};
 
 const CREATE_RESPONSE: &str = include_str!("../../tests/data/create-referral-response.json");
@@ -774,6 +774,7 @@ fn crm_opportunity(opportunity: Opportunity) -> CrmOpportunity {
         amount,
         currency,
         version: None,
+        taxonomy: MappingConfig::default().taxonomy.first_allowed(),
     }
 }
 
@@ -810,7 +811,7 @@ fn partner_opportunity(help: bool) -> Opportunity {
 
 #[test]
 fn a_co_sell_opportunity_becomes_a_shared_referral_asking_for_help() {
-    let validated = validate_for_partner_center(
+    let validated = validate_new_referral(
         &crm_opportunity(partner_opportunity(true)),
         &MappingConfig::default(),
     )
@@ -862,6 +863,10 @@ fn a_co_sell_opportunity_becomes_a_shared_referral_asking_for_help() {
     assert_eq!(json["customerProfile"]["address"]["country"], "US");
     assert_eq!(json["consent"]["consentToToShareInfoWithOthers"], true);
     assert_eq!(json["type"], "Shared");
+    // The taxonomy: top-level strings, spelled as configured.
+    assert_eq!(json["solutionArea"], "AI Business Solutions");
+    assert_eq!(json["solutionPlay"], "Copilot and Agents at Work");
+    assert_eq!(json["partnerRole"], "Advisory");
     // Same shape as the published create request.
     let sample: Value = serde_json::from_str(CREATE_REQUEST).unwrap();
     for key in [
@@ -881,7 +886,7 @@ fn a_co_sell_opportunity_becomes_a_shared_referral_asking_for_help() {
 
 #[test]
 fn without_help_the_referral_is_independent_and_private_unless_visible() {
-    let validated = validate_for_partner_center(
+    let validated = validate_new_referral(
         &crm_opportunity(partner_opportunity(false)),
         &MappingConfig::default(),
     )
@@ -900,7 +905,7 @@ fn without_help_the_referral_is_independent_and_private_unless_visible() {
     let mut visible = partner_opportunity(false);
     visible.visible_to_microsoft = true;
     let validated =
-        validate_for_partner_center(&crm_opportunity(visible), &MappingConfig::default()).unwrap();
+        validate_new_referral(&crm_opportunity(visible), &MappingConfig::default()).unwrap();
     let referral = referral_create_body(&validated, &[]);
     assert_eq!(
         referral
@@ -915,7 +920,7 @@ fn without_help_the_referral_is_independent_and_private_unless_visible() {
 #[test]
 fn a_created_referral_maps_back_to_the_same_opportunity() {
     let original = partner_opportunity(true);
-    let validated = validate_for_partner_center(
+    let validated = validate_new_referral(
         &crm_opportunity(original.clone()),
         &MappingConfig::default(),
     )

@@ -983,9 +983,16 @@ async fn opportunity_step<X: ReconcilePorts>(
                 report.opportunities.in_sync += 1;
                 return Ok(());
             }
-            // The listing carries no account or contact: read the whole record to compare.
-            let full = crm.get_opportunity(&record).await?;
-            let fingerprint = full.opportunity.fingerprint();
+            // Compare the whole record: as listed when the listing carries its account and
+            // contact, else read again.
+            let fingerprint = if listed.complete {
+                opportunity.opportunity.fingerprint()
+            } else {
+                crm.get_opportunity(&record)
+                    .await?
+                    .opportunity
+                    .fingerprint()
+            };
             if link.is_echo_from_crm(&fingerprint) || link.is_unchanged_for_pc(&fingerprint) {
                 report.opportunities.in_sync += 1;
                 return Ok(());

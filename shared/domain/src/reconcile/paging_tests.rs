@@ -183,7 +183,7 @@ impl PartnerCenter for FakePartnerCenter {
         _id: &ReferralId,
         _if_match: Option<&ETag>,
         _ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send {
+    ) -> impl Future<Output = Result<crate::ports::Patched, PortError>> + Send {
         std::future::ready(Err(unused()))
     }
 }

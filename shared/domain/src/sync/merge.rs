@@ -258,6 +258,9 @@ impl Merge {
                     None => Resolution::Conflict {
                         winner: field.owner(),
                     },
+                    Some(Some(base)) if base == NOT_AGREED => Resolution::Conflict {
+                        winner: field.owner(),
+                    },
                     Some(None) => Resolution::NoBase,
                     Some(Some(base)) if *base == cr => Resolution::Changed(Side::PartnerCenter),
                     Some(Some(base)) if *base == pc => Resolution::Changed(Side::Crm),
@@ -302,8 +305,17 @@ impl Merge {
     }
 }
 
+/// The base of a field the two sides have not agreed on since they were linked. The merge
+/// gives a difference in it to the field's owner, as for records not linked yet; only a field
+/// missing from the base (a link stored before bases existed) lets the direction's source win.
+/// Without it, a link made while the sides differed (a create racing a seller's save) would
+/// look like such an old link, and the next sync from the other side would overwrite the
+/// seller's save unaudited.
+pub const NOT_AGREED: &str = "-";
+
 /// The base after a sync: every field both sides now hold the same value of gets that value's
-/// hash; the others keep their old base (so the side that changed stays "changed").
+/// hash; the others keep their old base (so the side that changed stays "changed"), or
+/// [`NOT_AGREED`] when they had none.
 pub fn agreed_fields(
     base: &BTreeMap<String, String>,
     partner_center: &Opportunity,
@@ -314,6 +326,10 @@ pub fn agreed_fields(
         let pc = field.hash(partner_center);
         if pc == field.hash(crm) {
             agreed.insert(field.name().to_owned(), pc);
+        } else {
+            agreed
+                .entry(field.name().to_owned())
+                .or_insert_with(|| NOT_AGREED.to_owned());
         }
     }
     agreed
@@ -420,6 +436,36 @@ mod tests {
         // Both changed to the same value: nothing to do.
         let merge = Merge::new(Some(&base), &deal("same", 1), &deal("same", 1));
         assert!(merge.fields.iter().all(|(_, r)| *r == Resolution::Same));
+    }
+
+    /// Found by the simulation (seed 13, `--no-concurrent-edits`): a link made while the
+    /// sides differed had an empty base, so the next Partner Center → CRM sync took it for a
+    /// link stored before bases existed, and Partner Center's older deal value overwrote the
+    /// seller's newer one, unaudited.
+    #[test]
+    fn a_field_the_sides_did_not_agree_on_when_linked_goes_to_its_owner() {
+        let base = agreed_fields(&BTreeMap::new(), &deal("ms", 1), &deal("seller", 2));
+        assert_eq!(
+            base.get(SharedField::DealValue.name()).map(String::as_str),
+            Some(NOT_AGREED)
+        );
+        let merge = Merge::new(Some(&base), &deal("ms", 1), &deal("seller", 3));
+        assert_eq!(
+            resolution(&merge, SharedField::DealValue),
+            Resolution::Conflict { winner: Side::Crm }
+        );
+        assert_eq!(
+            resolution(&merge, SharedField::Notes),
+            Resolution::Conflict {
+                winner: Side::PartnerCenter
+            }
+        );
+        // Agreed later: a normal base from then on.
+        let later = agreed_fields(&base, &deal("ms", 3), &deal("seller", 3));
+        assert_eq!(
+            later.get(SharedField::DealValue.name()),
+            Some(&SharedField::DealValue.hash(&deal("seller", 3)))
+        );
     }
 
     #[test]

@@ -45,12 +45,12 @@ use super::runner::{
 };
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
-use crate::ids::{CrmKind, CrmRecordId, DataverseId, ETag, ReferralId, SalesforceId};
+use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
-use crate::opportunity::Opportunity;
+use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, Claim, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
-    PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
+    Patched, PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::status::ReferralStatus;
@@ -229,25 +229,28 @@ async fn process<X: Ports>(
             EventName::RelatedReferralCreated | EventName::RelatedReferralUpdated => {
                 sync_related(deps, &journal, referral_id).await
             }
-            name => sync_referral(deps, &journal, name, referral_id).await,
+            name => {
+                let changed = event
+                    .resource_change_utc_date
+                    .as_ref()
+                    .and_then(WireDateTime::instant);
+                sync_referral(deps, &journal, name, referral_id, changed).await
+            }
         }
     };
     let outcome = exactly_once(deps, meta, &run, &journal, sync).await?;
     Ok(finish(outcome, journal))
 }
 
-/// `referral-created` / `referral-updated` (see the module docs).
+/// `referral-created` / `referral-updated` (see the module docs); `changed` is the event's
+/// `ResourceChangeUtcDate`.
 async fn sync_referral<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     event_name: &EventName,
     referral_id: ReferralId,
+    changed: Option<DateTime<Utc>>,
 ) -> Result<Outcome, Failure> {
-    let referral = deps
-        .partner_center
-        .get_referral(&referral_id)
-        .await
-        .map_err(Failure::port(None))?;
     // The link, read by claiming it: without one, this run holds the referral's create lock.
     let claim = deps
         .links
@@ -258,6 +261,37 @@ async fn sync_referral<X: Ports>(
         Claim::Linked(link) => (Some(link), false),
         Claim::Claimed => (None, true),
         Claim::Busy => (None, false),
+    };
+    // A change the link already holds — the echo of our own write-back, whose answer gave the
+    // link its `updatedDateTime`, or a late redelivery — is known without reading the referral.
+    // Whether `ResourceChangeUtcDate` is the referral's `updatedDateTime` is UNKNOWN
+    // (docs/partner-center.md#webhook-events): read robustly, only a change stamped at or
+    // before what the link holds is skipped; a later stamp, or none, reads the referral. A
+    // link without an eTag may owe Partner Center its write-back (saved when that failed, for
+    // the retry to finish it): read. (A link found here may be older than the referral read
+    // next, should another sync of it commit in between: the merge's base only moves for
+    // fields both sides agreed on, so an older base merges the same, and the commit's version
+    // condition on the link sends this run round again.)
+    if let (Some(link), Some(changed)) = (&link, changed)
+        && link.crm.kind() == deps.crm.kind()
+        && link.last_referral_etag.is_some()
+        && link.holds_change_at(changed)
+    {
+        journal
+            .record(AuditEvent::EchoSkipped, Some(&link.crm))
+            .await;
+        return Ok(Outcome::EchoSkipped);
+    }
+    let referral = deps.partner_center.get_referral(&referral_id).await;
+    let referral = match referral {
+        Ok(referral) => referral,
+        Err(error) => {
+            if claimed {
+                let released = deps.links.release_claim(&referral_id).await;
+                journal.tolerate(released);
+            }
+            return Err(Failure::port(None)(error));
+        }
     };
     let result = Box::pin(sync_found(
         deps,
@@ -355,8 +389,8 @@ async fn sync_found<X: Ports>(
             .record(AuditEvent::UnchangedSkipped, Some(&link.crm))
             .await;
         let refreshed = Link {
-            last_referral_etag: seen,
-            last_referral_updated: updated.or(link.last_referral_updated),
+            last_referral_etag: seen.etag,
+            last_referral_updated: seen.updated.or(updated).or(link.last_referral_updated),
             updated_at: journal.now(),
             ..link.clone()
         };
@@ -475,7 +509,8 @@ async fn sync_found<X: Ports>(
         .await;
         match written_back {
             Ok(seen) => {
-                saved.last_referral_etag = seen;
+                saved.last_referral_etag = seen.etag;
+                saved.last_referral_updated = seen.updated.or(saved.last_referral_updated);
                 saved.synced_fields = plan.base_after(&old_base, true);
                 if !plan.to_pc.is_empty() {
                     // Partner Center now holds the CRM's values of the fields it won.
@@ -607,7 +642,7 @@ enum Counterpart<'a> {
     /// The linked record.
     Linked(&'a CrmRecordId, &'a Link),
     /// A record found by its ids but not linked yet, with its values as read.
-    Unlinked(&'a Opportunity),
+    Unlinked(&'a CrmOpportunity),
 }
 
 /// The [`Plan`] of a sync (docs/conflicts.md#the-policy). A new opportunity gets every value of
@@ -657,8 +692,11 @@ async fn plan_update<X: Ports>(
             (crm, merge)
         }
         Counterpart::Unlinked(found) => {
-            let merge = Merge::new(None, opportunity, found);
-            (found.clone(), merge)
+            // Not over a save made since `locate` read it (another sync creating or updating
+            // the same record meanwhile): a 412 retries, reading it again.
+            plan.crm_version = found.version.clone();
+            let merge = Merge::new(None, opportunity, &found.opportunity);
+            (found.opportunity.clone(), merge)
         }
     };
     let partner_center_wins: Vec<SharedField> = merge
@@ -698,7 +736,7 @@ async fn locate<X: Ports>(
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
-) -> Result<Option<(CrmRecordId, Opportunity)>, Failure> {
+) -> Result<Option<(CrmRecordId, CrmOpportunity)>, Failure> {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
         match crm.get_opportunity(&named).await {
@@ -709,7 +747,8 @@ async fn locate<X: Ports>(
                     .referral_id
                     .is_none_or(|id| id == referral_id) =>
             {
-                return Ok(Some((found.record.id.unwrap_or(named), found.opportunity)));
+                let id = found.record.id.clone().unwrap_or(named);
+                return Ok(Some((id, found)));
             }
             Ok(_) | Err(PortError::NotFound { .. }) => {}
             Err(error) => return Err(Failure::port(None)(error)),
@@ -722,7 +761,7 @@ async fn locate<X: Ports>(
         .find_opportunity_by_referral(&referral_id)
         .await
         .map_err(Failure::port(None))?;
-    Ok(found.and_then(|found| found.record.id.map(|id| (id, found.opportunity))))
+    Ok(found.and_then(|found| found.record.id.clone().map(|id| (id, found))))
 }
 
 /// Find or create the customer account (by name and postal code) and contact (by email) of a
@@ -793,10 +832,10 @@ async fn write_back<X: Ports>(
     crm: &CrmRecordId,
     fingerprint: &str,
     values: &[PatchOp],
-) -> Result<Option<ETag>, PortError> {
+) -> Result<Patched, PortError> {
     let link_back = needs_write_back(referral, crm);
     if !link_back && values.is_empty() {
-        return Ok(referral.etag());
+        return Ok(Patched::of(referral));
     }
     let pc = deps.partner_center;
     let mut ops: Vec<PatchOp> = link_back
@@ -808,7 +847,7 @@ async fn write_back<X: Ports>(
         .patch_referral(&referral_id, referral.etag().as_ref(), &ops)
         .await;
     let seen = match patched {
-        Ok(etag) => etag,
+        Ok(patched) => ours(patched, referral.etag().is_some()),
         // The CRM's values were planned against the referral as read: a retry merges again.
         Err(error @ PortError::PreconditionFailed { .. }) if !values.is_empty() => {
             return Err(error);
@@ -819,20 +858,43 @@ async fn write_back<X: Ports>(
             // look like our echo unless the CRM already holds its content.
             let same = referral_to_opportunity(&fresh, deps.mapping).fingerprint() == fingerprint;
             if !needs_write_back(&fresh, crm) {
-                return Ok(fresh.etag().filter(|_| same));
+                return Ok(if same {
+                    Patched::of(&fresh)
+                } else {
+                    Patched::default()
+                });
             }
-            pc.patch_referral(
-                &referral_id,
-                fresh.etag().as_ref(),
-                &[back_link(&fresh, crm)],
-            )
-            .await?
-            .filter(|_| same)
+            let patched = pc
+                .patch_referral(
+                    &referral_id,
+                    fresh.etag().as_ref(),
+                    &[back_link(&fresh, crm)],
+                )
+                .await?;
+            if same {
+                ours(patched, fresh.etag().is_some())
+            } else {
+                Patched::default()
+            }
         }
         Err(error) => return Err(error),
     };
     journal.record(AuditEvent::WrittenBack, Some(crm)).await;
     Ok(seen)
+}
+
+/// What a write-back's answer tells of the referral. Its `updatedDateTime` is kept only after
+/// a conditional PATCH: an unconditional one may have landed on someone else's change made
+/// since our read, whose event that time would then hide.
+fn ours(patched: Patched, conditional: bool) -> Patched {
+    if conditional {
+        patched
+    } else {
+        Patched {
+            updated: None,
+            ..patched
+        }
+    }
 }
 
 fn needs_write_back(referral: &Referral, crm: &CrmRecordId) -> bool {

@@ -15,7 +15,9 @@
 //! 3. **Echo / unchanged**: its fingerprint is what the CRM was last given from Partner Center
 //!    (`EchoSkipped`) or what Partner Center was last sent (`UnchangedSkipped`): no Partner
 //!    Center call (a write-back an earlier run could not finish is finished).
-//! 4. **Validate** ([`validate_for_partner_center`]): on failure no Partner Center call; the
+//! 4. **Validate** ([`validate_for_partner_center`]; for a record without a referral
+//!    [`validate_new_referral`], which also wants its Solution Area, Solution Play and Partner
+//!    Role): on failure no Partner Center call; the
 //!    problems and their fixes go to the record's Audit field (`NeedsAttention`).
 //! 5. **No referral** → `POST` the referral ([`referral_create_body`]), save the link (with the
 //!    referral's `eTag`, so the `referral-created` event it raises is recognised as our echo),
@@ -62,7 +64,7 @@ use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
     BodyScope, MappingConfig, held_until_accepted, invites_microsoft, is_shared_deal,
     microsoft_invitation_body, referral_create_body, referral_patch, referral_to_opportunity,
-    stage_of,
+    shared_deal_body, stage_of,
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
@@ -72,7 +74,9 @@ use crate::ports::{
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::status::TransitionError;
 use crate::validation::ValidationProblem;
-use crate::validation::{ValidatedOpportunity, validate_for_partner_center};
+use crate::validation::{
+    NewReferral, ValidatedOpportunity, validate_for_partner_center, validate_new_referral,
+};
 
 /// One change of a CRM opportunity, as the `crm-events` function parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,24 +384,41 @@ async fn sync_change<X: Ports>(
         }
     }
 
-    let validated = validate_for_partner_center(candidate, deps.mapping)
-        .map_err(|problems| Failure::Problem(invalid_opportunity(&problems, record)))?;
-    let sync = Outbound {
-        record,
-        validated: &validated,
-        fingerprint,
-        link: link.as_ref(),
-        retrying,
-        as_of,
-        version: candidate.version.as_deref(),
-    };
+    let invalid =
+        |problems: Vec<ValidationProblem>| Failure::Problem(invalid_opportunity(&problems, record));
     match referral_id {
+        // A new referral also needs its Solution Area, Solution Play and Partner Role
+        // (docs/partner-center.md#solution-area-solution-play-and-partner-role): checked
+        // here, before any Partner Center call.
         None => {
+            let new = validate_new_referral(candidate, deps.mapping).map_err(invalid)?;
+            let sync = Outbound {
+                record,
+                validated: new.validated(),
+                fingerprint,
+                link: link.as_ref(),
+                retrying,
+                as_of,
+                version: candidate.version.as_deref(),
+            };
             let subject = record.to_string();
-            let created = Box::pin(create(deps, journal, &sync));
+            let created = Box::pin(create(deps, journal, &sync, &new));
             creating(deps.idempotency, journal, &subject, Some(record), created).await
         }
-        Some(id) => update(deps, journal, &sync, id).await,
+        Some(id) => {
+            let validated =
+                validate_for_partner_center(candidate, deps.mapping).map_err(invalid)?;
+            let sync = Outbound {
+                record,
+                validated: &validated,
+                fingerprint,
+                link: link.as_ref(),
+                retrying,
+                as_of,
+                version: candidate.version.as_deref(),
+            };
+            update(deps, journal, &sync, id).await
+        }
     }
 }
 
@@ -647,6 +668,7 @@ async fn create<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
+    new: &NewReferral,
 ) -> Result<Outcome, Failure> {
     let record = sync.record;
     let earlier = if sync.retrying || delivered_before(deps, journal, record).await? {
@@ -655,6 +677,7 @@ async fn create<X: Ports>(
         None
     };
     let adopted = earlier.is_some();
+    let body = referral_create_body(new, &deps.settings.partner_team);
     let created = match earlier {
         Some(referral) => referral,
         None => {
@@ -662,7 +685,6 @@ async fn create<X: Ports>(
             // should this run crash or lose its commit, the next delivery knows an earlier one
             // ran and looks for the referral it may have made instead of making a second one.
             journal.flush().await.map_err(Failure::port(Some(record)))?;
-            let body = referral_create_body(sync.validated, &deps.settings.partner_team);
             deps.partner_center
                 .create_referral(&body)
                 .await
@@ -711,7 +733,7 @@ async fn create<X: Ports>(
             // The earlier attempt may have sent the invitation too.
             ensure_invitation(deps, sync, &created).await?;
         } else {
-            invite_microsoft(deps, sync, &engagement).await?;
+            invite_microsoft(deps, sync, &engagement, &body).await?;
         }
         // The link as just stored (`put` stored it one version up).
         let invited = Link {
@@ -851,18 +873,20 @@ async fn ensure_invitation<X: Ports>(
             problem => problem,
         })?;
     if !referrals.iter().any(invites_microsoft) {
-        invite_microsoft(deps, sync, &engagement).await?;
+        invite_microsoft(deps, sync, &engagement, current).await?;
     }
     Ok(true)
 }
 
-/// `POST` the referral that invites Microsoft to the deal's `engagement`.
+/// `POST` the referral that invites Microsoft to the deal's `engagement`, with the taxonomy of
+/// the partner's own referral `own` (as created, or as Partner Center holds it).
 async fn invite_microsoft<X: Ports>(
     deps: &Deps<'_, X>,
     sync: &Outbound<'_>,
     engagement: &EngagementId,
+    own: &Referral,
 ) -> Result<(), Failure> {
-    let shared = referral_create_body(sync.validated, &deps.settings.partner_team);
+    let shared = shared_deal_body(sync.validated, &deps.settings.partner_team, own);
     deps.partner_center
         .create_referral(&microsoft_invitation_body(&shared, engagement))
         .await
@@ -942,12 +966,18 @@ async fn update<X: Ports>(
     // A 412: the referral changed since it was read — perhaps by another sync of this record
     // with a later version of it. Re-planning this run's read on the re-read referral could
     // overwrite that later version, so the change is retried with the record read again.
-    let etag = patch(pc, referral_id, &current, &ops)
+    let patched = pc
+        .patch_referral(&referral_id, current.etag().as_ref(), &ops)
         .await
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let mut link = sync.link_after(referral_id, &current, etag, invited, journal.now());
+    let mut link = sync.link_after(referral_id, &current, patched.etag, invited, journal.now());
+    // After a conditional PATCH nothing came in between: the answer's time is the state the
+    // link holds, so the PATCH's own event is known as an echo without a read.
+    if current.etag().is_some() {
+        link.last_referral_updated = patched.updated.or(link.last_referral_updated);
+    }
     merged.settle(&mut link, sync, &ops);
     let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
     if !merged.to_crm.is_empty() {
@@ -1050,16 +1080,6 @@ fn accept_in_crm(mapping: &MappingConfig, kind: CrmKind) -> String {
             mapping.stages.on_hold, mapping.stages.active
         ),
     }
-}
-
-async fn patch<P: PartnerCenter>(
-    pc: &P,
-    referral_id: ReferralId,
-    current: &Referral,
-    ops: &[PatchOp],
-) -> Result<Option<ETag>, PortError> {
-    pc.patch_referral(&referral_id, current.etag().as_ref(), ops)
-        .await
 }
 
 /// Write the referral id and link (and `audit`) to the record: an update of the record by its

@@ -62,6 +62,42 @@ impl Crm {
         }
     }
 
+    /// The Solution Area, Solution Play and Partner Role fields (every referral created from
+    /// the CRM carries them).
+    pub fn solution_area_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_solutionarea",
+            Self::Salesforce => "Solution_Area__c",
+        }
+    }
+
+    pub fn solution_play_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_solutionplay",
+            Self::Salesforce => "Solution_Play__c",
+        }
+    }
+
+    pub fn partner_role_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => "msft_partnerrole",
+            Self::Salesforce => "Partner_Role__c",
+        }
+    }
+
+    /// The allowed taxonomy the seed gives each CRM's opportunities (Solution Area, Solution
+    /// Play, Partner Role), as configured by default.
+    pub fn taxonomy(self) -> [&'static str; 3] {
+        match self {
+            Self::Dataverse => ["Security", "Data Security", "Implementation"],
+            Self::Salesforce => [
+                "Cloud & AI Platforms",
+                "Migrate and Modernize Your Estate",
+                "Managed Services",
+            ],
+        }
+    }
+
     pub fn country_field(self) -> &'static str {
         match self {
             Self::Dataverse => "address1_country",
@@ -154,8 +190,8 @@ impl Crm {
 
     /// The seller's `n`th opportunity (1 to 255) with sync on, all of one account (in
     /// `country`) and, in Dataverse, one contact: the control-API `PUT`s that seed them, the
-    /// opportunity last, and its id. Dataverse asks for Microsoft's help; the sandbox's
-    /// Salesforce Opportunity has no `ContactId`, so the Salesforce seed asks for none.
+    /// opportunity last, and its id. Dataverse asks for Microsoft's help; the Salesforce seed
+    /// sets no `ContactId` (no primary contact), so it asks for none.
     pub fn seed(self, n: u8, country: &str) -> (Vec<(String, Value)>, String) {
         match self {
             Self::Dataverse => {
@@ -184,6 +220,10 @@ impl Crm {
                             "msft_microsoftpartnercenterreferralsync": true,
                             "msft_microsoftpartnercenterhelpneed": "Proof of concept or demo",
                             "msft_microsoftpartnercentersolutions": SOLUTION,
+                            // Spelled as a seller might: matched to the configured values.
+                            "msft_solutionarea": "security",
+                            "msft_solutionplay": "data-security",
+                            "msft_partnerrole": "Implementation",
                         }),
                     ),
                 ];
@@ -205,6 +245,9 @@ impl Crm {
                             "CurrencyIsoCode": "USD", "AccountId": account,
                             "Sync_with_Partner_Center__c": true,
                             "Microsoft_Solutions__c": SOLUTION,
+                            "Solution_Area__c": "Cloud & AI Platforms",
+                            "Solution_Play__c": "Migrate and Modernize Your Estate",
+                            "Partner_Role__c": "Managed Services",
                         }),
                     ),
                 ];

@@ -287,3 +287,44 @@ fn a_partner_center_change_of_no_shared_field_reads_nothing_and_overwrites_nothi
         Some("Seller: phase 2 agreed")
     );
 }
+
+/// Found by the simulation (seed 37, no injected faults): an opportunity whose link was never
+/// saved (the run that created it stopped first) was updated without `If-Match` on the version
+/// it was found at, so a save made in between was not merged — the CRM's older deal value went
+/// to Partner Center while the CRM kept the newer one.
+#[test]
+fn an_unlinked_opportunity_is_not_written_over_a_save_made_after_it_was_found() {
+    let world = World::new();
+    let mut referral = co_sell_referral();
+    referral.status = Some(ReferralStatus::Active);
+    referral.substatus = Some(ReferralSubstatus::Accepted);
+    let id = world.pc.insert(referral);
+    // Its opportunity exists, made by a run that stopped before saving the link.
+    let mut made = crate::mapping::referral_to_opportunity(&world.pc.referral(id), &world.mapping);
+    made.referral_id = Some(id);
+    let record = world.crm.seed(made);
+    assert!(world.links.link(&id).is_none());
+
+    // Microsoft changes the deal value; a seller saves another value just before the
+    // connector's write reaches the CRM.
+    let event = microsoft_edits(&world, id, |r| {
+        r.details.as_mut().unwrap().deal_value = Some(Decimal::from(80_000));
+    });
+    lock(&world.crm.before_upsert).push_back(Box::new(|o: &mut Opportunity| {
+        o.deal_value = Some(usd(60_000));
+    }));
+    let outcome = world.outcome(&event, at(200));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { .. }),
+        "the write finds the record changed since it was found: {outcome:?}"
+    );
+    let (job, _) = world.queue.take_all().pop().unwrap();
+    world.retry(&job, at(260));
+
+    // Merged with the seller's save: the seller's deal value (the CRM owns it) on both sides.
+    assert_eq!(
+        world.crm.stored(&record).opportunity.deal_value,
+        Some(usd(60_000))
+    );
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+}

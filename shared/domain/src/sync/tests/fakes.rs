@@ -19,14 +19,15 @@ use crate::in_memory::{
 use crate::mapping::{BodyScope, MappingConfig};
 use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use crate::ports::{
-    AuditEvent, CrmStore, OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery,
-    RetryJob, Service, Upserted,
+    AuditEvent, CrmStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports,
+    ReferralQuery, RetryJob, Service, Upserted,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 use crate::sync::{
     Delivery, Deps, Handled, Outcome, SyncError, SyncSettings, handle_partner_center_event,
     run_retry_job,
 };
+use crate::taxonomy::TaxonomyValues;
 use crate::webhook::WebhookEvent;
 
 // ---------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ impl FakePartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> Result<Option<ETag>, PortError> {
+    ) -> Result<Patched, PortError> {
         self.begin("patch_referral")?;
         lock(&self.patches).push((*id, if_match.cloned(), ops.to_vec()));
         let edits: Vec<Edit> = lock(&self.before_patch).drain(..).collect();
@@ -217,9 +218,9 @@ impl FakePartnerCenter {
         *referral = serde_json::from_value(json).unwrap();
         self.touch(referral);
         Ok(if *lock(&self.patch_returns_no_etag) {
-            None
+            Patched::default()
         } else {
-            referral.etag()
+            Patched::of(referral)
         })
     }
 }
@@ -273,7 +274,7 @@ impl PartnerCenter for FakePartnerCenter {
         id: &ReferralId,
         if_match: Option<&ETag>,
         ops: &[PatchOp],
-    ) -> impl Future<Output = Result<Option<ETag>, PortError>> + Send {
+    ) -> impl Future<Output = Result<Patched, PortError>> + Send {
         std::future::ready(self.patch_now(id, if_match, ops))
     }
 }
@@ -288,6 +289,10 @@ pub(super) struct Stored {
     pub(super) account: Option<CrmRecordId>,
     pub(super) contact: Option<CrmRecordId>,
     pub(super) audit: Option<String>,
+    /// The row version (Dataverse's `versionnumber`), bumped by every write.
+    pub(super) version: u64,
+    /// The Solution Area, Solution Play and Partner Role the record holds.
+    pub(super) taxonomy: TaxonomyValues,
 }
 
 #[derive(Default)]
@@ -314,7 +319,12 @@ pub(super) struct FakeCrm {
     pub(super) state: Mutex<CrmState>,
     pub(super) calls: CallCounts,
     failures: Mutex<HashMap<&'static str, VecDeque<PortError>>>,
+    /// Saves made by sellers just before the connector's next upsert reaches the CRM.
+    pub(super) before_upsert: Mutex<VecDeque<CrmEdit>>,
 }
+
+/// A seller's save of a record.
+pub(super) type CrmEdit = Box<dyn FnOnce(&mut Opportunity) + Send>;
 
 impl FakeCrm {
     pub(super) fn fail_next(&self, method: &'static str, error: PortError) {
@@ -340,8 +350,20 @@ impl FakeCrm {
         lock(&self.state).opportunities[id].clone()
     }
 
-    /// An opportunity a seller created in the CRM.
+    /// An opportunity a seller created in the CRM, with an allowed taxonomy.
     pub(super) fn seed(&self, opportunity: Opportunity) -> CrmRecordId {
+        self.seed_with_taxonomy(
+            opportunity,
+            MappingConfig::default().taxonomy.first_allowed(),
+        )
+    }
+
+    /// An opportunity a seller created in the CRM, with the taxonomy given.
+    pub(super) fn seed_with_taxonomy(
+        &self,
+        opportunity: Opportunity,
+        taxonomy: TaxonomyValues,
+    ) -> CrmRecordId {
         let mut state = lock(&self.state);
         let id = state.new_id();
         state.opportunities.insert(
@@ -351,6 +373,8 @@ impl FakeCrm {
                 account: None,
                 contact: None,
                 audit: None,
+                version: 1,
+                taxonomy,
             },
         );
         id
@@ -366,6 +390,20 @@ impl FakeCrm {
     fn upsert_now(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         self.begin("upsert_opportunity")?;
         let mut state = lock(&self.state);
+        let edits: Vec<CrmEdit> = lock(&self.before_upsert).drain(..).collect();
+        for edit in edits {
+            let target = write.record.cloned().or_else(|| {
+                state
+                    .opportunities
+                    .iter()
+                    .find(|(_, s)| s.opportunity.referral_id.as_ref() == Some(write.referral_id))
+                    .map(|(id, _)| id.clone())
+            });
+            if let Some(stored) = target.and_then(|id| state.opportunities.get_mut(&id)) {
+                edit(&mut stored.opportunity);
+                stored.version += 1;
+            }
+        }
         let existing = match write.record {
             Some(id) if state.opportunities.contains_key(id) => Some(id.clone()),
             Some(id) => return Err(Self::not_found(id)),
@@ -386,11 +424,23 @@ impl FakeCrm {
                     account: write.account.cloned(),
                     contact: write.contact.cloned(),
                     audit: write.audit.map(str::to_owned),
+                    version: 1,
+                    taxonomy: TaxonomyValues::default(),
                 },
             );
             return Ok(Upserted { id, created: true });
         };
         let stored = state.opportunities.get_mut(&id).unwrap();
+        // `If-Match` with a version the row has moved past: Dataverse answers 412.
+        if let Some(expected) = write.if_match
+            && expected != "*"
+            && expected != stored.version.to_string()
+        {
+            return Err(PortError::PreconditionFailed {
+                service: Service::Dataverse,
+            });
+        }
+        stored.version += 1;
         let new = write.opportunity;
         match write.scope {
             BodyScope::Create => stored.opportunity = new.clone(),
@@ -423,7 +473,8 @@ impl FakeCrm {
             rejected: Vec::new(),
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
-            version: None,
+            version: Some(stored.version.to_string()),
+            taxonomy: stored.taxonomy.clone(),
         }
     }
 }
@@ -544,6 +595,7 @@ impl CrmStore for FakeCrm {
                 .get_mut(opportunity)
                 .ok_or_else(|| Self::not_found(opportunity))?;
             stored.audit = Some(text.to_owned());
+            stored.version += 1;
             Ok(())
         });
         std::future::ready(written)

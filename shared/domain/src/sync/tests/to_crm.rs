@@ -159,10 +159,11 @@ fn a_concurrent_duplicate_is_answered_in_progress_and_applies_nothing() {
 }
 
 #[test]
-fn the_echo_of_our_own_write_back_makes_no_crm_call() {
+fn the_echo_of_our_own_write_back_makes_no_call_at_all() {
     let world = World::new();
     let (id, crm, _) = world.synced_referral();
     let crm_calls = world.crm_calls();
+    let reads = world.pc.calls.get("get_referral");
     // Our PATCH raised referral-updated.
     let changed = world
         .pc
@@ -175,6 +176,9 @@ fn the_echo_of_our_own_write_back_makes_no_crm_call() {
 
     assert_eq!(outcome, Outcome::EchoSkipped);
     assert_eq!(world.crm_calls(), crm_calls);
+    // The write-back's answer gave the link the referral's updatedDateTime: the event's
+    // ResourceChangeUtcDate is not later, so the referral is not read again.
+    assert_eq!(world.pc.calls.get("get_referral"), reads);
     assert_eq!(world.pc.calls.get("patch_referral"), 1);
     let last = world.audit.entries().pop().unwrap();
     assert_eq!(last.event, AuditEvent::EchoSkipped);

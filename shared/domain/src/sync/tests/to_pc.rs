@@ -1,6 +1,7 @@
 //! CRM → Partner Center against the same fakes as Partner Center → CRM.
 
 use super::*;
+use crate::mapping::MappingConfig;
 use crate::opportunity::{AssistanceRequest, OpportunityField, RejectedValue};
 use crate::ports::SyncDirection;
 use crate::status::ReferralState;
@@ -340,14 +341,18 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
         Some(world.crm.stored(&record).opportunity.fingerprint())
     );
 
-    // The referral-updated event our PATCH raises is our own echo.
+    // The referral-updated event our PATCH raises is our own echo, known without a read: the
+    // PATCH's answer gave the link the referral's updatedDateTime.
     let crm_calls = world.crm_calls();
+    let reads = world.pc.calls.get("get_referral");
+    let changed = after.updated().unwrap();
     let echo = world.outcome(
-        &webhook("referral-updated", &id.to_string(), at(50)),
+        &webhook("referral-updated", &id.to_string(), changed),
         at(111),
     );
     assert_eq!(echo, Outcome::EchoSkipped);
     assert_eq!(world.crm_calls(), crm_calls);
+    assert_eq!(world.pc.calls.get("get_referral"), reads);
 }
 
 #[test]
@@ -409,6 +414,102 @@ fn an_invalid_opportunity_makes_no_partner_center_call_and_its_audit_field_names
             "{case}"
         );
     }
+}
+
+#[test]
+fn a_created_referral_and_its_invitation_of_microsoft_carry_the_taxonomy() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    assert_eq!(
+        outcome,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    let id = world.crm.stored(&record).opportunity.referral_id.unwrap();
+    let expected = [
+        ("solutionArea", "AI Business Solutions"),
+        ("solutionPlay", "Copilot and Agents at Work"),
+        ("partnerRole", "Advisory"),
+    ];
+    for sent in [world.pc.referral(id), world.invitations().remove(0)] {
+        let json = serde_json::to_value(&sent).unwrap();
+        for (member, value) in expected {
+            assert_eq!(json[member], value, "{member}: {json}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_unknown_taxonomy_value_is_refused_before_any_partner_center_call() {
+    let allowed = MappingConfig::default().taxonomy.first_allowed();
+    type Break = fn(&mut CrmOpportunity);
+    let cases: [(&str, Break, &str, &str); 3] = [
+        (
+            "missing area",
+            |c| c.taxonomy.solution_area = None,
+            "the Solution Area is missing; Partner Center's referral member \"solutionArea\"",
+            "set msft_solutionarea on the opportunity to one of: \"AI Business Solutions\"",
+        ),
+        (
+            "unknown role",
+            |c| {
+                c.taxonomy.partner_role = None;
+                c.rejected.push(RejectedValue {
+                    field: OpportunityField::PartnerRole,
+                    crm_field: "msft_partnerrole".into(),
+                    found: "Reseller".into(),
+                });
+            },
+            "Partner Role \"Reseller\" is not allowed for Partner Center's referral member \
+             \"partnerRole\"",
+            "set msft_partnerrole on the opportunity to one of: \"Advisory\", \"Implementation\"",
+        ),
+        (
+            "missing play",
+            |c| c.taxonomy.solution_play = None,
+            "the Solution Play is missing",
+            "set msft_solutionplay on the opportunity to one of: \"Copilot and Agents at Work\"",
+        ),
+    ];
+    for (case, break_it, reason, fix) in cases {
+        let world = World::to_pc();
+        let record = world
+            .crm
+            .seed_with_taxonomy(seller_opportunity(), allowed.clone());
+        let mut change = world.crm_change(&record, 1, SELLER);
+        break_it(change.opportunity.as_mut().unwrap());
+
+        let outcome = world.sync_crm(&change, at(100));
+
+        let Outcome::NeedsAttention { code, message } = &outcome else {
+            panic!("{case}: {outcome:?}");
+        };
+        assert_eq!(*code, "invalid_opportunity", "{case}");
+        assert!(message.contains(reason), "{case}: {message}");
+        assert_eq!(world.pc_calls(), 0, "{case}: no Partner Center call");
+        let audit = world.crm_audit(&record);
+        assert!(audit.contains(reason), "{case}: {audit}");
+        assert!(
+            audit.to_lowercase().contains(&fix.to_lowercase()),
+            "{case}: {audit}"
+        );
+        assert!(world.links.links().is_empty(), "{case}");
+    }
+}
+
+#[test]
+fn an_update_of_a_linked_referral_does_not_need_the_taxonomy() {
+    let world = World::to_pc();
+    let (record, _) = world.shared(seller_opportunity());
+    {
+        let mut state = lock(&world.crm.state);
+        state.opportunities.get_mut(&record).unwrap().taxonomy = Default::default();
+    }
+    world.crm_edit(&record, |o| o.notes = Some("Phase 2".into()));
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+    assert!(matches!(outcome, Outcome::Updated { .. }), "{outcome:?}");
 }
 
 #[test]
