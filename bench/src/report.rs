@@ -879,7 +879,7 @@ mod tests {
                 "{kind}: {text}"
             );
         }
-        assert!(text.contains("targets: all 13 met"), "{text}");
+        assert!(text.contains("targets: all 18 met"), "{text}");
 
         let mut run = good_run();
         run.opportunities.missing = 1;

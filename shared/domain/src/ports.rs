@@ -1450,11 +1450,8 @@ mod tests {
             async move { Ok(found.map_or(Claim::Claimed, Claim::Linked)) }
         }
 
-        fn release_claim(
-            &self,
-            _referral_id: &ReferralId,
-        ) -> impl Future<Output = Result<(), PortError>> + Send {
-            async { Ok(()) }
+        async fn release_claim(&self, _referral_id: &ReferralId) -> Result<(), PortError> {
+            Ok(())
         }
     }
 
