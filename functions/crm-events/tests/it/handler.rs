@@ -460,8 +460,17 @@ async fn a_created_referral_carries_the_solution_area_play_and_partner_role(crm:
     }
 }
 
+/// A taxonomy case: its name, how it breaks the opportunity, the problem and what the Audit
+/// field must name.
+type TaxonomyCase = (
+    &'static str,
+    fn(Crm, &mut Value),
+    &'static str,
+    &'static [&'static str],
+);
+
 async fn a_missing_or_unknown_taxonomy_value_calls_nothing_and_names_both_fields(crm: Crm) {
-    let cases: [(&str, fn(Crm, &mut Value), &str, &[&str]); 3] = [
+    let cases: [TaxonomyCase; 3] = [
         (
             "missing solution play",
             |crm, o| {
