@@ -24,9 +24,9 @@ use cosell_adapters::aws::aws_sdk_dynamodb::config::ConfigBag;
 use cosell_domain::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
-    Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PartnerCenter, PortError,
-    ReferralQuery, RetryJob, RetryQueue, Upserted,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
+    IdempotencyStore, Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite,
+    PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, Upserted,
 };
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
@@ -150,7 +150,8 @@ pub struct Counted<T> {
     gauge: Arc<IoGauge>,
     /// `dynamodb:idempotency`, `sqs:retry_queue`, …
     prefix: &'static str,
-    /// Audit logs only: counts the events appended, by [`audit_event_name`].
+    /// Audit logs and idempotency stores: counts the audit events appended (and committed), by
+    /// [`audit_event_name`], and the duplicates the idempotency store answered.
     events: Option<Arc<CallCounter>>,
 }
 
@@ -199,8 +200,17 @@ impl<T: IdempotencyStore> IdempotencyStore for Counted<T> {
         in_progress_until: DateTime<Utc>,
     ) -> impl Future<Output = Result<AcquireOutcome, PortError>> + Send {
         self.hit("acquire");
-        self.gauge
-            .time(async move { self.inner.acquire(key, now, in_progress_until).await })
+        let timed = self
+            .gauge
+            .time(async move { self.inner.acquire(key, now, in_progress_until).await });
+        async move {
+            let acquired = timed.await;
+            // A duplicate leaves no audit entry: its outcome is the failed acquire's.
+            if let (Some(events), Ok(AcquireOutcome::Duplicate(_))) = (&self.events, &acquired) {
+                events.hit(audit_event_name(&AuditEvent::DuplicateSkipped));
+            }
+            acquired
+        }
     }
 
     fn complete(
@@ -218,6 +228,22 @@ impl<T: IdempotencyStore> IdempotencyStore for Counted<T> {
         self.hit("release");
         self.gauge
             .time(async move { self.inner.release(key).await })
+    }
+
+    fn commit<L: LinkStore, A: AuditLog>(
+        &self,
+        links: &L,
+        audit: &A,
+        commit: &Commit<'_>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
+        self.hit("commit");
+        if let Some(events) = &self.events {
+            for entry in commit.entries {
+                events.hit(audit_event_name(&entry.event));
+            }
+        }
+        self.gauge
+            .time(async move { self.inner.commit(links, audit, commit).await })
     }
 }
 
@@ -295,6 +321,26 @@ impl<T: LinkStore> LinkStore for Counted<T> {
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send {
         self.hit("put");
         self.gauge.time(async move { self.inner.put(link).await })
+    }
+
+    fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, PortError>> + Send {
+        self.hit("claim");
+        self.gauge
+            .time(async move { self.inner.claim(referral_id, now, until).await })
+    }
+
+    fn release_claim(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
+        self.hit("release_claim");
+        self.gauge
+            .time(async move { self.inner.release_claim(referral_id).await })
     }
 }
 

@@ -34,7 +34,8 @@ use serde_json::{Value, json};
 
 use crate::counting::{CallCounter, IoGauge, delta};
 use crate::report::{
-    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, method_notes, own_cpu_check,
+    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, dynamodb_check,
+    method_notes, own_cpu_check,
 };
 use crate::sandbox::Control;
 use cosell_runtime::Connector;
@@ -71,6 +72,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The most DynamoDB requests one notification of this kind may make
+    /// (docs/aws.md#requests-per-event): a new opportunity takes the key, looks its link up by
+    /// the record, takes the create lock, reads the record's audit trail, makes its `Received`
+    /// entry durable before the `POST`, saves the link before writing the referral id back and
+    /// commits; an update takes the key, reads the link and commits; a duplicate is answered by
+    /// the failed conditional write that takes the key; the connector's own write (echo) is
+    /// audited without taking a key.
+    pub fn max_dynamodb_requests(self) -> u64 {
+        match self {
+            Self::New => 7,
+            Self::Updated => 3,
+            Self::Duplicate | Self::Echo => 1,
+        }
+    }
+
     /// Every kind, in report order.
     pub const ALL: [Self; 4] = [Self::New, Self::Updated, Self::Duplicate, Self::Echo];
 
@@ -405,6 +421,10 @@ fn build_app(
     let clients = gauged_clients(&config.sync, gauge)?;
     let mut stores = counted_stores(aws, table, &queues.queue_url, counter, gauge);
     stores.audit = stores.audit.recording_audit_events(audit_events.clone());
+    // Entries written with a delivery's commit, and duplicates (no entry).
+    stores.idempotency = stores
+        .idempotency
+        .recording_audit_events(audit_events.clone());
     let connector = Connector::new(
         clients,
         stores,
@@ -814,6 +834,8 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
                 pc.max == 0,
             )),
         }
+        let (target, measured, ok) = dynamodb_check(kind.max_dynamodb_requests(), report);
+        checks.push(check(kind.name(), target, measured, ok));
         let (target, measured, ok) = own_cpu_check(report);
         checks.push(check(kind.name(), target, measured, ok));
     }
@@ -983,8 +1005,8 @@ mod tests {
         };
         let checks = evaluate(&run_with(good_kinds(), all));
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 4, new × 2, updated, duplicate, echo, own CPU × 4, referrals
-        assert_eq!(checks.len(), 14);
+        // outcomes × 4, new × 2, updated, duplicate, echo, DynamoDB × 4, own CPU × 4, referrals
+        assert_eq!(checks.len(), 18);
 
         let mut kinds = good_kinds();
         kinds[1] = KindReport::summarize("updated", 1, &[sample("updated", (1, 2), (3, 1), 0)]);

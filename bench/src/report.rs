@@ -53,6 +53,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The most DynamoDB requests one event of this kind may make (docs/aws.md#requests-per-event):
+    /// a new referral, an update and an echo take the key, claim the link and commit; a
+    /// duplicate is answered by the failed conditional write that takes the key; of `copies`
+    /// concurrent copies one applies the event and the others each make that one write.
+    pub fn max_dynamodb_requests(self, copies: usize) -> u64 {
+        match self {
+            Self::New | Self::Updated | Self::Echo => 3,
+            Self::Duplicate => 1,
+            Self::ConcurrentDuplicate => 3 + (copies.max(1) as u64 - 1),
+        }
+    }
+
     /// Every kind, in report order.
     pub const ALL: [Self; 5] = [
         Self::New,
@@ -323,6 +335,19 @@ pub fn method_notes() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The DynamoDB target of a kind: at most `max` requests on the wire in any one event.
+pub fn dynamodb_check(max: u64, report: &KindReport) -> (String, String, bool) {
+    let requests = &report.aws_requests_per_event;
+    (
+        format!("at most {max} DynamoDB requests per event"),
+        format!(
+            "max {} per event (mean {})",
+            requests.dynamodb_max, requests.dynamodb
+        ),
+        requests.dynamodb_max <= max && report.events > 0,
+    )
+}
+
 /// The targets of one CRM's run.
 pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
     let check = |kind: &str, target: String, measured: String, ok: bool| TargetCheck {
@@ -395,6 +420,9 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
             }
             Kind::Updated | Kind::Echo => {}
         }
+        let copies = report.applied.map_or(1, |applied| applied.copies);
+        let (target, measured, ok) = dynamodb_check(kind.max_dynamodb_requests(copies), report);
+        checks.push(check(kind.name(), target, measured, ok));
         if kind != Kind::ConcurrentDuplicate {
             let (target, measured, ok) = own_cpu_check(report);
             checks.push(check(kind.name(), target, measured, ok));
@@ -646,8 +674,45 @@ mod tests {
     fn a_clean_run_meets_every_target() {
         let checks = evaluate(&good_run());
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 5 kinds, duplicate, new, concurrent, own CPU × 4 kinds, opportunities
-        assert_eq!(checks.len(), 13);
+        // outcomes × 5 kinds, duplicate, new, concurrent, DynamoDB × 5 kinds, own CPU × 4
+        // kinds, opportunities
+        assert_eq!(checks.len(), 18);
+    }
+
+    #[test]
+    fn a_kind_over_its_dynamodb_requests_is_reported() {
+        let requests = |n: u64| BTreeMap::from([("dynamodb:PutItem".to_owned(), n)]);
+        let mut run = good_run();
+        let mut new = sample(&["created"], (1, 1), (3, 3));
+        new.aws_requests = requests(4);
+        run.kinds[0] = KindReport::summarize("new", 1, &[new]);
+        let mut duplicate = sample(&["duplicate_skipped"], (0, 0), (0, 0));
+        duplicate.aws_requests = requests(2);
+        run.kinds[2] = KindReport::summarize("duplicate", 1, &[duplicate]);
+        // 5 copies: one applies (3), four are answered by their failed write (1 each).
+        let mut copies = sample(&["created"; 5], (1, 1), (3, 3));
+        copies.aws_requests = requests(7);
+        run.kinds[4] = KindReport::summarize("concurrent_duplicate", 5, &[copies]);
+
+        let failed: Vec<(String, String)> = evaluate(&run)
+            .into_iter()
+            .filter(|c| !c.ok && c.target.contains("DynamoDB"))
+            .map(|c| (c.kind, c.measured))
+            .collect();
+
+        assert_eq!(
+            failed,
+            [
+                ("new".to_owned(), "max 4 per event (mean 4)".to_owned()),
+                (
+                    "duplicate".to_owned(),
+                    "max 2 per event (mean 2)".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(Kind::New.max_dynamodb_requests(1), 3);
+        assert_eq!(Kind::Duplicate.max_dynamodb_requests(1), 1);
+        assert_eq!(Kind::ConcurrentDuplicate.max_dynamodb_requests(5), 7);
     }
 
     #[test]
@@ -814,7 +879,7 @@ mod tests {
                 "{kind}: {text}"
             );
         }
-        assert!(text.contains("targets: all 13 met"), "{text}");
+        assert!(text.contains("targets: all 18 met"), "{text}");
 
         let mut run = good_run();
         run.opportunities.missing = 1;

@@ -225,6 +225,8 @@ pub struct AwsCalls {
     pub total: f64,
     /// Most of both in one event.
     pub max: u64,
+    /// Most DynamoDB calls in one event.
+    pub dynamodb_max: u64,
     /// Mean per event of each key (`dynamodb:idempotency.acquire`, `dynamodb:PutItem`, …).
     pub by_call: BTreeMap<String, f64>,
 }
@@ -252,6 +254,7 @@ impl AwsCalls {
             sqs: mean(sqs, n),
             total: mean(dynamodb + sqs, n),
             max: maps
+                .clone()
                 .map(|map| {
                     map.iter()
                         .filter(|(key, _)| {
@@ -259,6 +262,15 @@ impl AwsCalls {
                             service.eq_ignore_ascii_case("dynamodb")
                                 || service.eq_ignore_ascii_case("sqs")
                         })
+                        .map(|(_, count)| *count)
+                        .sum::<u64>()
+                })
+                .max()
+                .unwrap_or_default(),
+            dynamodb_max: maps
+                .map(|map| {
+                    map.iter()
+                        .filter(|(key, _)| service_of(key).eq_ignore_ascii_case("dynamodb"))
                         .map(|(_, count)| *count)
                         .sum::<u64>()
                 })

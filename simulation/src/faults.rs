@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use cosell_domain::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore, Link,
-    LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PartnerCenter, Patched,
-    PortError, Ports, ReferralQuery, RetryJob, RetryQueue, Service, Upserted,
+    AcquireOutcome, AuditEntry, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
+    IdempotencyStore, Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite,
+    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, Service,
+    Upserted,
 };
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
@@ -429,6 +430,24 @@ impl<I: IdempotencyStore> IdempotencyStore for Faulty<'_, I> {
             self.inner.release(key)
         )
     }
+
+    /// The delivery's one write: a 5xx / 429 before it (nothing written), a 412 when it saves a
+    /// link, its answer lost after it took effect, a crash before or after it.
+    async fn commit<L: LinkStore, A: AuditLog>(
+        &self,
+        links: &L,
+        audit: &A,
+        commit: &Commit<'_>,
+    ) -> Result<(), PortError> {
+        faulty!(
+            self,
+            "idempotency.commit",
+            Service::IdempotencyStore,
+            conditional = commit.link.is_some(),
+            write = true,
+            self.inner.commit(links, audit, commit)
+        )
+    }
 }
 
 impl<Q: RetryQueue> RetryQueue for Faulty<'_, Q> {
@@ -529,6 +548,33 @@ impl<L: LinkStore> LinkStore for Faulty<'_, L> {
             conditional = true,
             write = true,
             self.inner.put(link)
+        )
+    }
+
+    async fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Claim, PortError> {
+        faulty!(
+            self,
+            "links.claim",
+            Service::LinkStore,
+            conditional = false,
+            write = true,
+            self.inner.claim(referral_id, now, until)
+        )
+    }
+
+    async fn release_claim(&self, referral_id: &ReferralId) -> Result<(), PortError> {
+        faulty!(
+            self,
+            "links.release_claim",
+            Service::LinkStore,
+            conditional = false,
+            write = true,
+            self.inner.release_claim(referral_id)
         )
     }
 }

@@ -956,8 +956,14 @@ impl CrmStore for SimCrm {
 /// The link table with the in-memory store's semantics (versioned `put`), kept in referral
 /// order so that `get_by_crm` answers the same link on every run when two name one record
 /// (the in-memory store iterates a `HashMap`, whose order differs between runs).
+/// Claims of referrals without a link ([`LinkStore::claim`]) are kept with their deadline.
+///
+/// [`LinkStore::claim`]: cosell_domain::ports::LinkStore::claim
 #[derive(Debug, Default)]
-pub struct SimLinks(Mutex<BTreeMap<ReferralId, cosell_domain::ports::Link>>);
+pub struct SimLinks(
+    Mutex<BTreeMap<ReferralId, cosell_domain::ports::Link>>,
+    Mutex<BTreeMap<ReferralId, chrono::DateTime<chrono::Utc>>>,
+);
 
 impl cosell_domain::ports::LinkStore for SimLinks {
     async fn get_by_referral(
@@ -989,6 +995,32 @@ impl cosell_domain::ports::LinkStore for SimLinks {
                 ..link.clone()
             },
         );
+        lock(&self.1).remove(&link.referral_id);
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<cosell_domain::ports::Claim, PortError> {
+        use cosell_domain::ports::Claim;
+        if let Some(link) = lock(&self.0).get(referral_id) {
+            return Ok(Claim::Linked(link.clone()));
+        }
+        let mut claims = lock(&self.1);
+        Ok(match claims.get(referral_id) {
+            Some(held) if *held >= now => Claim::Busy,
+            _ => {
+                claims.insert(*referral_id, until);
+                Claim::Claimed
+            }
+        })
+    }
+
+    async fn release_claim(&self, referral_id: &ReferralId) -> Result<(), PortError> {
+        lock(&self.1).remove(referral_id);
         Ok(())
     }
 }

@@ -187,6 +187,7 @@ macro_rules! aws_operations {
 
 aws_operations! {
     aws_sdk_dynamodb::operation::put_item::PutItemError => "dynamodb:PutItem",
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError => "dynamodb:TransactWriteItems",
     aws_sdk_dynamodb::operation::get_item::GetItemError => "dynamodb:GetItem",
     aws_sdk_dynamodb::operation::update_item::UpdateItemError => "dynamodb:UpdateItem",
     aws_sdk_dynamodb::operation::delete_item::DeleteItemError => "dynamodb:DeleteItem",

@@ -21,9 +21,9 @@ use serde_json::Value;
 
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
-    AcquireOutcome, ApiBudget, AuditEntry, AuditLog, Checkpoint, CheckpointStore, IdempotencyKey,
-    IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Link, LinkStore, PortError, RetryJob,
-    RetryQueue,
+    AcquireOutcome, ApiBudget, AuditEntry, AuditLog, Checkpoint, CheckpointStore, Claim,
+    IdempotencyKey, IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Link, LinkStore,
+    PortError, RetryJob, RetryQueue,
 };
 use crate::sync::SyncSettings;
 
@@ -308,6 +308,8 @@ impl AuditLog for InMemoryAuditLog {
 #[derive(Debug, Default)]
 pub struct InMemoryLinkStore {
     links: Mutex<HashMap<ReferralId, Link>>,
+    /// Claims of referrals without a link: until when they are held.
+    claims: Mutex<HashMap<ReferralId, DateTime<Utc>>>,
     calls: CallCounts,
     faults: Faults,
 }
@@ -378,9 +380,42 @@ impl LinkStore for InMemoryLinkStore {
                 ..link.clone()
             };
             links.insert(link.referral_id, next);
+            lock(&self.claims).remove(&link.referral_id);
             Ok(())
         });
         std::future::ready(put)
+    }
+
+    fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, PortError>> + Send {
+        let claimed = self.begin("claim").map(|()| {
+            if let Some(link) = lock(&self.links).get(referral_id) {
+                return Claim::Linked(link.clone());
+            }
+            let mut claims = lock(&self.claims);
+            match claims.get(referral_id) {
+                Some(held) if *held >= now => Claim::Busy,
+                _ => {
+                    claims.insert(*referral_id, until);
+                    Claim::Claimed
+                }
+            }
+        });
+        std::future::ready(claimed)
+    }
+
+    fn release_claim(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
+        let released = self.begin("release_claim").map(|()| {
+            lock(&self.claims).remove(referral_id);
+        });
+        std::future::ready(released)
     }
 }
 

@@ -604,6 +604,75 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Give the key up after a failure, so a retry can process it.
     fn release(&self, key: &IdempotencyKey) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Settle a delivery: complete or release its key, save its link and append its audit
+    /// entries, all or nothing — [`Commit`] says what.
+    ///
+    /// A store that keeps the link and the audit entries next to its idempotency records (the
+    /// DynamoDB table: one `TransactWriteItems`) writes them itself and ignores `links` and
+    /// `audit`. The default is for a store that keeps only idempotency records: it writes
+    /// through `links` and `audit`: the link first (when its version condition fails nothing
+    /// else is written), then the key, then the entries.
+    ///
+    /// Errors: [`PortError::PreconditionFailed`] when the link changed since it was read
+    /// (nothing written); an error of [`Service::AuditLog`] when only entries could not be
+    /// appended (the link and the key were written); any other error leaves it unknown whether
+    /// the commit took effect.
+    fn commit<L: LinkStore, A: AuditLog>(
+        &self,
+        links: &L,
+        audit: &A,
+        commit: &Commit<'_>,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
+        async move {
+            if let Some(link) = commit.link {
+                links.put(link).await?;
+            }
+            match commit.key_after {
+                KeyAfter::Completed {
+                    response,
+                    expires_at,
+                } => self.complete(commit.key, response, expires_at).await?,
+                KeyAfter::Released => self.release(commit.key).await?,
+            }
+            let mut appended = Ok(());
+            for entry in commit.entries {
+                if let Err(error) = audit.append(entry).await {
+                    appended = Err(error);
+                }
+            }
+            appended
+        }
+    }
+}
+
+/// What becomes of the delivery's key in a [`Commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAfter<'a> {
+    /// Processed: duplicates get `response` until `expires_at`.
+    Completed {
+        /// The stored response.
+        response: &'a Value,
+        /// When the record expires.
+        expires_at: DateTime<Utc>,
+    },
+    /// Given up, so the delivery runs again.
+    Released,
+}
+
+/// Everything a delivery's run writes to the stores once it is over
+/// ([`IdempotencyStore::commit`]): its key settled, its link saved, its audit entries
+/// appended, in one write.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The delivery's key.
+    pub key: &'a IdempotencyKey,
+    /// Completed or released.
+    pub key_after: KeyAfter<'a>,
+    /// The link to save, on the same condition as [`LinkStore::put`].
+    pub link: Option<&'a Link>,
+    /// The run's audit entries, in order.
+    pub entries: &'a [AuditEntry],
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,8 +1006,40 @@ pub trait LinkStore: Send + Sync {
     /// Create or replace a link, as version `link.version + 1`, only if the stored link is
     /// still at `link.version` (or absent, or stored without a version);
     /// [`PortError::PreconditionFailed`] otherwise (another sync changed it since it was read:
-    /// retry on a fresh read).
+    /// retry on a fresh read). A saved link replaces a claim ([`LinkStore::claim`]).
     fn put(&self, link: &Link) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// The link of a referral, read by claiming it: when there is none (and no live claim),
+    /// the caller holds the referral's create lock until `until` and may create its CRM
+    /// counterpart; the link it saves then replaces the claim, and
+    /// [`LinkStore::release_claim`] gives the claim up after a failure. A claim nobody
+    /// releases lapses at `until` (a holder that crashed).
+    ///
+    /// One request instead of a read and a lock: a conditional write of the link's own item
+    /// that, when it fails, answers the item it found (the link, or another run's claim).
+    fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, PortError>> + Send;
+
+    /// Give up this run's claim of a referral (no effect on a link).
+    fn release_claim(
+        &self,
+        referral_id: &ReferralId,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// What [`LinkStore::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The referral's link.
+    Linked(Link),
+    /// No link: the caller holds the referral's create lock.
+    Claimed,
+    /// No link, and another run holds the create lock.
+    Busy,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1337,6 +1438,20 @@ mod tests {
                 .unwrap()
                 .insert(link.referral_id, link.clone());
             async { Ok(()) }
+        }
+
+        fn claim(
+            &self,
+            referral_id: &ReferralId,
+            _now: DateTime<Utc>,
+            _until: DateTime<Utc>,
+        ) -> impl Future<Output = Result<Claim, PortError>> + Send {
+            let found = self.0.lock().unwrap().get(referral_id).cloned();
+            async move { Ok(found.map_or(Claim::Claimed, Claim::Linked)) }
+        }
+
+        async fn release_claim(&self, _referral_id: &ReferralId) -> Result<(), PortError> {
+            Ok(())
         }
     }
 

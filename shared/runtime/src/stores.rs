@@ -16,8 +16,8 @@ use cosell_domain::in_memory::{
     InMemoryRetryQueue,
 };
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditLog, Checkpoint, CheckpointStore, IdempotencyKey,
-    IdempotencyStore, Link, LinkStore, PortError, Ports, RetryJob, RetryQueue,
+    AcquireOutcome, AuditEntry, AuditLog, Checkpoint, CheckpointStore, Claim, Commit,
+    IdempotencyKey, IdempotencyStore, Link, LinkStore, PortError, Ports, RetryJob, RetryQueue,
 };
 use cosell_domain::{CrmRecordId, ReferralId};
 use serde_json::Value;
@@ -196,6 +196,15 @@ impl IdempotencyStore for AnyIdempotencyStore {
     async fn release(&self, key: &IdempotencyKey) -> Result<(), PortError> {
         either!(self, store => store.release(key))
     }
+
+    async fn commit<L: LinkStore, A: AuditLog>(
+        &self,
+        links: &L,
+        audit: &A,
+        commit: &Commit<'_>,
+    ) -> Result<(), PortError> {
+        either!(self, store => store.commit(links, audit, commit))
+    }
 }
 
 impl RetryQueue for AnyRetryQueue {
@@ -244,6 +253,19 @@ impl LinkStore for AnyLinkStore {
 
     async fn put(&self, link: &Link) -> Result<(), PortError> {
         either!(self, links => links.put(link))
+    }
+
+    async fn claim(
+        &self,
+        referral_id: &ReferralId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Claim, PortError> {
+        either!(self, links => links.claim(referral_id, now, until))
+    }
+
+    async fn release_claim(&self, referral_id: &ReferralId) -> Result<(), PortError> {
+        either!(self, links => links.release_claim(referral_id))
     }
 }
 

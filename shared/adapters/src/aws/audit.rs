@@ -66,28 +66,31 @@ impl DynamoAuditLog {
     /// [`AuditLog::append`], with the adapter's error: one `PutItem`, and for a failure a
     /// second one, the `ATTENTION` item (unless a newer failure is there already).
     pub async fn try_append(&self, entry: &AuditEntry) -> Result<(), AwsAdapterError> {
-        let partition = partition_of(entry);
-        let attributes = to_item(entry).map_err(|source| AwsAdapterError::Serialize {
-            what: "an audit entry",
-            source,
-        })?;
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(entry_item(
-                entry,
-                partition.clone(),
-                attributes.clone(),
-            )))
+            .set_item(Some(entry_put_item(entry)?))
             .send()
             .await
             .on_table(&self.table)?;
+        self.try_flag_attention(entry).await
+    }
+
+    /// For an entry that needs attention (a failure), put its `ATTENTION` item unless a newer
+    /// failure is there already (one conditional `PutItem`); nothing for other entries.
+    pub(crate) async fn try_flag_attention(
+        &self,
+        entry: &AuditEntry,
+    ) -> Result<(), AwsAdapterError> {
         if !entry.needs_attention() {
             return Ok(());
         }
-        let mut flag = attributes;
+        let mut flag = to_item(entry).map_err(|source| AwsAdapterError::Serialize {
+            what: "an audit entry",
+            source,
+        })?;
         let at = keys::timestamp(entry.at);
-        flag.insert(PK.into(), s(partition));
+        flag.insert(PK.into(), s(partition_of(entry)));
         flag.insert(SK.into(), s(keys::ATTENTION));
         flag.insert(GSI2_PK.into(), s(keys::ATTENTION));
         flag.insert(GSI2_SK.into(), s(&at));
@@ -367,6 +370,16 @@ fn partition_of(entry: &AuditEntry) -> String {
 /// The `event.kind`s of the outcomes that end a record's "needs attention" (`Created`,
 /// `Updated`, `WrittenBack`, `UnchangedSkipped`; pinned by a test against the serde names).
 const SUCCESS_KINDS: [&str; 4] = ["created", "updated", "written_back", "unchanged_skipped"];
+
+/// The item of `entry` (its attributes, keys, the CRM index keys and the TTL), as `PutItem`
+/// or a transaction's `Put` stores it.
+pub(crate) fn entry_put_item(entry: &AuditEntry) -> Result<Item, AwsAdapterError> {
+    let attributes = to_item(entry).map_err(|source| AwsAdapterError::Serialize {
+        what: "an audit entry",
+        source,
+    })?;
+    Ok(entry_item(entry, partition_of(entry), attributes))
+}
 
 /// The entry's own item: its attributes, keys, the CRM index keys and the TTL.
 fn entry_item(entry: &AuditEntry, partition: String, mut item: Item) -> Item {

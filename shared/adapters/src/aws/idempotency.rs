@@ -17,18 +17,25 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Utc};
 use cosell_domain::{
-    AcquireOutcome, IdempotencyKey, IdempotencyRecord, IdempotencyStatus, IdempotencyStore,
-    PortError, Service,
+    AcquireOutcome, AuditLog, Commit, IdempotencyKey, IdempotencyRecord, IdempotencyStatus,
+    IdempotencyStore, KeyAfter, LinkStore, PortError, Service,
 };
 use serde_json::Value;
 
+use crate::aws::audit::{DynamoAuditLog, entry_put_item};
 use crate::aws::item::{Item, get_i64, get_s, n, s};
+use crate::aws::links::link_put;
 use crate::aws::table::{ENTITY, PK, SK, TTL_ATTRIBUTE, keys};
-use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
+use crate::error::{AwsAdapterError, AwsResource, FailureKind, SdkResultExt};
 
 const STATUS: &str = "status";
 const IN_PROGRESS_EXPIRATION: &str = "in_progress_expiration";
@@ -37,6 +44,11 @@ const PAYLOAD_HASH: &str = "payload_hash";
 const KEY: &str = "idempotency_key";
 const INPROGRESS: &str = "INPROGRESS";
 const COMPLETED: &str = "COMPLETED";
+
+/// The completion of a key: `COMPLETED` with its response and expiry.
+const COMPLETE_UPDATE: &str = "SET #status = :completed, #response = :response, \
+                               #expiration = :expiration, #entity = :entity, #key = :key \
+                               REMOVE #in_progress_expiration";
 
 const ACQUIRE_CONDITION: &str = "attribute_not_exists(#pk) OR #expiration < :now OR \
                                  (#status = :inprogress AND #in_progress_expiration < :now_ms)";
@@ -164,10 +176,7 @@ impl DynamoIdempotencyStore {
             .table_name(&self.table)
             .key(PK, s(keys::idempotency_pk(key)))
             .key(SK, s(keys::IDEMPOTENCY_SK))
-            .update_expression(
-                "SET #status = :completed, #response = :response, #expiration = :expiration, \
-                 #entity = :entity, #key = :key REMOVE #in_progress_expiration",
-            )
+            .update_expression(COMPLETE_UPDATE)
             .expression_attribute_names("#status", STATUS)
             .expression_attribute_names("#response", RESPONSE)
             .expression_attribute_names("#expiration", TTL_ATTRIBUTE)
@@ -183,6 +192,142 @@ impl DynamoIdempotencyStore {
             .await
             .on_table(&self.table)?;
         Ok(())
+    }
+
+    /// [`IdempotencyStore::commit`], with the adapter's error: one `TransactWriteItems` holding
+    /// the key's completion (`Update`) or release (`Delete`), the link's conditional `Put` and
+    /// one `Put` per audit entry; all or nothing. Then, for each entry that needs attention,
+    /// its `ATTENTION` item (a conditional `PutItem` that must not cancel the transaction: only
+    /// failures pay it).
+    ///
+    /// A cancellation whose reason for the link is `ConditionalCheckFailed` is
+    /// [`FailureKind::ConditionFailed`] (the link changed since it was read); a conflict with
+    /// another transaction or throttling is [`FailureKind::Throttled`].
+    pub async fn try_commit(&self, commit: &Commit<'_>) -> Result<(), AwsAdapterError> {
+        let mut actions = Vec::with_capacity(commit.entries.len() + 2);
+        actions.push(self.settle_key(commit)?);
+        let link_at = commit.link.map(|_| actions.len());
+        if let Some(link) = commit.link {
+            actions.push(
+                TransactWriteItem::builder()
+                    .put(link_put(&self.table, link)?)
+                    .build(),
+            );
+        }
+        let room = MAX_TRANSACTION_ITEMS.saturating_sub(actions.len());
+        let (within, beyond) = commit.entries.split_at(commit.entries.len().min(room));
+        for entry in within {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(entry_put_item(entry)?))
+                .build()
+                .map_err(|error| self.unbuildable("an audit entry", &error))?;
+            actions.push(TransactWriteItem::builder().put(put).build());
+        }
+        let sent = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await;
+        if let Err(err) = sent {
+            return Err(self.transaction_error(err, link_at));
+        }
+        let audit = DynamoAuditLog::new(self.client.clone(), self.table.clone());
+        for entry in beyond {
+            audit.try_append(entry).await?;
+        }
+        for entry in within {
+            audit.try_flag_attention(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// The key's part of a commit: its completion or its release.
+    fn settle_key(&self, commit: &Commit<'_>) -> Result<TransactWriteItem, AwsAdapterError> {
+        let pk = s(keys::idempotency_pk(commit.key));
+        let sk = s(keys::IDEMPOTENCY_SK);
+        let action = match commit.key_after {
+            KeyAfter::Completed {
+                response,
+                expires_at,
+            } => {
+                let response = serde_json::to_string(response).map_err(|source| {
+                    AwsAdapterError::Serialize {
+                        what: "the idempotency response",
+                        source,
+                    }
+                })?;
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .key(PK, pk)
+                    .key(SK, sk)
+                    .update_expression(COMPLETE_UPDATE)
+                    .expression_attribute_names("#status", STATUS)
+                    .expression_attribute_names("#response", RESPONSE)
+                    .expression_attribute_names("#expiration", TTL_ATTRIBUTE)
+                    .expression_attribute_names("#entity", ENTITY)
+                    .expression_attribute_names("#key", KEY)
+                    .expression_attribute_names("#in_progress_expiration", IN_PROGRESS_EXPIRATION)
+                    .expression_attribute_values(":completed", s(COMPLETED))
+                    .expression_attribute_values(":response", s(response))
+                    .expression_attribute_values(":expiration", n(ceil_secs(expires_at)))
+                    .expression_attribute_values(":entity", s("idempotency"))
+                    .expression_attribute_values(":key", s(commit.key.as_str()))
+                    .build()
+                    .map_err(|error| self.unbuildable("the key's completion", &error))?;
+                TransactWriteItem::builder().update(update).build()
+            }
+            KeyAfter::Released => {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .key(PK, pk)
+                    .key(SK, sk)
+                    .build()
+                    .map_err(|error| self.unbuildable("the key's release", &error))?;
+                TransactWriteItem::builder().delete(delete).build()
+            }
+        };
+        Ok(action)
+    }
+
+    fn unbuildable(&self, what: &str, error: &dyn std::error::Error) -> AwsAdapterError {
+        AwsAdapterError::Misconfigured {
+            resource: AwsResource::Table(self.table.clone()),
+            problem: format!("{what} could not be put into a transaction: {error}"),
+            fix: "report this as a bug".into(),
+        }
+    }
+
+    /// The error of a failed commit: a cancellation is classified by its reasons (the link's
+    /// condition, or a conflict / throttling).
+    fn transaction_error(
+        &self,
+        err: SdkError<TransactWriteItemsError, HttpResponse>,
+        link_at: Option<usize>,
+    ) -> AwsAdapterError {
+        let reasons: Vec<Option<String>> = match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(canceled)) => canceled
+                .cancellation_reasons()
+                .iter()
+                .map(|reason| reason.code().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut error = AwsAdapterError::from(err).on_table(&self.table);
+        if let AwsAdapterError::Call { kind, detail, .. } = &mut error {
+            if let Some(classified) = cancellation_kind(&reasons, link_at) {
+                *kind = classified;
+            }
+            if !reasons.is_empty() {
+                let codes: Vec<&str> = reasons
+                    .iter()
+                    .map(|code| code.as_deref().unwrap_or("None"))
+                    .collect();
+                detail.push_str(&format!(" (cancellation reasons: {})", codes.join(", ")));
+            }
+        }
+        error
     }
 
     /// [`IdempotencyStore::release`], with the adapter's error.
@@ -244,6 +389,29 @@ impl DynamoIdempotencyStore {
     }
 }
 
+/// The most actions one `TransactWriteItems` takes.
+const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// How a cancelled commit is classified, from its per-action reasons (in the order of the
+/// actions; `None` or `"None"` for an action that did not cause it): the link's condition is a
+/// failed precondition; a conflict with another transaction or throttling is throttling.
+fn cancellation_kind(reasons: &[Option<String>], link_at: Option<usize>) -> Option<FailureKind> {
+    let code = |at: usize| reasons.get(at).and_then(Option::as_deref);
+    if link_at.and_then(code) == Some("ConditionalCheckFailed") {
+        return Some(FailureKind::ConditionFailed);
+    }
+    let busy = reasons.iter().flatten().any(|code| {
+        matches!(
+            code.as_str(),
+            "TransactionConflict"
+                | "ThrottlingError"
+                | "ProvisionedThroughputExceeded"
+                | "RequestLimitExceeded"
+        )
+    });
+    busy.then_some(FailureKind::Throttled)
+}
+
 /// Epoch seconds, rounded up.
 fn ceil_secs(at: DateTime<Utc>) -> i64 {
     let secs = at.timestamp();
@@ -292,6 +460,21 @@ impl IdempotencyStore for DynamoIdempotencyStore {
     #[tracing::instrument(skip_all, fields(table = %self.table, key = %key))]
     async fn release(&self, key: &IdempotencyKey) -> Result<(), PortError> {
         self.try_release(key)
+            .await
+            .map_err(|e| e.into_port_error(Service::IdempotencyStore))
+    }
+
+    /// One `TransactWriteItems` on this table ([`DynamoIdempotencyStore::try_commit`]): the
+    /// deployment's link store and audit log are this table, so `links` and `audit` are not
+    /// used.
+    #[tracing::instrument(skip_all, fields(table = %self.table, key = %commit.key))]
+    async fn commit<L: LinkStore, A: AuditLog>(
+        &self,
+        _links: &L,
+        _audit: &A,
+        commit: &Commit<'_>,
+    ) -> Result<(), PortError> {
+        self.try_commit(commit)
             .await
             .map_err(|e| e.into_port_error(Service::IdempotencyStore))
     }

@@ -39,13 +39,17 @@
 //!
 //! # Items
 //!
-//! Every item also carries `entity` (`idempotency` | `link` | `audit` | `attention` | `budget` |
-//! `checkpoint`).
+//! Every item also carries `entity` (`idempotency` | `link` | `create_lock` | `audit` |
+//! `attention` | `budget` | `checkpoint`).
+//!
+//! A delivery's writes end in one `TransactWriteItems`: its idempotency record completed (or
+//! deleted), its link put and its audit entries put (docs/aws.md#requests-per-event).
 //!
 //! | item | `pk` | `sk` | `gsi1pk` / `gsi1sk` | `gsi2pk` / `gsi2sk` | other attributes |
 //! |---|---|---|---|---|---|
 //! | idempotency record | `IDEMPOTENCY#<key>` (\*) | `IDEMPOTENCY` | | | `idempotency_key`, `status` (`INPROGRESS`\|`COMPLETED`), `expiration` (epoch s, TTL), `in_progress_expiration` (epoch ms, the Lambda deadline), `response` (JSON text), `payload_hash`? |
 //! | link | `REFERRAL#<referral id>` | `LINK` | `CRM#<dataverse\|salesforce>#<id>` / `LINK` | | the `Link` fields: `referral_id`, `crm`, `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`, `last_fingerprint_to_pc`, `last_stage_to_pc`, `microsoft_invited`, `updated_at`, `version` (puts are conditional on the version read) |
+//! | claim of a referral without a link | `REFERRAL#<referral id>` | `LINK` | | | `entity = create_lock`, `claim_until` (epoch ms, the claiming run's deadline), `expiration` (TTL); replaced by the link, read as no link |
 //! | audit entry | `REFERRAL#<id>`, else `CRM#<kind>#<id>`, else `UNATTRIBUTED` | `AUDIT#<RFC 3339 UTC, ms>#<uuid>` | `CRM#<kind>#<id>` / same as `sk` (when the CRM record is known) | | the `AuditEntry` fields: `at`, `direction`, `referral_id`, `crm`, `correlation_id`, `event` (map with `kind`) |
 //! | needs attention | the failed record's partition (as for audit entries) | `ATTENTION` | | `ATTENTION` / `<RFC 3339 UTC, ms>` | the failing `AuditEntry` fields |
 //! | daily API counter | `BUDGET#<YYYY-MM-DD>` (UTC day) | `BUDGET` | | | `calls` (N, `ADD`ed atomically), `expiration` (a week after the day) |

@@ -19,9 +19,9 @@ use cosell_adapters::{
     SqsRetryQueue, provision_queues, provision_table,
 };
 use cosell_domain::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmRecordId, ETag, IdempotencyKey,
-    IdempotencyStore, Link, LinkStore, PortError, ReferralId, RetryJob, RetryQueue, RetrySource,
-    Service, SyncDirection,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmRecordId, ETag,
+    IdempotencyKey, IdempotencyStore, KeyAfter, Link, LinkStore, PortError, ReferralId, RetryJob,
+    RetryQueue, RetrySource, Service, SyncDirection,
 };
 use serde_json::json;
 
@@ -421,6 +421,219 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
             .unwrap()
             .map(|l| l.version),
         Some(1)
+    );
+}
+
+fn new_link(referral_id: &str, crm_id: &str, now: DateTime<Utc>) -> Link {
+    Link {
+        referral_id: referral(referral_id),
+        crm: crm(crm_id),
+        last_referral_etag: None,
+        last_referral_updated: None,
+        last_fingerprint_to_crm: None,
+        last_fingerprint_to_pc: None,
+        last_stage_to_pc: None,
+        microsoft_invited: false,
+        last_crm_modified: None,
+        updated_at: now,
+        version: 0,
+        synced_fields: std::collections::BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_commit_writes_the_key_the_link_and_the_entries_together_or_nothing() {
+    let moto = moto().await;
+    let table = table(&moto, "commit").await;
+    let store = DynamoIdempotencyStore::new(moto.dynamodb.clone(), &table);
+    let links = DynamoLinkStore::new(moto.dynamodb.clone(), &table);
+    let audit = DynamoAuditLog::new(moto.dynamodb.clone(), &table);
+    let now = Utc::now();
+    let event = key("commit-1");
+    assert_eq!(
+        store.acquire(&event, now, now + secs(30)).await.unwrap(),
+        AcquireOutcome::Acquired
+    );
+    let link = new_link(REFERRAL_A, DATAVERSE_A, now);
+    let entries = [
+        entry(
+            now,
+            Some(REFERRAL_A),
+            Some(DATAVERSE_A),
+            AuditEvent::Received,
+        ),
+        entry(
+            now,
+            Some(REFERRAL_A),
+            Some(DATAVERSE_A),
+            AuditEvent::Created,
+        ),
+        entry(now, Some(REFERRAL_A), Some(DATAVERSE_A), failed("later")),
+    ];
+    let response = json!({ "status": "created" });
+    let commit = Commit {
+        key: &event,
+        key_after: KeyAfter::Completed {
+            response: &response,
+            expires_at: now + secs(3600),
+        },
+        link: Some(&link),
+        entries: &entries,
+    };
+    store.commit(&links, &audit, &commit).await.unwrap();
+
+    assert_eq!(
+        store.acquire(&event, now, now + secs(30)).await.unwrap(),
+        AcquireOutcome::Duplicate(response.clone())
+    );
+    let stored = links
+        .get_by_referral(&referral(REFERRAL_A))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 1);
+    let listed = audit.by_referral(&referral(REFERRAL_A), 10).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    // The failure's "needs attention" marker follows the transaction.
+    assert_eq!(audit.needs_attention(10).await.unwrap().len(), 1);
+
+    // A second run that read the link before the first saved it: its commit is cancelled
+    // whole (the link's condition), its key stays in progress and no entry is added.
+    let other = key("commit-2");
+    store.acquire(&other, now, now + secs(30)).await.unwrap();
+    let stale = Link {
+        last_fingerprint_to_pc: Some("stale".into()),
+        ..link.clone()
+    };
+    let late = [entry(
+        now,
+        Some(REFERRAL_A),
+        Some(DATAVERSE_A),
+        AuditEvent::Updated,
+    )];
+    let cancelled = store
+        .commit(
+            &links,
+            &audit,
+            &Commit {
+                key: &other,
+                key_after: KeyAfter::Completed {
+                    response: &response,
+                    expires_at: now + secs(3600),
+                },
+                link: Some(&stale),
+                entries: &late,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        cancelled,
+        PortError::PreconditionFailed {
+            service: Service::IdempotencyStore
+        }
+    );
+    assert_eq!(
+        store.acquire(&other, now, now + secs(30)).await.unwrap(),
+        AcquireOutcome::InProgress
+    );
+    assert_eq!(
+        audit
+            .by_referral(&referral(REFERRAL_A), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Released with its entries: the key can be taken again.
+    store
+        .commit(
+            &links,
+            &audit,
+            &Commit {
+                key: &other,
+                key_after: KeyAfter::Released,
+                link: None,
+                entries: &late,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acquire(&other, now, now + secs(30)).await.unwrap(),
+        AcquireOutcome::Acquired
+    );
+    assert_eq!(
+        audit
+            .by_referral(&referral(REFERRAL_A), 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_referral_without_a_link_is_claimed_once_and_its_link_replaces_the_claim() {
+    let moto = moto().await;
+    let table = table(&moto, "claim").await;
+    let links = DynamoLinkStore::new(moto.dynamodb.clone(), &table);
+    let now = Utc::now();
+    let id = referral(REFERRAL_A);
+
+    assert_eq!(
+        links.claim(&id, now, now + secs(30)).await.unwrap(),
+        Claim::Claimed
+    );
+    // Held: another run finds it busy; readers see no link.
+    assert_eq!(
+        links
+            .claim(&id, now + secs(1), now + secs(31))
+            .await
+            .unwrap(),
+        Claim::Busy
+    );
+    assert_eq!(links.get_by_referral(&id).await.unwrap(), None);
+    // Past its holder's deadline it is taken over.
+    assert_eq!(
+        links
+            .claim(&id, now + secs(31), now + secs(61))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    // Released: claimed again at once.
+    links.release_claim(&id).await.unwrap();
+    assert_eq!(
+        links
+            .claim(&id, now + secs(32), now + secs(62))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+
+    // The link replaces the claim; a claim then answers the link, and a release keeps it.
+    let link = new_link(REFERRAL_A, SALESFORCE_A, now);
+    links.put(&link).await.unwrap();
+    let stored = links.get_by_referral(&id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        links
+            .claim(&id, now + secs(33), now + secs(63))
+            .await
+            .unwrap(),
+        Claim::Linked(stored.clone())
+    );
+    links.release_claim(&id).await.unwrap();
+    assert_eq!(links.get_by_referral(&id).await.unwrap(), Some(stored));
+    assert_eq!(
+        links
+            .get_by_crm(&crm(SALESFORCE_A))
+            .await
+            .unwrap()
+            .map(|l| l.referral_id),
+        Some(id)
     );
 }
 

@@ -17,6 +17,12 @@
 //!
 //! A completed key makes redeliveries [`Outcome::DuplicateSkipped`] with no service call; a key
 //! held by a running invocation makes them [`Outcome::InProgress`].
+//!
+//! The store writes of a run are one commit ([`IdempotencyStore::commit`]): while the sync
+//! runs, its audit entries and its final link are kept in the [`Journal`]; the key's completion
+//! (or release), the link and the entries are then written together (on DynamoDB one
+//! `TransactWriteItems`, docs/aws.md#requests-per-event). A link that cannot be saved with it
+//! retries the sync, as a failed link write did.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -28,9 +34,9 @@ use super::outcome::{Handled, Outcome, RetryPolicy, SyncError};
 use crate::error::ParseError;
 use crate::ids::{CrmRecordId, EngagementId, ReferralId};
 use crate::ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, IdempotencyStore,
-    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service,
-    SyncDirection,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Commit, CrmStore, IdempotencyKey,
+    IdempotencyStore, KeyAfter, Link, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob,
+    RetryQueue, RetrySource, Service, SyncDirection,
 };
 use crate::referral::Referral;
 
@@ -183,6 +189,20 @@ pub(crate) struct Journal<'a, A> {
     deadline: DateTime<Utc>,
     referral_id: Mutex<Option<ReferralId>>,
     warnings: Mutex<Vec<PortError>>,
+    /// While the run holds its key: the entries kept for its commit (`None`: appended at once).
+    pending: Mutex<Option<Vec<AuditEntry>>>,
+    /// The link the run saves with its commit.
+    link: Mutex<Option<PendingLink>>,
+}
+
+/// A link saved with the run's commit.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingLink {
+    /// The link.
+    pub link: Link,
+    /// Whether the run failed if it cannot be saved (it is then retried); otherwise it is
+    /// saved if it can.
+    pub required: bool,
 }
 
 impl<'a, A: AuditLog> Journal<'a, A> {
@@ -196,7 +216,74 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             deadline: meta.deadline,
             referral_id: Mutex::new(None),
             warnings: Mutex::new(Vec::new()),
+            pending: Mutex::new(None),
+            link: Mutex::new(None),
         }
+    }
+
+    /// From now on keep entries for the commit instead of appending them.
+    fn defer(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.get_or_insert_with(Vec::new);
+    }
+
+    /// The entries kept so far (they stay kept: a commit that failed is made again with them).
+    fn kept_entries(&self) -> Vec<AuditEntry> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Save `link` with the run's commit (instead of a [`LinkStore::put`] of its own): one write
+    /// fewer. `required`: the run is retried when it cannot be saved.
+    ///
+    /// [`LinkStore::put`]: crate::ports::LinkStore::put
+    pub fn keep_link(&self, link: Link, required: bool) {
+        *self.link.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(PendingLink { link, required });
+    }
+
+    /// Append the entries kept so far now, before a write that cannot be undone and must be
+    /// known to a later delivery should this run crash before its commit (the create of a
+    /// referral: the next delivery looks for it when an earlier one ran). An entry that could
+    /// not be appended stays kept (for the commit) and fails the flush: the write must not
+    /// happen without its marker.
+    pub async fn flush(&self) -> Result<(), PortError> {
+        let kept = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for (at, entry) in kept.iter().enumerate() {
+            if let Err(error) = self.audit.append(entry).await {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let later = pending.take().unwrap_or_default();
+                let mut unwritten = kept.get(at..).map(<[_]>::to_vec).unwrap_or_default();
+                unwritten.extend(later);
+                *pending = Some(unwritten);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a link is kept for the commit.
+    pub fn keeps_link(&self) -> bool {
+        self.link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn take_link(&self) -> Option<PendingLink> {
+        self.link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The delivery's instant.
@@ -253,9 +340,17 @@ impl<'a, A: AuditLog> Journal<'a, A> {
         }
     }
 
-    /// Append an entry; a failure is kept as a warning.
+    /// Append an entry (kept for the commit while the run holds its key); a failure is kept
+    /// as a warning.
     pub async fn record(&self, event: AuditEvent, crm: Option<&CrmRecordId>) {
         let entry = self.entry(event, crm);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(pending) = pending.as_mut() {
+                pending.push(entry);
+                return;
+            }
+        }
         let appended = self.audit.append(&entry).await;
         self.tolerate(appended);
     }
@@ -294,7 +389,7 @@ pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> 
 }
 
 /// When the delivery that found the create locked runs again.
-const CREATE_LOCK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const CREATE_LOCK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Run `work` — creating the counterpart of `subject` (a CRM record's referral, a referral's
 /// opportunity with its account and contact) — under a short lock, the idempotency key
@@ -355,17 +450,18 @@ pub(crate) fn attempt_key(job: &RetryJob) -> Result<IdempotencyKey, ParseError> 
 
 /// Run `sync` at most once for `run.key` (see the module docs).
 ///
-/// `sync` is a future, so nothing of it runs before the key is taken.
-pub(crate) async fn exactly_once<X: Ports, S>(
+/// `sync` is a future, so nothing of it runs before the key is taken. While it runs, its audit
+/// entries and its final link are kept in the journal; once it is over they are written with
+/// the key's completion (or release) in one [`IdempotencyStore::commit`]. A duplicate costs the
+/// one failed conditional write of `acquire` and leaves no audit entry (the `DuplicateSkipped`
+/// metric counts it).
+pub(crate) async fn exactly_once<X: Ports>(
     deps: &Deps<'_, X>,
     meta: &Delivery,
     run: &Run<'_>,
     journal: &Journal<'_, X::Audit>,
-    sync: S,
-) -> Result<Outcome, SyncError>
-where
-    S: Future<Output = Result<Outcome, Failure>>,
-{
+    sync: impl Future<Output = Result<Outcome, Failure>>,
+) -> Result<Outcome, SyncError> {
     let acquired = deps
         .idempotency
         .acquire(&run.key, meta.now, meta.deadline)
@@ -373,37 +469,115 @@ where
         .map_err(SyncError::Idempotency)?;
     match acquired {
         AcquireOutcome::Acquired => {}
-        AcquireOutcome::Duplicate(_) => {
-            journal.record(AuditEvent::DuplicateSkipped, None).await;
-            return Ok(Outcome::DuplicateSkipped);
-        }
+        AcquireOutcome::Duplicate(_) => return Ok(Outcome::DuplicateSkipped),
         AcquireOutcome::InProgress => return Ok(Outcome::InProgress),
     }
+    journal.defer();
 
     let outcome = match sync.await {
         Ok(outcome) => outcome,
         Err(failure) => match settle(deps, run, journal, failure).await {
             Ok(outcome) => outcome,
             Err(error) => {
-                let released = deps.idempotency.release(&run.key).await;
-                journal.tolerate(released);
+                release(deps, run, journal).await;
                 return Err(error);
             }
         },
     };
-    if matches!(outcome, Outcome::RetryLater { .. }) {
-        // The caller delivers the job again: the redelivery must run the sync, not skip it.
-        let released = deps.idempotency.release(&run.key).await;
-        journal.tolerate(released);
+    let link = journal.take_link();
+    let committed = complete(deps, meta, run, journal, &outcome, link.as_ref()).await;
+    let Err(error) = committed else {
+        return Ok(outcome);
+    };
+    if *error.service() == Service::AuditLog {
+        // Only entries were lost (a store writing them one by one): the run is done.
+        journal.warn(error);
         return Ok(outcome);
     }
-    let expires_at = later(meta.now, deps.settings.idempotency_ttl);
-    let completed = deps
-        .idempotency
-        .complete(&run.key, &outcome.response(), expires_at)
-        .await;
-    journal.tolerate(completed);
+    let Some(link) = link.filter(|_| !is_settled_failure(&outcome)) else {
+        journal.warn(error);
+        return Ok(outcome);
+    };
+    if !link.required {
+        // Saved if it can be: the run is done without it.
+        journal.warn(error);
+        let again = complete(deps, meta, run, journal, &outcome, None).await;
+        journal.tolerate(again);
+        return Ok(outcome);
+    }
+    // The link could not be saved (another sync changed it, or the write failed): as a failed
+    // link write, the run is retried.
+    let failure = Failure::Port {
+        error,
+        crm: Some(link.link.crm.clone()),
+    };
+    let outcome = match settle(deps, run, journal, failure).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            release(deps, run, journal).await;
+            return Err(error);
+        }
+    };
+    let again = complete(deps, meta, run, journal, &outcome, None).await;
+    journal.tolerate(again);
     Ok(outcome)
+}
+
+/// Whether `outcome` is already a failure's (retried or calling for attention): a link that
+/// could not be saved with it changes nothing.
+fn is_settled_failure(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::RetryEnqueued { .. } | Outcome::NeedsAttention { .. } | Outcome::RetryLater { .. }
+    )
+}
+
+/// Commit the run: its key completed with `outcome`'s response (released when the caller runs
+/// it again, [`Outcome::RetryLater`]), `link` saved, the journal's entries appended.
+async fn complete<X: Ports>(
+    deps: &Deps<'_, X>,
+    meta: &Delivery,
+    run: &Run<'_>,
+    journal: &Journal<'_, X::Audit>,
+    outcome: &Outcome,
+    link: Option<&PendingLink>,
+) -> Result<(), PortError> {
+    let response = outcome.response();
+    let key_after = if matches!(outcome, Outcome::RetryLater { .. }) {
+        // The caller delivers the job again: the redelivery must run the sync, not skip it.
+        KeyAfter::Released
+    } else {
+        KeyAfter::Completed {
+            response: &response,
+            expires_at: later(meta.now, deps.settings.idempotency_ttl),
+        }
+    };
+    let entries = journal.kept_entries();
+    let commit = Commit {
+        key: &run.key,
+        key_after,
+        link: link.map(|pending| &pending.link),
+        entries: &entries,
+    };
+    deps.idempotency
+        .commit(deps.links, deps.audit, &commit)
+        .await
+}
+
+/// Release the key (the sender delivers the delivery again) with the journal's entries.
+async fn release<X: Ports>(deps: &Deps<'_, X>, run: &Run<'_>, journal: &Journal<'_, X::Audit>) {
+    let entries = journal.kept_entries();
+    let commit = Commit {
+        key: &run.key,
+        key_after: KeyAfter::Released,
+        link: None,
+        entries: &entries,
+    };
+    let released = deps
+        .idempotency
+        .commit(deps.links, deps.audit, &commit)
+        .await;
+    journal.tolerate(released);
 }
 
 /// Turn a failure into a retry or a call for attention.

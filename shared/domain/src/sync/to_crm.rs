@@ -22,7 +22,8 @@
 //! 6. The CRM id is written back into the referral's `externalReferenceId` (JSON Patch with
 //!    `If-Match`; on 412 the referral is re-read once and the patch retried once), and the link
 //!    saved with the referral's new `eTag`, so the `referral-updated` our patch raises is
-//!    recognised in step 2.
+//!    recognised in step 2. The link is written with the delivery's commit (its key completed
+//!    and its audit entries, in one write: see [`super::runner`]).
 //!
 //! A new referral costs one Partner Center GET, one upsert, one PATCH, plus the account and
 //! contact look-ups and creates. A redelivery costs nothing (see [`super::runner`]).
@@ -39,8 +40,8 @@ use super::deps::{Delivery, Deps};
 use super::merge::{FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
-    Failure, Journal, Problem, Run, attempt_key, creating, exactly_once, finish, list_engagement,
-    needs_attention, sentence,
+    CREATE_LOCK_RETRY_AFTER, Failure, Journal, Problem, Run, attempt_key, exactly_once, finish,
+    list_engagement, needs_attention, sentence,
 };
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
@@ -48,8 +49,8 @@ use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEvent, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
-    Patched, PortError, Ports, RetryJob, RetrySource, SyncDirection,
+    AuditEvent, Claim, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
+    Patched, PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::status::ReferralStatus;
@@ -250,19 +251,28 @@ async fn sync_referral<X: Ports>(
     referral_id: ReferralId,
     changed: Option<DateTime<Utc>>,
 ) -> Result<Outcome, Failure> {
-    let known = deps
+    // The link, read by claiming it: without one, this run holds the referral's create lock.
+    let claim = deps
         .links
-        .get_by_referral(&referral_id)
+        .claim(&referral_id, journal.now(), journal.deadline())
         .await
         .map_err(Failure::port(None))?;
+    let (link, claimed) = match claim {
+        Claim::Linked(link) => (Some(link), false),
+        Claim::Claimed => (None, true),
+        Claim::Busy => (None, false),
+    };
     // A change the link already holds — the echo of our own write-back, whose answer gave the
     // link its `updatedDateTime`, or a late redelivery — is known without reading the referral.
     // Whether `ResourceChangeUtcDate` is the referral's `updatedDateTime` is UNKNOWN
     // (docs/partner-center.md#webhook-events): read robustly, only a change stamped at or
     // before what the link holds is skipped; a later stamp, or none, reads the referral. A
     // link without an eTag may owe Partner Center its write-back (saved when that failed, for
-    // the retry to finish it): read.
-    if let (Some(link), Some(changed)) = (&known, changed)
+    // the retry to finish it): read. (A link found here may be older than the referral read
+    // next, should another sync of it commit in between: the merge's base only moves for
+    // fields both sides agreed on, so an older base merges the same, and the commit's version
+    // condition on the link sends this run round again.)
+    if let (Some(link), Some(changed)) = (&link, changed)
         && link.crm.kind() == deps.crm.kind()
         && link.last_referral_etag.is_some()
         && link.holds_change_at(changed)
@@ -272,22 +282,45 @@ async fn sync_referral<X: Ports>(
             .await;
         return Ok(Outcome::EchoSkipped);
     }
-    let referral = deps
-        .partner_center
-        .get_referral(&referral_id)
-        .await
-        .map_err(Failure::port(None))?;
-    // The link read above may be older than the referral just read (another sync of the same
-    // referral in between): the merge's base must not be, so a linked referral's link is read
-    // again. A referral without one goes to the create path, which takes a lock.
-    let link = match known {
-        Some(_) => deps
-            .links
-            .get_by_referral(&referral_id)
-            .await
-            .map_err(Failure::port(None))?,
-        None => None,
+    let referral = deps.partner_center.get_referral(&referral_id).await;
+    let referral = match referral {
+        Ok(referral) => referral,
+        Err(error) => {
+            if claimed {
+                let released = deps.links.release_claim(&referral_id).await;
+                journal.tolerate(released);
+            }
+            return Err(Failure::port(None)(error));
+        }
     };
+    let result = Box::pin(sync_found(
+        deps,
+        journal,
+        event_name,
+        referral_id,
+        referral,
+        link,
+        claimed,
+    ))
+    .await;
+    if claimed && (result.is_err() || !journal.keeps_link()) {
+        // No link was made: another delivery may make it now.
+        let released = deps.links.release_claim(&referral_id).await;
+        journal.tolerate(released);
+    }
+    result
+}
+
+/// Steps 2–6, once the referral and its link (or the claim) are known.
+async fn sync_found<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    event_name: &EventName,
+    referral_id: ReferralId,
+    referral: Referral,
+    link: Option<Link>,
+    claimed: bool,
+) -> Result<Outcome, Failure> {
     let updated = referral
         .updated_date_time
         .as_ref()
@@ -361,8 +394,7 @@ async fn sync_referral<X: Ports>(
             updated_at: journal.now(),
             ..link.clone()
         };
-        let saved = deps.links.put(&refreshed).await;
-        journal.tolerate(saved);
+        journal.keep_link(refreshed, false);
         return Ok(Outcome::UnchangedSkipped);
     }
 
@@ -493,28 +525,36 @@ async fn sync_referral<X: Ports>(
                         .as_ref()
                         .and_then(|l| l.last_fingerprint_to_crm.clone());
                 }
-                let kept = deps.links.put(&saved).await;
-                journal.tolerate(kept);
+                journal.keep_link(saved, false);
                 return Err(Failure::Port {
                     error,
                     crm: Some(crm),
                 });
             }
         }
-        deps.links
-            .put(&saved)
-            .await
-            .map_err(Failure::port(Some(&crm)))?;
+        // Saved with the delivery's commit: a link that cannot be saved retries the sync.
+        journal.keep_link(saved, true);
         Ok(outcome)
     });
     match &record {
-        Some(_) => apply.await,
-        // A new opportunity, with its account and contact: one delivery at a time.
-        None => {
-            let subject = format!("referral:{referral_id}");
-            creating(deps.idempotency, journal, &subject, None, apply).await
-        }
+        // A new opportunity, with its account and contact: one delivery at a time, the one
+        // holding the claim.
+        None if !claimed => Err(creating_elsewhere(referral_id)),
+        _ => apply.await,
     }
+}
+
+/// The failure of a delivery that would create the referral's opportunity while another one
+/// holds the claim: retried after it, when the link exists.
+fn creating_elsewhere(referral_id: ReferralId) -> Failure {
+    Failure::port(None)(PortError::Transient {
+        service: Service::LinkStore,
+        reason: format!(
+            "another delivery is creating the opportunity of referral {referral_id} right now; \
+             this one runs again after it"
+        ),
+        retry_after: Some(CREATE_LOCK_RETRY_AFTER),
+    })
 }
 
 /// What a Partner Center → CRM sync writes where: the per-field merge

@@ -680,11 +680,16 @@ async fn create<X: Ports>(
     let body = referral_create_body(new, &deps.settings.partner_team);
     let created = match earlier {
         Some(referral) => referral,
-        None => deps
-            .partner_center
-            .create_referral(&body)
-            .await
-            .map_err(Failure::port(Some(record)))?,
+        None => {
+            // The delivery's `Received` entry, durable before the create (or no create):
+            // should this run crash or lose its commit, the next delivery knows an earlier one
+            // ran and looks for the referral it may have made instead of making a second one.
+            journal.flush().await.map_err(Failure::port(Some(record)))?;
+            deps.partner_center
+                .create_referral(&body)
+                .await
+                .map_err(Failure::port(Some(record)))?
+        }
     };
     let referral_id = created.referral_id().map_err(|error| {
         Failure::Problem(Problem {
@@ -736,10 +741,7 @@ async fn create<X: Ports>(
             version: link.version + 1,
             ..link
         };
-        deps.links
-            .put(&invited)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(invited, true);
     }
     Ok(Outcome::Created {
         crm: record.clone(),
@@ -949,10 +951,7 @@ async fn update<X: Ports>(
         );
         merged.settle(&mut link, sync, &ops);
         if merged.to_crm.is_empty() {
-            deps.links
-                .put(&link)
-                .await
-                .map_err(Failure::port(Some(record)))?;
+            journal.keep_link(link, true);
             finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
             journal
                 .record(AuditEvent::UnchangedSkipped, Some(record))
@@ -985,10 +984,7 @@ async fn update<X: Ports>(
         return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
     merged.record_conflicts(journal, record).await;
-    deps.links
-        .put(&link)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    journal.keep_link(link, true);
     if sync.opportunity().referral_id == Some(referral_id) {
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
@@ -1048,10 +1044,7 @@ async fn hold_until_accepted<X: Ports>(
     };
     let text = merged.audit_text(journal.entry(event.clone(), Some(record)));
     if merged.to_crm.is_empty() {
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(link, true);
         finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
         let written = deps.crm.write_audit(record, &text).await;
         journal.tolerate(written);
@@ -1066,10 +1059,7 @@ async fn hold_until_accepted<X: Ports>(
         )
         .await
         .map_err(Failure::port(Some(record)))?;
-        deps.links
-            .put(&link)
-            .await
-            .map_err(Failure::port(Some(record)))?;
+        journal.keep_link(link, true);
     }
     merged.record_conflicts(journal, record).await;
     journal.record(event, Some(record)).await;
@@ -1134,10 +1124,7 @@ async fn to_crm_then_link<X: Ports>(
     .await
     .map_err(Failure::port(Some(record)))?;
     merged.record_conflicts(journal, record).await;
-    deps.links
-        .put(link)
-        .await
-        .map_err(Failure::port(Some(record)))?;
+    journal.keep_link(link.clone(), true);
     Ok(Outcome::Updated {
         crm: record.clone(),
     })

@@ -95,11 +95,13 @@ fn a_new_referral_creates_one_opportunity_with_its_customer_and_writes_the_id_ba
 fn five_redeliveries_of_the_same_event_make_no_further_calls() {
     let world = World::new();
     let (_, _, event) = world.synced_referral();
-    let (pc, crm, links) = (
+    let (pc, crm, links, audit) = (
         world.pc_calls(),
         world.crm_calls(),
         world.links.calls().total(),
+        world.audit.calls().total(),
     );
+    let acquired = world.idempotency.calls().get("acquire");
 
     for n in 0..5 {
         assert_eq!(
@@ -112,12 +114,11 @@ fn five_redeliveries_of_the_same_event_make_no_further_calls() {
     assert_eq!(world.crm_calls(), crm);
     assert_eq!(world.links.calls().total(), links);
     assert_eq!(world.crm.opportunities().len(), 1);
-    let skipped = world
-        .audit_events()
-        .into_iter()
-        .filter(|e| *e == AuditEvent::DuplicateSkipped)
-        .count();
-    assert_eq!(skipped, 5);
+    // A duplicate is answered by the failed acquire alone: no audit entry (the
+    // `DuplicateSkipped` metric counts it), no other store call.
+    assert_eq!(world.audit.calls().total(), audit);
+    assert!(!world.audit_events().contains(&AuditEvent::DuplicateSkipped));
+    assert_eq!(world.idempotency.calls().get("acquire"), acquired + 5);
 }
 
 #[test]
@@ -385,16 +386,16 @@ fn a_second_412_after_the_reread_is_retried_later() {
 fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_created_twice() {
     let world = World::new();
     world.pc.insert(co_sell_referral());
-    // Another delivery of the new referral holds the lock on creating its opportunity...
-    let held =
-        crate::ports::IdempotencyKey::new("create", &format!("referral:{REFERRAL}")).unwrap();
-    block_on(crate::ports::IdempotencyStore::acquire(
-        &world.idempotency,
+    // Another delivery of the new referral holds the claim on creating its opportunity...
+    let held = ReferralId::try_from(REFERRAL).unwrap();
+    let claim = block_on(crate::ports::LinkStore::claim(
+        &world.links,
         &held,
         at(99),
         at(300),
     ))
     .unwrap();
+    assert_eq!(claim, crate::ports::Claim::Claimed);
     // ...when this one arrives: nothing is created, it runs again later.
     let updated = webhook("referral-updated", REFERRAL, at(2));
     let outcome = world.outcome(&updated, at(100));
@@ -408,12 +409,8 @@ fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_crea
         "no account made either"
     );
 
-    // The other delivery creates the opportunity (here: its lock freed, the event again).
-    block_on(crate::ports::IdempotencyStore::release(
-        &world.idempotency,
-        &held,
-    ))
-    .unwrap();
+    // The other delivery creates the opportunity (here: its claim freed, the event again).
+    block_on(crate::ports::LinkStore::release_claim(&world.links, &held)).unwrap();
     let created = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(101));
     assert!(matches!(created, Outcome::Created { .. }), "{created:?}");
     // The retry finds the link: no second opportunity, account or contact.
