@@ -70,6 +70,9 @@ pub struct Injector {
     crashed: Mutex<BTreeSet<u64>>,
     log: Mutex<Vec<String>>,
     injected: AtomicU64,
+    /// Inside a commit: its link and entry writes are parts of one write (on DynamoDB one
+    /// `TransactWriteItems`), so they get no faults of their own.
+    within_commit: AtomicBool,
 }
 
 impl Injector {
@@ -83,6 +86,7 @@ impl Injector {
             crashed: Mutex::default(),
             log: Mutex::default(),
             injected: AtomicU64::new(0),
+            within_commit: AtomicBool::new(false),
         }
     }
 
@@ -127,8 +131,13 @@ impl Injector {
         Step::Crash
     }
 
+    /// Whether faults are injected now.
+    fn active(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed) && !self.within_commit.load(Ordering::Relaxed)
+    }
+
     fn before(&self, call: &'static str, service: Service, conditional: bool) -> Step {
-        if !self.enabled.load(Ordering::Relaxed) {
+        if !self.active() {
             return Step::Go;
         }
         if self.roll(self.rates.crash) {
@@ -162,7 +171,7 @@ impl Injector {
         write: bool,
         result: Result<T, PortError>,
     ) -> Option<Result<T, PortError>> {
-        if !self.enabled.load(Ordering::Relaxed) || !write || result.is_err() {
+        if !self.active() || !write || result.is_err() {
             return Some(result);
         }
         if call == "pc.create_referral" && !self.rates.lost_create_answers {
@@ -432,7 +441,10 @@ impl<I: IdempotencyStore> IdempotencyStore for Faulty<'_, I> {
     }
 
     /// The delivery's one write: a 5xx / 429 before it (nothing written), a 412 when it saves a
-    /// link, its answer lost after it took effect, a crash before or after it.
+    /// link, its answer lost after it took effect, a crash before or after it. All or nothing
+    /// as on DynamoDB (one `TransactWriteItems`): the link and entry writes inside it get no
+    /// faults of their own. (The in-memory stores answer at once, so no other task runs while
+    /// the faults are held off.)
     async fn commit<L: LinkStore, A: AuditLog>(
         &self,
         links: &L,
@@ -445,7 +457,12 @@ impl<I: IdempotencyStore> IdempotencyStore for Faulty<'_, I> {
             Service::IdempotencyStore,
             conditional = commit.link.is_some(),
             write = true,
-            self.inner.commit(links, audit, commit)
+            async {
+                self.faults.within_commit.store(true, Ordering::Relaxed);
+                let committed = self.inner.commit(links, audit, commit).await;
+                self.faults.within_commit.store(false, Ordering::Relaxed);
+                committed
+            }
         )
     }
 }

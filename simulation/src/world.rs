@@ -1010,17 +1010,21 @@ impl cosell_domain::ports::LinkStore for SimLinks {
             return Ok(Claim::Linked(link.clone()));
         }
         let mut claims = lock(&self.1);
-        Ok(match claims.get(referral_id) {
-            Some(held) if *held >= now => Claim::Busy,
-            _ => {
-                claims.insert(*referral_id, until);
-                Claim::Claimed
+        Ok(match claims.insert(*referral_id, until) {
+            Some(held) if held >= now => {
+                claims.insert(*referral_id, held);
+                Claim::Busy
             }
+            earlier => Claim::Claimed {
+                earlier: earlier.is_some(),
+            },
         })
     }
 
     async fn release_claim(&self, referral_id: &ReferralId) -> Result<(), PortError> {
-        lock(&self.1).remove(referral_id);
+        if let Some(held) = lock(&self.1).get_mut(referral_id) {
+            *held = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+        }
         Ok(())
     }
 }

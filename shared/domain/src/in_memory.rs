@@ -59,15 +59,20 @@ impl CallCounts {
 
 /// Errors to answer the next calls with, in order.
 #[derive(Debug, Default)]
-struct Faults(Mutex<VecDeque<PortError>>);
+struct Faults(Mutex<VecDeque<(Option<&'static str>, PortError)>>);
 
 impl Faults {
-    fn push(&self, error: PortError) {
-        lock(&self.0).push_back(error);
+    fn push(&self, method: Option<&'static str>, error: PortError) {
+        lock(&self.0).push_back((method, error));
     }
 
-    fn next(&self) -> Option<PortError> {
-        lock(&self.0).pop_front()
+    /// The first queued error for a call of `method` (or for any call).
+    fn next(&self, method: &'static str) -> Option<PortError> {
+        let mut queued = lock(&self.0);
+        let at = queued
+            .iter()
+            .position(|(only, _)| only.is_none_or(|only| only == method))?;
+        queued.remove(at).map(|(_, error)| error)
     }
 }
 
@@ -82,13 +87,18 @@ macro_rules! store_controls {
             /// Make the next call (whatever its method) fail with `error`; queued errors are
             /// used in order.
             pub fn fail_next(&self, error: PortError) {
-                self.faults.push(error);
+                self.faults.push(None, error);
+            }
+
+            /// Make the next call of `method` fail with `error`.
+            pub fn fail_next_call_of(&self, method: &'static str, error: PortError) {
+                self.faults.push(Some(method), error);
             }
 
             /// Count a call and take the queued error for it, if any.
             fn begin(&self, method: &'static str) -> Result<(), PortError> {
                 self.calls.hit(method);
-                self.faults.next().map_or(Ok(()), Err)
+                self.faults.next(method).map_or(Ok(()), Err)
             }
         }
     };
@@ -308,7 +318,8 @@ impl AuditLog for InMemoryAuditLog {
 #[derive(Debug, Default)]
 pub struct InMemoryLinkStore {
     links: Mutex<HashMap<ReferralId, Link>>,
-    /// Claims of referrals without a link: until when they are held.
+    /// Claims of referrals without a link: until when they are held (a released claim stays,
+    /// lapsed, as the marker of an earlier holder).
     claims: Mutex<HashMap<ReferralId, DateTime<Utc>>>,
     calls: CallCounts,
     faults: Faults,
@@ -397,12 +408,14 @@ impl LinkStore for InMemoryLinkStore {
                 return Claim::Linked(link.clone());
             }
             let mut claims = lock(&self.claims);
-            match claims.get(referral_id) {
-                Some(held) if *held >= now => Claim::Busy,
-                _ => {
-                    claims.insert(*referral_id, until);
-                    Claim::Claimed
+            match claims.insert(*referral_id, until) {
+                Some(held) if held >= now => {
+                    claims.insert(*referral_id, held);
+                    Claim::Busy
                 }
+                earlier => Claim::Claimed {
+                    earlier: earlier.is_some(),
+                },
             }
         });
         std::future::ready(claimed)
@@ -413,7 +426,9 @@ impl LinkStore for InMemoryLinkStore {
         referral_id: &ReferralId,
     ) -> impl Future<Output = Result<(), PortError>> + Send {
         let released = self.begin("release_claim").map(|()| {
-            lock(&self.claims).remove(referral_id);
+            if let Some(held) = lock(&self.claims).get_mut(referral_id) {
+                *held = DateTime::<Utc>::MIN_UTC;
+            }
         });
         std::future::ready(released)
     }

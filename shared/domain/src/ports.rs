@@ -1024,7 +1024,8 @@ pub trait LinkStore: Send + Sync {
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Claim, PortError>> + Send;
 
-    /// Give up this run's claim of a referral (no effect on a link).
+    /// Give up this run's claim of a referral (no effect on a link). The claim stays as a lapsed
+    /// one, so the next claim reports the earlier holder ([`Claim::Claimed`]'s `earlier`).
     fn release_claim(
         &self,
         referral_id: &ReferralId,
@@ -1036,8 +1037,15 @@ pub trait LinkStore: Send + Sync {
 pub enum Claim {
     /// The referral's link.
     Linked(Link),
-    /// No link: the caller holds the referral's create lock.
-    Claimed,
+    /// No link: the caller holds the referral's create lock. `earlier`: another run claimed
+    /// the referral before (and released its claim after a failure, or let it lapse: a holder
+    /// that crashed). That run may have created the counterpart and not linked it (its answer
+    /// lost to a timeout, a crash before its commit), so the caller looks for it before
+    /// creating one.
+    Claimed {
+        /// Whether another run claimed the referral before.
+        earlier: bool,
+    },
     /// No link, and another run holds the create lock.
     Busy,
 }
@@ -1447,7 +1455,7 @@ mod tests {
             _until: DateTime<Utc>,
         ) -> impl Future<Output = Result<Claim, PortError>> + Send {
             let found = self.0.lock().unwrap().get(referral_id).cloned();
-            async move { Ok(found.map_or(Claim::Claimed, Claim::Linked)) }
+            async move { Ok(found.map_or(Claim::Claimed { earlier: false }, Claim::Linked)) }
         }
 
         async fn release_claim(&self, _referral_id: &ReferralId) -> Result<(), PortError> {

@@ -13,9 +13,9 @@
 //! link; the link put replaces it (it has no `version`).
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{Put, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 use cosell_domain::{Claim, CrmRecordId, Link, LinkStore, PortError, ReferralId, Service};
 
@@ -29,8 +29,12 @@ const VERSION: &str = "version";
 pub const CLAIM_ENTITY: &str = "create_lock";
 /// Until when a claim is held (epoch ms, the holder's Lambda deadline).
 const CLAIM_UNTIL: &str = "claim_until";
-/// How long after its deadline a lapsed claim is kept before TTL removes it.
-const CLAIM_TTL_SECS: i64 = 3600;
+/// How long after its deadline a lapsed (or released) claim is kept before TTL removes it: the
+/// marker of an earlier holder ([`Claim::Claimed`]'s `earlier`) must outlive every redelivery
+/// of the referral's events, the longest being a replay from the dead-letter queue, which
+/// keeps messages 14 days (`MessageRetentionPeriod` in infra/template.yaml). A claim that
+/// became a link is replaced by it, so only unfinished creates leave one.
+const CLAIM_TTL_SECS: i64 = 14 * 24 * 3600;
 
 /// Whether `item` is a claim rather than a link.
 fn is_claim(item: &Item) -> bool {
@@ -91,10 +95,11 @@ impl DynamoLinkStore {
     }
 
     /// [`LinkStore::claim`], with the adapter's error: one conditional `PutItem` of a claim
-    /// item in the link's place (`entity = create_lock`, `claim_until` in epoch ms, the TTL an
-    /// hour after it), on `attribute_not_exists(pk) OR (entity = create_lock AND claim_until <
-    /// :now_ms)`, with `ReturnValuesOnConditionCheckFailure = ALL_OLD`: a failed condition
-    /// answers the link (or another run's live claim) without a read.
+    /// item in the link's place (`entity = create_lock`, `claim_until` in epoch ms, the TTL
+    /// [`CLAIM_TTL_SECS`] after it), on `attribute_not_exists(pk) OR (entity = create_lock AND
+    /// claim_until < :now_ms)`, with `ReturnValuesOnConditionCheckFailure = ALL_OLD`: a failed
+    /// condition answers the link (or another run's live claim) without a read; with
+    /// `ReturnValues = ALL_OLD`, a successful one answers the earlier holder's claim it replaced.
     pub async fn try_claim(
         &self,
         referral_id: &ReferralId,
@@ -120,11 +125,17 @@ impl DynamoLinkStore {
             .expression_attribute_names("#until", CLAIM_UNTIL)
             .expression_attribute_values(":claim", s(CLAIM_ENTITY))
             .expression_attribute_values(":now_ms", n(ceil_millis(now)))
+            .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         let found = match put {
-            Ok(_) => return Ok(Claim::Claimed),
+            // The item it replaced, if any, was an earlier holder's lapsed or released claim.
+            Ok(put) => {
+                return Ok(Claim::Claimed {
+                    earlier: put.attributes().is_some_and(|old| !old.is_empty()),
+                });
+            }
             Err(err) => match err.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(failed)) => {
                     match failed.item() {
@@ -141,25 +152,29 @@ impl DynamoLinkStore {
         Ok(found.map_or(Claim::Busy, Claim::Linked))
     }
 
-    /// [`LinkStore::release_claim`], with the adapter's error: one `DeleteItem` of the claim,
-    /// on `entity = create_lock` (a link that replaced it stays).
+    /// [`LinkStore::release_claim`], with the adapter's error: one `UpdateItem` that makes the
+    /// claim lapse now (`claim_until = 0`), on `entity = create_lock` (a link that replaced it
+    /// stays). The item stays until its TTL, as the marker of an earlier holder.
     pub async fn try_release_claim(&self, referral_id: &ReferralId) -> Result<(), AwsAdapterError> {
-        let deleted = self
+        let released = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key(PK, s(keys::referral_pk(referral_id)))
             .key(SK, s(keys::LINK_SK))
+            .update_expression("SET #until = :lapsed")
             .condition_expression("#entity = :claim")
             .expression_attribute_names("#entity", ENTITY)
+            .expression_attribute_names("#until", CLAIM_UNTIL)
             .expression_attribute_values(":claim", s(CLAIM_ENTITY))
+            .expression_attribute_values(":lapsed", n(0))
             .send()
             .await;
-        match deleted {
+        match released {
             Err(err)
                 if err
                     .as_service_error()
-                    .is_some_and(DeleteItemError::is_conditional_check_failed_exception) =>
+                    .is_some_and(UpdateItemError::is_conditional_check_failed_exception) =>
             {
                 Ok(())
             }

@@ -584,7 +584,7 @@ async fn a_referral_without_a_link_is_claimed_once_and_its_link_replaces_the_cla
 
     assert_eq!(
         links.claim(&id, now, now + secs(30)).await.unwrap(),
-        Claim::Claimed
+        Claim::Claimed { earlier: false }
     );
     // Held: another run finds it busy; readers see no link.
     assert_eq!(
@@ -595,22 +595,29 @@ async fn a_referral_without_a_link_is_claimed_once_and_its_link_replaces_the_cla
         Claim::Busy
     );
     assert_eq!(links.get_by_referral(&id).await.unwrap(), None);
-    // Past its holder's deadline it is taken over.
+    // Past its holder's deadline it is taken over, told that an earlier run held it (that
+    // run may have created the opportunity before it crashed).
     assert_eq!(
         links
             .claim(&id, now + secs(31), now + secs(61))
             .await
             .unwrap(),
-        Claim::Claimed
+        Claim::Claimed { earlier: true }
     );
-    // Released: claimed again at once.
+    // Released: claimed again at once, the release remembered as an earlier holder.
     links.release_claim(&id).await.unwrap();
     assert_eq!(
         links
             .claim(&id, now + secs(32), now + secs(62))
             .await
             .unwrap(),
-        Claim::Claimed
+        Claim::Claimed { earlier: true }
+    );
+    // Another referral's first claim has no earlier holder.
+    let other = referral(REFERRAL_B);
+    assert_eq!(
+        links.claim(&other, now, now + secs(30)).await.unwrap(),
+        Claim::Claimed { earlier: false }
     );
 
     // The link replaces the claim; a claim then answers the link, and a release keeps it.

@@ -257,10 +257,10 @@ async fn sync_referral<X: Ports>(
         .claim(&referral_id, journal.now(), journal.deadline())
         .await
         .map_err(Failure::port(None))?;
-    let (link, claimed) = match claim {
-        Claim::Linked(link) => (Some(link), false),
-        Claim::Claimed => (None, true),
-        Claim::Busy => (None, false),
+    let (link, claimed, first) = match claim {
+        Claim::Linked(link) => (Some(link), false, false),
+        Claim::Claimed { earlier } => (None, true, !earlier),
+        Claim::Busy => (None, false, false),
     };
     // A change the link already holds — the echo of our own write-back, whose answer gave the
     // link its `updatedDateTime`, or a late redelivery — is known without reading the referral.
@@ -300,7 +300,7 @@ async fn sync_referral<X: Ports>(
         referral_id,
         referral,
         link,
-        claimed,
+        Claimant { claimed, first },
     ))
     .await;
     if claimed && (result.is_err() || !journal.keeps_link()) {
@@ -311,6 +311,14 @@ async fn sync_referral<X: Ports>(
     result
 }
 
+/// Whether a run without a link holds the referral's claim (`claimed`, it may create the
+/// opportunity) and whether that is the first claim ever made of it (`first`).
+#[derive(Debug, Clone, Copy)]
+struct Claimant {
+    claimed: bool,
+    first: bool,
+}
+
 /// Steps 2–6, once the referral and its link (or the claim) are known.
 async fn sync_found<X: Ports>(
     deps: &Deps<'_, X>,
@@ -319,7 +327,7 @@ async fn sync_found<X: Ports>(
     referral_id: ReferralId,
     referral: Referral,
     link: Option<Link>,
-    claimed: bool,
+    Claimant { claimed, first }: Claimant,
 ) -> Result<Outcome, Failure> {
     let updated = referral
         .updated_date_time
@@ -400,7 +408,7 @@ async fn sync_found<X: Ports>(
 
     let (record, located) = match &link {
         Some(link) => (Some(link.crm.clone()), None),
-        None => match locate(deps, event_name, &referral, referral_id).await? {
+        None => match locate(deps, event_name, &referral, referral_id, first).await? {
             Some((record, found)) => (Some(record), Some(found)),
             None => (None, None),
         },
@@ -441,6 +449,19 @@ async fn sync_found<X: Ports>(
         if !conflicts.is_empty() {
             audit_text.push_str(". ");
             audit_text.push_str(&conflict_text(&conflicts));
+            // Audited durably before the write that resolves it: should this run crash after
+            // it, the retry finds both sides equal and no conflict left to record (a failed
+            // write is retried and may record it twice).
+            journal
+                .record(
+                    AuditEvent::ConflictResolved { fields: conflicts },
+                    record.as_ref(),
+                )
+                .await;
+            journal
+                .flush()
+                .await
+                .map_err(Failure::port(record.as_ref()))?;
         }
         let write = OpportunityWrite {
             referral_id: &referral_id,
@@ -465,14 +486,6 @@ async fn sync_found<X: Ports>(
             (AuditEvent::Updated, Outcome::Updated { crm: crm.clone() })
         };
         journal.record(event, Some(&crm)).await;
-        if !conflicts.is_empty() {
-            journal
-                .record(
-                    AuditEvent::ConflictResolved { fields: conflicts },
-                    Some(&crm),
-                )
-                .await;
-        }
 
         let old_base = link
             .as_ref()
@@ -730,12 +743,15 @@ async fn plan_update<X: Ports>(
     Ok(plan)
 }
 
-/// The CRM opportunity of a referral that has no link yet, with its values as read.
+/// The CRM opportunity of a referral that has no link yet, with its values as read. `first`:
+/// this run holds the first claim of the referral ever made, so no earlier run can have
+/// created its opportunity.
 async fn locate<X: Ports>(
     deps: &Deps<'_, X>,
     event_name: &EventName,
     referral: &Referral,
     referral_id: ReferralId,
+    first: bool,
 ) -> Result<Option<(CrmRecordId, CrmOpportunity)>, Failure> {
     let crm = deps.crm;
     if let Some(named) = crm_record_named(referral.external_reference_id.as_deref(), crm.kind()) {
@@ -754,7 +770,10 @@ async fn locate<X: Ports>(
             Err(error) => return Err(Failure::port(None)(error)),
         }
     }
-    if *event_name == EventName::ReferralCreated {
+    // A new referral's first run makes the search unnecessary: nothing made its opportunity
+    // yet. Any earlier claim (released after a failure, or lapsed with a holder that crashed,
+    // perhaps after the CRM stored the opportunity) makes this run search first.
+    if *event_name == EventName::ReferralCreated && first {
         return Ok(None);
     }
     let found = crm

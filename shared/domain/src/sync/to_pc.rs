@@ -545,13 +545,24 @@ impl Merged {
         text
     }
 
-    async fn record_conflicts<A: AuditLog>(&self, journal: &Journal<'_, A>, record: &CrmRecordId) {
-        if !self.conflicts.is_empty() {
-            let event = AuditEvent::ConflictResolved {
-                fields: self.conflicts.clone(),
-            };
-            journal.record(event, Some(record)).await;
+    /// Audit the conflicts durably *before* the writes that resolve them: once a write has
+    /// overwritten the losing side, a crash (or a lost commit) must not leave the loss
+    /// unexplained, and the retry then finds both sides equal and no conflict to record. A
+    /// write that fails afterwards is retried and resolves the same conflict the same way (the
+    /// entry may then be written twice); the entry not written fails the run before any write.
+    async fn audit_conflicts<A: AuditLog>(
+        &self,
+        journal: &Journal<'_, A>,
+        record: &CrmRecordId,
+    ) -> Result<(), Failure> {
+        if self.conflicts.is_empty() {
+            return Ok(());
         }
+        let event = AuditEvent::ConflictResolved {
+            fields: self.conflicts.clone(),
+        };
+        journal.record(event, Some(record)).await;
+        journal.flush().await.map_err(Failure::port(Some(record)))
     }
 }
 
@@ -960,12 +971,14 @@ async fn update<X: Ports>(
         }
         // Nothing for Partner Center, but its changes for the CRM.
         let text = merged.audit_text(journal.entry(AuditEvent::WrittenBack, Some(record)));
+        merged.audit_conflicts(journal, record).await?;
         return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
 
     // A 412: the referral changed since it was read — perhaps by another sync of this record
     // with a later version of it. Re-planning this run's read on the re-read referral could
     // overwrite that later version, so the change is retried with the record read again.
+    merged.audit_conflicts(journal, record).await?;
     let patched = pc
         .patch_referral(&referral_id, current.etag().as_ref(), &ops)
         .await
@@ -983,7 +996,6 @@ async fn update<X: Ports>(
     if !merged.to_crm.is_empty() {
         return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
     }
-    merged.record_conflicts(journal, record).await;
     journal.keep_link(link, true);
     if sync.opportunity().referral_id == Some(referral_id) {
         let written = deps.crm.write_audit(record, &text).await;
@@ -1043,6 +1055,7 @@ async fn hold_until_accepted<X: Ports>(
         ),
     };
     let text = merged.audit_text(journal.entry(event.clone(), Some(record)));
+    merged.audit_conflicts(journal, record).await?;
     if merged.to_crm.is_empty() {
         journal.keep_link(link, true);
         finish_write_back(deps, journal, record, sync.opportunity(), referral_id).await?;
@@ -1061,7 +1074,6 @@ async fn hold_until_accepted<X: Ports>(
         .map_err(Failure::port(Some(record)))?;
         journal.keep_link(link, true);
     }
-    merged.record_conflicts(journal, record).await;
     journal.record(event, Some(record)).await;
     Ok(Outcome::HeldUntilAccepted {
         crm: record.clone(),
@@ -1101,8 +1113,8 @@ async fn write_back<X: Ports>(
     .await
 }
 
-/// Partner Center's values (of the fields it won) to the CRM with the Audit text, the
-/// conflicts audited, then the link: in that order, so a retry finds the sides equal.
+/// Partner Center's values (of the fields it won) to the CRM with the Audit text, then the
+/// link: in that order, so a retry finds the sides equal (the conflicts are audited before).
 async fn to_crm_then_link<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
@@ -1123,7 +1135,6 @@ async fn to_crm_then_link<X: Ports>(
     )
     .await
     .map_err(Failure::port(Some(record)))?;
-    merged.record_conflicts(journal, record).await;
     journal.keep_link(link.clone(), true);
     Ok(Outcome::Updated {
         crm: record.clone(),

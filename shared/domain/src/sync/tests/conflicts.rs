@@ -192,6 +192,45 @@ fn an_edit_of_the_same_field_on_both_sides_goes_to_its_owner_with_one_audited_co
 }
 
 #[test]
+fn a_conflict_is_audited_before_its_write_so_a_run_that_dies_after_it_still_explains_it() {
+    // The simulation's most frequent divergence: the conflict's entry was kept for the run's
+    // commit, and a run that died after the write that resolved it (or lost its commit) left
+    // the loss unexplained; its retry then found both sides equal, with no conflict to record.
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+    seller_edits(&world, &record, |o| o.deal_value = Some(usd(60_000)));
+    let event = microsoft_edits(&world, id, |r| {
+        r.details.as_mut().unwrap().deal_value = Some(Decimal::from(70_000));
+    });
+    // The opportunity is written; then the store is gone: the commit and its second try fail.
+    for _ in 0..2 {
+        world.idempotency.fail_next_call_of(
+            "complete",
+            PortError::Transient {
+                service: crate::Service::IdempotencyStore,
+                reason: "the instance stopped".into(),
+                retry_after: None,
+            },
+        );
+    }
+
+    let handled = world.handle(&event, at(200)).unwrap();
+
+    assert!(!handled.warnings.is_empty(), "the lost commit is a warning");
+    assert_eq!(
+        world.crm.stored(&record).opportunity.deal_value,
+        Some(usd(60_000)),
+        "the CRM, the owner, won: Microsoft's value is lost"
+    );
+    let audited = conflicts(&world);
+    assert_eq!(audited.len(), 1, "the loss is explained: {audited:?}");
+    assert_eq!(
+        audited[0]["fields"],
+        json!([{ "field": "deal_value", "winner": "crm" }])
+    );
+}
+
+#[test]
 fn crm_to_partner_center_keeps_a_microsoft_edit_of_another_field_made_seconds_earlier() {
     let world = World::new();
     let (id, record) = accepted_deal(&world);

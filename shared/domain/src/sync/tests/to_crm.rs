@@ -395,7 +395,7 @@ fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_crea
         at(300),
     ))
     .unwrap();
-    assert_eq!(claim, crate::ports::Claim::Claimed);
+    assert_eq!(claim, crate::ports::Claim::Claimed { earlier: false });
     // ...when this one arrives: nothing is created, it runs again later.
     let updated = webhook("referral-updated", REFERRAL, at(2));
     let outcome = world.outcome(&updated, at(100));
@@ -419,4 +419,64 @@ fn a_referral_whose_opportunity_another_delivery_is_creating_is_retried_not_crea
     assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
     assert_eq!(world.crm.opportunities().len(), 1);
     assert_eq!(lock(&world.crm.state).accounts.len(), 1);
+}
+
+#[test]
+fn a_referral_created_redelivered_after_a_run_killed_past_its_crm_write_finds_that_opportunity() {
+    // The simulation's seed 81: a run of `referral-created` was killed after the CRM stored the
+    // opportunity and before anything was linked or written back. Its claim lapsed at its
+    // deadline; the redelivery must look the opportunity up by the referral id rather than
+    // take the new referral's shortcut and create it again.
+    let world = World::new();
+    let id = world.pc.insert(co_sell_referral());
+    let event = webhook("referral-created", REFERRAL, at(1));
+    let key = partner_center_event_key(&event, at(100)).unwrap();
+    assert_eq!(
+        block_on(crate::ports::IdempotencyStore::acquire(
+            &world.idempotency,
+            &key,
+            at(100),
+            at(130)
+        ))
+        .unwrap(),
+        crate::ports::AcquireOutcome::Acquired
+    );
+    let claim = block_on(crate::ports::LinkStore::claim(
+        &world.links,
+        &id,
+        at(100),
+        at(130),
+    ))
+    .unwrap();
+    assert_eq!(claim, crate::ports::Claim::Claimed { earlier: false });
+    let mut written =
+        crate::mapping::referral_to_opportunity(&world.pc.referral(id), &world.mapping);
+    written.referral_id = Some(id);
+    let crm = world.crm.seed(written);
+
+    let outcome = world.outcome(&event, at(131));
+
+    assert!(
+        !matches!(outcome, Outcome::Created { .. }),
+        "found, not created again: {outcome:?}"
+    );
+    assert_eq!(world.crm.opportunities().len(), 1, "no second opportunity");
+    assert_eq!(world.crm.calls.get("find_opportunity_by_referral"), 1);
+    assert_eq!(world.links.link(&id).unwrap().crm, crm);
+    assert_eq!(
+        world.pc.referral(id).external_reference_id,
+        Some(crm.native()),
+        "linked back"
+    );
+}
+
+#[test]
+fn the_first_run_of_a_new_referral_does_not_search_for_its_opportunity() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+
+    let outcome = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    assert!(matches!(outcome, Outcome::Created { .. }), "{outcome:?}");
+    assert_eq!(world.crm.calls.get("find_opportunity_by_referral"), 0);
 }
