@@ -73,6 +73,8 @@ pub struct Injector {
     /// Inside a commit: its link and entry writes are parts of one write (on DynamoDB one
     /// `TransactWriteItems`), so they get no faults of their own.
     within_commit: AtomicBool,
+    /// The audit log answers no entries of a CRM record ([`crate::UndoneFix::EarlierDeliveries`]).
+    hide_crm_history: AtomicBool,
 }
 
 impl Injector {
@@ -87,12 +89,18 @@ impl Injector {
             log: Mutex::default(),
             injected: AtomicU64::new(0),
             within_commit: AtomicBool::new(false),
+            hide_crm_history: AtomicBool::new(false),
         }
     }
 
     /// Turn faults on or off (off for quiescence).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Make the audit log answer no entries of a CRM record (undoes defect 1's fix).
+    pub fn set_hide_crm_history(&self, hide: bool) {
+        self.hide_crm_history.store(hide, Ordering::Relaxed);
     }
 
     /// The task the scheduler is about to poll.
@@ -512,14 +520,18 @@ impl<A: AuditLog> AuditLog for Faulty<'_, A> {
         crm: &CrmRecordId,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, PortError> {
-        faulty!(
+        let found = faulty!(
             self,
             "audit.by_crm_record",
             Service::AuditLog,
             conditional = false,
             write = false,
             self.inner.by_crm_record(crm, limit)
-        )
+        );
+        if self.faults.hide_crm_history.load(Ordering::Relaxed) {
+            return found.map(|_| Vec::new());
+        }
+        found
     }
 
     async fn needs_attention(&self, limit: usize) -> Result<Vec<AuditEntry>, PortError> {

@@ -2,8 +2,9 @@
 //! `cosell-simulation --seeds COUNT [--from N]` runs many with a progress line.
 //! `--known-defects off` turns the triggers of the known defects off; `--no-reconcile`
 //! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side;
-//! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix; `--no-faults` injects
-//! none.
+//! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix;
+//! `--undo-fix-of-defect-1` hides a record's earlier deliveries from webhook deliveries;
+//! `--no-faults` injects none.
 
 use std::time::Instant;
 
@@ -39,6 +40,9 @@ fn main() {
     }
     if args.iter().any(|a| a == "--undo-fix-of-defect-4") {
         cfg.undone_fix = Some(UndoneFix::NilOperationId);
+    }
+    if args.iter().any(|a| a == "--undo-fix-of-defect-1") {
+        cfg.undone_fix = Some(UndoneFix::EarlierDeliveries);
     }
     if let Some(drop) = value("--drop") {
         cfg.drop_webhooks = u32::try_from(drop).unwrap_or(1000);

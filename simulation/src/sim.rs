@@ -58,6 +58,10 @@ pub enum UndoneFix {
     /// Defect 4: a Dataverse change keyed by its `OperationId` even when that is the nil GUID
     /// (a step registered synchronously), so every later change of the record shares the key.
     NilOperationId,
+    /// Defect 1: a webhook delivery does not know that an earlier delivery of the record ran
+    /// (the audit log answers no entries of the record), so it does not look for the referral
+    /// an earlier attempt may have created and lost the answer of; only retry jobs look.
+    EarlierDeliveries,
 }
 
 impl Default for Config {
@@ -864,7 +868,9 @@ fn crm_change(event: &CrmEvent, read: bool, undone: Option<UndoneFix>) -> CrmCha
         Some(UndoneFix::NilOperationId) => {
             IdempotencyKey::new("dv", &format!("{operation}:{}", event.record.native()))
         }
-        None => dataverse_change_key(&context.change_id(body.as_bytes()), &event.record),
+        None | Some(UndoneFix::EarlierDeliveries) => {
+            dataverse_change_key(&context.change_id(body.as_bytes()), &event.record)
+        }
     }
     .unwrap_or_else(|error| panic!("a valid change key: {error}"));
     CrmChange {
@@ -893,6 +899,7 @@ pub fn run_seed(seed: u64, cfg: &Config) -> Report {
         budget: InMemoryApiBudget::new(),
     };
     let faults = Injector::new(seed, cfg.faults);
+    faults.set_hide_crm_history(cfg.undone_fix == Some(UndoneFix::EarlierDeliveries));
     let wrapped = Wrapped {
         pc: Faulty::new(&stores.pc, &faults),
         crm: Faulty::new(&stores.crm, &faults),
