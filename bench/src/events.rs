@@ -79,7 +79,18 @@ impl EventFactory {
     pub fn event(&self, event_name: &str, referral_id: &str) -> SignedEvent {
         let n = self.changes.fetch_add(1, Ordering::Relaxed);
         let offset = TimeDelta::milliseconds(i64::try_from(n).unwrap_or(i64::MAX / 2));
-        let body = event_body(event_name, referral_id, self.base + offset);
+        self.event_at(event_name, referral_id, self.base + offset)
+    }
+
+    /// The event of the change of `referral_id` made at `changed` (its `updatedDateTime`, as
+    /// Partner Center stamps it), signed.
+    pub fn event_at(
+        &self,
+        event_name: &str,
+        referral_id: &str,
+        changed: DateTime<Utc>,
+    ) -> SignedEvent {
+        let body = event_body(event_name, referral_id, changed);
         let signature = self.pki.sign(Signer::Leaf, body.as_bytes());
         SignedEvent { body, signature }
     }

@@ -280,6 +280,22 @@ impl Control {
         Ok(())
     }
 
+    /// The referral's `updatedDateTime` as the sandbox's Partner Center holds it (read through
+    /// the control API, which is not in the request log).
+    pub async fn referral_updated(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        let path = format!("/_sandbox/partner-center/referrals/{id}");
+        let referral = self.call(reqwest::Method::GET, &path, None).await?;
+        let updated = referral["updatedDateTime"]
+            .as_str()
+            .with_context(|| format!("referral {id} has no updatedDateTime"))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(updated)
+            .with_context(|| format!("referral {id}: updatedDateTime {updated:?}"))?
+            .to_utc())
+    }
+
     /// Forget the request log.
     pub async fn clear_requests(&self) -> anyhow::Result<()> {
         self.call(reqwest::Method::DELETE, "/_sandbox/requests", None)

@@ -536,21 +536,22 @@ async fn measure_crm(
         .collect();
     let new = meter.each(&factory, &created).await?;
 
-    // echo: the referral-updated our own write-back raised (the referral is unchanged since).
-    let echoes: Vec<SignedEvent> = ids
-        .iter()
-        .map(|id| factory.event("referral-updated", id))
-        .collect();
+    // echo: the referral-updated our own write-back raised (the referral is unchanged since),
+    // stamped with the referral's updatedDateTime, as Partner Center stamps a change.
+    let mut echoes = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let changed = control.referral_updated(id).await?;
+        echoes.push(factory.event_at("referral-updated", id, changed));
+    }
     let echo = meter.each(&factory, &echoes).await?;
 
-    // updated: a seller changed the referral.
+    // updated: a seller changed the referral (its event stamped with the change's time).
+    let mut updates = Vec::with_capacity(ids.len());
     for (revision, id) in (1_u64..).zip(&ids) {
         control.change_referral(id, revision).await?;
+        let changed = control.referral_updated(id).await?;
+        updates.push(factory.event_at("referral-updated", id, changed));
     }
-    let updates: Vec<SignedEvent> = ids
-        .iter()
-        .map(|id| factory.event("referral-updated", id))
-        .collect();
     let updated = meter.each(&factory, &updates).await?;
 
     // duplicate: Partner Center redelivers the completed referral-created events as they were.

@@ -905,6 +905,43 @@ async fn invite_microsoft<X: Ports>(
         .map_err(Failure::port(Some(sync.record)))
 }
 
+/// Partner Center changed since the link's state: perhaps another sync of this record sent a
+/// later save of it there after this run read the record, and this run's older values would
+/// then overwrite it (its PATCH is conditional on the referral just read, which already holds
+/// the later save). So the record is read again (one CRM read, only when Partner Center
+/// changed since the last sync); saved since this run read it → a 412: the run is retried with
+/// the record read again (docs/conflicts.md#late-crm-webhooks).
+async fn superseded_check<X: Ports>(
+    deps: &Deps<'_, X>,
+    sync: &Outbound<'_>,
+    current: &Referral,
+) -> Result<(), Failure> {
+    let synced = sync.link.and_then(|link| link.last_referral_updated);
+    let changed = current
+        .updated_date_time
+        .as_ref()
+        .and_then(WireDateTime::instant);
+    if !matches!((synced, changed), (Some(synced), Some(changed)) if changed > synced) {
+        return Ok(());
+    }
+    let record = sync.record;
+    let now = deps
+        .crm
+        .get_opportunity(record)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    let saved_since = match (sync.version, now.version.as_deref()) {
+        (Some(read), Some(now)) => read != now,
+        _ => now.opportunity.fingerprint() != sync.fingerprint,
+    };
+    if saved_since {
+        return Err(Failure::port(Some(record))(PortError::PreconditionFailed {
+            service: crate::Service::from(deps.crm.kind()),
+        }));
+    }
+    Ok(())
+}
+
 /// Step 6: update the referral, merged field by field with what Partner Center changed
 /// (docs/conflicts.md#the-policy): only the fields the CRM changed (or won) are sent, and the
 /// fields Partner Center changed (or won) are written to the CRM with the sync's Audit text
@@ -928,6 +965,7 @@ async fn update<X: Ports>(
         }
         Err(error) => return Err(Failure::port(Some(record))(error)),
     };
+    superseded_check(deps, sync, &current).await?;
     let invited = ensure_invitation(deps, sync, &current).await?;
     let explicit_close = sync.explicit_close(&current);
     let plan = |referral: &Referral| {

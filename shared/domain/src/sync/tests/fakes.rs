@@ -321,6 +321,8 @@ pub(super) struct FakeCrm {
     failures: Mutex<HashMap<&'static str, VecDeque<PortError>>>,
     /// Saves made by sellers just before the connector's next upsert reaches the CRM.
     pub(super) before_upsert: Mutex<VecDeque<CrmEdit>>,
+    /// Saves made by sellers right after the connector's next read of a record.
+    pub(super) after_read: Mutex<VecDeque<CrmEdit>>,
 }
 
 /// A seller's save of a record.
@@ -504,12 +506,20 @@ impl CrmStore for FakeCrm {
         id: &CrmRecordId,
     ) -> impl Future<Output = Result<CrmOpportunity, PortError>> + Send {
         let found = self.begin("get_opportunity").and_then(|()| {
-            let state = lock(&self.state);
-            state
+            let mut state = lock(&self.state);
+            let found = state
                 .opportunities
                 .get(id)
                 .map(|s| self.read(id, s))
-                .ok_or_else(|| Self::not_found(id))
+                .ok_or_else(|| Self::not_found(id));
+            let edits: Vec<CrmEdit> = lock(&self.after_read).drain(..).collect();
+            if let Some(stored) = state.opportunities.get_mut(id) {
+                for edit in edits {
+                    edit(&mut stored.opportunity);
+                    stored.version += 1;
+                }
+            }
+            found
         });
         std::future::ready(found)
     }

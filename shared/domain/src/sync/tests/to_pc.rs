@@ -356,6 +356,46 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
 }
 
 #[test]
+fn a_run_whose_read_is_older_than_what_partner_center_was_sent_is_retried_not_patched() {
+    // The simulation's seed 38 (no faults): a run read the record, the seller saved again, and
+    // another sync of the record sent that later save to Partner Center before this run read
+    // the referral. This run's PATCH, conditional on the referral just read, would have sent
+    // the older value over the later one.
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
+    lock(&world.crm.after_read).push_back(Box::new(|o: &mut Opportunity| {
+        o.deal_value = Some(usd(40_000));
+    }));
+    world.pc.edit(id, |r| {
+        r.details.as_mut().unwrap().deal_value = Some(Decimal::from(40_000));
+    });
+    let change = CrmChange {
+        opportunity: None,
+        ..world.crm_change(&record, 2, SELLER)
+    };
+
+    let outcome = world.sync_crm(&change, at(110));
+
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { .. }),
+        "{outcome:?}"
+    );
+    assert!(world.patches().is_empty(), "the older value is not sent");
+    assert_eq!(world.crm.calls.get("get_opportunity"), 2, "read once more");
+    // The retry reads the record as it is now: both sides already hold the later save.
+    let (job, _) = world.queue.take_all().remove(0);
+    world.retry(&job, at(200));
+    assert!(world.patches().is_empty());
+    let details = world.pc.referral(id).details.unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(40_000)));
+    assert_eq!(
+        world.crm.stored(&record).opportunity.deal_value,
+        Some(usd(40_000))
+    );
+}
+
+#[test]
 fn an_invalid_opportunity_makes_no_partner_center_call_and_its_audit_field_names_the_fix() {
     type Break = fn(&mut CrmOpportunity);
     let cases: [(&str, Break, &str, &str); 3] = [
