@@ -12,7 +12,7 @@
 //! RSS, and checks the targets (see [`report::evaluate`]).
 //!
 //! ```sh
-//! moto_server -H 127.0.0.1 -p 5058 &
+//! python3 scripts/moto_server.py -H 127.0.0.1 -p 5058 &  # moto, patched (see the script)
 //! export COSELL_MOTO_ENDPOINT=http://127.0.0.1:5058
 //! cargo run --release -p cosell-bench -- --crm both --events 200
 //! ```

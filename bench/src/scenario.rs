@@ -73,8 +73,8 @@ fn endpoint_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Stri
         .ok_or_else(|| {
             anyhow!(
                 "no DynamoDB/SQS endpoint: start moto (scripts/test.sh starts one) or set \
-                 AWS_ENDPOINT_URL (e.g. `moto_server -H 127.0.0.1 -p 5058 &` and export \
-                 COSELL_MOTO_ENDPOINT=http://127.0.0.1:5058)"
+                 AWS_ENDPOINT_URL (e.g. `python3 scripts/moto_server.py -H 127.0.0.1 -p 5058 &` \
+                 and export COSELL_MOTO_ENDPOINT=http://127.0.0.1:5058)"
             )
         })
 }

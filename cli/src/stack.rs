@@ -317,7 +317,8 @@ pub struct StackArgs {
     /// The CRM the functions sync with.
     #[arg(long, value_enum, default_value = "dataverse")]
     pub crm: CrmArg,
-    /// moto's endpoint (DynamoDB and SQS); without it, `moto_server` is started on a free port.
+    /// moto's endpoint (DynamoDB and SQS); without it, moto's server (`scripts/moto_server.py`) is
+    /// started on a free port.
     #[arg(long, env = "COSELL_MOTO_ENDPOINT")]
     pub moto: Option<String>,
     /// Where the function binaries are (default: next to this executable).
@@ -351,7 +352,13 @@ impl StackArgs {
     }
 }
 
-/// A `moto_server` child process on a free loopback port.
+/// moto's server with this repository's patches (`scripts/moto_server.py`: DynamoDB writes as
+/// atomic as in AWS, and moto's memory and time kept flat under load -- plain `moto_server` keeps
+/// every object it creates and grew by ~1 GB a minute in a soak). Run as `python3 -c`, so the
+/// binary needs no checkout.
+const MOTO_SERVER_PY: &str = include_str!("../../scripts/moto_server.py");
+
+/// A moto server ([`MOTO_SERVER_PY`]) child process on a free loopback port.
 #[derive(Debug)]
 pub struct Moto {
     /// `http://127.0.0.1:<port>`.
@@ -360,21 +367,28 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts `moto_server` and waits (bounded) until it answers.
+    /// Starts moto's server and waits (bounded) until it answers.
     pub async fn start() -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = tokio::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                MOTO_SERVER_PY,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context(
-                "could not start moto_server: install it with `python3 -m pip install \
-                 'moto[server]'` or pass --moto <endpoint>",
+                "could not start python3 (moto's server): install moto with `python3 -m pip \
+                 install 'moto[server]'` or pass --moto <endpoint>",
             )?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
@@ -385,8 +399,14 @@ impl Moto {
             .await
             .is_err()
         {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "moto's server exited ({status}): is moto installed for python3? \
+                     `python3 -m pip install 'moto[server]'`, or pass --moto <endpoint>"
+                );
+            }
             if std::time::Instant::now() > deadline {
-                bail!("moto_server did not answer on {endpoint} within 30 s");
+                bail!("moto's server did not answer on {endpoint} within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -15,8 +15,8 @@ pub mod moto;
 /// What to run when a prerequisite is missing.
 pub const RUN_TEST_SH: &str = "run scripts/test.sh (it installs moto when missing, starts moto and exports COSELL_MOTO_ENDPOINT, \
                                AWS_ENDPOINT_URL, dummy credentials and AWS_REGION); or start \
-                               `moto_server -H 127.0.0.1 -p 5055` yourself and export \
-                               COSELL_MOTO_ENDPOINT=http://127.0.0.1:5055";
+                               `python3 scripts/moto_server.py -H 127.0.0.1 -p 5055` yourself \
+                               and export COSELL_MOTO_ENDPOINT=http://127.0.0.1:5055";
 
 /// A name no other run and no other call uses: `<prefix>-<pid>-<nanos>-<n>` (letters, digits
 /// and hyphens: a valid table and queue name).
