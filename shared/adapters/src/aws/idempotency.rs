@@ -14,6 +14,7 @@
 //! a record never expires early, and the condition agrees with the pure rule on the decoded
 //! record (`stored < now` ⇔ `stored < ceil(now)` for whole numbers). Expired records count as absent (DynamoDB deletes them lazily, moto never).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -22,7 +23,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+    AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 use cosell_domain::{
@@ -49,6 +50,47 @@ const COMPLETED: &str = "COMPLETED";
 const COMPLETE_UPDATE: &str = "SET #status = :completed, #response = :response, \
                                #expiration = :expiration, #entity = :entity, #key = :key \
                                REMOVE #in_progress_expiration";
+
+/// An update expression's attribute names (`#name` → attribute).
+type ExpressionNames = HashMap<String, String>;
+/// An update expression's values (`:value` → value).
+type ExpressionValues = HashMap<String, AttributeValue>;
+
+/// The attribute names and values of [`COMPLETE_UPDATE`] for `key` (the response stored as
+/// JSON text): the same for a lone `UpdateItem` and inside a commit's transaction.
+fn completion_attributes(
+    key: &IdempotencyKey,
+    response: &Value,
+    expires_at: DateTime<Utc>,
+) -> Result<(ExpressionNames, ExpressionValues), AwsAdapterError> {
+    let response =
+        serde_json::to_string(response).map_err(|source| AwsAdapterError::Serialize {
+            what: "the idempotency response",
+            source,
+        })?;
+    let names = [
+        ("#status", STATUS),
+        ("#response", RESPONSE),
+        ("#expiration", TTL_ATTRIBUTE),
+        ("#entity", ENTITY),
+        ("#key", KEY),
+        ("#in_progress_expiration", IN_PROGRESS_EXPIRATION),
+    ]
+    .into_iter()
+    .map(|(name, attribute)| (name.to_owned(), attribute.to_owned()))
+    .collect();
+    let values = [
+        (":completed", s(COMPLETED)),
+        (":response", s(response)),
+        (":expiration", n(ceil_secs(expires_at))),
+        (":entity", s("idempotency")),
+        (":key", s(key.as_str())),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect();
+    Ok((names, values))
+}
 
 const ACQUIRE_CONDITION: &str = "attribute_not_exists(#pk) OR #expiration < :now OR \
                                  (#status = :inprogress AND #in_progress_expiration < :now_ms)";
@@ -166,28 +208,15 @@ impl DynamoIdempotencyStore {
         response: &Value,
         expires_at: DateTime<Utc>,
     ) -> Result<(), AwsAdapterError> {
-        let response =
-            serde_json::to_string(response).map_err(|source| AwsAdapterError::Serialize {
-                what: "the idempotency response",
-                source,
-            })?;
+        let (names, values) = completion_attributes(key, response, expires_at)?;
         self.client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(keys::idempotency_pk(key)))
             .key(SK, s(keys::IDEMPOTENCY_SK))
             .update_expression(COMPLETE_UPDATE)
-            .expression_attribute_names("#status", STATUS)
-            .expression_attribute_names("#response", RESPONSE)
-            .expression_attribute_names("#expiration", TTL_ATTRIBUTE)
-            .expression_attribute_names("#entity", ENTITY)
-            .expression_attribute_names("#key", KEY)
-            .expression_attribute_names("#in_progress_expiration", IN_PROGRESS_EXPIRATION)
-            .expression_attribute_values(":completed", s(COMPLETED))
-            .expression_attribute_values(":response", s(response))
-            .expression_attribute_values(":expiration", n(ceil_secs(expires_at)))
-            .expression_attribute_values(":entity", s("idempotency"))
-            .expression_attribute_values(":key", s(key.as_str()))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
             .send()
             .await
             .on_table(&self.table)?;
@@ -252,28 +281,14 @@ impl DynamoIdempotencyStore {
                 response,
                 expires_at,
             } => {
-                let response = serde_json::to_string(response).map_err(|source| {
-                    AwsAdapterError::Serialize {
-                        what: "the idempotency response",
-                        source,
-                    }
-                })?;
+                let (names, values) = completion_attributes(commit.key, response, expires_at)?;
                 let update = Update::builder()
                     .table_name(&self.table)
                     .key(PK, pk)
                     .key(SK, sk)
                     .update_expression(COMPLETE_UPDATE)
-                    .expression_attribute_names("#status", STATUS)
-                    .expression_attribute_names("#response", RESPONSE)
-                    .expression_attribute_names("#expiration", TTL_ATTRIBUTE)
-                    .expression_attribute_names("#entity", ENTITY)
-                    .expression_attribute_names("#key", KEY)
-                    .expression_attribute_names("#in_progress_expiration", IN_PROGRESS_EXPIRATION)
-                    .expression_attribute_values(":completed", s(COMPLETED))
-                    .expression_attribute_values(":response", s(response))
-                    .expression_attribute_values(":expiration", n(ceil_secs(expires_at)))
-                    .expression_attribute_values(":entity", s("idempotency"))
-                    .expression_attribute_values(":key", s(commit.key.as_str()))
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
                     .build()
                     .map_err(|error| self.unbuildable("the key's completion", &error))?;
                 TransactWriteItem::builder().update(update).build()
