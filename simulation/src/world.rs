@@ -25,6 +25,7 @@ use cosell_domain::ports::{
     PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted,
 };
 use cosell_domain::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+use cosell_domain::status::{ReferralStatus, ReferralSubstatus};
 use cosell_domain::taxonomy::{TaxonomyConfig, TaxonomyValues};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -352,7 +353,12 @@ impl SimPartnerCenter {
     /// the write".
     pub(crate) fn create_now(&self, referral: &Referral) -> Result<Referral, PortError> {
         self.hit();
-        Ok(self.store_new(referral.clone()))
+        // Deals a partner creates start accepted, whatever status the body carries
+        // (docs/partner-center.md#referral-status-rules).
+        let mut referral = referral.clone();
+        referral.status = Some(ReferralStatus::Active);
+        referral.substatus = Some(ReferralSubstatus::Accepted);
+        Ok(self.store_new(referral))
     }
 
     pub(crate) fn patch_now(

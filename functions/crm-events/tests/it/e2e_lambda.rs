@@ -107,6 +107,15 @@ async fn end_to_end(crm: Crm) {
         Some(40000.0),
         "{referral:#}"
     );
+    // Partner Center started the deal accepted whatever stage the record was at (the Salesforce
+    // seed is at the on-hold stage): that is no conflict to resolve on every update.
+    let audit = e.audit(&first).await;
+    assert!(
+        !audit
+            .iter()
+            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. })),
+        "{audit:?}"
+    );
     e.step(started, "2 updated");
 
     // 3. The same delivery again: zero Partner Center calls, still one referral.

@@ -51,7 +51,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::deps::{Delivery, Deps};
-use super::merge::{FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text};
+use super::merge::{
+    FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text, field_hashes,
+};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::list_engagement;
 use super::runner::{
@@ -721,12 +723,22 @@ async fn create<X: Ports>(
     journal.record(AuditEvent::Created, Some(record)).await;
 
     let mut link = sync.link_after(referral_id, &created, created.etag(), false, journal.now());
-    // The referral was made from the opportunity: the merge's base is what both now hold.
-    link.synced_fields = agreed_fields(
-        &link.synced_fields,
-        &referral_to_opportunity(&created, deps.mapping),
-        sync.opportunity(),
-    );
+    // The referral was made from the opportunity: the merge's base is what was sent, the
+    // record's values. Where Partner Center stored something else, that is Partner Center's
+    // change and goes to the CRM by the next sync, as any other (it starts a deal the partner
+    // creates Active/Accepted whatever stage was sent, docs/partner-center.md#referral-status-rules:
+    // a record at the on-hold stage then moves to the active one, no conflict). A referral
+    // adopted from an earlier attempt was sent older values, and either side may have changed
+    // since: only what both hold alike is agreed, the rest goes to its owner, audited.
+    link.synced_fields = if adopted {
+        agreed_fields(
+            &link.synced_fields,
+            &referral_to_opportunity(&created, deps.mapping),
+            sync.opportunity(),
+        )
+    } else {
+        field_hashes(sync.opportunity())
+    };
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
     write_back(deps, record, referral_id, &text)

@@ -23,6 +23,7 @@ use crate::ports::{
     ReferralQuery, RetryJob, Service, Upserted,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
+use crate::status::{ReferralStatus, ReferralSubstatus};
 use crate::sync::{
     Delivery, Deps, Handled, Outcome, SyncError, SyncSettings, handle_partner_center_event,
     run_retry_job,
@@ -246,6 +247,10 @@ impl PartnerCenter for FakePartnerCenter {
     ) -> impl Future<Output = Result<Referral, PortError>> + Send {
         let created = self.begin("create_referral").map(|()| {
             let mut referral = referral.clone();
+            // Deals a partner creates start accepted, whatever status the body carries
+            // (docs/partner-center.md#referral-status-rules).
+            referral.status = Some(ReferralStatus::Active);
+            referral.substatus = Some(ReferralSubstatus::Accepted);
             let n = lock(&self.referrals).len() as u128 + 1;
             if referral.id.is_none() {
                 referral.id = Some(

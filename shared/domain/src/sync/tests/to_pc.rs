@@ -355,6 +355,63 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
     assert_eq!(world.pc.calls.get("get_referral"), reads);
 }
 
+/// Partner Center starts a deal the partner creates as Active/Accepted, whatever stage the
+/// record was at (a Salesforce opportunity at the on-hold stage "Prospecting", say). That is
+/// Partner Center's rule, not an edit on both sides: the seller's next update is no conflict,
+/// and the CRM takes the accepted stage once, audited as an update.
+#[test]
+fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_without_a_conflict() {
+    let world = World::to_pc();
+    let (record, id) = world.shared(Opportunity {
+        stage: Some(OpportunityStage::OnHold),
+        ..seller_opportunity()
+    });
+    assert_eq!(
+        world.pc.referral(id).status,
+        Some(ReferralStatus::Active),
+        "a deal the partner creates starts accepted"
+    );
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert!(
+        !world
+            .audit_events()
+            .iter()
+            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. })),
+        "{:?}",
+        world.audit_events()
+    );
+    let details = world.pc.referral(id).details.unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
+    assert_eq!(
+        world.crm.stored(&record).opportunity.stage,
+        Some(OpportunityStage::Active)
+    );
+    // Both sides now agree: the next update is no conflict either.
+    world.crm_edit(&record, |o| o.notes = Some("Phase 2".into()));
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert!(
+        !world
+            .audit_events()
+            .iter()
+            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. }))
+    );
+}
+
 #[test]
 fn a_run_whose_read_is_older_than_what_partner_center_was_sent_is_retried_not_patched() {
     // The simulation's seed 38 (no faults): a run read the record, the seller saved again, and
