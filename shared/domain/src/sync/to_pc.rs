@@ -773,10 +773,18 @@ async fn create<X: Ports>(
 
 /// How many of a record's newest audit entries tell when its first delivery arrived.
 const FIRST_DELIVERY_ENTRIES: usize = 50;
-/// How many pages of recently updated referrals a retried create searches at most.
-const MAX_CREATED_EARLIER_PAGES: usize = 20;
-/// Clock skew between this connector and Partner Center allowed for in that search.
-const CREATED_EARLIER_SKEW_MINUTES: i64 = 15;
+/// How many pages of recently updated referrals a retried create searches at most (a rare
+/// path: only after an attempt that got no answer; each page is one call).
+const MAX_CREATED_EARLIER_PAGES: usize = 50;
+/// The page size asked for in that search (the service's default is UNKNOWN).
+const CREATED_EARLIER_PAGE: u32 = 100;
+/// Clock skew between this connector and Partner Center allowed for in that search. The
+/// earlier attempt's POST came after its delivery's `Received` entry was durable, so Partner
+/// Center stamped the referral after that entry's time on its own clock; Lambda's clock is
+/// NTP-synchronised (Amazon Time Sync), as a cloud service's is, so two minutes is generous.
+/// Every minute more is a minute of a busy tenant's referral changes to page through (15
+/// minutes left creates unconfirmed at about 6 changes a second in the soak).
+const CREATED_EARLIER_SKEW_MINUTES: i64 = 2;
 
 /// Whether an earlier delivery of `record` ran before this one (its audit trail has an entry
 /// of another delivery): that run may have created the referral and lost the answer (a timeout
@@ -827,6 +835,7 @@ async fn created_earlier<X: Ports>(
     for _ in 0..MAX_CREATED_EARLIER_PAGES {
         let query = ReferralQuery {
             updated_since: Some(since),
+            top: Some(CREATED_EARLIER_PAGE),
             ..ReferralQuery::default()
         };
         let page = deps

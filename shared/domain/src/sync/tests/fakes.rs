@@ -85,6 +85,20 @@ impl FakePartnerCenter {
         referral.updated_date_time = Some(at(*version).into());
     }
 
+    /// Partner Center's clock: the next change is stamped one second after `instant`.
+    pub(super) fn set_clock(&self, instant: DateTime<Utc>) {
+        *lock(&self.version) = (instant - at(0)).num_seconds();
+    }
+
+    /// A referral last changed at `updated` (another user's, not the connector's).
+    pub(super) fn insert_at(&self, mut referral: Referral, updated: DateTime<Utc>) -> ReferralId {
+        self.touch(&mut referral);
+        referral.updated_date_time = Some(updated.into());
+        let id = referral.referral_id().unwrap();
+        lock(&self.referrals).insert(id, referral);
+        id
+    }
+
     pub(super) fn insert(&self, mut referral: Referral) -> ReferralId {
         self.touch(&mut referral);
         let id = referral.referral_id().unwrap();
@@ -154,14 +168,25 @@ impl FakePartnerCenter {
     fn list_now(&self, query: &ReferralQuery) -> Result<ReferralPage, PortError> {
         self.begin("list_referrals")?;
         let engagement = query.engagement_id.map(|e| e.to_string());
+        let updated = |r: &Referral| r.updated_date_time.as_ref().and_then(|d| d.instant());
         let mut value: Vec<Referral> = lock(&self.referrals)
             .values()
             .filter(|r| engagement.is_none() || r.engagement_id == engagement)
+            .filter(|r| {
+                query
+                    .updated_since
+                    .is_none_or(|since| updated(r) >= Some(since))
+            })
             .cloned()
             .collect();
-        value.sort_by(|a, b| a.id.cmp(&b.id));
+        // `$orderby=updatedDateTime asc`, pages of `$top` (100 when absent).
+        value.sort_by(|a, b| (updated(a), &a.id).cmp(&(updated(b), &b.id)));
+        let top = query.top.map_or(100, |top| top as usize);
+        let more = value.len() > top;
+        value.truncate(top);
         Ok(ReferralPage {
             value,
+            next_link: more.then(|| "more".to_owned()),
             ..ReferralPage::default()
         })
     }

@@ -1019,6 +1019,49 @@ fn a_create_whose_answer_was_lost_is_found_by_the_retry_not_made_twice() {
     );
 }
 
+/// The retry searches the referrals changed since the record's first delivery (less a small
+/// clock skew), in pages by `updatedDateTime`: busy Partner Center tenants change thousands of
+/// referrals in the minutes before, which it does not page through (the 10,000-change soak left
+/// creates unconfirmed when the skew was 15 minutes and 20 pages).
+#[test]
+fn a_create_whose_answer_was_lost_is_found_among_thousands_of_referrals_changed_before_it() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    // 2,500 referrals changed by others in the 15 minutes before the create.
+    for n in 0..2_500_i64 {
+        let mut referral = co_sell_referral();
+        referral.id = Some(
+            uuid::Uuid::from_u128(0xb05e_0000_0000_4000_8000_0000_0000_0000 + n as u128)
+                .to_string(),
+        );
+        world.pc.insert_at(
+            referral,
+            at(10_000 - 900) + chrono::Duration::milliseconds(n * 360),
+        );
+    }
+    world.pc.set_clock(at(10_000));
+    lock(&world.pc.lost_answers).push_back(transient(Service::PartnerCenter, None));
+    let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(10_000));
+    assert!(
+        matches!(outcome, Outcome::RetryEnqueued { attempt: 1, .. }),
+        "{outcome:?}"
+    );
+    let lists = world.pc.calls.get("list_referrals");
+
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(10_300));
+
+    assert_eq!(
+        retried,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.deal_referrals(), 2_501, "found, not created again");
+    let pages = world.pc.calls.get("list_referrals") - lists;
+    assert!(pages <= 5, "{pages} pages read");
+}
+
 #[test]
 fn a_retried_create_that_never_reached_partner_center_creates_the_referral_once() {
     let world = World::to_pc();
