@@ -89,6 +89,9 @@ pub struct SoakReport {
     pub deliveries: usize,
     /// See [`Self::deliveries`].
     pub deliveries_refused: usize,
+    /// The deliveries never accepted: what was delivered and how each attempt was answered (the
+    /// first 20).
+    pub refused: Vec<String>,
     /// Retry jobs found in the dead-letter queue and redriven.
     pub redriven: usize,
     /// Syncs reconcile had to queue (the webhook path's shortfall).
@@ -205,6 +208,9 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
     let deliveries = Deliveries::read(&client).await?;
     report.deliveries = deliveries.total;
     report.deliveries_refused = deliveries.total - deliveries.delivered;
+    if report.deliveries_refused > 0 {
+        report.refused = refused_deliveries(&client).await?;
+    }
     report.crashes = [PARTNER_CENTER_EVENTS, CRM_EVENTS, RETRY_WORKER]
         .iter()
         .map(|function| stack.lambda.crashes(function))
@@ -450,6 +456,58 @@ impl Deliveries {
     }
 }
 
+/// The functions' log lines about the records of `report`'s problems (the ids its lines
+/// name), for a failure message.
+pub fn problem_logs(stack: &Stack, report: &SoakReport) -> String {
+    let mut ids: Vec<&str> = report
+        .problems
+        .iter()
+        .flat_map(|problem| problem.split(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|word| word.len() >= 15 && word.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return String::new();
+    }
+    [PARTNER_CENTER_EVENTS, CRM_EVENTS, RETRY_WORKER]
+        .iter()
+        .map(|function| stack.lambda.log_lines_with(function, &ids, 40))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The deliveries never accepted, one line each: the delivery, then each attempt's status or
+/// error.
+async fn refused_deliveries(client: &SandboxClient) -> Result<Vec<String>> {
+    let all = client.get("/_sandbox/deliveries").await?;
+    Ok(as_array(&all, "deliveries")
+        .iter()
+        .filter(|delivery| delivery["delivered"] != true)
+        .take(20)
+        .map(|delivery| {
+            let attempts: Vec<String> = as_array(&delivery["attempts"], "attempts")
+                .iter()
+                .map(|attempt| {
+                    let status = attempt["status"]
+                        .as_u64()
+                        .map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+                    match attempt["error"].as_str() {
+                        Some(error) => format!("{status} at {} ({error})", attempt["at"]),
+                        None => format!("{status} at {}", attempt["at"]),
+                    }
+                })
+                .collect();
+            format!(
+                "delivery {} ({}): {}",
+                delivery["id"],
+                delivery["label"].as_str().unwrap_or_default(),
+                attempts.join("; ")
+            )
+        })
+        .collect())
+}
+
 /// Compares both sides and counts what is lost, duplicated or diverged.
 async fn compare(client: &SandboxClient, crm: Crm, report: &mut SoakReport) -> Result<()> {
     let referrals = client.get("/_sandbox/partner-center/referrals").await?;
@@ -511,7 +569,11 @@ async fn compare(client: &SandboxClient, crm: Crm, report: &mut SoakReport) -> R
         match linked {
             [] => {
                 report.lost += 1;
-                problem(report, format!("referral {id}: no opportunity"));
+                let external = referral["externalReferenceId"].as_str().unwrap_or("none");
+                problem(
+                    report,
+                    format!("referral {id}: no opportunity (its external reference: {external})"),
+                );
             }
             [opportunity] => {
                 let opportunity_id = opportunity[id_field].as_str().unwrap_or_default();
@@ -609,10 +671,12 @@ pub async fn main(args: Args) -> std::process::ExitCode {
             faults: !args.no_faults,
             settle_timeout: Duration::from_secs(600),
         };
-        run(&stack, &soak).await
+        let report = run(&stack, &soak).await?;
+        let logs = problem_logs(&stack, &report);
+        anyhow::Ok((report, logs))
     };
     match run.await {
-        Ok(report) => {
+        Ok((report, logs)) => {
             if args.json {
                 println!(
                     "{}",
@@ -620,6 +684,9 @@ pub async fn main(args: Args) -> std::process::ExitCode {
                 );
             } else {
                 print(&report);
+                if !report.passed() {
+                    println!("{logs}");
+                }
             }
             if report.passed() {
                 std::process::ExitCode::SUCCESS
@@ -650,6 +717,9 @@ pub fn print(report: &SoakReport) {
          crashes: {}",
         report.deliveries, report.deliveries_refused, report.redriven, report.crashes
     );
+    for refused in &report.refused {
+        println!("  never accepted: {refused}");
+    }
     println!(
         "reconcile queued {} syncs: the webhook path synced {:.2}% of changes",
         report.reconcile_enqueued,

@@ -42,7 +42,11 @@ async fn soak(crm: Crm, events: usize, seed: u64) {
         )
     });
     soak::print(&report);
-    assert!(report.passed(), "{report:#?}");
+    assert!(
+        report.passed(),
+        "{report:#?}\n{}",
+        soak::problem_logs(&stack, &report)
+    );
     assert!(
         report.referrals_created > 0
             && report.referrals_updated > 0

@@ -278,6 +278,26 @@ impl LocalLambda {
         format!("--- last lines of the {function} log ---\n{tail}\n--- end ---")
     }
 
+    /// The lines of `function`'s log that mention any of `needles` (at most `max`), for
+    /// failure messages.
+    pub fn log_lines_with(&self, function: &str, needles: &[&str], max: usize) -> String {
+        let text = self
+            .log_path(function)
+            .and_then(|path| std::fs::read(path).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| needles.iter().any(|needle| line.contains(needle)))
+            .take(max)
+            .collect();
+        format!(
+            "--- {function} log lines of {} ---\n{}\n--- end ---",
+            needles.join(", "),
+            kept.join("\n")
+        )
+    }
+
     /// Polls `source`'s queue and invokes `function` with its batches until dropped.
     pub fn poll_sqs(&self, function: &str, source: SqsSource) {
         for _ in 0..source.pollers.max(1) {
