@@ -300,7 +300,11 @@ async fn sync_referral<X: Ports>(
         referral_id,
         referral,
         link,
-        Claimant { claimed, first },
+        Claimant {
+            claimed,
+            first,
+            reread: false,
+        },
     ))
     .await;
     if claimed && (result.is_err() || !journal.keeps_link()) {
@@ -312,11 +316,13 @@ async fn sync_referral<X: Ports>(
 }
 
 /// Whether a run without a link holds the referral's claim (`claimed`, it may create the
-/// opportunity) and whether that is the first claim ever made of it (`first`).
+/// opportunity) and whether that is the first claim ever made of it (`first`); `reread`: the
+/// referral was read again after the CRM record (see [`plan_update`]).
 #[derive(Debug, Clone, Copy)]
 struct Claimant {
     claimed: bool,
     first: bool,
+    reread: bool,
 }
 
 /// Steps 2–6, once the referral and its link (or the claim) are known.
@@ -327,8 +333,9 @@ async fn sync_found<X: Ports>(
     referral_id: ReferralId,
     referral: Referral,
     link: Option<Link>,
-    Claimant { claimed, first }: Claimant,
+    claimant: Claimant,
 ) -> Result<Outcome, Failure> {
+    let Claimant { claimed, first, .. } = claimant;
     let updated = referral
         .updated_date_time
         .as_ref()
@@ -438,7 +445,27 @@ async fn sync_found<X: Ports>(
             // `locate` answers a record with its values.
             (Some(_), None, None) => Counterpart::New,
         };
-        let plan = plan_update(deps, counterpart, &referral, &opportunity).await?;
+        let plan =
+            plan_update(deps, counterpart, &referral, &opportunity, !claimant.reread).await?;
+        let plan = match plan {
+            Planned::Plan(plan) => *plan,
+            Planned::Reread(fresh) => {
+                let claimant = Claimant {
+                    reread: true,
+                    ..claimant
+                };
+                return Box::pin(sync_found(
+                    deps,
+                    journal,
+                    event_name,
+                    referral_id,
+                    *fresh,
+                    link.clone(),
+                    claimant,
+                ))
+                .await;
+            }
+        };
         let expected = if record.is_some() {
             AuditEvent::Updated
         } else {
@@ -671,7 +698,8 @@ async fn plan_update<X: Ports>(
     counterpart: Counterpart<'_>,
     referral: &Referral,
     opportunity: &Opportunity,
-) -> Result<Plan, Failure> {
+    may_reread: bool,
+) -> Result<Planned, Failure> {
     let mut plan = Plan {
         to_crm: opportunity.clone(),
         partner_center: opportunity.clone(),
@@ -682,8 +710,10 @@ async fn plan_update<X: Ports>(
         crm_version: None,
     };
     let (crm, merge) = match counterpart {
-        Counterpart::New => return Ok(plan),
-        Counterpart::Linked(_, link) if link.synced_fields.is_empty() => return Ok(plan),
+        Counterpart::New => return Ok(Planned::Plan(Box::new(plan))),
+        Counterpart::Linked(_, link) if link.synced_fields.is_empty() => {
+            return Ok(Planned::Plan(Box::new(plan)));
+        }
         Counterpart::Linked(record, link) => {
             let changed = SharedField::ALL.iter().any(|field| {
                 link.synced_fields.get(field.name()) != Some(&field.hash(opportunity))
@@ -692,13 +722,31 @@ async fn plan_update<X: Ports>(
                 for field in SharedField::ALL {
                     field.clear(&mut plan.to_crm);
                 }
-                return Ok(plan);
+                return Ok(Planned::Plan(Box::new(plan)));
             }
             let read = deps
                 .crm
                 .get_opportunity(record)
                 .await
                 .map_err(Failure::port(Some(record)))?;
+            // The record changed since the two sides last agreed: a seller's save, or another
+            // sync of this deal that wrote a referral read newer than this run's (read before
+            // the record, perhaps seconds ago). Merging this run's older read with it would
+            // write Partner Center's older values over the newer ones, unaudited, and the CRM
+            // write's `If-Match` cannot tell (it is on the record just read). So the referral
+            // is read again, after the record: whatever another sync wrote to the record, it
+            // had read an older referral than that (found by the simulation, seed 37).
+            let crm_changed = SharedField::ALL.iter().any(|field| {
+                link.synced_fields.get(field.name()) != Some(&field.hash(&read.opportunity))
+            });
+            if crm_changed && may_reread {
+                let fresh = deps
+                    .partner_center
+                    .get_referral(&link.referral_id)
+                    .await
+                    .map_err(Failure::port(Some(record)))?;
+                return Ok(Planned::Reread(Box::new(fresh)));
+            }
             plan.crm_version = read.version;
             let crm = read.opportunity;
             let merge = Merge::new(Some(&link.synced_fields), opportunity, &crm);
@@ -740,7 +788,15 @@ async fn plan_update<X: Ports>(
     }
     plan.crm = Some(crm);
     plan.merge = Some(merge);
-    Ok(plan)
+    Ok(Planned::Plan(Box::new(plan)))
+}
+
+/// What [`plan_update`] answers: the plan, or the referral read again after the CRM record
+/// (the sync starts over with it).
+#[derive(Debug)]
+enum Planned {
+    Plan(Box<Plan>),
+    Reread(Box<Referral>),
 }
 
 /// The CRM opportunity of a referral that has no link yet, with its values as read. `first`:
