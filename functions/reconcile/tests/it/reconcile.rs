@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use cosell_domain::in_memory::{InMemoryAuditLog, InMemoryIdempotencyStore};
-use cosell_domain::ports::CrmStore;
+use cosell_domain::ports::{CrmStore, Link, LinkStore};
 use cosell_domain::reconcile::{Reason, Side};
 use cosell_domain::sync::{Delivery, Deps, Outcome, run_retry_job};
 use cosell_domain::{CrmRecordId, ReferralId, RetrySource};
@@ -215,6 +215,15 @@ impl Harness {
     /// A seller's save of a column the sync does not map (the probability), read raw and
     /// written back through the control API.
     async fn seller_touch(&self, crm: Crm, record: &CrmRecordId) {
+        let column = match crm {
+            Crm::Dataverse => "closeprobability",
+            Crm::Salesforce => "Probability",
+        };
+        self.seller_sets(crm, record, column, json!(40)).await;
+    }
+
+    /// A seller's save of `column` (`null` clears it).
+    async fn seller_sets(&self, crm: Crm, record: &CrmRecordId, column: &str, value: Value) {
         let path = match crm {
             Crm::Dataverse => format!("/_sandbox/dataverse/opportunities/{}", record.native()),
             Crm::Salesforce => format!("/_sandbox/salesforce/Opportunity/{}", record.native()),
@@ -228,18 +237,15 @@ impl Harness {
             .json()
             .await
             .unwrap();
-        let (column, system) = match crm {
-            Crm::Dataverse => ("closeprobability", ["modifiedon", "_modifiedby_value", ""]),
-            Crm::Salesforce => (
-                "Probability",
-                ["LastModifiedDate", "LastModifiedById", "SystemModstamp"],
-            ),
+        let system = match crm {
+            Crm::Dataverse => ["modifiedon", "_modifiedby_value", ""],
+            Crm::Salesforce => ["LastModifiedDate", "LastModifiedById", "SystemModstamp"],
         };
         let fields = row.as_object_mut().unwrap();
         for name in system {
             fields.remove(name);
         }
-        fields.insert(column.to_owned(), json!(40));
+        fields.insert(column.to_owned(), value);
         self.put(&path, row).await;
     }
 
@@ -455,6 +461,53 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
         reread.len(),
         reads,
         "reads of the touched record besides the listing: {calls:#?}"
+    );
+
+    // A create whose write-back never reached the record (found by the soak): the run that
+    // created the referral saved its link and was killed before writing the referral id to the
+    // record, and the delivery was given up. The link says synced and the record's last save
+    // is older than the link; the record not naming its referral is what shows it.
+    let link = h
+        .app
+        .links
+        .links()
+        .into_iter()
+        .find(|link| link.crm == opportunity)
+        .unwrap();
+    let referral_field = match crm {
+        Crm::Dataverse => "msft_microsoftpartnercenterreferralidentifier",
+        Crm::Salesforce => "Referral_Identifier__c",
+    };
+    h.seller_sets(crm, &opportunity, referral_field, Value::Null)
+        .await;
+    h.app
+        .links
+        .put(&Link {
+            updated_at: Utc::now() + TimeDelta::seconds(1),
+            ..link.clone()
+        })
+        .await
+        .unwrap();
+    let fourth = handler::run(&h.app, later + TimeDelta::minutes(30))
+        .await
+        .unwrap();
+    assert!(!fourth.failed(), "{fourth:?}");
+    assert_eq!(fourth.planned.len(), 1, "{:?}", fourth.planned);
+    assert_eq!(fourth.planned[0].reason, Reason::OpportunityNotWrittenBack);
+    let outcomes = h.run_jobs(later + TimeDelta::minutes(30)).await;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let found = h
+        .app
+        .crm
+        .get_opportunity(&opportunity)
+        .await
+        .unwrap()
+        .opportunity
+        .referral_id;
+    assert_eq!(
+        found,
+        Some(link.referral_id),
+        "written back by the retry: {outcomes:?}"
     );
 }
 

@@ -6,7 +6,7 @@
 //! | Side | Listing | In sync (nothing queued) | Queued |
 //! |---|---|---|---|
 //! | Partner Center | [`PartnerCenter::list_referrals`] with `updatedDateTime ge <position>`, `$orderby=updatedDateTime asc`, `$top` | the link's `eTag` is the referral's, or the link saw this `updatedDateTime` or a newer one | a [`RetryJob`] carrying a synthetic `referral-updated` event, as the webhook would have |
-//! | CRM | [`CrmStore::list_opportunities`] (sync on, after `(modified, id)` of the position, at most a page) | the connector wrote it last, or its fingerprint is what either side was last given | a Dataverse / Salesforce [`RetryJob`] naming the record |
+//! | CRM | [`CrmStore::list_opportunities`] (sync on, after `(modified, id)` of the position, at most a page) | the connector wrote it last, or its fingerprint is what either side was last given (a linked record that does not carry its referral id is queued whatever its fingerprint: its write-back never arrived) | a Dataverse / Salesforce [`RetryJob`] naming the record |
 //!
 //! A referral with no link is queued unless the connector would ignore it anyway (a lead
 //! outside the [`ReferralScope`](crate::sync::ReferralScope), another organization's referral,
@@ -197,6 +197,9 @@ pub enum Reason {
     OpportunityNotLinked,
     /// The opportunity changed since it was last synced.
     OpportunityChanged,
+    /// The opportunity is linked but does not carry its referral id: the write-back of the
+    /// run that created the referral never reached it.
+    OpportunityNotWrittenBack,
 }
 
 impl fmt::Display for Reason {
@@ -206,6 +209,9 @@ impl fmt::Display for Reason {
             Self::ReferralChanged => "referral changed since its last sync",
             Self::OpportunityNotLinked => "opportunity not in Partner Center yet",
             Self::OpportunityChanged => "opportunity changed since its last sync",
+            Self::OpportunityNotWrittenBack => {
+                "opportunity linked, its referral id not written back"
+            }
         })
     }
 }
@@ -977,6 +983,13 @@ async fn opportunity_step<X: ReconcilePorts>(
     });
     let reason = match &link {
         None => Reason::OpportunityNotLinked,
+        // Linked, yet the record does not name its referral: the run that created the referral
+        // saved the link and stopped before its write-back (an instance killed, a delivery
+        // given up after it). Nothing else would show it: the link says synced, and the
+        // record's last save is older than the link (found by the soak).
+        Some(_) if opportunity.opportunity.referral_id.is_none() => {
+            Reason::OpportunityNotWrittenBack
+        }
         Some(link) => {
             let synced_after = matches!(listed.modified_at, Some(at) if at <= link.updated_at);
             if synced_after {
@@ -1000,7 +1013,12 @@ async fn opportunity_step<X: ReconcilePorts>(
             Reason::OpportunityChanged
         }
     };
-    let version = listed.modified_at.map_or_else(|| stamp(run.now), stamp);
+    let mut version = listed.modified_at.map_or_else(|| stamp(run.now), stamp);
+    if let (Reason::OpportunityNotWrittenBack, Some(link)) = (reason, &link) {
+        // The record's version may be one an earlier job (its create) already ran under: the
+        // link's version tells this job apart, and the next after it, should it fail too.
+        version = format!("{version}:link-{}", link.version);
+    }
     let key = IdempotencyKey::new("reconcile", &format!("crm:{}:{version}", record))
         .map_err(|error| permanent(&error.to_string()))?;
     let job = crm_job(key.as_str(), &record, None);
