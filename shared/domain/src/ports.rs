@@ -976,6 +976,15 @@ impl Link {
         self.last_fingerprint_to_pc.as_deref() == Some(fingerprint)
     }
 
+    /// Whether `opportunity` holds, in every shared field, the value both sides last agreed on
+    /// (the merge's base, [`Link::synced_fields`]); a link without a base agrees with anything.
+    pub fn agrees_with(&self, opportunity: &crate::opportunity::Opportunity) -> bool {
+        self.synced_fields.is_empty()
+            || crate::sync::SharedField::ALL
+                .iter()
+                .all(|field| self.synced_fields.get(field.name()) == Some(&field.hash(opportunity)))
+    }
+
     /// A referral read that is older than the last one seen (out-of-order delivery): skip it.
     pub fn is_stale_referral(&self, updated: Option<DateTime<Utc>>) -> bool {
         matches!((self.last_referral_updated, updated), (Some(last), Some(seen)) if seen < last)

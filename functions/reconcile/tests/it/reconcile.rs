@@ -509,6 +509,84 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
         Some(link.referral_id),
         "written back by the retry: {outcomes:?}"
     );
+
+    // A seller's save whose notification never came, followed by a write of the connector's
+    // (a create's write-back, an Audit text): the connector wrote the record last, yet it holds
+    // a change (found by the simulation, seed 77). A Dataverse page carries the whole record,
+    // so the run compares its shared fields with what both sides agreed on and queues it; a
+    // Salesforce page does not, and there the connector's write is trusted.
+    let notes = match crm {
+        Crm::Dataverse => "description",
+        Crm::Salesforce => "Description",
+    };
+    // The link as the last sync stored it, before the seller's save (Dataverse stamps
+    // `modifiedon` to the second: the save must not fall in the link's second).
+    let link = h
+        .app
+        .links
+        .links()
+        .into_iter()
+        .find(|link| link.crm == opportunity)
+        .unwrap();
+    h.app
+        .links
+        .put(&Link {
+            updated_at: Utc::now() - TimeDelta::seconds(10),
+            ..link.clone()
+        })
+        .await
+        .unwrap();
+    h.seller_sets(crm, &opportunity, notes, json!("Saved by the seller"))
+        .await;
+    h.app
+        .crm
+        .write_audit(&opportunity, "Written by the connector")
+        .await
+        .unwrap();
+    let at = later + TimeDelta::minutes(45);
+    // A backfill from before the save: the run reads it whatever the checkpoint's position
+    // (the whole test runs within a second or two of `modifiedon`).
+    let fifth = cosell_domain::reconcile::reconcile(
+        h.app.deps(),
+        &h.app.settings,
+        &h.app.reconcile,
+        &cosell_domain::reconcile::ReconcileRun {
+            now: at,
+            since: Some(Utc::now() - TimeDelta::minutes(5)),
+            dry_run: false,
+            deadline: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!fifth.failed(), "{fifth:?}");
+    match crm {
+        Crm::Dataverse => {
+            assert_eq!(fifth.planned.len(), 1, "{:?}", fifth.planned);
+            assert_eq!(fifth.planned[0].reason, Reason::OpportunityChanged);
+            let outcomes = h.run_jobs(at).await;
+            assert_eq!(
+                outcomes,
+                [Outcome::Updated {
+                    crm: opportunity.clone()
+                }]
+            );
+            let referral: Value = h
+                .control
+                .get(format!(
+                    "{}/_sandbox/partner-center/referrals/{}",
+                    h.sandbox.base_url, link.referral_id
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(referral["details"]["notes"], "Saved by the seller");
+        }
+        Crm::Salesforce => assert!(fifth.planned.is_empty(), "{:?}", fifth.planned),
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! | Side | Listing | In sync (nothing queued) | Queued |
 //! |---|---|---|---|
 //! | Partner Center | [`PartnerCenter::list_referrals`] with `updatedDateTime ge <position>`, `$orderby=updatedDateTime asc`, `$top` | the link's `eTag` is the referral's, or the link saw this `updatedDateTime` or a newer one | a [`RetryJob`] carrying a synthetic `referral-updated` event, as the webhook would have |
-//! | CRM | [`CrmStore::list_opportunities`] (sync on, after `(modified, id)` of the position, at most a page) | the connector wrote it last, or its fingerprint is what either side was last given (a linked record that does not carry its referral id is queued whatever its fingerprint: its write-back never arrived) | a Dataverse / Salesforce [`RetryJob`] naming the record |
+//! | CRM | [`CrmStore::list_opportunities`] (sync on, after `(modified, id)` of the position, at most a page) | the connector wrote it last (in a Dataverse listing: and its shared fields hold what both sides last agreed on), or it was saved before its link was, or its fingerprint is what either side was last given (a linked record that does not carry its referral id is queued whatever its fingerprint: its write-back never arrived) | a Dataverse / Salesforce [`RetryJob`] naming the record |
 //!
 //! A referral with no link is queued unless the connector would ignore it anyway (a lead
 //! outside the [`ReferralScope`](crate::sync::ReferralScope), another organization's referral,
@@ -971,16 +971,30 @@ async fn opportunity_step<X: ReconcilePorts>(
         report.opportunities.ignored += 1;
         return Ok(());
     }
-    if sync.is_connector_write(listed.modified_by.as_deref()) {
-        report.opportunities.in_sync += 1;
-        return Ok(());
-    }
     let link = ports.links.get_by_crm(&record).await?.filter(|link| {
         opportunity
             .opportunity
             .referral_id
             .is_none_or(|id| id == link.referral_id)
     });
+    // A record the connector wrote last is in sync when its shared fields hold what both sides
+    // last agreed on. Otherwise the connector's write (a create's write-back, an Audit text)
+    // may carry a seller's save made just before it whose own notification never came: it is
+    // compared like any other record. The link tells them apart: it is stored after the
+    // connector's writes (then the record is in sync), except a create's, whose write-back
+    // follows it (then the fingerprint says whether anything but the referral id changed).
+    // Found by the simulation (seed 77). Only with a listing that carries the whole record
+    // (Dataverse): a Salesforce page does not, and reading every record the connector wrote
+    // would double a pass's calls, so there the connector's write is trusted as before.
+    if sync.is_connector_write(listed.modified_by.as_deref())
+        && (!listed.complete
+            || link
+                .as_ref()
+                .is_none_or(|link| link.agrees_with(&opportunity.opportunity)))
+    {
+        report.opportunities.in_sync += 1;
+        return Ok(());
+    }
     let reason = match &link {
         None => Reason::OpportunityNotLinked,
         // Linked, yet the record does not name its referral: the run that created the referral
@@ -1013,7 +1027,16 @@ async fn opportunity_step<X: ReconcilePorts>(
             Reason::OpportunityChanged
         }
     };
-    let mut version = listed.modified_at.map_or_else(|| stamp(run.now), stamp);
+    // The record's version where the listing has one (Dataverse's row version): its
+    // modification time is stamped to the second, and two saves in one second would share the
+    // key, the second skipped as a duplicate of the first.
+    let mut version = match opportunity.version.as_deref() {
+        Some(row) if row.chars().any(|c| c.is_ascii_alphanumeric()) => {
+            let row: String = row.chars().filter(char::is_ascii_alphanumeric).collect();
+            format!("v{row}")
+        }
+        _ => listed.modified_at.map_or_else(|| stamp(run.now), stamp),
+    };
     if let (Reason::OpportunityNotWrittenBack, Some(link)) = (reason, &link) {
         // The record's version may be one an earlier job (its create) already ran under: the
         // link's version tells this job apart, and the next after it, should it fail too.
