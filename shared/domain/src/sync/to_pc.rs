@@ -739,6 +739,11 @@ async fn create<X: Ports>(
     } else {
         field_hashes(sync.opportunity())
     };
+    if adopted {
+        // Partner Center holds what the earlier attempt sent, not necessarily the record as
+        // read now: nothing is known to have been sent (the merge below sends what differs).
+        link.last_fingerprint_to_pc = None;
+    }
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
     write_back(deps, record, referral_id, &text)
@@ -762,9 +767,26 @@ async fn create<X: Ports>(
         let invited = Link {
             microsoft_invited: true,
             version: link.version + 1,
-            ..link
+            ..link.clone()
         };
         journal.keep_link(invited, true);
+        link.microsoft_invited = true;
+    }
+    if adopted {
+        // The adopted referral holds an earlier read of the record, and the record may have
+        // changed since (a seller's save while the answer was lost, whose own notification may
+        // already have been taken as unchanged, or never come): merged now, as an update, so
+        // the two sides do not stay apart until some later change (simulation seed 1041).
+        let stored = Link {
+            version: link.version + 1,
+            ..link
+        };
+        let adopted = Outbound {
+            link: Some(&stored),
+            fingerprint: sync.fingerprint.clone(),
+            ..*sync
+        };
+        update(deps, journal, &adopted, referral_id).await?;
     }
     Ok(Outcome::Created {
         crm: record.clone(),

@@ -1062,6 +1062,40 @@ fn a_create_whose_answer_was_lost_is_found_among_thousands_of_referrals_changed_
     assert!(pages <= 5, "{pages} pages read");
 }
 
+/// The seller saves the record while the create's answer is lost: the retry adopts the
+/// referral (made from the earlier read) and merges the save into it in the same run, rather
+/// than leaving the sides apart until some later change (simulation seed 1041).
+#[test]
+fn a_save_made_while_a_create_answer_was_lost_reaches_the_adopted_referral() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    lock(&world.pc.lost_answers).push_back(transient(Service::PartnerCenter, None));
+    world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(31_000)));
+
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+
+    assert_eq!(
+        retried,
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.deal_referrals(), 1, "adopted, not created again");
+    let link = &world.links.links()[0];
+    let referral = world.pc.referral(link.referral_id);
+    assert_eq!(
+        referral.details.unwrap().deal_value,
+        Some(Decimal::from(31_000)),
+        "the seller's save reached Partner Center"
+    );
+    assert_eq!(
+        world.crm.stored(&record).opportunity.referral_id,
+        Some(link.referral_id)
+    );
+}
+
 #[test]
 fn a_retried_create_that_never_reached_partner_center_creates_the_referral_once() {
     let world = World::to_pc();
