@@ -740,12 +740,7 @@ async fn plan_update<X: Ports>(
                 link.synced_fields.get(field.name()) != Some(&field.hash(&read.opportunity))
             });
             if crm_changed && may_reread {
-                let fresh = deps
-                    .partner_center
-                    .get_referral(&link.referral_id)
-                    .await
-                    .map_err(Failure::port(Some(record)))?;
-                return Ok(Planned::Reread(Box::new(fresh)));
+                return reread(deps, &link.referral_id, record).await;
             }
             plan.crm_version = read.version;
             let crm = read.opportunity;
@@ -753,6 +748,21 @@ async fn plan_update<X: Ports>(
             (crm, merge)
         }
         Counterpart::Unlinked(found) => {
+            // As for a linked record that changed: the record was read after the referral, and
+            // another sync may have written a newer referral to it in between. With no base,
+            // any difference is a conflict Partner Center's older read could win (simulation
+            // seed 212 with `--no-concurrent-edits`): the referral is read again first.
+            let differs = SharedField::ALL
+                .iter()
+                .any(|field| field.hash(opportunity) != field.hash(&found.opportunity));
+            if let (true, true, Ok(id), Some(record)) = (
+                differs,
+                may_reread,
+                referral.referral_id(),
+                found.record.id.as_ref(),
+            ) {
+                return reread(deps, &id, record).await;
+            }
             // Not over a save made since `locate` read it (another sync creating or updating
             // the same record meanwhile): a 412 retries, reading it again.
             plan.crm_version = found.version.clone();
@@ -789,6 +799,20 @@ async fn plan_update<X: Ports>(
     plan.crm = Some(crm);
     plan.merge = Some(merge);
     Ok(Planned::Plan(Box::new(plan)))
+}
+
+/// The referral read again, after its CRM `record` (see [`plan_update`]).
+async fn reread<X: Ports>(
+    deps: &Deps<'_, X>,
+    referral_id: &ReferralId,
+    record: &CrmRecordId,
+) -> Result<Planned, Failure> {
+    let fresh = deps
+        .partner_center
+        .get_referral(referral_id)
+        .await
+        .map_err(Failure::port(Some(record)))?;
+    Ok(Planned::Reread(Box::new(fresh)))
 }
 
 /// What [`plan_update`] answers: the plan, or the referral read again after the CRM record
