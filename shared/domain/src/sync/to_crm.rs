@@ -303,7 +303,7 @@ async fn sync_referral<X: Ports>(
         Claimant {
             claimed,
             first,
-            reread: false,
+            read_first: None,
         },
     ))
     .await;
@@ -316,13 +316,14 @@ async fn sync_referral<X: Ports>(
 }
 
 /// Whether a run without a link holds the referral's claim (`claimed`, it may create the
-/// opportunity) and whether that is the first claim ever made of it (`first`); `reread`: the
-/// referral was read again after the CRM record (see [`plan_update`]).
-#[derive(Debug, Clone, Copy)]
+/// opportunity) and whether that is the first claim ever made of it (`first`); `read_first`:
+/// the CRM record as read *before* the referral was read again (see [`plan_update`]), the
+/// read the merge then uses.
+#[derive(Debug, Clone)]
 struct Claimant {
     claimed: bool,
     first: bool,
-    reread: bool,
+    read_first: Option<Box<CrmOpportunity>>,
 }
 
 /// Steps 2–6, once the referral and its link (or the claim) are known.
@@ -335,7 +336,11 @@ async fn sync_found<X: Ports>(
     link: Option<Link>,
     claimant: Claimant,
 ) -> Result<Outcome, Failure> {
-    let Claimant { claimed, first, .. } = claimant;
+    let Claimant {
+        claimed,
+        first,
+        read_first,
+    } = claimant;
     let updated = referral
         .updated_date_time
         .as_ref()
@@ -413,9 +418,11 @@ async fn sync_found<X: Ports>(
         return Ok(Outcome::UnchangedSkipped);
     }
 
-    let (record, located) = match &link {
-        Some(link) => (Some(link.crm.clone()), None),
-        None => match locate(deps, event_name, &referral, referral_id, first).await? {
+    let (record, located) = match (&link, read_first.as_deref()) {
+        (Some(link), _) => (Some(link.crm.clone()), None),
+        // Read before the referral was read again: the merge uses that read.
+        (None, Some(read)) => (read.record.id.clone(), Some(read.clone())),
+        (None, None) => match locate(deps, event_name, &referral, referral_id, first).await? {
             Some((record, found)) => (Some(record), Some(found)),
             None => (None, None),
         },
@@ -445,14 +452,21 @@ async fn sync_found<X: Ports>(
             // `locate` answers a record with its values.
             (Some(_), None, None) => Counterpart::New,
         };
-        let plan =
-            plan_update(deps, counterpart, &referral, &opportunity, !claimant.reread).await?;
+        let plan = plan_update(
+            deps,
+            counterpart,
+            &referral,
+            &opportunity,
+            read_first.as_deref(),
+        )
+        .await?;
         let plan = match plan {
             Planned::Plan(plan) => *plan,
-            Planned::Reread(fresh) => {
+            Planned::Reread(fresh, read) => {
                 let claimant = Claimant {
-                    reread: true,
-                    ..claimant
+                    claimed,
+                    first,
+                    read_first: Some(read),
                 };
                 return Box::pin(sync_found(
                     deps,
@@ -698,7 +712,7 @@ async fn plan_update<X: Ports>(
     counterpart: Counterpart<'_>,
     referral: &Referral,
     opportunity: &Opportunity,
-    may_reread: bool,
+    read_first: Option<&CrmOpportunity>,
 ) -> Result<Planned, Failure> {
     let mut plan = Plan {
         to_crm: opportunity.clone(),
@@ -724,23 +738,28 @@ async fn plan_update<X: Ports>(
                 }
                 return Ok(Planned::Plan(Box::new(plan)));
             }
-            let read = deps
-                .crm
-                .get_opportunity(record)
-                .await
-                .map_err(Failure::port(Some(record)))?;
+            let read = match read_first {
+                Some(read) => read.clone(),
+                None => deps
+                    .crm
+                    .get_opportunity(record)
+                    .await
+                    .map_err(Failure::port(Some(record)))?,
+            };
             // The record changed since the two sides last agreed: a seller's save, or another
             // sync of this deal that wrote a referral read newer than this run's (read before
             // the record, perhaps seconds ago). Merging this run's older read with it would
             // write Partner Center's older values over the newer ones, unaudited, and the CRM
             // write's `If-Match` cannot tell (it is on the record just read). So the referral
             // is read again, after the record: whatever another sync wrote to the record, it
-            // had read an older referral than that (found by the simulation, seed 37).
+            // had read an older referral than that (found by the simulation, seed 37). The
+            // sync then starts over with that read of the record, not a new one: a record read
+            // after the second referral read could again be newer than it (seed 644).
             let crm_changed = SharedField::ALL.iter().any(|field| {
                 link.synced_fields.get(field.name()) != Some(&field.hash(&read.opportunity))
             });
-            if crm_changed && may_reread {
-                return reread(deps, &link.referral_id, record).await;
+            if crm_changed && read_first.is_none() {
+                return reread(deps, &link.referral_id, record, read).await;
             }
             plan.crm_version = read.version;
             let crm = read.opportunity;
@@ -755,13 +774,13 @@ async fn plan_update<X: Ports>(
             let differs = SharedField::ALL
                 .iter()
                 .any(|field| field.hash(opportunity) != field.hash(&found.opportunity));
-            if let (true, true, Ok(id), Some(record)) = (
+            if let (true, None, Ok(id), Some(record)) = (
                 differs,
-                may_reread,
+                read_first,
                 referral.referral_id(),
                 found.record.id.as_ref(),
             ) {
-                return reread(deps, &id, record).await;
+                return reread(deps, &id, record, found.clone()).await;
             }
             // Not over a save made since `locate` read it (another sync creating or updating
             // the same record meanwhile): a 412 retries, reading it again.
@@ -806,13 +825,14 @@ async fn reread<X: Ports>(
     deps: &Deps<'_, X>,
     referral_id: &ReferralId,
     record: &CrmRecordId,
+    read: CrmOpportunity,
 ) -> Result<Planned, Failure> {
     let fresh = deps
         .partner_center
         .get_referral(referral_id)
         .await
         .map_err(Failure::port(Some(record)))?;
-    Ok(Planned::Reread(Box::new(fresh)))
+    Ok(Planned::Reread(Box::new(fresh), Box::new(read)))
 }
 
 /// What [`plan_update`] answers: the plan, or the referral read again after the CRM record
@@ -820,7 +840,8 @@ async fn reread<X: Ports>(
 #[derive(Debug)]
 enum Planned {
     Plan(Box<Plan>),
-    Reread(Box<Referral>),
+    /// The referral read again, and the record as read before it.
+    Reread(Box<Referral>, Box<CrmOpportunity>),
 }
 
 /// The CRM opportunity of a referral that has no link yet, with its values as read. `first`:
