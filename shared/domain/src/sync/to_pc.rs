@@ -948,7 +948,7 @@ async fn invite_microsoft<X: Ports>(
         .map_err(Failure::port(Some(sync.record)))
 }
 
-/// Partner Center changed since the link's state: perhaps another sync of this record sent a
+/// Partner Center changed since the link's state (or there is no link): perhaps another sync of this record sent a
 /// later save of it there after this run read the record, and this run's older values would
 /// then overwrite it (its PATCH is conditional on the referral just read, which already holds
 /// the later save). So the record is read again (one CRM read, only when Partner Center
@@ -959,12 +959,22 @@ async fn superseded_check<X: Ports>(
     sync: &Outbound<'_>,
     current: &Referral,
 ) -> Result<(), Failure> {
-    let synced = sync.link.and_then(|link| link.last_referral_updated);
     let changed = current
         .updated_date_time
         .as_ref()
         .and_then(WireDateTime::instant);
-    if !matches!((synced, changed), (Some(synced), Some(changed)) if changed > synced) {
+    // Without a link (lost, or not saved by the run that created the referral) nothing tells
+    // what Partner Center was sent last, and the merge gives every difference to its owner:
+    // a record read before another sync sent a later save would win with its older values
+    // (simulation seed 487 with `--no-concurrent-edits`). So it is checked too.
+    let check = match sync.link {
+        None => true,
+        Some(link) => matches!(
+            (link.last_referral_updated, changed),
+            (Some(synced), Some(changed)) if changed > synced
+        ),
+    };
+    if !check {
         return Ok(());
     }
     let record = sync.record;
