@@ -532,6 +532,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
         .links
         .put(&Link {
             updated_at: Utc::now() - TimeDelta::seconds(10),
+            last_crm_modified: Some(Utc::now() - TimeDelta::seconds(10)),
             ..link.clone()
         })
         .await

@@ -1005,8 +1005,15 @@ async fn opportunity_step<X: ReconcilePorts>(
             Reason::OpportunityNotWrittenBack
         }
         Some(link) => {
-            let synced_after = matches!(listed.modified_at, Some(at) if at <= link.updated_at);
-            if synced_after {
+            // The save is one a sync already took: not newer than the newest modification the
+            // link saw. (Not the link's own time: a run that read the record before a seller's
+            // save can store its link after it, and the save would pass for synced — simulation
+            // seed 3682.) Otherwise the record is compared with what was synced.
+            let seen = matches!(
+                (listed.modified_at, link.last_crm_modified),
+                (Some(at), Some(seen)) if at <= seen
+            );
+            if seen {
                 report.opportunities.in_sync += 1;
                 return Ok(());
             }
