@@ -61,6 +61,7 @@ use crate::budget::{Admit, Budget, CallKind, Metered, admit, count, crm_job, utc
 use crate::datetime::WireDateTime;
 use crate::ids::{CrmRecordId, ReferralId};
 use crate::mapping::invites_microsoft;
+use crate::opportunity::OpportunityStage;
 use crate::ports::{
     ApiBudget, Checkpoint, CheckpointStore, CrmStore, IdempotencyKey, Link, LinkStore,
     ListedOpportunity, OpportunityQuery, PartnerCenter, PortError, ReconcileCursor,
@@ -831,6 +832,25 @@ async fn referral_step<X: ReconcilePorts>(
     plan(ports.retry_queue, run, &job, planned, report).await
 }
 
+/// Whether a record the connector wrote last is in sync: when its shared fields hold what
+/// both sides last agreed on. Otherwise the connector's write (a create's write-back, an Audit
+/// text) may carry a seller's save made just before it whose own notification never came, and
+/// the record is compared like any other. The link tells them apart: it is stored after the
+/// connector's writes (then the record is in sync), except a create's, whose write-back
+/// follows it (then the fingerprint says whether anything but the referral id changed). Found
+/// by the simulation (seed 77). Only with a listing that carries the whole record (Dataverse):
+/// a Salesforce page does not, and reading every record the connector wrote would double a
+/// pass's calls, so there the connector's write is trusted as before. And not for a record on
+/// hold: a change held until the referral is accepted differs from the base on purpose, and
+/// each run holding it writes its Audit text again, so every pass would queue it again (it is
+/// sent when the referral is accepted, from either side).
+fn connector_write_in_sync(listed: &ListedOpportunity, link: Option<&Link>) -> bool {
+    let opportunity = &listed.opportunity.opportunity;
+    !listed.complete
+        || opportunity.stage == Some(OpportunityStage::OnHold)
+        || link.is_none_or(|link| link.agrees_with(opportunity))
+}
+
 fn permanent(message: &str) -> PortError {
     PortError::Permanent {
         service: crate::ports::Service::Other("reconciliation".to_owned()),
@@ -977,20 +997,8 @@ async fn opportunity_step<X: ReconcilePorts>(
             .referral_id
             .is_none_or(|id| id == link.referral_id)
     });
-    // A record the connector wrote last is in sync when its shared fields hold what both sides
-    // last agreed on. Otherwise the connector's write (a create's write-back, an Audit text)
-    // may carry a seller's save made just before it whose own notification never came: it is
-    // compared like any other record. The link tells them apart: it is stored after the
-    // connector's writes (then the record is in sync), except a create's, whose write-back
-    // follows it (then the fingerprint says whether anything but the referral id changed).
-    // Found by the simulation (seed 77). Only with a listing that carries the whole record
-    // (Dataverse): a Salesforce page does not, and reading every record the connector wrote
-    // would double a pass's calls, so there the connector's write is trusted as before.
     if sync.is_connector_write(listed.modified_by.as_deref())
-        && (!listed.complete
-            || link
-                .as_ref()
-                .is_none_or(|link| link.agrees_with(&opportunity.opportunity)))
+        && connector_write_in_sync(listed, link.as_ref())
     {
         report.opportunities.in_sync += 1;
         return Ok(());
@@ -1072,6 +1080,77 @@ mod paging_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record the connector wrote last (seed 77 of the simulation): in sync when its shared
+    /// fields are the agreed ones, or its listing is partial (Salesforce), or it is on hold (a
+    /// held change differs from the base on purpose); otherwise compared like any record.
+    #[test]
+    fn a_record_the_connector_wrote_last_is_in_sync_only_when_it_holds_the_agreed_values() {
+        use crate::ids::CrmKind;
+        use crate::opportunity::{CrmOpportunity, Opportunity, RecordRef};
+        use crate::ports::ListedOpportunity;
+        use crate::sync::field_hashes;
+        let agreed = Opportunity {
+            notes: Some("agreed".into()),
+            stage: Some(OpportunityStage::Active),
+            ..Opportunity::default()
+        };
+        let listed = |opportunity: Opportunity, complete: bool| ListedOpportunity {
+            opportunity: CrmOpportunity {
+                record: RecordRef {
+                    crm: CrmKind::Dataverse,
+                    entity: "opportunity".into(),
+                    id: None,
+                    name: None,
+                },
+                opportunity,
+                rejected: Vec::new(),
+                amount: None,
+                currency: None,
+                taxonomy: Default::default(),
+                version: None,
+            },
+            modified_at: None,
+            modified_by: None,
+            complete,
+        };
+        let link = Link {
+            version: 1,
+            referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
+            crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
+            last_referral_etag: None,
+            last_referral_updated: None,
+            last_fingerprint_to_crm: None,
+            last_fingerprint_to_pc: None,
+            last_stage_to_pc: None,
+            microsoft_invited: false,
+            last_crm_modified: None,
+            updated_at: at("2026-12-06T10:00:00Z"),
+            synced_fields: field_hashes(&agreed),
+        };
+        let saved = Opportunity {
+            notes: Some("a seller's save".into()),
+            ..agreed.clone()
+        };
+        let held = Opportunity {
+            stage: Some(OpportunityStage::OnHold),
+            ..saved.clone()
+        };
+        assert!(connector_write_in_sync(
+            &listed(agreed.clone(), true),
+            Some(&link)
+        ));
+        assert!(!connector_write_in_sync(
+            &listed(saved.clone(), true),
+            Some(&link)
+        ));
+        assert!(connector_write_in_sync(
+            &listed(saved.clone(), false),
+            Some(&link)
+        ));
+        assert!(connector_write_in_sync(&listed(held, true), Some(&link)));
+        assert!(connector_write_in_sync(&listed(saved, true), None));
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
