@@ -263,13 +263,17 @@ impl LocalLambda {
         self.functions.get(function).map(|f| f.log.clone())
     }
 
-    /// The last `lines` lines of `function`'s log, for failure messages.
-    pub fn log_tail(&self, function: &str, lines: usize) -> String {
-        let text = self
-            .log_path(function)
+    /// `function`'s whole log (empty when there is none yet).
+    fn log_text(&self, function: &str) -> String {
+        self.log_path(function)
             .and_then(|path| std::fs::read(path).ok())
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of `function`'s log, for failure messages.
+    pub fn log_tail(&self, function: &str, lines: usize) -> String {
+        let text = self.log_text(function);
         let kept: Vec<&str> = text
             .lines()
             .filter(|line| !line.starts_with("    ") && !line.trim().is_empty())
@@ -281,11 +285,7 @@ impl LocalLambda {
     /// The lines of `function`'s log that mention any of `needles` (at most `max`), for
     /// failure messages.
     pub fn log_lines_with(&self, function: &str, needles: &[&str], max: usize) -> String {
-        let text = self
-            .log_path(function)
-            .and_then(|path| std::fs::read(path).ok())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default();
+        let text = self.log_text(function);
         let kept: Vec<&str> = text
             .lines()
             .filter(|line| needles.iter().any(|needle| line.contains(needle)))

@@ -222,6 +222,16 @@ impl Harness {
         self.seller_sets(crm, record, column, json!(40)).await;
     }
 
+    /// The link of `record`.
+    fn link_of(&self, record: &CrmRecordId) -> Link {
+        self.app
+            .links
+            .links()
+            .into_iter()
+            .find(|link| link.crm == *record)
+            .unwrap()
+    }
+
     /// A seller's save of `column` (`null` clears it).
     async fn seller_sets(&self, crm: Crm, record: &CrmRecordId, column: &str, value: Value) {
         let path = match crm {
@@ -467,13 +477,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
     // created the referral saved its link and was killed before writing the referral id to the
     // record, and the delivery was given up. The link says synced and the record's last save
     // is older than the link; the record not naming its referral is what shows it.
-    let link = h
-        .app
-        .links
-        .links()
-        .into_iter()
-        .find(|link| link.crm == opportunity)
-        .unwrap();
+    let link = h.link_of(&opportunity);
     let referral_field = match crm {
         Crm::Dataverse => "msft_microsoftpartnercenterreferralidentifier",
         Crm::Salesforce => "Referral_Identifier__c",
@@ -521,13 +525,7 @@ async fn missed_changes_sync_through_one_run(crm: Crm) {
     };
     // The link as the last sync stored it, before the seller's save (Dataverse stamps
     // `modifiedon` to the second: the save must not fall in the link's second).
-    let link = h
-        .app
-        .links
-        .links()
-        .into_iter()
-        .find(|link| link.crm == opportunity)
-        .unwrap();
+    let link = h.link_of(&opportunity);
     h.app
         .links
         .put(&Link {

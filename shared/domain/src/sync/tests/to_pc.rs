@@ -355,6 +355,16 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
     assert_eq!(world.pc.calls.get("get_referral"), reads);
 }
 
+fn assert_no_conflict_audited(world: &World) {
+    let events = world.audit_events();
+    assert!(
+        !events
+            .iter()
+            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. })),
+        "{events:?}"
+    );
+}
+
 /// Partner Center starts a deal the partner creates as Active/Accepted, whatever stage the
 /// record was at (a Salesforce opportunity at the on-hold stage "Prospecting", say). That is
 /// Partner Center's rule, not an edit on both sides: the seller's next update is no conflict,
@@ -381,14 +391,7 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
             crm: record.clone()
         }
     );
-    assert!(
-        !world
-            .audit_events()
-            .iter()
-            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. })),
-        "{:?}",
-        world.audit_events()
-    );
+    assert_no_conflict_audited(&world);
     let details = world.pc.referral(id).details.unwrap();
     assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
     assert_eq!(
@@ -404,12 +407,7 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
             crm: record.clone()
         }
     );
-    assert!(
-        !world
-            .audit_events()
-            .iter()
-            .any(|event| matches!(event, AuditEvent::ConflictResolved { .. }))
-    );
+    assert_no_conflict_audited(&world);
 }
 
 #[test]
