@@ -730,19 +730,17 @@ async fn create<X: Ports>(
     // a record at the on-hold stage then moves to the active one, no conflict). A referral
     // adopted from an earlier attempt was sent older values, and either side may have changed
     // since: only what both hold alike is agreed, the rest goes to its owner, audited.
-    link.synced_fields = if adopted {
-        agreed_fields(
+    if adopted {
+        link.synced_fields = agreed_fields(
             &link.synced_fields,
             &referral_to_opportunity(&created, deps.mapping),
             sync.opportunity(),
-        )
-    } else {
-        field_hashes(sync.opportunity())
-    };
-    if adopted {
+        );
         // Partner Center holds what the earlier attempt sent, not necessarily the record as
         // read now: nothing is known to have been sent (the merge below sends what differs).
         link.last_fingerprint_to_pc = None;
+    } else {
+        link.synced_fields = field_hashes(sync.opportunity());
     }
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
@@ -948,10 +946,10 @@ async fn invite_microsoft<X: Ports>(
         .map_err(Failure::port(Some(sync.record)))
 }
 
-/// Partner Center changed since the link's state (or there is no link): perhaps another sync of this record sent a
-/// later save of it there after this run read the record, and this run's older values would
-/// then overwrite it (its PATCH is conditional on the referral just read, which already holds
-/// the later save). So the record is read again (one CRM read, only when Partner Center
+/// Partner Center changed since the link's state (or there is no link): perhaps another sync
+/// of this record sent a later save of it there after this run read the record, and this
+/// run's older values would then overwrite it (its PATCH is conditional on the referral just
+/// read, which already holds the later save). So the record is read again (one CRM read, only when Partner Center
 /// changed since the last sync); saved since this run read it → a 412: the run is retried with
 /// the record read again (docs/conflicts.md#late-crm-webhooks).
 async fn superseded_check<X: Ports>(
