@@ -565,6 +565,7 @@ pub fn read(id: &CrmRecordId, stored: &StoredOpportunity) -> CrmOpportunity {
         amount: stored.opportunity.deal_value.map(|m| m.amount),
         currency: stored.opportunity.deal_value.map(|m| m.currency),
         version: Some(row_version(stored.version)),
+        audit: stored.audit.clone(),
         taxonomy: SELLER_TAXONOMY.clone(),
     }
 }
@@ -1013,7 +1014,7 @@ impl cosell_domain::ports::LinkStore for SimLinks {
     ) -> Result<cosell_domain::ports::Claim, PortError> {
         use cosell_domain::ports::Claim;
         if let Some(link) = lock(&self.0).get(referral_id) {
-            return Ok(Claim::Linked(link.clone()));
+            return Ok(Claim::Linked(Box::new(link.clone())));
         }
         let mut claims = lock(&self.1);
         Ok(match claims.insert(*referral_id, until) {

@@ -405,7 +405,7 @@ impl LinkStore for InMemoryLinkStore {
     ) -> impl Future<Output = Result<Claim, PortError>> + Send {
         let claimed = self.begin("claim").map(|()| {
             if let Some(link) = lock(&self.links).get(referral_id) {
-                return Claim::Linked(link.clone());
+                return Claim::Linked(Box::new(link.clone()));
             }
             let mut claims = lock(&self.claims);
             match claims.insert(*referral_id, until) {
@@ -693,6 +693,7 @@ mod tests {
     fn links_are_found_by_referral_and_by_crm_record() {
         let links = InMemoryLinkStore::new();
         let link = Link {
+            last_referral: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),

@@ -428,6 +428,10 @@ pub struct CrmOpportunity {
     ///
     /// [`OpportunityWrite::if_match`]: crate::ports::OpportunityWrite::if_match
     pub version: Option<String>,
+    /// The Audit column's text as read (`None` when empty, or not in the read or image): a
+    /// sync whose Audit text says the same but for its time does not write it again
+    /// (docs/troubleshooting.md#the-audit-column).
+    pub audit: Option<String>,
 }
 
 impl CrmOpportunity {

@@ -254,12 +254,14 @@ pub trait PartnerCenter: Send + Sync {
 }
 
 /// Partner Center's answer to a PATCH, as far as it says: each member `None` when it did not.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Patched {
     /// The referral's new `eTag`.
     pub etag: Option<ETag>,
     /// Its new `updatedDateTime`.
     pub updated: Option<DateTime<Utc>>,
+    /// The referral as the answer returned it (`Prefer: return=representation`).
+    pub referral: Option<Box<Referral>>,
 }
 
 impl Patched {
@@ -268,6 +270,7 @@ impl Patched {
         Self {
             etag: referral.etag(),
             updated: referral.updated(),
+            referral: Some(Box::new(referral.clone())),
         }
     }
 
@@ -276,6 +279,7 @@ impl Patched {
         Self {
             etag,
             updated: None,
+            referral: None,
         }
     }
 }
@@ -961,6 +965,14 @@ pub struct Link {
     /// [`SharedField::name`]: crate::sync::SharedField::name
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub synced_fields: BTreeMap<String, String>,
+    /// The referral as last read or returned by a PATCH, as JSON text, without its customer,
+    /// team, inviter or unknown members ([`Referral::without_parties`]: no contact data in the
+    /// link table). A CRM change is planned against it instead of reading the referral again,
+    /// but only while its `eTag` is [`Link::last_referral_etag`]: the PATCH is conditional on
+    /// that eTag, so a referral changed since answers 412 and the change takes the read path
+    /// (docs/conflicts.md#what-it-costs). See [`Link::referral_text`], [`Link::referral_seen`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_referral: Option<String>,
 }
 
 impl Link {
@@ -983,6 +995,19 @@ impl Link {
             || crate::sync::SharedField::ALL
                 .iter()
                 .all(|field| self.synced_fields.get(field.name()) == Some(&field.hash(opportunity)))
+    }
+
+    /// [`Link::last_referral`] of `referral`.
+    pub fn referral_text(referral: &Referral) -> Option<String> {
+        serde_json::to_string(&referral.without_parties()).ok()
+    }
+
+    /// The referral as the link last saw it, when that is the state its `eTag` names (a PATCH
+    /// conditional on [`Link::last_referral_etag`] then applies to exactly this referral).
+    pub fn referral_seen(&self) -> Option<Referral> {
+        let etag = self.last_referral_etag.as_ref()?;
+        let referral: Referral = serde_json::from_str(self.last_referral.as_deref()?).ok()?;
+        (referral.etag().as_ref() == Some(etag)).then_some(referral)
     }
 
     /// A referral read that is older than the last one seen (out-of-order delivery): skip it.
@@ -1045,7 +1070,7 @@ pub trait LinkStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The referral's link.
-    Linked(Link),
+    Linked(Box<Link>),
     /// No link: the caller holds the referral's create lock. `earlier`: another run claimed
     /// the referral before (and released its claim after a failure, or let it lapse: a holder
     /// that crashed). That run may have created the counterpart and not linked it (its answer
@@ -1402,6 +1427,7 @@ mod tests {
     #[test]
     fn links_recognise_echoes_and_stale_reads() {
         let link = Link {
+            last_referral: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
@@ -1464,7 +1490,11 @@ mod tests {
             _until: DateTime<Utc>,
         ) -> impl Future<Output = Result<Claim, PortError>> + Send {
             let found = self.0.lock().unwrap().get(referral_id).cloned();
-            async move { Ok(found.map_or(Claim::Claimed { earlier: false }, Claim::Linked)) }
+            async move {
+                Ok(found.map_or(Claim::Claimed { earlier: false }, |link| {
+                    Claim::Linked(Box::new(link))
+                }))
+            }
         }
 
         async fn release_claim(&self, _referral_id: &ReferralId) -> Result<(), PortError> {
@@ -1485,6 +1515,7 @@ mod tests {
     fn a_generic_handler_over_a_port_runs_and_stays_send() {
         let store = MemoryLinks::default();
         let link = Link {
+            last_referral: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),

@@ -419,6 +419,25 @@ impl Referral {
             .and_then(|tag| ETag::try_from(tag).ok())
     }
 
+    /// The referral without its customer, team, inviter, links and unknown members: what the
+    /// sync plans a PATCH from (name, status, details, taxonomy, type, ids), with no contact
+    /// data, so it may be kept in the link table ([`crate::ports::Link::last_referral`]).
+    pub fn without_parties(&self) -> Referral {
+        let mut referral = self.clone();
+        referral.customer_profile = None;
+        referral.team = Vec::new();
+        referral.links = None;
+        referral.extra = Map::new();
+        if let Some(details) = &mut referral.details {
+            details.extra = Map::new();
+        }
+        if let Some(invite) = &mut referral.invite_context {
+            invite.invited_by = None;
+            invite.extra = Map::new();
+        }
+        referral
+    }
+
     /// When Partner Center last changed it (`updatedDateTime`), when readable.
     pub fn updated(&self) -> Option<DateTime<Utc>> {
         self.updated_date_time

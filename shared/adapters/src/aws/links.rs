@@ -3,7 +3,8 @@
 //! Item: `pk = REFERRAL#<referral id>`, `sk = LINK`, `gsi1pk = CRM#<dataverse|salesforce>#<id>`,
 //! `gsi1sk = LINK`, plus the [`Link`] fields as plain attributes (`referral_id`, `crm`,
 //! `last_referral_etag`, `last_referral_updated`, `last_fingerprint_to_crm`,
-//! `last_fingerprint_to_pc`, `updated_at`, `version`; absent when `None`). Putting a link again
+//! `last_fingerprint_to_pc`, `updated_at`, `version`, `synced_fields` as a map, `last_referral` as
+//! JSON text; absent when `None`). Putting a link again
 //! replaces it, including its `gsi1` entry when the CRM record changed, but only if it is still
 //! at the version the sync read (optimistic concurrency: two syncs of one record at once cannot
 //! overwrite each other's link; the loser retries on a fresh read).
@@ -149,7 +150,7 @@ impl DynamoLinkStore {
             },
         };
         // Not there (any more): a claim changed in between; this run does not hold it.
-        Ok(found.map_or(Claim::Busy, Claim::Linked))
+        Ok(found.map_or(Claim::Busy, |link| Claim::Linked(Box::new(link))))
     }
 
     /// [`LinkStore::release_claim`], with the adapter's error: one `UpdateItem` that makes the

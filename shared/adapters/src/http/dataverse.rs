@@ -486,6 +486,7 @@ impl DataverseStore {
             f.solution_area.clone(),
             f.solution_play.clone(),
             f.partner_role.clone(),
+            f.audit.clone(),
         ]
         .join(",")
     }

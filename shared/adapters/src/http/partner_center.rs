@@ -305,6 +305,7 @@ impl HttpPartnerCenter {
             Ok(referral) => Ok(Patched {
                 etag: referral.etag().or(header.etag),
                 updated: referral.updated(),
+                referral: Some(Box::new(referral)),
             }),
             Err(error) => {
                 tracing::warn!(error = %error, "the PATCH answer is not a referral; using the ETag header");

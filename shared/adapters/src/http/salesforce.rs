@@ -447,6 +447,7 @@ impl SalesforceStore {
             f.solution_area.as_str(),
             f.solution_play.as_str(),
             f.partner_role.as_str(),
+            f.audit.as_str(),
         ];
         if sf.multi_currency {
             fields.push(&f.currency_iso_code);

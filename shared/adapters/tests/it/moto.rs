@@ -283,6 +283,11 @@ async fn links_are_found_by_referral_and_by_crm_record() {
             ("notes".to_owned(), "0123456789abcdef".to_owned()),
             ("stage".to_owned(), "fedcba9876543210".to_owned()),
         ]),
+        // The referral as last seen, as JSON text (no contact data).
+        last_referral: Some(
+            r#"{"id":"4111fffc-7f33-4a1c-9f1a-000000000001","eTag":"\"2500ec5a-0000-0000-0000-5bf4967d0000\"","details":{"dealValue":12345.67}}"#
+                .to_owned(),
+        ),
     };
 
     assert_eq!(
@@ -339,6 +344,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
     let links = DynamoLinkStore::new(moto.dynamodb.clone(), &table);
     let now = Utc::now();
     let link = Link {
+        last_referral: None,
         referral_id: referral(REFERRAL_A),
         crm: crm(DATAVERSE_A),
         last_referral_etag: None,
@@ -426,6 +432,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
 
 fn new_link(referral_id: &str, crm_id: &str, now: DateTime<Utc>) -> Link {
     Link {
+        last_referral: None,
         referral_id: referral(referral_id),
         crm: crm(crm_id),
         last_referral_etag: None,
@@ -630,7 +637,7 @@ async fn a_referral_without_a_link_is_claimed_once_and_its_link_replaces_the_cla
             .claim(&id, now + secs(33), now + secs(63))
             .await
             .unwrap(),
-        Claim::Linked(stored.clone())
+        Claim::Linked(Box::new(stored.clone()))
     );
     links.release_claim(&id).await.unwrap();
     assert_eq!(links.get_by_referral(&id).await.unwrap(), Some(stored));

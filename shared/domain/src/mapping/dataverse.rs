@@ -170,6 +170,7 @@ pub fn opportunity_from_dataverse(
         amount,
         currency,
         version: read::text(row, ODATA_ETAG),
+        audit: read::text(row, &f.audit),
         taxonomy,
     }
 }

@@ -159,6 +159,7 @@ pub fn opportunity_from_salesforce(
         amount,
         currency,
         version: None,
+        audit: read::text(row, &f.audit),
         taxonomy,
     }
 }

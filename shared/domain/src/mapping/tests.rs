@@ -773,6 +773,7 @@ fn crm_opportunity(opportunity: Opportunity) -> CrmOpportunity {
         rejected: Vec::new(),
         amount,
         currency,
+        audit: None,
         version: None,
         taxonomy: MappingConfig::default().taxonomy.first_allowed(),
     }

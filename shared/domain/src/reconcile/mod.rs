@@ -1109,12 +1109,14 @@ mod tests {
                 currency: None,
                 taxonomy: Default::default(),
                 version: None,
+                audit: None,
             },
             modified_at: None,
             modified_by: None,
             complete,
         };
         let link = Link {
+            last_referral: None,
             version: 1,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),

@@ -258,7 +258,7 @@ async fn sync_referral<X: Ports>(
         .await
         .map_err(Failure::port(None))?;
     let (link, claimed, first) = match claim {
-        Claim::Linked(link) => (Some(link), false, false),
+        Claim::Linked(link) => (Some(*link), false, false),
         Claim::Claimed { earlier } => (None, true, !earlier),
         Claim::Busy => (None, false, false),
     };
@@ -411,6 +411,7 @@ async fn sync_found<X: Ports>(
         let refreshed = Link {
             last_referral_etag: seen.etag,
             last_referral_updated: seen.updated.or(updated).or(link.last_referral_updated),
+            last_referral: seen.referral.as_deref().and_then(Link::referral_text),
             updated_at: journal.now(),
             ..link.clone()
         };
@@ -550,6 +551,7 @@ async fn sync_found<X: Ports>(
                 .or_else(|| link.as_ref().and_then(|l| l.last_stage_to_pc)),
             updated_at: journal.now(),
             synced_fields: plan.base_after(&old_base, false),
+            last_referral: None,
         };
         let written_back = write_back(
             deps,
@@ -565,6 +567,7 @@ async fn sync_found<X: Ports>(
             Ok(seen) => {
                 saved.last_referral_etag = seen.etag;
                 saved.last_referral_updated = seen.updated.or(saved.last_referral_updated);
+                saved.last_referral = seen.referral.as_deref().and_then(Link::referral_text);
                 saved.synced_fields = plan.base_after(&old_base, true);
                 if !plan.to_pc.is_empty() {
                     // Partner Center now holds the CRM's values of the fields it won.

@@ -71,7 +71,7 @@ use crate::mapping::{
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
-    PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
+    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::status::TransitionError;
@@ -402,6 +402,7 @@ async fn sync_change<X: Ports>(
                 retrying,
                 as_of,
                 version: candidate.version.as_deref(),
+                audit: candidate.audit.as_deref(),
             };
             let subject = record.to_string();
             let created = Box::pin(create(deps, journal, &sync, &new));
@@ -418,6 +419,7 @@ async fn sync_change<X: Ports>(
                 retrying,
                 as_of,
                 version: candidate.version.as_deref(),
+                audit: candidate.audit.as_deref(),
             };
             update(deps, journal, &sync, id).await
         }
@@ -477,6 +479,8 @@ struct Outbound<'s> {
     /// The record's version as read or delivered, when known: Partner Center's values are
     /// written to it only while it is unchanged (a 412 retries, merging again).
     version: Option<&'s str>,
+    /// The record's Audit text as read or delivered.
+    audit: Option<&'s str>,
 }
 
 /// The merge of one CRM → Partner Center update (docs/conflicts.md#the-policy).
@@ -651,7 +655,6 @@ impl Outbound<'_> {
         Link {
             referral_id,
             crm: self.record.clone(),
-            last_referral_etag: etag,
             last_referral_updated: updated
                 .or_else(|| self.link.and_then(|l| l.last_referral_updated)),
             last_fingerprint_to_crm: self.link.and_then(|l| l.last_fingerprint_to_crm.clone()),
@@ -668,6 +671,10 @@ impl Outbound<'_> {
                 .link
                 .map(|l| l.synced_fields.clone())
                 .unwrap_or_default(),
+            last_referral: (etag.is_some() && etag == referral.etag())
+                .then(|| Link::referral_text(referral))
+                .flatten(),
+            last_referral_etag: etag,
         }
     }
 }
@@ -997,15 +1004,22 @@ async fn superseded_check<X: Ports>(
 /// (docs/conflicts.md#the-policy): only the fields the CRM changed (or won) are sent, and the
 /// fields Partner Center changed (or won) are written to the CRM with the sync's Audit text
 /// (the write the sync makes anyway), so both sides hold the same values.
+///
+/// Planned first against the referral as the link last saw it, without reading it
+/// ([`update_as_seen`]); read when that cannot tell.
 async fn update<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
     sync: &Outbound<'_>,
     referral_id: ReferralId,
 ) -> Result<Outcome, Failure> {
+    if let Some(seen) = sync.link.and_then(Link::referral_seen)
+        && let Some(outcome) = update_as_seen(deps, journal, sync, referral_id, &seen).await?
+    {
+        return Ok(outcome);
+    }
     let record = sync.record;
-    let pc = deps.partner_center;
-    let current = match pc.get_referral(&referral_id).await {
+    let current = match deps.partner_center.get_referral(&referral_id).await {
         Ok(referral) => referral,
         Err(PortError::NotFound { .. }) => {
             return Err(Failure::Problem(unknown_referral(
@@ -1016,9 +1030,70 @@ async fn update<X: Ports>(
         }
         Err(error) => return Err(Failure::port(Some(record))(error)),
     };
-    superseded_check(deps, sync, &current).await?;
-    let invited = ensure_invitation(deps, sync, &current).await?;
-    let explicit_close = sync.explicit_close(&current);
+    update_read(deps, journal, sync, referral_id, &current).await
+}
+
+/// Step 6 without reading the referral (docs/conflicts.md#what-it-costs): planned against
+/// the referral as the link last saw it ([`Link::referral_seen`]) and sent conditional on its
+/// `eTag`, so a PATCH that lands was planned against exactly what Partner Center held. Only
+/// the plain case: something to send, nothing held, no conflict, no invitation owed, not a
+/// retry. Anything else, or a 412 (Partner Center changed since), is `None`: the referral is
+/// read and the change planned again ([`update_read`]).
+async fn update_as_seen<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+    seen: &Referral,
+) -> Result<Option<Outcome>, Failure> {
+    let invited = sync.link.is_some_and(|l| l.microsoft_invited);
+    if sync.retrying || (!invited && is_shared_deal(sync.opportunity())) {
+        return Ok(None);
+    }
+    let merged = sync.merged(seen, deps.mapping);
+    let Ok(ops) = referral_patch(seen, &merged.desired, sync.explicit_close(seen)) else {
+        return Ok(None);
+    };
+    if ops.is_empty()
+        || !merged.conflicts.is_empty()
+        || !held_until_accepted(seen, &merged.desired).is_empty()
+    {
+        return Ok(None);
+    }
+    let record = sync.record;
+    let patched = match deps
+        .partner_center
+        .patch_referral(&referral_id, seen.etag().as_ref(), &ops)
+        .await
+    {
+        Ok(patched) => patched,
+        Err(PortError::PreconditionFailed { .. }) => return Ok(None),
+        Err(error) => return Err(Failure::port(Some(record))(error)),
+    };
+    let sent = Sent {
+        current: seen,
+        patched,
+        invited,
+        merged: &merged,
+        ops: &ops,
+    };
+    updated(deps, journal, sync, referral_id, sent)
+        .await
+        .map(Some)
+}
+
+/// Step 6 with the referral as just read.
+async fn update_read<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+    current: &Referral,
+) -> Result<Outcome, Failure> {
+    let record = sync.record;
+    superseded_check(deps, sync, current).await?;
+    let invited = ensure_invitation(deps, sync, current).await?;
+    let explicit_close = sync.explicit_close(current);
     let plan = |referral: &Referral| {
         let merged = sync.merged(referral, deps.mapping);
         referral_patch(referral, &merged.desired, explicit_close)
@@ -1026,15 +1101,15 @@ async fn update<X: Ports>(
             .map_err(|error| Failure::Problem(not_applicable(&error, record)))
     };
 
-    let (ops, merged) = plan(&current)?;
-    let held = held_until_accepted(&current, &merged.desired);
+    let (ops, merged) = plan(current)?;
+    let held = held_until_accepted(current, &merged.desired);
     if ops.is_empty() && !held.is_empty() {
         return hold_until_accepted(
             deps,
             journal,
             sync,
             referral_id,
-            &current,
+            current,
             &held,
             invited,
             &merged,
@@ -1042,13 +1117,8 @@ async fn update<X: Ports>(
         .await;
     }
     if ops.is_empty() {
-        let mut link = sync.link_after(
-            referral_id,
-            &current,
-            current.etag(),
-            invited,
-            journal.now(),
-        );
+        let mut link =
+            sync.link_after(referral_id, current, current.etag(), invited, journal.now());
         merged.settle(&mut link, sync, &ops);
         if merged.to_crm.is_empty() {
             journal.keep_link(link, true);
@@ -1068,27 +1138,72 @@ async fn update<X: Ports>(
     // with a later version of it. Re-planning this run's read on the re-read referral could
     // overwrite that later version, so the change is retried with the record read again.
     merged.audit_conflicts(journal, record).await?;
-    let patched = pc
+    let patched = deps
+        .partner_center
         .patch_referral(&referral_id, current.etag().as_ref(), &ops)
         .await
         .map_err(Failure::port(Some(record)))?;
+    let sent = Sent {
+        current,
+        patched,
+        invited,
+        merged: &merged,
+        ops: &ops,
+    };
+    updated(deps, journal, sync, referral_id, sent).await
+}
+
+/// A PATCH of step 6 that Partner Center took.
+struct Sent<'a> {
+    /// The referral it was planned against.
+    current: &'a Referral,
+    /// Partner Center's answer.
+    patched: Patched,
+    /// Whether the deal's engagement invites Microsoft.
+    invited: bool,
+    /// The merge.
+    merged: &'a Merged,
+    /// What was sent.
+    ops: &'a [PatchOp],
+}
+
+/// After the PATCH: the link, and Partner Center's values of the fields it won (or the
+/// Audit text) to the CRM.
+async fn updated<X: Ports>(
+    deps: &Deps<'_, X>,
+    journal: &Journal<'_, X::Audit>,
+    sync: &Outbound<'_>,
+    referral_id: ReferralId,
+    sent: Sent<'_>,
+) -> Result<Outcome, Failure> {
+    let record = sync.record;
+    let Sent {
+        current,
+        patched,
+        invited,
+        merged,
+        ops,
+    } = sent;
     journal.record(AuditEvent::Updated, Some(record)).await;
 
-    let mut link = sync.link_after(referral_id, &current, patched.etag, invited, journal.now());
+    let mut link = sync.link_after(referral_id, current, patched.etag, invited, journal.now());
     // After a conditional PATCH nothing came in between: the answer's time is the state the
     // link holds, so the PATCH's own event is known as an echo without a read.
     if current.etag().is_some() {
         link.last_referral_updated = patched.updated.or(link.last_referral_updated);
     }
-    merged.settle(&mut link, sync, &ops);
+    link.last_referral = patched.referral.as_deref().and_then(Link::referral_text);
+    merged.settle(&mut link, sync, ops);
     let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
     if !merged.to_crm.is_empty() {
-        return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
+        return to_crm_then_link(deps, journal, sync, referral_id, merged, &link, &text).await;
     }
     journal.keep_link(link, true);
     if sync.opportunity().referral_id == Some(referral_id) {
-        let written = deps.crm.write_audit(record, &text).await;
-        journal.tolerate(written);
+        if !says_already(sync.audit, &text) {
+            let written = deps.crm.write_audit(record, &text).await;
+            journal.tolerate(written);
+        }
     } else {
         write_back(deps, record, referral_id, &text)
             .await
@@ -1279,6 +1394,19 @@ async fn finish_write_back<X: Ports>(
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::WrittenBack, Some(record)).await;
     Ok(())
+}
+
+/// Whether the Audit column already says `text` but for its leading time: a plain update
+/// after another is not written again (a CRM call per save saved); the audit log keeps every
+/// entry with its time (docs/troubleshooting.md#the-audit-column).
+pub(super) fn says_already(shown: Option<&str>, text: &str) -> bool {
+    let message = |text: &str| {
+        text.split_once(' ')
+            .map(|(_, message)| message.trim().to_owned())
+    };
+    shown
+        .and_then(message)
+        .is_some_and(|shown| Some(shown) == message(text))
 }
 
 /// The configured CRM field of the referral id.

@@ -72,7 +72,7 @@ pub(super) struct FakePartnerCenter {
     pub(super) before_patch: Mutex<VecDeque<Edit>>,
     /// Answer PATCH without the new eTag (an adapter without `return=representation`).
     pub(super) patch_returns_no_etag: Mutex<bool>,
-    /// Every PATCH as sent: the referral, the `If-Match` and the operations.
+    /// Every PATCH Partner Center took: the referral, the `If-Match` and the operations.
     pub(super) patches: Mutex<Vec<SentPatch>>,
 }
 
@@ -198,7 +198,6 @@ impl FakePartnerCenter {
         ops: &[PatchOp],
     ) -> Result<Patched, PortError> {
         self.begin("patch_referral")?;
-        lock(&self.patches).push((*id, if_match.cloned(), ops.to_vec()));
         let edits: Vec<Edit> = lock(&self.before_patch).drain(..).collect();
         for edit in edits {
             self.edit(*id, edit);
@@ -215,6 +214,8 @@ impl FakePartnerCenter {
                 service: Service::PartnerCenter,
             });
         }
+        // The patches Partner Center took (a 412 changes nothing).
+        lock(&self.patches).push((*id, if_match.cloned(), ops.to_vec()));
         let mut json = serde_json::to_value(&*referral).unwrap();
         for op in ops {
             assert!(
@@ -506,6 +507,7 @@ impl FakeCrm {
             amount: stored.opportunity.deal_value.map(|m| m.amount),
             currency: stored.opportunity.deal_value.map(|m| m.currency),
             version: Some(stored.version.to_string()),
+            audit: stored.audit.clone(),
             taxonomy: stored.taxonomy.clone(),
         }
     }

@@ -313,13 +313,21 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
     assert_eq!(patches.len(), 1);
     let (patched, if_match, ops) = &patches[0];
     assert_eq!(*patched, id);
-    assert_eq!(if_match, &before.etag(), "If-Match the eTag just read");
+    assert_eq!(
+        if_match,
+        &before.etag(),
+        "If-Match the eTag the link holds, the referral's"
+    );
     assert_eq!(paths(ops), ["/details/dealValue", "/details/notes"]);
     assert!(
         ops.iter()
             .all(|op| op.op == crate::referral::PatchOperation::Replace)
     );
-    assert_eq!(world.pc.calls.get("get_referral"), 1);
+    assert_eq!(
+        world.pc.calls.get("get_referral"),
+        0,
+        "planned against the referral the link holds, not read again"
+    );
     assert_eq!(
         world.pc.calls.get("create_referral"),
         2,
@@ -653,7 +661,9 @@ fn a_referral_in_a_terminal_state_is_never_patched_and_the_audit_says_why() {
         panic!("{outcome:?}");
     };
     assert_eq!(*code, "terminal_referral");
-    assert_eq!(world.pc.calls.get("patch_referral"), 0);
+    // The PATCH planned against the referral the link holds was conditional on its eTag:
+    // refused (412), then the referral was read and found closed.
+    assert!(world.patches().is_empty(), "never patched");
     let audit = world.crm_audit(&record);
     assert!(audit.contains("terminal state"), "{audit}");
     assert!(audit.contains("/details/notes"), "{audit}");
@@ -1295,6 +1305,11 @@ fn a_412_on_the_patch_is_retried_with_the_record_read_again_not_over_the_newer_w
     lock(&world.pc.before_patch).push_back(Box::new(|r: &mut Referral| {
         r.details.as_mut().unwrap().notes = Some("newer".into());
     }));
+    // The read path: a link that does not hold the referral (see
+    // `a_referral_changed_since_the_link_saw_it_is_read_after_the_412_and_merged` for the other).
+    let mut link = world.links.link(&id).unwrap();
+    link.last_referral = None;
+    world.links.insert(link);
 
     let outcome = world.sync_crm(&change, at(110));
 
@@ -1312,6 +1327,112 @@ fn a_412_on_the_patch_is_retried_with_the_record_read_again_not_over_the_newer_w
     );
     let notes = world.pc.referral(id).details.unwrap().notes;
     assert_eq!(notes.as_deref(), Some("newer"));
+}
+
+#[test]
+fn a_plain_update_after_another_costs_the_patch_alone() {
+    // Issue 11: a CRM → Partner Center update is one PATCH (the referral the link holds, no
+    // read) and no CRM write when the Audit column already says "Updated" (its time aside).
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    let audit = world.crm_audit(&record);
+    assert!(
+        audit.contains(" Updated Partner Center referral "),
+        "{audit}"
+    );
+    let crm_writes =
+        || world.crm.calls.get("write_audit") + world.crm.calls.get("upsert_opportunity");
+    let (writes, pc) = (crm_writes(), world.pc_calls());
+
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(35_000)));
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.pc_calls() - pc, 1, "the PATCH alone");
+    assert_eq!(crm_writes(), writes, "the Audit column already says so");
+    assert_eq!(world.crm_audit(&record), audit, "kept with its first time");
+    let details = world.pc.referral(id).details.unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(35_000)));
+}
+
+#[test]
+fn the_audit_column_is_rewritten_only_when_its_message_changes() {
+    let updated = "2026-01-05T10:00:00Z Updated Partner Center referral 4111fffc";
+    let later = "2026-01-06T09:00:00Z Updated Partner Center referral 4111fffc";
+    assert!(crate::sync::to_pc::says_already(Some(updated), later));
+    assert!(!crate::sync::to_pc::says_already(None, later));
+    assert!(!crate::sync::to_pc::says_already(
+        Some("2026-01-05T10:00:00Z Sync failed: …"),
+        later
+    ));
+    assert!(!crate::sync::to_pc::says_already(
+        Some(updated),
+        &format!("{later}. Conflict on notes: Partner Center's value kept")
+    ));
+    assert!(!crate::sync::to_pc::says_already(Some(""), later));
+}
+
+#[test]
+fn a_referral_changed_since_the_link_saw_it_is_read_after_the_412_and_merged() {
+    // The PATCH planned against the referral the link holds is conditional on its eTag: a
+    // change made in Partner Center since (its event not handled yet) refuses it, and the
+    // change is planned again on the referral read, merging both sides' changes.
+    let world = World::to_pc();
+    let (record, id) = world.shared(seller_opportunity());
+    world.pc.edit(id, |r| {
+        r.details.as_mut().unwrap().notes = Some("From Microsoft".into());
+    });
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(
+        world.pc.calls.get("patch_referral"),
+        2,
+        "one refused, one taken"
+    );
+    assert_eq!(world.pc.calls.get("get_referral"), 1, "read after the 412");
+    let patches = world.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(paths(&patches[0].2), ["/details/dealValue"]);
+    let details = world.pc.referral(id).details.unwrap();
+    assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
+    assert_eq!(details.notes.as_deref(), Some("From Microsoft"));
+    assert_eq!(
+        world.crm.stored(&record).opportunity.notes.as_deref(),
+        Some("From Microsoft"),
+        "Partner Center's change reaches the CRM in the same run"
+    );
+    assert_no_conflict_audited(&world);
+    // The link now holds the referral as patched: the next change is not read first.
+    world.crm_edit(&record, |o| o.deal_value = Some(usd(35_000)));
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+    assert_eq!(
+        outcome,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.pc.calls.get("get_referral"), 1);
 }
 
 #[test]
