@@ -70,7 +70,7 @@ use crate::mapping::{
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
+    AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
     PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
@@ -1194,13 +1194,15 @@ async fn updated<X: Ports>(
     }
     link.last_referral = patched.referral.as_deref().and_then(Link::referral_text);
     merged.settle(&mut link, sync, ops);
-    let text = merged.audit_text(journal.entry(AuditEvent::Updated, Some(record)));
+    let entry = journal.entry(AuditEvent::Updated, Some(record));
+    let in_sync = merged.conflicts.is_empty() && shows_in_sync(sync.audit, &entry);
+    let text = merged.audit_text(entry);
     if !merged.to_crm.is_empty() {
         return to_crm_then_link(deps, journal, sync, referral_id, merged, &link, &text).await;
     }
     journal.keep_link(link, true);
     if sync.opportunity().referral_id == Some(referral_id) {
-        if !says_already(sync.audit, &text) {
+        if !in_sync {
             let written = deps.crm.write_audit(record, &text).await;
             journal.tolerate(written);
         }
@@ -1396,17 +1398,33 @@ async fn finish_write_back<X: Ports>(
     Ok(())
 }
 
-/// Whether the Audit column already says `text` but for its leading time: a plain update
-/// after another is not written again (a CRM call per save saved); the audit log keeps every
-/// entry with its time (docs/troubleshooting.md#the-audit-column).
-pub(super) fn says_already(shown: Option<&str>, text: &str) -> bool {
+/// Whether the Audit column already says the record is in sync with `entry`'s referral: a
+/// success message of either direction (created, updated, linked) naming that referral, with
+/// nothing appended, whatever its time. A plain update after it does not rewrite the column (a
+/// CRM call per save saved); the audit log keeps every entry with its time
+/// (docs/troubleshooting.md#the-audit-column).
+pub(super) fn shows_in_sync(shown: Option<&str>, entry: &AuditEntry) -> bool {
     let message = |text: &str| {
         text.split_once(' ')
             .map(|(_, message)| message.trim().to_owned())
     };
-    shown
-        .and_then(message)
-        .is_some_and(|shown| Some(shown) == message(text))
+    let Some(shown) = shown.and_then(message) else {
+        return false;
+    };
+    [
+        AuditEvent::Created,
+        AuditEvent::Updated,
+        AuditEvent::WrittenBack,
+    ]
+    .into_iter()
+    .flat_map(|event| {
+        [SyncDirection::ToPartnerCenter, SyncDirection::ToCrm].map(|direction| AuditEntry {
+            event: event.clone(),
+            direction: Some(direction),
+            ..entry.clone()
+        })
+    })
+    .any(|success| message(&success.crm_text()).as_ref() == Some(&shown))
 }
 
 /// The configured CRM field of the referral id.

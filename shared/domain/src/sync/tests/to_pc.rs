@@ -337,10 +337,11 @@ fn an_update_patches_only_the_changed_fields_with_if_match() {
     let details = after.details.as_ref().unwrap();
     assert_eq!(details.deal_value, Some(Decimal::from(30_000)));
     assert_eq!(details.notes.as_deref(), Some("Phase 1 and 2"));
+    // The Audit column still says the record is in sync with its referral: not rewritten.
     assert!(
         world
             .crm_audit(&record)
-            .ends_with(&format!("Updated Partner Center referral {id}"))
+            .ends_with(&format!("Created Partner Center referral {id}"))
     );
     let link = world.links.link(&id).unwrap();
     assert_eq!(link.last_referral_etag, after.etag());
@@ -1330,22 +1331,14 @@ fn a_412_on_the_patch_is_retried_with_the_record_read_again_not_over_the_newer_w
 }
 
 #[test]
-fn a_plain_update_after_another_costs_the_patch_alone() {
+fn a_plain_update_costs_the_patch_alone() {
     // Issue 11: a CRM → Partner Center update is one PATCH (the referral the link holds, no
-    // read) and no CRM write when the Audit column already says "Updated" (its time aside).
+    // read) and no CRM write while the Audit column says the record is in sync.
     let world = World::to_pc();
     let (record, id) = world.shared(seller_opportunity());
-    world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
-    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
-    assert_eq!(
-        outcome,
-        Outcome::Updated {
-            crm: record.clone()
-        }
-    );
     let audit = world.crm_audit(&record);
     assert!(
-        audit.contains(" Updated Partner Center referral "),
+        audit.contains(" Created Partner Center referral "),
         "{audit}"
     );
     let crm_writes =
@@ -1353,7 +1346,7 @@ fn a_plain_update_after_another_costs_the_patch_alone() {
     let (writes, pc) = (crm_writes(), world.pc_calls());
 
     world.crm_edit(&record, |o| o.deal_value = Some(usd(35_000)));
-    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(120));
 
     assert_eq!(
         outcome,
@@ -1369,20 +1362,51 @@ fn a_plain_update_after_another_costs_the_patch_alone() {
 }
 
 #[test]
-fn the_audit_column_is_rewritten_only_when_its_message_changes() {
-    let updated = "2026-01-05T10:00:00Z Updated Partner Center referral 4111fffc";
-    let later = "2026-01-06T09:00:00Z Updated Partner Center referral 4111fffc";
-    assert!(crate::sync::to_pc::says_already(Some(updated), later));
-    assert!(!crate::sync::to_pc::says_already(None, later));
-    assert!(!crate::sync::to_pc::says_already(
-        Some("2026-01-05T10:00:00Z Sync failed: …"),
-        later
-    ));
-    assert!(!crate::sync::to_pc::says_already(
-        Some(updated),
-        &format!("{later}. Conflict on notes: Partner Center's value kept")
-    ));
-    assert!(!crate::sync::to_pc::says_already(Some(""), later));
+fn the_audit_column_is_rewritten_only_when_it_stops_saying_in_sync() {
+    use crate::ports::AuditEntry;
+    let id = ReferralId::try_from("4111fffc-7f33-4a1c-9f1a-000000000001").unwrap();
+    let other = ReferralId::try_from("4111fffc-7f33-4a1c-9f1a-000000000002").unwrap();
+    let entry = AuditEntry {
+        at: at(200),
+        direction: Some(SyncDirection::ToPartnerCenter),
+        referral_id: Some(id),
+        crm: None,
+        correlation_id: None,
+        event: AuditEvent::Updated,
+    };
+    let shown = |event: AuditEvent, direction: SyncDirection, referral: ReferralId| {
+        AuditEntry {
+            at: at(100),
+            direction: Some(direction),
+            referral_id: Some(referral),
+            event,
+            ..entry.clone()
+        }
+        .crm_text()
+    };
+    let in_sync = |text: &str| crate::sync::to_pc::shows_in_sync(Some(text), &entry);
+    for event in [
+        AuditEvent::Created,
+        AuditEvent::Updated,
+        AuditEvent::WrittenBack,
+    ] {
+        for direction in [SyncDirection::ToPartnerCenter, SyncDirection::ToCrm] {
+            assert!(in_sync(&shown(event.clone(), direction, id)), "{event:?}");
+            assert!(
+                !in_sync(&shown(event.clone(), direction, other)),
+                "{event:?}"
+            );
+        }
+    }
+    let failed = AuditEvent::Failed {
+        reason: "r".into(),
+        fix: "f".into(),
+    };
+    assert!(!in_sync(&shown(failed, SyncDirection::ToPartnerCenter, id)));
+    let updated = shown(AuditEvent::Updated, SyncDirection::ToPartnerCenter, id);
+    assert!(!in_sync(&format!("{updated}. Conflict on notes: kept")));
+    assert!(!crate::sync::to_pc::shows_in_sync(None, &entry));
+    assert!(!in_sync(""));
 }
 
 #[test]
