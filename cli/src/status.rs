@@ -1,8 +1,8 @@
 //! `cosell status [--json]`: the deployment at a glance — Partner Center and CRM calls used
-//! today against the daily budget, the day's outcomes (counted from the audit log, under the
-//! names of the outcome metrics: README "Metrics and the dashboard"), the retry queue's and
-//! dead-letter queue's depth, and the last reconciliation run and checkpoint — what the
-//! CloudWatch dashboard shows, for someone without CloudWatch access.
+//! today against the daily budget (and per service, each in its own unit), the day's outcomes
+//! (counted from the audit log, under the names of the outcome metrics: README "Metrics and the
+//! dashboard"), the retry queue's and dead-letter queue's depth, and the last reconciliation run
+//! and checkpoint — what the CloudWatch dashboard shows, for someone without CloudWatch access.
 //!
 //! Reads the table (`TABLE_NAME`), the queue (`RETRY_QUEUE_URL`, its dead-letter queue from
 //! `DLQ_URL` or its `RedrivePolicy`) and the budget variables (`DAILY_API_BUDGET`,
@@ -18,7 +18,7 @@ use cosell_adapters::aws::{
     AwsClients, DynamoApiBudget, DynamoAuditLog, DynamoCheckpointStore, SqsQueue,
 };
 use cosell_domain::budget::{BudgetPolicy, CallKind, utc_day};
-use cosell_domain::ports::Checkpoint;
+use cosell_domain::ports::{ApiService, Checkpoint, ServiceCalls};
 use serde::Serialize;
 
 use crate::context::{Exit, Output};
@@ -59,6 +59,10 @@ pub struct Status {
     pub day: NaiveDate,
     /// Partner Center and CRM calls counted today.
     pub calls_today: u64,
+    /// Today's calls per service, each in the unit the service counts (a Salesforce Composite
+    /// request is one API call, a Dataverse `$batch` each request inside it). Syncs still
+    /// running are in `calls_today` only (as their reservation).
+    pub calls_today_by_service: ServiceCalls,
     /// The daily budget.
     pub daily_budget: u64,
     /// Where background work (reconciliation, retries) stops.
@@ -86,10 +90,11 @@ pub async fn status(
     now: DateTime<Utc>,
 ) -> Result<Status> {
     let day = utc_day(now);
-    let calls_today = DynamoApiBudget::new(aws.dynamodb.clone(), &args.table)
-        .try_used(day)
+    let counted = DynamoApiBudget::new(aws.dynamodb.clone(), &args.table)
+        .try_day(day)
         .await
         .context("reading today's API call count")?;
+    let calls_today = counted.total;
     let last_reconcile = DynamoCheckpointStore::new(aws.dynamodb.clone(), &args.table)
         .try_load()
         .await
@@ -152,6 +157,7 @@ pub async fn status(
     Ok(Status {
         day,
         calls_today,
+        calls_today_by_service: counted.by_service,
         daily_budget: policy.daily_budget,
         background_limit: policy.limit(CallKind::Background),
         budget_used_percent: percent(calls_today, policy.daily_budget),
@@ -177,6 +183,22 @@ fn stamp(at: Option<DateTime<Utc>>) -> String {
     )
 }
 
+/// Partner Center's calls, then each CRM's that has some, in its unit.
+fn per_service(made: &ServiceCalls) -> String {
+    let shown: Vec<String> = made
+        .iter()
+        .filter(|(service, calls)| *calls > 0 || *service == ApiService::PartnerCenter)
+        .map(|(service, calls)| {
+            let unit = match service {
+                ApiService::PartnerCenter | ApiService::Dataverse => "requests",
+                ApiService::Salesforce => "API calls",
+            };
+            format!("{service} {calls} {unit}")
+        })
+        .collect();
+    shown.join(", ")
+}
+
 fn depth_text(depth: Depth) -> String {
     format!(
         "{} waiting, {} in flight, {} delayed",
@@ -194,6 +216,11 @@ pub fn print(status: &Status, out: &mut dyn Write) -> Result<()> {
         status.daily_budget,
         status.budget_used_percent,
         status.background_limit
+    )?;
+    writeln!(
+        out,
+        "  per service: {}",
+        per_service(&status.calls_today_by_service)
     )?;
     if status.outcomes_today.is_empty() {
         writeln!(out, "Outcomes today: none audited")?;

@@ -1,7 +1,7 @@
 //! `cosell reconcile` and `cosell status` against moto (table, retry queue and its DLQ) and the
 //! sandbox: referrals created while Partner Center's webhooks are off are listed by a dry-run
 //! backfill, queued by a real one, and a checkpointed run saves the checkpoint that `status`
-//! then shows with the day's API calls and the queue depths.
+//! then shows with the day's API calls (in all and per service) and the queue depths.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::ops;
@@ -123,6 +123,20 @@ async fn reconcile_backfills_and_status_shows_calls_queues_and_the_checkpoint() 
     assert!(shown["calls_today"].as_u64().unwrap() >= 3, "{shown}");
     assert_eq!(shown["daily_budget"], 1000);
     assert_eq!(shown["background_limit"], 800);
+    // Per service, in each one's unit: reconciliation read both sides of a Dataverse
+    // deployment, and counted without a reservation, so the services add up to the total.
+    let by_service = &shown["calls_today_by_service"];
+    let (partner_center, dataverse) = (
+        by_service["partner_center"].as_u64().unwrap(),
+        by_service["dataverse"].as_u64().unwrap(),
+    );
+    assert!(partner_center >= 1 && dataverse >= 1, "{shown}");
+    assert_eq!(by_service["salesforce"], 0, "{shown}");
+    assert_eq!(
+        partner_center + dataverse,
+        shown["calls_today"].as_u64().unwrap(),
+        "{shown}"
+    );
     let calls = shown["calls_today"].as_f64().unwrap();
     assert_eq!(
         shown["budget_used_percent"].as_f64(),
@@ -160,6 +174,13 @@ async fn reconcile_backfills_and_status_shows_calls_queues_and_the_checkpoint() 
     let printed = text(out);
     assert_eq!(exit, Exit::Problems, "{printed}");
     assert!(printed.contains("API calls today"), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "  per service: Partner Center {partner_center} requests, Dataverse {dataverse} \
+             requests\n"
+        )),
+        "{printed}"
+    );
     assert!(
         printed.contains("Dead-letter queue: 1 waiting"),
         "{printed}"

@@ -4,7 +4,8 @@
 //! | Item | What |
 //! |---|---|
 //! | [`BudgetPolicy`], [`CallKind`], [`admit`] | the pure policy: may a sync of this kind run with `used` calls counted today? |
-//! | [`Metered`] | a [`PartnerCenter`] / [`CrmStore`] decorator counting the calls made through it |
+//! | [`ApiService`], [`ApiRequest`], [`ServiceCalls`] | the counting rule: how many units each service charges for one request |
+//! | [`Metered`] | a [`PartnerCenter`] / [`CrmStore`] decorator counting the calls made through it, per service |
 //! | [`Budget`], [`reserve`], [`settle`] | the atomic reservation against an [`ApiBudget`] counter |
 //! | [`handle_partner_center_event_within_budget`], [`handle_crm_change_within_budget`], [`run_retry_job_within_budget`] | the sync core's entry points, metered and deferred when the budget is spent |
 //!
@@ -25,9 +26,17 @@
 //!
 //! A counter that does not answer does not stop syncs: the sync runs unmetered and the failure
 //! is a warning (availability over accuracy).
+//!
+//! # Units
+//!
+//! Each service limits its own unit, so every settle also records the calls per service
+//! ([`ServiceCalls`]) next to the total, each counted as that service charges it
+//! ([`ApiRequest::units`]): a plain request is 1; a Salesforce Composite request is one API call
+//! whatever its subrequests; a Dataverse `$batch` counts each inner request (service protection
+//! limits count them). The admission policy keeps reading the one daily total.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -37,8 +46,9 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ReferralId};
 use crate::opportunity::{Account, Contact, CrmOpportunity};
 use crate::ports::{
-    ApiBudget, CrmStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PartnerCenter,
-    PortError, Ports, ReferralQuery, RetryJob, RetryQueue, RetrySource, Service, Upserted,
+    ApiBudget, ApiRequest, ApiService, CrmStore, OpportunityPage, OpportunityQuery,
+    OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue,
+    RetrySource, Service, ServiceCalls, Upserted,
 };
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::sync::{
@@ -295,38 +305,39 @@ pub async fn reserve<B: ApiBudget>(
     }
 }
 
-/// Replace a reservation with the `calls` actually made. Nothing to do for a deferral.
+/// Replace a reservation with the calls actually `made`: the total moves by the difference and
+/// each service's count by its calls, in one write. Nothing to do for a deferral.
 pub async fn settle<B: ApiBudget>(
     budget: Budget<'_, B>,
     reservation: &Reservation,
-    calls: u64,
+    made: ServiceCalls,
 ) -> Result<(), PortError> {
     let (day, delta) = match reservation {
         Reservation::Reserved {
             day,
             calls: reserved,
-        } => (*day, signed(calls).saturating_sub(signed(*reserved))),
-        Reservation::Unmetered { day, .. } => (*day, signed(calls)),
+        } => (*day, signed(made.total()).saturating_sub(signed(*reserved))),
+        Reservation::Unmetered { day, .. } => (*day, signed(made.total())),
         Reservation::Deferred { .. } => return Ok(()),
     };
-    if delta == 0 {
+    if delta == 0 && made.is_empty() {
         return Ok(());
     }
-    budget.counter.add(day, delta).await.map(|_| ())
+    budget.counter.record(day, delta, made).await.map(|_| ())
 }
 
-/// Count `calls` made outside a reservation (reconciliation counts per run).
+/// Count the calls `made` outside a reservation (reconciliation counts per run).
 pub async fn count<B: ApiBudget>(
     budget: Budget<'_, B>,
     now: DateTime<Utc>,
-    calls: u64,
+    made: ServiceCalls,
 ) -> Result<(), PortError> {
-    if calls == 0 {
+    if made.is_empty() {
         return Ok(());
     }
     budget
         .counter
-        .add(utc_day(now), signed(calls))
+        .record(utc_day(now), signed(made.total()), made)
         .await
         .map(|_| ())
 }
@@ -335,13 +346,13 @@ pub async fn count<B: ApiBudget>(
 // Metering decorator
 // ---------------------------------------------------------------------------------------------
 
-/// A [`PartnerCenter`] or [`CrmStore`] that counts every call made through it, then delegates.
-/// One port call is counted as one API call (a `get_opportunity` is one request on either CRM,
-/// its account and contact read with it).
+/// A [`PartnerCenter`] or [`CrmStore`] that counts every call made through it, per service,
+/// then delegates. One port call is counted as one plain request of its service (a
+/// `get_opportunity` is one request on either CRM, its account and contact read with it).
 #[derive(Debug)]
 pub struct Metered<'a, T> {
     inner: &'a T,
-    calls: AtomicU64,
+    made: Mutex<ServiceCalls>,
 }
 
 impl<'a, T> Metered<'a, T> {
@@ -349,33 +360,54 @@ impl<'a, T> Metered<'a, T> {
     pub fn new(inner: &'a T) -> Self {
         Self {
             inner,
-            calls: AtomicU64::new(0),
+            made: Mutex::new(ServiceCalls::default()),
         }
     }
 
-    /// The calls made so far.
+    /// The calls made so far, all services together.
     pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.made().total()
     }
 
-    fn hit(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    /// The calls made so far, per service.
+    pub fn made(&self) -> ServiceCalls {
+        *self.made.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Count `request` (a port method making a combined request names it here).
+    fn hit(&self, request: ApiRequest) {
+        self.made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count(request);
+    }
+}
+
+impl<P: PartnerCenter> Metered<'_, P> {
+    fn hit_partner_center(&self) {
+        self.hit(ApiRequest::Plain(ApiService::PartnerCenter));
+    }
+}
+
+impl<C: CrmStore> Metered<'_, C> {
+    fn hit_crm(&self) {
+        self.hit(ApiRequest::Plain(self.inner.kind().into()));
     }
 }
 
 impl<P: PartnerCenter> PartnerCenter for Metered<'_, P> {
     async fn get_referral(&self, id: &ReferralId) -> Result<Referral, PortError> {
-        self.hit();
+        self.hit_partner_center();
         self.inner.get_referral(id).await
     }
 
     async fn list_referrals(&self, query: &ReferralQuery) -> Result<ReferralPage, PortError> {
-        self.hit();
+        self.hit_partner_center();
         self.inner.list_referrals(query).await
     }
 
     async fn create_referral(&self, referral: &Referral) -> Result<Referral, PortError> {
-        self.hit();
+        self.hit_partner_center();
         self.inner.create_referral(referral).await
     }
 
@@ -385,7 +417,7 @@ impl<P: PartnerCenter> PartnerCenter for Metered<'_, P> {
         if_match: Option<&crate::ids::ETag>,
         ops: &[PatchOp],
     ) -> Result<crate::ports::Patched, PortError> {
-        self.hit();
+        self.hit_partner_center();
         self.inner.patch_referral(id, if_match, ops).await
     }
 }
@@ -399,12 +431,12 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         &self,
         referral_id: &ReferralId,
     ) -> Result<Option<CrmOpportunity>, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.find_opportunity_by_referral(referral_id).await
     }
 
     async fn get_opportunity(&self, id: &CrmRecordId) -> Result<CrmOpportunity, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.get_opportunity(id).await
     }
 
@@ -412,7 +444,7 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.upsert_opportunity(write).await
     }
 
@@ -421,17 +453,17 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         name: &str,
         postal_code: Option<&str>,
     ) -> Result<Option<CrmRecordId>, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.find_account(name, postal_code).await
     }
 
     async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.create_account(account).await
     }
 
     async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.find_contact_by_email(email).await
     }
 
@@ -440,12 +472,12 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         contact: &Contact,
         account: Option<&CrmRecordId>,
     ) -> Result<CrmRecordId, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.create_contact(contact, account).await
     }
 
     async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.write_audit(opportunity, text).await
     }
 
@@ -453,7 +485,7 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         &self,
         query: &OpportunityQuery,
     ) -> Result<OpportunityPage, PortError> {
-        self.hit();
+        self.hit_crm();
         self.inner.list_opportunities(query).await
     }
 }
@@ -544,8 +576,8 @@ macro_rules! metered_run {
             // Boxed: the sync's future is large, and callers join many of them on one stack.
             Box::pin($call).await
         };
-        let calls = partner_center.calls().saturating_add(crm.calls());
-        let settled = settle($budget, &$reservation, calls).await;
+        let made = partner_center.made() + crm.made();
+        let settled = settle($budget, &$reservation, made).await;
         let mut warnings = Vec::new();
         if let Reservation::Unmetered { error, .. } = $reservation {
             warnings.push(error);
@@ -788,12 +820,18 @@ mod tests {
         let first = block_on(reserve(budget, CallKind::Webhook, now));
         assert_eq!(first, Reservation::Reserved { day, calls: 8 });
         assert_eq!(counter.count(day), 8);
-        block_on(settle(budget, &first, 5)).unwrap();
+        let made = ServiceCalls {
+            partner_center: 2,
+            dataverse: 3,
+            salesforce: 0,
+        };
+        block_on(settle(budget, &first, made)).unwrap();
         assert_eq!(counter.count(day), 5);
+        assert_eq!(counter.by_service(day), made);
 
         // 5 + 8 fits the background limit of 16; then 10 + 8 does not.
         let second = block_on(reserve(budget, CallKind::Background, now));
-        block_on(settle(budget, &second, 5)).unwrap();
+        block_on(settle(budget, &second, made)).unwrap();
         let third = block_on(reserve(budget, CallKind::Background, now));
         assert_eq!(
             third,
@@ -816,8 +854,134 @@ mod tests {
         });
         let unmetered = block_on(reserve(budget, CallKind::Webhook, now));
         assert!(matches!(unmetered, Reservation::Unmetered { .. }));
-        block_on(settle(budget, &unmetered, 3)).unwrap();
+        block_on(settle(
+            budget,
+            &unmetered,
+            ServiceCalls::of(ApiService::PartnerCenter, 3),
+        ))
+        .unwrap();
         assert_eq!(counter.count(day), 21);
+        // Per service, the calls made; the total also holds the open reservation of 8.
+        let by_service = block_on(counter.used_by_service(day)).unwrap();
+        assert_eq!(
+            by_service,
+            ServiceCalls {
+                partner_center: 7,
+                dataverse: 6,
+                salesforce: 0,
+            }
+        );
+        assert_eq!(by_service.total() + 8, 21);
+    }
+
+    #[test]
+    fn each_service_charges_in_its_own_unit() {
+        use ApiService::{Dataverse, PartnerCenter, Salesforce};
+        let plain = ApiRequest::Plain(PartnerCenter);
+        assert_eq!((plain.service(), plain.units()), (PartnerCenter, 1));
+        assert_eq!(ApiRequest::Plain(Salesforce).units(), 1);
+        // A Salesforce Composite request is one API call, whatever its subrequests.
+        for subrequests in [1, 5, 25] {
+            let composite = ApiRequest::SalesforceComposite { subrequests };
+            assert_eq!((composite.service(), composite.units()), (Salesforce, 1));
+        }
+        // A Dataverse $batch counts every request inside it (an empty one is still a request).
+        let batch = ApiRequest::DataverseBatch { requests: 7 };
+        assert_eq!((batch.service(), batch.units()), (Dataverse, 7));
+        assert_eq!(ApiRequest::DataverseBatch { requests: 0 }.units(), 1);
+        assert_eq!(ApiService::from(CrmKind::Dataverse), Dataverse);
+        assert_eq!(ApiService::from(CrmKind::Salesforce), Salesforce);
+
+        let mut made = ServiceCalls::default();
+        assert!(made.is_empty());
+        for request in [
+            plain,
+            plain,
+            batch,
+            ApiRequest::SalesforceComposite { subrequests: 25 },
+        ] {
+            made.count(request);
+        }
+        assert_eq!(
+            made,
+            ServiceCalls {
+                partner_center: 2,
+                dataverse: 7,
+                salesforce: 1,
+            }
+        );
+        assert_eq!(made.total(), 10);
+        assert_eq!(
+            made + ServiceCalls::of(Dataverse, 1),
+            made.with(Dataverse, 1)
+        );
+        assert_eq!(
+            serde_json::to_value(made).unwrap(),
+            serde_json::json!({"partner_center": 2, "dataverse": 7, "salesforce": 1})
+        );
+        assert_eq!(PartnerCenter.to_string(), "Partner Center");
+        assert_eq!(PartnerCenter.as_str(), "partner_center");
+    }
+
+    #[test]
+    fn metered_counts_every_request_in_its_services_unit() {
+        let metered = Metered::new(&());
+        metered.hit(ApiRequest::Plain(ApiService::PartnerCenter));
+        metered.hit(ApiRequest::Plain(ApiService::Dataverse));
+        metered.hit(ApiRequest::DataverseBatch { requests: 4 });
+        assert_eq!(
+            metered.made(),
+            ServiceCalls {
+                partner_center: 1,
+                dataverse: 5,
+                salesforce: 0,
+            }
+        );
+        assert_eq!(metered.calls(), 6);
+    }
+
+    #[test]
+    fn a_settle_with_the_reserved_total_still_records_the_services_in_one_write() {
+        use crate::in_memory::InMemoryApiBudget;
+        let counter = InMemoryApiBudget::new();
+        let policy = BudgetPolicy::new(20, 0.2);
+        let budget = Budget {
+            counter: &counter,
+            policy: &policy,
+        };
+        let now = at("2027-01-15T10:00:00Z");
+        let day = utc_day(now);
+        let reserved = block_on(reserve(budget, CallKind::Webhook, now));
+        let made = ServiceCalls::of(ApiService::PartnerCenter, 3).with(ApiService::Salesforce, 5);
+        block_on(settle(budget, &reserved, made)).unwrap();
+        assert_eq!(counter.count(day), 8);
+        assert_eq!(counter.by_service(day), made);
+        assert_eq!(
+            counter.calls().get("record"),
+            2,
+            "the reservation, then one settle"
+        );
+
+        // Nothing made: the reservation is given back without a per-service count.
+        let idle = block_on(reserve(budget, CallKind::Webhook, now));
+        block_on(settle(budget, &idle, ServiceCalls::default())).unwrap();
+        assert_eq!(counter.count(day), 8);
+        // Outside a reservation (a reconcile run), the same single write.
+        block_on(count(
+            budget,
+            now,
+            ServiceCalls::of(ApiService::Salesforce, 2),
+        ))
+        .unwrap();
+        assert_eq!(counter.count(day), 10);
+        assert_eq!(counter.by_service(day).salesforce, 7);
+        // A deferral settles nothing.
+        let deferred = Reservation::Deferred {
+            until: next_utc_day(now),
+        };
+        let writes = counter.calls().get("record");
+        block_on(settle(budget, &deferred, made)).unwrap();
+        assert_eq!(counter.calls().get("record"), writes);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::ids::{CrmRecordId, ReferralId};
 use crate::ports::{
     AcquireOutcome, ApiBudget, AuditEntry, AuditLog, Checkpoint, CheckpointStore, Claim,
     IdempotencyKey, IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Link, LinkStore,
-    PortError, RetryJob, RetryQueue,
+    PortError, RetryJob, RetryQueue, ServiceCalls,
 };
 use crate::sync::SyncSettings;
 
@@ -483,10 +483,10 @@ impl RetryQueue for InMemoryRetryQueue {
 // API budget and reconciliation checkpoint
 // ---------------------------------------------------------------------------------------------
 
-/// The daily API counter in memory.
+/// The daily API counter in memory: per day the total and the calls per service.
 #[derive(Debug, Default)]
 pub struct InMemoryApiBudget {
-    days: Mutex<BTreeMap<NaiveDate, i64>>,
+    days: Mutex<BTreeMap<NaiveDate, (i64, ServiceCalls)>>,
     calls: CallCounts,
     faults: Faults,
 }
@@ -501,7 +501,18 @@ impl InMemoryApiBudget {
 
     /// The count of `day`.
     pub fn count(&self, day: NaiveDate) -> i64 {
-        lock(&self.days).get(&day).copied().unwrap_or_default()
+        lock(&self.days)
+            .get(&day)
+            .map(|(total, _)| *total)
+            .unwrap_or_default()
+    }
+
+    /// The calls of `day` per service.
+    pub fn by_service(&self, day: NaiveDate) -> ServiceCalls {
+        lock(&self.days)
+            .get(&day)
+            .map(|(_, made)| *made)
+            .unwrap_or_default()
     }
 }
 
@@ -513,16 +524,25 @@ impl ApiBudget for InMemoryApiBudget {
         std::future::ready(used)
     }
 
-    fn add(
+    fn used_by_service(
+        &self,
+        day: NaiveDate,
+    ) -> impl Future<Output = Result<ServiceCalls, PortError>> + Send {
+        std::future::ready(self.begin("used_by_service").map(|()| self.by_service(day)))
+    }
+
+    fn record(
         &self,
         day: NaiveDate,
         delta: i64,
+        made: ServiceCalls,
     ) -> impl Future<Output = Result<i64, PortError>> + Send {
-        let total = self.begin("add").map(|()| {
+        let total = self.begin("record").map(|()| {
             let mut days = lock(&self.days);
-            let count = days.entry(day).or_default();
-            *count = count.saturating_add(delta);
-            *count
+            let (total, by_service) = days.entry(day).or_default();
+            *total = total.saturating_add(delta);
+            *by_service = *by_service + made;
+            *total
         });
         std::future::ready(total)
     }

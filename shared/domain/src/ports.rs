@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Add;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -1148,17 +1149,194 @@ pub trait CheckpointStore: Send + Sync {
 // API budget
 // ---------------------------------------------------------------------------------------------
 
-/// The daily counter of Partner Center and CRM calls (one counter per UTC day).
+/// A service whose calls the budget counts, each in the unit its own limits use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiService {
+    /// The Partner Center Referrals API: HTTP requests.
+    PartnerCenter,
+    /// The Dataverse Web API: requests as its service protection limits count them.
+    Dataverse,
+    /// The Salesforce REST API: API calls against the org's daily allocation.
+    Salesforce,
+}
+
+impl ApiService {
+    /// Every service, in the order they are shown.
+    pub const ALL: [Self; 3] = [Self::PartnerCenter, Self::Dataverse, Self::Salesforce];
+
+    /// `"partner_center"`, `"dataverse"` or `"salesforce"` (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PartnerCenter => "partner_center",
+            Self::Dataverse => "dataverse",
+            Self::Salesforce => "salesforce",
+        }
+    }
+}
+
+impl fmt::Display for ApiService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::PartnerCenter => "Partner Center",
+            Self::Dataverse => "Dataverse",
+            Self::Salesforce => "Salesforce",
+        })
+    }
+}
+
+impl From<CrmKind> for ApiService {
+    fn from(kind: CrmKind) -> Self {
+        match kind {
+            CrmKind::Dataverse => Self::Dataverse,
+            CrmKind::Salesforce => Self::Salesforce,
+        }
+    }
+}
+
+/// One request to a service, as that service counts it ([`ApiRequest::units`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// One plain request (every port call today).
+    Plain(ApiService),
+    /// A Salesforce Composite request (`/composite`, up to 25 subrequests).
+    SalesforceComposite {
+        /// The subrequests it carries.
+        subrequests: u64,
+    },
+    /// A Dataverse `$batch` request.
+    DataverseBatch {
+        /// The requests inside it (change sets included request by request).
+        requests: u64,
+    },
+}
+
+impl ApiRequest {
+    /// The service it is sent to.
+    pub fn service(self) -> ApiService {
+        match self {
+            Self::Plain(service) => service,
+            Self::SalesforceComposite { .. } => ApiService::Salesforce,
+            Self::DataverseBatch { .. } => ApiService::Dataverse,
+        }
+    }
+
+    /// What its service charges for it: a plain request 1; a Salesforce Composite request one
+    /// API call whatever its subrequests; a Dataverse `$batch` each inner request (service
+    /// protection limits count them; an empty batch is still one request).
+    pub fn units(self) -> u64 {
+        match self {
+            Self::Plain(_) | Self::SalesforceComposite { .. } => 1,
+            Self::DataverseBatch { requests } => requests.max(1),
+        }
+    }
+}
+
+/// Calls per service, each in its service's unit ([`ApiRequest::units`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCalls {
+    /// Partner Center requests.
+    #[serde(default)]
+    pub partner_center: u64,
+    /// Dataverse requests (each request inside a `$batch`).
+    #[serde(default)]
+    pub dataverse: u64,
+    /// Salesforce API calls (a Composite request is one).
+    #[serde(default)]
+    pub salesforce: u64,
+}
+
+impl ServiceCalls {
+    /// `units` of `service`.
+    pub fn of(service: ApiService, units: u64) -> Self {
+        Self::default().with(service, units)
+    }
+
+    /// These calls and `units` more of `service`.
+    #[must_use]
+    pub fn with(mut self, service: ApiService, units: u64) -> Self {
+        let slot = match service {
+            ApiService::PartnerCenter => &mut self.partner_center,
+            ApiService::Dataverse => &mut self.dataverse,
+            ApiService::Salesforce => &mut self.salesforce,
+        };
+        *slot = slot.saturating_add(units);
+        self
+    }
+
+    /// Count one `request` in its service's unit.
+    pub fn count(&mut self, request: ApiRequest) {
+        *self = self.with(request.service(), request.units());
+    }
+
+    /// The calls of `service`.
+    pub fn get(&self, service: ApiService) -> u64 {
+        match service {
+            ApiService::PartnerCenter => self.partner_center,
+            ApiService::Dataverse => self.dataverse,
+            ApiService::Salesforce => self.salesforce,
+        }
+    }
+
+    /// Every service with its calls, in [`ApiService::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (ApiService, u64)> + '_ {
+        ApiService::ALL
+            .into_iter()
+            .map(|service| (service, self.get(service)))
+    }
+
+    /// All services together.
+    pub fn total(&self) -> u64 {
+        self.iter()
+            .fold(0, |total, (_, calls)| total.saturating_add(calls))
+    }
+
+    /// No call counted.
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
+impl Add for ServiceCalls {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        other
+            .iter()
+            .fold(self, |sum, (service, calls)| sum.with(service, calls))
+    }
+}
+
+/// The daily counter of Partner Center and CRM calls (one counter per UTC day): the total the
+/// budget admits against, and the calls made per service, each in its service's unit.
 pub trait ApiBudget: Send + Sync {
-    /// The calls counted on `day`.
+    /// The calls counted on `day` (the total, reservations included).
     fn used(&self, day: NaiveDate) -> impl Future<Output = Result<u64, PortError>> + Send;
 
-    /// Add `delta` (negative to give back a reservation) to `day`'s counter atomically;
+    /// The calls made on `day` per service. Reservations are in the total only, so the
+    /// services add up to [`used`](Self::used) once every sync has settled.
+    fn used_by_service(
+        &self,
+        day: NaiveDate,
+    ) -> impl Future<Output = Result<ServiceCalls, PortError>> + Send;
+
+    /// Add `delta` (negative to give back a reservation) to `day`'s total atomically;
     /// the new total.
     fn add(
         &self,
         day: NaiveDate,
         delta: i64,
+    ) -> impl Future<Output = Result<i64, PortError>> + Send {
+        self.record(day, delta, ServiceCalls::default())
+    }
+
+    /// Add `delta` to `day`'s total and `made` to its per-service counts, atomically in one
+    /// write; the new total.
+    fn record(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+        made: ServiceCalls,
     ) -> impl Future<Output = Result<i64, PortError>> + Send;
 }
 

@@ -1,9 +1,12 @@
 //! [`ApiBudget`] on the connector's DynamoDB table: one counter item per UTC day.
 //!
-//! Item: `pk = BUDGET#<YYYY-MM-DD>`, `sk = BUDGET`, `calls` (N), `entity = budget`, and the TTL
-//! attribute `expiration` a week after the day, so old counters go away by themselves. Counting
-//! is one `UpdateItem` with `ADD calls :n` (atomic, creates the item on first use) returning
-//! the new total; reading is a strongly consistent `GetItem`.
+//! Item: `pk = BUDGET#<YYYY-MM-DD>`, `sk = BUDGET`, `calls` (N, the total the budget admits
+//! against), per service `calls_partner_center`, `calls_dataverse`, `calls_salesforce` (N, the
+//! calls made, each in its service's unit), `entity = budget`, and the TTL attribute
+//! `expiration` a week after the day, so old counters go away by themselves. Counting is one
+//! `UpdateItem` with `ADD calls :n, calls_dataverse :d, …` (atomic, creates the item and the
+//! attributes on first use) returning the new total, so a settle stays one request; reading is
+//! a strongly consistent `GetItem`.
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use aws_sdk_dynamodb::types::ReturnValue;
 use chrono::{Days, NaiveDate};
 use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::in_memory::InMemoryApiBudget;
-use cosell_domain::ports::ApiBudget;
+use cosell_domain::ports::{ApiBudget, ApiService, ServiceCalls};
 use cosell_domain::{PortError, Service};
 
 use crate::aws::item::{get_i64, n, s};
@@ -21,8 +24,26 @@ use crate::error::{AwsAdapterError, AwsResource, SdkResultExt};
 
 /// How long a day's counter is kept after the day.
 const KEEP_DAYS: u64 = 7;
-/// The counter attribute.
+/// The counter attribute (the total).
 const CALLS: &str = "calls";
+
+/// The attribute counting `service`'s calls.
+fn service_attribute(service: ApiService) -> &'static str {
+    match service {
+        ApiService::PartnerCenter => "calls_partner_center",
+        ApiService::Dataverse => "calls_dataverse",
+        ApiService::Salesforce => "calls_salesforce",
+    }
+}
+
+/// A day's counter as read: the total and the calls per service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayCount {
+    /// The total the budget admits against (open reservations included).
+    pub total: u64,
+    /// The calls made per service.
+    pub by_service: ServiceCalls,
+}
 
 fn service() -> Service {
     Service::Other("the API budget counter".to_owned())
@@ -49,8 +70,8 @@ impl DynamoApiBudget {
         &self.table
     }
 
-    /// [`ApiBudget::used`], with the adapter's error.
-    pub async fn try_used(&self, day: NaiveDate) -> Result<u64, AwsAdapterError> {
+    /// `day`'s counter: the total and the calls per service, in one read.
+    pub async fn try_day(&self, day: NaiveDate) -> Result<DayCount, AwsAdapterError> {
         let found = self
             .client
             .get_item()
@@ -61,32 +82,70 @@ impl DynamoApiBudget {
             .send()
             .await
             .on_table(&self.table)?;
-        Ok(found
-            .item()
-            .and_then(|item| get_i64(item, CALLS))
-            .and_then(|calls| u64::try_from(calls).ok())
-            .unwrap_or_default())
+        let Some(item) = found.item() else {
+            return Ok(DayCount::default());
+        };
+        let count = |name: &str| {
+            get_i64(item, name)
+                .and_then(|calls| u64::try_from(calls).ok())
+                .unwrap_or_default()
+        };
+        Ok(DayCount {
+            total: count(CALLS),
+            by_service: ApiService::ALL
+                .into_iter()
+                .fold(ServiceCalls::default(), |made, service| {
+                    made.with(service, count(service_attribute(service)))
+                }),
+        })
+    }
+
+    /// [`ApiBudget::used`], with the adapter's error.
+    pub async fn try_used(&self, day: NaiveDate) -> Result<u64, AwsAdapterError> {
+        Ok(self.try_day(day).await?.total)
     }
 
     /// [`ApiBudget::add`], with the adapter's error.
     pub async fn try_add(&self, day: NaiveDate, delta: i64) -> Result<i64, AwsAdapterError> {
+        self.try_record(day, delta, ServiceCalls::default()).await
+    }
+
+    /// [`ApiBudget::record`], with the adapter's error: one `UpdateItem` adding `delta` to the
+    /// total and each service's calls (those not 0) to its attribute.
+    pub async fn try_record(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+        made: ServiceCalls,
+    ) -> Result<i64, AwsAdapterError> {
         let expires = day
             .checked_add_days(Days::new(KEEP_DAYS + 1))
             .and_then(|d| d.and_hms_opt(0, 0, 0))
             .map_or(i64::MAX, |at| at.and_utc().timestamp());
-        let updated = self
+        let mut adds = vec!["#calls :delta".to_owned()];
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(keys::budget_pk(day)))
             .key(SK, s(keys::BUDGET_SK))
-            .update_expression("ADD #calls :delta SET #ttl = :ttl, #entity = :entity")
             .expression_attribute_names("#calls", CALLS)
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_names("#entity", ENTITY)
             .expression_attribute_values(":delta", n(delta))
             .expression_attribute_values(":ttl", n(expires))
-            .expression_attribute_values(":entity", s("budget"))
+            .expression_attribute_values(":entity", s("budget"));
+        for (at, (service, calls)) in made.iter().filter(|(_, calls)| *calls > 0).enumerate() {
+            adds.push(format!("#s{at} :s{at}"));
+            update = update
+                .expression_attribute_names(format!("#s{at}"), service_attribute(service))
+                .expression_attribute_values(format!(":s{at}"), n(calls));
+        }
+        let updated = update
+            .update_expression(format!(
+                "ADD {} SET #ttl = :ttl, #entity = :entity",
+                adds.join(", ")
+            ))
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await
@@ -110,9 +169,22 @@ impl ApiBudget for DynamoApiBudget {
             .map_err(|e| e.into_port_error(service()))
     }
 
+    #[tracing::instrument(skip_all, fields(table = %self.table, %day))]
+    async fn used_by_service(&self, day: NaiveDate) -> Result<ServiceCalls, PortError> {
+        self.try_day(day)
+            .await
+            .map(|count| count.by_service)
+            .map_err(|e| e.into_port_error(service()))
+    }
+
     #[tracing::instrument(skip_all, fields(table = %self.table, %day, delta))]
-    async fn add(&self, day: NaiveDate, delta: i64) -> Result<i64, PortError> {
-        self.try_add(day, delta)
+    async fn record(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+        made: ServiceCalls,
+    ) -> Result<i64, PortError> {
+        self.try_record(day, delta, made)
             .await
             .map_err(|e| e.into_port_error(service()))
     }
@@ -182,10 +254,22 @@ impl ApiBudget for AnyApiBudget {
         Ok(used)
     }
 
-    async fn add(&self, day: NaiveDate, delta: i64) -> Result<i64, PortError> {
+    async fn used_by_service(&self, day: NaiveDate) -> Result<ServiceCalls, PortError> {
+        match self {
+            Self::Dynamo(budget) => budget.used_by_service(day).await,
+            Self::Memory(budget) => budget.used_by_service(day).await,
+        }
+    }
+
+    async fn record(
+        &self,
+        day: NaiveDate,
+        delta: i64,
+        made: ServiceCalls,
+    ) -> Result<i64, PortError> {
         let total = match self {
-            Self::Dynamo(budget) => budget.add(day, delta).await,
-            Self::Memory(budget) => budget.add(day, delta).await,
+            Self::Dynamo(budget) => budget.record(day, delta, made).await,
+            Self::Memory(budget) => budget.record(day, delta, made).await,
         }?;
         last_seen::record(day, total);
         Ok(total)

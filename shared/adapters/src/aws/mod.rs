@@ -21,7 +21,7 @@ pub mod sqs;
 pub mod table;
 
 pub use audit::DynamoAuditLog;
-pub use budget::{AnyApiBudget, DynamoApiBudget, Metering};
+pub use budget::{AnyApiBudget, DayCount, DynamoApiBudget, Metering};
 pub use checkpoint::DynamoCheckpointStore;
 pub use idempotency::DynamoIdempotencyStore;
 pub use links::DynamoLinkStore;

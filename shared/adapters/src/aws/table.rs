@@ -52,7 +52,7 @@
 //! | claim of a referral without a link | `REFERRAL#<referral id>` | `LINK` | | | `entity = create_lock`, `claim_until` (epoch ms, the claiming run's deadline), `expiration` (TTL); replaced by the link, read as no link |
 //! | audit entry | `REFERRAL#<id>`, else `CRM#<kind>#<id>`, else `UNATTRIBUTED` | `AUDIT#<RFC 3339 UTC, ms>#<uuid>` | `CRM#<kind>#<id>` / same as `sk` (when the CRM record is known) | | the `AuditEntry` fields: `at`, `direction`, `referral_id`, `crm`, `correlation_id`, `event` (map with `kind`) |
 //! | needs attention | the failed record's partition (as for audit entries) | `ATTENTION` | | `ATTENTION` / `<RFC 3339 UTC, ms>` | the failing `AuditEntry` fields |
-//! | daily API counter | `BUDGET#<YYYY-MM-DD>` (UTC day) | `BUDGET` | | | `calls` (N, `ADD`ed atomically), `expiration` (a week after the day) |
+//! | daily API counter | `BUDGET#<YYYY-MM-DD>` (UTC day) | `BUDGET` | | | `calls` (N, `ADD`ed atomically), `calls_partner_center` / `calls_dataverse` / `calls_salesforce` (N, in the same `ADD`), `expiration` (a week after the day) |
 //! | reconciliation checkpoint | `RECONCILE` | `CHECKPOINT` | | | `checkpoint` (the `Checkpoint` as JSON), `updated_at` |
 //!
 //! (\*) keys longer than DynamoDB's 2048-byte partition key limit are stored as

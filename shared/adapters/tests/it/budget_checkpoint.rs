@@ -7,10 +7,11 @@
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use cosell_adapters::aws::aws_sdk_dynamodb;
-use cosell_adapters::aws::{DynamoApiBudget, DynamoCheckpointStore};
+use cosell_adapters::aws::{DayCount, DynamoApiBudget, DynamoCheckpointStore};
 use cosell_adapters::provision_table;
 use cosell_domain::ports::{
-    ApiBudget, Checkpoint, CheckpointStore, ReconcileCursor, ReconcilePosition,
+    ApiBudget, ApiService, Checkpoint, CheckpointStore, ReconcileCursor, ReconcilePosition,
+    ServiceCalls,
 };
 
 async fn dynamodb() -> aws_sdk_dynamodb::Client {
@@ -72,6 +73,83 @@ async fn the_daily_counter_adds_atomically_per_utc_day_and_expires_a_week_later(
             .timestamp()
     );
     assert_eq!(item["entity"].as_s().unwrap(), "budget");
+}
+
+#[tokio::test]
+async fn a_settle_adds_the_calls_per_service_to_the_same_item_next_to_the_total() {
+    let client = dynamodb().await;
+    let name = table(&client, "budget-services").await;
+    let budget = DynamoApiBudget::new(client.clone(), &name);
+    let day = NaiveDate::from_ymd_opt(2027, 1, 15).unwrap();
+
+    assert_eq!(
+        budget.used_by_service(day).await.unwrap(),
+        ServiceCalls::default()
+    );
+    // A reservation counts in the total only.
+    assert_eq!(budget.add(day, 8).await.unwrap(), 8);
+    assert_eq!(
+        budget.used_by_service(day).await.unwrap(),
+        ServiceCalls::default()
+    );
+    // Its settle: the total moves by the difference, each service by its calls.
+    let made = ServiceCalls::of(ApiService::PartnerCenter, 3).with(ApiService::Dataverse, 7);
+    assert_eq!(budget.record(day, 2, made).await.unwrap(), 10);
+    // Concurrent settles all land: one ADD of the total and the services.
+    let settles = (0..5).map(|_| {
+        let budget = budget.clone();
+        async move {
+            budget
+                .record(day, 1, ServiceCalls::of(ApiService::Salesforce, 1))
+                .await
+        }
+    });
+    let mut totals: Vec<i64> = join_all(settles)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(totals, vec![11, 12, 13, 14, 15]);
+
+    let expected = ServiceCalls {
+        partner_center: 3,
+        dataverse: 7,
+        salesforce: 5,
+    };
+    assert_eq!(budget.used(day).await.unwrap(), 15);
+    assert_eq!(budget.used_by_service(day).await.unwrap(), expected);
+    assert_eq!(
+        budget.try_day(day).await.unwrap(),
+        DayCount {
+            total: 15,
+            by_service: expected,
+        }
+    );
+    // The same item, one attribute per service.
+    let item = client
+        .get_item()
+        .table_name(&name)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET#2027-01-15".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let item = item.item().unwrap();
+    for (attribute, calls) in [
+        ("calls", "15"),
+        ("calls_partner_center", "3"),
+        ("calls_dataverse", "7"),
+        ("calls_salesforce", "5"),
+    ] {
+        assert_eq!(item[attribute].as_n().unwrap(), calls, "{attribute}");
+    }
 }
 
 /// `join_all` without another dependency: the futures are polled concurrently by tokio.

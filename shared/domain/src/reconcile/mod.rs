@@ -588,9 +588,10 @@ pub async fn reconcile<X: ReconcilePorts>(
         Err(error) => Err(error),
     };
 
-    report.calls = partner_center.calls().saturating_add(crm.calls());
+    let made = partner_center.made() + crm.made();
+    report.calls = made.total();
     // Counting is best effort: a counter that does not answer must not repeat the run.
-    count(ports.budget, run.now, report.calls).await.ok();
+    count(ports.budget, run.now, made).await.ok();
     opportunities_done?;
     if progress.saving {
         // Also when nothing moved: `last_run` and `last_enqueued` say the run happened.

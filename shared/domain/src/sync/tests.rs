@@ -13,10 +13,12 @@
 //! | `tests/keys_and_outcomes.rs` | keys, outcomes, categories, settings |
 //! | `tests/to_pc.rs` | CRM → Partner Center |
 //! | `tests/conflicts.rs` | edits on both sides at once: the conflict policy |
+//! | `tests/budget.rs` | the calls a sync makes, settled per service against the daily API budget |
 
 mod fakes;
 mod fixtures;
 
+mod budget;
 mod conflicts;
 mod failures;
 mod keys_and_outcomes;
