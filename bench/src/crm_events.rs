@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 
 use crate::counting::{CallCounter, IoGauge, delta};
 use crate::report::{
-    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, dynamodb_check,
+    CrmRun, LoadAverage, ReferralCheck, Report, Settings, TargetCheck, calls_check, dynamodb_check,
     method_notes, own_cpu_check,
 };
 use crate::sandbox::Control;
@@ -834,6 +834,9 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
                 pc.max == 0,
             )),
         }
+        if let Some((target, measured, ok)) = calls_check("crm-events", report) {
+            checks.push(check(kind.name(), target, measured, ok));
+        }
         let (target, measured, ok) = dynamodb_check(kind.max_dynamodb_requests(), report);
         checks.push(check(kind.name(), target, measured, ok));
         let (target, measured, ok) = own_cpu_check(report);
@@ -984,8 +987,8 @@ mod tests {
 
     fn good_kinds() -> Vec<KindReport> {
         vec![
-            KindReport::summarize("new", 1, &[sample("created", (0, 1), (3, 1), 0)]),
-            KindReport::summarize("updated", 1, &[sample("updated", (1, 1), (3, 1), 0)]),
+            KindReport::summarize("new", 1, &[sample("created", (0, 1), (1, 1), 0)]),
+            KindReport::summarize("updated", 1, &[sample("updated", (0, 1), (1, 0), 0)]),
             KindReport::summarize(
                 "duplicate",
                 1,
@@ -1005,11 +1008,13 @@ mod tests {
         };
         let checks = evaluate(&run_with(good_kinds(), all));
         assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-        // outcomes × 4, new × 2, updated, duplicate, echo, DynamoDB × 4, own CPU × 4, referrals
-        assert_eq!(checks.len(), 18);
+        // outcomes × 4, new × 2, updated, duplicate, echo, calls ÷ unavoidable × 4, DynamoDB × 4,
+        // own CPU × 4, referrals
+        assert_eq!(checks.len(), 22);
 
         let mut kinds = good_kinds();
-        kinds[1] = KindReport::summarize("updated", 1, &[sample("updated", (1, 2), (3, 1), 0)]);
+        // Two PATCHes, and a referral read before them: over 1.00.
+        kinds[1] = KindReport::summarize("updated", 1, &[sample("updated", (1, 2), (1, 0), 0)]);
         kinds[3] = KindReport::summarize("echo", 1, &[sample("echo_skipped", (1, 0), (0, 0), 0)]);
         let doubled = ReferralCheck {
             more_than_one: 1,
@@ -1021,6 +1026,6 @@ mod tests {
             .filter(|c| !c.ok)
             .map(|c| c.kind)
             .collect();
-        assert_eq!(failed, ["updated", "echo", "all"]);
+        assert_eq!(failed, ["updated", "updated", "echo", "echo", "all"]);
     }
 }

@@ -732,11 +732,15 @@ async fn create<X: Ports>(
     let mut link = sync.link_after(referral_id, &created, created.etag(), false, journal.now());
     // The referral was made from the opportunity: the merge's base is what was sent, the
     // record's values. Where Partner Center stored something else, that is Partner Center's
-    // change and goes to the CRM by the next sync, as any other (it starts a deal the partner
-    // creates Active/Accepted whatever stage was sent, docs/partner-center.md#referral-status-rules:
-    // a record at the on-hold stage then moves to the active one, no conflict). A referral
-    // adopted from an earlier attempt was sent older values, and either side may have changed
-    // since: only what both hold alike is agreed, the rest goes to its owner, audited.
+    // change, as any other. Its stage is written with the write-back below: Partner Center
+    // starts a deal the partner creates Active/Accepted whatever stage was sent
+    // (docs/partner-center.md#referral-status-rules), so a record at the on-hold stage moves to
+    // the active one at once, in the write the create makes anyway; the next sync finds both
+    // sides at that stage, agreed (or, should the write-back fail, merges it as Partner
+    // Center's change). A referral adopted from an earlier attempt was sent older values, and
+    // either side may have changed since: only what both hold alike is agreed, the rest goes
+    // to its owner, audited.
+    let mut started = Opportunity::default();
     if adopted {
         link.synced_fields = agreed_fields(
             &link.synced_fields,
@@ -748,10 +752,20 @@ async fn create<X: Ports>(
         link.last_fingerprint_to_pc = None;
     } else {
         link.synced_fields = field_hashes(sync.opportunity());
+        let stored = referral_to_opportunity(&created, deps.mapping);
+        if SharedField::Stage.is_set(&stored)
+            && SharedField::Stage.hash(&stored) != SharedField::Stage.hash(sync.opportunity())
+        {
+            SharedField::Stage.copy(&stored, &mut started);
+            // The record after the write-back: its own notification has nothing new.
+            let mut after = sync.opportunity().clone();
+            SharedField::Stage.copy(&stored, &mut after);
+            link.last_fingerprint_to_pc = Some(after.fingerprint());
+        }
     }
     let saved = deps.links.put(&link).await;
     let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
-    write_back(deps, record, referral_id, &text)
+    write_values(deps, record, referral_id, &started, &text, None)
         .await
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::WrittenBack, Some(record)).await;

@@ -390,7 +390,18 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
         Some(ReferralStatus::Active),
         "a deal the partner creates starts accepted"
     );
+    assert_eq!(
+        world.crm.stored(&record).opportunity.stage,
+        Some(OpportunityStage::Active),
+        "Partner Center's start reaches the record with the create's write-back"
+    );
+    assert_eq!(
+        world.crm.calls.get("upsert_opportunity"),
+        1,
+        "that one write"
+    );
     world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
+    let crm_writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
 
     let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
 
@@ -406,6 +417,11 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
     assert_eq!(
         world.crm.stored(&record).opportunity.stage,
         Some(OpportunityStage::Active)
+    );
+    assert_eq!(
+        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        crm_writes,
+        "the stage is agreed: nothing more for the CRM"
     );
     // Both sides now agree: the next update is no conflict either.
     world.crm_edit(&record, |o| o.notes = Some("Phase 2".into()));
