@@ -27,8 +27,11 @@
 //!    first delivery) and adopts it instead of creating a second one. A deal asking for
 //!    Microsoft's help is `Shared`: Microsoft is invited to its engagement with a second
 //!    referral, once ([`Link::microsoft_invited`]).
-//! 6. **A referral** → `GET` it (404 → `NeedsAttention`: the record names a referral Partner
-//!    Center does not know), merge the shared fields with it (docs/conflicts.md#the-policy:
+//! 6. **A referral** → plan against the referral the link keeps (its last read or PATCH
+//!    answer) and `PATCH` with `If-Match` on its eTag, no read; anything the kept referral
+//!    cannot tell, or a 412, takes the read path ([`update_as_seen`]): `GET` it (404 →
+//!    `NeedsAttention`: the record names a referral Partner Center does not know), merge the
+//!    shared fields with it (docs/conflicts.md#the-policy:
 //!    what Partner Center changed is kept and written to the CRM with the Audit text, a field
 //!    both changed goes to its owner and is audited), then `PATCH` only the update fields that
 //!    differ ([`referral_patch`]) with `If-Match` (a 412 is retried with the record read again:
@@ -36,7 +39,8 @@
 //!    the last sync is read again first (docs/conflicts.md#late-crm-webhooks). A close
 //!    as won or lost is sent only when the CRM stage moved since the last sync
 //!    ([`Link::last_stage_to_pc`]); a referral in a terminal state is never changed
-//!    (`NeedsAttention`, the Audit field says why). Nothing differs → `UnchangedSkipped`.
+//!    (`NeedsAttention`, the Audit field says why). Nothing differs → `UnchangedSkipped`. The
+//!    Audit field is not rewritten while it says the record is in sync ([`shows_in_sync`]).
 //!
 //! Transient failures are retried through a [`RetryJob`] of source Dataverse / Salesforce whose
 //! payload names the record only (no contact data): the retry re-reads the record.
