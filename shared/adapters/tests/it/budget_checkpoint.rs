@@ -24,6 +24,25 @@ async fn table(client: &aws_sdk_dynamodb::Client, what: &str) -> String {
     name
 }
 
+/// The counter item of 2027-01-15, as stored.
+async fn day_item(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    let key = |value: &str| aws_sdk_dynamodb::types::AttributeValue::S(value.into());
+    client
+        .get_item()
+        .table_name(name)
+        .key("pk", key("BUDGET#2027-01-15"))
+        .key("sk", key("BUDGET"))
+        .send()
+        .await
+        .unwrap()
+        .item()
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test]
 async fn the_daily_counter_adds_atomically_per_utc_day_and_expires_a_week_later() {
     let client = dynamodb().await;
@@ -50,21 +69,7 @@ async fn the_daily_counter_adds_atomically_per_utc_day_and_expires_a_week_later(
     assert_eq!(budget.add(next, 5).await.unwrap(), 5);
     assert_eq!(budget.used(day).await.unwrap(), 22);
 
-    let item = client
-        .get_item()
-        .table_name(&name)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET#2027-01-15".into()),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET".into()),
-        )
-        .send()
-        .await
-        .unwrap();
-    let item = item.item().unwrap();
+    let item = day_item(&client, &name).await;
     let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
     assert_eq!(
         expiration,
@@ -127,21 +132,7 @@ async fn a_settle_adds_the_calls_per_service_to_the_same_item_next_to_the_total(
         }
     );
     // The same item, one attribute per service.
-    let item = client
-        .get_item()
-        .table_name(&name)
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET#2027-01-15".into()),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("BUDGET".into()),
-        )
-        .send()
-        .await
-        .unwrap();
-    let item = item.item().unwrap();
+    let item = day_item(&client, &name).await;
     for (attribute, calls) in [
         ("calls", "15"),
         ("calls_partner_center", "3"),
