@@ -686,6 +686,14 @@ impl SimCrm {
         std::mem::take(&mut lock(&self.state).events)
     }
 
+    /// The row version of `id` as the write's representation answers it.
+    fn version_of(&self, state: &CrmState, id: &CrmRecordId) -> Option<String> {
+        state
+            .opportunities
+            .get(id)
+            .map(|stored| row_version(stored.version))
+    }
+
     pub(crate) fn upsert_now(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         self.hit();
         let mut state = lock(&self.state);
@@ -715,7 +723,12 @@ impl SimCrm {
                 },
             );
             self.saved(&mut state, &id, CONNECTOR_USER);
-            return Ok(Upserted { id, created: true });
+            let version = self.version_of(&state, &id);
+            return Ok(Upserted {
+                id,
+                created: true,
+                version,
+            });
         };
         if let (Some(expected), Some(stored)) = (write.if_match, state.opportunities.get(&id))
             && expected != "*"
@@ -746,7 +759,12 @@ impl SimCrm {
             }
         }
         self.saved(&mut state, &id, CONNECTOR_USER);
-        Ok(Upserted { id, created: false })
+        let version = self.version_of(&state, &id);
+        Ok(Upserted {
+            id,
+            created: false,
+            version,
+        })
     }
 
     pub(crate) fn create_account_now(&self, account: &Account) -> Result<CrmRecordId, PortError> {

@@ -714,6 +714,7 @@ mod tests {
         let links = InMemoryLinkStore::new();
         let link = Link {
             last_referral: None,
+            crm_seen: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),

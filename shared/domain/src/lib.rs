@@ -66,10 +66,10 @@ pub use opportunity::{
     RecordRef,
 };
 pub use ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
-    IdempotencyRecord, IdempotencyState, IdempotencyStatus, IdempotencyStore, KeyAfter, Link,
-    LinkStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob,
-    RetryQueue, RetrySource, Service, SyncDirection, Upserted,
+    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmSeen, CrmStore,
+    IdempotencyKey, IdempotencyRecord, IdempotencyState, IdempotencyStatus, IdempotencyStore,
+    KeyAfter, Link, LinkStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports,
+    ReferralQuery, RetryJob, RetryQueue, RetrySource, Service, SyncDirection, Upserted,
 };
 pub use referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 pub use status::TransitionError;

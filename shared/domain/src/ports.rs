@@ -324,6 +324,11 @@ pub struct Upserted {
     pub id: CrmRecordId,
     /// Whether it was created (rather than updated).
     pub created: bool,
+    /// The record's version right after this write, when the answer gives it (Dataverse: the
+    /// row's `@odata.etag`, asked for with `Prefer: return=representation`); `None` when the
+    /// CRM has no conditional update (Salesforce). Kept in [`Link::crm_seen`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// One CRM (implemented once for Dataverse, once for Salesforce).
@@ -974,6 +979,44 @@ pub struct Link {
     /// (docs/conflicts.md#what-it-costs). See [`Link::referral_text`], [`Link::referral_seen`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_referral: Option<String>,
+    /// The CRM record as this connector's last write left it: its version and the hashes of
+    /// its shared fields. A Partner Center change is planned against it instead of reading the
+    /// record, but only while those hashes are the merge's base (the CRM changed nothing since
+    /// the sides agreed); the write is conditional on that version, so a record saved since
+    /// answers 412 and the change takes the read path (docs/conflicts.md#what-it-costs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crm_seen: Option<CrmSeen>,
+}
+
+/// The CRM record right after a write of this connector ([`Link::crm_seen`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrmSeen {
+    /// Its version then ([`Upserted::version`]).
+    pub version: String,
+    /// Per shared field, the hash of the value it then held (as [`Link::synced_fields`]).
+    pub fields: BTreeMap<String, String>,
+}
+
+impl CrmSeen {
+    /// The record as seen at `version`, when the CRM reports versions.
+    pub fn at(version: Option<String>, crm: &crate::opportunity::Opportunity) -> Option<Self> {
+        version.map(|version| Self {
+            version,
+            fields: crate::sync::field_hashes(crm),
+        })
+    }
+
+    /// Its version, when the record then held, in every shared field, the value both sides
+    /// agreed on: a change planned against it needs no read of the record.
+    pub fn agreeing_version(&self, base: &BTreeMap<String, String>) -> Option<&str> {
+        let agrees = crate::sync::SharedField::ALL.iter().all(|field| {
+            let name = field.name();
+            base.get(name).is_some_and(|hash| {
+                hash != crate::sync::NOT_AGREED && self.fields.get(name) == Some(hash)
+            })
+        });
+        agrees.then_some(self.version.as_str())
+    }
 }
 
 impl Link {
@@ -1606,6 +1649,7 @@ mod tests {
     fn links_recognise_echoes_and_stale_reads() {
         let link = Link {
             last_referral: None,
+            crm_seen: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("dataverse:6d81597f-0f9f-e711-8122-000d3aa2331c").unwrap(),
@@ -1694,6 +1738,7 @@ mod tests {
         let store = MemoryLinks::default();
         let link = Link {
             last_referral: None,
+            crm_seen: None,
             version: 0,
             referral_id: ReferralId::try_from("4111fffc-f9ee-4d53-bba6-569135228642").unwrap(),
             crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),

@@ -28,7 +28,8 @@
 //! `Prefer: return=representation` and `$select=<primary key>`, so the answer says whether it
 //! was created (201) or updated (200) and carries the id. The key column is left out of the
 //! body (docs/dataverse.md#update-and-upsert-by-alternate-key: "don't repeat key values in the
-//! body"). With a record id the row is patched by its id with `If-Match: *` (update only: a missing
+//! body"). With a record id the row is patched by its id (`Prefer: return=representation`, `$select`
+//! of the primary key, so the answer carries the row's new `@odata.etag`) with `If-Match: *` (update only: a missing
 //! row is [`PortError::NotFound`], never a new row), or with the row version the sync read
 //! ([`OpportunityWrite::if_match`], the `@odata.etag` of `get_opportunity`; a save made since is
 //! [`PortError::PreconditionFailed`], docs/conflicts.md#what-it-costs), and the referral id is
@@ -55,7 +56,7 @@ use cosell_domain::ports::{
     Service, Upserted,
 };
 use cosell_domain::values::CurrencyCode;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -77,6 +78,8 @@ const CREATED_ON_COLUMN: &str = "createdon";
 const PREFER_FORMATTED_VALUES: &str =
     "odata.include-annotations=\"OData.Community.Display.V1.FormattedValue\"";
 const PREFER_REPRESENTATION: &str = "return=representation";
+/// The annotation carrying a row's version in a Web API answer.
+const ODATA_ETAG: &str = "@odata.etag";
 
 /// Settings of a [`DataverseStore`].
 #[derive(Debug, Clone)]
@@ -316,22 +319,35 @@ impl DataverseStore {
     }
 
     /// The id of the row a create or upsert wrote: the `pk` member of the representation, or
-    /// the `OData-EntityId` header of a 204.
-    async fn written_id(
+    /// the `OData-EntityId` header of a 204; with the row's version after the write, when the
+    /// answer gives it (the representation's `@odata.etag`, else an `ETag` header).
+    async fn written(
         ctx: &RequestContext,
         response: reqwest::Response,
         pk: &str,
-    ) -> Result<DataverseId, HttpAdapterError> {
+    ) -> Result<(DataverseId, Option<String>), HttpAdapterError> {
         let header = entity_id_header(response.headers());
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         if response.status() == StatusCode::NO_CONTENT {
-            return header.ok_or_else(|| {
+            let id = header.ok_or_else(|| {
                 HttpAdapterError::decode(ctx, "a 204 answer without an OData-EntityId header")
-            });
+            })?;
+            return Ok((id, etag));
         }
         let row: Map<String, Value> = read_json(ctx, response).await?;
-        guid(&row, pk).or(header).ok_or_else(|| {
+        let version = row
+            .get(ODATA_ETAG)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or(etag);
+        let id = guid(&row, pk).or(header).ok_or_else(|| {
             HttpAdapterError::decode(ctx, format!("the answer carries no {pk} GUID"))
-        })
+        })?;
+        Ok((id, version))
     }
 
     /// The first row of `set` matching `filter`, oldest first; its primary key.
@@ -373,7 +389,7 @@ impl DataverseStore {
                 &[("prefer", PREFER_REPRESENTATION)],
             )
             .await?;
-        Ok(Self::written_id(ctx, response, pk).await?)
+        Ok(Self::written(ctx, response, pk).await?.0)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -701,20 +717,27 @@ impl CrmStore for DataverseStore {
                 body.insert(f.referral_identifier.clone(), Value::String(referral));
                 let ctx =
                     Self::ctx("update an opportunity").with_resource(format!("{} {id}", f.entity));
-                let url = self.url(&format!("{}({id})", f.entity_set), &[])?;
+                // The representation carries the row's new version (Link::crm_seen).
+                let url = self.url(
+                    &format!("{}({id})", f.entity_set),
+                    &[("$select", f.id.clone())],
+                )?;
                 // The version the sync read, so a save made since is not overwritten (412).
                 let if_match = write.if_match.unwrap_or("*");
-                self.send(
-                    &ctx,
-                    Method::PATCH,
-                    url,
-                    Some(&body),
-                    &[("if-match", if_match)],
-                )
-                .await?;
+                let response = self
+                    .send(
+                        &ctx,
+                        Method::PATCH,
+                        url,
+                        Some(&body),
+                        &[("if-match", if_match), ("prefer", PREFER_REPRESENTATION)],
+                    )
+                    .await?;
+                let (_, version) = Self::written(&ctx, response, &f.id).await?;
                 Ok(Upserted {
                     id: CrmRecordId::Dataverse(id),
                     created: false,
+                    version,
                 })
             }
             None => {
@@ -747,10 +770,11 @@ impl CrmStore for DataverseStore {
                         false
                     }
                 };
-                let id = Self::written_id(&ctx, response, &f.id).await?;
+                let (id, version) = Self::written(&ctx, response, &f.id).await?;
                 Ok(Upserted {
                     id: CrmRecordId::Dataverse(id),
                     created,
+                    version,
                 })
             }
         }

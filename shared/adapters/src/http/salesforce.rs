@@ -673,6 +673,7 @@ impl CrmStore for SalesforceStore {
                 Ok(Upserted {
                     id: CrmRecordId::Salesforce(id),
                     created: false,
+                    version: None,
                 })
             }
             None => {
@@ -716,6 +717,7 @@ impl CrmStore for SalesforceStore {
                 Ok(Upserted {
                     id: CrmRecordId::Salesforce(id),
                     created: saved.created.unwrap_or(status == StatusCode::CREATED),
+                    version: None,
                 })
             }
         }

@@ -220,11 +220,9 @@ async fn update_the_same_record<C: CrmStore>(
         .await
         .unwrap();
     assert_eq!(
-        second,
-        Upserted {
-            id: first.id.clone(),
-            created: false
-        }
+        (&second.id, second.created),
+        (&first.id, false),
+        "the same record, updated"
     );
 }
 
@@ -562,18 +560,16 @@ async fn dataverse_update_by_record_id_sets_the_referral_and_never_creates() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        upserted,
-        Upserted {
-            id: record.clone(),
-            created: false
-        }
-    );
+    assert_eq!((&upserted.id, upserted.created), (&record, false));
     let calls = h.calls("dataverse").await;
     assert_eq!(
         calls.last().unwrap(),
-        &format!("PATCH /api/data/v9.2/opportunities({seeded})")
+        &format!("PATCH /api/data/v9.2/opportunities({seeded})?$select=opportunityid")
     );
+    // The answer's version is the row's version after the write, as a read reports it.
+    let read = dv.get_opportunity(&record).await.unwrap();
+    assert!(upserted.version.is_some());
+    assert_eq!(upserted.version, read.version);
     let row = h.dataverse_row("opportunities", &record).await;
     assert_eq!(
         row["msft_microsoftpartnercenterreferralidentifier"],
@@ -987,7 +983,8 @@ async fn salesforce_update_by_record_id_sets_the_referral_and_never_creates() {
         upserted,
         Upserted {
             id: record.clone(),
-            created: false
+            created: false,
+            version: None,
         }
     );
     assert_eq!(

@@ -288,6 +288,14 @@ async fn links_are_found_by_referral_and_by_crm_record() {
             r#"{"id":"4111fffc-7f33-4a1c-9f1a-000000000001","eTag":"\"2500ec5a-0000-0000-0000-5bf4967d0000\"","details":{"dealValue":12345.67}}"#
                 .to_owned(),
         ),
+        // The CRM record as the last write left it: its version and its shared fields' hashes.
+        crm_seen: Some(cosell_domain::CrmSeen {
+            version: "W/\"1234567\"".to_owned(),
+            fields: std::collections::BTreeMap::from([(
+                "notes".to_owned(),
+                "0123456789abcdef".to_owned(),
+            )]),
+        }),
     };
 
     assert_eq!(
@@ -345,6 +353,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
     let now = Utc::now();
     let link = Link {
         last_referral: None,
+        crm_seen: None,
         referral_id: referral(REFERRAL_A),
         crm: crm(DATAVERSE_A),
         last_referral_etag: None,
@@ -433,6 +442,7 @@ async fn a_link_changed_since_it_was_read_is_not_overwritten() {
 fn new_link(referral_id: &str, crm_id: &str, now: DateTime<Utc>) -> Link {
     Link {
         last_referral: None,
+        crm_seen: None,
         referral_id: referral(referral_id),
         crm: crm(crm_id),
         last_referral_etag: None,

@@ -32,8 +32,8 @@ mod to_pc;
 pub(crate) use deps::later;
 pub use deps::{Delivery, Deps, ReferralCategory, ReferralScope, SyncSettings};
 pub use merge::{
-    CONFLICT_POLICY, FieldConflict, Merge, Resolution, SharedField, Side, agreed_fields,
-    conflict_text, field_hashes,
+    CONFLICT_POLICY, FieldConflict, Merge, NOT_AGREED, Resolution, SharedField, Side,
+    agreed_fields, conflict_text, field_hashes,
 };
 pub use outcome::{Handled, Outcome, RetryPolicy, SyncError};
 pub use retry::run_retry_job;

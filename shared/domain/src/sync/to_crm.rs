@@ -16,7 +16,9 @@
 //! 5. A new opportunity gets its customer account (matched by name and postal code) and contact
 //!    (matched by email) found or created first; then the opportunity is upserted. A linked one
 //!    is merged field by field first (docs/conflicts.md#the-policy): when Partner Center changed
-//!    a shared field since the last sync the record is read once, only the fields Partner Center
+//!    a shared field since the last sync the record is read once (not when the link's
+//!    [`Link::crm_seen`] shows the CRM changed none since: then the write is conditional on that
+//!    version, and a 412 plans again with the read), only the fields Partner Center
 //!    changed (or won) are written, the fields the CRM changed (or won) go to Partner Center in
 //!    the step 6 patch, and a field both changed goes to its owner and is audited.
 //! 6. The CRM id is written back into the referral's `externalReferenceId` (JSON Patch with
@@ -37,7 +39,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::deps::{Delivery, Deps};
-use super::merge::{FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text};
+use super::merge::{
+    FieldConflict, Merge, SharedField, Side, agreed_fields, conflict_text, field_hashes,
+};
 use super::outcome::{Handled, Outcome, SyncError};
 use super::runner::{
     CREATE_LOCK_RETRY_AFTER, Failure, Journal, Problem, Run, attempt_key, exactly_once, finish,
@@ -49,8 +53,8 @@ use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEvent, Claim, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite, PartnerCenter,
-    Patched, PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
+    AuditEvent, Claim, CrmSeen, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
+    PartnerCenter, Patched, PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::status::ReferralStatus;
@@ -453,74 +457,81 @@ async fn sync_found<X: Ports>(
             // `locate` answers a record with its values.
             (Some(_), None, None) => Counterpart::New,
         };
-        let plan = plan_update(
-            deps,
-            counterpart,
-            &referral,
-            &opportunity,
-            read_first.as_deref(),
-        )
-        .await?;
-        let plan = match plan {
-            Planned::Plan(plan) => *plan,
-            Planned::Reread(fresh, read) => {
-                let claimant = Claimant {
-                    claimed,
-                    first,
-                    read_first: Some(read),
-                };
-                return Box::pin(sync_found(
-                    deps,
-                    journal,
-                    event_name,
-                    referral_id,
-                    *fresh,
-                    link.clone(),
-                    claimant,
-                ))
-                .await;
+        // Planned against the record as the link saw it when that needs no read; a record
+        // saved since answers 412 and the sync plans again, reading it (one wasted write).
+        let mut as_seen = true;
+        let (plan, upserted) = loop {
+            let planned = plan_update(
+                deps,
+                counterpart,
+                &referral,
+                &opportunity,
+                read_first.as_deref(),
+                as_seen,
+            )
+            .await?;
+            let plan = match planned {
+                Planned::Plan(plan) => *plan,
+                Planned::Reread(fresh, read) => {
+                    let claimant = Claimant {
+                        claimed,
+                        first,
+                        read_first: Some(read),
+                    };
+                    return Box::pin(sync_found(
+                        deps,
+                        journal,
+                        event_name,
+                        referral_id,
+                        *fresh,
+                        link.clone(),
+                        claimant,
+                    ))
+                    .await;
+                }
+            };
+            let expected = if record.is_some() {
+                AuditEvent::Updated
+            } else {
+                AuditEvent::Created
+            };
+            let mut audit_text = journal.entry(expected, record.as_ref()).crm_text();
+            let conflicts = plan.conflicts();
+            if !conflicts.is_empty() {
+                audit_text.push_str(". ");
+                audit_text.push_str(&conflict_text(&conflicts));
+                // Audited durably before the write that resolves it: should this run crash
+                // after it, the retry finds both sides equal and no conflict left to record (a
+                // failed write is retried and may record it twice).
+                journal
+                    .record(
+                        AuditEvent::ConflictResolved { fields: conflicts },
+                        record.as_ref(),
+                    )
+                    .await;
+                journal
+                    .flush()
+                    .await
+                    .map_err(Failure::port(record.as_ref()))?;
+            }
+            let write = OpportunityWrite {
+                referral_id: &referral_id,
+                record: record.as_ref(),
+                opportunity: &plan.to_crm,
+                account: account.as_ref(),
+                contact: contact.as_ref(),
+                audit: Some(&audit_text),
+                scope,
+                // Not over a save made since the merge's read: a 412 retries, merging again.
+                if_match: plan.crm_version.as_deref(),
+            };
+            match deps.crm.upsert_opportunity(&write).await {
+                Err(PortError::PreconditionFailed { .. }) if plan.seen.is_some() => {
+                    as_seen = false;
+                }
+                written => break (plan, written.map_err(Failure::port(record.as_ref()))?),
             }
         };
-        let expected = if record.is_some() {
-            AuditEvent::Updated
-        } else {
-            AuditEvent::Created
-        };
-        let mut audit_text = journal.entry(expected, record.as_ref()).crm_text();
-        let conflicts = plan.conflicts();
-        if !conflicts.is_empty() {
-            audit_text.push_str(". ");
-            audit_text.push_str(&conflict_text(&conflicts));
-            // Audited durably before the write that resolves it: should this run crash after
-            // it, the retry finds both sides equal and no conflict left to record (a failed
-            // write is retried and may record it twice).
-            journal
-                .record(
-                    AuditEvent::ConflictResolved { fields: conflicts },
-                    record.as_ref(),
-                )
-                .await;
-            journal
-                .flush()
-                .await
-                .map_err(Failure::port(record.as_ref()))?;
-        }
-        let write = OpportunityWrite {
-            referral_id: &referral_id,
-            record: record.as_ref(),
-            opportunity: &plan.to_crm,
-            account: account.as_ref(),
-            contact: contact.as_ref(),
-            audit: Some(&audit_text),
-            scope,
-            // Not over a save made since the merge's read: a 412 retries, merging again.
-            if_match: plan.crm_version.as_deref(),
-        };
-        let upserted = deps
-            .crm
-            .upsert_opportunity(&write)
-            .await
-            .map_err(Failure::port(record.as_ref()))?;
         let crm = upserted.id;
         let (event, outcome) = if upserted.created {
             (AuditEvent::Created, Outcome::Created { crm: crm.clone() })
@@ -552,6 +563,7 @@ async fn sync_found<X: Ports>(
             updated_at: journal.now(),
             synced_fields: plan.base_after(&old_base, false),
             last_referral: None,
+            crm_seen: plan.crm_after(upserted.version),
         };
         let written_back = write_back(
             deps,
@@ -634,6 +646,9 @@ struct Plan {
     merge: Option<Merge>,
     /// The version of the CRM record the merge read, when the CRM reports one.
     crm_version: Option<String>,
+    /// The shared fields' hashes of the CRM record as the link saw it ([`Link::crm_seen`]),
+    /// when the plan was made against them instead of a read.
+    seen: Option<BTreeMap<String, String>>,
 }
 
 impl Plan {
@@ -653,6 +668,23 @@ impl Plan {
             }
         }
         after
+    }
+
+    /// The CRM record after `to_crm` is written, at `version` (the write's answer): what the
+    /// link keeps of it ([`Link::crm_seen`]). `None` when the CRM reports no versions, or when
+    /// the record's values before the write are unknown (neither read nor seen).
+    fn crm_after(&self, version: Option<String>) -> Option<CrmSeen> {
+        let mut fields = match (&self.crm, &self.seen) {
+            (Some(crm), _) => field_hashes(crm),
+            (None, Some(seen)) => seen.clone(),
+            (None, None) => return None,
+        };
+        for field in SharedField::ALL {
+            if field.is_set(&self.to_crm) {
+                fields.insert(field.name().to_owned(), field.hash(&self.to_crm));
+            }
+        }
+        version.map(|version| CrmSeen { version, fields })
     }
 
     /// [`Link::synced_fields`] after this sync (`patched`: whether `to_pc` reached Partner
@@ -716,6 +748,7 @@ async fn plan_update<X: Ports>(
     referral: &Referral,
     opportunity: &Opportunity,
     read_first: Option<&CrmOpportunity>,
+    as_seen: bool,
 ) -> Result<Planned, Failure> {
     let mut plan = Plan {
         to_crm: opportunity.clone(),
@@ -725,6 +758,7 @@ async fn plan_update<X: Ports>(
         patched: Vec::new(),
         merge: None,
         crm_version: None,
+        seen: None,
     };
     let (crm, merge) = match counterpart {
         Counterpart::New => return Ok(Planned::Plan(Box::new(plan))),
@@ -739,6 +773,26 @@ async fn plan_update<X: Ports>(
                 for field in SharedField::ALL {
                     field.clear(&mut plan.to_crm);
                 }
+                return Ok(Planned::Plan(Box::new(plan)));
+            }
+            // The record as this connector's last write left it, holding what both sides
+            // agreed on: only Partner Center changed, so its changes go to the CRM unread,
+            // conditional on that version (docs/conflicts.md#what-it-costs).
+            let seen = link
+                .crm_seen
+                .as_ref()
+                .filter(|_| as_seen && read_first.is_none());
+            if let Some((seen, version)) = seen.and_then(|seen| {
+                seen.agreeing_version(&link.synced_fields)
+                    .map(|version| (seen, version))
+            }) {
+                for field in SharedField::ALL {
+                    if link.synced_fields.get(field.name()) == Some(&field.hash(opportunity)) {
+                        field.clear(&mut plan.to_crm);
+                    }
+                }
+                plan.crm_version = Some(version.to_owned());
+                plan.seen = Some(seen.fields.clone());
                 return Ok(Planned::Plan(Box::new(plan)));
             }
             let read = match read_first {

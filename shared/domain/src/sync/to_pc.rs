@@ -74,8 +74,9 @@ use crate::mapping::{
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEntry, AuditEvent, AuditLog, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
-    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetrySource, SyncDirection,
+    AuditEntry, AuditEvent, AuditLog, CrmSeen, CrmStore, IdempotencyKey, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob,
+    RetrySource, SyncDirection,
 };
 use crate::referral::{PatchOp, Referral, ReferralType};
 use crate::status::TransitionError;
@@ -679,6 +680,9 @@ impl Outbound<'_> {
                 .then(|| Link::referral_text(referral))
                 .flatten(),
             last_referral_etag: etag,
+            // The record as this sync read it: a later Partner Center change is planned
+            // against it while it is unchanged (a 412 otherwise).
+            crm_seen: CrmSeen::at(self.version.map(str::to_owned), self.opportunity()),
         }
     }
 }

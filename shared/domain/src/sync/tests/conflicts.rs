@@ -23,7 +23,10 @@ fn accepted_deal(world: &World) -> (ReferralId, CrmRecordId) {
 /// A seller's edit in the CRM (its webhook not delivered yet).
 fn seller_edits(world: &World, record: &CrmRecordId, change: impl FnOnce(&mut Opportunity)) {
     let mut state = lock(&world.crm.state);
-    change(&mut state.opportunities.get_mut(record).unwrap().opportunity);
+    let stored = state.opportunities.get_mut(record).unwrap();
+    change(&mut stored.opportunity);
+    // A save is a new row version.
+    stored.version += 1;
 }
 
 /// A Microsoft user's edit in Partner Center; its `referral-updated` webhook.

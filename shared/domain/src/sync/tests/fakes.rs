@@ -461,7 +461,11 @@ impl FakeCrm {
                     taxonomy: TaxonomyValues::default(),
                 },
             );
-            return Ok(Upserted { id, created: true });
+            return Ok(Upserted {
+                id,
+                created: true,
+                version: Some("1".to_owned()),
+            });
         };
         let stored = state.opportunities.get_mut(&id).unwrap();
         // `If-Match` with a version the row has moved past: Dataverse answers 412.
@@ -491,7 +495,12 @@ impl FakeCrm {
         if let Some(audit) = write.audit {
             stored.audit = Some(audit.to_owned());
         }
-        Ok(Upserted { id, created: false })
+        let version = Some(stored.version.to_string());
+        Ok(Upserted {
+            id,
+            created: false,
+            version,
+        })
     }
 
     pub(super) fn read(&self, id: &CrmRecordId, stored: &Stored) -> CrmOpportunity {

@@ -139,6 +139,7 @@ fn a_link_to_another_crm_needs_attention() {
     let id = world.pc.insert(co_sell_referral());
     world.links.insert(Link {
         last_referral: None,
+        crm_seen: None,
         version: 0,
         referral_id: id,
         crm: CrmRecordId::try_from("salesforce:006000000000001").unwrap(),

@@ -250,15 +250,15 @@ fn a_real_update_in_partner_center_updates_the_opportunity_once() {
         before["upsert_opportunity"] + 1
     );
     assert_eq!(
-        after["get_opportunity"],
-        before.get("get_opportunity").copied().unwrap_or(0) + 1,
-        "the shared fields changed: the record is read once to merge them \
-         (docs/conflicts.md#the-policy)"
+        after.get("get_opportunity"),
+        before.get("get_opportunity"),
+        "the record is as the create left it (Link::crm_seen): planned unread, written with \
+         If-Match on that version (docs/conflicts.md#what-it-costs)"
     );
     assert_eq!(
         world.crm_calls(),
-        before.values().sum::<usize>() + 2,
-        "one read, one CRM write, no look-ups"
+        before.values().sum::<usize>() + 1,
+        "one CRM write, no read, no look-ups"
     );
     assert_eq!(world.crm.opportunities().len(), 1);
     assert_eq!(
@@ -271,6 +271,54 @@ fn a_real_update_in_partner_center_updates_the_opportunity_once() {
     assert_eq!(
         link.last_fingerprint_to_crm,
         Some(referral_to_opportunity_fingerprint(&world, id))
+    );
+    // The link keeps the record as this write left it, agreeing with the new base.
+    let seen = link.crm_seen.as_ref().expect("the write's version is kept");
+    assert_eq!(seen.version, stored.version.to_string());
+    assert_eq!(
+        seen.agreeing_version(&link.synced_fields),
+        Some(seen.version.as_str())
+    );
+}
+
+#[test]
+fn a_record_saved_since_the_link_saw_it_is_read_after_the_412_and_merged() {
+    let world = World::new();
+    let (id, crm, _) = world.synced_referral();
+    // A seller's save the link has not seen: another field, a new row version.
+    {
+        let mut state = lock(&world.crm.state);
+        let stored = state.opportunities.get_mut(&crm).unwrap();
+        stored.opportunity.closing_date = chrono::NaiveDate::from_ymd_opt(2027, 3, 31);
+        stored.version += 1;
+    }
+    let changed = world.pc.edit(id, |r| {
+        r.details.as_mut().unwrap().notes = Some("Microsoft: pilot first".into());
+    });
+    let before = world.crm.calls.snapshot();
+
+    assert_eq!(
+        world.outcome(&webhook("referral-updated", REFERRAL, changed), at(300)),
+        Outcome::Updated { crm: crm.clone() }
+    );
+
+    let stored = world.crm.stored(&crm).opportunity;
+    assert_eq!(stored.notes.as_deref(), Some("Microsoft: pilot first"));
+    assert_eq!(
+        stored.closing_date,
+        chrono::NaiveDate::from_ymd_opt(2027, 3, 31),
+        "the seller's save is kept"
+    );
+    let after = world.crm.calls.snapshot();
+    assert_eq!(
+        after["upsert_opportunity"],
+        before["upsert_opportunity"] + 2,
+        "the unread write answered 412, then the merged one"
+    );
+    assert_eq!(
+        after.get("get_opportunity").copied().unwrap_or(0),
+        before.get("get_opportunity").copied().unwrap_or(0) + 1,
+        "read once, after the 412"
     );
 }
 

@@ -55,7 +55,10 @@ impl World {
     /// A seller's edit of the record in the CRM.
     fn crm_edit(&self, record: &CrmRecordId, change: impl FnOnce(&mut Opportunity)) {
         let mut state = lock(&self.crm.state);
-        change(&mut state.opportunities.get_mut(record).unwrap().opportunity);
+        let stored = state.opportunities.get_mut(record).unwrap();
+        change(&mut stored.opportunity);
+        // A save is a new row version.
+        stored.version += 1;
     }
 
     /// The Dataverse webhook of operation `operation` on `record`, carrying the record.
