@@ -834,7 +834,7 @@ pub fn evaluate(run: &CrmRun) -> Vec<TargetCheck> {
                 pc.max == 0,
             )),
         }
-        if let Some((target, measured, ok)) = calls_check("crm-events", report) {
+        if let Some((target, measured, ok)) = calls_check("crm-events", &run.crm, report) {
             checks.push(check(kind.name(), target, measured, ok));
         }
         let (target, measured, ok) = dynamodb_check(kind.max_dynamodb_requests(), report);
