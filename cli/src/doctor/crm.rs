@@ -1,6 +1,6 @@
-//! `crm-access`, `crm-fields`, `currency`, `stages`: the CRM (Dataverse or Salesforce) lets
-//! the connector's user read and write what it syncs, with the fields, currency and stages
-//! the mapping names.
+//! `crm-access`, `crm-fields`, `currency`, `stages`, `crm-concurrency`: the CRM (Dataverse or
+//! Salesforce) lets the connector's user read and write what it syncs, with the fields,
+//! currency and stages the mapping names, and refuses an update over a save made since.
 
 use cosell_adapters::http::{HttpAdapterError, RequestContext};
 use cosell_domain::ports::Service;
@@ -421,5 +421,93 @@ pub async fn check_stages(deployment: &Deployment) -> Check {
                 },
             )
         }
+    }
+}
+
+/// `crm-concurrency`: Dataverse refuses an opportunity update sent with `If-Match` on a version
+/// the row has moved past (412). The connector relies on it: a Partner Center change is
+/// written against the version the link kept or the sync read, and a seller's save made since
+/// must be merged, not overwritten (docs/conflicts.md#what-it-costs). Dataverse honours
+/// `If-Match` only on tables with optimistic concurrency enabled
+/// (docs/dataverse.md#etags-and-concurrency); whether `opportunity` has it in every environment
+/// is UNKNOWN, so it is read: `EntityDefinitions(LogicalName='opportunity')?$select=IsOptimisticConcurrencyEnabled`.
+/// Salesforce has no record versions: the record is read before each update.
+pub async fn check_crm_concurrency(deployment: &Deployment) -> Check {
+    const NAME: &str = "crm-concurrency";
+    let CrmConfig::Dataverse { url, .. } = &deployment.config.sync.crm else {
+        return Check::ok(
+            NAME,
+            "Salesforce reports no record version: each Partner Center change reads the record \
+             before writing it",
+        );
+    };
+    let entity = &deployment.config.sync.mapping.dataverse.opportunity.entity;
+    let ctx = RequestContext::new(Service::Dataverse, "read the table definition")
+        .with_resource(format!("the table {entity}"));
+    let url = format!(
+        "{}/EntityDefinitions(LogicalName='{entity}')?$select=IsOptimisticConcurrencyEnabled",
+        dataverse_root(url)
+    );
+    match get(&crm_client(deployment), &ctx, &url).await {
+        Ok(body) => concurrency_verdict(entity, &body),
+        Err(error) => Check::from_error(NAME, &error, CONCURRENCY_FIX),
+    }
+}
+
+/// What to do when the table takes no `If-Match`.
+const CONCURRENCY_FIX: &str = "ask Microsoft support to enable optimistic concurrency on the \
+     table (its definition's IsOptimisticConcurrencyEnabled); until then a seller's save made \
+     while a Partner Center change is written can be overwritten, and the Audit column does not \
+     record the conflict";
+
+/// [`check_crm_concurrency`]'s verdict on the table definition `body`.
+fn concurrency_verdict(entity: &str, body: &Value) -> Check {
+    const NAME: &str = "crm-concurrency";
+    match body["IsOptimisticConcurrencyEnabled"].as_bool() {
+        Some(true) => Check::ok(
+            NAME,
+            format!("{entity} refuses an update over a save made since (If-Match, 412)"),
+        ),
+        Some(false) => Check::with_fix(
+            NAME,
+            Status::Problem,
+            format!("optimistic concurrency is off on {entity}: Dataverse ignores If-Match"),
+            CONCURRENCY_FIX,
+        ),
+        None => Check::with_fix(
+            NAME,
+            Status::Warn,
+            format!("the definition of {entity} does not say whether it takes If-Match"),
+            "check IsOptimisticConcurrencyEnabled of the table by hand (GET \
+             EntityDefinitions(LogicalName='opportunity')?$select=IsOptimisticConcurrencyEnabled)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_without_optimistic_concurrency_is_a_problem_with_its_fix() {
+        let off = concurrency_verdict(
+            "opportunity",
+            &json!({ "IsOptimisticConcurrencyEnabled": false }),
+        );
+        assert_eq!(off.status, Status::Problem);
+        assert!(off.detail.contains("ignores If-Match"), "{off:#?}");
+        assert!(
+            off.fix
+                .as_deref()
+                .is_some_and(|fix| fix.contains("IsOptimisticConcurrencyEnabled")),
+            "{off:#?}"
+        );
+        let on = concurrency_verdict(
+            "opportunity",
+            &json!({ "IsOptimisticConcurrencyEnabled": true }),
+        );
+        assert_eq!(on.status, Status::Ok);
+        let unsaid = concurrency_verdict("opportunity", &json!({ "LogicalName": "opportunity" }));
+        assert_eq!(unsaid.status, Status::Warn);
     }
 }

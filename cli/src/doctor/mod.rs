@@ -14,6 +14,7 @@
 //! | `crm-fields` | do the configured custom fields exist on the opportunity | `crm.rs` |
 //! | `currency` | is the configured currency ISO 4217 and active in the CRM | `crm.rs` |
 //! | `stages` | do the on-hold / active (and won / lost) stages exist | `crm.rs` |
+//! | `crm-concurrency` | does Dataverse refuse an opportunity update over a save made since (optimistic concurrency) | `crm.rs` |
 //! | `webhook-registration` | does the registration point at this deployment, with the four events | `webhook.rs` |
 //! | `dynamodb-table` | is the table reachable, with its indexes | `aws.rs` |
 //! | `retry-queue` | is the retry queue reachable | `aws.rs` |
@@ -48,7 +49,9 @@ use crate::context::{Deployment, Exit, Output};
 pub use aws::{check_dead_letter_queue, check_retry_queue, check_table};
 pub use budget::check_api_budget;
 pub use credentials::{check_crm_token, check_partner_center_token, check_webhooks_token};
-pub use crm::{check_crm_access, check_crm_fields, check_currency, check_stages};
+pub use crm::{
+    check_crm_access, check_crm_concurrency, check_crm_fields, check_currency, check_stages,
+};
 pub use partner_center::check_partner_center_role;
 pub use webhook::check_webhook_registration;
 
@@ -250,8 +253,15 @@ pub async fn run_doctor(deployment: &Deployment) -> Vec<Check> {
         checks.push(check_crm_fields(deployment).await);
         checks.push(check_currency(deployment).await);
         checks.push(check_stages(deployment).await);
+        checks.push(check_crm_concurrency(deployment).await);
     } else {
-        for name in ["crm-access", "crm-fields", "currency", "stages"] {
+        for name in [
+            "crm-access",
+            "crm-fields",
+            "currency",
+            "stages",
+            "crm-concurrency",
+        ] {
             checks.push(skipped(name, "token-crm"));
         }
     }

@@ -90,6 +90,7 @@ async fn a_healthy_salesforce_deployment_is_all_ok_and_exits_0() {
             "crm-fields",
             "currency",
             "stages",
+            "crm-concurrency",
             "webhook-registration",
             "dynamodb-table",
             "retry-queue",
@@ -102,7 +103,7 @@ async fn a_healthy_salesforce_deployment_is_all_ok_and_exits_0() {
     assert_eq!(exit, Exit::Healthy, "{printed}");
     assert_eq!(exit.code(), 0);
     assert!(
-        printed.contains("14 ok, 0 warning(s), 0 problem(s)"),
+        printed.contains("15 ok, 0 warning(s), 0 problem(s)"),
         "{printed}"
     );
 
@@ -118,7 +119,13 @@ async fn a_healthy_dataverse_deployment_is_all_ok_and_exits_0() {
     let world = healthy(Crm::Dataverse).await;
     let checks = run(&world).await;
     others_ok(&checks, &[]);
-    assert_eq!(checks.len(), 14);
+    assert_eq!(checks.len(), 15);
+    assert!(
+        check(&checks, "crm-concurrency")
+            .detail
+            .contains("opportunity refuses an update over a save made since"),
+        "the sandbox's table definition says IsOptimisticConcurrencyEnabled"
+    );
     assert!(
         check(&checks, "api-budget")
             .detail
@@ -239,6 +246,7 @@ async fn token_crm_names_the_salesforce_key() {
         "crm-fields",
         "currency",
         "stages",
+        "crm-concurrency",
         "api-budget",
     ] {
         assert_eq!(check(&checks, skipped).status, Status::CouldNotCheck);
