@@ -27,8 +27,10 @@
 //!    always checked.
 //! 4. The certificate is downloaded without following redirects, with a timeout and a size cap
 //!    ([`DEFAULT_MAX_CERTIFICATE_BYTES`]); DER or PEM. Only a certificate that passes steps 5–6
-//!    is cached, per URL, for the life of the instance (the chain is still checked on every use,
-//!    so expiry is noticed). When a cached certificate fails steps 5–7 it is downloaded again,
+//!    is cached, per URL, for the life of the instance. Its chain and subject are checked again
+//!    on a use at least [`CHAIN_RECHECK_INTERVAL`] after they last passed, and never trusted
+//!    past its `notAfter`, so expiry is noticed; every request's signature is verified (step
+//!    7). When a cached certificate fails steps 5–7 it is downloaded again,
 //!    at most once per URL per [`DEFAULT_CERTIFICATE_REFRESH_INTERVAL`], so a certificate
 //!    rotated at the same URL is picked up while forged requests cannot trigger a download
 //!    each. A network failure, a timeout or a 5xx / 429 of the download → [`Unavailable`]
@@ -120,6 +122,12 @@ pub const SIGNATURE_ALGORITHM_HEADER: &str = "x-ms-signature-algorithm";
 pub const MS_SIGNATURE_HEADER: &str = "x-ms-signature";
 /// Certificates kept per instance (distinct URLs; more are verified but not cached).
 const MAX_CACHED_CERTIFICATES: usize = 16;
+/// How long a cached certificate whose chain and subject passed (steps 5–6) is trusted without
+/// checking them again, never past its own `notAfter`; the signature of every request is still
+/// verified against it (step 7). Checking the chain is the costliest part of a request (two
+/// RSA verifications and an X.509 parse), and it gives the same answer until the certificate
+/// or an intermediate expires.
+pub const CHAIN_RECHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// The shortest time between two downloads of one URL's certificate after a failed check.
 pub const DEFAULT_CERTIFICATE_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 /// The subject name of Partner Center's signing certificate (the documented file name,
@@ -380,6 +388,8 @@ struct VerifierInner {
     max_certificate_bytes: usize,
     refresh_interval: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// How many times a certificate's chain and subject were checked (steps 5–6).
+    chain_checks: std::sync::atomic::AtomicU64,
     subject_names: Vec<String>,
     failed: Mutex<FailedUrls>,
     downloads: Mutex<DownloadBudget>,
@@ -471,10 +481,21 @@ impl DownloadBudget {
     }
 }
 
-/// A downloaded certificate and when it was downloaded.
+/// A downloaded certificate, when it was downloaded, and until when its chain and subject are
+/// trusted without a check ([`CHAIN_RECHECK_INTERVAL`]).
 struct Cached {
     der: Arc<CertificateDer<'static>>,
     fetched: Instant,
+    trusted_until: Instant,
+}
+
+/// A certificate to check a request against.
+struct Certificate {
+    der: Arc<CertificateDer<'static>>,
+    /// When it was downloaded, if cached.
+    fetched: Option<Instant>,
+    /// Its chain and subject passed recently: only the signature is verified.
+    trusted: bool,
 }
 
 impl fmt::Debug for WebhookVerifier {
@@ -605,6 +626,7 @@ impl WebhookVerifier {
                 max_certificate_bytes: config.max_certificate_bytes,
                 refresh_interval: config.refresh_interval,
                 cache: Mutex::new(HashMap::new()),
+                chain_checks: std::sync::atomic::AtomicU64::new(0),
                 subject_names,
                 failed: Mutex::new(FailedUrls {
                     until: HashMap::new(),
@@ -621,6 +643,14 @@ impl WebhookVerifier {
                 clock: config.clock,
             }),
         })
+    }
+
+    /// How many times a certificate's chain and subject were checked (steps 5–6): once per
+    /// download, then once per [`CHAIN_RECHECK_INTERVAL`] of use.
+    pub fn chain_checks(&self) -> u64 {
+        self.inner
+            .chain_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many certificates are cached.
@@ -644,10 +674,7 @@ impl WebhookVerifier {
     /// The certificate at `url` (already policy-checked): cached (with its download instant),
     /// or downloaded and checked (`None`). A URL that failed recently, or a download over the
     /// budget, is refused without a download.
-    async fn certificate(
-        &self,
-        url: &Url,
-    ) -> Result<(Arc<CertificateDer<'static>>, Option<Instant>), WebhookAuthError> {
+    async fn certificate(&self, url: &Url) -> Result<Certificate, WebhookAuthError> {
         if let Some(cached) = self.cached(url) {
             return Ok(cached);
         }
@@ -658,7 +685,11 @@ impl WebhookVerifier {
             return Ok(cached);
         }
         self.refuse_if_failed(url)?;
-        Ok((self.fetch(url).await?, None))
+        Ok(Certificate {
+            der: self.fetch(url).await?,
+            fetched: None,
+            trusted: true,
+        })
     }
 
     /// The certificate at `url` again, after `stale` (cached) failed a check: the one another
@@ -670,19 +701,50 @@ impl WebhookVerifier {
     ) -> Result<Arc<CertificateDer<'static>>, WebhookAuthError> {
         let _one_at_a_time = self.inner.downloading.lock().await;
         match self.cached(url) {
-            Some((der, _)) if der != *stale => Ok(der),
+            Some(cached) if cached.der != *stale => Ok(cached.der),
             _ => self.fetch(url).await,
         }
     }
 
-    /// The cached certificate of `url` and when it was downloaded.
-    fn cached(&self, url: &Url) -> Option<(Arc<CertificateDer<'static>>, Option<Instant>)> {
+    /// The cached certificate of `url`, when it was downloaded, and whether it is trusted.
+    fn cached(&self, url: &Url) -> Option<Certificate> {
+        let now = self.inner.clock.now();
         self.inner
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(url.as_str())
-            .map(|cached| (Arc::clone(&cached.der), Some(cached.fetched)))
+            .map(|cached| Certificate {
+                der: Arc::clone(&cached.der),
+                fetched: Some(cached.fetched),
+                trusted: now < cached.trusted_until,
+            })
+    }
+
+    /// Until when a certificate whose chain and subject just passed is trusted: at most
+    /// [`CHAIN_RECHECK_INTERVAL`], never past its `notAfter` (unix seconds).
+    fn trusted_until(&self, not_after: i64) -> Instant {
+        let now = self.inner.clock.now();
+        let left =
+            not_after.saturating_sub(UnixTime::now().as_secs().try_into().unwrap_or(i64::MAX));
+        let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+        now + left.min(CHAIN_RECHECK_INTERVAL)
+    }
+
+    /// Trust the cached certificate of `url` again, its chain and subject having just passed
+    /// (nothing when another one replaced it meanwhile).
+    fn trust(&self, url: &Url, der: &Arc<CertificateDer<'static>>, not_after: i64) {
+        let until = self.trusted_until(not_after);
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = cache.get_mut(url.as_str())
+            && cached.der == *der
+        {
+            cached.trusted_until = until;
+        }
     }
 
     /// 401 without a download when `url` failed recently (the negative cache).
@@ -733,11 +795,13 @@ impl WebhookVerifier {
             )));
         }
         let checked = match self.download(url).await {
-            Ok(der) => self.check_certificate(&der).map(|()| der),
+            Ok(der) => self
+                .check_certificate(&der)
+                .map(|not_after| (der, not_after)),
             Err(error) => Err(error),
         };
-        let der = match checked {
-            Ok(der) => Arc::new(der),
+        let (der, not_after) = match checked {
+            Ok((der, not_after)) => (Arc::new(der), not_after),
             Err(error) => {
                 if error.kind() == WebhookAuthErrorKind::Unauthorized {
                     let now = self.inner.clock.now();
@@ -758,7 +822,15 @@ impl WebhookVerifier {
         if cache.len() < MAX_CACHED_CERTIFICATES || cache.contains_key(url.as_str()) {
             let fetched = self.inner.clock.now();
             let der = Arc::clone(&der);
-            cache.insert(url.as_str().to_owned(), Cached { der, fetched });
+            let trusted_until = self.trusted_until(not_after);
+            cache.insert(
+                url.as_str().to_owned(),
+                Cached {
+                    der,
+                    fetched,
+                    trusted_until,
+                },
+            );
         }
         Ok(der)
     }
@@ -836,14 +908,27 @@ impl WebhookVerifier {
         }
     }
 
-    /// Steps 5–7: chain, subject, signature.
+    /// Steps 5–7: chain, subject, signature; only the signature when `trusted` (the chain and
+    /// subject passed within [`CHAIN_RECHECK_INTERVAL`]). The certificate's `notAfter` (unix
+    /// seconds) when the chain was checked.
     fn check(
         &self,
         der: &CertificateDer<'_>,
         body: &[u8],
         signature: &[u8],
-    ) -> Result<(), WebhookAuthError> {
-        let certificate = self.checked_certificate(der)?;
+        trusted: bool,
+    ) -> Result<Option<i64>, WebhookAuthError> {
+        let (certificate, not_after) = if trusted {
+            let certificate = EndEntityCert::try_from(der).map_err(|error| {
+                WebhookAuthError::unauthorized(format!(
+                    "the certificate is not valid X.509: {error}"
+                ))
+            })?;
+            (certificate, None)
+        } else {
+            let (certificate, not_after) = self.checked_certificate(der)?;
+            (certificate, Some(not_after))
+        };
         certificate
             .verify_signature(
                 webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
@@ -854,18 +939,23 @@ impl WebhookVerifier {
                 WebhookAuthError::unauthorized(format!(
                     "the signature does not match the body: {error}"
                 ))
-            })
+            })?;
+        Ok(not_after)
     }
 
-    /// Steps 5–6: chain and subject.
-    fn check_certificate(&self, der: &CertificateDer<'_>) -> Result<(), WebhookAuthError> {
-        self.checked_certificate(der).map(|_| ())
+    /// Steps 5–6: chain and subject; the certificate's `notAfter` (unix seconds).
+    fn check_certificate(&self, der: &CertificateDer<'_>) -> Result<i64, WebhookAuthError> {
+        self.checked_certificate(der)
+            .map(|(_, not_after)| not_after)
     }
 
     fn checked_certificate<'a>(
         &self,
         der: &'a CertificateDer<'a>,
-    ) -> Result<EndEntityCert<'a>, WebhookAuthError> {
+    ) -> Result<(EndEntityCert<'a>, i64), WebhookAuthError> {
+        self.inner
+            .chain_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let certificate = EndEntityCert::try_from(der).map_err(|error| {
             WebhookAuthError::unauthorized(format!("the certificate is not valid X.509: {error}"))
         })?;
@@ -910,7 +1000,7 @@ impl WebhookVerifier {
                 allowed.join(", ")
             )));
         }
-        Ok(certificate)
+        Ok((certificate, parsed.validity().not_after.timestamp()))
     }
 }
 
@@ -1088,21 +1178,31 @@ impl UnverifiedWebhook {
     ) -> Result<VerifiedWebhook, WebhookAuthError> {
         let (signature, raw_url) = self.headers()?;
         let url = verifier.inner.policy.check(raw_url)?;
-        let (certificate, cached_at) = verifier.certificate(&url).await?;
-        if let Err(error) = verifier.check(&certificate, &self.body, &signature) {
-            // A certificate rotated at the same URL: download it again, rate-limited per URL.
-            let now = verifier.inner.clock.now();
-            let stale = cached_at.is_some_and(|fetched| {
-                now.saturating_duration_since(fetched) >= verifier.inner.refresh_interval
-            });
-            if !stale {
-                return Err(error);
+        let certificate = verifier.certificate(&url).await?;
+        match verifier.check(
+            &certificate.der,
+            &self.body,
+            &signature,
+            certificate.trusted,
+        ) {
+            Ok(Some(not_after)) => verifier.trust(&url, &certificate.der, not_after),
+            Ok(None) => {}
+            Err(error) => {
+                // A certificate rotated at the same URL: download it again, rate-limited per
+                // URL.
+                let now = verifier.inner.clock.now();
+                let stale = certificate.fetched.is_some_and(|fetched| {
+                    now.saturating_duration_since(fetched) >= verifier.inner.refresh_interval
+                });
+                if !stale {
+                    return Err(error);
+                }
+                let fresh = verifier.refresh(&url, &certificate.der).await?;
+                if fresh == certificate.der {
+                    return Err(error);
+                }
+                verifier.check(&fresh, &self.body, &signature, false)?;
             }
-            let fresh = verifier.refresh(&url, &certificate).await?;
-            if fresh == certificate {
-                return Err(error);
-            }
-            verifier.check(&fresh, &self.body, &signature)?;
         }
         Ok(VerifiedWebhook {
             body: self.body,

@@ -21,7 +21,7 @@ use cosell_adapters::http::tokens::{
     PARTNER_CENTER_REFERRALS_SCOPE, PARTNER_CENTER_WEBHOOKS_SCOPE, dataverse_scope,
 };
 use cosell_adapters::http::webhook_signature::{
-    DEFAULT_DOWNLOAD_BURST, DEFAULT_DOWNLOAD_REFILL, DEFAULT_FAILED_URL_TTL,
+    CHAIN_RECHECK_INTERVAL, DEFAULT_DOWNLOAD_BURST, DEFAULT_DOWNLOAD_REFILL, DEFAULT_FAILED_URL_TTL,
 };
 use cosell_adapters::http::{
     EntraRefreshToken, EntraRefreshTokenConfig, HttpAdapterError, HttpPartnerCenter,
@@ -1361,6 +1361,45 @@ async fn a_failed_certificate_url_is_not_downloaded_again_until_its_time_to_live
     clock.advance(DEFAULT_FAILED_URL_TTL);
     missing.unverified().verify(&verifier).await.unwrap_err();
     assert_eq!(certs.hits("missing.cer"), 2);
+}
+
+#[tokio::test]
+async fn a_cached_certificates_chain_is_checked_again_only_after_the_recheck_interval() {
+    let (h, listener, created, delivered) = signed_event(false).await;
+    let certs = CertServer::start().await;
+    let clock = TestClock::new();
+    let verifier = bounded_verifier(&certs, &clock);
+    let genuine = delivered.replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+
+    // The download checks the chain once; the requests after it verify their signature only.
+    for _ in 0..3 {
+        genuine.unverified().verify(&verifier).await.unwrap();
+    }
+    assert_eq!(certs.hits("cert.cer"), 1);
+    assert_eq!(verifier.chain_checks(), 1);
+
+    // Trusted or not, a body that does not match its signature is refused.
+    h.post(
+        "/_sandbox/partner-center/events",
+        json!({ "eventName": "referral-updated", "referralId": created.id, "tamper": true }),
+    )
+    .await;
+    let tampered = Delivered::from_parts(listener.next().await)
+        .replaced("X-MS-Certificate-Url", Some(&certs.url("cert.cer")));
+    let err = tampered.unverified().verify(&verifier).await.unwrap_err();
+    assert_eq!(err.kind(), WebhookAuthErrorKind::Unauthorized);
+    assert!(err.reason().contains("signature does not match"), "{err}");
+
+    // Once the interval has passed, the next use checks the chain and subject again.
+    clock.advance(CHAIN_RECHECK_INTERVAL);
+    genuine.unverified().verify(&verifier).await.unwrap();
+    genuine.unverified().verify(&verifier).await.unwrap();
+    assert_eq!(verifier.chain_checks(), 2);
+    assert_eq!(
+        certs.hits("cert.cer"),
+        1,
+        "no download: the same certificate"
+    );
 }
 
 #[tokio::test]
