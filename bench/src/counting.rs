@@ -24,9 +24,10 @@ use cosell_adapters::aws::aws_sdk_dynamodb::config::ConfigBag;
 use cosell_domain::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditEvent, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
-    IdempotencyStore, Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, PortError, ReferralQuery, RetryJob, RetryQueue, Upserted,
+    AcquireOutcome, ApiRequest, AuditEntry, AuditEvent, AuditLog, Claim, CombinedOperation, Commit,
+    CrmStore, FoundCustomer, IdempotencyKey, IdempotencyStore, Link, LinkStore, OpportunityPage,
+    OpportunityQuery, OpportunityWrite, PartnerCenter, PortError, ReferralQuery, RetryJob,
+    RetryQueue, Upserted,
 };
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
@@ -461,6 +462,20 @@ impl<C: CrmStore> CrmStore for Gauged<C> {
         self.gauge
             .time(async { self.inner.write_audit(opportunity, text).await })
             .await
+    }
+
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        self.gauge
+            .time(async { self.inner.find_customer(account, email).await })
+            .await
+    }
+
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        self.inner.combined_request(operation)
     }
 
     async fn list_opportunities(

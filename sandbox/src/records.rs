@@ -15,7 +15,7 @@ pub struct Row {
 }
 
 /// Records of one table / sObject type, in creation order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     rows: Vec<Row>,
     index: HashMap<String, usize>,
@@ -68,6 +68,29 @@ impl Table {
         }
     }
 
+    /// Puts a row back as it was (`None`: it did not exist, so it is removed), e.g. to roll
+    /// back a transaction.
+    pub fn restore(&mut self, id: &str, before: Option<&Row>) {
+        let key = id.to_ascii_lowercase();
+        match (self.index.get(&key).copied(), before) {
+            (Some(i), Some(row)) => self.rows[i] = row.clone(),
+            (Some(i), None) => {
+                self.rows.remove(i);
+                self.index = self
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| (row.id.to_ascii_lowercase(), i))
+                    .collect();
+            }
+            (None, Some(row)) => {
+                self.index.insert(key, self.rows.len());
+                self.rows.push(row.clone());
+            }
+            (None, None) => {}
+        }
+    }
+
     /// Merges `changes` into an existing row (version + 1). `None` when absent.
     pub fn update(&mut self, id: &str, changes: Map<String, Value>) -> Option<&Row> {
         let &i = self.index.get(&id.to_ascii_lowercase())?;
@@ -106,5 +129,23 @@ mod tests {
             "field names are exact"
         );
         assert_eq!(table.find_by("name", &json!("Y")).count(), 1);
+    }
+
+    #[test]
+    fn restore_puts_rows_back_and_removes_new_ones() {
+        let mut table = Table::default();
+        table.put("A1", fields(json!({"name": "x"})));
+        let before = table.clone();
+        table.put("A2", fields(json!({"name": "new"})));
+        table.update("A1", fields(json!({"name": "changed"})));
+        table.put("A3", fields(json!({"name": "other"})));
+
+        table.restore("A2", before.get("A2"));
+        table.restore("a1", before.get("A1"));
+
+        assert_eq!(table.get("A1"), before.get("A1"));
+        assert!(table.get("A2").is_none());
+        assert_eq!(table.get("A3").map(|row| row.version), Some(1), "untouched");
+        assert_eq!(table.rows().count(), 2);
     }
 }

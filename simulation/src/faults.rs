@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use cosell_domain::ids::{CrmKind, CrmRecordId, ETag, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    AcquireOutcome, AuditEntry, AuditLog, Claim, Commit, CrmStore, IdempotencyKey,
-    IdempotencyStore, Link, LinkStore, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, RetryQueue, Service,
-    Upserted,
+    AcquireOutcome, ApiRequest, AuditEntry, AuditLog, Claim, CombinedOperation, Commit, CrmStore,
+    FoundCustomer, IdempotencyKey, IdempotencyStore, Link, LinkStore, OpportunityPage,
+    OpportunityQuery, OpportunityWrite, PartnerCenter, Patched, PortError, Ports, ReferralQuery,
+    RetryJob, RetryQueue, Service, Upserted, create_customer, customer_keys, find_customer_plainly,
 };
 use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use serde_json::Value;
@@ -312,10 +312,25 @@ impl<C: CrmStore> CrmStore for Faulty<'_, C> {
         )
     }
 
+    /// One call, or (new records on a CRM that does not combine them) each record's create
+    /// and then the upsert, each with its own faults.
     async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
+        let records = write.new_records();
+        let plain = records > 0
+            && self
+                .inner
+                .combined_request(CombinedOperation::CreateWithCustomer { records })
+                .is_none();
+        let (account, contact) = if plain {
+            create_customer(self, write).await?
+        } else {
+            (None, None)
+        };
+        let linked = write.linked(account.as_ref(), contact.as_ref());
+        let write = if plain { &linked } else { write };
         faulty!(
             self,
             "crm.upsert_opportunity",
@@ -324,6 +339,35 @@ impl<C: CrmStore> CrmStore for Faulty<'_, C> {
             write = true,
             self.inner.upsert_opportunity(write)
         )
+    }
+
+    /// One call when the CRM combines the look-ups, else each look-up with its own faults.
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        let (account, email) = customer_keys(account, email);
+        let lookups = u64::from(account.is_some()) + u64::from(email.is_some());
+        if self
+            .inner
+            .combined_request(CombinedOperation::FindCustomer { lookups })
+            .is_none()
+        {
+            return find_customer_plainly(self, account, email).await;
+        }
+        faulty!(
+            self,
+            "crm.find_customer",
+            Service::Dataverse,
+            conditional = false,
+            write = false,
+            self.inner.find_customer(account, email)
+        )
+    }
+
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        self.inner.combined_request(operation)
     }
 
     async fn find_account(

@@ -22,7 +22,7 @@ use cosell_domain::mapping::BodyScope;
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use cosell_domain::ports::{
     CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite,
-    PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted,
+    PartnerCenter, Patched, PortError, ReferralQuery, Service, Upserted, create_customer,
 };
 use cosell_domain::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 use cosell_domain::status::{ReferralStatus, ReferralSubstatus};
@@ -859,13 +859,15 @@ impl CrmStore for SimCrm {
         }
     }
 
+    /// A Dataverse: the new records first, one request each, then the upsert.
     fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
         async move {
+            let (account, contact) = create_customer(self, write).await?;
             yield_now().await;
-            self.upsert_now(write)
+            self.upsert_now(&write.linked(account.as_ref(), contact.as_ref()))
         }
     }
 

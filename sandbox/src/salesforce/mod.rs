@@ -20,12 +20,14 @@
 //! | PATCH | `/services/data/vNN.N/sobjects/{Object}/{id}` | 204; 400; 404; 412 (`If-Unmodified-Since`) |
 //! | GET | `/services/data/vNN.N/sobjects/{Object}/{ExtIdField}/{value}` | 200; 300 (several); 404 |
 //! | PATCH | `/services/data/vNN.N/sobjects/{Object}/{ExtIdField}/{value}[?updateOnly=true]` | 201 `created:true`; 200 `created:false` (v46+; ≤ v45: 201 / 204); 300 list of URLs; 400; 404 |
+//! | POST | `/services/data/vNN.N/composite` `{"allOrNone","collateSubrequests"?,"compositeRequest":[{"method","url","referenceId","body"?,"httpHeaders"?}]}` | 200 `{"compositeResponse":[{"body","httpHeaders","httpStatusCode","referenceId"}]}`; 400 for more than 25 subrequests or a malformed body (see [`composite`]) |
 //!
 //! Every `/services/data/vNN.N/…` call needs `Authorization: Bearer` (401
 //! `INVALID_SESSION_ID`), counts against the per-UTC-day allowance (by the sandbox clock;
 //! 403 `REQUEST_LIMIT_EXCEEDED` once used up) and answers with
 //! `Sforce-Limit-Info: api-usage=<used>/<max>`. Unknown paths are 404 `NOT_FOUND`, wrong
-//! methods 405 `METHOD_NOT_ALLOWED`.
+//! methods 405 `METHOD_NOT_ALLOWED`. A Composite request counts once, whatever its
+//! subrequests (which are not counted, logged or faulted on their own).
 //!
 //! Outbound Messages: after every Opportunity create or update (REST or seeding, by any
 //! user — the connector recognises its own writes by `LastModifiedById`), one SOAP
@@ -51,6 +53,7 @@
 //! Access tokens can also be issued directly: `POST /_sandbox/tokens
 //! {"audience": "salesforce", "subject": "<user id>"}`.
 
+pub mod composite;
 mod control;
 pub mod ids;
 mod oauth;
@@ -255,6 +258,23 @@ impl State {
     /// Records of `object` (canonical API name).
     pub fn table(&self, object: &str) -> Option<&Table> {
         self.tables.get(object)
+    }
+
+    /// The rows of every table as they are now (what a rollback restores).
+    pub fn snapshot(&self) -> HashMap<&'static str, Table> {
+        self.tables.clone()
+    }
+
+    /// Puts the record `id` of `object` back as it was in `before` (removed when it did not
+    /// exist then): the rollback of a Composite request's change.
+    pub fn restore(&mut self, before: &HashMap<&'static str, Table>, object: &str, id: &str) {
+        let Some(name) = self.schema.object(object).map(|o| o.name) else {
+            return;
+        };
+        let old = before.get(name).and_then(|table| table.get(id));
+        if let Some(table) = self.tables.get_mut(name) {
+            table.restore(id, old);
+        }
     }
 
     /// A record's fields.

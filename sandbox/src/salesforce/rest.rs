@@ -51,6 +51,23 @@ pub struct Caller {
     /// `62.0`
     pub version: String,
     pub now: DateTime<Utc>,
+    /// A subrequest of a Composite request: not counted on its own, and its Outbound
+    /// Messages wait for the whole request (none for what a rollback undid).
+    pub subrequest: Option<Subrequest>,
+}
+
+/// The mark of a Composite subrequest (a request extension set by [`super::composite`]): the
+/// Opportunities written, whose Outbound Messages are sent once the request is over.
+#[derive(Debug, Clone, Default)]
+pub struct Subrequest(pub Arc<Mutex<Vec<String>>>);
+
+impl Subrequest {
+    fn written(&self, id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_owned());
+    }
 }
 
 impl Caller {
@@ -96,6 +113,7 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<OriginalUri>()
             .map_or_else(|| parts.uri.path().to_owned(), |u| u.0.path().to_owned());
+        let subrequest = parts.extensions.get::<Subrequest>().cloned();
         let mut world = state.world();
         let world = &mut *world;
         let now = world.now();
@@ -119,21 +137,24 @@ impl FromRequestParts<AppState> for Caller {
             slot.set(usage.header());
             return Err(ApiError::not_found().into_response());
         };
-        if usage.used >= usage.max {
-            slot.set(usage.header());
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "REQUEST_LIMIT_EXCEEDED",
-                "TotalRequests Limit exceeded.",
-            )
-            .into_response());
+        if subrequest.is_none() {
+            if usage.used >= usage.max {
+                slot.set(usage.header());
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "TotalRequests Limit exceeded.",
+                )
+                .into_response());
+            }
+            usage.used += 1;
         }
-        usage.used += 1;
         slot.set(usage.header());
         Ok(Self {
             user_id: token.subject,
             version,
             now,
+            subrequest,
         })
     }
 }
@@ -159,6 +180,12 @@ pub fn routes() -> Router<AppState> {
                 &format!("/{{version}}/sobjects/{{object}}/describe{slash}"),
                 get(describe),
             );
+    }
+    for slash in ["", "/"] {
+        router = router.route(
+            &format!("/{{version}}/composite{slash}"),
+            axum::routing::post(super::composite::composite),
+        );
     }
     router
         .route("/{version}/sobjects/{object}/{id}", get(read).patch(update))
@@ -296,12 +323,24 @@ fn json_body(bytes: &[u8], object: &str) -> Result<Map<String, Value>, ApiError>
     }
 }
 
-/// Queues an Outbound Message when an Opportunity was written.
-fn notify(state: &AppState, object: &ObjectSchema, id: &str) {
-    if object.name == "Opportunity"
-        && let Err(error) = outbound::send(state, &[id.to_owned()])
-    {
-        tracing::warn!(?error, "outbound message not sent");
+/// Queues an Outbound Message when an Opportunity was written (after the whole request for
+/// a Composite subrequest).
+fn notify(state: &AppState, caller: &Caller, object: &ObjectSchema, id: &str) {
+    if object.name != "Opportunity" {
+        return;
+    }
+    match &caller.subrequest {
+        Some(subrequest) => subrequest.written(id),
+        None => send_notifications(state, &[id.to_owned()]),
+    }
+}
+
+/// Sends the Outbound Message of each Opportunity in `ids`.
+pub(super) fn send_notifications(state: &AppState, ids: &[String]) {
+    for id in ids {
+        if let Err(error) = outbound::send(state, std::slice::from_ref(id)) {
+            tracing::warn!(?error, "outbound message not sent");
+        }
     }
 }
 
@@ -317,7 +356,7 @@ async fn create(
         .world()
         .salesforce
         .create(schema_object.name, &fields, caller.writer())?;
-    notify(&state, &schema_object, &id);
+    notify(&state, &caller, &schema_object, &id);
     Ok((
         StatusCode::CREATED,
         [(
@@ -496,7 +535,7 @@ async fn update(
         .world()
         .salesforce
         .update(object.name, &id, &fields, caller.writer())?;
-    notify(&state, &object, &id);
+    notify(&state, &caller, &object, &id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -590,7 +629,7 @@ async fn upsert(
         Upserted::Updated(id) => (id, false),
         Upserted::Multiple(ids) => return Ok(multiple_choices(&caller, &object, &ids)),
     };
-    notify(&state, &object, &id);
+    notify(&state, &caller, &object, &id);
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -1808,3 +1808,349 @@ async fn soql_reads_parent_fields_through_relationships_in_one_request() {
         "one logged request per query: {requests:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Composite
+
+const V: &str = "/services/data/v62.0";
+
+async fn composite(sb: &TestSandbox, token: &str, all_or_none: bool, subs: &[Value]) -> Answer {
+    post_json(
+        sb,
+        token,
+        "/composite",
+        &json!({"allOrNone": all_or_none, "compositeRequest": subs}),
+    )
+    .await
+}
+
+fn sub(method: &str, url: &str, reference_id: &str, body: Option<Value>) -> Value {
+    let mut sub =
+        json!({"method": method, "url": format!("{V}{url}"), "referenceId": reference_id});
+    if let Some(body) = body {
+        sub["body"] = body;
+    }
+    sub
+}
+
+fn soql_url(soql: &str) -> String {
+    format!(
+        "/query?q={}",
+        url::form_urlencoded::byte_serialize(soql.as_bytes()).collect::<String>()
+    )
+}
+
+async fn count(sb: &TestSandbox, token: &str, object: &str) -> u64 {
+    query(sb, token, &format!("SELECT Id FROM {object}"))
+        .await
+        .body["totalSize"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Account, Contact and Opportunity in one request, the later ones naming the earlier ones.
+fn customer_and_opportunity(referral: &str, opportunity_body: Value) -> Vec<Value> {
+    vec![
+        sub(
+            "POST",
+            "/sobjects/Account",
+            "newAccount",
+            Some(json!({"Name": "Contoso", "BillingPostalCode": "98052"})),
+        ),
+        sub(
+            "POST",
+            "/sobjects/Contact",
+            "newContact",
+            Some(
+                json!({"LastName": "Ng", "Email": "ng@contoso.example", "AccountId": "@{newAccount.id}"}),
+            ),
+        ),
+        sub(
+            "PATCH",
+            &format!("/sobjects/Opportunity/Referral_Identifier__c/{referral}"),
+            "opportunity",
+            Some(opportunity_body),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_composite_request_runs_its_subrequests_with_references_between_them() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let mut opportunity = opportunity("Composite deal");
+    opportunity["AccountId"] = json!("@{newAccount.id}");
+    opportunity["ContactId"] = json!("@{newContact.id}");
+    let mut subs = customer_and_opportunity("REF-C1", opportunity);
+    subs.push(sub(
+        "GET",
+        &soql_url("SELECT Id, Account.Name FROM Contact WHERE Email = 'ng@contoso.example'"),
+        "found",
+        None,
+    ));
+    subs.push(sub(
+        "GET",
+        "/sobjects/Contact/@{found.records[0].Id}?fields=LastName",
+        "read",
+        None,
+    ));
+
+    let answer = composite(&sb, &token, true, &subs).await;
+
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    let statuses: Vec<u64> = responses
+        .iter()
+        .map(|r| r["httpStatusCode"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 201, 200, 200], "{responses:?}");
+    let refs: Vec<&str> = responses
+        .iter()
+        .map(|r| r["referenceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refs,
+        ["newAccount", "newContact", "opportunity", "found", "read"]
+    );
+    let account = responses[0]["body"]["id"].as_str().unwrap();
+    let contact = responses[1]["body"]["id"].as_str().unwrap();
+    assert!(
+        responses[0]["httpHeaders"]["Location"]
+            .as_str()
+            .unwrap()
+            .ends_with(account)
+    );
+    assert_eq!(responses[2]["body"]["created"], json!(true));
+    let opportunity = responses[2]["body"]["id"].as_str().unwrap();
+    let stored = get(&sb, &token, &format!("/sobjects/Opportunity/{opportunity}")).await;
+    assert_eq!(stored.body["AccountId"], json!(account));
+    assert_eq!(stored.body["ContactId"], json!(contact));
+    let contact_row = get(&sb, &token, &format!("/sobjects/Contact/{contact}")).await;
+    assert_eq!(contact_row.body["AccountId"], json!(account));
+    assert_eq!(
+        responses[3]["body"]["records"][0]["Account"]["Name"],
+        json!("Contoso")
+    );
+    assert_eq!(responses[4]["body"]["LastName"], json!("Ng"));
+}
+
+#[tokio::test]
+async fn a_composite_request_counts_as_one_api_call() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let first = get(&sb, &token, "/limits").await;
+    assert_eq!(limit_info(&first), "api-usage=1/100000");
+    let subs = customer_and_opportunity("REF-C2", opportunity("One call"));
+
+    let answer = composite(&sb, &token, true, &subs).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        limit_info(&answer),
+        "api-usage=2/100000",
+        "three subrequests, one call"
+    );
+    let next = get(&sb, &token, "/limits").await;
+    assert_eq!(limit_info(&next), "api-usage=3/100000");
+    assert_eq!(next.body["DailyApiRequests"]["Remaining"], json!(99_997));
+    // The request log holds the one request, not its subrequests.
+    let log = sb.requests(None).await;
+    let paths: Vec<&str> = log
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .filter(|p| p.starts_with("/services/data/"))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/services/data/v62.0/limits",
+            "/services/data/v62.0/composite",
+            "/services/data/v62.0/limits"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_composite_request_of_26_subrequests_is_refused_whole() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let subs: Vec<Value> = (0..26)
+        .map(|i| {
+            sub(
+                "POST",
+                "/sobjects/Account",
+                &format!("account{i}"),
+                Some(json!({"Name": format!("A{i}")})),
+            )
+        })
+        .collect();
+
+    let refused = composite(&sb, &token, false, &subs).await;
+
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&refused), "LIMIT_EXCEEDED");
+    assert!(refused.body[0]["message"].as_str().unwrap().contains("25"));
+    assert_eq!(count(&sb, &token, "Account").await, 0, "nothing run");
+    let accepted = composite(&sb, &token, false, &subs[..25]).await;
+    assert_eq!(accepted.status, StatusCode::OK);
+    assert_eq!(count(&sb, &token, "Account").await, 25);
+}
+
+#[tokio::test]
+async fn all_or_none_rolls_back_everything_when_the_last_subrequest_fails() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    // The last subrequest fails: an Opportunity without its required fields.
+    let mut failing = json!({"Name": "No stage", "AccountId": "@{newAccount.id}"});
+    failing["Description"] = json!("of @{newContact.id}");
+    let subs = customer_and_opportunity("REF-C3", failing);
+
+    let answer = composite(&sb, &token, true, &subs).await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    for rolled_back in &responses[..2] {
+        assert_eq!(rolled_back["httpStatusCode"], json!(400));
+        assert_eq!(
+            rolled_back["body"][0]["errorCode"],
+            json!("PROCESSING_HALTED")
+        );
+    }
+    assert_eq!(responses[2]["httpStatusCode"], json!(400));
+    assert_eq!(
+        responses[2]["body"][0]["errorCode"],
+        json!("REQUIRED_FIELD_MISSING")
+    );
+    assert_eq!(count(&sb, &token, "Account").await, 0, "rolled back");
+    assert_eq!(count(&sb, &token, "Contact").await, 0, "rolled back");
+    assert_eq!(count(&sb, &token, "Opportunity").await, 0);
+
+    // Without allOrNone the subrequests that succeeded stay.
+    let subs = customer_and_opportunity("REF-C3", json!({"Name": "No stage"}));
+    let answer = composite(&sb, &token, false, &subs).await;
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    assert_eq!(responses[0]["httpStatusCode"], json!(201));
+    assert_eq!(responses[2]["httpStatusCode"], json!(400));
+    assert_eq!(count(&sb, &token, "Account").await, 1);
+    assert_eq!(count(&sb, &token, "Contact").await, 1);
+}
+
+#[tokio::test]
+async fn a_rolled_back_update_puts_the_record_back_and_sends_no_outbound_message() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let id = create_opportunity(&sb, &token, &opportunity("Before")).await;
+    let before = get(&sb, &token, &format!("/sobjects/Opportunity/{id}")).await;
+    let listener = AckAfter::start(0).await;
+    configure_outbound(&sb, &listener.url).await;
+    let subs = vec![
+        sub(
+            "PATCH",
+            &format!("/sobjects/Opportunity/{id}"),
+            "rename",
+            Some(json!({"Name": "After"})),
+        ),
+        sub(
+            "POST",
+            "/sobjects/Account",
+            "broken",
+            Some(json!({"NoSuchField": 1})),
+        ),
+    ];
+
+    let answer = composite(&sb, &token, true, &subs).await;
+
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    assert_eq!(
+        responses[0]["body"][0]["errorCode"],
+        json!("PROCESSING_HALTED")
+    );
+    assert_eq!(responses[1]["body"][0]["errorCode"], json!("INVALID_FIELD"));
+    let after = get(&sb, &token, &format!("/sobjects/Opportunity/{id}")).await;
+    assert_eq!(after.body, before.body, "as it was");
+    assert!(
+        deliveries(&sb).await.is_empty(),
+        "no Outbound Message for a rolled-back write"
+    );
+    // The same update standing: one message, once the request is over.
+    let answer = composite(&sb, &token, true, &subs[..1]).await;
+    assert_eq!(
+        answer.body["compositeResponse"][0]["httpStatusCode"],
+        json!(204)
+    );
+    assert_eq!(deliveries(&sb).await.len(), 1);
+    listener.next().await;
+}
+
+#[tokio::test]
+async fn a_reference_to_a_query_without_records_fails_its_subrequest() {
+    let sb = TestSandbox::start().await;
+    let token = integration_token(&sb).await;
+    let subs = vec![
+        sub(
+            "GET",
+            &soql_url("SELECT Id FROM Account WHERE Name = 'Nobody'"),
+            "found",
+            None,
+        ),
+        sub(
+            "POST",
+            "/sobjects/Contact",
+            "contact",
+            Some(json!({"LastName": "Orphan", "AccountId": "@{found.records[0].Id}"})),
+        ),
+        sub(
+            "POST",
+            "/sobjects/Account",
+            "independent",
+            Some(json!({"Name": "Stands"})),
+        ),
+    ];
+
+    let answer = composite(&sb, &token, false, &subs).await;
+
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    assert_eq!(responses[0]["httpStatusCode"], json!(200));
+    assert_eq!(responses[0]["body"]["totalSize"], json!(0));
+    assert_eq!(responses[1]["httpStatusCode"], json!(400));
+    assert_eq!(
+        responses[1]["body"][0]["errorCode"],
+        json!("PROCESSING_HALTED")
+    );
+    assert!(
+        responses[1]["body"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("found.records[0].Id")
+    );
+    assert_eq!(responses[2]["httpStatusCode"], json!(201));
+    assert_eq!(count(&sb, &token, "Contact").await, 0);
+
+    // With allOrNone the whole request is undone.
+    let answer = composite(&sb, &token, true, &subs).await;
+    let responses = answer.body["compositeResponse"].as_array().unwrap();
+    assert_eq!(
+        responses[2]["body"][0]["errorCode"],
+        json!("PROCESSING_HALTED")
+    );
+    assert_eq!(
+        count(&sb, &token, "Account").await,
+        1,
+        "only the earlier one"
+    );
+}
+
+#[tokio::test]
+async fn a_composite_subrequest_needs_a_valid_session_like_any_request() {
+    let sb = TestSandbox::start().await;
+    let refused = answer(
+        sb.http
+            .post(api(&sb, "/composite"))
+            .json(&json!({"allOrNone": false, "compositeRequest": [sub("GET", "/limits", "l", None)]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}

@@ -46,9 +46,10 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ReferralId};
 use crate::opportunity::{Account, Contact, CrmOpportunity};
 use crate::ports::{
-    ApiBudget, ApiRequest, ApiService, CrmStore, OpportunityPage, OpportunityQuery,
-    OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob, RetryQueue,
-    RetrySource, Service, ServiceCalls, Upserted,
+    ApiBudget, ApiRequest, ApiService, CombinedOperation, CrmStore, FoundCustomer, OpportunityPage,
+    OpportunityQuery, OpportunityWrite, PartnerCenter, PortError, Ports, ReferralQuery, RetryJob,
+    RetryQueue, RetrySource, Service, ServiceCalls, Upserted, create_customer, customer_keys,
+    find_customer_plainly,
 };
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::sync::{
@@ -348,7 +349,10 @@ pub async fn count<B: ApiBudget>(
 
 /// A [`PartnerCenter`] or [`CrmStore`] that counts every call made through it, per service,
 /// then delegates. One port call is counted as one plain request of its service (a
-/// `get_opportunity` is one request on either CRM, its account and contact read with it).
+/// `get_opportunity` is one request on either CRM, its account and contact read with it),
+/// except the operations a CRM may combine ([`CrmStore::combined_request`]): one combined
+/// request when it does (a Salesforce Composite request is one API call), else each plain
+/// request it is made of, charged one by one.
 #[derive(Debug)]
 pub struct Metered<'a, T> {
     inner: &'a T,
@@ -440,12 +444,51 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
         self.inner.get_opportunity(id).await
     }
 
+    /// One request, or (new records on a CRM that does not combine them) each record's create
+    /// and then the upsert, each charged before it is made.
     async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
+        let records = write.new_records();
+        if records == 0 {
+            self.hit_crm();
+            return self.inner.upsert_opportunity(write).await;
+        }
+        let combined = CombinedOperation::CreateWithCustomer { records };
+        if let Some(request) = self.inner.combined_request(combined) {
+            self.hit(request);
+            return self.inner.upsert_opportunity(write).await;
+        }
+        let (account, contact) = create_customer(self, write).await?;
         self.hit_crm();
-        self.inner.upsert_opportunity(write).await
+        self.inner
+            .upsert_opportunity(&write.linked(account.as_ref(), contact.as_ref()))
+            .await
+    }
+
+    /// One combined request when the CRM makes one, else the plain look-ups one by one.
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        let (account, email) = customer_keys(account, email);
+        let lookups = u64::from(account.is_some()) + u64::from(email.is_some());
+        let combined = CombinedOperation::FindCustomer { lookups };
+        match self.inner.combined_request(combined) {
+            Some(request) => {
+                if lookups > 0 {
+                    self.hit(request);
+                }
+                self.inner.find_customer(account, email).await
+            }
+            None => find_customer_plainly(self, account, email).await,
+        }
+    }
+
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        self.inner.combined_request(operation)
     }
 
     async fn find_account(

@@ -306,6 +306,17 @@ pub struct OpportunityWrite<'a> {
     pub account: Option<&'a CrmRecordId>,
     /// The customer contact to link (create only).
     pub contact: Option<&'a CrmRecordId>,
+    /// An account to create with the opportunity and link to it instead of
+    /// [`account`](Self::account) (create only: `record` is `None`, the scope
+    /// [`BodyScope::Create`]). The adapter creates it before the opportunity: Salesforce in the
+    /// same Composite request (all or none), others by one request each
+    /// ([`create_customer`]).
+    pub new_account: Option<&'a Account>,
+    /// A contact to create with the opportunity (create only), linked to the new account or
+    /// else to [`account`](Self::account), and to the opportunity instead of
+    /// [`contact`](Self::contact). Only a contact with an email is given: one without could
+    /// not be found again, so a retry would create it twice.
+    pub new_contact: Option<&'a Contact>,
     /// Text for the Audit column.
     pub audit: Option<&'a str>,
     /// Which fields to write.
@@ -315,6 +326,111 @@ pub struct OpportunityWrite<'a> {
     /// whatever the version (`If-Match: *`). An adapter whose CRM has no conditional update
     /// (Salesforce) writes unconditionally (docs/conflicts.md#what-it-costs).
     pub if_match: Option<&'a str>,
+}
+
+impl<'a> OpportunityWrite<'a> {
+    /// How many records the write creates before the opportunity
+    /// ([`new_account`](Self::new_account), [`new_contact`](Self::new_contact)).
+    pub fn new_records(&self) -> u64 {
+        u64::from(self.new_account.is_some()) + u64::from(self.new_contact.is_some())
+    }
+
+    /// This write linking the `account` and `contact` made for it, with nothing left to
+    /// create: the plain upsert that follows [`create_customer`].
+    pub fn linked<'b>(
+        &self,
+        account: Option<&'b CrmRecordId>,
+        contact: Option<&'b CrmRecordId>,
+    ) -> OpportunityWrite<'b>
+    where
+        'a: 'b,
+    {
+        OpportunityWrite {
+            account,
+            contact,
+            new_account: None,
+            new_contact: None,
+            ..*self
+        }
+    }
+}
+
+/// The plain requests a write's new records take on a CRM without combined writes: create
+/// [`OpportunityWrite::new_account`], then [`OpportunityWrite::new_contact`] linked to it (or
+/// to [`OpportunityWrite::account`]). The account and contact to link then (the given ones
+/// when nothing is new); upsert [`OpportunityWrite::linked`] to them next.
+pub async fn create_customer<C: CrmStore + ?Sized>(
+    crm: &C,
+    write: &OpportunityWrite<'_>,
+) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), PortError> {
+    let account = match write.new_account {
+        Some(account) => Some(crm.create_account(account).await?),
+        None => write.account.cloned(),
+    };
+    let contact = match write.new_contact {
+        Some(contact) => Some(crm.create_contact(contact, account.as_ref()).await?),
+        None => write.contact.cloned(),
+    };
+    Ok((account, contact))
+}
+
+/// What [`CrmStore::find_customer`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct FoundCustomer {
+    /// The oldest account with the name and postal code.
+    pub account: Option<CrmRecordId>,
+    /// The oldest contact with the email.
+    pub contact: Option<CrmRecordId>,
+}
+
+/// The keys a customer is matched by, trimmed, each `None` when there is nothing to look
+/// for: the account's name (and postal code), the contact's email. Idempotent: every layer
+/// of [`CrmStore::find_customer`] applies it.
+pub fn customer_keys<'a>(
+    account: Option<(&'a str, Option<&'a str>)>,
+    email: Option<&'a str>,
+) -> (Option<(&'a str, Option<&'a str>)>, Option<&'a str>) {
+    let account = account
+        .map(|(name, postal_code)| (name.trim(), postal_code.map(str::trim)))
+        .filter(|(name, _)| !name.is_empty());
+    let email = email.map(str::trim).filter(|email| !email.is_empty());
+    (account, email)
+}
+
+/// What [`CrmStore::find_customer`] does with plain requests: [`CrmStore::find_account`],
+/// then [`CrmStore::find_contact_by_email`], each only with a key to look for.
+pub async fn find_customer_plainly<C: CrmStore + ?Sized>(
+    crm: &C,
+    account: Option<(&str, Option<&str>)>,
+    email: Option<&str>,
+) -> Result<FoundCustomer, PortError> {
+    let (account, email) = customer_keys(account, email);
+    let account = match account {
+        Some((name, postal_code)) => crm.find_account(name, postal_code).await?,
+        None => None,
+    };
+    let contact = match email {
+        Some(email) => crm.find_contact_by_email(email).await?,
+        None => None,
+    };
+    Ok(FoundCustomer { account, contact })
+}
+
+/// An operation a CRM may make in one combined request instead of several plain ones
+/// ([`CrmStore::combined_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CombinedOperation {
+    /// [`CrmStore::find_customer`] with this many lookups (1 or 2; none makes no request).
+    FindCustomer {
+        /// The account and/or contact looked for.
+        lookups: u64,
+    },
+    /// [`CrmStore::upsert_opportunity`] creating this many records before the opportunity
+    /// ([`OpportunityWrite::new_records`], 1 or 2).
+    CreateWithCustomer {
+        /// The account and/or contact created.
+        records: u64,
+    },
 }
 
 /// The result of an upsert.
@@ -379,6 +495,30 @@ pub trait CrmStore: Send + Sync {
         contact: &Contact,
         account: Option<&CrmRecordId>,
     ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send;
+
+    /// The oldest account with this name (and postal code) and the oldest contact with this
+    /// email, looked up as [`find_account`](Self::find_account) and
+    /// [`find_contact_by_email`](Self::find_contact_by_email) do ([`customer_keys`]: trimmed, an
+    /// empty key is not looked for).
+    ///
+    /// The default makes the two plain requests ([`find_customer_plainly`]); a CRM that
+    /// combines them in one request says so in [`combined_request`](Self::combined_request).
+    fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> impl Future<Output = Result<FoundCustomer, PortError>> + Send {
+        find_customer_plainly(self, account, email)
+    }
+
+    /// The one request this CRM makes for `operation`, when it combines it
+    /// ([`ApiRequest::SalesforceComposite`]); `None` (the default): it makes the plain requests
+    /// one by one, each charged as a plain request (a decorator then goes through its own
+    /// plain methods: [`find_customer_plainly`], [`create_customer`]).
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        let _ = operation;
+        None
+    }
 
     /// Write the opportunity's Audit column.
     fn write_audit(

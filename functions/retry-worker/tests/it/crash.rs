@@ -44,6 +44,9 @@ fn run_once() -> PathBuf {
     path
 }
 
+/// The path of Salesforce's Composite resource.
+const COMPOSITE: &str = "/services/data/v62.0/composite";
+
 #[tokio::test]
 async fn a_worker_killed_after_the_crm_write_completes_on_redelivery_without_a_duplicate() {
     for crm in [Crm::Dataverse, Crm::Salesforce] {
@@ -57,10 +60,20 @@ async fn killed_after_the_crm_write(crm: Crm) {
     let job = h.enqueue_created(&referral).await;
     let (messages, event) = h.receive().await;
     assert_eq!(messages.len(), 1);
-    // The opportunity upsert (the first PATCH of a new referral) is applied, its answer held.
+    // The opportunity's write is applied, its answer held: on Dataverse the upsert (the first
+    // PATCH of a new referral), on Salesforce the second Composite request (the first finds the
+    // customer; the second writes it with the opportunity, all or none).
+    let write = match crm {
+        Crm::Dataverse => "PATCH",
+        Crm::Salesforce => {
+            h.inject(json!({"service": crm.service(), "method": "POST", "path_prefix": COMPOSITE, "count": 1}))
+                .await;
+            "POST"
+        }
+    };
     h.inject(json!({
         "service": crm.service(),
-        "method": "PATCH",
+        "method": write,
         "count": 1,
         "delay_after_ms": 120_000
     }))
@@ -89,9 +102,18 @@ async fn killed_after_the_crm_write(crm: Crm) {
     // Wait (bounded) until the sandbox applied the write, then kill the worker.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let written = h.requests().await.iter().any(|request: &Value| {
-            request["service"] == crm.service() && request["method"] == "PATCH"
-        });
+        let writes = h
+            .requests()
+            .await
+            .iter()
+            .filter(|request: &&Value| {
+                request["service"] == crm.service() && request["method"] == write
+            })
+            .count();
+        let written = match crm {
+            Crm::Dataverse => writes >= 1,
+            Crm::Salesforce => writes >= 2,
+        };
         if written {
             break;
         }

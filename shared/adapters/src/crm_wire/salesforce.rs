@@ -6,6 +6,8 @@
 //! - [`ack_response`] / [`soap_fault`]: what the listener answers (an `Ack` of `true`, or a
 //!   fault so that Salesforce delivers the message again).
 //! - [`RestError`], [`CreateResponse`], [`UpsertResponse`]: REST API response bodies.
+//! - [`CompositeRequest`] / [`CompositeResponse`]: the Composite resource's bodies (several
+//!   subrequests in one API call, docs/salesforce.md#composite-requests).
 
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
@@ -685,6 +687,146 @@ impl UpsertResponse {
     pub fn parse(body: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(strip_bom(body))
     }
+}
+
+/// At most this many subrequests in one Composite request.
+pub const MAX_COMPOSITE_SUBREQUESTS: usize = 25;
+
+/// The body of `POST /services/data/vXX.X/composite`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeRequest {
+    /// Roll back every change of the request when a subrequest fails.
+    pub all_or_none: bool,
+    /// The subrequests, run in order (at most [`MAX_COMPOSITE_SUBREQUESTS`]).
+    pub composite_request: Vec<CompositeSubrequest>,
+}
+
+/// One subrequest: a REST request whose `url` and `body` may name an earlier subrequest's
+/// answer as `@{referenceId.path}` (e.g. `@{newAccount.id}`, `@{found.records[0].Id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeSubrequest {
+    /// `GET`, `POST`, `PATCH`, …
+    pub method: String,
+    /// `/services/data/vXX.X/…` with its query.
+    pub url: String,
+    /// The name later subrequests and the answer use.
+    pub reference_id: String,
+    /// The JSON body, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// The answer of a Composite request (200 whatever its subrequests answered):
+/// `{"compositeResponse": [{"body","httpHeaders","httpStatusCode","referenceId"}]}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeResponse {
+    /// One answer per subrequest, in order.
+    #[serde(default, deserialize_with = "lenient_subresponses")]
+    pub composite_response: Vec<CompositeSubresponse>,
+}
+
+/// One subrequest's answer.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeSubresponse {
+    /// What the plain request would have answered as its body (`null` for none).
+    #[serde(default)]
+    pub body: Value,
+    /// Its headers (e.g. `Location`).
+    #[serde(default, deserialize_with = "lenient_headers")]
+    pub http_headers: Map<String, Value>,
+    /// Its HTTP status (0 when missing or not a status).
+    #[serde(default, deserialize_with = "lenient_status")]
+    pub http_status_code: u16,
+    /// The subrequest's `referenceId`.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub reference_id: String,
+}
+
+/// The code Salesforce gives the subrequests of a rolled-back or stopped Composite request
+/// other than the one that failed.
+pub const PROCESSING_HALTED: &str = "PROCESSING_HALTED";
+
+impl CompositeResponse {
+    /// Parses the body (unknown members ignored, `null`s and odd member types tolerated).
+    pub fn parse(body: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(strip_bom(body))
+    }
+
+    /// The answer of the subrequest named `reference_id`.
+    pub fn get(&self, reference_id: &str) -> Option<&CompositeSubresponse> {
+        self.composite_response
+            .iter()
+            .find(|answer| answer.reference_id == reference_id)
+    }
+
+    /// The subrequest that made the request fail: the first one that failed other than by
+    /// [`PROCESSING_HALTED`] (else the first that failed at all).
+    pub fn failure(&self) -> Option<&CompositeSubresponse> {
+        let failed = || self.composite_response.iter().filter(|a| !a.succeeded());
+        failed()
+            .find(|answer| !answer.halted())
+            .or_else(|| failed().next())
+    }
+}
+
+impl CompositeSubresponse {
+    /// A 2xx status.
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.http_status_code)
+    }
+
+    /// Not run, or rolled back, because another subrequest failed.
+    pub fn halted(&self) -> bool {
+        !self.succeeded()
+            && RestError::from_json(&self.body)
+                .iter()
+                .any(|error| error.is(PROCESSING_HALTED))
+    }
+
+    /// The errors of a failed answer (empty for a success).
+    pub fn errors(&self) -> Vec<RestError> {
+        if self.succeeded() {
+            Vec::new()
+        } else {
+            RestError::from_json(&self.body)
+        }
+    }
+}
+
+fn lenient_subresponses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<CompositeSubresponse>, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|item| serde_json::from_value(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+fn lenient_headers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Map<String, Value>, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::Object(headers)) => headers,
+        _ => Map::new(),
+    })
+}
+
+fn lenient_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .and_then(|status| u16::try_from(status).ok())
+            .unwrap_or_default(),
+        Some(Value::String(text)) => text.trim().parse().unwrap_or_default(),
+        _ => 0,
+    })
 }
 
 fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -1384,6 +1526,27 @@ mod proptests {
         }
     }
 
+    /// A Composite answer: a created account, a halted contact, a failed upsert.
+    const COMPOSITE: &str = r#"{"compositeResponse":[
+        {"body":{"id":"001000000000001AAA","success":true,"errors":[]},"httpHeaders":{"Location":"/services/data/v62.0/sobjects/Account/001000000000001AAA"},"httpStatusCode":201,"referenceId":"account"},
+        {"body":[{"errorCode":"PROCESSING_HALTED","message":"The transaction was rolled back since another operation in the same transaction failed."}],"httpHeaders":{},"httpStatusCode":400,"referenceId":"contact"},
+        {"body":["/services/data/v62.0/sobjects/Opportunity/006000000000001AAA","/services/data/v62.0/sobjects/Opportunity/006000000000002AAA"],"httpHeaders":{},"httpStatusCode":300,"referenceId":"opportunity"}]}"#;
+
+    /// Everything the adapter asks of a Composite answer.
+    fn read_composite(body: &str) {
+        if let Ok(answer) = CompositeResponse::parse(body) {
+            let _ = (answer.get("account"), answer.failure());
+            for sub in &answer.composite_response {
+                let _ = (
+                    sub.succeeded(),
+                    sub.halted(),
+                    sub.errors(),
+                    sub.body.to_string(),
+                );
+            }
+        }
+    }
+
     fn parse(xml: &str) {
         if let Ok(message) = OutboundMessage::parse(xml) {
             read(&message);
@@ -1442,6 +1605,20 @@ mod proptests {
                 }
                 let _ = CreateResponse::parse(&body);
                 let _ = UpsertResponse::parse(&body);
+                read_composite(&body);
+            }
+        }
+
+        #[test]
+        fn composite_answers_are_read_without_panic(
+            body in wire_text(),
+            value in json_value(),
+            which in any::<prop::sample::Index>(),
+            with in prop_oneof![json_value(), wire_text().prop_map(Value::String)],
+        ) {
+            let sample = mutated(&serde_json::from_str(COMPOSITE).unwrap(), which, with).to_string();
+            for body in [body, value.to_string(), sample] {
+                read_composite(&body);
             }
         }
     }

@@ -5,7 +5,8 @@
 use cosell_domain::ids::{CrmKind, CrmRecordId, ReferralId};
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    CrmStore, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError, Upserted,
+    ApiRequest, CombinedOperation, CrmStore, FoundCustomer, OpportunityPage, OpportunityQuery,
+    OpportunityWrite, PortError, Upserted,
 };
 
 use super::dataverse::DataverseStore;
@@ -117,6 +118,24 @@ impl CrmStore for AnyCrm {
         match self {
             Self::Dataverse(store) => store.list_opportunities(query).await,
             Self::Salesforce(store) => store.list_opportunities(query).await,
+        }
+    }
+
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        match self {
+            Self::Dataverse(store) => store.find_customer(account, email).await,
+            Self::Salesforce(store) => store.find_customer(account, email).await,
+        }
+    }
+
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        match self {
+            Self::Dataverse(store) => store.combined_request(operation),
+            Self::Salesforce(store) => store.combined_request(operation),
         }
     }
 }

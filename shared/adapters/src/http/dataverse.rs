@@ -15,7 +15,7 @@
 //! |---|---|
 //! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | exactly 1 `GET opportunities?$filter=<referral column> eq '…'&$select=…&$top=1&$expand=<currency>($select=isocurrencycode)`. The account and contact are **not** read (the result's `account` is empty and `contact` `None`; use `get_opportunity` for them) |
 //! | [`get_opportunity`](CrmStore::get_opportunity) | exactly 1 `GET opportunities(<id>)?$select=…&$expand=<account>($select=…),<contact>($select=…),<currency>($select=isocurrencycode)` ([`opportunity_expand`](DataverseStore::opportunity_expand); docs/dataverse.md#related-rows-in-one-read): an unset lookup expands to `null` |
-//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`, + 1 `GET transactioncurrencies?$filter=isocurrencycode eq '…'` the first time a currency is written (cached per instance) |
+//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`, + 1 `GET transactioncurrencies?$filter=isocurrencycode eq '…'` the first time a currency is written (cached per instance); with [`new_account`](OpportunityWrite::new_account) / [`new_contact`](OpportunityWrite::new_contact), first 1 `POST` for each, as `create_account` / `create_contact` make them (no combined write: [`find_customer`](CrmStore::find_customer) is the default, the two look-ups) |
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 `GET` with `$filter`, `$select` of the primary key, `$top=1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST` (`Prefer: return=representation`, `$select` of the primary key) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH opportunities(<id>)` with `If-Match: *` |
@@ -53,7 +53,7 @@ use cosell_domain::mapping::{
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
     CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError,
-    Service, Upserted,
+    Service, Upserted, create_customer,
 };
 use cosell_domain::values::CurrencyCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue};
@@ -679,12 +679,103 @@ impl CrmStore for DataverseStore {
         Ok(self.expanded_opportunity(&row))
     }
 
-    /// The upsert (see the module docs).
+    /// The upsert (see the module docs): the new account and contact first, one request each
+    /// ([`create_customer`]; Dataverse has no combined write in use here), then the
+    /// opportunity.
     #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
     async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
+        if write.new_records() == 0 {
+            return self.upsert_linked(write).await;
+        }
+        let (account, contact) = create_customer(self, write).await?;
+        self.upsert_linked(&write.linked(account.as_ref(), contact.as_ref()))
+            .await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Accounts, contacts, audit
+    // -----------------------------------------------------------------------------------------
+
+    /// `GET accounts?$filter=name eq '…' and address1_postalcode eq '…'` (by name alone when no
+    /// postal code is given); the oldest match.
+    #[tracing::instrument(skip_all)]
+    async fn find_account(
+        &self,
+        name: &str,
+        postal_code: Option<&str>,
+    ) -> Result<Option<CrmRecordId>, PortError> {
+        let f = &self.mapping.dataverse.account;
+        let mut filter = format!("{} eq {}", f.name, odata_string(name.trim()));
+        if let Some(postal_code) = postal_code.map(str::trim).filter(|p| !p.is_empty()) {
+            filter.push_str(&format!(
+                " and {} eq {}",
+                f.postal_code,
+                odata_string(postal_code)
+            ));
+        }
+        let ctx = Self::ctx("find an account");
+        let found = self.find_id(&ctx, &f.entity_set, &f.id, filter).await?;
+        Ok(found.map(CrmRecordId::Dataverse))
+    }
+
+    /// `POST accounts`.
+    #[tracing::instrument(skip_all)]
+    async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
+        let f = &self.mapping.dataverse.account;
+        let body = dataverse_account_body(account, &self.mapping);
+        let ctx = Self::ctx("create an account");
+        let id = self.create(&ctx, &f.entity_set, &f.id, &body).await?;
+        Ok(CrmRecordId::Dataverse(id))
+    }
+
+    /// `GET contacts?$filter=emailaddress1 eq '…'`; the oldest match.
+    #[tracing::instrument(skip_all)]
+    async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
+        let f = &self.mapping.dataverse.contact;
+        let filter = format!("{} eq {}", f.email, odata_string(email.trim()));
+        let ctx = Self::ctx("find a contact");
+        let found = self.find_id(&ctx, &f.entity_set, &f.id, filter).await?;
+        Ok(found.map(CrmRecordId::Dataverse))
+    }
+
+    /// `POST contacts`, bound to its account when given.
+    #[tracing::instrument(skip_all)]
+    async fn create_contact(
+        &self,
+        contact: &Contact,
+        account: Option<&CrmRecordId>,
+    ) -> Result<CrmRecordId, PortError> {
+        let f = &self.mapping.dataverse.contact;
+        let account = account
+            .map(|account| dataverse_id(account, "account"))
+            .transpose()?;
+        let body = dataverse_contact_body(contact, account, &self.mapping);
+        let ctx = Self::ctx("create a contact");
+        let id = self.create(&ctx, &f.entity_set, &f.id, &body).await?;
+        Ok(CrmRecordId::Dataverse(id))
+    }
+
+    /// `PATCH opportunities(<id>)` of the audit column, `If-Match: *` (never creates).
+    #[tracing::instrument(skip_all, fields(crm = %opportunity))]
+    async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
+        let id = dataverse_id(opportunity, "opportunity")?;
+        let f = &self.mapping.dataverse.opportunity;
+        let mut body = Map::new();
+        body.insert(f.audit.clone(), Value::String(text.to_owned()));
+        let ctx = Self::ctx("write the audit column").with_resource(format!("{} {id}", f.entity));
+        let url = self.url(&format!("{}({id})", f.entity_set), &[])?;
+        self.send(&ctx, Method::PATCH, url, Some(&body), &[("if-match", "*")])
+            .await?;
+        Ok(())
+    }
+}
+
+impl DataverseStore {
+    /// The upsert of a write with nothing left to create (see the module docs).
+    async fn upsert_linked(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         let f = &self.mapping.dataverse.opportunity;
         let record = write
             .record
@@ -778,83 +869,6 @@ impl CrmStore for DataverseStore {
                 })
             }
         }
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Accounts, contacts, audit
-    // -----------------------------------------------------------------------------------------
-
-    /// `GET accounts?$filter=name eq '…' and address1_postalcode eq '…'` (by name alone when no
-    /// postal code is given); the oldest match.
-    #[tracing::instrument(skip_all)]
-    async fn find_account(
-        &self,
-        name: &str,
-        postal_code: Option<&str>,
-    ) -> Result<Option<CrmRecordId>, PortError> {
-        let f = &self.mapping.dataverse.account;
-        let mut filter = format!("{} eq {}", f.name, odata_string(name.trim()));
-        if let Some(postal_code) = postal_code.map(str::trim).filter(|p| !p.is_empty()) {
-            filter.push_str(&format!(
-                " and {} eq {}",
-                f.postal_code,
-                odata_string(postal_code)
-            ));
-        }
-        let ctx = Self::ctx("find an account");
-        let found = self.find_id(&ctx, &f.entity_set, &f.id, filter).await?;
-        Ok(found.map(CrmRecordId::Dataverse))
-    }
-
-    /// `POST accounts`.
-    #[tracing::instrument(skip_all)]
-    async fn create_account(&self, account: &Account) -> Result<CrmRecordId, PortError> {
-        let f = &self.mapping.dataverse.account;
-        let body = dataverse_account_body(account, &self.mapping);
-        let ctx = Self::ctx("create an account");
-        let id = self.create(&ctx, &f.entity_set, &f.id, &body).await?;
-        Ok(CrmRecordId::Dataverse(id))
-    }
-
-    /// `GET contacts?$filter=emailaddress1 eq '…'`; the oldest match.
-    #[tracing::instrument(skip_all)]
-    async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
-        let f = &self.mapping.dataverse.contact;
-        let filter = format!("{} eq {}", f.email, odata_string(email.trim()));
-        let ctx = Self::ctx("find a contact");
-        let found = self.find_id(&ctx, &f.entity_set, &f.id, filter).await?;
-        Ok(found.map(CrmRecordId::Dataverse))
-    }
-
-    /// `POST contacts`, bound to its account when given.
-    #[tracing::instrument(skip_all)]
-    async fn create_contact(
-        &self,
-        contact: &Contact,
-        account: Option<&CrmRecordId>,
-    ) -> Result<CrmRecordId, PortError> {
-        let f = &self.mapping.dataverse.contact;
-        let account = account
-            .map(|account| dataverse_id(account, "account"))
-            .transpose()?;
-        let body = dataverse_contact_body(contact, account, &self.mapping);
-        let ctx = Self::ctx("create a contact");
-        let id = self.create(&ctx, &f.entity_set, &f.id, &body).await?;
-        Ok(CrmRecordId::Dataverse(id))
-    }
-
-    /// `PATCH opportunities(<id>)` of the audit column, `If-Match: *` (never creates).
-    #[tracing::instrument(skip_all, fields(crm = %opportunity))]
-    async fn write_audit(&self, opportunity: &CrmRecordId, text: &str) -> Result<(), PortError> {
-        let id = dataverse_id(opportunity, "opportunity")?;
-        let f = &self.mapping.dataverse.opportunity;
-        let mut body = Map::new();
-        body.insert(f.audit.clone(), Value::String(text.to_owned()));
-        let ctx = Self::ctx("write the audit column").with_resource(format!("{} {id}", f.entity));
-        let url = self.url(&format!("{}({id})", f.entity_set), &[])?;
-        self.send(&ctx, Method::PATCH, url, Some(&body), &[("if-match", "*")])
-            .await?;
-        Ok(())
     }
 }
 

@@ -17,6 +17,8 @@
 //! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | 1 `GET sobjects/Opportunity/<External ID field>/<referral id>` (404 → `None`; several matches (300) → permanent). The Account and Contact are **not** read (use `get_opportunity`) |
 //! | [`get_opportunity`](CrmStore::get_opportunity) | exactly 1 SOQL `GET query?q=SELECT Id, …, Account.Name, Account.BillingPostalCode, …, Contact.Email, … FROM Opportunity WHERE Id = '<id>'` ([`opportunity_soql`](SalesforceStore::opportunity_soql); child-to-parent relationship fields, docs/salesforce.md#related-records-in-one-query): an unset `AccountId` / `ContactId` comes back as a `null` parent; no record is `NotFound`. `ContactId` exists from API v46.0 |
 //! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`: `sobjects/Opportunity/<External ID field>/<referral id>` (201 `created:true` / 200 `created:false`), or with a record id `sobjects/Opportunity/<id>` (204, never creates) |
+//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) with [`new_account`](OpportunityWrite::new_account) / [`new_contact`](OpportunityWrite::new_contact) | exactly 1 Composite `POST composite` (`allOrNone: true`): `POST sobjects/Account` (`account`), `POST sobjects/Contact` with its account `@{account.id}` (`contact`), then the upsert by External ID with `AccountId` / `ContactId` from those references or the ids given; all of them or none are written |
+//! | [`find_customer`](CrmStore::find_customer) | exactly 1 Composite `POST composite` holding the two SOQL queries of `find_account` and `find_contact_by_email` (only those with a key; none: no request) |
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 SOQL `GET query?q=SELECT Id FROM … WHERE … ORDER BY CreatedDate ASC LIMIT 1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST sobjects/<Object>` (201 `{id}`) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH sobjects/Opportunity/<id>` of the audit field |
@@ -26,9 +28,15 @@
 //! `Referral_Identifier__c`; it must be an External ID field). It is left out of the body of an
 //! upsert by that key and written into the record on an update by id.
 //!
-//! Not written: the opportunity's contact. Salesforce links contacts to opportunities through
-//! `OpportunityContactRole` records, which the domain's body builder does not produce, so
-//! [`OpportunityWrite::contact`] is ignored here (the contact itself is still found or created).
+//! A Composite request is one API call whatever its subrequests
+//! ([`CrmStore::combined_request`]: [`ApiRequest::SalesforceComposite`]); a failed subrequest is
+//! mapped to the error the plain request gives (a 300 on the upsert is the duplicate-referral
+//! error, a missing External ID field the configuration error), and with `allOrNone` nothing
+//! of the request stays written (docs/salesforce.md#composite-requests).
+//!
+//! The opportunity's contact is written as `ContactId` (the primary contact, API v46.0 and
+//! later) only when the opportunity is created by an upsert of the create scope; Salesforce
+//! sets it on create only.
 //!
 //! [`SalesforceOpportunityFields::referral_identifier`]: cosell_domain::mapping::SalesforceOpportunityFields::referral_identifier
 
@@ -36,14 +44,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cosell_domain::ids::{CrmKind, CrmRecordId, ReferralId, SalesforceId};
+use cosell_domain::mapping::BodyScope;
 use cosell_domain::mapping::{
     MappingConfig, SalesforceRecord, opportunity_from_salesforce, salesforce_account_body,
     salesforce_contact_body, salesforce_opportunity_body,
 };
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError,
-    Service, Upserted,
+    ApiRequest, CombinedOperation, CrmStore, FoundCustomer, ListedOpportunity, OpportunityPage,
+    OpportunityQuery, OpportunityWrite, PortError, Service, Upserted, customer_keys,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -52,8 +61,11 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use super::AuthorizedClient;
-use super::response::{HttpAdapterError, RequestContext, read_json};
+use super::response::{HttpAdapterError, RequestContext, classify, read_json};
 use super::tokens::{AccessToken, SalesforceJwtBearer};
+use crate::crm_wire::salesforce::{
+    CompositeRequest, CompositeResponse, CompositeSubrequest, CompositeSubresponse,
+};
 
 /// The REST API version used.
 pub const DEFAULT_SALESFORCE_API_VERSION: &str = "v62.0";
@@ -496,6 +508,286 @@ impl SalesforceStore {
         )
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Composite requests
+    // -----------------------------------------------------------------------------------------
+
+    /// The path and query of a REST request, as a Composite subrequest names it:
+    /// `/services/data/v62.0/{segments…}?{query}`.
+    fn subrequest_url(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<String, HttpAdapterError> {
+        let base = Url::parse("https://instance.invalid/").map_err(|error| {
+            HttpAdapterError::Config(format!("the Composite base URL is invalid: {error}"))
+        })?;
+        let url = self.url_on(&base, segments, query)?;
+        Ok(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        })
+    }
+
+    /// A subrequest of `method` on `segments`.
+    fn subrequest(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        reference_id: &str,
+        body: Option<Map<String, Value>>,
+    ) -> Result<CompositeSubrequest, HttpAdapterError> {
+        Ok(CompositeSubrequest {
+            method: method.as_str().to_owned(),
+            url: self.subrequest_url(segments, query)?,
+            reference_id: reference_id.to_owned(),
+            body: body.map(Value::Object),
+        })
+    }
+
+    /// Sends one Composite request (one API call) and reads its answer; one answer per
+    /// subrequest is expected.
+    async fn composite(
+        &self,
+        ctx: &RequestContext,
+        request: &CompositeRequest,
+    ) -> Result<CompositeResponse, PortError> {
+        let body = match serde_json::to_value(request) {
+            Ok(Value::Object(body)) => body,
+            Ok(_) | Err(_) => {
+                return Err(HttpAdapterError::Config(
+                    "the Composite request could not be serialised".to_owned(),
+                )
+                .into());
+            }
+        };
+        let response = self
+            .send(ctx, Method::POST, &["composite"], &[], Some(&body))
+            .await?;
+        let answer: CompositeResponse = read_json(ctx, response).await?;
+        if let Some(missing) = request
+            .composite_request
+            .iter()
+            .find(|sub| answer.get(&sub.reference_id).is_none())
+        {
+            return Err(HttpAdapterError::decode(
+                ctx,
+                format!(
+                    "the Composite answer has no answer for the subrequest {}",
+                    missing.reference_id
+                ),
+            )
+            .into());
+        }
+        Ok(answer)
+    }
+
+    /// The answer of subrequest `reference_id` as the plain request's error when it failed:
+    /// classified like a plain answer (the subrequest's status and body), with the resource
+    /// and operation of `ctx`.
+    fn subresponse_error(ctx: &RequestContext, answer: &CompositeSubresponse) -> HttpAdapterError {
+        match StatusCode::from_u16(answer.http_status_code) {
+            Ok(status) => classify(ctx, status, &HeaderMap::new(), &answer.body.to_string()),
+            Err(_) => HttpAdapterError::decode(
+                ctx,
+                format!(
+                    "the Composite subrequest {} answered no valid status ({})",
+                    answer.reference_id, answer.http_status_code
+                ),
+            ),
+        }
+    }
+
+    /// The first row's `Id` of a query subrequest's answer.
+    fn queried_id(
+        ctx: &RequestContext,
+        answer: &CompositeSubresponse,
+    ) -> Result<Option<SalesforceId>, PortError> {
+        if !answer.succeeded() {
+            return Err(Self::subresponse_error(ctx, answer).into());
+        }
+        let result: QueryResult = serde_json::from_value(answer.body.clone()).map_err(|error| {
+            HttpAdapterError::decode(
+                ctx,
+                format!("the query answer is not a query result: {error}"),
+            )
+        })?;
+        Ok(result.records.first().and_then(|row| record_id(row, "Id")))
+    }
+
+    /// `SELECT Id FROM Account WHERE Name = … [AND BillingPostalCode = …] ORDER BY CreatedDate
+    /// ASC LIMIT 1`.
+    fn account_soql(&self, name: &str, postal_code: Option<&str>) -> String {
+        let f = &self.mapping.salesforce.account;
+        let mut soql = format!(
+            "SELECT {} FROM {} WHERE {} = {}",
+            f.id,
+            f.object,
+            f.name,
+            soql_string(name.trim())
+        );
+        if let Some(postal_code) = postal_code.map(str::trim).filter(|p| !p.is_empty()) {
+            soql.push_str(&format!(
+                " AND {} = {}",
+                f.postal_code,
+                soql_string(postal_code)
+            ));
+        }
+        soql.push_str(&format!(" ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1"));
+        soql
+    }
+
+    /// `SELECT Id FROM Contact WHERE Email = … ORDER BY CreatedDate ASC LIMIT 1`.
+    fn contact_soql(&self, email: &str) -> String {
+        let f = &self.mapping.salesforce.contact;
+        format!(
+            "SELECT {} FROM {} WHERE {} = {} ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1",
+            f.id,
+            f.object,
+            f.email,
+            soql_string(email.trim())
+        )
+    }
+
+    /// The new opportunity with its new account and/or contact, in one Composite request
+    /// (`allOrNone`): see the module docs.
+    async fn create_with_customer(
+        &self,
+        write: &OpportunityWrite<'_>,
+    ) -> Result<Upserted, PortError> {
+        const ACCOUNT: &str = "newAccount";
+        const CONTACT: &str = "newContact";
+        const OPPORTUNITY: &str = "opportunity";
+        let sf = &self.mapping.salesforce;
+        let f = &sf.opportunity;
+        let existing_account = write
+            .account
+            .map(|account| salesforce_id(account, "account"))
+            .transpose()?;
+        let existing_contact = write
+            .contact
+            .map(|contact| salesforce_id(contact, "contact"))
+            .transpose()?;
+        let account_ref = format!("@{{{ACCOUNT}.id}}");
+        let contact_ref = format!("@{{{CONTACT}.id}}");
+        let account_value = match (write.new_account, &existing_account) {
+            (Some(_), _) => Some(account_ref),
+            (None, Some(id)) => Some(id.as_str().to_owned()),
+            (None, None) => None,
+        };
+        let mut subrequests = Vec::with_capacity(3);
+        let account_ctx = Self::ctx("create an account");
+        if let Some(account) = write.new_account {
+            let body = salesforce_account_body(account, &self.mapping);
+            subrequests.push(self.subrequest(
+                &Method::POST,
+                &["sobjects", sf.account.object.as_str()],
+                &[],
+                ACCOUNT,
+                Some(body),
+            )?);
+        }
+        let contact_ctx = Self::ctx("create a contact");
+        if let Some(contact) = write.new_contact {
+            let mut body = salesforce_contact_body(contact, None, &self.mapping);
+            if let Some(account) = &account_value {
+                body.insert(
+                    sf.contact.account_id.clone(),
+                    Value::String(account.clone()),
+                );
+            }
+            subrequests.push(self.subrequest(
+                &Method::POST,
+                &["sobjects", sf.contact.object.as_str()],
+                &[],
+                CONTACT,
+                Some(body),
+            )?);
+        }
+        let mut body = salesforce_opportunity_body(
+            write.opportunity,
+            None,
+            write.audit,
+            write.scope,
+            &self.mapping,
+        );
+        body.remove(&f.referral_identifier);
+        if let Some(account) = account_value {
+            body.insert(f.account_id.clone(), Value::String(account));
+        }
+        let contact_value = match (write.new_contact, &existing_contact) {
+            (Some(_), _) => Some(contact_ref),
+            (None, Some(id)) => Some(id.as_str().to_owned()),
+            (None, None) => None,
+        };
+        if let Some(contact) = contact_value {
+            body.insert(f.contact_id.clone(), Value::String(contact));
+        }
+        let referral = write.referral_id.to_string();
+        subrequests.push(self.subrequest(
+            &Method::PATCH,
+            &[
+                "sobjects",
+                f.object.as_str(),
+                f.referral_identifier.as_str(),
+                referral.as_str(),
+            ],
+            &[],
+            OPPORTUNITY,
+            Some(body),
+        )?);
+        let ctx = Self::ctx("create an opportunity with its customer (Composite)")
+            .with_resource(format!("the {} field {}", f.object, f.referral_identifier));
+        let request = CompositeRequest {
+            all_or_none: true,
+            composite_request: subrequests,
+        };
+        let answer = self.composite(&ctx, &request).await?;
+        if let Some(failed) = answer.failure() {
+            let cause = match failed.reference_id.as_str() {
+                ACCOUNT => Self::subresponse_error(&account_ctx, failed),
+                CONTACT => Self::subresponse_error(&contact_ctx, failed),
+                _ => Self::subresponse_error(&ctx, failed),
+            };
+            return Err(self.upsert_error(cause, &referral));
+        }
+        let upserted = answer
+            .get(OPPORTUNITY)
+            .ok_or_else(|| HttpAdapterError::decode(&ctx, "no answer for the upsert"))?;
+        let saved: SaveResult = serde_json::from_value(upserted.body.clone()).map_err(|error| {
+            HttpAdapterError::decode(
+                &ctx,
+                format!(
+                    "the upsert answered {} without the record id ({error}); API versions                      before v46.0 do: configure API version v46.0 or later",
+                    upserted.http_status_code
+                ),
+            )
+        })?;
+        let id = SalesforceId::try_from(saved.id.as_str()).map_err(|error| {
+            HttpAdapterError::decode(&ctx, format!("the upserted id is not an id: {error}"))
+        })?;
+        Ok(Upserted {
+            id: CrmRecordId::Salesforce(id),
+            created: saved.created.unwrap_or(upserted.http_status_code == 201),
+            version: None,
+        })
+    }
+
+    /// The error of an upsert by the referral id: a missing External ID field and several
+    /// records with the referral (300) get their own errors (with the fix), others as classified.
+    fn upsert_error(&self, error: HttpAdapterError, referral: &str) -> PortError {
+        match error {
+            HttpAdapterError::NotFound { message, .. }
+                if message.to_ascii_lowercase().contains("external id field") =>
+            {
+                self.missing_external_id(&message)
+            }
+            HttpAdapterError::Rejected { status: 300, .. } => self.duplicate_referral(referral),
+            error => error.into(),
+        }
+    }
+
     fn missing_external_id(&self, message: &str) -> PortError {
         let f = &self.mapping.salesforce.opportunity;
         salesforce_error(format!(
@@ -629,6 +921,16 @@ impl CrmStore for SalesforceStore {
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
+        if write.new_records() > 0 {
+            if write.record.is_some() || write.scope != BodyScope::Create {
+                return Err(salesforce_error(
+                    "new accounts and contacts are written only with a new opportunity (an \
+                     upsert by the referral id of the create scope): this is a defect of the \
+                     connector, report it",
+                ));
+            }
+            return self.create_with_customer(write).await;
+        }
         let f = &self.mapping.salesforce.opportunity;
         let record = write
             .record
@@ -638,11 +940,11 @@ impl CrmStore for SalesforceStore {
             .account
             .map(|account| salesforce_id(account, "account"))
             .transpose()?;
-        if write.contact.is_some() {
-            tracing::debug!(
-                "the contact is not linked to a Salesforce opportunity (no OpportunityContactRole is written)"
-            );
-        }
+        let contact = write
+            .contact
+            .filter(|_| record.is_none() && write.scope == BodyScope::Create)
+            .map(|contact| salesforce_id(contact, "contact"))
+            .transpose()?;
         let mut body = salesforce_opportunity_body(
             write.opportunity,
             account.as_ref(),
@@ -650,6 +952,12 @@ impl CrmStore for SalesforceStore {
             write.scope,
             &self.mapping,
         );
+        if let Some(contact) = contact {
+            body.insert(
+                f.contact_id.clone(),
+                Value::String(contact.as_str().to_owned()),
+            );
+        }
         let referral = write.referral_id.to_string();
         match record {
             Some(id) => {
@@ -686,21 +994,10 @@ impl CrmStore for SalesforceStore {
                     f.referral_identifier.as_str(),
                     referral.as_str(),
                 ];
-                let response = match self
+                let response = self
                     .send(&ctx, Method::PATCH, &segments, &[], Some(&body))
                     .await
-                {
-                    Ok(response) => response,
-                    Err(HttpAdapterError::NotFound { message, .. })
-                        if message.to_ascii_lowercase().contains("external id field") =>
-                    {
-                        return Err(self.missing_external_id(&message));
-                    }
-                    Err(HttpAdapterError::Rejected { status: 300, .. }) => {
-                        return Err(self.duplicate_referral(&referral));
-                    }
-                    Err(error) => return Err(error.into()),
-                };
+                    .map_err(|error| self.upsert_error(error, &referral))?;
                 let status = response.status();
                 if status == StatusCode::NO_CONTENT {
                     return Err(HttpAdapterError::decode(
@@ -735,22 +1032,7 @@ impl CrmStore for SalesforceStore {
         name: &str,
         postal_code: Option<&str>,
     ) -> Result<Option<CrmRecordId>, PortError> {
-        let f = &self.mapping.salesforce.account;
-        let mut soql = format!(
-            "SELECT {} FROM {} WHERE {} = {}",
-            f.id,
-            f.object,
-            f.name,
-            soql_string(name.trim())
-        );
-        if let Some(postal_code) = postal_code.map(str::trim).filter(|p| !p.is_empty()) {
-            soql.push_str(&format!(
-                " AND {} = {}",
-                f.postal_code,
-                soql_string(postal_code)
-            ));
-        }
-        soql.push_str(&format!(" ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1"));
+        let soql = self.account_soql(name, postal_code);
         let ctx = Self::ctx("find an account");
         Ok(self
             .query_id(&ctx, &soql)
@@ -772,14 +1054,7 @@ impl CrmStore for SalesforceStore {
     /// SOQL on Contact by email; the oldest match.
     #[tracing::instrument(skip_all)]
     async fn find_contact_by_email(&self, email: &str) -> Result<Option<CrmRecordId>, PortError> {
-        let f = &self.mapping.salesforce.contact;
-        let soql = format!(
-            "SELECT {} FROM {} WHERE {} = {} ORDER BY {CREATED_DATE_FIELD} ASC LIMIT 1",
-            f.id,
-            f.object,
-            f.email,
-            soql_string(email.trim())
-        );
+        let soql = self.contact_soql(email);
         let ctx = Self::ctx("find a contact");
         Ok(self
             .query_id(&ctx, &soql)
@@ -803,6 +1078,69 @@ impl CrmStore for SalesforceStore {
             .create(&ctx, &self.mapping.salesforce.contact.object, &body)
             .await?;
         Ok(CrmRecordId::Salesforce(id))
+    }
+
+    /// The account and contact queries of `find_account` / `find_contact_by_email` in one
+    /// Composite request (see the module docs).
+    #[tracing::instrument(skip_all)]
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        const ACCOUNT: &str = "account";
+        const CONTACT: &str = "contact";
+        let (account, email) = customer_keys(account, email);
+        let mut subrequests = Vec::with_capacity(2);
+        if let Some((name, postal_code)) = account {
+            let soql = self.account_soql(name, postal_code);
+            subrequests.push(self.subrequest(
+                &Method::GET,
+                &["query"],
+                &[("q", &soql)],
+                ACCOUNT,
+                None,
+            )?);
+        }
+        if let Some(email) = email {
+            let soql = self.contact_soql(email);
+            subrequests.push(self.subrequest(
+                &Method::GET,
+                &["query"],
+                &[("q", &soql)],
+                CONTACT,
+                None,
+            )?);
+        }
+        if subrequests.is_empty() {
+            return Ok(FoundCustomer::default());
+        }
+        let ctx = Self::ctx("find the customer's account and contact (Composite)");
+        let request = CompositeRequest {
+            all_or_none: false,
+            composite_request: subrequests,
+        };
+        let answer = self.composite(&ctx, &request).await?;
+        let found = |reference: &str, operation: &'static str| {
+            answer
+                .get(reference)
+                .map(|sub| Self::queried_id(&Self::ctx(operation), sub))
+                .transpose()
+                .map(|id| id.flatten().map(CrmRecordId::Salesforce))
+        };
+        Ok(FoundCustomer {
+            account: found(ACCOUNT, "find an account")?,
+            contact: found(CONTACT, "find a contact")?,
+        })
+    }
+
+    /// Both combined operations are one Composite request: one API call.
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        let subrequests = match operation {
+            CombinedOperation::FindCustomer { lookups } => lookups,
+            CombinedOperation::CreateWithCustomer { records } => records + 1,
+        };
+        Some(ApiRequest::SalesforceComposite { subrequests })
     }
 
     /// `PATCH sobjects/Opportunity/<id>` of the audit field.

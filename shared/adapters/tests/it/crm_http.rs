@@ -14,12 +14,16 @@ use cosell_adapters::http::crm::AnyCrm;
 use cosell_adapters::http::dataverse::{DataverseConfig, DataverseStore};
 use cosell_adapters::http::salesforce::{ApiUsage, SalesforceConfig, SalesforceStore};
 use cosell_adapters::http::tokens::dataverse_scope;
+use cosell_domain::budget::Metered;
 use cosell_domain::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId, SolutionId};
 use cosell_domain::mapping::{BodyScope, MappingConfig};
 use cosell_domain::opportunity::{
     Account, AssistanceRequest, Contact, Opportunity, OpportunityStage,
 };
-use cosell_domain::ports::{CrmStore, OpportunityWrite, PortError, Service, Upserted};
+use cosell_domain::ports::{
+    ApiService, CrmStore, FoundCustomer, OpportunityWrite, PortError, Service, ServiceCalls,
+    Upserted,
+};
 use cosell_domain::values::{CountryCode, Money};
 use cosell_sandbox::SandboxConfig;
 use cosell_sandbox::identities::{
@@ -183,6 +187,8 @@ fn write<'a>(
         opportunity,
         account: None,
         contact: None,
+        new_account: None,
+        new_contact: None,
         audit: None,
         scope,
         if_match: None,
@@ -1195,4 +1201,242 @@ async fn any_crm_dispatches_to_the_configured_store() {
         assert_eq!(found.record.id, Some(upserted.id.clone()));
         assert_eq!(found.record.crm, crm.kind());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A new opportunity's customer: one find, one write
+// ---------------------------------------------------------------------------------------------
+
+/// The write of a new opportunity with what `find_customer` did not find.
+fn new_opportunity_write<'a>(
+    referral: &'a ReferralId,
+    values: &'a Opportunity,
+    found: &'a FoundCustomer,
+) -> OpportunityWrite<'a> {
+    OpportunityWrite {
+        account: found.account.as_ref(),
+        contact: found.contact.as_ref(),
+        new_account: found.account.is_none().then_some(&values.account),
+        new_contact: values.contact.as_ref().filter(|_| found.contact.is_none()),
+        audit: Some("2027-01-15T08:00:00Z Created from Partner Center"),
+        ..write(referral, values, BodyScope::Create)
+    }
+}
+
+/// `find_customer` with the opportunity's account and contact.
+async fn find_customer_of<C: CrmStore>(crm: &C, values: &Opportunity) -> FoundCustomer {
+    let account = &values.account;
+    crm.find_customer(
+        account
+            .name
+            .as_deref()
+            .map(|name| (name, account.postal_code.as_deref())),
+        values.contact.as_ref().and_then(|c| c.email.as_deref()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn salesforce_a_new_referral_costs_one_composite_find_and_one_composite_write() {
+    let h = Harness::start().await;
+    let sf = h.salesforce();
+    let referral = new_referral_id();
+    let values = opportunity(referral);
+    sf.find_account("warm-up", None).await.unwrap();
+    let usage_before = sf.api_usage().unwrap();
+    h.clear_requests().await;
+    let metered = Metered::new(&sf);
+
+    let found = find_customer_of(&metered, &values).await;
+    assert_eq!(found, FoundCustomer::default());
+    let upserted = metered
+        .upsert_opportunity(&new_opportunity_write(&referral, &values, &found))
+        .await
+        .unwrap();
+
+    assert!(upserted.created);
+    assert_eq!(
+        h.calls("salesforce").await,
+        [
+            "POST /services/data/v62.0/composite",
+            "POST /services/data/v62.0/composite"
+        ],
+        "was up to 5 requests: 2 queries, 2 creates, 1 upsert"
+    );
+    assert_eq!(
+        metered.made(),
+        ServiceCalls::of(ApiService::Salesforce, 2),
+        "a Composite request is one API call"
+    );
+    assert_eq!(sf.api_usage().unwrap().used, usage_before.used + 2);
+    let accounts = h.salesforce_records("Account").await;
+    let contacts = h.salesforce_records("Contact").await;
+    assert_eq!((accounts.len(), contacts.len()), (1, 1));
+    let account = accounts[0]["Id"].as_str().unwrap();
+    assert_eq!(accounts[0]["Name"], "O'Neil's Bakery & Co");
+    assert_eq!(contacts[0]["AccountId"], account);
+    assert_eq!(contacts[0]["Email"], "siobhan.o'neil@bakery.example");
+    let record = h.salesforce_record("Opportunity", &upserted.id).await;
+    assert_eq!(record["AccountId"], account);
+    assert_eq!(record["ContactId"], contacts[0]["Id"]);
+    assert_eq!(record["Referral_Identifier__c"], referral.to_string());
+    let read = sf.get_opportunity(&upserted.id).await.unwrap();
+    assert_eq!(read.opportunity.account, values.account);
+
+    // Found again as one request: nothing left to create.
+    h.clear_requests().await;
+    let again = find_customer_of(&metered, &values).await;
+    assert_eq!(
+        again.account.as_ref().map(CrmRecordId::native),
+        Some(account.to_owned())
+    );
+    assert!(again.contact.is_some());
+    assert_eq!(h.calls("salesforce").await.len(), 1);
+}
+
+#[tokio::test]
+async fn salesforce_an_existing_account_is_matched_by_the_composite_find_not_duplicated() {
+    let h = Harness::start().await;
+    let sf = h.salesforce();
+    let existing = sf.create_account(&customer()).await.unwrap();
+    let referral = new_referral_id();
+    let values = opportunity(referral);
+    h.clear_requests().await;
+
+    let found = find_customer_of(&sf, &values).await;
+    assert_eq!(found.account.as_ref(), Some(&existing));
+    assert_eq!(found.contact, None);
+    let upserted = sf
+        .upsert_opportunity(&new_opportunity_write(&referral, &values, &found))
+        .await
+        .unwrap();
+
+    assert_eq!(h.calls("salesforce").await.len(), 2);
+    let accounts = h.salesforce_records("Account").await;
+    assert_eq!(accounts.len(), 1, "no duplicate account");
+    let contacts = h.salesforce_records("Contact").await;
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0]["AccountId"], existing.native());
+    let record = h.salesforce_record("Opportunity", &upserted.id).await;
+    assert_eq!(record["AccountId"], existing.native());
+    assert_eq!(record["ContactId"], contacts[0]["Id"]);
+}
+
+#[tokio::test]
+async fn salesforce_a_failed_composite_write_creates_nothing_and_keeps_the_plain_errors() {
+    let h = Harness::start().await;
+    let sf = h.salesforce();
+    let referral = new_referral_id();
+    let values = opportunity(referral);
+    let nothing = FoundCustomer::default();
+    let write = new_opportunity_write(&referral, &values, &nothing);
+
+    // A field the opportunity needs is missing: permanent, naming it; all or none.
+    h.delete("/_sandbox/salesforce/schema/Opportunity/How_can_Microsoft_help__c")
+        .await;
+    let err = sf.upsert_opportunity(&write).await.unwrap_err();
+    let PortError::Permanent { service, message } = &err else {
+        panic!("expected Permanent, got {err:?}");
+    };
+    assert_eq!(*service, Service::Salesforce);
+    assert!(message.contains("How_can_Microsoft_help__c"), "{message}");
+    assert!(
+        h.salesforce_records("Account").await.is_empty(),
+        "rolled back"
+    );
+    assert!(
+        h.salesforce_records("Contact").await.is_empty(),
+        "rolled back"
+    );
+    assert!(h.salesforce_records("Opportunity").await.is_empty());
+
+    // The External ID field missing: the configuration error with its fix.
+    let h = Harness::start().await;
+    let sf = h.salesforce();
+    h.delete("/_sandbox/salesforce/schema/Opportunity/Referral_Identifier__c")
+        .await;
+    let err = sf.upsert_opportunity(&write).await.unwrap_err();
+    let PortError::Permanent { message, .. } = &err else {
+        panic!("expected Permanent, got {err:?}");
+    };
+    assert!(message.contains("Referral_Identifier__c"), "{message}");
+    assert!(message.contains("External ID"), "{message}");
+    assert!(
+        h.salesforce_records("Account").await.is_empty(),
+        "rolled back"
+    );
+
+    // Two opportunities with the referral (300 on the upsert): the duplicate-referral error.
+    let h = Harness::start().await;
+    let sf = h.salesforce();
+    for id in ["006000000000011", "006000000000012"] {
+        h.put(
+            &format!("/_sandbox/salesforce/Opportunity/{id}"),
+            json!({
+                "Name": "Duplicate",
+                "StageName": "Prospecting",
+                "CloseDate": "2027-06-30",
+                "Referral_Identifier__c": referral.to_string(),
+            }),
+        )
+        .await;
+    }
+    let err = sf.upsert_opportunity(&write).await.unwrap_err();
+    assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
+    assert!(err.to_string().contains("several"), "{err}");
+    assert!(
+        h.salesforce_records("Account").await.is_empty(),
+        "rolled back"
+    );
+}
+
+#[tokio::test]
+async fn dataverse_creates_a_new_opportunitys_account_and_contact_first_one_request_each() {
+    let h = Harness::start().await;
+    let dv = h.dataverse();
+    let referral = new_referral_id();
+    let values = opportunity(referral);
+    let metered = Metered::new(&dv);
+
+    let found = find_customer_of(&metered, &values).await;
+    assert_eq!(found, FoundCustomer::default());
+    assert_eq!(metered.made(), ServiceCalls::of(ApiService::Dataverse, 2));
+    let upserted = metered
+        .upsert_opportunity(&new_opportunity_write(&referral, &values, &found))
+        .await
+        .unwrap();
+
+    assert!(upserted.created);
+    assert_eq!(
+        metered.made(),
+        ServiceCalls::of(ApiService::Dataverse, 5),
+        "every plain request is one"
+    );
+    assert_eq!(h.dataverse_rows("accounts").await.len(), 1);
+    assert_eq!(h.dataverse_rows("contacts").await.len(), 1);
+    let read = dv.get_opportunity(&upserted.id).await.unwrap();
+    assert_eq!(read.opportunity.account, values.account);
+    assert_eq!(read.opportunity.contact, values.contact);
+    let again = find_customer_of(&dv, &values).await;
+    assert!(again.account.is_some() && again.contact.is_some());
+
+    // Unmetered, the adapter makes the same requests itself.
+    let other = new_referral_id();
+    let values = Opportunity {
+        account: Account {
+            name: Some("Fabrikam".into()),
+            ..Account::default()
+        },
+        contact: None,
+        ..opportunity(other)
+    };
+    let nothing = FoundCustomer::default();
+    let upserted = dv
+        .upsert_opportunity(&new_opportunity_write(&other, &values, &nothing))
+        .await
+        .unwrap();
+    assert_eq!(h.dataverse_rows("accounts").await.len(), 2);
+    let read = dv.get_opportunity(&upserted.id).await.unwrap();
+    assert_eq!(read.opportunity.account.name.as_deref(), Some("Fabrikam"));
 }

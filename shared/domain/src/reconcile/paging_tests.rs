@@ -262,6 +262,14 @@ impl CrmStore for NoCrm {
         std::future::ready(Err(unused()))
     }
 
+    fn find_customer(
+        &self,
+        _account: Option<(&str, Option<&str>)>,
+        _email: Option<&str>,
+    ) -> impl Future<Output = Result<crate::ports::FoundCustomer, PortError>> + Send {
+        std::future::ready(Err(unused()))
+    }
+
     fn list_opportunities(
         &self,
         _query: &OpportunityQuery,

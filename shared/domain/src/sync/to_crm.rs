@@ -51,10 +51,11 @@ use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
 use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
-use crate::opportunity::{CrmOpportunity, Opportunity};
+use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity};
 use crate::ports::{
-    AuditEvent, Claim, CrmSeen, CrmStore, IdempotencyKey, Link, LinkStore, OpportunityWrite,
-    PartnerCenter, Patched, PortError, Ports, RetryJob, RetrySource, Service, SyncDirection,
+    AuditEvent, Claim, CrmSeen, CrmStore, FoundCustomer, IdempotencyKey, Link, LinkStore,
+    OpportunityWrite, PartnerCenter, Patched, PortError, Ports, RetryJob, RetrySource, Service,
+    SyncDirection, customer_keys,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral};
 use crate::status::ReferralStatus;
@@ -443,12 +444,9 @@ async fn sync_found<X: Ports>(
 
     // Boxed: the sync's future would otherwise be too large for the stack of a debug build.
     let apply = Box::pin(async {
-        let (scope, account, contact) = match &record {
-            Some(_) => (BodyScope::Update, None, None),
-            None => {
-                let (account, contact) = customer(deps, &opportunity).await?;
-                (BodyScope::Create, account, contact)
-            }
+        let (scope, customer) = match &record {
+            Some(_) => (BodyScope::Update, Customer::default()),
+            None => (BodyScope::Create, customer(deps, &opportunity).await?),
         };
         let counterpart = match (&record, &link, &located) {
             (None, _, _) => Counterpart::New,
@@ -518,8 +516,10 @@ async fn sync_found<X: Ports>(
                 referral_id: &referral_id,
                 record: record.as_ref(),
                 opportunity: &plan.to_crm,
-                account: account.as_ref(),
-                contact: contact.as_ref(),
+                account: customer.found.account.as_ref(),
+                contact: customer.found.contact.as_ref(),
+                new_account: customer.new_account,
+                new_contact: customer.new_contact,
                 audit: Some(&audit_text),
                 scope,
                 // Not over a save made since the merge's read: a 412 retries, merging again.
@@ -941,55 +941,50 @@ async fn locate<X: Ports>(
     Ok(found.and_then(|found| found.record.id.clone().map(|id| (id, found))))
 }
 
-/// Find or create the customer account (by name and postal code) and contact (by email) of a
-/// new opportunity.
+/// The customer of a new opportunity: the account (by name and postal code) and contact (by
+/// email) found with one [`CrmStore::find_customer`], and those to create with the
+/// opportunity (in its upsert, [`OpportunityWrite::new_account`] /
+/// [`OpportunityWrite::new_contact`]) when not found.
 ///
 /// A contact without an email is not created: it could not be matched again, so a retry would
 /// create it twice. The opportunity is created without a contact then.
-async fn customer<X: Ports>(
+///
+/// Crash safety: a CRM that writes the new records with the opportunity at once (Salesforce)
+/// leaves all of them or none; one that writes them one by one (Dataverse) leaves those made
+/// before a crash. Either way a retry finds what was made and creates only the rest, and the
+/// opportunity is upserted by its referral id.
+async fn customer<'o, X: Ports>(
     deps: &Deps<'_, X>,
-    opportunity: &Opportunity,
-) -> Result<(Option<CrmRecordId>, Option<CrmRecordId>), Failure> {
-    let crm = deps.crm;
+    opportunity: &'o Opportunity,
+) -> Result<Customer<'o>, Failure> {
     let account = &opportunity.account;
-    let account_id = match account.name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => {
-            let postal_code = account.postal_code.as_deref().map(str::trim);
-            match crm
-                .find_account(name, postal_code)
-                .await
-                .map_err(Failure::port(None))?
-            {
-                Some(id) => Some(id),
-                None => Some(
-                    crm.create_account(account)
-                        .await
-                        .map_err(Failure::port(None))?,
-                ),
-            }
-        }
-        _ => None,
-    };
-    let contact = opportunity.contact.as_ref().and_then(|contact| {
-        let email = contact.email.as_deref().map(str::trim)?;
-        (!email.is_empty()).then_some((contact, email))
-    });
-    let contact_id = match contact {
-        Some((contact, email)) => match crm
-            .find_contact_by_email(email)
-            .await
-            .map_err(Failure::port(None))?
-        {
-            Some(id) => Some(id),
-            None => Some(
-                crm.create_contact(contact, account_id.as_ref())
-                    .await
-                    .map_err(Failure::port(None))?,
-            ),
-        },
-        None => None,
-    };
-    Ok((account_id, contact_id))
+    let name = account.name.as_deref();
+    let contact = opportunity.contact.as_ref();
+    let email = contact.and_then(|contact| contact.email.as_deref());
+    let (keys, email) = customer_keys(
+        name.map(|name| (name, account.postal_code.as_deref())),
+        email,
+    );
+    let found = deps
+        .crm
+        .find_customer(keys, email)
+        .await
+        .map_err(Failure::port(None))?;
+    let new_account = (keys.is_some() && found.account.is_none()).then_some(account);
+    let new_contact = contact.filter(|_| email.is_some() && found.contact.is_none());
+    Ok(Customer {
+        found,
+        new_account,
+        new_contact,
+    })
+}
+
+/// What [`customer`] answers: the records found, and those to create with the opportunity.
+#[derive(Debug, Default)]
+struct Customer<'o> {
+    found: FoundCustomer,
+    new_account: Option<&'o Account>,
+    new_contact: Option<&'o Contact>,
 }
 
 /// Write `crm` into the referral's `externalReferenceId` when it names something else (with
@@ -1221,6 +1216,8 @@ async fn sync_related<X: Ports>(
                 opportunity: &opportunity,
                 account: None,
                 contact: None,
+                new_account: None,
+                new_contact: None,
                 audit: Some(&text),
                 scope: BodyScope::Update,
                 if_match: None,

@@ -1391,6 +1391,8 @@ async fn write_values<X: Ports>(
         opportunity: &ids,
         account: None,
         contact: None,
+        new_account: None,
+        new_contact: None,
         audit: Some(audit),
         scope: BodyScope::Update,
         if_match,

@@ -19,8 +19,9 @@ use crate::in_memory::{
 use crate::mapping::{BodyScope, MappingConfig};
 use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
 use crate::ports::{
-    AuditEvent, CrmStore, OpportunityWrite, PartnerCenter, Patched, PortError, Ports,
-    ReferralQuery, RetryJob, Service, Upserted,
+    ApiRequest, AuditEvent, CombinedOperation, CrmStore, FoundCustomer, OpportunityWrite,
+    PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, Service, Upserted,
+    customer_keys, find_customer_plainly,
 };
 use crate::referral::{PatchOp, PatchOperation, Referral, ReferralPage};
 use crate::status::{ReferralStatus, ReferralSubstatus};
@@ -326,7 +327,7 @@ pub(super) struct Stored {
     pub(super) taxonomy: TaxonomyValues,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct CrmState {
     next: u128,
     pub(super) opportunities: BTreeMap<CrmRecordId, Stored>,
@@ -354,6 +355,12 @@ pub(super) struct FakeCrm {
     pub(super) before_upsert: Mutex<VecDeque<CrmEdit>>,
     /// Saves made by sellers right after the connector's next read of a record.
     pub(super) after_read: Mutex<VecDeque<CrmEdit>>,
+    /// Combine as Salesforce's Composite resource does: `find_customer` is one call, and an
+    /// upsert with new records one call writing them all or none. Off: a Dataverse, one call
+    /// per request.
+    pub(super) combined: std::sync::atomic::AtomicBool,
+    /// Errors answered to the next upserts after they took effect (a lost answer).
+    pub(super) lost_upsert_answers: Mutex<VecDeque<PortError>>,
 }
 
 /// A seller's save of a record.
@@ -420,8 +427,102 @@ impl FakeCrm {
         }
     }
 
+    /// Combining as Salesforce does ([`FakeCrm::combined`]).
+    pub(super) fn combine(&self) {
+        self.combined
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn combines(&self) -> bool {
+        self.combined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn find_account_now(&self, name: &str, postal_code: Option<&str>) -> Option<CrmRecordId> {
+        lock(&self.state)
+            .accounts
+            .iter()
+            .find(|(_, a)| {
+                a.name.as_deref() == Some(name) && a.postal_code.as_deref() == postal_code
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    fn find_contact_now(&self, email: &str) -> Option<CrmRecordId> {
+        let state = lock(&self.state);
+        state
+            .contact_emails
+            .iter()
+            .position(|e| e.eq_ignore_ascii_case(email))
+            .map(|i| state.contacts[i].0.clone())
+    }
+
+    fn create_account_now(&self, account: &Account) -> CrmRecordId {
+        let mut state = lock(&self.state);
+        let id = state.new_id();
+        state.accounts.push((id.clone(), account.clone()));
+        id
+    }
+
+    fn create_contact_now(&self, contact: &Contact, account: Option<&CrmRecordId>) -> CrmRecordId {
+        let mut state = lock(&self.state);
+        let id = state.new_id();
+        state.contacts.push((id.clone(), account.cloned()));
+        state
+            .contact_emails
+            .push(contact.email.clone().unwrap_or_default());
+        id
+    }
+
+    /// An upsert with its new records: in one call, all or none, when combining; else each
+    /// record by its own call first (as the Dataverse adapter does).
+    fn upsert_with_customer(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
+        let upserted = if write.new_records() == 0 {
+            self.upsert_now(write)
+        } else if self.combines() {
+            self.begin("upsert_opportunity")?;
+            let before = lock(&self.state).clone();
+            let account = write
+                .new_account
+                .map(|account| self.create_account_now(account))
+                .or_else(|| write.account.cloned());
+            let contact = write
+                .new_contact
+                .map(|contact| self.create_contact_now(contact, account.as_ref()))
+                .or_else(|| write.contact.cloned());
+            let upserted = self.upsert_unchecked(&write.linked(account.as_ref(), contact.as_ref()));
+            if upserted.is_err() {
+                *lock(&self.state) = before;
+            }
+            upserted
+        } else {
+            let account = match write.new_account {
+                Some(account) => {
+                    self.begin("create_account")?;
+                    Some(self.create_account_now(account))
+                }
+                None => write.account.cloned(),
+            };
+            let contact = match write.new_contact {
+                Some(contact) => {
+                    self.begin("create_contact")?;
+                    Some(self.create_contact_now(contact, account.as_ref()))
+                }
+                None => write.contact.cloned(),
+            };
+            self.upsert_now(&write.linked(account.as_ref(), contact.as_ref()))
+        }?;
+        match lock(&self.lost_upsert_answers).pop_front() {
+            Some(lost) => Err(lost),
+            None => Ok(upserted),
+        }
+    }
+
     fn upsert_now(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         self.begin("upsert_opportunity")?;
+        self.upsert_unchecked(write)
+    }
+
+    fn upsert_unchecked(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         let mut state = lock(&self.state);
         let edits: Vec<CrmEdit> = lock(&self.before_upsert).drain(..).collect();
         for edit in edits {
@@ -569,7 +670,7 @@ impl CrmStore for FakeCrm {
         &self,
         write: &OpportunityWrite<'_>,
     ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
-        std::future::ready(self.upsert_now(write))
+        std::future::ready(self.upsert_with_customer(write))
     }
 
     fn find_account(
@@ -577,15 +678,9 @@ impl CrmStore for FakeCrm {
         name: &str,
         postal_code: Option<&str>,
     ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        let found = self.begin("find_account").map(|()| {
-            lock(&self.state)
-                .accounts
-                .iter()
-                .find(|(_, a)| {
-                    a.name.as_deref() == Some(name) && a.postal_code.as_deref() == postal_code
-                })
-                .map(|(id, _)| id.clone())
-        });
+        let found = self
+            .begin("find_account")
+            .map(|()| self.find_account_now(name, postal_code));
         std::future::ready(found)
     }
 
@@ -593,12 +688,9 @@ impl CrmStore for FakeCrm {
         &self,
         account: &Account,
     ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        let created = self.begin("create_account").map(|()| {
-            let mut state = lock(&self.state);
-            let id = state.new_id();
-            state.accounts.push((id.clone(), account.clone()));
-            id
-        });
+        let created = self
+            .begin("create_account")
+            .map(|()| self.create_account_now(account));
         std::future::ready(created)
     }
 
@@ -606,14 +698,9 @@ impl CrmStore for FakeCrm {
         &self,
         email: &str,
     ) -> impl Future<Output = Result<Option<CrmRecordId>, PortError>> + Send {
-        let found = self.begin("find_contact_by_email").map(|()| {
-            let state = lock(&self.state);
-            state
-                .contact_emails
-                .iter()
-                .position(|e| e.eq_ignore_ascii_case(email))
-                .map(|i| state.contacts[i].0.clone())
-        });
+        let found = self
+            .begin("find_contact_by_email")
+            .map(|()| self.find_contact_now(email));
         std::future::ready(found)
     }
 
@@ -622,16 +709,41 @@ impl CrmStore for FakeCrm {
         contact: &Contact,
         account: Option<&CrmRecordId>,
     ) -> impl Future<Output = Result<CrmRecordId, PortError>> + Send {
-        let created = self.begin("create_contact").map(|()| {
-            let mut state = lock(&self.state);
-            let id = state.new_id();
-            state.contacts.push((id.clone(), account.cloned()));
-            state
-                .contact_emails
-                .push(contact.email.clone().unwrap_or_default());
-            id
-        });
+        let created = self
+            .begin("create_contact")
+            .map(|()| self.create_contact_now(contact, account));
         std::future::ready(created)
+    }
+
+    async fn find_customer(
+        &self,
+        account: Option<(&str, Option<&str>)>,
+        email: Option<&str>,
+    ) -> Result<FoundCustomer, PortError> {
+        if !self.combines() {
+            return find_customer_plainly(self, account, email).await;
+        }
+        let (account, email) = customer_keys(account, email);
+        if account.is_none() && email.is_none() {
+            return Ok(FoundCustomer::default());
+        }
+        self.begin("find_customer")?;
+        Ok(FoundCustomer {
+            account: account
+                .and_then(|(name, postal_code)| self.find_account_now(name, postal_code)),
+            contact: email.and_then(|email| self.find_contact_now(email)),
+        })
+    }
+
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        self.combines().then_some(match operation {
+            CombinedOperation::FindCustomer { lookups } => ApiRequest::SalesforceComposite {
+                subrequests: lookups,
+            },
+            CombinedOperation::CreateWithCustomer { records } => ApiRequest::SalesforceComposite {
+                subrequests: records + 1,
+            },
+        })
     }
 
     fn write_audit(

@@ -528,3 +528,129 @@ fn the_first_run_of_a_new_referral_does_not_search_for_its_opportunity() {
     assert!(matches!(outcome, Outcome::Created { .. }), "{outcome:?}");
     assert_eq!(world.crm.calls.get("find_opportunity_by_referral"), 0);
 }
+
+/// The customer's account and contact and the opportunity, counted.
+fn customer_counts(world: &World) -> (usize, usize, usize) {
+    let state = lock(&world.crm.state);
+    (
+        state.accounts.len(),
+        state.contacts.len(),
+        state.opportunities.len(),
+    )
+}
+
+#[test]
+fn a_new_referral_on_a_combining_crm_takes_one_find_and_one_write() {
+    let world = World::new();
+    world.crm.combine();
+    world.pc.insert(co_sell_referral());
+
+    let outcome = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    let Outcome::Created { crm } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(customer_counts(&world), (1, 1, 1));
+    let calls = &world.crm.calls;
+    assert_eq!(calls.get("find_customer"), 1);
+    assert_eq!(calls.get("upsert_opportunity"), 1);
+    assert_eq!(world.crm_calls(), 2, "instead of up to 5");
+    let stored = world.crm.stored(crm);
+    let state = lock(&world.crm.state);
+    assert_eq!(stored.account.as_ref(), Some(&state.accounts[0].0));
+    assert_eq!(stored.contact.as_ref(), Some(&state.contacts[0].0));
+    assert_eq!(state.contacts[0].1.as_ref(), Some(&state.accounts[0].0));
+}
+
+#[test]
+fn the_combined_find_matches_an_existing_account_and_only_the_contact_is_created() {
+    let world = World::new();
+    world.crm.combine();
+    let id = world.pc.insert(co_sell_referral());
+    let customer = crate::mapping::referral_to_opportunity(&world.pc.referral(id), &world.mapping);
+    let existing = block_on(crate::ports::CrmStore::create_account(
+        &world.crm,
+        &customer.account,
+    ))
+    .unwrap();
+    let before = world.crm_calls();
+
+    let outcome = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    let Outcome::Created { crm } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(customer_counts(&world), (1, 1, 1), "no second account");
+    assert_eq!(world.crm.stored(crm).account, Some(existing.clone()));
+    assert_eq!(lock(&world.crm.state).contacts[0].1, Some(existing));
+    assert_eq!(world.crm_calls() - before, 2);
+}
+
+#[test]
+fn a_combined_write_that_fails_leaves_nothing_and_its_retry_creates_each_record_once() {
+    let world = World::new();
+    world.crm.combine();
+    world.pc.insert(co_sell_referral());
+    world
+        .crm
+        .fail_next("upsert_opportunity", transient(Service::Salesforce, None));
+
+    let first = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    assert!(matches!(first, Outcome::RetryEnqueued { .. }), "{first:?}");
+    assert_eq!(customer_counts(&world), (0, 0, 0), "all or none");
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert!(matches!(retried, Outcome::Created { .. }), "{retried:?}");
+    assert_eq!(customer_counts(&world), (1, 1, 1));
+}
+
+#[test]
+fn a_crash_after_the_combined_write_creates_nothing_twice() {
+    // The combined write took effect, then its answer was lost (the run died before the
+    // write-back): the retry finds the opportunity by its referral id, and would find the
+    // account and contact made with it.
+    let world = World::new();
+    world.crm.combine();
+    let id = world.pc.insert(co_sell_referral());
+    lock(&world.crm.lost_upsert_answers).push_back(transient(Service::Salesforce, None));
+
+    let first = world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100));
+
+    assert!(matches!(first, Outcome::RetryEnqueued { .. }), "{first:?}");
+    assert_eq!(customer_counts(&world), (1, 1, 1), "written at once");
+    let (job, _) = world.queue.take_all().remove(0);
+    let retried = world.retry(&job, at(400));
+    assert!(!matches!(retried, Outcome::Created { .. }), "{retried:?}");
+    assert_eq!(customer_counts(&world), (1, 1, 1), "nothing made twice");
+    let crm = world.links.link(&id).unwrap().crm;
+    assert_eq!(
+        world.pc.referral(id).external_reference_id,
+        Some(crm.native())
+    );
+}
+
+#[test]
+fn a_failed_write_back_after_the_combined_write_creates_nothing_twice() {
+    let world = World::new();
+    world.crm.combine();
+    world.pc.insert(co_sell_referral());
+    world
+        .pc
+        .fail_next("patch_referral", transient(Service::PartnerCenter, None));
+
+    let event = webhook("referral-created", REFERRAL, at(1));
+    let first = world.outcome(&event, at(100));
+    assert_eq!(customer_counts(&world), (1, 1, 1), "{first:?}");
+    for (job, _) in world.queue.take_all() {
+        world.retry(&job, at(400));
+    }
+    world.outcome(&webhook("referral-updated", REFERRAL, at(2)), at(500));
+
+    assert_eq!(customer_counts(&world), (1, 1, 1), "nothing made twice");
+    assert_eq!(
+        world.crm.calls.get("find_customer"),
+        1,
+        "found once, before the write"
+    );
+}
