@@ -60,6 +60,36 @@ async fn the_demo_syncs_one_referral_per_crm_exactly_once_and_follows_the_change
             "{name}: {:?}",
             crm.api_calls
         );
+        // Issue 11's fewest calls, for the new referral, its echo, the duplicates and the
+        // update: Partner Center GET + PATCH for the create, GET for the update.
+        let calls = |service: &str| -> Vec<(&str, usize)> {
+            crm.api_calls[service]
+                .iter()
+                .map(|(method, count)| (method.as_str(), *count))
+                .collect()
+        };
+        assert_eq!(
+            calls("partner-center"),
+            [("GET", 2), ("PATCH", 1)],
+            "{name}"
+        );
+        match crm.crm {
+            // The account and contact look-ups and the currency (GET 3), their creates (POST 2),
+            // the opportunity's upsert and the update, written against the version the create
+            // returned without reading the record (PATCH 2).
+            Crm::Dynamics => assert_eq!(
+                calls("dataverse"),
+                [("GET", 3), ("PATCH", 2), ("POST", 2)],
+                "{name}"
+            ),
+            // One Composite request finding the account and contact, one writing them with the
+            // opportunity (POST 2); the update reads the record (GET 1) and writes it (PATCH 1).
+            Crm::Salesforce => assert_eq!(
+                calls("salesforce"),
+                [("GET", 1), ("PATCH", 1), ("POST", 2)],
+                "{name}"
+            ),
+        }
     }
     assert_ne!(summary.crms[0].referral_id, summary.crms[1].referral_id);
 
