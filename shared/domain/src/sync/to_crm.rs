@@ -239,7 +239,7 @@ async fn process<X: Ports>(
                     .resource_change_utc_date
                     .as_ref()
                     .and_then(WireDateTime::instant);
-                sync_referral(deps, &journal, name, referral_id, changed).await
+                sync_referral(deps, &journal, name, referral_id, changed, attempt > 0).await
             }
         }
     };
@@ -255,6 +255,7 @@ async fn sync_referral<X: Ports>(
     event_name: &EventName,
     referral_id: ReferralId,
     changed: Option<DateTime<Utc>>,
+    retrying: bool,
 ) -> Result<Outcome, Failure> {
     // The link, read by claiming it: without one, this run holds the referral's create lock.
     let claim = deps
@@ -277,7 +278,10 @@ async fn sync_referral<X: Ports>(
     // next, should another sync of it commit in between: the merge's base only moves for
     // fields both sides agreed on, so an older base merges the same, and the commit's version
     // condition on the link sends this run round again.)
+    // Not for a retry job: its earlier attempt may have written the CRM and lost its link to
+    // another sync's, which then holds a later change (simulation seed 16864).
     if let (Some(link), Some(changed)) = (&link, changed)
+        && !retrying
         && link.crm.kind() == deps.crm.kind()
         && link.last_referral_etag.is_some()
         && link.holds_change_at(changed)
@@ -309,6 +313,7 @@ async fn sync_referral<X: Ports>(
             claimed,
             first,
             read_first: None,
+            retrying,
         },
     ))
     .await;
@@ -323,12 +328,14 @@ async fn sync_referral<X: Ports>(
 /// Whether a run without a link holds the referral's claim (`claimed`, it may create the
 /// opportunity) and whether that is the first claim ever made of it (`first`); `read_first`:
 /// the CRM record as read *before* the referral was read again (see [`plan_update`]), the
-/// read the merge then uses.
+/// read the merge then uses; `retrying`: a retry job's run, whose earlier attempt may have
+/// written the CRM and then lost its link to another sync's.
 #[derive(Debug, Clone)]
 struct Claimant {
     claimed: bool,
     first: bool,
     read_first: Option<Box<CrmOpportunity>>,
+    retrying: bool,
 }
 
 /// Steps 2–6, once the referral and its link (or the claim) are known.
@@ -345,6 +352,7 @@ async fn sync_found<X: Ports>(
         claimed,
         first,
         read_first,
+        retrying,
     } = claimant;
     let updated = referral
         .updated_date_time
@@ -370,7 +378,11 @@ async fn sync_found<X: Ports>(
         Some(link) => {
             let etag = referral.etag();
             let own_write = etag.is_some() && etag == link.last_referral_etag;
-            if own_write || link.is_stale_referral(updated) {
+            // Not for a retry job: its earlier attempt may have written the CRM and then lost
+            // its link to another sync's, whose PATCH is the referral now read; the CRM may
+            // then hold that attempt's write, which only a check of the CRM finds (simulation
+            // seed 16864). The plan below checks it with a conditional write.
+            if !retrying && (own_write || link.is_stale_referral(updated)) {
                 journal
                     .record(AuditEvent::EchoSkipped, Some(&link.crm))
                     .await;
@@ -466,6 +478,7 @@ async fn sync_found<X: Ports>(
                 &opportunity,
                 read_first.as_deref(),
                 as_seen,
+                retrying,
             )
             .await?;
             let plan = match planned {
@@ -475,6 +488,7 @@ async fn sync_found<X: Ports>(
                         claimed,
                         first,
                         read_first: Some(read),
+                        retrying,
                     };
                     return Box::pin(sync_found(
                         deps,
@@ -749,6 +763,7 @@ async fn plan_update<X: Ports>(
     opportunity: &Opportunity,
     read_first: Option<&CrmOpportunity>,
     as_seen: bool,
+    retrying: bool,
 ) -> Result<Planned, Failure> {
     let mut plan = Plan {
         to_crm: opportunity.clone(),
@@ -769,19 +784,17 @@ async fn plan_update<X: Ports>(
             let changed = SharedField::ALL.iter().any(|field| {
                 link.synced_fields.get(field.name()) != Some(&field.hash(opportunity))
             });
-            if !changed {
-                for field in SharedField::ALL {
-                    field.clear(&mut plan.to_crm);
-                }
-                return Ok(Planned::Plan(Box::new(plan)));
-            }
-            // The record as this connector's last write left it, holding what both sides
-            // agreed on: only Partner Center changed, so its changes go to the CRM unread,
-            // conditional on that version (docs/conflicts.md#what-it-costs).
+            // The record as this connector's last write (or a CRM → Partner Center sync's
+            // read) left it, holding what both sides agreed on: only Partner Center changed, so
+            // its changes go to the CRM unread, conditional on that version
+            // (docs/conflicts.md#what-it-costs). A retry job's run with nothing changed writes
+            // conditionally too: a record saved since (perhaps by its own earlier attempt,
+            // whose link another sync overwrote) answers 412 and is merged below (simulation
+            // seed 16864).
             let seen = link
                 .crm_seen
                 .as_ref()
-                .filter(|_| as_seen && read_first.is_none());
+                .filter(|_| as_seen && read_first.is_none() && (changed || retrying));
             if let Some((seen, version)) = seen.and_then(|seen| {
                 seen.agreeing_version(&link.synced_fields)
                     .map(|version| (seen, version))
@@ -793,6 +806,14 @@ async fn plan_update<X: Ports>(
                 }
                 plan.crm_version = Some(version.to_owned());
                 plan.seen = Some(seen.fields.clone());
+                return Ok(Planned::Plan(Box::new(plan)));
+            }
+            // A retry job that found the record saved since (the 412 above, or the read it
+            // restarted with) merges it.
+            if !changed && !(retrying && (read_first.is_some() || !as_seen)) {
+                for field in SharedField::ALL {
+                    field.clear(&mut plan.to_crm);
+                }
                 return Ok(Planned::Plan(Box::new(plan)));
             }
             let read = match read_first {

@@ -370,3 +370,47 @@ fn an_unlinked_opportunity_is_not_written_over_a_save_made_after_it_was_found() 
     );
     assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
 }
+
+/// Found by the simulation (seed 16864): a run's CRM write whose link lost to another sync's
+/// (that sync sent Partner Center an older read of the record) is not in the link, and the
+/// event's echo markers say the referral is up to date. The run's retry job checks the CRM
+/// instead of trusting them: its write conditional on the version the link kept answers 412,
+/// the record is read, and the value the CRM holds goes to Partner Center.
+#[test]
+fn a_retry_job_finds_a_crm_write_its_lost_link_did_not_record_and_converges() {
+    let world = World::new();
+    let (id, record) = accepted_deal(&world);
+    // Another sync sends Partner Center the seller's notes and links them as agreed.
+    seller_edits(&world, &record, |o| o.notes = Some("seller".into()));
+    let saved = crm_read(&world, &record);
+    sync_crm(&world, &seller_webhook(&record, &saved, 2), at(210));
+    assert_eq!(pc_notes(&world, id).as_deref(), Some("seller"));
+    // The earlier attempt's write, which the link does not know.
+    seller_edits(&world, &record, |o| {
+        o.notes = Some("written by the attempt whose link lost".into())
+    });
+    let event = webhook("referral-created", REFERRAL, at(1));
+    let job = RetryJob {
+        source: RetrySource::PartnerCenter,
+        key: "pc:lost-link".into(),
+        attempt: 1,
+        payload: serde_json::to_value(&event).unwrap(),
+    };
+    let deps = world.deps();
+    let retried = block_on(run_retry_job(&deps, &job, &World::delivery(at(300)))).unwrap();
+
+    assert!(
+        matches!(retried.outcome, Outcome::Updated { .. }),
+        "{:?}",
+        retried.outcome
+    );
+    assert_eq!(
+        pc_notes(&world, id).as_deref(),
+        Some("written by the attempt whose link lost"),
+        "both sides hold the CRM's value"
+    );
+    assert_eq!(
+        world.crm.stored(&record).opportunity.notes.as_deref(),
+        Some("written by the attempt whose link lost")
+    );
+}
