@@ -229,8 +229,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: AxumRequest) -> Axu
         lambda_request = lambda_request.with_query_string_parameters(query);
     }
 
+    // Held until the exchange is recorded, so exchanges are kept in the order they were
+    // handled: the echo our write-back raised waits for the delivery that caused it.
+    let _one_at_a_time = shared.one_at_a_time.lock().await;
     let (answer, calls) = {
-        let _one_at_a_time = shared.one_at_a_time.lock().await;
         // The control API is not logged: these reads do not count as calls.
         let from = shared.sandbox.last_request_seq().await.unwrap_or(u64::MAX);
         let answer = shared.function.handle(lambda_request).await;
