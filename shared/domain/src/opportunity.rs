@@ -4,13 +4,12 @@
 //! currency "EURO") is kept next to the opportunity in [`CrmOpportunity::rejected`], so
 //! validation can say what was found.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+
 use sha2::{Digest, Sha256};
 
 use crate::ids::{CrmKind, CrmRecordId, ReferralId, SolutionId};
@@ -263,67 +262,86 @@ impl Opportunity {
     /// loss reason (Salesforce keeps a single lost stage). Identifiers and links
     /// (`referral_id`, `referral_link`, `microsoft_crm_id`) are not part of it.
     pub fn fingerprint(&self) -> String {
-        let text = |value: &Option<String>| -> Value {
+        let text = |value: &Option<String>| -> Option<String> {
             value
                 .as_deref()
                 .map(|s| s.replace("\r\n", "\n").trim().to_owned())
                 .filter(|s| !s.is_empty())
-                .map_or(Value::Null, Value::String)
         };
         let mut solutions: Vec<&str> = self.solutions.iter().map(SolutionId::as_str).collect();
         solutions.sort_unstable();
         solutions.dedup();
-
-        let account: BTreeMap<&str, Value> = BTreeMap::from([
-            ("name", text(&self.account.name)),
-            ("address_line1", text(&self.account.address_line1)),
-            ("city", text(&self.account.city)),
-            ("state", text(&self.account.state)),
-            ("postal_code", text(&self.account.postal_code)),
-            ("country", json!(self.account.country.map(|c| c.as_str()))),
-        ]);
-        let contact: Value = match &self.contact {
-            Some(contact) => json!(BTreeMap::from([
-                ("first_name", text(&contact.first_name)),
-                ("last_name", text(&contact.last_name)),
-                (
-                    "email",
-                    text(&contact.email.as_ref().map(|e| e.to_lowercase()))
-                ),
-                ("phone", text(&contact.phone)),
-            ])),
-            None => Value::Null,
+        let canonical = Canonical {
+            account: CanonicalAccount {
+                address_line1: text(&self.account.address_line1),
+                city: text(&self.account.city),
+                country: self.account.country.map(|c| c.as_str()),
+                name: text(&self.account.name),
+                postal_code: text(&self.account.postal_code),
+                state: text(&self.account.state),
+            },
+            closing_date: self.closing_date.map(|d| d.format("%Y-%m-%d").to_string()),
+            contact: self.contact.as_ref().map(|contact| CanonicalContact {
+                email: text(&contact.email.as_ref().map(|e| e.to_lowercase())),
+                first_name: text(&contact.first_name),
+                last_name: text(&contact.last_name),
+                phone: text(&contact.phone),
+            }),
+            currency: self.deal_value.map(|m| m.currency.as_str()),
+            deal_value: self.deal_value.map(|m| m.amount.normalize().to_string()),
+            help: self.help.as_ref().map(AssistanceRequest::code),
+            name: text(&self.name),
+            notes: text(&self.notes),
+            solutions,
+            stage: self.stage.map(|s| s.coarse()),
+            sync: self.sync,
+            visible_to_microsoft: self.visible_to_microsoft,
         };
-        let canonical: BTreeMap<&str, Value> = BTreeMap::from([
-            ("name", text(&self.name)),
-            (
-                "deal_value",
-                json!(self.deal_value.map(|m| m.amount.normalize().to_string())),
-            ),
-            (
-                "currency",
-                json!(self.deal_value.map(|m| m.currency.as_str())),
-            ),
-            (
-                "closing_date",
-                json!(self.closing_date.map(|d| d.format("%Y-%m-%d").to_string())),
-            ),
-            ("notes", text(&self.notes)),
-            ("stage", json!(self.stage.map(|s| s.coarse()))),
-            ("account", json!(account)),
-            ("contact", contact),
-            ("solutions", json!(solutions)),
-            (
-                "help",
-                json!(self.help.as_ref().map(AssistanceRequest::code)),
-            ),
-            ("visible_to_microsoft", json!(self.visible_to_microsoft)),
-            ("sync", json!(self.sync)),
-        ]);
-        // Serialising a BTreeMap of JSON values cannot fail; the fallback keeps this total.
+        // Serialising plain strings, options and booleans cannot fail; the fallback keeps this
+        // total.
         let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
         hex::encode(Sha256::digest(bytes))
     }
+}
+
+/// The canonical form [`Opportunity::fingerprint`] hashes. serde_json writes a struct's
+/// members in declaration order, so members are declared sorted by name: the JSON is byte for
+/// byte the sorted map the fingerprints stored in links were first made from
+/// (`fingerprints_stay_what_stored_links_hold`).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    account: CanonicalAccount<'a>,
+    closing_date: Option<String>,
+    contact: Option<CanonicalContact>,
+    currency: Option<&'a str>,
+    deal_value: Option<String>,
+    help: Option<&'a str>,
+    name: Option<String>,
+    notes: Option<String>,
+    solutions: Vec<&'a str>,
+    stage: Option<&'static str>,
+    sync: bool,
+    visible_to_microsoft: bool,
+}
+
+/// The account in [`Canonical`], members sorted by name.
+#[derive(Serialize)]
+struct CanonicalAccount<'a> {
+    address_line1: Option<String>,
+    city: Option<String>,
+    country: Option<&'a str>,
+    name: Option<String>,
+    postal_code: Option<String>,
+    state: Option<String>,
+}
+
+/// The contact in [`Canonical`], members sorted by name.
+#[derive(Serialize)]
+struct CanonicalContact {
+    email: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    phone: Option<String>,
 }
 
 /// The CRM record an opportunity was read from, for messages and links.
@@ -530,6 +548,34 @@ mod tests {
             let mut changed = sample();
             change(&mut changed);
             assert_ne!(changed.fingerprint(), base);
+        }
+    }
+
+    /// Fingerprints are stored in links (`last_fingerprint_*`) and compared with new ones:
+    /// the canonical form must never change, whatever builds it.
+    #[test]
+    fn fingerprints_stay_what_stored_links_hold() {
+        let mut lost = sample();
+        lost.stage = Some(OpportunityStage::Lost(LostReason::Declined));
+        lost.contact = Some(Contact::default());
+        lost.account.postal_code = Some("  98052 ".into());
+        lost.help = None;
+        let pinned = [
+            (
+                sample(),
+                "d3a50d03cf052374f3f0cbf860b6a450c6bc9ad9ef1e81641dbb09680553eb41",
+            ),
+            (
+                Opportunity::default(),
+                "0e4bbc90c7935fdf208f345d01c3e5781d8b821e0be4a257e236a54370c64e28",
+            ),
+            (
+                lost,
+                "82bdfd358165c722c2984429b151c8dff71af52efb41fe702a0ea757681e2dbb",
+            ),
+        ];
+        for (opportunity, fingerprint) in pinned {
+            assert_eq!(opportunity.fingerprint(), fingerprint, "{opportunity:?}");
         }
     }
 

@@ -286,8 +286,7 @@ impl RemoteExecutionContext {
     /// The target's attributes decoded the way the Web API returns them
     /// (see [`decode_attributes`]).
     pub fn target(&self) -> Option<Map<String, Value>> {
-        self.target_entity()
-            .map(|entity| entity.decoded_attributes())
+        self.input_parameter("Target").and_then(entity_columns)
     }
 
     /// The first post-image, whatever its alias.
@@ -297,13 +296,12 @@ impl RemoteExecutionContext {
 
     /// The first post-image's attributes, decoded (see [`decode_attributes`]).
     pub fn post_image(&self) -> Option<Map<String, Value>> {
-        self.post_image_entity()
-            .map(|entity| entity.decoded_attributes())
+        first_image_columns(self.post_entity_images.as_deref())
     }
 
     /// The first pre-image's attributes, decoded (see [`decode_attributes`]).
     pub fn pre_image(&self) -> Option<Map<String, Value>> {
-        first_image(self.pre_entity_images.as_deref()).map(|entity| entity.decoded_attributes())
+        first_image_columns(self.pre_entity_images.as_deref())
     }
 
     /// The post image overlaid with the target (the target wins): the best view of the row
@@ -332,6 +330,11 @@ fn first_image(images: Option<&[KeyValuePair]>) -> Option<WireEntity> {
         .find_map(|pair| WireEntity::from_value(&pair.value))
 }
 
+/// [`first_image`]'s decoded attributes, read in place.
+fn first_image_columns(images: Option<&[KeyValuePair]>) -> Option<Map<String, Value>> {
+    images?.iter().find_map(|pair| entity_columns(&pair.value))
+}
+
 /// One `{"key": …, "value": …}` entry of a Dataverse parameter or attribute collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyValuePair {
@@ -341,6 +344,12 @@ pub struct KeyValuePair {
     /// The raw value.
     #[serde(default, alias = "Value")]
     pub value: Value,
+}
+
+impl KeyValuePair {
+    fn as_ref(&self) -> (&str, &Value) {
+        (&self.key, &self.value)
+    }
 }
 
 /// A reference to a row: the value of a lookup column or of `OwningExtension`.
@@ -374,7 +383,7 @@ impl EntityReference {
         if !is_reference {
             return None;
         }
-        serde_json::from_value(value.clone()).ok()
+        Self::deserialize(value).ok()
     }
 }
 
@@ -407,15 +416,8 @@ impl WireEntity {
     /// Reads an entity from a JSON object that has an `Attributes` member (with or without
     /// `__type: "Entity:…"`); anything else is `None`.
     pub fn from_value(value: &Value) -> Option<Self> {
-        let object = value.as_object()?;
-        if let Some(kind) = wire_type(object) {
-            if kind != "Entity" {
-                return None;
-            }
-        } else if !object.contains_key("Attributes") {
-            return None;
-        }
-        serde_json::from_value(value.clone()).ok()
+        entity_object(value)?;
+        Self::deserialize(value).ok()
     }
 
     /// The row version: the `versionnumber` column, else `RowVersion`, when either is a whole
@@ -432,23 +434,65 @@ impl WireEntity {
     /// `…@OData.Community.Display.V1.FormattedValue` annotation (on `_x_value` for lookups),
     /// the way the Web API returns them with `Prefer: odata.include-annotations="*"`.
     pub fn decoded_attributes(&self) -> Map<String, Value> {
-        let mut decoded = decode_attributes(&self.attributes);
-        for pair in &self.formatted_values {
-            let Some(text) = pair.value.as_str() else {
-                continue;
-            };
-            let lookup_key = lookup_value_key(&pair.key);
-            let column = if decoded.contains_key(&lookup_key) {
-                lookup_key
-            } else {
-                pair.key.clone()
-            };
-            decoded
-                .entry(format!("{column}{FORMATTED_VALUE_ANNOTATION}"))
-                .or_insert_with(|| Value::String(text.to_owned()));
-        }
-        decoded
+        decode_entity(
+            self.attributes.iter().map(KeyValuePair::as_ref),
+            self.formatted_values.iter().map(KeyValuePair::as_ref),
+        )
     }
+}
+
+/// The object of a serialized `Entity`: one typed `Entity:…`, or untyped with an `Attributes`
+/// member.
+fn entity_object(value: &Value) -> Option<&Map<String, Value>> {
+    let object = value.as_object()?;
+    let is_entity = match wire_type(object) {
+        Some(kind) => kind == "Entity",
+        None => object.contains_key("Attributes"),
+    };
+    is_entity.then_some(object)
+}
+
+/// `WireEntity::from_value(value).map(|entity| entity.decoded_attributes())`, read in place
+/// rather than through a copy of the entity (the webhook handler's hot path: a post image
+/// carries every column of the row).
+fn entity_columns(value: &Value) -> Option<Map<String, Value>> {
+    let object = entity_object(value)?;
+    // The one member whose wrong type makes `WireEntity`'s deserialization fail: the others
+    // are read leniently.
+    if !matches!(
+        object.get("LogicalName"),
+        None | Some(Value::Null | Value::String(_))
+    ) {
+        return None;
+    }
+    Some(decode_entity(
+        pairs_in(object.get("Attributes")),
+        pairs_in(object.get("FormattedValues")),
+    ))
+}
+
+/// The attributes decoded by [`decode_attributes`], plus each formatted value as an annotation
+/// (see [`WireEntity::decoded_attributes`]).
+fn decode_entity<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a Value)>,
+    formatted_values: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) -> Map<String, Value> {
+    let mut decoded = decode_pairs(attributes);
+    for (key, value) in formatted_values {
+        let Some(text) = value.as_str() else {
+            continue;
+        };
+        let lookup_key = lookup_value_key(key);
+        let column = if decoded.contains_key(&lookup_key) {
+            lookup_key
+        } else {
+            key.to_owned()
+        };
+        decoded
+            .entry(format!("{column}{FORMATTED_VALUE_ANNOTATION}"))
+            .or_insert_with(|| Value::String(text.to_owned()));
+    }
+    decoded
 }
 
 /// `_<column>_value`, the Web API name of a lookup column's GUID.
@@ -471,12 +515,16 @@ pub fn lookup_value_key(column: &str) -> String {
 ///
 /// A `null` lookup cannot be told from any other null column and stays under its own name.
 pub fn decode_attributes(pairs: &[KeyValuePair]) -> Map<String, Value> {
+    decode_pairs(pairs.iter().map(KeyValuePair::as_ref))
+}
+
+fn decode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a Value)>) -> Map<String, Value> {
     let mut decoded = Map::new();
-    for pair in pairs {
-        if let Some(reference) = EntityReference::from_value(&pair.value) {
-            let key = lookup_value_key(&pair.key);
+    for (column, value) in pairs {
+        if let Some(reference) = EntityReference::from_value(value) {
+            let key = lookup_value_key(column);
             let id = reference.id.map_or_else(
-                || guid_text(&pair.value).map_or(Value::Null, Value::String),
+                || guid_text(value).map_or(Value::Null, Value::String),
                 |id| Value::String(id.to_string()),
             );
             decoded.insert(key.clone(), id);
@@ -493,7 +541,7 @@ pub fn decode_attributes(pairs: &[KeyValuePair]) -> Map<String, Value> {
                 );
             }
         } else {
-            decoded.insert(pair.key.clone(), decode_value(&pair.value));
+            decoded.insert(column.to_owned(), decode_value(value));
         }
     }
     decoded
@@ -673,6 +721,52 @@ fn pairs_from_value(value: Value) -> Vec<KeyValuePair> {
             .map(|(key, value)| KeyValuePair { key, value })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// [`pairs_from_value`] read in place: the entries of a pair collection (absent or `null`:
+/// none), each as `serde_json::from_value::<KeyValuePair>` would read it ([`pair_in`]).
+fn pairs_in(collection: Option<&Value>) -> Vec<(&str, &Value)> {
+    match collection {
+        Some(Value::Array(items)) => items.iter().filter_map(pair_in).collect(),
+        Some(Value::Object(object)) => object
+            .iter()
+            .map(|(key, value)| (key.as_str(), value))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One `{"key", "value"}` entry in place, by [`KeyValuePair`]'s serde rules: `key` (or `Key`)
+/// a string, `value` (or `Value`) anything, `null` when missing; both spellings of one member
+/// is a duplicate field (the entry is skipped); the sequence form `[key, value?]` is accepted.
+fn pair_in(item: &Value) -> Option<(&str, &Value)> {
+    static NULL: Value = Value::Null;
+    let (key, value) = match item {
+        Value::Object(object) => (
+            member(object, "key", "Key")??,
+            member(object, "value", "Value")?,
+        ),
+        Value::Array(items) => match items.as_slice() {
+            [key] => (key, None),
+            [key, value] => (key, Some(value)),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some((key.as_str()?, value.unwrap_or(&NULL)))
+}
+
+/// A member spelled either way; `None` when both spellings are present (serde's duplicate
+/// field).
+fn member<'a>(
+    object: &'a Map<String, Value>,
+    lower: &str,
+    upper: &str,
+) -> Option<Option<&'a Value>> {
+    match (object.get(lower), object.get(upper)) {
+        (Some(_), Some(_)) => None,
+        (one, other) => Some(one.or(other)),
     }
 }
 
@@ -1619,7 +1713,102 @@ mod proptests {
         }
     }
 
+    /// JSON built from the member names and texts the entity and pair readers look at.
+    fn entity_shaped() -> impl Strategy<Value = Value> {
+        const NAMES: [&str; 11] = [
+            "key",
+            "Key",
+            "value",
+            "Value",
+            "__type",
+            "LogicalName",
+            "Attributes",
+            "FormattedValues",
+            "Id",
+            "Name",
+            "RowVersion",
+        ];
+        const TEXTS: [&str; 7] = [
+            "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "Money:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "OptionSetValue",
+            "/Date(1506384247000)/",
+            "75c2dd85-e89e-e711-8122-000d3aa2331c",
+            "parentaccountid",
+        ];
+        let leaf = prop_oneof![
+            json_value(),
+            prop::sample::select(TEXTS.to_vec()).prop_map(|text| Value::String(text.to_owned())),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(NAMES.to_vec()), inner), 0..7)
+                    .prop_map(|members| {
+                        Value::Object(
+                            members
+                                .into_iter()
+                                .map(|(name, value)| (name.to_owned(), value))
+                                .collect(),
+                        )
+                    }),
+            ]
+        })
+    }
+
+    /// An object with the members of a serialized `Entity`, each maybe missing or odd.
+    fn entity_like() -> impl Strategy<Value = Value> {
+        let kind = prop::sample::select(vec![
+            "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "Entity",
+            "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts",
+        ]);
+        (
+            prop::option::of(kind),
+            prop::option::of(prop_oneof![
+                Just(Value::Null),
+                Just(Value::String("opportunity".to_owned())),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                json_value(),
+            ]),
+            prop::option::of(entity_shaped()),
+            prop::option::of(entity_shaped()),
+        )
+            .prop_map(|(kind, logical_name, attributes, formatted_values)| {
+                let mut object = Map::new();
+                let members = [
+                    ("__type", kind.map(|kind| Value::String(kind.to_owned()))),
+                    ("LogicalName", logical_name),
+                    ("Attributes", attributes),
+                    ("FormattedValues", formatted_values),
+                ];
+                for (name, value) in members {
+                    if let Some(value) = value {
+                        object.insert(name.to_owned(), value);
+                    }
+                }
+                Value::Object(object)
+            })
+    }
+
     proptest! {
+        #[test]
+        fn entities_and_pairs_read_in_place_read_as_their_serde_types(
+            value in prop_oneof![entity_shaped(), entity_like()],
+        ) {
+            prop_assert_eq!(
+                entity_columns(&value),
+                WireEntity::from_value(&value).map(|entity| entity.decoded_attributes())
+            );
+            let through_serde: Option<KeyValuePair> = serde_json::from_value(value.clone()).ok();
+            prop_assert_eq!(
+                pair_in(&value).map(|(key, value)| KeyValuePair { key: key.to_owned(), value: value.clone() }),
+                through_serde
+            );
+        }
+
         #[test]
         fn any_body_is_read_or_refused_without_panic(body in wire_text()) {
             parse(&body);
