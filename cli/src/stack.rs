@@ -319,7 +319,7 @@ pub struct StackArgs {
     pub crm: CrmArg,
     /// moto's endpoint (DynamoDB and SQS); without it, moto's server (`scripts/moto_server.py`) is
     /// started on a free port.
-    #[arg(long, env = "COSELL_MOTO_ENDPOINT")]
+    #[arg(long, env = "COSELL_MOTO_ENDPOINT", value_parser = moto_endpoint)]
     pub moto: Option<String>,
     /// Where the function binaries are (default: next to this executable).
     #[arg(long)]
@@ -327,6 +327,20 @@ pub struct StackArgs {
     /// Where the functions' logs go (default: a new directory under the system's temp dir).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+}
+
+/// An `http(s)://` URL: anything else (an empty `COSELL_MOTO_ENDPOINT=`, a bare host) is
+/// refused with the fix instead of failing later inside the AWS SDK.
+fn moto_endpoint(text: &str) -> Result<String, String> {
+    match url::Url::parse(text.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.trim().to_owned())
+        }
+        _ => Err(format!(
+            "moto's endpoint must be an http(s) URL such as http://127.0.0.1:5000, not \"{text}\"; \
+             unset COSELL_MOTO_ENDPOINT (or leave out --moto) to have moto started here"
+        )),
+    }
 }
 
 impl StackArgs {
@@ -452,5 +466,38 @@ pub async fn dev(args: DevArgs) -> std::process::ExitCode {
             eprintln!("cosell dev: {error:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        stack: StackArgs,
+    }
+
+    #[test]
+    fn an_empty_or_hostless_moto_endpoint_is_refused_with_the_fix() {
+        for bad in [
+            "",
+            " ",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "ftp://127.0.0.1",
+        ] {
+            let error = Command::try_parse_from(["cosell", "--moto", bad]).unwrap_err();
+            assert!(
+                error.to_string().contains("unset COSELL_MOTO_ENDPOINT"),
+                "{bad:?}: {error}"
+            );
+        }
+        let parsed =
+            Command::try_parse_from(["cosell", "--moto", " http://127.0.0.1:5000 "]).unwrap();
+        assert_eq!(parsed.stack.moto.as_deref(), Some("http://127.0.0.1:5000"));
     }
 }
