@@ -117,6 +117,30 @@ impl Harness {
             .cloned()
             .unwrap()
     }
+
+    /// Two Salesforce opportunities carrying `referral`.
+    async fn seed_duplicate_referral(&self, referral: &ReferralId) {
+        for id in ["006000000000011", "006000000000012"] {
+            self.put(
+                &format!("/_sandbox/salesforce/Opportunity/{id}"),
+                json!({
+                    "Name": "Duplicate",
+                    "StageName": "Prospecting",
+                    "CloseDate": "2027-06-30",
+                    "Referral_Identifier__c": referral.to_string(),
+                }),
+            )
+            .await;
+        }
+    }
+}
+
+/// The service and message of a [`PortError::Permanent`]; any other error fails the test.
+fn permanent(err: &PortError) -> (&Service, &str) {
+    match err {
+        PortError::Permanent { service, message } => (service, message.as_str()),
+        other => panic!("expected Permanent, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,9 +652,7 @@ async fn dataverse_an_unknown_currency_is_permanent_with_the_fix_and_writes_noth
         .upsert_opportunity(&write(&referral, &swedish, BodyScope::Create))
         .await
         .unwrap_err();
-    let PortError::Permanent { service, message } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (service, message) = permanent(&err);
     assert_eq!(*service, Service::Dataverse);
     assert!(
         message.contains("currency SEK is not set up in Dataverse"),
@@ -689,9 +711,7 @@ async fn dataverse_a_removed_column_is_permanent_naming_the_column() {
         .upsert_opportunity(&write(&other, &values, BodyScope::Create))
         .await
         .unwrap_err();
-    let PortError::Permanent { message, .. } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (_, message) = permanent(&err);
     assert!(
         message.contains("msft_microsoftpartnercenterhelpneed"),
         "{message}"
@@ -1067,9 +1087,7 @@ async fn salesforce_a_removed_field_is_permanent_naming_the_field() {
         .upsert_opportunity(&write(&referral, &values, BodyScope::Create))
         .await
         .unwrap_err();
-    let PortError::Permanent { service, message } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (service, message) = permanent(&err);
     assert_eq!(*service, Service::Salesforce);
     assert!(message.contains("How_can_Microsoft_help__c"), "{message}");
     assert!(h.salesforce_records("Opportunity").await.is_empty());
@@ -1080,9 +1098,7 @@ async fn salesforce_a_removed_field_is_permanent_naming_the_field() {
         .find_opportunity_by_referral(&referral)
         .await
         .unwrap_err();
-    let PortError::Permanent { message, .. } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (_, message) = permanent(&err);
     assert!(message.contains("Referral_Identifier__c"), "{message}");
     assert!(message.contains("External ID"), "{message}");
 }
@@ -1115,18 +1131,7 @@ async fn salesforce_duplicate_referral_ids_are_permanent() {
     let h = Harness::start().await;
     let sf = h.salesforce();
     let referral = new_referral_id();
-    for id in ["006000000000011", "006000000000012"] {
-        h.put(
-            &format!("/_sandbox/salesforce/Opportunity/{id}"),
-            json!({
-                "Name": "Duplicate",
-                "StageName": "Prospecting",
-                "CloseDate": "2027-06-30",
-                "Referral_Identifier__c": referral.to_string(),
-            }),
-        )
-        .await;
-    }
+    h.seed_duplicate_referral(&referral).await;
     let err = sf
         .find_opportunity_by_referral(&referral)
         .await
@@ -1336,9 +1341,7 @@ async fn salesforce_a_failed_composite_write_creates_nothing_and_keeps_the_plain
     h.delete("/_sandbox/salesforce/schema/Opportunity/How_can_Microsoft_help__c")
         .await;
     let err = sf.upsert_opportunity(&write).await.unwrap_err();
-    let PortError::Permanent { service, message } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (service, message) = permanent(&err);
     assert_eq!(*service, Service::Salesforce);
     assert!(message.contains("How_can_Microsoft_help__c"), "{message}");
     assert!(
@@ -1357,9 +1360,7 @@ async fn salesforce_a_failed_composite_write_creates_nothing_and_keeps_the_plain
     h.delete("/_sandbox/salesforce/schema/Opportunity/Referral_Identifier__c")
         .await;
     let err = sf.upsert_opportunity(&write).await.unwrap_err();
-    let PortError::Permanent { message, .. } = &err else {
-        panic!("expected Permanent, got {err:?}");
-    };
+    let (_, message) = permanent(&err);
     assert!(message.contains("Referral_Identifier__c"), "{message}");
     assert!(message.contains("External ID"), "{message}");
     assert!(
@@ -1370,18 +1371,7 @@ async fn salesforce_a_failed_composite_write_creates_nothing_and_keeps_the_plain
     // Two opportunities with the referral (300 on the upsert): the duplicate-referral error.
     let h = Harness::start().await;
     let sf = h.salesforce();
-    for id in ["006000000000011", "006000000000012"] {
-        h.put(
-            &format!("/_sandbox/salesforce/Opportunity/{id}"),
-            json!({
-                "Name": "Duplicate",
-                "StageName": "Prospecting",
-                "CloseDate": "2027-06-30",
-                "Referral_Identifier__c": referral.to_string(),
-            }),
-        )
-        .await;
-    }
+    h.seed_duplicate_referral(&referral).await;
     let err = sf.upsert_opportunity(&write).await.unwrap_err();
     assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
     assert!(err.to_string().contains("several"), "{err}");
