@@ -125,6 +125,11 @@ pub fn parse_datetime(text: &str) -> Result<(DateTime<Utc>, NaiveDate), ParseErr
     if let Some(wcf) = parse_wcf(t) {
         return Ok(wcf);
     }
+    // The documented form first, as it is: no other form below reads an RFC 3339 text, and
+    // the normalising below would read it as the same instant.
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(with_offset(dt));
+    }
     if let Ok(date) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         let instant = date.and_time(chrono::NaiveTime::MIN).and_utc();
         return Ok((instant, date));
@@ -353,6 +358,42 @@ mod proptests {
             let wire = WireDateTime::parse(&text);
             prop_assert_eq!(wire.as_str(), text.as_str());
             prop_assert_eq!(wire.is_valid(), parse_datetime(&text).is_ok());
+        }
+
+        #[test]
+        fn every_spelling_of_an_instant_reads_as_that_instant_and_its_written_date(
+            seconds in -62_000_000_000_i64..250_000_000_000,
+            nanos in 0_u32..1_000_000_000,
+            digits in 0_usize..=9,
+            offset_minutes in -(23 * 60 + 59)..=(23_i32 * 60 + 59),
+            separator in prop::sample::select(vec!['T', 't', ' ']),
+            zulu in prop::sample::select(vec!["Z", "z", "+00:00", "+0000", "offset"]),
+        ) {
+            let kept = 10_u32.pow(9 - u32::try_from(digits).unwrap());
+            let utc = DateTime::from_timestamp(seconds, nanos / kept * kept).unwrap();
+            let (zone, suffix) = if zulu == "offset" {
+                let zone = FixedOffset::east_opt(offset_minutes * 60).unwrap();
+                let sign = if offset_minutes < 0 { '-' } else { '+' };
+                let (h, m) = (offset_minutes.abs() / 60, offset_minutes.abs() % 60);
+                (zone, format!("{sign}{h:02}:{m:02}"))
+            } else {
+                (FixedOffset::east_opt(0).unwrap(), zulu.to_owned())
+            };
+            let local = utc.with_timezone(&zone);
+            let fraction = if digits == 0 {
+                String::new()
+            } else {
+                format!(".{:09}", local.timestamp_subsec_nanos())[..=digits].to_owned()
+            };
+            let text = format!(
+                "{}{separator}{}{fraction}{suffix}",
+                local.format("%Y-%m-%d"),
+                local.format("%H:%M:%S")
+            );
+            prop_assume!((0..=9999).contains(&chrono::Datelike::year(&local)));
+            let (instant, date) = parse_datetime(&text).unwrap();
+            prop_assert_eq!(instant, utc, "{}", text);
+            prop_assert_eq!(date, local.date_naive(), "{}", text);
         }
 
         #[test]
