@@ -74,12 +74,13 @@ async fn the_demo_syncs_one_referral_per_crm_exactly_once_and_follows_the_change
             "{name}"
         );
         match crm.crm {
-            // The account and contact look-ups and the currency (GET 3), their creates (POST 2),
-            // the opportunity's upsert and the update, written against the version the create
-            // returned without reading the record (PATCH 2).
+            // The account and contact look-ups and the currency (GET 3), one deep insert of the
+            // account with its contact (POST 1), the opportunity's upsert and the update,
+            // written against the version the create returned without reading the record
+            // (PATCH 2).
             Crm::Dynamics => assert_eq!(
                 calls("dataverse"),
-                [("GET", 3), ("PATCH", 2), ("POST", 2)],
+                [("GET", 3), ("PATCH", 2), ("POST", 1)],
                 "{name}"
             ),
             // One Composite request finding the account and contact, one writing them with the

@@ -589,8 +589,55 @@ impl State {
         fields.insert("fullname".into(), json!(full));
     }
 
-    /// POST (create) or PATCH (upsert).
-    pub(crate) fn write(&mut self, request: WriteRequest) -> Result<Written, ApiError> {
+    /// POST (create) or PATCH (upsert). A create may nest new rows under a collection-valued
+    /// navigation property ([`NESTED`]): a deep insert, all rows or none.
+    pub(crate) fn write(&mut self, mut request: WriteRequest) -> Result<Written, ApiError> {
+        let nested = take_nested(&request.set, &mut request.body)?;
+        if nested.is_empty() {
+            return self.write_one(request);
+        }
+        if request.key.is_some() {
+            return Err(ApiError::bad_request(
+                "Related rows can be created with their parent (deep insert) only by a POST to \
+                 the parent's entity set, not by an update or upsert.",
+            ));
+        }
+        let (tables, version) = (self.tables.clone(), self.version);
+        let written = self.write_nested(request, nested);
+        if written.is_err() {
+            (self.tables, self.version) = (tables, version);
+        }
+        written
+    }
+
+    fn write_nested(
+        &mut self,
+        request: WriteRequest,
+        nested: Vec<NestedRows>,
+    ) -> Result<Written, ApiError> {
+        let (user, now) = (request.user.clone(), request.now);
+        let parent = self.write_one(request)?;
+        for (relation, rows) in nested {
+            for mut body in rows {
+                body.insert(
+                    format!("{}@odata.bind", relation.bind),
+                    json!(format!("/{}({})", parent.def.set, parent.row.id)),
+                );
+                self.write_one(WriteRequest {
+                    set: relation.child_set.to_owned(),
+                    key: None,
+                    body,
+                    if_match: None,
+                    if_none_match_any: false,
+                    user: user.clone(),
+                    now,
+                })?;
+            }
+        }
+        Ok(parent)
+    }
+
+    fn write_one(&mut self, request: WriteRequest) -> Result<Written, ApiError> {
         let def = self
             .def_by_set(&request.set)
             .cloned()
@@ -1014,4 +1061,61 @@ fn value_error(def: &TableDef, error: ValueError) -> ApiError {
         ),
         ValueError::Validation(message) => ApiError::new(StatusCode::BAD_REQUEST, "", message),
     }
+}
+
+/// A collection-valued navigation property a create may nest new rows under (deep insert):
+/// each nested row is created with its lookup bound to the new parent.
+#[derive(Debug)]
+pub(crate) struct Nested {
+    parent_set: &'static str,
+    property: &'static str,
+    child_set: &'static str,
+    /// The child's single-valued navigation property back to the parent.
+    bind: &'static str,
+}
+
+/// The rows a create nests under one of its [`NESTED`] properties.
+type NestedRows = (&'static Nested, Vec<Map<String, Value>>);
+
+/// The deep inserts the sandbox implements: an account with its contacts
+/// (`contact_customer_accounts`, the contacts whose `parentcustomerid` is the account).
+pub(crate) const NESTED: [Nested; 1] = [Nested {
+    parent_set: "accounts",
+    property: "contact_customer_accounts",
+    child_set: "contacts",
+    bind: "parentcustomerid_account",
+}];
+
+/// Removes the nested rows from a body: each known collection-valued navigation property must
+/// be an array of objects.
+fn take_nested(set: &str, body: &mut Map<String, Value>) -> Result<Vec<NestedRows>, ApiError> {
+    let mut nested = Vec::new();
+    for relation in NESTED.iter().filter(|relation| relation.parent_set == set) {
+        let Some(value) = body.remove(relation.property) else {
+            continue;
+        };
+        let rows = match value {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(row) => Ok(row),
+                    _ => Err(()),
+                })
+                .collect::<Result<Vec<_>, ()>>()
+                .ok(),
+            _ => None,
+        };
+        let rows = rows.ok_or_else(|| {
+            ApiError::payload(
+                set,
+                format!(
+                    "Microsoft.OData.ODataException: The collection-valued navigation property \
+                     '{}' expects an array of resources (JSON objects).",
+                    relation.property
+                ),
+            )
+        })?;
+        nested.push((relation, rows));
+    }
+    Ok(nested)
 }

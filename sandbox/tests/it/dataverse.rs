@@ -370,6 +370,88 @@ async fn create_with_return_representation_answers_201_with_lookups_as_value_pro
 }
 
 #[tokio::test]
+async fn a_deep_insert_creates_the_account_with_its_contact_or_neither() {
+    let dv = Dv::start().await;
+    let contact_id = guid();
+    let account = dv
+        .create(
+            "accounts",
+            json!({
+                "name": "Contoso",
+                "contact_customer_accounts": [
+                    { "contactid": contact_id, "firstname": "Sue", "lastname": "Smith",
+                      "emailaddress1": "sue@contoso.example" }
+                ],
+            }),
+        )
+        .await;
+    let account_id = account["accountid"].as_str().unwrap();
+    assert!(account.get("contact_customer_accounts").is_none());
+    let contact = dv.get_json(&format!("contacts({contact_id})")).await;
+    assert_eq!(
+        contact["contactid"], contact_id,
+        "the primary key given is kept"
+    );
+    assert_eq!(contact["_parentcustomerid_value"], account_id);
+    assert_eq!(contact["fullname"], "Sue Smith");
+
+    // A nested row Dataverse refuses: neither row is created.
+    let before = dv.get_json("accounts").await["value"]
+        .as_array()
+        .unwrap()
+        .len();
+    let response = dv
+        .post(
+            "accounts",
+            json!({
+                "name": "Fabrikam",
+                "contact_customer_accounts": [{ "lastname": "Doe", "nosuchcolumn": 1 }],
+            }),
+            false,
+        )
+        .await;
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("nosuchcolumn"), "{message}");
+    let after = dv.get_json("accounts").await["value"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        after, before,
+        "the account was rolled back with its contact"
+    );
+    assert!(
+        dv.get_json("contacts?$filter=lastname eq 'Doe'").await["value"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Not an array of objects, or nested on an update: refused.
+    let (status, ..) = error_of(
+        dv.post(
+            "accounts",
+            json!({ "name": "x", "contact_customer_accounts": {} }),
+            false,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, ..) = error_of(
+        dv.patch(
+            &format!("accounts({account_id})"),
+            json!({ "contact_customer_accounts": [{ "lastname": "Late" }] }),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn upsert_by_id_creates_with_201_then_updates_with_200() {
     let dv = Dv::start().await;
     let id = guid();

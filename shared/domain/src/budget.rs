@@ -932,6 +932,15 @@ mod tests {
         let batch = ApiRequest::DataverseBatch { requests: 7 };
         assert_eq!((batch.service(), batch.units()), (Dataverse, 7));
         assert_eq!(ApiRequest::DataverseBatch { requests: 0 }.units(), 1);
+        // Plain Dataverse requests one port call makes in a row are one each.
+        let deep_insert_then_upsert = ApiRequest::DataverseRequests { requests: 2 };
+        assert_eq!(
+            (
+                deep_insert_then_upsert.service(),
+                deep_insert_then_upsert.units()
+            ),
+            (Dataverse, 2)
+        );
         assert_eq!(ApiService::from(CrmKind::Dataverse), Dataverse);
         assert_eq!(ApiService::from(CrmKind::Salesforce), Salesforce);
 

@@ -511,10 +511,12 @@ pub trait CrmStore: Send + Sync {
         find_customer_plainly(self, account, email)
     }
 
-    /// The one request this CRM makes for `operation`, when it combines it
-    /// ([`ApiRequest::SalesforceComposite`]); `None` (the default): it makes the plain requests
-    /// one by one, each charged as a plain request (a decorator then goes through its own
-    /// plain methods: [`find_customer_plainly`], [`create_customer`]).
+    /// What this CRM charges for `operation` when it makes it its own way, all of it charged
+    /// before the call ([`ApiRequest::SalesforceComposite`]: one Composite request;
+    /// [`ApiRequest::DataverseRequests`]: a new account deep-inserted with its contact, then the
+    /// upsert); `None` (the default): it makes the plain requests one by one, each charged as a
+    /// plain request (a decorator then goes through its own plain methods:
+    /// [`find_customer_plainly`], [`create_customer`]).
     fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
         let _ = operation;
         None
@@ -1392,6 +1394,12 @@ pub enum ApiRequest {
         /// The requests inside it (change sets included request by request).
         requests: u64,
     },
+    /// Plain Dataverse requests one port call makes one after the other (a new account
+    /// deep-inserted with its contact, then the opportunity's upsert).
+    DataverseRequests {
+        /// How many.
+        requests: u64,
+    },
 }
 
 impl ApiRequest {
@@ -1400,17 +1408,20 @@ impl ApiRequest {
         match self {
             Self::Plain(service) => service,
             Self::SalesforceComposite { .. } => ApiService::Salesforce,
-            Self::DataverseBatch { .. } => ApiService::Dataverse,
+            Self::DataverseBatch { .. } | Self::DataverseRequests { .. } => ApiService::Dataverse,
         }
     }
 
     /// What its service charges for it: a plain request 1; a Salesforce Composite request one
     /// API call whatever its subrequests; a Dataverse `$batch` each inner request (service
-    /// protection limits count them; an empty batch is still one request).
+    /// protection limits count them; an empty batch is still one request); plain requests one
+    /// each.
     pub fn units(self) -> u64 {
         match self {
             Self::Plain(_) | Self::SalesforceComposite { .. } => 1,
-            Self::DataverseBatch { requests } => requests.max(1),
+            Self::DataverseBatch { requests } | Self::DataverseRequests { requests } => {
+                requests.max(1)
+            }
         }
     }
 }

@@ -15,7 +15,7 @@
 //! |---|---|
 //! | [`find_opportunity_by_referral`](CrmStore::find_opportunity_by_referral) | exactly 1 `GET opportunities?$filter=<referral column> eq '…'&$select=…&$top=1&$expand=<currency>($select=isocurrencycode)`. The account and contact are **not** read (the result's `account` is empty and `contact` `None`; use `get_opportunity` for them) |
 //! | [`get_opportunity`](CrmStore::get_opportunity) | exactly 1 `GET opportunities(<id>)?$select=…&$expand=<account>($select=…),<contact>($select=…),<currency>($select=isocurrencycode)` ([`opportunity_expand`](DataverseStore::opportunity_expand); docs/dataverse.md#related-rows-in-one-read): an unset lookup expands to `null` |
-//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`, + 1 `GET transactioncurrencies?$filter=isocurrencycode eq '…'` the first time a currency is written (cached per instance); with [`new_account`](OpportunityWrite::new_account) / [`new_contact`](OpportunityWrite::new_contact), first 1 `POST` for each, as `create_account` / `create_contact` make them (no combined write: [`find_customer`](CrmStore::find_customer) is the default, the two look-ups) |
+//! | [`upsert_opportunity`](CrmStore::upsert_opportunity) | exactly 1 `PATCH`, + 1 `GET transactioncurrencies?$filter=isocurrencycode eq '…'` the first time a currency is written (cached per instance); first, with both [`new_account`](OpportunityWrite::new_account) and [`new_contact`](OpportunityWrite::new_contact), 1 `POST accounts` with the contact nested (a deep insert, [`combined_request`](CrmStore::combined_request): [`ApiRequest::DataverseRequests`] of 2), or with one of them 1 `POST`, as `create_account` / `create_contact` make it ([`find_customer`](CrmStore::find_customer) is the default, the two look-ups) |
 //! | [`find_account`](CrmStore::find_account), [`find_contact_by_email`](CrmStore::find_contact_by_email) | 1 `GET` with `$filter`, `$select` of the primary key, `$top=1` |
 //! | [`create_account`](CrmStore::create_account), [`create_contact`](CrmStore::create_contact) | 1 `POST` (`Prefer: return=representation`, `$select` of the primary key) |
 //! | [`write_audit`](CrmStore::write_audit) | 1 `PATCH opportunities(<id>)` with `If-Match: *` |
@@ -52,8 +52,8 @@ use cosell_domain::mapping::{
 };
 use cosell_domain::opportunity::{Account, Contact, CrmOpportunity};
 use cosell_domain::ports::{
-    CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery, OpportunityWrite, PortError,
-    Service, Upserted, create_customer,
+    ApiRequest, CombinedOperation, CrmStore, ListedOpportunity, OpportunityPage, OpportunityQuery,
+    OpportunityWrite, PortError, Service, Upserted, create_customer,
 };
 use cosell_domain::values::CurrencyCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue};
@@ -61,6 +61,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
+use uuid::Uuid;
 
 use super::AuthorizedClient;
 use super::response::{HttpAdapterError, RequestContext, read_json, redacted_path};
@@ -679,20 +680,37 @@ impl CrmStore for DataverseStore {
         Ok(self.expanded_opportunity(&row))
     }
 
-    /// The upsert (see the module docs): the new account and contact first, one request each
-    /// ([`create_customer`]; Dataverse has no combined write in use here), then the
+    /// The upsert (see the module docs): a new account and its new contact first in one
+    /// deep-insert request ([`create_account_with_contact`](Self::create_account_with_contact)),
+    /// or a new account or contact alone in one request ([`create_customer`]); then the
     /// opportunity.
     #[tracing::instrument(skip_all, fields(referral_id = %write.referral_id, record = ?write.record.map(ToString::to_string), scope = ?write.scope))]
     async fn upsert_opportunity(
         &self,
         write: &OpportunityWrite<'_>,
     ) -> Result<Upserted, PortError> {
-        if write.new_records() == 0 {
-            return self.upsert_linked(write).await;
-        }
-        let (account, contact) = create_customer(self, write).await?;
+        let (account, contact) = match (write.new_account, write.new_contact) {
+            (None, None) => return self.upsert_linked(write).await,
+            (Some(account), Some(contact)) => {
+                let (account, contact) = self.create_account_with_contact(account, contact).await?;
+                (Some(account), Some(contact))
+            }
+            _ => create_customer(self, write).await?,
+        };
         self.upsert_linked(&write.linked(account.as_ref(), contact.as_ref()))
             .await
+    }
+
+    /// A new account with its new contact: the deep insert and the upsert, two requests (see
+    /// [`upsert_opportunity`](CrmStore::upsert_opportunity)); anything else is made request by
+    /// request.
+    fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
+        match operation {
+            CombinedOperation::CreateWithCustomer { records: 2 } => {
+                Some(ApiRequest::DataverseRequests { requests: 2 })
+            }
+            _ => None,
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -774,6 +792,36 @@ impl CrmStore for DataverseStore {
 }
 
 impl DataverseStore {
+    /// `POST accounts` with the new contact nested in the account's contacts
+    /// ([`DataverseAccountFields::contacts`](cosell_domain::mapping::DataverseAccountFields)):
+    /// a deep insert, one request that creates both rows or neither, the contact's company set
+    /// to the account by the nesting. The contact's primary key is chosen here (Dataverse takes
+    /// a primary key given on create), so its id is known without reading it back; the
+    /// account's comes from the answer. docs/dataverse.md#service-protection-limits.
+    async fn create_account_with_contact(
+        &self,
+        account: &Account,
+        contact: &Contact,
+    ) -> Result<(CrmRecordId, CrmRecordId), PortError> {
+        let f = &self.mapping.dataverse;
+        let contact_id = DataverseId::from(Uuid::new_v4());
+        let mut nested = dataverse_contact_body(contact, None, &self.mapping);
+        nested.insert(f.contact.id.clone(), Value::String(contact_id.to_string()));
+        let mut body = dataverse_account_body(account, &self.mapping);
+        body.insert(
+            f.account.contacts.clone(),
+            Value::Array(vec![Value::Object(nested)]),
+        );
+        let ctx = Self::ctx("create an account with its contact");
+        let account_id = self
+            .create(&ctx, &f.account.entity_set, &f.account.id, &body)
+            .await?;
+        Ok((
+            CrmRecordId::Dataverse(account_id),
+            CrmRecordId::Dataverse(contact_id),
+        ))
+    }
+
     /// The upsert of a write with nothing left to create (see the module docs).
     async fn upsert_linked(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         let f = &self.mapping.dataverse.opportunity;

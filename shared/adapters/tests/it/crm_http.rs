@@ -1382,7 +1382,8 @@ async fn salesforce_a_failed_composite_write_creates_nothing_and_keeps_the_plain
 }
 
 #[tokio::test]
-async fn dataverse_creates_a_new_opportunitys_account_and_contact_first_one_request_each() {
+async fn dataverse_creates_a_new_account_with_its_contact_in_one_deep_insert_then_the_opportunity()
+{
     let h = Harness::start().await;
     let dv = h.dataverse();
     let referral = new_referral_id();
@@ -1392,6 +1393,7 @@ async fn dataverse_creates_a_new_opportunitys_account_and_contact_first_one_requ
     let found = find_customer_of(&metered, &values).await;
     assert_eq!(found, FoundCustomer::default());
     assert_eq!(metered.made(), ServiceCalls::of(ApiService::Dataverse, 2));
+    h.clear_requests().await;
     let upserted = metered
         .upsert_opportunity(&new_opportunity_write(&referral, &values, &found))
         .await
@@ -1400,18 +1402,36 @@ async fn dataverse_creates_a_new_opportunitys_account_and_contact_first_one_requ
     assert!(upserted.created);
     assert_eq!(
         metered.made(),
-        ServiceCalls::of(ApiService::Dataverse, 5),
-        "every plain request is one"
+        ServiceCalls::of(ApiService::Dataverse, 4),
+        "the deep insert and the upsert, one request each"
     );
-    assert_eq!(h.dataverse_rows("accounts").await.len(), 1);
-    assert_eq!(h.dataverse_rows("contacts").await.len(), 1);
+    let writes: Vec<String> = h
+        .calls("dataverse")
+        .await
+        .into_iter()
+        .filter(|call| !call.contains("transactioncurrencies"))
+        .map(|call| call.split('?').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert!(
+        writes[0].starts_with("POST ") && writes[0].ends_with("/accounts"),
+        "{writes:?}"
+    );
+    assert!(writes[1].starts_with("PATCH "), "{writes:?}");
+    let accounts = h.dataverse_rows("accounts").await;
+    let contacts = h.dataverse_rows("contacts").await;
+    assert_eq!((accounts.len(), contacts.len()), (1, 1));
+    assert_eq!(
+        contacts[0]["_parentcustomerid_value"], accounts[0]["accountid"],
+        "the nesting makes the account the contact's company"
+    );
     let read = dv.get_opportunity(&upserted.id).await.unwrap();
     assert_eq!(read.opportunity.account, values.account);
     assert_eq!(read.opportunity.contact, values.contact);
     let again = find_customer_of(&dv, &values).await;
     assert!(again.account.is_some() && again.contact.is_some());
 
-    // Unmetered, the adapter makes the same requests itself.
+    // Unmetered, a new account alone: its own request, then the upsert.
     let other = new_referral_id();
     let values = Opportunity {
         account: Account {
@@ -1429,4 +1449,21 @@ async fn dataverse_creates_a_new_opportunitys_account_and_contact_first_one_requ
     assert_eq!(h.dataverse_rows("accounts").await.len(), 2);
     let read = dv.get_opportunity(&upserted.id).await.unwrap();
     assert_eq!(read.opportunity.account.name.as_deref(), Some("Fabrikam"));
+
+    // A deep insert Dataverse refuses creates neither row.
+    let other = new_referral_id();
+    let refused = opportunity(other);
+    h.delete("/_sandbox/dataverse/schema/contact/telephone1")
+        .await;
+    let err = dv
+        .upsert_opportunity(&new_opportunity_write(
+            &other,
+            &refused,
+            &FoundCustomer::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
+    assert_eq!(h.dataverse_rows("accounts").await.len(), 2, "rolled back");
+    assert_eq!(h.dataverse_rows("contacts").await.len(), 1, "rolled back");
 }

@@ -179,6 +179,11 @@ pub struct DataverseAccountFields {
     /// Country: an ISO 3166 two-letter code. For lookup-based country fields, add a custom
     /// two-letter column and configure it here (docs/partner-center.md#default-field-mapping).
     pub country: String,
+    /// The collection-valued navigation property to the contacts whose company
+    /// (`parentcustomerid`) is the account: a new account and its new contact are created in
+    /// one deep-insert request, the contact nested under it
+    /// (docs/dataverse.md#service-protection-limits).
+    pub contacts: String,
 }
 
 impl Default for DataverseAccountFields {
@@ -193,6 +198,7 @@ impl Default for DataverseAccountFields {
             state: "address1_stateorprovince".into(),
             postal_code: "address1_postalcode".into(),
             country: "address1_country".into(),
+            contacts: "contact_customer_accounts".into(),
         }
     }
 }
