@@ -9,8 +9,9 @@
 //! function killed mid-invocation.
 //!
 //! Then: wait until nothing moves (every webhook delivery finished, the retry queue empty),
-//! redrive the dead-letter queue and wait again, run `reconcile` once and wait again. What
-//! reconcile had to queue is the webhook path's shortfall. Finally compare both sides:
+//! redrive the dead-letter queue and wait again, run `reconcile` until its pass has covered
+//! both sides, waiting again after each run. What reconcile had to queue is the webhook path's
+//! shortfall. Finally compare both sides:
 //! - **lost**: a referral with no opportunity, an opportunity with sync on and no referral, or a
 //!   link not written back;
 //! - **duplicated**: a referral with two opportunities, an opportunity with two referrals;
@@ -201,9 +202,7 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
         report.redriven = redrive.moved;
         settle(stack, options.settle_timeout).await?;
     }
-    let summary = stack.reconcile().await?;
-    report.reconcile_enqueued = summary["enqueued"].as_u64().unwrap_or_default();
-    settle(stack, options.settle_timeout).await?;
+    report.reconcile_enqueued = reconcile_whole_pass(stack, options.settle_timeout).await?;
 
     let deliveries = Deliveries::read(&client).await?;
     report.deliveries = deliveries.total;
@@ -224,6 +223,34 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
     compare(&client, crm, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The most `reconcile` runs one soak makes to cover both sides (a run reads at most a few
+/// pages per side; its checkpoint keeps the position for the next).
+const MAX_RECONCILE_RUNS: usize = 100;
+
+/// Runs `reconcile` until its pass has covered both sides (each run continues where the last
+/// one stopped), letting what it queued settle after each run; returns how many syncs it
+/// queued in all. One run is not enough when more changed than one run reads: the records it
+/// did not reach would be counted lost although the next scheduled run queues them.
+async fn reconcile_whole_pass(stack: &Stack, settle_timeout: Duration) -> Result<u64> {
+    let mut enqueued = 0;
+    for _ in 0..MAX_RECONCILE_RUNS {
+        let summary = stack.reconcile().await?;
+        enqueued += summary["enqueued"].as_u64().unwrap_or_default();
+        settle(stack, settle_timeout).await?;
+        if pass_finished(&summary) {
+            return Ok(enqueued);
+        }
+    }
+    bail!("reconcile did not cover both sides in {MAX_RECONCILE_RUNS} runs")
+}
+
+/// Whether a `reconcile` answer says its pass reached the end of both sides.
+fn pass_finished(summary: &Value) -> bool {
+    ["referrals", "opportunities"]
+        .iter()
+        .all(|side| summary[side]["finished"].as_bool() == Some(true))
 }
 
 /// Sends one change.
@@ -731,5 +758,29 @@ pub fn print(report: &SoakReport) {
     );
     for problem in &report.problems {
         println!("  {problem}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cosell_domain::reconcile::ReconcileReport;
+
+    use super::pass_finished;
+
+    /// The reconcile function's own answer, with each side finished or not.
+    fn answer(referrals: bool, opportunities: bool) -> serde_json::Value {
+        let mut report = ReconcileReport::default();
+        report.referrals.finished = referrals;
+        report.opportunities.finished = opportunities;
+        reconcile::handler::summary(&report)
+    }
+
+    #[test]
+    fn the_pass_is_over_only_when_both_sides_reached_their_end() {
+        assert!(pass_finished(&answer(true, true)));
+        assert!(!pass_finished(&answer(true, false)));
+        assert!(!pass_finished(&answer(false, true)));
+        assert!(!pass_finished(&answer(false, false)));
+        assert!(!pass_finished(&serde_json::Value::Null));
     }
 }
