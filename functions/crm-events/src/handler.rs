@@ -23,7 +23,8 @@
 //!
 //! A handled change answers [`Handled::http_status`] with `{"status": "<outcome>"}`, except
 //! a change another invocation is still processing (`in_progress`): 503, because Dataverse
-//! delivers again only after 502/503/504.
+//! delivers again only after 502/503/504. Dataverse delivers only once more, so the change is
+//! also queued as a follow-up for after the holder's deadline (in case it died: docs/aws.md).
 //!
 //! **`POST …/salesforce/{secret}`** or **`POST …/salesforce?token={secret}`** (an Outbound
 //! Message, SOAP; every failure is a SOAP fault):

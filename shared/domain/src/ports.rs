@@ -852,7 +852,8 @@ pub struct RetryJob {
     pub source: RetrySource,
     /// Its idempotency / deduplication key.
     pub key: String,
-    /// 1 for the first retry.
+    /// 1 for the first retry; 0 for a follow-up of the delivery itself, queued when it found
+    /// another invocation holding it (run under the delivery's own key).
     pub attempt: u32,
     /// What to process again (the event, never tokens).
     pub payload: Value,

@@ -320,6 +320,7 @@ async fn end_to_end(crm: Crm) {
             ]
             .contains(answer)
         });
+    let in_progress = answers.iter().filter(|answer| answer.0 == 409).count();
     e.step(started, "7 concurrent first deliveries");
 
     // 8. A permanent failure (the org lacks the "Sync with Partner Center" field): 200, no
@@ -357,10 +358,18 @@ async fn end_to_end(crm: Crm) {
     );
     e.step(started, "8 needs attention");
 
-    // 6 (end). The retry job of the 503, once its delay is over.
-    let job = e.receive_retry_job().await;
+    // 6 (end). The retry job of the 503, once its delay is over; and (7, end) one follow-up per
+    // copy that found the delivery in progress: the delivery itself (attempt 0), visible after
+    // that copy's deadline, in case the holder had died.
+    let (retries, follow_ups): (Vec<RetryJob>, Vec<RetryJob>) = e
+        .receive_retry_jobs(1 + in_progress)
+        .await
+        .into_iter()
+        .partition(|job| job.attempt == 1);
+    let [job] = retries.as_slice() else {
+        panic!("one retry job of step 6: {retries:#?}");
+    };
     assert_eq!(job.source, RetrySource::PartnerCenter);
-    assert_eq!(job.attempt, 1);
     assert_eq!(job.payload["EventName"], "referral-created");
     assert!(
         job.payload["ResourceUri"]
@@ -368,8 +377,19 @@ async fn end_to_end(crm: Crm) {
             .is_some_and(|uri| uri.ends_with(&d_id)),
         "{job:?}"
     );
+    assert_eq!(follow_ups.len(), in_progress, "{follow_ups:#?}");
+    for follow_up in &follow_ups {
+        assert_eq!(follow_up.attempt, 0, "{follow_up:?}");
+        assert_eq!(follow_up.payload["EventName"], "referral-created");
+        assert!(
+            follow_up.payload["ResourceUri"]
+                .as_str()
+                .is_some_and(|uri| uri.ends_with(&b_id)),
+            "{follow_up:?}"
+        );
+    }
     e.assert_queue_empty().await;
-    e.step(started, "6 retry job received");
+    e.step(started, "6 retry job and 7 follow-ups received");
 
     // Across the run: two opportunities (A and B), no crashed instance.
     let all = e.all_opportunities().await;
@@ -984,31 +1004,35 @@ impl E2e {
         }
     }
 
-    /// Receives (bounded) the one retry job on the queue, and deletes it.
-    async fn receive_retry_job(&self) -> RetryJob {
+    /// Receives (bounded) `count` retry jobs from the queue as their delays end, deleting
+    /// each.
+    async fn receive_retry_jobs(&self, count: usize) -> Vec<RetryJob> {
         let deadline = Instant::now() + RETRY_JOB_TIMEOUT;
-        loop {
+        let mut jobs = Vec::new();
+        while jobs.len() < count {
             let received = self
                 .queue
                 .receive(10, Duration::from_secs(2))
                 .await
                 .unwrap();
-            if let Some(message) = received.first() {
-                assert_eq!(received.len(), 1, "{received:#?}");
+            for message in &received {
                 assert_eq!(
                     message.attributes.get("source").map(String::as_str),
                     Some("partner_center")
                 );
                 self.queue.delete(&message.receipt_handle).await.unwrap();
-                return serde_json::from_str(&message.body).unwrap();
+                jobs.push(serde_json::from_str(&message.body).unwrap());
             }
             let depth = self.queue.depth().await.unwrap();
             assert!(
                 Instant::now() < deadline,
-                "no retry job within {} s; queue: {depth:?}",
+                "{} of {count} retry jobs within {} s; queue: {depth:?}",
+                jobs.len(),
                 RETRY_JOB_TIMEOUT.as_secs()
             );
         }
+        assert_eq!(jobs.len(), count, "{jobs:#?}");
+        jobs
     }
 
     /// A Partner Center event for a referral, byte for byte as the sandbox sends it (compact

@@ -16,7 +16,9 @@
 //! message again after a backoff, and the queue's `maxReceiveCount` bounds the attempts.
 //!
 //! A completed key makes redeliveries [`Outcome::DuplicateSkipped`] with no service call; a key
-//! held by a running invocation makes them [`Outcome::InProgress`].
+//! held by a running invocation makes them [`Outcome::InProgress`], and a webhook delivery
+//! that finds it held is also queued as a follow-up job for after the holder's deadline, in case
+//! the holder died and the sender does not deliver again ([`follow_up`]).
 //!
 //! The store writes of a run are one commit ([`IdempotencyStore::commit`]): while the sync
 //! runs, its audit entries and its final link are kept in the [`Journal`]; the key's completion
@@ -25,6 +27,7 @@
 //! retries the sync, as a failed link write did.
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -389,7 +392,7 @@ pub(crate) fn finish<A: AuditLog>(outcome: Outcome, journal: Journal<'_, A>) -> 
 }
 
 /// When the delivery that found the create locked runs again.
-pub(crate) const CREATE_LOCK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const CREATE_LOCK_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Run `work` — creating the counterpart of `subject` (a CRM record's referral, a referral's
 /// opportunity with its account and contact) — under a short lock, the idempotency key
@@ -443,9 +446,53 @@ where
 }
 
 /// The key a retry job's attempt runs under: its own, so a replayed message is a duplicate of
-/// that attempt only.
+/// that attempt only; a follow-up ([`follow_up`], attempt 0) runs under the delivery's own key.
 pub(crate) fn attempt_key(job: &RetryJob) -> Result<IdempotencyKey, ParseError> {
+    if job.attempt == FOLLOW_UP_ATTEMPT {
+        return IdempotencyKey::try_from(job.key.clone());
+    }
     IdempotencyKey::try_from(format!("{}#attempt-{}", job.key, job.attempt))
+}
+
+/// The attempt number of a follow-up job: the delivery itself, delivered again by the queue.
+pub(crate) const FOLLOW_UP_ATTEMPT: u32 = 0;
+
+/// How long after this invocation's deadline a follow-up job becomes visible.
+const FOLLOW_UP_MARGIN: Duration = Duration::from_secs(5);
+
+/// A webhook delivery found its key held by another invocation. That invocation may finish the
+/// delivery, or may have died (a timeout, a crash, a killed instance hold the key until its
+/// Lambda deadline); a sender that delivers only once more (Dataverse retries once, right away)
+/// would then find it held again and give up, leaving the change to reconciliation. So the
+/// delivery is also queued as a follow-up job (attempt [`FOLLOW_UP_ATTEMPT`], the delivery's own
+/// key) that becomes visible after this invocation's deadline, by when the holder's, which
+/// started earlier in the same function, has passed: the retry worker then finds the key
+/// completed (a duplicate: one conditional write, no service call) or free (the holder died:
+/// it runs the delivery). The answer stays [`Outcome::InProgress`], so a sender that does
+/// deliver again still can. A queue that fails only loses this safety net (a warning).
+///
+/// Not for the retry worker ([`RetryPolicy::Redeliver`]): its message comes back by itself.
+async fn follow_up<X: Ports>(
+    deps: &Deps<'_, X>,
+    meta: &Delivery,
+    run: &Run<'_>,
+    journal: &Journal<'_, X::Audit>,
+) {
+    if deps.settings.retry_policy != RetryPolicy::Enqueue || run.attempt != FOLLOW_UP_ATTEMPT {
+        return;
+    }
+    let job = RetryJob {
+        source: run.source,
+        key: run.retry_key.to_owned(),
+        attempt: FOLLOW_UP_ATTEMPT,
+        payload: run.payload.clone(),
+    };
+    let remaining = (meta.deadline - meta.now).to_std().unwrap_or_default();
+    let delay = remaining
+        .saturating_add(FOLLOW_UP_MARGIN)
+        .min(RetryJob::MAX_DELAY);
+    let queued = deps.retry_queue.enqueue(&job, delay).await;
+    journal.tolerate(queued);
 }
 
 /// Run `sync` at most once for `run.key` (see the module docs).
@@ -470,7 +517,10 @@ pub(crate) async fn exactly_once<X: Ports>(
     match acquired {
         AcquireOutcome::Acquired => {}
         AcquireOutcome::Duplicate(_) => return Ok(Outcome::DuplicateSkipped),
-        AcquireOutcome::InProgress => return Ok(Outcome::InProgress),
+        AcquireOutcome::InProgress => {
+            follow_up(deps, meta, run, journal).await;
+            return Ok(Outcome::InProgress);
+        }
     }
     journal.defer();
 

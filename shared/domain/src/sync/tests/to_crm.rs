@@ -159,6 +159,52 @@ fn a_concurrent_duplicate_is_answered_in_progress_and_applies_nothing() {
 }
 
 #[test]
+fn a_delivery_found_in_progress_is_followed_up_after_the_holders_deadline() {
+    let world = World::new();
+    world.pc.insert(co_sell_referral());
+    let event = webhook("referral-created", REFERRAL, at(1));
+    let key = partner_center_event_key(&event, at(100)).unwrap();
+    let hold = |until| {
+        world.idempotency.insert(IdempotencyRecord {
+            key: key.clone(),
+            status: IdempotencyStatus::InProgress,
+            expires_at: at(100 + 3600),
+            in_progress_until: Some(until),
+            response: None,
+            payload_hash: None,
+        });
+    };
+    // Another invocation of the function holds the delivery until its deadline (at most this
+    // one's: it started earlier, with the same timeout).
+    hold(at(130));
+
+    assert_eq!(world.outcome(&event, at(110)), Outcome::InProgress);
+
+    // The delivery itself is queued again, under its own key, visible after this invocation's
+    // deadline (30 s away) and a margin.
+    let jobs = world.queue.take_all();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let (job, delay) = &jobs[0];
+    assert_eq!((job.key.as_str(), job.attempt), (key.as_str(), 0));
+    assert_eq!(*delay, std::time::Duration::from_secs(35));
+    assert_eq!(world.pc_calls() + world.crm_calls(), 0);
+
+    // The holder died and the sender never delivered again: the follow-up takes over, once.
+    assert!(matches!(world.retry(job, at(145)), Outcome::Created { .. }));
+    assert_eq!(world.crm.opportunities().len(), 1);
+    assert_eq!(
+        world.idempotency.record(&key).unwrap().status,
+        IdempotencyStatus::Completed
+    );
+    // Replayed, or after a holder that finished: a duplicate, without a service call.
+    let calls = world.pc_calls() + world.crm_calls();
+    assert_eq!(world.retry(job, at(146)), Outcome::DuplicateSkipped);
+    assert_eq!(world.pc_calls() + world.crm_calls(), calls);
+    assert_eq!(world.crm.opportunities().len(), 1);
+    assert!(world.queue.jobs().is_empty());
+}
+
+#[test]
 fn the_echo_of_our_own_write_back_makes_no_call_at_all() {
     let world = World::new();
     let (id, crm, _) = world.synced_referral();

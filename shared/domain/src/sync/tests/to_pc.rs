@@ -797,6 +797,39 @@ fn a_partner_center_outage_enqueues_a_retry_of_the_crm_record() {
 }
 
 #[test]
+fn a_dataverse_change_whose_first_invocation_died_is_synced_by_its_follow_up() {
+    let world = World::to_pc();
+    let record = world.crm.seed(seller_opportunity());
+    let change = world.crm_change(&record, 1, SELLER);
+    // The first invocation took the change and died (a killed instance): the key stays held
+    // until its deadline. Dataverse's one retry finds it held, and will not deliver again.
+    world.idempotency.insert(IdempotencyRecord {
+        key: change.key.clone(),
+        status: IdempotencyStatus::InProgress,
+        expires_at: at(100 + 3600),
+        in_progress_until: Some(at(125)),
+        response: None,
+        payload_hash: None,
+    });
+
+    assert_eq!(world.sync_crm(&change, at(100)), Outcome::InProgress);
+    assert_eq!(world.deal_referrals(), 0);
+
+    // Its follow-up, delivered by the queue after the holder's deadline, creates the referral.
+    let (job, delay) = world.queue.take_all().remove(0);
+    assert_eq!((job.key.as_str(), job.attempt), (change.key.as_str(), 0));
+    assert!(delay >= std::time::Duration::from_secs(25), "{delay:?}");
+    assert_eq!(
+        world.retry(&job, at(140)),
+        Outcome::Created {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(world.deal_referrals(), 1);
+    assert!(world.crm.stored(&record).opportunity.referral_id.is_some());
+}
+
+#[test]
 fn a_replayed_crm_retry_job_creates_the_referral_once() {
     let world = World::to_pc();
     let record = world.crm.seed(seller_opportunity());
