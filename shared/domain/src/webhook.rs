@@ -115,45 +115,109 @@ impl<'de> Deserialize<'de> for EventName {
 ///
 /// Verify the signature over the raw bytes **before** deserializing this
 /// (docs/partner-center.md#webhook-signature).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Read tolerantly ([`WebhookEvent::from_members`]): member names in any letter case
+/// (`ResourceUri`, `resourceUri`, `ResourceURI`), `AuditUri` or `AuditUrl` (the webhooks page
+/// uses both), and an optional member that is `null` or of an unusable type read as absent.
+/// Only a missing or non-text `EventName` or `ResourceUri` refuses the body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct WebhookEvent {
     /// `{resource}-{action}`.
-    #[serde(alias = "eventName")]
     pub event_name: EventName,
     /// The URI of the changed resource. For referrals its host and path
     /// (`api.partnercenter.microsoft.com/engagements/v1/referrals/{id}`) differ from the
     /// referrals API, so only its last segment is used ([`WebhookEvent::referral_id`]).
-    #[serde(alias = "resourceUri")]
     pub resource_uri: String,
     /// `referral` or `test`.
-    #[serde(
-        default,
-        alias = "resourceName",
-        deserialize_with = "h::opt_string",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_name: Option<String>,
     /// The audit record URI; `null` in every sample. The webhooks page calls it `AuditUrl`.
-    #[serde(
-        default,
-        alias = "auditUri",
-        alias = "AuditUrl",
-        alias = "auditUrl",
-        deserialize_with = "h::opt_string"
-    )]
     pub audit_uri: Option<String>,
     /// When the resource changed (7 fractional digits plus offset in the samples).
-    #[serde(
-        default,
-        alias = "resourceChangeUtcDate",
-        deserialize_with = "h::opt_datetime",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_change_utc_date: Option<WireDateTime>,
     /// Unknown members, written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for WebhookEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let members = Map::<String, Value>::deserialize(deserializer)?;
+        Self::from_members(members).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The members of [`WebhookEvent`], each by the names it may come under, compared ignoring
+/// letter case.
+const EVENT_NAME: &[&str] = &["EventName"];
+/// See [`EVENT_NAME`].
+const RESOURCE_URI: &[&str] = &["ResourceUri"];
+/// See [`EVENT_NAME`].
+const RESOURCE_NAME: &[&str] = &["ResourceName"];
+/// See [`EVENT_NAME`].
+const AUDIT_URI: &[&str] = &["AuditUri", "AuditUrl"];
+/// See [`EVENT_NAME`].
+const RESOURCE_CHANGE_UTC_DATE: &[&str] = &["ResourceChangeUtcDate"];
+
+impl WebhookEvent {
+    /// Reads an event from the members of its JSON object (see the type's docs): every member
+    /// named (in any letter case) by one of a field's names is taken out, and the first that is
+    /// not `null`, in the body's order, is the field's value; the rest stay in
+    /// [`extra`](Self::extra).
+    pub fn from_members(mut members: Map<String, Value>) -> Result<Self, String> {
+        let event_name = match take(&mut members, EVENT_NAME) {
+            Some(Value::String(text)) => EventName::parse(&text),
+            Some(other) => return Err(format!("EventName is not text: {}", kind(&other))),
+            None => return Err("missing field `EventName`".to_owned()),
+        };
+        let resource_uri = match take(&mut members, RESOURCE_URI) {
+            Some(Value::String(text)) => text,
+            Some(other) => return Err(format!("ResourceUri is not text: {}", kind(&other))),
+            None => return Err("missing field `ResourceUri`".to_owned()),
+        };
+        let text =
+            |value: Option<Value>| h::opt_string(value.unwrap_or(Value::Null)).ok().flatten();
+        let resource_name = text(take(&mut members, RESOURCE_NAME));
+        let audit_uri = text(take(&mut members, AUDIT_URI));
+        let resource_change_utc_date = text(take(&mut members, RESOURCE_CHANGE_UTC_DATE))
+            .map(|date| WireDateTime::parse(&date));
+        Ok(Self {
+            event_name,
+            resource_uri,
+            resource_name,
+            audit_uri,
+            resource_change_utc_date,
+            extra: members,
+        })
+    }
+}
+
+/// Takes out every member named by one of `names` (ignoring letter case) and answers the first
+/// that is not `null`.
+fn take(members: &mut Map<String, Value>, names: &[&str]) -> Option<Value> {
+    let matching: Vec<String> = members
+        .keys()
+        .filter(|key| names.iter().any(|name| key.eq_ignore_ascii_case(name)))
+        .cloned()
+        .collect();
+    matching
+        .iter()
+        .filter_map(|key| members.shift_remove(key))
+        .find(|value| !value.is_null())
+}
+
+/// What kind of JSON value `value` is, for an error (never the value itself).
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 impl WebhookEvent {
@@ -435,6 +499,62 @@ mod tests {
     }
 
     #[test]
+    fn member_names_in_any_case_and_both_audit_spellings_are_read() {
+        let event: WebhookEvent = serde_json::from_value(json!({
+            "EVENTNAME": "referral-updated",
+            "ResourceURI": format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}"),
+            "AuditUri": null,
+            "AuditUrl": "https://api.partnercenter.microsoft.com/auditactivity/v1/auditrecords/1",
+            "ResourceChangeUTCDate": "2018-02-17T00:05:39.5485487+00:00",
+            "Extra": 1
+        }))
+        .unwrap();
+        assert_eq!(event.event_name, EventName::ReferralUpdated);
+        assert_eq!(event.referral_id().unwrap().to_string(), ID);
+        assert_eq!(
+            event.audit_uri.as_deref(),
+            Some("https://api.partnercenter.microsoft.com/auditactivity/v1/auditrecords/1"),
+            "the first spelling that is not null"
+        );
+        assert!(event.resource_change_utc_date.is_some());
+        assert_eq!(event.extra.keys().collect::<Vec<_>>(), ["Extra"]);
+    }
+
+    #[test]
+    fn an_unusable_optional_member_reads_as_absent_and_a_required_one_refuses() {
+        let uri = format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}");
+        let event: WebhookEvent = serde_json::from_value(json!({
+            "EventName": "referral-created",
+            "ResourceUri": uri,
+            "ResourceName": ["referral"],
+            "AuditUri": {"href": "x"},
+            "ResourceChangeUtcDate": {"at": 1},
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                event.resource_name,
+                event.audit_uri,
+                event.resource_change_utc_date
+            ),
+            (None, None, None)
+        );
+        for body in [
+            json!({"ResourceUri": uri}),
+            json!({"EventName": 1, "ResourceUri": uri}),
+            json!({"EventName": "referral-created", "ResourceUri": null}),
+            json!({"EventName": "referral-created", "ResourceUri": {"id": ID}}),
+        ] {
+            let error = serde_json::from_value::<WebhookEvent>(body.clone()).unwrap_err();
+            assert!(
+                error.to_string().contains("EventName")
+                    || error.to_string().contains("ResourceUri"),
+                "{body}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_event_names_are_kept() {
         let names: Vec<EventName> = serde_json::from_str(EVENTS_LIST).unwrap();
         assert_eq!(names[0], EventName::Unknown("subscription-updated".into()));
@@ -554,6 +674,31 @@ mod proptests {
             let id = ReferralId::from(uuid::Uuid::from_bytes(id));
             event.resource_uri = format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{id}?x=1");
             prop_assert_eq!(event.referral_id().unwrap(), id);
+        }
+
+        #[test]
+        fn member_names_read_the_same_in_any_letter_case(
+            sample in prop::sample::select(SAMPLES[..4].to_vec()),
+            upper in prop::collection::vec(any::<bool>(), 64),
+        ) {
+            let sample: Map<String, Value> = serde_json::from_str(sample).unwrap();
+            let recased: Map<String, Value> = sample
+                .iter()
+                .map(|(name, value)| {
+                    let name = name
+                        .chars()
+                        .zip(upper.iter().cycle())
+                        .map(|(ch, up)| if *up { ch.to_ascii_uppercase() } else { ch.to_ascii_lowercase() })
+                        .collect::<String>();
+                    (name, value.clone())
+                })
+                .collect();
+            let expected = WebhookEvent::from_members(sample).unwrap();
+            let read = WebhookEvent::from_members(recased).unwrap();
+            prop_assert_eq!(
+                (&read.event_name, &read.resource_uri, &read.resource_name, &read.audit_uri, &read.resource_change_utc_date),
+                (&expected.event_name, &expected.resource_uri, &expected.resource_name, &expected.audit_uri, &expected.resource_change_utc_date)
+            );
         }
 
         #[test]

@@ -266,6 +266,22 @@ impl Harness {
         self.request_with(name, |_| {})
     }
 
+    /// The sample `name` with `body` in its place, signed again with the sandbox's key.
+    fn request_with_body(&self, name: &str, body: String) -> Request {
+        self.request_with(name, |event| {
+            let signature = Pki::embedded().sign(Signer::Leaf, body.as_bytes());
+            event["headers"]["authorization"] = Value::String(format!("Signature {signature}"));
+            event["headers"]["content-length"] = Value::String(body.len().to_string());
+            event["body"] = Value::String(body);
+        })
+    }
+
+    /// The `referral-created` sample with `body` in its place, signed again.
+    async fn send_body(&self, body: &str) -> (u16, Value) {
+        self.handle(self.request_with_body("referral-created", body.to_owned()))
+            .await
+    }
+
     async fn handle(&self, request: Request) -> (u16, Value) {
         answer(handler::handle(request, &self.app).await.unwrap())
     }
@@ -278,16 +294,11 @@ impl Harness {
     /// with the referral's `updatedDateTime` (the samples carry a fixed date) and signed again.
     async fn send_latest(&self, name: &str) -> (u16, Value) {
         let changed = self.referral(REFERRAL_ID).await["updatedDateTime"].clone();
-        let request = self.request_with(name, |event| {
-            let mut body: Value = serde_json::from_str(event["body"].as_str().unwrap()).unwrap();
-            body["ResourceChangeUtcDate"] = changed;
-            let body = body.to_string();
-            let signature = Pki::embedded().sign(Signer::Leaf, body.as_bytes());
-            event["headers"]["authorization"] = Value::String(format!("Signature {signature}"));
-            event["headers"]["content-length"] = Value::String(body.len().to_string());
-            event["body"] = Value::String(body);
-        });
-        self.handle(request).await
+        let sample: Value = serde_json::from_str(sample(name)).unwrap();
+        let mut body: Value = serde_json::from_str(sample["body"].as_str().unwrap()).unwrap();
+        body["ResourceChangeUtcDate"] = changed;
+        self.handle(self.request_with_body(name, body.to_string()))
+            .await
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -1252,4 +1263,49 @@ async fn a_panic_in_one_event_is_answered_500_and_the_instance_goes_on() {
             .unwrap(),
     );
     assert_eq!(status, 200, "{body}");
+}
+
+/// Bodies as real senders deviate from the documented one: each is read as the referral event
+/// it is (200 `created`), none refused.
+#[tokio::test]
+async fn real_world_spellings_of_the_event_body_are_read() {
+    let uri =
+        format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{REFERRAL_ID}");
+    let documented = json!({
+        "EventName": "referral-created", "ResourceUri": uri, "ResourceName": "referral",
+        "AuditUri": null, "ResourceChangeUtcDate": "2026-11-20T10:15:30.1234567+00:00",
+    })
+    .to_string();
+    let bodies = [
+        // A UTF-8 byte-order mark before the JSON.
+        format!("\u{feff}{documented}"),
+        // Member names in another letter case.
+        json!({
+            "EventName": "referral-created", "ResourceURI": uri, "ResourceName": "referral",
+            "AuditUri": null, "ResourceChangeUTCDate": "2026-11-20T10:15:30.1234567+00:00",
+        })
+        .to_string(),
+        // Both spellings of the audit member the documentation uses.
+        json!({
+            "EventName": "referral-created", "ResourceUri": uri, "ResourceName": "referral",
+            "AuditUri": null, "AuditUrl": null,
+            "ResourceChangeUtcDate": "2026-11-20T10:15:30.1234567+00:00",
+        })
+        .to_string(),
+        // An optional member of an unusable type, escaped slashes, an upper-case id with a
+        // trailing slash, a date as epoch milliseconds, an unknown member.
+        format!(
+            r#"{{"EventName":"Referral-Created","ResourceUri":"https:\/\/api.partnercenter.microsoft.com\/engagements\/v1\/referrals\/{}\/","ResourceName":["referral"],"AuditUri":{{"href":"x"}},"ResourceChangeUtcDate":1795169730123,"Extra":{{"a":[1,2]}}}}"#,
+            REFERRAL_ID.to_uppercase()
+        ),
+    ];
+    for body in bodies {
+        let h = Harness::start(Crm::Dataverse).await;
+        h.seed_referral().await;
+        assert_eq!(
+            h.send_body(&body).await,
+            (200, json!({ "status": "created" })),
+            "{body}"
+        );
+    }
 }

@@ -122,6 +122,8 @@ pub const SIGNATURE_ALGORITHM_HEADER: &str = "x-ms-signature-algorithm";
 pub const MS_SIGNATURE_HEADER: &str = "x-ms-signature";
 /// Certificates kept per instance (distinct URLs; more are verified but not cached).
 const MAX_CACHED_CERTIFICATES: usize = 16;
+/// The UTF-8 byte-order mark some senders put before a JSON body.
+const UTF8_BOM: &[u8] = "\u{feff}".as_bytes();
 /// How long a cached certificate whose chain and subject passed (steps 5–6) is trusted without
 /// checking them again, never past its own `notAfter`; the signature of every request is still
 /// verified against it (step 7). Checking the chain is the costliest part of a request (two
@@ -1267,9 +1269,11 @@ impl VerifiedWebhook {
         &self.certificate_url
     }
 
-    /// The body as a [`WebhookEvent`].
+    /// The body as a [`WebhookEvent`] (a leading UTF-8 byte-order mark is skipped, as for the
+    /// other bodies the connector reads; the signature covers the body as sent, mark included).
     pub fn event(&self) -> Result<WebhookEvent, serde_json::Error> {
-        serde_json::from_slice(&self.body)
+        let body = self.body.strip_prefix(UTF8_BOM).unwrap_or(&self.body);
+        serde_json::from_slice(body)
     }
 }
 
