@@ -12,9 +12,13 @@ use cosell_runtime::config::CrmConfig;
 use cosell_runtime::{ConfigError, Env, SyncConfig};
 use secrecy::SecretString;
 
-/// The default cap on a request body: a Dataverse body is at most 256 KB (larger ones are
-/// stripped), an Outbound Message of 100 notifications a few hundred KB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The default cap on a request body: what Lambda accepts at most (a synchronous invocation's
+/// request payload, 6 MB), so no delivery Lambda passes on is refused. A Dataverse body is at
+/// most 256 KB (larger ones are stripped), but an Outbound Message batches up to 100
+/// notifications, each with every field it lists: with long text fields (`Description`, the
+/// Audit column, up to 32,000 characters each) it passes a megabyte, and Salesforce would send
+/// a refused message again, unchanged, for 24 hours.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// The configuration of `crm-events`.
 ///
@@ -32,7 +36,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// | `SALESFORCE_ENDPOINT_SECRET` | when `CRM_KIND=salesforce` (secret) | | the secret in the Outbound Message URL (`/salesforce/{secret}` or `?token=`) |
 /// | `SALESFORCE_ORGANIZATION_ID` | when `CRM_KIND=salesforce` | | the org id (15 or 18 characters) messages must come from |
 /// | `SALESFORCE_CONNECTOR_USER_ID` | when `CRM_KIND=salesforce` | | the integration user's id: its writes are echoes |
-/// | `MAX_BODY_BYTES` | no | `1048576` | larger bodies are answered 413 |
+/// | `MAX_BODY_BYTES` | no | `6291456` | larger bodies are answered 413 |
 ///
 /// Only the configured CRM's path is served; the other answers 404.
 #[derive(Debug, Clone)]

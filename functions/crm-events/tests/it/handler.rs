@@ -1009,3 +1009,78 @@ fn write_sample(dir: &std::path::Path, name: &str, base_url: &str, captured: &Ca
     let text = serde_json::to_string_pretty(&event).unwrap() + "\n";
     std::fs::write(dir.join(format!("{name}.json")), text).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bodies as real senders deviate from the documented ones
+
+#[tokio::test]
+async fn a_dataverse_body_spelled_otherwise_is_read() {
+    let h = Harness::start(Crm::Dataverse).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    // A byte-order mark, escaped slashes, `Key` for `key`, a number as text, an unknown member.
+    let body = delivery
+        .body
+        .replace('/', "\\/")
+        .replace("\"key\":", "\"Key\":")
+        .replace("\"Mode\":1", "\"Mode\":\"1\"")
+        .replacen('{', "{\"SomethingNew\":{\"x\":[null]},", 1);
+    let body = format!("\u{feff}{body}");
+    let answer = h.deliver(&with_body(&delivery, &body)).await;
+    assert_eq!(answer, (200, r#"{"status":"created"}"#.to_owned()));
+    assert_eq!(h.referrals().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_outbound_message_spelled_otherwise_is_acknowledged() {
+    let h = Harness::start(Crm::Salesforce).await;
+    let id = h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    // A byte-order mark, CRLF line ends, another envelope prefix, white space around an id, a
+    // comment.
+    let body = delivery
+        .body
+        .replace("soapenv:", "soap:")
+        .replace("xmlns:soapenv=", "xmlns:soap=")
+        .replace('\n', "\r\n")
+        .replace(&format!(">{id}<"), &format!(">\r\n  {id}\r\n <"))
+        .replace("<Notification>", "<!-- batched --><Notification>");
+    let body = format!("\u{feff}{body}");
+    let (status, answer) = h.deliver(&with_body(&delivery, &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("<Ack>true</Ack>"), "{answer}");
+    assert_eq!(h.referrals().await.len(), 1);
+}
+
+/// Salesforce batches up to 100 notifications, each with every field the message lists; long
+/// text fields (32,000 characters at most) take such a message past a megabyte, and a refused
+/// message would come back unchanged for 24 hours.
+#[tokio::test]
+async fn an_outbound_message_of_many_long_notifications_is_acknowledged() {
+    let h = Harness::start(Crm::Salesforce).await;
+    h.seed(None, |_| {}).await;
+    let delivery = h.next_delivery().await;
+    let body = &delivery.body;
+    let start = body.find("<Notification>").unwrap();
+    let end = body.rfind("</Notification>").unwrap() + "</Notification>".len();
+    let one = &body[start..end];
+    let notification_id = &one[one.find("<Id>").unwrap() + 4..one.find("</Id>").unwrap()];
+    let description = "x".repeat(32_000);
+    let batch: String = (0..40)
+        .map(|n| {
+            one.replace(
+                notification_id,
+                &format!("{}{n:03}", &notification_id[..15]),
+            )
+            .replace(
+                "</sf:Name>",
+                &format!("</sf:Name><sf:Description>{description}</sf:Description>"),
+            )
+        })
+        .collect();
+    let body = format!("{}{batch}{}", &body[..start], &body[end..]);
+    assert!(body.len() > 1_300_000, "{}", body.len());
+    let (status, answer) = h.deliver(&with_body(&delivery, &body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("<Ack>true</Ack>"), "{answer}");
+}
