@@ -11,11 +11,13 @@
 //! | 401 | `Unauthorized`: the caller refreshes its token **once** and retries | — |
 //! | 401 again after that refresh | `RejectedAfterRefresh`, naming the credential and what to fix | `AccessDenied` |
 //! | 403 Salesforce `REQUEST_LIMIT_EXCEEDED` (the org's rolling 24 h API allocation) | `Unavailable`, `retry_after` ≥ [`DAILY_LIMIT_RETRY_AFTER`] | `Transient` |
+//! | 400 / 409 Salesforce `UNABLE_TO_LOCK_ROW` (another save holds the record) | `Unavailable` | `Transient` |
 //! | other 403 | `AccessDenied` with the service's message and, when recognisable, the missing role / privilege | `AccessDenied` |
 //! | 404 | `NotFound` | `NotFound` |
 //! | 412 | `PreconditionFailed` | `PreconditionFailed` |
 //! | 3xx (redirects are never followed) and other 4xx | `Rejected` with the service's own message | `Permanent` |
 //! | token endpoint refusals | `Credential`, with a fix naming the credential | `AccessDenied` |
+//! | token endpoint refusals that only say "try again" (`temporarily_unavailable`, Salesforce's "retry your request", AADSTS50000 / 90033) | `Unavailable` | `Transient` |
 //!
 //! The service's message is read from its documented error body ([`parse_error_body`]):
 //! Partner Center `{"statusCode","message"}`, Dataverse `{"error":{"code","message"}}`
@@ -756,6 +758,19 @@ pub fn classify(
             }
         }
         403 => access_denied(ctx, &parsed, message),
+        // Another transaction holds the record (a user's save, a flow, another integration):
+        // Salesforce answers 400 (some APIs 409) and the documented remedy is to try again.
+        400 | 409 if service == Service::Salesforce && code_is("UNABLE_TO_LOCK_ROW") => {
+            HttpAdapterError::Unavailable {
+                service,
+                operation,
+                status: status.as_u16(),
+                message: format!(
+                    "{message} (UNABLE_TO_LOCK_ROW: another save held the record; retried)"
+                ),
+                retry_after: retry_after(headers, Utc::now()),
+            }
+        }
         404 => HttpAdapterError::NotFound {
             what: ctx
                 .resource
@@ -1002,7 +1017,9 @@ pub async fn read_json<T: DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, HttpAdapterError> {
     let body = read_limited(ctx, response, MAX_RESPONSE_BYTES, false).await?;
-    serde_json::from_slice(&body).map_err(|error| {
+    // A leading UTF-8 byte-order mark is skipped, as for error bodies.
+    let json = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&body);
+    serde_json::from_slice(json).map_err(|error| {
         HttpAdapterError::decode(ctx, format!("the body is not the documented JSON: {error}"))
     })
 }
@@ -1235,6 +1252,28 @@ mod tests {
     }
 
     #[test]
+    fn a_salesforce_record_locked_by_another_save_is_transient() {
+        for status in [400, 409] {
+            let err = classify_json(
+                Service::Salesforce,
+                status,
+                json!([{"message": "unable to obtain exclusive access to this record or 1 records: 006000000000001", "errorCode": "UNABLE_TO_LOCK_ROW", "fields": []}]),
+            );
+            assert!(err.is_retryable(), "{err:?}");
+            let port = err.into_port_error();
+            assert!(port.is_retryable(), "{port:?}");
+            assert!(port.to_string().contains("UNABLE_TO_LOCK_ROW"), "{port}");
+        }
+        // Another service's 400 with that text stays a refusal.
+        let err = classify_json(
+            Service::Dataverse,
+            400,
+            json!({"error": {"code": "UNABLE_TO_LOCK_ROW", "message": "x"}}),
+        );
+        assert!(!err.is_retryable(), "{err:?}");
+    }
+
+    #[test]
     fn not_found_and_precondition_failed_map_to_their_port_errors() {
         let port = classify_json(
             Service::PartnerCenter,
@@ -1379,6 +1418,24 @@ mod tests {
             }
         ));
         assert!(port.to_string().contains("timed out"), "{port}");
+    }
+
+    #[tokio::test]
+    async fn a_success_body_after_a_byte_order_mark_is_read() {
+        let answer = |body: &str| {
+            reqwest::Response::from(
+                axum::http::Response::builder()
+                    .status(200)
+                    .body(body.to_owned())
+                    .unwrap(),
+            )
+        };
+        let ctx = ctx(Service::PartnerCenter);
+        for body in ["\u{feff}{\"id\": 1}", "{\"id\": 1}"] {
+            let read: Value = read_json(&ctx, answer(body)).await.unwrap();
+            assert_eq!(read, json!({"id": 1}), "{body:?}");
+        }
+        assert!(read_json::<Value>(&ctx, answer("\u{feff}")).await.is_err());
     }
 
     #[tokio::test]

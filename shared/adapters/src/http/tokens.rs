@@ -42,7 +42,7 @@ use url::Url;
 
 use super::response::{
     HttpAdapterError, MAX_ERROR_BODY_BYTES, RequestContext, ServiceErrorBody, classify,
-    parse_error_body, read_limited,
+    parse_error_body, read_limited, retry_after,
 };
 
 /// How long before its expiry a cached token is replaced.
@@ -298,6 +298,15 @@ async fn request_token(
         if parsed.message.is_empty() {
             parsed.message = format!("HTTP {code}");
         }
+        if is_transient_refusal(&parsed) {
+            return Err(TokenFailure::Unavailable(HttpAdapterError::Unavailable {
+                service: ctx.service.clone(),
+                operation: ctx.operation.to_string(),
+                status: code,
+                message: parsed.message,
+                retry_after: retry_after(&headers, chrono::Utc::now()),
+            }));
+        }
         return Err(TokenFailure::Refused(parsed));
     }
     let value: Value = super::response::read_json(ctx, response)
@@ -324,6 +333,19 @@ async fn request_token(
             .map(SecretString::from),
         instance_url: text("instance_url"),
     })
+}
+
+/// A 4xx token answer that only says "try again": OAuth's `temporarily_unavailable` (RFC 6749
+/// §5.2), Salesforce's `unknown_error` "retry your request", and Entra ID's AADSTS50000 (an
+/// error issuing the token) and AADSTS90033 (a transient error). Everything else refused is a
+/// credential to fix.
+fn is_transient_refusal(refusal: &ServiceErrorBody) -> bool {
+    let code = refusal.code.as_deref().unwrap_or_default();
+    let message = refusal.message.to_ascii_lowercase();
+    code.eq_ignore_ascii_case("temporarily_unavailable")
+        || (code.eq_ignore_ascii_case("unknown_error") && message.contains("retry your request"))
+        || message.contains("aadsts50000")
+        || message.contains("aadsts90033")
 }
 
 fn parse_url(what: &str, text: &str) -> Result<Url, HttpAdapterError> {

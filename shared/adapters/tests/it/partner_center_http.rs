@@ -1474,3 +1474,61 @@ async fn concurrent_first_deliveries_download_the_certificate_once_and_all_verif
     assert!(verified.iter().all(Result::is_ok), "{verified:?}");
     assert_eq!(certs.hits("cert.cer"), 1);
 }
+
+/// A token endpoint that answers every request `status` with `body`.
+async fn refusing_token_endpoint(status: StatusCode, body: serde_json::Value) -> String {
+    let app = Router::new().route(
+        "/{tenant}/oauth2/v2.0/token",
+        post(move || {
+            let body = body.clone();
+            async move { (status, axum::Json(body)) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn a_token_refusal_that_says_try_again_is_transient_and_others_need_a_fix() {
+    let cases = [
+        (
+            json!({"error": "temporarily_unavailable", "error_description": "AADSTS50000: There was an error issuing a token."}),
+            true,
+        ),
+        (
+            json!({"error": "invalid_grant", "error_description": "AADSTS90033: A transient error has occurred. Please try again."}),
+            true,
+        ),
+        (
+            json!({"error": "unknown_error", "error_description": "retry your request"}),
+            true,
+        ),
+        (
+            json!({"error": "invalid_grant", "error_description": "AADSTS70000: Provided grant is invalid or malformed."}),
+            false,
+        ),
+    ];
+    for (body, transient) in cases {
+        let authority = refusing_token_endpoint(StatusCode::BAD_REQUEST, body.clone()).await;
+        let tokens = EntraRefreshToken::new(
+            reqwest::Client::new(),
+            EntraRefreshTokenConfig {
+                authority,
+                tenant: "organizations".into(),
+                client_id: "app".into(),
+                client_secret: SecretString::from("secret"),
+                refresh_token: SecretString::from("rt-0"),
+                scope: PARTNER_CENTER_REFERRALS_SCOPE.into(),
+                credential_label: None,
+                keep_rotated_in: None,
+            },
+        )
+        .unwrap();
+        let port = tokens.token().await.unwrap_err().into_port_error();
+        assert_eq!(port.is_retryable(), transient, "{body}: {port:?}");
+    }
+}
