@@ -295,7 +295,12 @@ pub struct Referral {
     )]
     pub customer_profile: Option<CustomerProfile>,
     /// Consent flags.
-    #[serde(default, alias = "Consent", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "Consent",
+        deserialize_with = "h::lenient_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consent: Option<Consent>,
     /// Deal details.
     #[serde(default, alias = "Details", skip_serializing_if = "Option::is_none")]
@@ -312,6 +317,7 @@ pub struct Referral {
     #[serde(
         default,
         alias = "InviteContext",
+        deserialize_with = "h::lenient_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub invite_context: Option<InviteContext>,
@@ -335,7 +341,12 @@ pub struct Referral {
     )]
     pub target: Vec<ReferralTarget>,
     /// Links returned by the service (must be removed before a PUT).
-    #[serde(default, alias = "Links", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "Links",
+        deserialize_with = "h::lenient_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub links: Option<ReferralLinks>,
     /// Sales stage (swagger only).
     #[serde(
@@ -616,6 +627,7 @@ pub struct Member {
     #[serde(
         default,
         alias = "ContactPreference",
+        deserialize_with = "h::lenient_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub contact_preference: Option<ContactPreference>,
@@ -748,6 +760,7 @@ pub struct ReferralDetails {
     #[serde(
         default,
         alias = "Requirements",
+        deserialize_with = "h::lenient_opt",
         skip_serializing_if = "Option::is_none"
     )]
     pub requirements: Option<ReferralRequirements>,
@@ -1493,6 +1506,39 @@ mod tests {
         assert!(page.extra.contains_key("@odata.context"));
         let last: ReferralPage = serde_json::from_value(json!({ "value": [] })).unwrap();
         assert_eq!(last.next_link, None);
+    }
+
+    #[test]
+    fn an_odd_value_in_a_member_the_connector_carries_along_does_not_fail_the_referral() {
+        let mut response: Value = serde_json::from_str(CREATE_RESPONSE).unwrap();
+        let id = response["id"].clone();
+        response["team"] = json!([null, "someone"]);
+        response["target"] = json!([null]);
+        response["consent"] = json!({"consentToContact": {"value": "NotSpecified"}});
+        response["inviteContext"] = json!(["msft"]);
+        response["links"] = json!("self");
+        response["details"]["requirements"] = json!({"industries": ["Manufacturing"]});
+        response["customerProfile"]["team"][0]["contactPreference"] =
+            json!({"disableNotifications": {"x": 1}});
+        let referral: Referral = serde_json::from_value(response.clone()).unwrap();
+        assert_eq!(referral.id.as_deref(), id.as_str());
+        assert!(referral.team.is_empty() && referral.target.is_empty());
+        assert_eq!(
+            (&referral.consent, &referral.invite_context, &referral.links),
+            (&None, &None, &None)
+        );
+        let details = referral.details.as_ref().unwrap();
+        assert!(
+            details.deal_value.is_some(),
+            "the deal itself is still read"
+        );
+        assert!(details.requirements.as_ref().unwrap().industries.is_empty());
+
+        // A list page with it, and with an item that is no referral at all, reads the rest: a
+        // reconciliation pass does not stop at it.
+        let page: ReferralPage =
+            serde_json::from_value(json!({ "value": [response, null, "x"] })).unwrap();
+        assert_eq!(page.value.len(), 1);
     }
 
     #[test]

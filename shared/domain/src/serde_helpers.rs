@@ -244,22 +244,36 @@ pub fn opt_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>
     }
 }
 
-/// `Vec<T>` that also accepts `null` (empty) and a single object instead of an array.
+/// `Vec<T>` that also accepts `null` (empty) and a single object instead of an array; an item
+/// that is not a `T` (`null`, a text where an object belongs) is skipped, so one odd item does
+/// not make the whole answer unreadable (a list page of referrals, a referral's team).
 pub fn lenient_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    match Option::<Value>::deserialize(deserializer)? {
-        None | Some(Value::Null) => Ok(Vec::new()),
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .into_iter()
-            .map(|item| serde_json::from_value(item).map_err(D::Error::custom))
+            .filter_map(|item| serde_json::from_value(item).ok())
             .collect(),
-        Some(single) => serde_json::from_value(single)
-            .map(|item| vec![item])
-            .map_err(D::Error::custom),
-    }
+        Some(single) => serde_json::from_value(single).into_iter().collect(),
+    })
+}
+
+/// An optional object read as absent when it is not a `T` (its members of the wrong type, a
+/// list where an object belongs): for members the connector only carries along (consent
+/// flags, notification preferences, requirements, links), so that one odd value does not make
+/// the whole referral unreadable.
+pub fn lenient_opt<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Ok(Option::<Value>::deserialize(deserializer)?
+        .filter(|value| !value.is_null())
+        .and_then(|value| serde_json::from_value(value).ok()))
 }
 
 #[cfg(test)]
