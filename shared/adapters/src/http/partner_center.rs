@@ -14,7 +14,7 @@ use cosell_domain::referral::{PatchOp, Referral, ReferralPage};
 use cosell_domain::webhook::{
     EventName, ValidationEventResponse, ValidationEventStatus, WebhookRegistration,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MATCH};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MATCH, LOCATION};
 use url::Url;
 use uuid::Uuid;
 
@@ -215,7 +215,9 @@ impl HttpPartnerCenter {
     }
 
     /// `POST /v1.0/engagements/referrals`. Any 2xx with the referral is success: the real
-    /// status is UNKNOWN (the connector swagger says 200, a REST create would be 201).
+    /// status is UNKNOWN (the connector swagger says 200, a REST create would be 201). A 2xx
+    /// without a body but with a `Location` naming the new referral (the other usual REST
+    /// answer to a create) is read with one GET of it.
     #[tracing::instrument(skip_all)]
     pub async fn try_create_referral(
         &self,
@@ -237,10 +239,37 @@ impl HttpPartnerCenter {
                     .body(body.clone())
             })
             .await?;
-        let etag = header_etag(response.headers());
-        let mut created: Referral = read_json(&ctx, response).await?;
+        let etag = header_etag(response.headers()).map(String::from);
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = read_limited(&ctx, response, MAX_RESPONSE_BYTES, false).await?;
+        let body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&body);
+        if body.trim_ascii().is_empty() {
+            let id = location
+                .as_deref()
+                .and_then(|location| {
+                    let path = location.split(['?', '#']).next().unwrap_or_default();
+                    ReferralId::try_from(path.trim_end_matches('/').rsplit('/').next()?).ok()
+                })
+                .ok_or_else(|| {
+                    HttpAdapterError::decode(
+                        &ctx,
+                        "the create answered neither the referral nor a Location naming it",
+                    )
+                })?;
+            return self.try_get_referral(&id).await;
+        }
+        let mut created: Referral = serde_json::from_slice(body).map_err(|error| {
+            HttpAdapterError::decode(
+                &ctx,
+                format!("the body is not the documented JSON: {error}"),
+            )
+        })?;
         if created.e_tag.is_none() {
-            created.e_tag = etag.map(String::from);
+            created.e_tag = etag;
         }
         Ok(created)
     }

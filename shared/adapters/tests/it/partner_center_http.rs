@@ -1532,3 +1532,56 @@ async fn a_token_refusal_that_says_try_again_is_transient_and_others_need_a_fix(
         assert_eq!(port.is_retryable(), transient, "{body}: {port:?}");
     }
 }
+
+/// A Partner Center stand-in whose create answers `created` (status, `Location`, body) and
+/// whose GET of a referral answers the documented create response.
+async fn creating_partner_center(
+    created: (StatusCode, Option<&'static str>, &'static str),
+) -> String {
+    const RESPONSE: &str =
+        include_str!("../../../../shared/domain/tests/data/create-referral-response.json");
+    let (status, location, body) = created;
+    let app = Router::new()
+        .route(
+            "/v1.0/engagements/referrals",
+            post(move || async move {
+                let mut response = (status, body).into_response();
+                if let Some(location) = location {
+                    response
+                        .headers_mut()
+                        .insert(header::LOCATION, location.parse().unwrap());
+                }
+                response
+            }),
+        )
+        .route(
+            "/v1.0/engagements/referrals/{id}",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], RESPONSE) }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn a_create_answered_with_only_a_location_is_read_from_it() {
+    let h = Harness::start().await;
+    let referral: Referral = serde_json::from_str(CREATE_REQUEST).unwrap();
+    let location = "/v1.0/engagements/referrals/4111fffc-f9ee-4d53-bba6-569135228642";
+    let base = creating_partner_center((StatusCode::CREATED, Some(location), "")).await;
+    let pc = HttpPartnerCenter::new(h.http.clone(), h.referral_tokens(), &base).unwrap();
+    let created = pc.create_referral(&referral).await.unwrap();
+    assert_eq!(
+        created.id.as_deref(),
+        Some("4111fffc-f9ee-4d53-bba6-569135228642")
+    );
+
+    // Neither the referral nor where it is: a decoding failure, not a success.
+    let base = creating_partner_center((StatusCode::CREATED, None, "")).await;
+    let pc = HttpPartnerCenter::new(h.http.clone(), h.referral_tokens(), &base).unwrap();
+    let err = pc.create_referral(&referral).await.unwrap_err();
+    assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
+}
