@@ -702,10 +702,55 @@ impl State {
         &mut self,
         def: &TableDef,
         id: &str,
+        conv: Converted,
+        url_keys: &[String],
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Written, ApiError> {
+        self.update_row(def, id, conv, url_keys, user, now, false)
+    }
+
+    /// Closes an open opportunity, as the `WinOpportunity` / `LoseOpportunity` actions do:
+    /// `statecode` won (1) or lost (2) with `status` (else the state's default status reason).
+    /// An opportunity that is not open is refused (400).
+    pub(crate) fn close_opportunity(
+        &mut self,
+        id: &str,
+        won: bool,
+        status: Option<i64>,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Written, ApiError> {
+        let def = self
+            .def("opportunity")
+            .cloned()
+            .ok_or_else(|| ApiError::segment("opportunities"))?;
+        let current = self
+            .row("opportunity", id)
+            .ok_or_else(|| ApiError::does_not_exist("opportunity", id))?;
+        if as_i64(&current.fields, "statecode").unwrap_or(0) != 0 {
+            return Err(ApiError::bad_request(
+                "The opportunity is already closed: reopen it before closing it again.",
+            ));
+        }
+        let mut conv = Converted::default();
+        conv.set(&def, "statecode", json!(if won { 1 } else { 2 }));
+        if let Some(status) = status {
+            conv.set(&def, "statuscode", json!(status));
+        }
+        self.update_row(&def, id, conv, &[], user, now, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_row(
+        &mut self,
+        def: &TableDef,
+        id: &str,
         mut conv: Converted,
         url_keys: &[String],
         user: &str,
         now: DateTime<Utc>,
+        closing: bool,
     ) -> Result<Written, ApiError> {
         // Key values repeated in the body are removed on update (documented).
         for name in url_keys {
@@ -733,6 +778,23 @@ impl State {
             }
         }
         self.apply_state_rules(def, id, Some(&current.fields), &mut conv)?;
+        // Dataverse closes an opportunity only through its actions; an update that sets the won
+        // or lost state is refused with this message.
+        if def.logical == "opportunity" && !closing {
+            let open = as_i64(&current.fields, "statecode").unwrap_or(0) == 0;
+            if let Some(state) = as_i64(&conv.values, "statecode").filter(|s| *s != 0 && open) {
+                let (label, action) = if state == 1 {
+                    ("Won", "WinOpportunityRequest")
+                } else {
+                    ("Lost", "LoseOpportunityRequest")
+                };
+                return Err(ApiError::bad_request(format!(
+                    "This message can not be used to set the state of opportunity to {label}. \
+                     In order to set state of opportunity to {label} use the {action} message \
+                     instead."
+                )));
+            }
+        }
         let mut merged = current.fields.clone();
         merged.extend(conv.values.clone());
         self.check_unique(def, &merged, id, StatusCode::PRECONDITION_FAILED)?;

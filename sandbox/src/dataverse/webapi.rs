@@ -172,6 +172,12 @@ fn handle(state: &AppState, world: &mut World, request: &Request) -> Result<Outc
     };
     match resource.name.as_str() {
         "WhoAmI" => return who_am_i(&ctx, &resource).map(no_deliveries),
+        "WinOpportunity" | "LoseOpportunity" => {
+            let won = resource.name == "WinOpportunity";
+            let now = world.now();
+            return close_opportunity(&ctx, &mut world.dataverse, &resource, won, now)
+                .map(no_deliveries);
+        }
         "EntityDefinitions" => {
             return entity_definitions(&ctx, &world.dataverse, &resource).map(no_deliveries);
         }
@@ -708,6 +714,57 @@ fn check_endpoint_auth(
             .map_err(|e| ApiError::bad_request(format!("Invalid webhook registration: {e}.")))?;
     }
     Ok(())
+}
+
+/// `POST WinOpportunity` / `POST LoseOpportunity`: `{"Status": <statuscode>, "OpportunityClose":
+/// {"subject": …, "opportunityid@odata.bind": "/opportunities(<id>)"}}` closes the open
+/// opportunity with that status reason; 204. (The `opportunityclose` activity is not kept, and
+/// no webhook is sent: the sandbox's steps are registered on Create and Update, and closing is
+/// the `Win` / `Lose` message.)
+fn close_opportunity(
+    ctx: &Ctx<'_>,
+    store: &mut super::State,
+    resource: &Resource,
+    won: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Response, ApiError> {
+    if ctx.request.method != Method::POST || resource.key.is_some() {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "0x80060888",
+            format!(
+                "The requested resource does not support http method '{}'.",
+                ctx.request.method
+            ),
+        ));
+    }
+    let body: Value = serde_json::from_slice(&ctx.request.body)
+        .map_err(|error| ApiError::bad_request(format!("The request body is not JSON: {error}")))?;
+    let status = match body.get("Status") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_i64().ok_or_else(|| {
+            ApiError::bad_request("'Status' must be an integer (the status reason to close with).")
+        })?),
+    };
+    let bind = body
+        .get("OpportunityClose")
+        .and_then(|close| close.get("opportunityid@odata.bind"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "'OpportunityClose' must be an object binding 'opportunityid@odata.bind' to the \
+                 opportunity.",
+            )
+        })?;
+    let id = bind
+        .rsplit_once("opportunities(")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("'{bind}' is not a reference to an opportunity."))
+        })?;
+    store.close_opportunity(&id, won, status, &ctx.user, now)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn who_am_i(ctx: &Ctx<'_>, resource: &Resource) -> Result<Response, ApiError> {

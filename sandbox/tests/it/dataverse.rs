@@ -1025,7 +1025,17 @@ async fn filter_select_orderby_top_and_paging_query_accounts() {
 async fn statuscode_must_belong_to_statecode_and_closed_opportunities_are_read_only() {
     let dv = Dv::start().await;
     let row = dv.create("opportunities", json!({ "name": "Deal" })).await;
-    let path = format!("opportunities({})", row["opportunityid"].as_str().unwrap());
+    let id = row["opportunityid"].as_str().unwrap();
+    let path = format!("opportunities({id})");
+    let close = |status: i64| {
+        json!({
+            "Status": status,
+            "OpportunityClose": {
+                "subject": "closed",
+                "opportunityid@odata.bind": format!("/opportunities({id})"),
+            },
+        })
+    };
     let response = dv
         .patch(&path, json!({ "statecode": 1, "statuscode": 1 }), &[])
         .await;
@@ -1048,7 +1058,19 @@ async fn statuscode_must_belong_to_statecode_and_closed_opportunities_are_read_o
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.contains("outside the valid range"), "{message}");
 
+    // An update does not close an opportunity: its actions do.
     let response = dv.patch(&path, json!({ "statecode": 1 }), &[]).await;
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.contains("use the WinOpportunityRequest message instead"),
+        "{message}"
+    );
+    let response = dv.post("WinOpportunity", close(5), false).await;
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "Out-Sold is no Won status");
+    assert!(message.contains("not a valid status code"), "{message}");
+    let response = dv.post("WinOpportunity", close(3), false).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let won = dv.get_json(&path).await;
     assert_eq!(
@@ -1076,7 +1098,23 @@ async fn statuscode_must_belong_to_statecode_and_closed_opportunities_are_read_o
     let response = dv
         .patch(&path, json!({ "statecode": 2, "statuscode": 5 }), &[])
         .await;
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.contains("use the LoseOpportunityRequest message instead"),
+        "{message}"
+    );
+    let response = dv.post("LoseOpportunity", close(5), false).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT, "Lost / Out-Sold");
+    let lost = dv.get_json(&path).await;
+    assert_eq!(
+        (lost["statecode"].clone(), lost["statuscode"].clone()),
+        (json!(2), json!(5))
+    );
+    let response = dv.post("LoseOpportunity", close(4), false).await;
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("already closed"), "{message}");
 }
 
 #[tokio::test]

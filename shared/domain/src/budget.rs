@@ -452,7 +452,18 @@ impl<C: CrmStore> CrmStore for Metered<'_, C> {
     ) -> Result<Upserted, PortError> {
         let records = write.new_records();
         if records == 0 {
-            self.hit_crm();
+            let closes = write
+                .opportunity
+                .stage
+                .is_some_and(|stage| stage.is_closed());
+            match self
+                .inner
+                .combined_request(CombinedOperation::WriteAndClose)
+                .filter(|_| closes)
+            {
+                Some(request) => self.hit(request),
+                None => self.hit_crm(),
+            }
             return self.inner.upsert_opportunity(write).await;
         }
         let combined = CombinedOperation::CreateWithCustomer { records };

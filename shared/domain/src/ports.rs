@@ -431,6 +431,10 @@ pub enum CombinedOperation {
         /// The account and/or contact created.
         records: u64,
     },
+    /// [`CrmStore::upsert_opportunity`] of a write that closes the opportunity (its stage won
+    /// or lost): a CRM that closes by a request of its own (Dataverse's `WinOpportunity` /
+    /// `LoseOpportunity`) makes two.
+    WriteAndClose,
 }
 
 /// The result of an upsert.

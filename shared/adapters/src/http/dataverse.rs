@@ -706,7 +706,8 @@ impl CrmStore for DataverseStore {
     /// request.
     fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
         match operation {
-            CombinedOperation::CreateWithCustomer { records: 2 } => {
+            CombinedOperation::CreateWithCustomer { records: 2 }
+            | CombinedOperation::WriteAndClose => {
                 Some(ApiRequest::DataverseRequests { requests: 2 })
             }
             _ => None,
@@ -851,7 +852,11 @@ impl DataverseStore {
             &self.mapping,
         );
         let referral = write.referral_id.to_string();
-        match record {
+        // Dataverse refuses to close an opportunity by setting its state ("use the
+        // WinOpportunityRequest message instead"): the other columns are written first (a
+        // closed row is read-only), then the row is closed by its action.
+        let close = self.take_close(&mut body);
+        let upserted = match record {
             Some(id) => {
                 body.insert(f.referral_identifier.clone(), Value::String(referral));
                 let ctx =
@@ -873,11 +878,11 @@ impl DataverseStore {
                     )
                     .await?;
                 let (_, version) = Self::written(&ctx, response, &f.id).await?;
-                Ok(Upserted {
+                Upserted {
                     id: CrmRecordId::Dataverse(id),
                     created: false,
                     version,
-                })
+                }
             }
             None => {
                 // The key is in the URL; on update Dataverse drops it from the body anyway.
@@ -910,14 +915,91 @@ impl DataverseStore {
                     }
                 };
                 let (id, version) = Self::written(&ctx, response, &f.id).await?;
-                Ok(Upserted {
+                Upserted {
                     id: CrmRecordId::Dataverse(id),
                     created,
                     version,
-                })
+                }
             }
-        }
+        };
+        let Some(close) = close else {
+            return Ok(upserted);
+        };
+        self.close(&upserted.id, close).await?;
+        // The action answers no version: the row is read before it is next written.
+        Ok(Upserted {
+            version: None,
+            ..upserted
+        })
     }
+
+    /// Takes `statecode` / `statuscode` out of an opportunity body that closes the row (the
+    /// won or lost state), for [`Self::close`].
+    fn take_close(&self, body: &mut Map<String, Value>) -> Option<Close> {
+        let f = &self.mapping.dataverse.opportunity;
+        let codes = &self.mapping.dataverse.status_codes;
+        let state = body.get(&f.state_code).and_then(Value::as_i64)?;
+        let won = if state == codes.won_state {
+            true
+        } else if state == codes.lost_state {
+            false
+        } else {
+            return None;
+        };
+        body.remove(&f.state_code);
+        let status = body
+            .remove(&f.status_code)
+            .and_then(|status| status.as_i64());
+        Some(Close { won, status })
+    }
+
+    /// `POST WinOpportunity` / `POST LoseOpportunity` (unbound actions): closes the opportunity
+    /// with the status reason and an `opportunityclose` activity, as the documented way to
+    /// close one (docs/dataverse.md#closing-an-opportunity).
+    async fn close(&self, opportunity: &CrmRecordId, close: Close) -> Result<(), PortError> {
+        let f = &self.mapping.dataverse.opportunity;
+        let id = dataverse_id(opportunity, "opportunity")?;
+        let (action, subject) = if close.won {
+            (
+                "WinOpportunity",
+                "Won: the referral was closed as won in Partner Center",
+            )
+        } else {
+            (
+                "LoseOpportunity",
+                "Lost: the referral was closed in Partner Center",
+            )
+        };
+        let mut activity = Map::new();
+        activity.insert("subject".into(), Value::String(subject.into()));
+        activity.insert(
+            "opportunityid@odata.bind".into(),
+            Value::String(format!("/{}({id})", f.entity_set)),
+        );
+        let mut body = Map::new();
+        if let Some(status) = close.status {
+            body.insert("Status".into(), status.into());
+        }
+        body.insert("OpportunityClose".into(), Value::Object(activity));
+        let ctx = Self::ctx(if close.won {
+            "close an opportunity as won"
+        } else {
+            "close an opportunity as lost"
+        })
+        .with_resource(format!("{} {id}", f.entity));
+        let url = self.url(action, &[])?;
+        self.send(&ctx, Method::POST, url, Some(&body), &[]).await?;
+        Ok(())
+    }
+}
+
+/// How [`DataverseStore::close`] closes an opportunity.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    /// Won (`WinOpportunity`) or lost (`LoseOpportunity`).
+    won: bool,
+    /// The status reason (`statuscode`) to close with.
+    status: Option<i64>,
 }
 
 #[cfg(test)]

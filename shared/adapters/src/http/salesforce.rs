@@ -1134,11 +1134,13 @@ impl CrmStore for SalesforceStore {
         })
     }
 
-    /// Both combined operations are one Composite request: one API call.
+    /// Both combined operations are one Composite request: one API call. A close is the plain
+    /// update (`StageName`), no request of its own.
     fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
         let subrequests = match operation {
             CombinedOperation::FindCustomer { lookups } => lookups,
             CombinedOperation::CreateWithCustomer { records } => records + 1,
+            CombinedOperation::WriteAndClose => return None,
         };
         Some(ApiRequest::SalesforceComposite { subrequests })
     }

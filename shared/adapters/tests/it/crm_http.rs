@@ -18,7 +18,7 @@ use cosell_domain::budget::Metered;
 use cosell_domain::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId, SolutionId};
 use cosell_domain::mapping::{BodyScope, MappingConfig};
 use cosell_domain::opportunity::{
-    Account, AssistanceRequest, Contact, Opportunity, OpportunityStage,
+    Account, AssistanceRequest, Contact, LostReason, Opportunity, OpportunityStage,
 };
 use cosell_domain::ports::{
     ApiService, CrmStore, FoundCustomer, OpportunityWrite, PortError, Service, ServiceCalls,
@@ -637,6 +637,72 @@ async fn dataverse_update_by_record_id_sets_the_referral_and_never_creates() {
         .await
         .unwrap_err();
     assert!(matches!(err, PortError::Permanent { .. }), "{err:?}");
+}
+
+/// Dataverse refuses to close an opportunity by setting its state: the other columns are
+/// written first, then `WinOpportunity` / `LoseOpportunity` closes it; two requests.
+#[tokio::test]
+async fn dataverse_closes_an_opportunity_through_its_win_and_lose_actions() {
+    let h = Harness::start().await;
+    let dv = h.dataverse();
+    let metered = Metered::new(&dv);
+    for (stage, state) in [
+        (OpportunityStage::Won, (1, 3)),
+        (OpportunityStage::Lost(LostReason::Declined), (2, 4)),
+        (OpportunityStage::Lost(LostReason::Lost), (2, 5)),
+    ] {
+        let referral = new_referral_id();
+        let values = opportunity(referral);
+        let record = create_opportunity(&dv, &referral, &values).await;
+        let closed = Opportunity {
+            stage: Some(stage),
+            notes: Some("Closed in Partner Center.".into()),
+            ..values.clone()
+        };
+        h.clear_requests().await;
+        let before = metered.made();
+        let upserted = metered
+            .upsert_opportunity(&OpportunityWrite {
+                record: Some(&record),
+                ..write(&referral, &closed, BodyScope::Update)
+            })
+            .await
+            .unwrap();
+        assert_eq!(upserted.id, record);
+        assert_eq!(
+            upserted.version, None,
+            "the row is read before its next write"
+        );
+        let calls: Vec<String> = h
+            .calls("dataverse")
+            .await
+            .into_iter()
+            .map(|call| call.split('?').next().unwrap_or_default().to_owned())
+            .collect();
+        let action = if stage == OpportunityStage::Won {
+            "POST /api/data/v9.2/WinOpportunity"
+        } else {
+            "POST /api/data/v9.2/LoseOpportunity"
+        };
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls[0].starts_with("PATCH /api/data/v9.2/opportunities("),
+            "{calls:?}"
+        );
+        assert_eq!(calls[1], action, "{calls:?}");
+        assert_eq!(
+            metered.made().total() - before.total(),
+            2,
+            "the update and the action, one request each"
+        );
+        let row = h.dataverse_row("opportunities", &record).await;
+        assert_eq!(
+            (row["statecode"].as_i64(), row["statuscode"].as_i64()),
+            (Some(state.0), Some(state.1)),
+            "{stage:?}"
+        );
+        assert_eq!(row["description"], "Closed in Partner Center.");
+    }
 }
 
 #[tokio::test]

@@ -286,9 +286,9 @@ fn bind(entity_set: &str, id: DataverseId) -> String {
 /// Only mapped fields that are set are included; `None` never clears a CRM column.
 /// [`BodyScope::Update`] is the Partner Center → CRM update set (currency, deal value, closing
 /// date, notes, state) plus the connector's own columns (referral id and link, Microsoft CRM
-/// identifier, audit). Closing through `statecode`/`statuscode` may need the `WinOpportunity` /
-/// `LoseOpportunity` actions in some environments (docs/dataverse.md#closing-an-opportunity); the
-/// adapter decides.
+/// identifier, audit). A won or lost `statecode`/`statuscode` is not written by the update: the
+/// adapter takes it out and closes the row through the `WinOpportunity` / `LoseOpportunity`
+/// actions (docs/dataverse.md#closing-an-opportunity).
 pub fn dataverse_opportunity_body(
     opportunity: &Opportunity,
     links: &DataverseLinks,

@@ -736,14 +736,14 @@ impl CrmStore for FakeCrm {
     }
 
     fn combined_request(&self, operation: CombinedOperation) -> Option<ApiRequest> {
-        self.combines().then_some(match operation {
-            CombinedOperation::FindCustomer { lookups } => ApiRequest::SalesforceComposite {
-                subrequests: lookups,
-            },
-            CombinedOperation::CreateWithCustomer { records } => ApiRequest::SalesforceComposite {
-                subrequests: records + 1,
-            },
-        })
+        let subrequests = match operation {
+            CombinedOperation::FindCustomer { lookups } => lookups,
+            CombinedOperation::CreateWithCustomer { records } => records + 1,
+            // Closes as the plain update does (Salesforce's stage).
+            CombinedOperation::WriteAndClose => return None,
+        };
+        self.combines()
+            .then_some(ApiRequest::SalesforceComposite { subrequests })
     }
 
     fn write_audit(
