@@ -136,11 +136,7 @@ impl Listener {
                 StatusCode::OK
             }
         }));
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("{}/hook", serve(app).await);
         Self {
             url,
             received: tokio::sync::Mutex::new(rx),
@@ -169,13 +165,10 @@ impl CertServer {
         let app = Router::new()
             .route("/{name}", get(serve_cert))
             .with_state(Arc::clone(&hits));
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let host_port = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = serve(app).await;
+        let host_port = base.trim_start_matches("http://").to_owned();
         Self {
-            base: format!("http://{host_port}"),
+            base,
             host_port,
             hits,
         }
@@ -480,33 +473,31 @@ async fn rotating_token_endpoint() -> (String, Arc<Mutex<Vec<String>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, seen)
+    (serve(app).await, seen)
+}
+
+/// Delegated Partner Center tokens from the token endpoint at `authority`, refresh token `rt-0`.
+fn refresh_tokens_from(authority: String) -> EntraRefreshToken {
+    EntraRefreshToken::new(
+        reqwest::Client::new(),
+        EntraRefreshTokenConfig {
+            authority,
+            tenant: "organizations".into(),
+            client_id: "app".into(),
+            client_secret: SecretString::from("secret"),
+            refresh_token: SecretString::from("rt-0"),
+            scope: PARTNER_CENTER_REFERRALS_SCOPE.into(),
+            credential_label: None,
+            keep_rotated_in: None,
+        },
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn the_rotated_refresh_token_is_used_for_the_next_refresh() {
     let (authority, seen) = rotating_token_endpoint().await;
-    let tokens = TokenProvider::from(
-        EntraRefreshToken::new(
-            reqwest::Client::new(),
-            EntraRefreshTokenConfig {
-                authority,
-                tenant: "organizations".into(),
-                client_id: "app".into(),
-                client_secret: SecretString::from("secret"),
-                refresh_token: SecretString::from("rt-0"),
-                scope: PARTNER_CENTER_REFERRALS_SCOPE.into(),
-                credential_label: None,
-                keep_rotated_in: None,
-            },
-        )
-        .unwrap(),
-    );
+    let tokens = TokenProvider::from(refresh_tokens_from(authority));
     let first = tokens.token().await.unwrap();
     assert_eq!(first.secret(), "at-1");
     tokens.invalidate(&first).await;
@@ -1475,6 +1466,16 @@ async fn concurrent_first_deliveries_download_the_certificate_once_and_all_verif
     assert_eq!(certs.hits("cert.cer"), 1);
 }
 
+/// Serves `app` on a free local port; its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 /// A token endpoint that answers every request `status` with `body`.
 async fn refusing_token_endpoint(status: StatusCode, body: serde_json::Value) -> String {
     let app = Router::new().route(
@@ -1484,12 +1485,7 @@ async fn refusing_token_endpoint(status: StatusCode, body: serde_json::Value) ->
             async move { (status, axum::Json(body)) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    serve(app).await
 }
 
 #[tokio::test]
@@ -1514,20 +1510,7 @@ async fn a_token_refusal_that_says_try_again_is_transient_and_others_need_a_fix(
     ];
     for (body, transient) in cases {
         let authority = refusing_token_endpoint(StatusCode::BAD_REQUEST, body.clone()).await;
-        let tokens = EntraRefreshToken::new(
-            reqwest::Client::new(),
-            EntraRefreshTokenConfig {
-                authority,
-                tenant: "organizations".into(),
-                client_id: "app".into(),
-                client_secret: SecretString::from("secret"),
-                refresh_token: SecretString::from("rt-0"),
-                scope: PARTNER_CENTER_REFERRALS_SCOPE.into(),
-                credential_label: None,
-                keep_rotated_in: None,
-            },
-        )
-        .unwrap();
+        let tokens = refresh_tokens_from(authority);
         let port = tokens.token().await.unwrap_err().into_port_error();
         assert_eq!(port.is_retryable(), transient, "{body}: {port:?}");
     }
@@ -1558,12 +1541,7 @@ async fn creating_partner_center(
             "/v1.0/engagements/referrals/{id}",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], RESPONSE) }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
+    serve(app).await
 }
 
 #[tokio::test]
