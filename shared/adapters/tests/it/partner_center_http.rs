@@ -1521,8 +1521,7 @@ async fn a_token_refusal_that_says_try_again_is_transient_and_others_need_a_fix(
 async fn creating_partner_center(
     created: (StatusCode, Option<&'static str>, &'static str),
 ) -> String {
-    const RESPONSE: &str =
-        include_str!("../../../../shared/domain/tests/data/create-referral-response.json");
+    const RESPONSE: &str = include_str!("../../../domain/tests/data/create-referral-response.json");
     let (status, location, body) = created;
     let app = Router::new()
         .route(
