@@ -678,9 +678,10 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 // Retry-After
 // ---------------------------------------------------------------------------------------------
 
-/// `Retry-After` as a wait from `now`: delay-seconds (`57`) or an HTTP-date
-/// (`Wed, 21 Oct 2015 07:28:00 GMT`; a date in the past is no wait). Capped at
-/// [`MAX_RETRY_AFTER`]; `None` when absent or unreadable.
+/// `Retry-After` as a wait from `now`: delay-seconds (`57`) or an HTTP-date in any of its three
+/// forms (`Wed, 21 Oct 2015 07:28:00 GMT`, the obsolete `Wednesday, 21-Oct-15 07:28:00 GMT` and
+/// `Wed Oct 21 07:28:00 2015`; a date in the past is no wait). Capped at [`MAX_RETRY_AFTER`];
+/// `None` when absent or unreadable.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     let wait = if let Ok(seconds) = value.parse::<u64>() {
@@ -692,9 +693,10 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
         }
         Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64()))
     } else {
-        let at = DateTime::parse_from_rfc2822(value)
-            .ok()?
-            .with_timezone(&Utc);
+        let at = match DateTime::parse_from_rfc2822(value) {
+            Ok(at) => at.with_timezone(&Utc),
+            Err(_) => DateTime::<Utc>::from(httpdate::parse_http_date(value).ok()?),
+        };
         (at - now).to_std().unwrap_or(Duration::ZERO)
     };
     Some(wait.min(MAX_RETRY_AFTER))
@@ -1095,6 +1097,16 @@ mod tests {
             parse_retry_after("1.5", now),
             Some(Duration::from_millis(1500))
         );
+        for obsolete in [
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(
+                parse_retry_after(obsolete, now),
+                Some(Duration::from_secs(60)),
+                "{obsolete}"
+            );
+        }
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
     }
