@@ -13,8 +13,8 @@
 //! | the `WebhookKey` (`?code=`) or the `HttpHeader` secret matches, compared in constant time | 401 `unauthorized` |
 //! | the body is at most `MAX_BODY_BYTES` | 413 `payload_too_large` |
 //! | it parses | 400 `malformed_body` |
-//! | it is an `opportunity` `Create` / `Update` | 200 `ignored` |
-//! | its `PrimaryEntityId` is a row id, and it has an `OperationId` | 400 `malformed_body` |
+//! | it is an `opportunity` `Create` / `Update`, or a seller's close (`Win` / `Lose`) | 200 `ignored` |
+//! | its `PrimaryEntityId` is a row id (a close: its `OpportunityClose`'s `opportunityid`) | 400 `malformed_body` |
 //! | the sync core runs within the daily API budget ([`handle_crm_change_within_budget`](cosell_domain::budget::handle_crm_change_within_budget): over budget, the sync is queued for the next UTC day) | 503 (Dataverse retries a 503 once) |
 //!
 //! The delivery's idempotency key names the change ([`RemoteExecutionContext::change_id`]): its
@@ -47,7 +47,8 @@
 //! is passed to the core only when the event itself says "Sync with Partner Center" is off
 //! (the core then ignores it without any call); otherwise the core re-reads the whole record,
 //! under the delivery's key, with its account and contact. A body Dataverse stripped (over
-//! 256 KB, `x-ms-dynamics-msg-size-exceeded`) is always re-read.
+//! 256 KB, `x-ms-dynamics-msg-size-exceeded`) is always re-read, and so is the row a `Win` /
+//! `Lose` message closed (those messages carry no image of it).
 //!
 //! Every request logs exactly one line (`correlation_id`, `crm`, `record_id`, `referral_id`,
 //! `outcome`, `status`, `elapsed_ms`, warnings) and never the body, the path (it may hold the

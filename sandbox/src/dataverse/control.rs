@@ -34,6 +34,10 @@ pub fn routes() -> Router<AppState> {
             "/_sandbox/dataverse/schema/{table}/{column}",
             put(add_column).delete(remove_column),
         )
+        .route(
+            "/_sandbox/dataverse/opportunities/{id}/{outcome}",
+            axum::routing::post(close),
+        )
         .route("/_sandbox/dataverse/{set}", get(list_rows))
         .route("/_sandbox/dataverse/{set}/{id}", put(seed).get(read_row))
 }
@@ -93,6 +97,55 @@ async fn seed(
                 response.headers_mut().insert("x-sandbox-deliveries", value);
             }
             response
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CloseQuery {
+    as_user: Option<String>,
+    status: Option<i64>,
+}
+
+/// `POST /_sandbox/dataverse/opportunities/{id}/win|lose?status=&as_user=`: a close in the app
+/// (the seller's by default), as `WinOpportunity` / `LoseOpportunity` would; emits the `Win` /
+/// `Lose` webhook.
+async fn close(
+    AxumState(state): AxumState<AppState>,
+    Path((id, outcome)): Path<(String, String)>,
+    Query(query): Query<CloseQuery>,
+) -> Response {
+    let won = match outcome.as_str() {
+        "win" => true,
+        "lose" => false,
+        _ => return ApiError::bad_request("expected …/win or …/lose").into_response(),
+    };
+    let user = query
+        .as_user
+        .unwrap_or_else(|| DATAVERSE_SELLER_USER_ID.to_owned())
+        .to_ascii_lowercase();
+    let outcome = {
+        let mut world = state.world();
+        let now = world.now();
+        let id = id.to_ascii_lowercase();
+        world
+            .dataverse
+            .close_opportunity(&id, won, query.status, &user, now)
+            .map(|written| {
+                let deliveries = world
+                    .dataverse
+                    .webhook_deliveries(&state.config, &written.event);
+                let body = Value::Object(render(&written.def, &written.row, None, false));
+                (body, deliveries)
+            })
+    };
+    match outcome {
+        Err(error) => error.into_response(),
+        Ok((body, deliveries)) => {
+            for d in deliveries {
+                delivery::spawn(&state, d);
+            }
+            (StatusCode::OK, Json(body)).into_response()
         }
     }
 }

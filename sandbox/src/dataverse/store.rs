@@ -738,7 +738,10 @@ impl State {
         if let Some(status) = status {
             conv.set(&def, "statuscode", json!(status));
         }
-        self.update_row(&def, id, conv, &[], user, now, true)
+        let mut written = self.update_row(&def, id, conv, &[], user, now, true)?;
+        let status = as_i64(&written.row.fields, "statuscode").unwrap_or(-1);
+        written.event = written.event.into_close(won, status);
+        Ok(written)
     }
 
     #[allow(clippy::too_many_arguments)]

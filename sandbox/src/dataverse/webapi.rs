@@ -175,8 +175,7 @@ fn handle(state: &AppState, world: &mut World, request: &Request) -> Result<Outc
         "WinOpportunity" | "LoseOpportunity" => {
             let won = resource.name == "WinOpportunity";
             let now = world.now();
-            return close_opportunity(&ctx, &mut world.dataverse, &resource, won, now)
-                .map(no_deliveries);
+            return close_opportunity(state, &ctx, &mut world.dataverse, &resource, won, now);
         }
         "EntityDefinitions" => {
             return entity_definitions(&ctx, &world.dataverse, &resource).map(no_deliveries);
@@ -721,13 +720,16 @@ fn check_endpoint_auth(
 /// opportunity with that status reason; 204. (The `opportunityclose` activity is not kept, and
 /// no webhook is sent: the sandbox's steps are registered on Create and Update, and closing is
 /// the `Win` / `Lose` message.)
+/// `WinOpportunity` / `LoseOpportunity`: closes the row and raises the `Win` / `Lose` message
+/// (not an `Update`) for the registered webhooks.
 fn close_opportunity(
+    state: &AppState,
     ctx: &Ctx<'_>,
     store: &mut super::State,
     resource: &Resource,
     won: bool,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Response, ApiError> {
+) -> Result<Outcome, ApiError> {
     if ctx.request.method != Method::POST || resource.key.is_some() {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -763,8 +765,10 @@ fn close_opportunity(
         .ok_or_else(|| {
             ApiError::bad_request(format!("'{bind}' is not a reference to an opportunity."))
         })?;
-    store.close_opportunity(&id, won, status, &ctx.user, now)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut written = store.close_opportunity(&id, won, status, &ctx.user, now)?;
+    written.event.bypass = ctx.request.bypasses_custom_logic();
+    let deliveries = store.webhook_deliveries(&state.config, &written.event);
+    Ok((StatusCode::NO_CONTENT.into_response(), deliveries))
 }
 
 fn who_am_i(ctx: &Ctx<'_>, resource: &Resource) -> Result<Response, ApiError> {

@@ -241,6 +241,8 @@ pub(crate) struct Event {
     pub pre: Option<Map<String, Value>>,
     /// The write asked to bypass custom business logic.
     pub bypass: bool,
+    /// For `Win` / `Lose`: the status reason the opportunity was closed with.
+    pub close_status: Option<i64>,
 }
 
 impl Event {
@@ -270,7 +272,16 @@ impl Event {
             post: row.fields.clone(),
             pre: None,
             bypass: false,
+            close_status: None,
         }
+    }
+
+    /// The `Win` / `Lose` message of a close with status reason `status`, instead of the
+    /// `Update` the close wrote.
+    pub fn into_close(mut self, won: bool, status: i64) -> Self {
+        self.message = if won { "Win" } else { "Lose" };
+        self.close_status = Some(status);
+        self
     }
 
     pub fn with_pre_image(mut self, pre: Map<String, Value>) -> Self {
@@ -378,7 +389,37 @@ fn context(
             attribute(def, &event.post, name).map(|value| json!({ "key": name, "value": value }))
         })
         .collect();
-    let target = entity(def, &event.id, target_attributes, true);
+    let mut primary_id = json!(event.id);
+    let input = if let Some(status) = event.close_status {
+        // A close carries the `opportunityclose` activity and the status reason, no target and
+        // no image; plug-in authors report `PrimaryEntityId` empty for these messages.
+        primary_id = json!(uuid::Uuid::nil().hyphenated().to_string());
+        let close = json!({
+            "__type": ENTITY,
+            "Attributes": [
+                { "key": "opportunityid", "value": entity_reference(def.logical, &json!(event.id)) },
+                { "key": "subject", "value": format!("Opportunity Close - {}", event.message) },
+            ],
+            "EntityState": null,
+            "FormattedValues": [],
+            "Id": "00000000-0000-0000-0000-000000000000",
+            "KeyAttributes": [],
+            "LogicalName": "opportunityclose",
+            "RelatedEntities": [],
+            "RowVersion": null,
+        });
+        json!([
+            { "key": "OpportunityClose", "value": close },
+            { "key": "Status", "value": { "__type": OPTION_SET_VALUE, "Value": status } },
+        ])
+    } else {
+        json!([{ "key": "Target", "value": entity(def, &event.id, target_attributes, true) }])
+    };
+    let post_images = if event.close_status.is_some() {
+        json!([])
+    } else {
+        json!([{ "key": "PostImage", "value": image(def, &event.id, &event.post) }])
+    };
     let output = if event.message == "Create" {
         json!([{ "key": "id", "value": event.id }])
     } else {
@@ -393,7 +434,7 @@ fn context(
         "CorrelationId": correlation_id,
         "Depth": 1,
         "InitiatingUserId": event.user,
-        "InputParameters": [{ "key": "Target", "value": target }],
+        "InputParameters": input,
         "IsExecutingOffline": false,
         "IsInTransaction": false,
         "IsOfflinePlayback": false,
@@ -413,9 +454,9 @@ fn context(
             "RowVersion": null,
         },
         "ParentContext": null,
-        "PostEntityImages": [{ "key": "PostImage", "value": image(def, &event.id, &event.post) }],
+        "PostEntityImages": post_images,
         "PreEntityImages": pre_images,
-        "PrimaryEntityId": event.id,
+        "PrimaryEntityId": primary_id,
         "PrimaryEntityName": def.logical,
         "RequestId": null,
         "SecondaryEntityName": "none",

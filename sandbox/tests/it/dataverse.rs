@@ -1540,6 +1540,71 @@ async fn a_seller_seed_and_an_app_user_write_carry_different_user_ids() {
     assert_eq!(raw["_createdby_value"], DATAVERSE_SELLER_USER_ID);
 }
 
+/// A close is the `Win` / `Lose` message, not an `Update`: the `opportunityclose` activity and
+/// the status reason as input parameters, no target, no image.
+#[tokio::test]
+async fn a_close_raises_the_win_or_lose_message_with_its_opportunity_close() {
+    let listener = Listener::start().await;
+    let dv = Dv::with_listener(&listener).await;
+    let won = dv.create("opportunities", json!({ "name": "won" })).await;
+    let won = won["opportunityid"].as_str().unwrap().to_owned();
+    assert_eq!(listener.next().await.json()["MessageName"], "Create");
+    let response = dv
+        .post(
+            "WinOpportunity",
+            json!({
+                "Status": 3,
+                "OpportunityClose": {
+                    "subject": "won",
+                    "opportunityid@odata.bind": format!("/opportunities({won})"),
+                },
+            }),
+            false,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let win = listener.next().await.json();
+    assert_eq!(win["MessageName"], "Win");
+    assert_eq!(win["PrimaryEntityName"], "opportunity");
+    assert_eq!(win["UserId"], DATAVERSE_APP_USER_ID);
+    let close = kv(&win["InputParameters"], "OpportunityClose").unwrap();
+    assert_eq!(close["LogicalName"], "opportunityclose");
+    assert_eq!(attr(close, "opportunityid").unwrap()["Id"], json!(won));
+    assert_eq!(
+        kv(&win["InputParameters"], "Status").unwrap()["Value"],
+        json!(3)
+    );
+    assert!(kv(&win["InputParameters"], "Target").is_none());
+    assert_eq!(win["PostEntityImages"], json!([]));
+
+    // The seller's close in the app (the control route), with the default lost status.
+    let lost = dv.create("opportunities", json!({ "name": "lost" })).await;
+    let lost = lost["opportunityid"].as_str().unwrap().to_owned();
+    assert_eq!(listener.next().await.json()["MessageName"], "Create");
+    let response = dv
+        .ts
+        .http
+        .post(
+            dv.ts
+                .url(&format!("/_sandbox/dataverse/opportunities/{lost}/lose")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let lose = listener.next().await.json();
+    assert_eq!(lose["MessageName"], "Lose");
+    assert_eq!(lose["UserId"], DATAVERSE_SELLER_USER_ID);
+    let close = kv(&lose["InputParameters"], "OpportunityClose").unwrap();
+    assert_eq!(attr(close, "opportunityid").unwrap()["Id"], json!(lost));
+    let row = dv.get_json(&format!("opportunities({lost})")).await;
+    assert_eq!(row["statecode"], json!(2));
+    assert_eq!(
+        kv(&lose["InputParameters"], "Status").unwrap()["Value"],
+        row["statuscode"]
+    );
+}
+
 #[tokio::test]
 async fn a_503_from_the_listener_is_retried_exactly_once_with_the_same_body() {
     let listener = Listener::scripted(Vec::new(), 503, "").await;

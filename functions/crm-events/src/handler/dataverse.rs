@@ -67,10 +67,15 @@ pub(super) async fn handle<X: Ports>(
     };
     line.record_id = Some(context.primary_entity_id.to_string());
     let message = context.message_name.as_str();
+    // A seller's close is the `Win` / `Lose` message, not an `Update`: it carries no image of
+    // the row, so the row is read (docs/dataverse.md#closing-an-opportunity).
+    let closes = context.closes_an_opportunity();
     if !context
         .primary_entity_name
         .eq_ignore_ascii_case(OPPORTUNITY)
-        || !(message.eq_ignore_ascii_case("Create") || message.eq_ignore_ascii_case("Update"))
+        || !(closes
+            || message.eq_ignore_ascii_case("Create")
+            || message.eq_ignore_ascii_case("Update"))
     {
         super::count_ignored();
         line.outcome = "ignored".into();
@@ -80,7 +85,16 @@ pub(super) async fn handle<X: Ports>(
         ));
         return Answer::json(StatusCode::OK, json!({ "status": "ignored" }));
     }
-    let record = match DataverseId::try_from(context.primary_entity_id.to_string().as_str()) {
+    let row = if closes {
+        context.closed_opportunity_id()
+    } else {
+        Some(context.primary_entity_id)
+    };
+    let Some(row) = row else {
+        return malformed(line, "the close names no opportunity");
+    };
+    line.record_id = Some(row.to_string());
+    let record = match DataverseId::try_from(row.to_string().as_str()) {
         Ok(id) => CrmRecordId::Dataverse(id),
         Err(_) => return malformed(line, "PrimaryEntityId is not a row id"),
     };
@@ -89,7 +103,7 @@ pub(super) async fn handle<X: Ports>(
     };
     let headers = WebhookHeaders::from_pairs(header_pairs(req.headers()));
     let mut modified_at = None;
-    let opportunity = context.is_complete_given(&headers).then(|| {
+    let opportunity = (!closes && context.is_complete_given(&headers)).then(|| {
         let mut attributes = context.merged_attributes();
         modified_at = image_modified(&attributes, MODIFIED_ON);
         let carried = event_has(
@@ -98,7 +112,7 @@ pub(super) async fn handle<X: Ports>(
         );
         attributes
             .entry(app.connector.mapping.dataverse.opportunity.id.clone())
-            .or_insert_with(|| Value::String(context.primary_entity_id.to_string()));
+            .or_insert_with(|| Value::String(row.to_string()));
         let opportunity =
             opportunity_from_dataverse(&DataverseRecord::new(&attributes), &app.connector.mapping);
         (opportunity, carried)

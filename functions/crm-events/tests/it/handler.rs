@@ -34,10 +34,11 @@ macro_rules! event_file {
 }
 
 /// The committed samples, by name.
-const EVENTS: [(&str, &str); 5] = [
+const EVENTS: [(&str, &str); 6] = [
     event_file!("dataverse-create"),
     event_file!("dataverse-update"),
     event_file!("dataverse-size-exceeded"),
+    event_file!("dataverse-win"),
     event_file!("salesforce-single"),
     event_file!("salesforce-batch"),
 ];
@@ -253,6 +254,14 @@ impl Harness {
             .send()
             .await
             .unwrap();
+    }
+
+    /// Closes a Dataverse opportunity in the app (`win` or `lose`), as the seller by default.
+    async fn close(&self, id: &str, outcome: &str, as_user: Option<&str>) {
+        let query = as_user.map(|u| format!("?as_user={u}")).unwrap_or_default();
+        let path = format!("/_sandbox/dataverse/opportunities/{id}/{outcome}{query}");
+        let response = self.control.post(self.url(&path)).send().await.unwrap();
+        assert!(response.status().is_success(), "POST {path}: {response:?}");
     }
 
     async fn handle(&self, request: Request) -> (u16, String) {
@@ -791,6 +800,55 @@ async fn dataverse_other_tables_and_messages_are_ignored() {
     assert_eq!(h.partner_center_calls().await, 0);
 }
 
+/// A seller's close in the Dataverse app is the `Win` / `Lose` message, which carries no image
+/// of the row: the handler reads the row and closes the referral; the connector's own close
+/// (through the same actions) is an echo.
+#[tokio::test]
+async fn dataverse_a_sellers_close_in_the_app_closes_the_referral() {
+    for (outcome, status, substatus) in [("win", "Closed", "Won"), ("lose", "Closed", "Lost")] {
+        let h = Harness::start(Crm::Dataverse).await;
+        let id = h.seed(None, |_| {}).await;
+        let created = h.next_delivery().await;
+        assert_eq!(h.deliver(&created).await.0, 200);
+        let echo = h.next_delivery().await;
+        assert_eq!(h.deliver(&echo).await.0, 200);
+
+        h.close(&id, outcome, None).await;
+        let message = if outcome == "win" { "Win" } else { "Lose" };
+        let close = h
+            .next_delivery_containing(&format!(r#""MessageName":"{message}""#))
+            .await;
+        let (code, body) = h.deliver(&close).await;
+        assert_eq!((code, body.as_str()), (200, r#"{"status":"updated"}"#));
+        let referrals = h.referrals().await;
+        assert_eq!(referrals.len(), 1, "{referrals:#?}");
+        let referral = &referrals[0];
+        assert_eq!(referral["status"], status, "{referral:#}");
+        assert_eq!(referral["substatus"], substatus, "{referral:#}");
+        // Delivered again: a duplicate, nothing called.
+        h.clear_requests().await;
+        let (code, body) = h.deliver(&close).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, r#"{"status":"duplicate_skipped"}"#)
+        );
+        assert_eq!(h.partner_center_calls().await, 0);
+    }
+
+    // The connector's own close raises the message too, as an echo.
+    let h = Harness::start(Crm::Dataverse).await;
+    let id = h.seed(None, |_| {}).await;
+    let created = h.next_delivery().await;
+    assert_eq!(h.deliver(&created).await.0, 200);
+    h.close(&id, "win", Some(Crm::Dataverse.connector_user()))
+        .await;
+    let close = h.next_delivery_containing(r#""MessageName":"Win""#).await;
+    h.clear_requests().await;
+    let (code, body) = h.deliver(&close).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"echo_skipped"}"#));
+    assert_eq!(h.partner_center_calls().await, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The log line
 
@@ -927,8 +985,14 @@ fn every_sample_is_a_function_url_post_to_a_crm_route() {
         let body = std::str::from_utf8(request.body()).unwrap();
         if name.starts_with("dataverse") {
             assert!(path.ends_with("/dataverse"), "{name}");
-            cosell_adapters::crm_wire::dataverse::RemoteExecutionContext::parse(body)
+            let context = cosell_adapters::crm_wire::dataverse::RemoteExecutionContext::parse(body)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(context.closes_an_opportunity(), name == "dataverse-win");
+            assert_eq!(
+                context.closed_opportunity_id().map(|id| id.to_string()),
+                Some("6d81597f-0000-4000-8000-0000000000e1".to_owned()),
+                "{name}"
+            );
         } else {
             assert!(path.contains("/salesforce/"), "{name}");
             let message = cosell_adapters::crm_wire::salesforce::OutboundMessage::parse(body)
@@ -945,7 +1009,7 @@ fn every_sample_is_a_function_url_post_to_a_crm_route() {
 async fn write_the_samples() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/crm-events");
     let h = Harness::start(Crm::Dataverse).await;
-    h.seed(None, |_| {}).await;
+    let id = h.seed(None, |_| {}).await;
     let create = h.next_delivery().await;
     h.seed(None, |o| o["estimatedvalue"] = json!(30000)).await;
     let update = h.next_delivery().await;
@@ -962,10 +1026,13 @@ async fn write_the_samples() {
     exceeded
         .headers
         .push(("x-ms-dynamics-msg-size-exceeded".into(), "true".into()));
+    h.close(&id, "win", None).await;
+    let win = h.next_delivery_containing(r#""MessageName":"Win""#).await;
     for (name, captured) in [
         ("dataverse-create", &create),
         ("dataverse-update", &update),
         ("dataverse-size-exceeded", &exceeded),
+        ("dataverse-win", &win),
     ] {
         write_sample(&dir, name, &h.sandbox.base_url, captured);
     }

@@ -32,6 +32,12 @@ pub const FORMATTED_VALUE_ANNOTATION: &str = "@OData.Community.Display.V1.Format
 /// `Mode` value of an asynchronous step (0 = synchronous).
 pub const MODE_ASYNCHRONOUS: i32 = 1;
 
+/// The messages a seller's close raises (`WinOpportunity` / `LoseOpportunity`).
+pub const CLOSE_MESSAGES: [&str; 2] = ["Win", "Lose"];
+
+/// The input parameter of a close message holding the `opportunityclose` activity.
+const OPPORTUNITY_CLOSE: &str = "OpportunityClose";
+
 /// The webhook body: a JSON-serialized `RemoteExecutionContext`.
 ///
 /// Only `MessageName`, `PrimaryEntityName` and `PrimaryEntityId` are required; every other
@@ -302,6 +308,32 @@ impl RemoteExecutionContext {
     /// The first pre-image's attributes, decoded (see [`decode_attributes`]).
     pub fn pre_image(&self) -> Option<Map<String, Value>> {
         first_image_columns(self.pre_entity_images.as_deref())
+    }
+
+    /// The opportunity a `Win` or `Lose` message closed: the `opportunityid` reference of its
+    /// `OpportunityClose` input parameter (the documented way to find it), else a non-nil
+    /// `PrimaryEntityId`. How the webhook fills `PrimaryEntityId` for these messages is not
+    /// documented (plug-in authors report it empty), so the input parameter is read first.
+    pub fn closed_opportunity_id(&self) -> Option<Uuid> {
+        self.input_parameter(OPPORTUNITY_CLOSE)
+            .and_then(entity_object)
+            .and_then(|close| {
+                pairs_in(close.get("Attributes"))
+                    .into_iter()
+                    .find(|(column, _)| column.eq_ignore_ascii_case("opportunityid"))
+            })
+            .and_then(|(_, value)| EntityReference::from_value(value))
+            .and_then(|reference| reference.id)
+            .filter(|id| !id.is_nil())
+            .or_else(|| Some(self.primary_entity_id).filter(|id| !id.is_nil()))
+    }
+
+    /// `true` for the messages that close an opportunity, `Win` and `Lose`: they carry no
+    /// target and no image of the row (the close is an `OpportunityClose` activity).
+    pub fn closes_an_opportunity(&self) -> bool {
+        CLOSE_MESSAGES
+            .iter()
+            .any(|message| self.message_name.eq_ignore_ascii_case(message))
     }
 
     /// The post image overlaid with the target (the target wins): the best view of the row
@@ -712,16 +744,50 @@ fn lenient_pairs<'de, D: Deserializer<'de>>(
 /// skipped), or — tolerated — a plain JSON object mapping keys to values.
 fn pairs_from_value(value: Value) -> Vec<KeyValuePair> {
     match value {
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|item| serde_json::from_value(item).ok())
-            .collect(),
+        Value::Array(items) => items.into_iter().filter_map(pair_from).collect(),
         Value::Object(object) => object
             .into_iter()
             .map(|(key, value)| KeyValuePair { key, value })
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// One `{"key", "value"}` entry taken apart rather than rebuilt: read as [`pair_in`] reads it
+/// (the rules of `serde_json::from_value::<KeyValuePair>`), its key and value moved out. A
+/// parameter collection's value holds a whole entity, so rebuilding it through serde would
+/// build the webhook's largest members twice.
+fn pair_from(item: Value) -> Option<KeyValuePair> {
+    let (key, value) = match item {
+        Value::Object(mut object) => {
+            let key = take_member(&mut object, "key", "Key")??;
+            let value = take_member(&mut object, "value", "Value")?;
+            (key, value)
+        }
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            match (items.next(), items.next(), items.next()) {
+                (Some(key), value, None) => (key, value),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    match key {
+        Value::String(key) => Some(KeyValuePair {
+            key,
+            value: value.unwrap_or(Value::Null),
+        }),
+        _ => None,
+    }
+}
+
+/// [`member`], moved out of the object.
+fn take_member(object: &mut Map<String, Value>, lower: &str, upper: &str) -> Option<Option<Value>> {
+    if object.contains_key(lower) && object.contains_key(upper) {
+        return None;
+    }
+    Some(object.remove(lower).or_else(|| object.remove(upper)))
 }
 
 /// [`pairs_from_value`] read in place: the entries of a pair collection (absent or `null`:
@@ -1485,6 +1551,51 @@ mod tests {
     }
 
     #[test]
+    fn a_close_names_its_opportunity_through_its_opportunity_close() {
+        let opportunity = "11111111-2222-3333-4444-555555555555";
+        let close = |primary: &str, reference: Value| {
+            let body = body_with(json!({
+                "MessageName": "Win",
+                "PrimaryEntityId": primary,
+                "InputParameters": [
+                    {"key": "OpportunityClose", "value": {
+                        "__type": "Entity:http://schemas.microsoft.com/xrm/2011/Contracts",
+                        "LogicalName": "opportunityclose",
+                        "Attributes": [
+                            {"key": "subject", "value": "won"},
+                            {"key": "opportunityid", "value": reference},
+                        ]}},
+                    {"key": "Status", "value": {"__type": "OptionSetValue:x", "Value": 3}},
+                ],
+                "PostEntityImages": [],
+            }));
+            RemoteExecutionContext::parse(&body).unwrap()
+        };
+        let reference = json!({
+            "__type": "EntityReference:http://schemas.microsoft.com/xrm/2011/Contracts",
+            "Id": opportunity, "LogicalName": "opportunity", "Name": null});
+        let nil = "00000000-0000-0000-0000-000000000000";
+        let other = "99999999-2222-3333-4444-555555555555";
+        // The reference wins over an empty or a different PrimaryEntityId.
+        for primary in [nil, other] {
+            let context = close(primary, reference.clone());
+            assert!(context.closes_an_opportunity());
+            assert_eq!(context.closed_opportunity_id(), Some(uuid(opportunity)));
+        }
+        // Without a usable reference: PrimaryEntityId, unless nil.
+        assert_eq!(
+            close(other, json!("not a reference")).closed_opportunity_id(),
+            Some(uuid(other))
+        );
+        assert_eq!(close(nil, Value::Null).closed_opportunity_id(), None);
+        // Any letter case of the message; Create and Update are no closes.
+        let mut lose = close(nil, reference);
+        lose.message_name = "lose".into();
+        assert!(lose.closes_an_opportunity());
+        assert!(!sample().closes_an_opportunity());
+    }
+
+    #[test]
     fn a_context_serializes_back_to_the_wire_shape() {
         let context = sample();
         let value = serde_json::to_value(&context).unwrap();
@@ -1695,6 +1806,10 @@ mod proptests {
         let _ = context.target();
         let _ = context.pre_image();
         let _ = context.post_image();
+        let _ = (
+            context.closes_an_opportunity(),
+            context.closed_opportunity_id(),
+        );
         let attributes = context.merged_attributes();
         let _ = opportunity_from_dataverse(
             &DataverseRecord::new(&attributes),
@@ -1805,8 +1920,9 @@ mod proptests {
             let through_serde: Option<KeyValuePair> = serde_json::from_value(value.clone()).ok();
             prop_assert_eq!(
                 pair_in(&value).map(|(key, value)| KeyValuePair { key: key.to_owned(), value: value.clone() }),
-                through_serde
+                through_serde.clone()
             );
+            prop_assert_eq!(pair_from(value), through_serde);
         }
 
         #[test]
