@@ -8,6 +8,7 @@ use cosell_domain::mapping::invites_microsoft;
 use cosell_domain::ports::AuditEvent;
 
 use cosell_domain::sync::{SharedField, Side};
+use cosell_domain::{OpportunityStage, ReferralStatus, ReferralSubstatus};
 
 use crate::sim::{
     EditLog, Invariant, Violation, edit_deal_value, edit_notes, edit_side, latest_edit,
@@ -24,6 +25,7 @@ pub(crate) fn check(
     crm: &SimCrm,
     audit: &InMemoryAuditLog,
     edits: &EditLog,
+    closes: &BTreeMap<CrmRecordId, OpportunityStage>,
 ) -> Vec<Violation> {
     let mut found = Vec::new();
     let referrals: BTreeMap<_, _> = pc
@@ -127,6 +129,18 @@ pub(crate) fn check(
         let crm_notes = stored.opportunity.notes.clone().unwrap_or_default();
         let pc_value = details.and_then(|d| d.deal_value);
         let crm_value = stored.opportunity.deal_value.map(|m| m.amount);
+        // A closed referral takes no change (Partner Center refuses it): a difference the
+        // seller's close raced (a concurrent sync wrote the other side's older value just as the
+        // close went out) can no longer be healed, and must be reported with its fix instead.
+        let reported = || {
+            entries.iter().any(|e| {
+                e.crm.as_ref() == Some(record) && matches!(&e.event, AuditEvent::Failed { .. })
+            })
+        };
+        if (pc_notes != crm_notes || pc_value != crm_value) && referral.is_terminal() && reported()
+        {
+            continue;
+        }
         if pc_notes != crm_notes || pc_value != crm_value {
             found.push(violation(
                 Invariant::Diverged,
@@ -164,6 +178,44 @@ pub(crate) fn check(
                     "the latest user edit's deal value {latest_value} ({side}) of referral \
                      {referral_id} / opportunity {record} was lost without an audited \
                      conflict: both sides hold {pc_value:?}"
+                ),
+            ));
+        }
+    }
+
+    // A seller's close stays in the CRM (the connector never reopens a deal) and reaches its
+    // referral: Closed, Won or Lost as the seller chose.
+    for (record, closed) in closes {
+        let Some(stored) = opportunities.get(record) else {
+            continue;
+        };
+        if stored.opportunity.stage != Some(*closed) {
+            found.push(violation(
+                Invariant::CloseNotKept,
+                format!(
+                    "the seller closed opportunity {record} as {closed:?}; it is now {:?}",
+                    stored.opportunity.stage
+                ),
+            ));
+            continue;
+        }
+        let Some(referral) = stored
+            .opportunity
+            .referral_id
+            .and_then(|id| referrals.get(&id))
+        else {
+            continue;
+        };
+        let expected = match closed {
+            OpportunityStage::Won => ReferralSubstatus::Won,
+            _ => ReferralSubstatus::Lost,
+        };
+        if referral.status != Some(ReferralStatus::Closed) || referral.substatus != Some(expected) {
+            found.push(violation(
+                Invariant::CloseNotKept,
+                format!(
+                    "opportunity {record} was closed as {closed:?}; its referral is {:?} / {:?}",
+                    referral.status, referral.substatus
                 ),
             ));
         }

@@ -4,7 +4,7 @@
 //! runs without reconciliation; `--no-concurrent-edits` keeps each deal's users on one side;
 //! `--undo-fix-of-defect-4` keys Dataverse changes as before defect 4's fix;
 //! `--undo-fix-of-defect-1` hides a record's earlier deliveries from webhook deliveries;
-//! `--no-faults` injects none.
+//! `--no-seller-closes` keeps every deal open; `--no-faults` injects none.
 
 use std::time::Instant;
 
@@ -28,6 +28,9 @@ fn main() {
     }
     if args.iter().any(|a| a == "--no-concurrent-edits") {
         cfg.concurrent_edits = false;
+    }
+    if args.iter().any(|a| a == "--no-seller-closes") {
+        cfg.seller_closes = false;
     }
     if args.iter().any(|a| a == "--no-faults") {
         cfg.faults = cosell_simulation::faults::FaultRates {

@@ -2,12 +2,14 @@
 //! reordered, duplicated, dropped), retry jobs, reconciliation runs, faults and the
 //! interleaving of concurrent syncs. After quiescence the invariants are checked.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use chrono::{DateTime, Utc};
 use cosell_adapters::crm_wire::dataverse::RemoteExecutionContext;
+use cosell_domain::OpportunityStage;
 use cosell_domain::budget::{Budget, BudgetPolicy};
 use cosell_domain::ids::{CrmRecordId, ReferralId};
 use cosell_domain::in_memory::{
@@ -15,6 +17,7 @@ use cosell_domain::in_memory::{
     InMemoryRetryQueue,
 };
 use cosell_domain::mapping::{MappingConfig, invites_microsoft};
+use cosell_domain::opportunity::LostReason;
 use cosell_domain::ports::{AuditEntry, AuditEvent, AuditLog, IdempotencyKey, Ports, RetryJob};
 use cosell_domain::reconcile::{
     FixedClock, ReconcileDeps, ReconcileError, ReconcilePorts, ReconcileReport, ReconcileRun,
@@ -45,6 +48,8 @@ pub struct Config {
     /// Microsoft user edits only referrals Microsoft created, a seller only opportunities
     /// sellers created.
     pub concurrent_edits: bool,
+    /// Sellers close their deals as won or lost, often before the first sync.
+    pub seller_closes: bool,
     /// Keep the schedule (for a reproduction).
     pub trace: bool,
     /// A fix undone, to show that the simulation finds the defect it fixed (a mutation test).
@@ -72,6 +77,7 @@ impl Default for Config {
             drop_webhooks: 30,
             reconcile: true,
             concurrent_edits: true,
+            seller_closes: true,
             trace: false,
             undone_fix: None,
         }
@@ -110,6 +116,8 @@ pub enum Invariant {
     TooManyCalls,
     /// Queues did not drain.
     NoQuiescence,
+    /// A seller's close (won or lost) was undone in the CRM, or its referral does not show it.
+    CloseNotKept,
 }
 
 /// One broken invariant.
@@ -294,6 +302,8 @@ struct Run<'a> {
     edits: Vec<Edit>,
     ms_referrals: Vec<ReferralId>,
     seller_records: Vec<CrmRecordId>,
+    /// The seller's closes, by record.
+    closes: BTreeMap<CrmRecordId, OpportunityStage>,
     changes: u64,
     dead_letters: u64,
 }
@@ -731,6 +741,21 @@ impl<'a> Run<'a> {
                     });
                 }
             }
+            76..80 if self.cfg.seller_closes && !self.seller_records.is_empty() => {
+                // Often soon after the create: before its first sync, or with its close
+                // handled first.
+                let id = self.seller_records[self.rng.usize(0..self.seller_records.len())].clone();
+                let stage = if self.rng.bool() {
+                    OpportunityStage::Won
+                } else {
+                    OpportunityStage::Lost(LostReason::Lost)
+                };
+                if stores.crm.seller_closes(&id, stage) {
+                    self.changes += 1;
+                    self.closes.insert(id.clone(), stage);
+                    self.log(|| format!("seller closes {} as {stage:?}", short(&id.to_string())));
+                }
+            }
             72..76 if self.cfg.reconcile => {
                 self.log(|| "reconcile run".into());
                 self.start(Delivering::Reconcile);
@@ -786,11 +811,21 @@ impl<'a> Run<'a> {
             if !self.cfg.reconcile || quiet_reconciles >= 2 {
                 return true;
             }
+            // Quiet: a reconciliation run, and everything it queued, changed nothing on either
+            // side (a job it queues for a change already handled, say one whose failure the
+            // Audit column already reports, ends as a duplicate without a call).
             let before = self.fingerprint();
             self.stores.clock.advance(60_000);
             self.start(Delivering::Reconcile);
-            self.drain_tasks();
-            self.collect_events(false);
+            for _ in 0..100 {
+                self.drain_tasks();
+                self.collect_events(false);
+                let Some(next) = self.pending.iter().map(|(d, _, _)| *d).min() else {
+                    break;
+                };
+                self.stores.clock.advance_to(next);
+                self.start_due();
+            }
             if self.pending.is_empty() && self.fingerprint() == before {
                 quiet_reconciles += 1;
             } else {
@@ -944,6 +979,7 @@ pub fn run_seed(seed: u64, cfg: &Config) -> Report {
         edits: Vec::new(),
         ms_referrals: Vec::new(),
         seller_records: Vec::new(),
+        closes: BTreeMap::new(),
         changes: 0,
         dead_letters: 0,
     };
@@ -958,7 +994,13 @@ pub fn run_seed(seed: u64, cfg: &Config) -> Report {
         stores.clock.advance(run.rng.i64(0..3_000));
     }
     let quiet = run.quiesce();
-    let mut violations = crate::check::check(&stores.pc, &stores.crm, &stores.audit, &run.edits);
+    let mut violations = crate::check::check(
+        &stores.pc,
+        &stores.crm,
+        &stores.audit,
+        &run.edits,
+        &run.closes,
+    );
     if !quiet {
         violations.push(Violation {
             invariant: Invariant::NoQuiescence,

@@ -676,6 +676,21 @@ impl SimCrm {
         true
     }
 
+    /// A seller closes an opportunity as won or lost (in Dataverse the `Win` / `Lose` message);
+    /// `false` when it is unknown or already closed.
+    pub fn seller_closes(&self, id: &CrmRecordId, stage: cosell_domain::OpportunityStage) -> bool {
+        let mut state = lock(&self.state);
+        let Some(stored) = state.opportunities.get_mut(id) else {
+            return false;
+        };
+        if stored.opportunity.stage.is_some_and(|s| s.is_closed()) {
+            return false;
+        }
+        stored.opportunity.stage = Some(stage);
+        self.saved(&mut state, id, SELLER);
+        true
+    }
+
     /// Every opportunity.
     pub fn opportunities(&self) -> BTreeMap<CrmRecordId, StoredOpportunity> {
         lock(&self.state).opportunities.clone()

@@ -16,10 +16,11 @@ const DEFECT_1_SEEDS: u64 = 600;
 /// Seeds the defect 5 test runs at 60 steps (a debug build runs about 35 a second).
 const DEFECT_5_SEEDS: u64 = 1_500;
 
-/// The invariants that hold, faults, crashes, timeouts, lost create answers, reordering and
-/// edits on both sides at once included: all of them.
-const HOLDING: [Invariant; 7] = [
+/// The invariants that hold, faults, crashes, timeouts, lost create answers, reordering,
+/// edits on both sides at once and sellers' closes included: all of them.
+const HOLDING: [Invariant; 8] = [
     Invariant::Diverged,
+    Invariant::CloseNotKept,
     Invariant::DuplicateReferral,
     Invariant::DuplicateOpportunity,
     Invariant::MissingCounterpart,

@@ -119,6 +119,20 @@ impl SharedField {
             .map_or(Side::Crm, |(_, side)| *side)
     }
 
+    /// The side that wins a conflict on this field between these values: its
+    /// [`owner`](Self::owner), except that a closed stage wins over an open one on either side
+    /// (docs/conflicts.md#the-policy). Partner Center's closed referral takes no change, and
+    /// the connector never reopens a deal a seller closed: Partner Center starts every deal
+    /// Active, so an open stage there says nothing against the seller's close.
+    pub fn conflict_winner(self, partner_center: &Opportunity, crm: &Opportunity) -> Side {
+        let closed = |o: &Opportunity| o.stage.is_some_and(|s| s.is_closed());
+        match (self, closed(partner_center), closed(crm)) {
+            (Self::Stage, false, true) => Side::Crm,
+            (Self::Stage, true, false) => Side::PartnerCenter,
+            _ => self.owner(),
+        }
+    }
+
     /// The canonical text of the field's value (as [`Opportunity::fingerprint`] normalises
     /// it), `None` when the opportunity has none.
     fn canonical(self, opportunity: &Opportunity) -> Option<String> {
@@ -253,20 +267,17 @@ impl Merge {
             .map(|&field| {
                 let pc = field.hash(partner_center);
                 let cr = field.hash(crm);
+                let conflict = Resolution::Conflict {
+                    winner: field.conflict_winner(partner_center, crm),
+                };
                 let resolution = match base.map(|base| base.get(field.name())) {
                     _ if pc == cr => Resolution::Same,
-                    None => Resolution::Conflict {
-                        winner: field.owner(),
-                    },
-                    Some(Some(base)) if base == NOT_AGREED => Resolution::Conflict {
-                        winner: field.owner(),
-                    },
+                    None => conflict,
+                    Some(Some(base)) if base == NOT_AGREED => conflict,
                     Some(None) => Resolution::NoBase,
                     Some(Some(base)) if *base == cr => Resolution::Changed(Side::PartnerCenter),
                     Some(Some(base)) if *base == pc => Resolution::Changed(Side::Crm),
-                    Some(Some(_)) => Resolution::Conflict {
-                        winner: field.owner(),
-                    },
+                    Some(Some(_)) => conflict,
                 };
                 (field, resolution)
             })
@@ -518,6 +529,56 @@ mod tests {
         );
         let same = Merge::new(None, &deal("x", 1), &deal("x", 1));
         assert!(same.conflicts().is_empty());
+    }
+
+    #[test]
+    fn a_closed_stage_wins_a_stage_conflict_over_an_open_one_on_either_side() {
+        let staged = |stage: OpportunityStage| Opportunity {
+            stage: Some(stage),
+            ..deal("x", 1)
+        };
+        let lost = OpportunityStage::Lost(crate::opportunity::LostReason::Lost);
+        let stage_winner = |pc: OpportunityStage, crm: OpportunityStage| {
+            resolution(
+                &Merge::new(None, &staged(pc), &staged(crm)),
+                SharedField::Stage,
+            )
+        };
+        // The seller's close is never undone by Partner Center's Active start.
+        assert_eq!(
+            stage_winner(OpportunityStage::Active, OpportunityStage::Won),
+            Resolution::Conflict { winner: Side::Crm }
+        );
+        // Partner Center's close is not undone by an open record.
+        assert_eq!(
+            stage_winner(lost, OpportunityStage::Active),
+            Resolution::Conflict {
+                winner: Side::PartnerCenter
+            }
+        );
+        // Otherwise the owner, Partner Center.
+        for (pc, crm) in [
+            (OpportunityStage::Active, OpportunityStage::OnHold),
+            (lost, OpportunityStage::Won),
+        ] {
+            assert_eq!(
+                stage_winner(pc, crm),
+                Resolution::Conflict {
+                    winner: Side::PartnerCenter
+                }
+            );
+        }
+        // The same with a base both sides moved from.
+        let base = field_hashes(&staged(OpportunityStage::OnHold));
+        let merge = Merge::new(
+            Some(&base),
+            &staged(OpportunityStage::Active),
+            &staged(OpportunityStage::Won),
+        );
+        assert_eq!(
+            resolution(&merge, SharedField::Stage),
+            Resolution::Conflict { winner: Side::Crm }
+        );
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub(crate) struct Journal<'a, A> {
     pending: Mutex<Option<Vec<AuditEntry>>>,
     /// The link the run saves with its commit.
     link: Mutex<Option<PendingLink>>,
+    /// The CRM record's Audit column as the run read it (a failure already shown there is not
+    /// written again).
+    shown: Mutex<Option<String>>,
 }
 
 /// A link saved with the run's commit.
@@ -221,7 +224,22 @@ impl<'a, A: AuditLog> Journal<'a, A> {
             warnings: Mutex::new(Vec::new()),
             pending: Mutex::new(None),
             link: Mutex::new(None),
+            shown: Mutex::new(None),
         }
+    }
+
+    /// Note the CRM record's Audit column as read.
+    pub fn set_shown(&self, audit: Option<&str>) {
+        *self.shown.lock().unwrap_or_else(PoisonError::into_inner) = audit.map(str::to_owned);
+    }
+
+    /// Whether the Audit column as read shows `text` already, whatever its time.
+    fn shows(&self, text: &str) -> bool {
+        self.shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            .is_some_and(|shown| same_message(shown, text))
     }
 
     /// From now on keep entries for the commit instead of appending them.
@@ -712,11 +730,24 @@ pub(crate) async fn needs_attention<X: Ports>(
     let event = AuditEvent::Failed { reason, fix };
     if let Some(crm) = &crm {
         let text = journal.entry(event.clone(), Some(crm)).crm_text();
-        let written = deps.crm.write_audit(crm, &text).await;
-        journal.tolerate(written);
+        // Shown already (the same failure found again, by a redelivery or reconcile): a write
+        // would only change its time, cost a CRM call and raise a CRM change of its own, which
+        // reconcile would take up again. Reported once; the audit log keeps every entry.
+        if !journal.shows(&text) {
+            let written = deps.crm.write_audit(crm, &text).await;
+            journal.tolerate(written);
+        }
     }
     journal.record(event, crm.as_ref()).await;
     Outcome::NeedsAttention { code, message }
+}
+
+/// Whether two Audit column texts (`<UTC time> <message>`) say the same, whatever their time.
+pub(crate) fn same_message(shown: &str, text: &str) -> bool {
+    fn message(text: &str) -> Option<&str> {
+        text.split_once(' ').map(|(_, message)| message.trim())
+    }
+    matches!((message(shown), message(text)), (Some(a), Some(b)) if a == b)
 }
 /// How many pages of an engagement's referrals are read at most (an engagement has a handful).
 const MAX_ENGAGEMENT_PAGES: usize = 10;

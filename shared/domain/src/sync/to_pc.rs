@@ -26,7 +26,9 @@
 //!    earlier attempt may have created before its answer was lost (by `externalReferenceId`, among the referrals updated since the record's
 //!    first delivery) and adopts it instead of creating a second one. A deal asking for
 //!    Microsoft's help is `Shared`: Microsoft is invited to its engagement with a second
-//!    referral, once ([`Link::microsoft_invited`]).
+//!    referral, once ([`Link::microsoft_invited`]). Partner Center starts the deal Active: a
+//!    record already won or lost (closed before its first sync, or its close handled before
+//!    its create) has its close sent right after, as in step 6, and is never reopened.
 //! 6. **A referral** → plan against the referral the link keeps (its last read or PATCH
 //!    answer) and `PATCH` with `If-Match` on its eTag, no read; anything the kept referral
 //!    cannot tell, or a 412, takes the read path ([`update_as_seen`]): `GET` it (404 →
@@ -391,6 +393,7 @@ async fn sync_change<X: Ports>(
         }
     }
 
+    journal.set_shown(candidate.audit.as_deref());
     let invalid =
         |problems: Vec<ValidationProblem>| Failure::Problem(invalid_opportunity(&problems, record));
     match referral_id {
@@ -749,19 +752,35 @@ async fn create<X: Ports>(
     // either side may have changed since: only what both hold alike is agreed, the rest goes
     // to its owner, audited.
     let mut started = Opportunity::default();
+    let stored = referral_to_opportunity(&created, deps.mapping);
+    // A record closed before its referral existed (won or lost before the first sync, or its
+    // close handled before its create): Partner Center starts the deal Active all the same.
+    // Writing that stage back would reopen the seller's closed deal, so the close goes the
+    // other way instead, as the record's change since the referral's start, right after it.
+    let closed_first = !adopted
+        && sync.opportunity().stage.is_some_and(|s| s.is_closed())
+        && !stored.stage.is_some_and(|s| s.is_closed());
     if adopted {
-        link.synced_fields = agreed_fields(
-            &link.synced_fields,
-            &referral_to_opportunity(&created, deps.mapping),
-            sync.opportunity(),
-        );
+        link.synced_fields = agreed_fields(&link.synced_fields, &stored, sync.opportunity());
         // Partner Center holds what the earlier attempt sent, not necessarily the record as
-        // read now: nothing is known to have been sent (the merge below sends what differs).
+        // read now: nothing is known to have been sent (the merge below sends what differs),
+        // and the stage it holds is the referral's own (a close since is still to be sent).
         link.last_fingerprint_to_pc = None;
+        link.last_stage_to_pc = stored.stage.or(link.last_stage_to_pc);
     } else {
         link.synced_fields = field_hashes(sync.opportunity());
-        let stored = referral_to_opportunity(&created, deps.mapping);
-        if SharedField::Stage.is_set(&stored)
+        if closed_first {
+            link.synced_fields.insert(
+                SharedField::Stage.name().to_owned(),
+                SharedField::Stage.hash(&stored),
+            );
+            link.last_stage_to_pc = stored.stage;
+            // What Partner Center holds until the close lands: should this run end before
+            // it, the record's next sync finds the close still to send (simulation seed 48631).
+            let mut sent = sync.opportunity().clone();
+            SharedField::Stage.copy(&stored, &mut sent);
+            link.last_fingerprint_to_pc = Some(sent.fingerprint());
+        } else if SharedField::Stage.is_set(&stored)
             && SharedField::Stage.hash(&stored) != SharedField::Stage.hash(sync.opportunity())
         {
             SharedField::Stage.copy(&stored, &mut started);
@@ -799,11 +818,12 @@ async fn create<X: Ports>(
         journal.keep_link(invited, true);
         link.microsoft_invited = true;
     }
-    if adopted {
+    if adopted || closed_first {
         // The adopted referral holds an earlier read of the record, and the record may have
         // changed since (a seller's save while the answer was lost, whose own notification may
         // already have been taken as unchanged, or never come): merged now, as an update, so
         // the two sides do not stay apart until some later change (simulation seed 1041).
+        // A record closed first sends its close the same way.
         let stored = Link {
             version: link.version + 1,
             ..link
@@ -1428,11 +1448,7 @@ async fn finish_write_back<X: Ports>(
 /// CRM call per save saved); the audit log keeps every entry with its time
 /// (docs/troubleshooting.md#the-audit-column).
 pub(super) fn shows_in_sync(shown: Option<&str>, entry: &AuditEntry) -> bool {
-    let message = |text: &str| {
-        text.split_once(' ')
-            .map(|(_, message)| message.trim().to_owned())
-    };
-    let Some(shown) = shown.and_then(message) else {
+    let Some(shown) = shown else {
         return false;
     };
     [
@@ -1448,7 +1464,7 @@ pub(super) fn shows_in_sync(shown: Option<&str>, entry: &AuditEntry) -> bool {
             ..entry.clone()
         })
     })
-    .any(|success| message(&success.crm_text()).as_ref() == Some(&shown))
+    .any(|success| super::runner::same_message(shown, &success.crm_text()))
 }
 
 /// The configured CRM field of the referral id.

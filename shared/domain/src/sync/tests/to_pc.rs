@@ -691,20 +691,29 @@ fn a_referral_in_a_terminal_state_is_never_patched_and_the_audit_says_why() {
         audit.contains("Fix: Leave the referral as it is"),
         "{audit}"
     );
+
+    // Found again (a redelivery under another key, reconcile's job): reported once. The Audit
+    // column already says it; rewriting it would only change its time and raise a CRM change
+    // that reconcile takes up again, a loop of calls.
+    let writes = world.crm.calls.get("write_audit");
+    let outcome = world.sync_crm(&world.crm_change(&record, 3, SELLER), at(120));
+    assert!(
+        matches!(outcome, Outcome::NeedsAttention { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        world.crm.calls.get("write_audit"),
+        writes,
+        "not written again"
+    );
+    assert_eq!(world.crm_audit(&record), audit);
 }
 
 #[test]
 fn a_referral_is_closed_as_won_only_when_the_crm_stage_changes_to_won() {
-    // Already won when sync was turned on: shared Active, and a later edit does not close it.
+    // An edit that leaves the stage open does not close it.
     let world = World::to_pc();
-    let (record, id) = world.shared(Opportunity {
-        stage: Some(OpportunityStage::Won),
-        ..seller_opportunity()
-    });
-    assert_eq!(
-        world.pc.referral(id).state(),
-        Some(ReferralState::accepted())
-    );
+    let (record, id) = world.shared(seller_opportunity());
     world.crm_edit(&record, |o| o.notes = Some("Signed".into()));
     world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
     assert_eq!(paths(&world.patches()[0].2), ["/details/notes"]);
@@ -713,7 +722,8 @@ fn a_referral_is_closed_as_won_only_when_the_crm_stage_changes_to_won() {
         Some(ReferralState::accepted())
     );
 
-    // An explicit change to Won closes it.
+    // An explicit change to Won closes it (a record already won when its referral was
+    // created: a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_closed).
     let world = World::to_pc();
     let (record, id) = world.shared(seller_opportunity());
     world.crm_edit(&record, |o| o.stage = Some(OpportunityStage::Won));
@@ -1575,4 +1585,99 @@ fn a_retry_compares_with_the_referral_not_with_what_the_link_says_was_sent() {
     let in_pc = world.pc.referral(id).details.unwrap().notes;
     let in_crm = world.crm.stored(&record).opportunity.notes;
     assert_eq!(in_pc, in_crm, "the sides end equal");
+}
+
+/// The close of a record closed before its first sync fails after the create (a throttled
+/// PATCH, an instance killed): the link says what Partner Center holds, the deal still open,
+/// so the record's next sync sends the close rather than taking it as unchanged (simulation
+/// seed 48631).
+#[test]
+fn a_close_that_did_not_follow_the_create_is_sent_by_the_next_sync() {
+    let world = World::to_pc();
+    let record = world.crm.seed(Opportunity {
+        stage: Some(OpportunityStage::Won),
+        ..seller_opportunity()
+    });
+    world
+        .pc
+        .fail_next("patch_referral", transient(Service::PartnerCenter, None));
+
+    let first = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+
+    assert!(matches!(first, Outcome::RetryEnqueued { .. }), "{first:?}");
+    let id = world.crm.stored(&record).opportunity.referral_id.unwrap();
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::accepted())
+    );
+    let again = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+    assert_eq!(
+        again,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::closed(ReferralSubstatus::Won))
+    );
+    assert_eq!(
+        world.crm.stored(&record).opportunity.stage,
+        Some(OpportunityStage::Won)
+    );
+}
+
+/// A record won or lost before its first sync (or whose close was handled before its create):
+/// Partner Center starts the deal Active, and the connector then closes the referral as the
+/// record says; it never writes Active back, which would reopen the seller's closed deal.
+#[test]
+fn a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_closed() {
+    for (stage, substatus) in [
+        (OpportunityStage::Won, ReferralSubstatus::Won),
+        (
+            OpportunityStage::Lost(crate::opportunity::LostReason::Lost),
+            ReferralSubstatus::Lost,
+        ),
+    ] {
+        let world = World::to_pc();
+        let record = world.crm.seed(Opportunity {
+            stage: Some(stage),
+            ..seller_opportunity()
+        });
+
+        let outcome = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
+
+        assert_eq!(
+            outcome,
+            Outcome::Created {
+                crm: record.clone()
+            }
+        );
+        let stored = world.crm.stored(&record).opportunity;
+        assert_eq!(stored.stage, Some(stage), "the record stays closed");
+        let id = stored.referral_id.expect("referral id written back");
+        assert_eq!(
+            world.pc.referral(id).state(),
+            Some(ReferralState {
+                status: ReferralStatus::Closed,
+                substatus: Some(substatus),
+            })
+        );
+        assert_eq!(
+            (
+                world.pc.calls.get("create_referral"),
+                world.pc.calls.get("patch_referral")
+            ),
+            (2, 1),
+            "the deal, Microsoft's invitation, then the close"
+        );
+        let link = world.links.link(&id).unwrap();
+        assert_eq!(link.last_stage_to_pc, Some(stage));
+
+        // Its next notification has nothing to send, and nothing reopens.
+        let again = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+        assert_eq!(again, Outcome::UnchangedSkipped);
+        assert_eq!(world.crm.stored(&record).opportunity.stage, Some(stage));
+        assert_eq!(world.pc.calls.get("patch_referral"), 1);
+    }
 }
