@@ -84,6 +84,9 @@ pub struct SoakReport {
     pub referrals_updated: usize,
     /// Of which: opportunities a seller turned sync on for.
     pub opportunities_synced: usize,
+    /// Of which: synced opportunities a seller closed as won or lost (a Dataverse close in the
+    /// app raises its `Win` / `Lose` message).
+    pub opportunities_closed: usize,
     /// Of which: webhooks sent again (duplicates).
     pub duplicates: usize,
     /// Webhook deliveries the sandbox made, and how many the functions never accepted.
@@ -101,6 +104,9 @@ pub struct SoakReport {
     pub webhook_share: f64,
     /// Instances that crashed (not counting the kills).
     pub crashes: usize,
+    /// Dataverse opportunities closed before their first sync: their referral was created and
+    /// closed, but a closed row cannot take the referral id.
+    pub closed_before_write_back: usize,
     /// Records lost, duplicated, diverged (each must be 0).
     pub lost: usize,
     /// See [`Self::lost`].
@@ -127,6 +133,7 @@ enum Change {
     UpdateReferral,
     Duplicate,
     SyncOpportunity,
+    CloseOpportunity,
 }
 
 /// Runs the soak on a started `stack`.
@@ -142,6 +149,9 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
 
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let referrals: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    // The synced opportunities by change number, and the closes sent (id → won).
+    let mut synced: Vec<usize> = Vec::new();
+    let mut closes: HashMap<String, bool> = HashMap::new();
     let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut running = JoinSet::new();
     for n in 0..options.events {
@@ -161,22 +171,46 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
             Change::UpdateReferral
         } else if roll < 0.85 {
             Change::Duplicate
-        } else {
+        } else if roll < 0.95 || synced.is_empty() {
             Change::SyncOpportunity
+        } else {
+            Change::CloseOpportunity
         };
         match change {
             Change::NewReferral => report.referrals_created += 1,
             Change::UpdateReferral => report.referrals_updated += 1,
             Change::Duplicate => report.duplicates += 1,
             Change::SyncOpportunity => report.opportunities_synced += 1,
+            Change::CloseOpportunity => report.opportunities_closed += 1,
         }
         let pick = rng.usize(..known.max(1));
+        // A close: one of the synced opportunities not closed yet (each closed at most once),
+        // won or lost as the seed says.
+        let close = match change {
+            Change::SyncOpportunity => {
+                synced.push(n);
+                None
+            }
+            Change::CloseOpportunity => {
+                let open: Vec<usize> = synced
+                    .iter()
+                    .copied()
+                    .filter(|m| !closes.contains_key(&opportunity_id(crm, *m)))
+                    .collect();
+                open.get(rng.usize(..open.len().max(1))).map(|m| {
+                    let won = rng.bool();
+                    closes.insert(opportunity_id(crm, *m), won);
+                    (*m, won)
+                })
+            }
+            _ => None,
+        };
         let permit = Arc::clone(&slots).acquire_owned().await?;
         let client = client.clone();
         let referrals = Arc::clone(&referrals);
         running.spawn(async move {
             let _permit = permit;
-            send(&client, crm, change, n, pick, &referrals)
+            send(&client, crm, change, n, pick, close, &referrals)
                 .await
                 .with_context(|| format!("change {n} ({change:?})"))
         });
@@ -220,7 +254,7 @@ pub async fn run(stack: &Stack, options: &SoakOptions) -> Result<SoakReport> {
     } else {
         1.0 - (report.reconcile_enqueued as f64 / changes as f64).min(1.0)
     };
-    compare(&client, crm, &mut report).await?;
+    compare(&client, crm, &closes, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -260,6 +294,7 @@ async fn send(
     change: Change,
     n: usize,
     pick: usize,
+    close: Option<(usize, bool)>,
     referrals: &std::sync::Mutex<Vec<String>>,
 ) -> Result<()> {
     let picked = || referrals.lock().ok().and_then(|ids| ids.get(pick).cloned());
@@ -298,6 +333,43 @@ async fn send(
                 .await?;
         }
         Change::SyncOpportunity => seed_opportunity(client, crm, n).await?,
+        Change::CloseOpportunity => {
+            if let Some((m, won)) = close {
+                close_opportunity(client, crm, m, won).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id of the opportunity change `n` seeded.
+fn opportunity_id(crm: Crm, n: usize) -> String {
+    match crm {
+        Crm::Dynamics => format!("5a000000-0000-4000-8000-{n:012x}"),
+        Crm::Salesforce => format!("0060000000{n:05}"),
+    }
+}
+
+/// A seller closes the opportunity change `m` seeded as won or lost: in Dataverse as in the
+/// app (the `Win` / `Lose` message), in Salesforce by its stage (read, then saved with it).
+async fn close_opportunity(client: &SandboxClient, crm: Crm, m: usize, won: bool) -> Result<()> {
+    let id = opportunity_id(crm, m);
+    match crm {
+        Crm::Dynamics => {
+            let outcome = if won { "win" } else { "lose" };
+            client
+                .post(
+                    &format!("/_sandbox/dataverse/opportunities/{id}/{outcome}"),
+                    &json!({}),
+                )
+                .await?;
+        }
+        Crm::Salesforce => {
+            let path = format!("/_sandbox/salesforce/Opportunity/{id}");
+            let mut record = client.get(&path).await?;
+            record["StageName"] = json!(if won { "Closed Won" } else { "Closed Lost" });
+            client.put(&path, &record).await?;
+        }
     }
     Ok(())
 }
@@ -342,7 +414,7 @@ async fn seed_account(client: &SandboxClient, crm: Crm) -> Result<()> {
 async fn seed_opportunity(client: &SandboxClient, crm: Crm, n: usize) -> Result<()> {
     match crm {
         Crm::Dynamics => {
-            let id = format!("5a000000-0000-4000-8000-{n:012x}");
+            let id = opportunity_id(crm, n);
             client
                 .put(
                     &format!("/_sandbox/dataverse/opportunities/{id}"),
@@ -360,7 +432,7 @@ async fn seed_opportunity(client: &SandboxClient, crm: Crm, n: usize) -> Result<
                 .await?;
         }
         Crm::Salesforce => {
-            let id = format!("0060000000{n:05}");
+            let id = opportunity_id(crm, n);
             client
                 .put(
                     &format!("/_sandbox/salesforce/Opportunity/{id}"),
@@ -536,7 +608,12 @@ async fn refused_deliveries(client: &SandboxClient) -> Result<Vec<String>> {
 }
 
 /// Compares both sides and counts what is lost, duplicated or diverged.
-async fn compare(client: &SandboxClient, crm: Crm, report: &mut SoakReport) -> Result<()> {
+async fn compare(
+    client: &SandboxClient,
+    crm: Crm,
+    closes: &HashMap<String, bool>,
+    report: &mut SoakReport,
+) -> Result<()> {
     let referrals = client.get("/_sandbox/partner-center/referrals").await?;
     let referrals = as_array(&referrals, "referrals");
     let (path, member, id_field, referral_field, value_field, sync_field) = match crm {
@@ -594,6 +671,22 @@ async fn compare(client: &SandboxClient, crm: Crm, report: &mut SoakReport) -> R
             .get(&id.to_lowercase())
             .map_or(&[][..], Vec::as_slice);
         match linked {
+            // A Dataverse opportunity closed before its first sync: its referral was created
+            // and closed, but a closed row is read-only and cannot take the referral id (the
+            // link table and the referral's external reference link them; the audit log says
+            // so). Counted apart, not lost.
+            [] if crm == Crm::Dynamics
+                && referral["status"] == "Closed"
+                && referral["externalReferenceId"]
+                    .as_str()
+                    .is_some_and(|external| {
+                        opportunities.iter().any(|o| {
+                            o[id_field].as_str() == Some(external) && o["statecode"] != json!(0)
+                        })
+                    }) =>
+            {
+                report.closed_before_write_back += 1;
+            }
             [] => {
                 report.lost += 1;
                 let external = referral["externalReferenceId"].as_str().unwrap_or("none");
@@ -640,8 +733,38 @@ async fn compare(client: &SandboxClient, crm: Crm, report: &mut SoakReport) -> R
             continue;
         }
         let id = opportunity[id_field].as_str().unwrap_or_default();
-        match by_external.get(&id.to_lowercase()).map_or(0, Vec::len) {
-            1 => {}
+        let referrals = by_external.get(&id.to_lowercase());
+        match referrals.map_or(0, Vec::len) {
+            1 => {
+                // A seller's close stays in the CRM and reaches its referral.
+                let Some(&won) = closes.get(id) else { continue };
+                let closed_in_crm = match crm {
+                    Crm::Dynamics => opportunity["statecode"] == json!(if won { 1 } else { 2 }),
+                    Crm::Salesforce => {
+                        opportunity["StageName"]
+                            == json!(if won { "Closed Won" } else { "Closed Lost" })
+                    }
+                };
+                let referral = referrals
+                    .and_then(|r| r.first())
+                    .copied()
+                    .unwrap_or(&Value::Null);
+                let closed_in_pc = referral["status"] == "Closed"
+                    && referral["substatus"] == json!(if won { "Won" } else { "Lost" });
+                if !closed_in_crm || !closed_in_pc {
+                    report.diverged += 1;
+                    problem(
+                        report,
+                        format!(
+                            "opportunity {id} closed as {}: closed in the CRM {closed_in_crm}, \
+                             referral {} / {}",
+                            if won { "won" } else { "lost" },
+                            referral["status"],
+                            referral["substatus"]
+                        ),
+                    );
+                }
+            }
             0 => {
                 report.lost += 1;
                 problem(report, format!("opportunity {id}: sync on, no referral"));
@@ -732,11 +855,12 @@ pub async fn main(args: Args) -> std::process::ExitCode {
 pub fn print(report: &SoakReport) {
     println!(
         "changes sent: {} ({} new referrals, {} referral updates, {} opportunities synced from the \
-         CRM, {} duplicate webhooks)",
+         CRM, {} of them closed, {} duplicate webhooks)",
         report.events,
         report.referrals_created,
         report.referrals_updated,
         report.opportunities_synced,
+        report.opportunities_closed,
         report.duplicates
     );
     println!(
@@ -752,6 +876,13 @@ pub fn print(report: &SoakReport) {
         report.reconcile_enqueued,
         report.webhook_share * 100.0
     );
+    if report.closed_before_write_back > 0 {
+        println!(
+            "closed before their first sync (referral created and closed; a closed Dataverse row \
+             takes no referral id): {}",
+            report.closed_before_write_back
+        );
+    }
     println!(
         "lost: {}, duplicated: {}, diverged: {}  ({:.0} s)",
         report.lost, report.duplicated, report.diverged, report.seconds

@@ -84,6 +84,13 @@ pub(crate) fn check(
                 Invariant::MissingCounterpart,
                 format!("opportunity {id} names referral {referral}, which does not exist"),
             )),
+            // Closed before its first sync: a closed Dataverse row takes no write-back, the
+            // referral's external reference names it.
+            None if stored.opportunity.stage.is_some_and(|s| s.is_closed())
+                && id.kind().closed_is_read_only()
+                && by_external
+                    .get(&id.native())
+                    .is_some_and(|ids| ids.len() == 1) => {}
             None => found.push(violation(
                 Invariant::MissingCounterpart,
                 format!("opportunity {id} (sync on) has no referral"),
@@ -199,9 +206,16 @@ pub(crate) fn check(
             ));
             continue;
         }
+        let by_reference = || {
+            by_external
+                .get(&record.native())
+                .and_then(|ids| ids.first())
+                .copied()
+        };
         let Some(referral) = stored
             .opportunity
             .referral_id
+            .or_else(by_reference)
             .and_then(|id| referrals.get(&id))
         else {
             continue;

@@ -1,6 +1,7 @@
 //! The stack soak at a CI-sized count, for each CRM: the four real function binaries (those
 //! `cargo test --workspace` builds for the functions' own tests) on the sandbox's local Lambda,
-//! the sandbox and moto; changes in both directions with duplicates, CRM 503 / 429, Entra 503,
+//! the sandbox and moto; changes in both directions with duplicates and sellers' closes, CRM
+//! 503 / 429, Entra 503,
 //! access tokens expiring every 20 s and killed instances; then nothing lost, duplicated or diverged. `cosell soak`
 //! runs the same at 10,000 changes (figures in the README).
 
@@ -51,7 +52,8 @@ async fn soak(crm: Crm, events: usize, seed: u64) {
         report.referrals_created > 0
             && report.referrals_updated > 0
             && report.duplicates > 0
-            && report.opportunities_synced > 0,
+            && report.opportunities_synced > 0
+            && report.opportunities_closed > 0,
         "every kind of change was sent: {report:#?}"
     );
     assert!(report.deliveries >= events, "{report:#?}");

@@ -308,6 +308,13 @@ pub enum CrmKind {
 }
 
 impl CrmKind {
+    /// Whether a closed (won or lost) opportunity takes no update: true for Dataverse, which
+    /// keeps a closed row read-only until it is reopened (docs/dataverse.md#closing-an-opportunity);
+    /// Salesforce edits closed opportunities like any other.
+    pub fn closed_is_read_only(self) -> bool {
+        matches!(self, Self::Dataverse)
+    }
+
     /// `"dataverse"` or `"salesforce"`.
     pub fn as_str(self) -> &'static str {
         match self {

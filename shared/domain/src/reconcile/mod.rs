@@ -1011,6 +1011,12 @@ async fn opportunity_step<X: ReconcilePorts>(
         // given up after it). Nothing else would show it: the link says synced, and the
         // record's last save is older than the link (found by the soak).
         Some(_) if opportunity.opportunity.referral_id.is_none() => {
+            // Unless the record is closed and read-only (Dataverse): closed before its first
+            // sync, it cannot take the id, and that sync said so once.
+            if crate::sync::is_read_only(&record, &opportunity.opportunity) {
+                report.opportunities.in_sync += 1;
+                return Ok(());
+            }
             Reason::OpportunityNotWrittenBack
         }
         Some(link) => {

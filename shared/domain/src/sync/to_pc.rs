@@ -791,11 +791,19 @@ async fn create<X: Ports>(
         }
     }
     let saved = deps.links.put(&link).await;
-    let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
-    write_values(deps, record, referral_id, &started, &text, None)
-        .await
-        .map_err(Failure::port(Some(record)))?;
-    journal.record(AuditEvent::WrittenBack, Some(record)).await;
+    if closed_first && record.kind().closed_is_read_only() {
+        // The closed row takes no write: the link (and the referral's external reference)
+        // link the two; said once, in the audit log.
+        journal
+            .record(not_written_back(record, referral_id), Some(record))
+            .await;
+    } else {
+        let text = journal.entry(AuditEvent::Created, Some(record)).crm_text();
+        write_values(deps, record, referral_id, &started, &text, None)
+            .await
+            .map_err(Failure::port(Some(record)))?;
+        journal.record(AuditEvent::WrittenBack, Some(record)).await;
+    }
     saved.map_err(Failure::port(Some(record)))?;
 
     // The Shared flow's second step. Should it fail, the retry finds the link (not invited
@@ -1243,7 +1251,9 @@ async fn updated<X: Ports>(
         return to_crm_then_link(deps, journal, sync, referral_id, merged, &link, &text).await;
     }
     journal.keep_link(link, true);
-    if sync.opportunity().referral_id == Some(referral_id) {
+    if is_read_only(record, sync.opportunity()) {
+        // A closed Dataverse row takes no write (not even the Audit text): the audit log has it.
+    } else if sync.opportunity().referral_id == Some(referral_id) {
         if !in_sync {
             let written = deps.crm.write_audit(record, &text).await;
             journal.tolerate(written);
@@ -1432,6 +1442,9 @@ async fn finish_write_back<X: Ports>(
     if opportunity.referral_id == Some(referral_id) {
         return Ok(());
     }
+    if is_read_only(record, opportunity) {
+        return Ok(());
+    }
     let text = journal
         .entry(AuditEvent::WrittenBack, Some(record))
         .crm_text();
@@ -1440,6 +1453,30 @@ async fn finish_write_back<X: Ports>(
         .map_err(Failure::port(Some(record)))?;
     journal.record(AuditEvent::WrittenBack, Some(record)).await;
     Ok(())
+}
+
+/// Whether the record takes no write: a closed opportunity of a CRM that keeps closed records
+/// read-only (Dataverse).
+pub(crate) fn is_read_only(record: &CrmRecordId, opportunity: &Opportunity) -> bool {
+    record.kind().closed_is_read_only() && opportunity.stage.is_some_and(|s| s.is_closed())
+}
+
+/// The audit entry of a referral created for a record closed before its first sync, which a
+/// CRM that keeps closed records read-only cannot take the referral id on.
+fn not_written_back(record: &CrmRecordId, referral_id: ReferralId) -> AuditEvent {
+    AuditEvent::Failed {
+        reason: format!(
+            "the opportunity was closed before its first sync: Partner Center referral \
+             {referral_id} was created and closed, but the closed opportunity is read-only, so \
+             the referral id was not written to it."
+        ),
+        fix: format!(
+            "Nothing to do: the referral is linked to opportunity {} (its external reference \
+             names it; cosell audit shows the link). To see the id on the opportunity, reopen it: \
+             the sync that follows writes the id and closes it again as its referral is.",
+            record.native()
+        ),
+    }
 }
 
 /// Whether the Audit column already says the record is in sync with `entry`'s referral: a

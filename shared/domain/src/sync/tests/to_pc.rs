@@ -114,6 +114,15 @@ impl World {
             .count()
     }
 
+    /// The id of the deal's referral (not an invitation) made from `record`.
+    fn deal_referral(&self, record: &CrmRecordId) -> ReferralId {
+        lock(&self.pc.referrals)
+            .values()
+            .find(|r| r.external_reference_id.as_deref() == Some(record.native().as_str()))
+            .and_then(|r| r.referral_id().ok())
+            .expect("the deal's referral")
+    }
+
     /// The partner's invitations of Microsoft.
     fn invitations(&self) -> Vec<Referral> {
         lock(&self.pc.referrals)
@@ -1605,7 +1614,7 @@ fn a_close_that_did_not_follow_the_create_is_sent_by_the_next_sync() {
     let first = world.sync_crm(&world.crm_change(&record, 1, SELLER), at(100));
 
     assert!(matches!(first, Outcome::RetryEnqueued { .. }), "{first:?}");
-    let id = world.crm.stored(&record).opportunity.referral_id.unwrap();
+    let id = world.deal_referral(&record);
     assert_eq!(
         world.pc.referral(id).state(),
         Some(ReferralState::accepted())
@@ -1655,7 +1664,20 @@ fn a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_close
         );
         let stored = world.crm.stored(&record).opportunity;
         assert_eq!(stored.stage, Some(stage), "the record stays closed");
-        let id = stored.referral_id.expect("referral id written back");
+        // A closed Dataverse row is read-only: no write-back, no Audit text; the link and the
+        // referral's external reference link them, and the audit log says so once.
+        assert_eq!(stored.referral_id, None);
+        assert_eq!(
+            world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+            0,
+            "nothing written to the closed row"
+        );
+        let id = world.deal_referral(&record);
+        assert!(
+            world.audit.entries().iter().any(|e| e.crm.as_ref() == Some(&record)
+                && matches!(&e.event, AuditEvent::Failed { reason, .. } if reason.contains("read-only"))),
+            "the audit log says why the id is not on the record"
+        );
         assert_eq!(
             world.pc.referral(id).state(),
             Some(ReferralState {
