@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::ApiError;
 use super::schema::{self, Access, Column, Kind};
-use super::store::render;
+use super::store::{Written, render};
 use super::webhook::{Auth, ControlTarget, DefaultTarget, OptionsPatch};
 use crate::delivery;
 use crate::identities::DATAVERSE_SELLER_USER_ID;
@@ -63,42 +63,10 @@ async fn seed(
     Query(query): Query<SeedQuery>,
     body: Bytes,
 ) -> Response {
-    let user = query
-        .as_user
-        .unwrap_or_else(|| DATAVERSE_SELLER_USER_ID.to_owned())
-        .to_ascii_lowercase();
-    let outcome = {
-        let mut world = state.world();
-        let now = world.now();
-        object(&body)
-            .and_then(|body| world.dataverse.seed(&set, &id, body, &user, now))
-            .map(|written| {
-                let deliveries = world
-                    .dataverse
-                    .webhook_deliveries(&state.config, &written.event);
-                let body = Value::Object(render(&written.def, &written.row, None, false));
-                (written.created, body, deliveries)
-            })
-    };
-    match outcome {
-        Err(error) => error.into_response(),
-        Ok((created, body, deliveries)) => {
-            let ids: Vec<String> = deliveries
-                .into_iter()
-                .map(|d| delivery::spawn(&state, d).to_string())
-                .collect();
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let mut response = (status, Json(body)).into_response();
-            if let Ok(value) = HeaderValue::from_str(&ids.join(",")) {
-                response.headers_mut().insert("x-sandbox-deliveries", value);
-            }
-            response
-        }
-    }
+    let user = acting_user(query.as_user);
+    write_as_user(&state, |dataverse, now| {
+        object(&body).and_then(|body| dataverse.seed(&set, &id, body, &user, now))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,32 +88,54 @@ async fn close(
         "lose" => false,
         _ => return ApiError::bad_request("expected …/win or …/lose").into_response(),
     };
-    let user = query
-        .as_user
+    let user = acting_user(query.as_user);
+    let id = id.to_ascii_lowercase();
+    write_as_user(&state, |dataverse, now| {
+        dataverse.close_opportunity(&id, won, query.status, &user, now)
+    })
+}
+
+/// The user a control write acts as: `as_user`, else the seller.
+fn acting_user(as_user: Option<String>) -> String {
+    as_user
         .unwrap_or_else(|| DATAVERSE_SELLER_USER_ID.to_owned())
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+/// Makes `write` under the world lock, then sends the webhooks it raises: 201 with the row
+/// when it created one, else 200; the delivery ids in `x-sandbox-deliveries`.
+fn write_as_user(
+    state: &AppState,
+    write: impl FnOnce(&mut super::State, chrono::DateTime<chrono::Utc>) -> Result<Written, ApiError>,
+) -> Response {
     let outcome = {
         let mut world = state.world();
         let now = world.now();
-        let id = id.to_ascii_lowercase();
-        world
-            .dataverse
-            .close_opportunity(&id, won, query.status, &user, now)
-            .map(|written| {
-                let deliveries = world
-                    .dataverse
-                    .webhook_deliveries(&state.config, &written.event);
-                let body = Value::Object(render(&written.def, &written.row, None, false));
-                (body, deliveries)
-            })
+        write(&mut world.dataverse, now).map(|written| {
+            let deliveries = world
+                .dataverse
+                .webhook_deliveries(&state.config, &written.event);
+            let body = Value::Object(render(&written.def, &written.row, None, false));
+            (written.created, body, deliveries)
+        })
     };
     match outcome {
         Err(error) => error.into_response(),
-        Ok((body, deliveries)) => {
-            for d in deliveries {
-                delivery::spawn(&state, d);
+        Ok((created, body, deliveries)) => {
+            let ids: Vec<String> = deliveries
+                .into_iter()
+                .map(|d| delivery::spawn(state, d).to_string())
+                .collect();
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut response = (status, Json(body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&ids.join(",")) {
+                response.headers_mut().insert("x-sandbox-deliveries", value);
             }
-            (StatusCode::OK, Json(body)).into_response()
+            response
         }
     }
 }

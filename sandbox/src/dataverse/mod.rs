@@ -78,7 +78,7 @@
 //! | method | path | statuses |
 //! |---|---|---|
 //! | PUT | `/_sandbox/dataverse/{set}/{id}?as_user=<systemuserid>` — seed/replace a row given exactly as the Web API returns it (default writer: the seller); emits the Create/Update webhook | 201 created / 200 replaced + row (header `x-sandbox-deliveries`), 400, 404, 409 |
-//! | POST | `/_sandbox/dataverse/opportunities/{id}/win` or `…/lose` `?status=<statuscode>&as_user=<systemuserid>` — a close in the app (default: the seller), as `WinOpportunity` / `LoseOpportunity`; emits the `Win` / `Lose` webhook | 200 + row, 400, 404 |
+//! | POST | `/_sandbox/dataverse/opportunities/{id}/win` or `…/lose` `?status=<statuscode>&as_user=<systemuserid>` — a close in the app (default: the seller), as `WinOpportunity` / `LoseOpportunity`; emits the `Win` / `Lose` webhook | 200 + row (header `x-sandbox-deliveries`), 400, 404 |
 //! | GET | `/_sandbox/dataverse/{set}/{id}` — raw read | 200, 404 |
 //! | GET | `/_sandbox/dataverse/{set}` — every row | 200, 404 |
 //! | PUT | `/_sandbox/dataverse/webhook` `{"url","authtype"?,"authvalue"?}` — default target (`authtype` 4/5/6 or `WebhookKey`/`HttpHeader`/`HttpQueryString`) | 204, 400 |

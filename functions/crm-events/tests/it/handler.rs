@@ -256,6 +256,17 @@ impl Harness {
             .unwrap();
     }
 
+    /// A Dataverse delivery handled before, delivered again: a duplicate, no Partner Center call.
+    async fn redelivery_is_a_duplicate(&self, captured: &Captured) {
+        self.clear_requests().await;
+        let (status, body) = self.deliver(captured).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"status":"duplicate_skipped"}"#)
+        );
+        assert_eq!(self.partner_center_calls().await, 0);
+    }
+
     /// Closes a Dataverse opportunity in the app (`win` or `lose`), as the seller by default.
     async fn close(&self, id: &str, outcome: &str, as_user: Option<&str>) {
         let query = as_user.map(|u| format!("?as_user={u}")).unwrap_or_default();
@@ -777,13 +788,7 @@ async fn dataverse_a_retry_after_a_503_still_creates_one_referral() {
         referrals[0]["id"].as_str()
     );
 
-    h.clear_requests().await;
-    let (status, body) = h.deliver(&delivery).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (200, r#"{"status":"duplicate_skipped"}"#)
-    );
-    assert_eq!(h.partner_center_calls().await, 0);
+    h.redelivery_is_a_duplicate(&delivery).await;
     assert_eq!(h.referrals().await.len(), 1);
 }
 
@@ -825,14 +830,7 @@ async fn dataverse_a_sellers_close_in_the_app_closes_the_referral() {
         let referral = &referrals[0];
         assert_eq!(referral["status"], status, "{referral:#}");
         assert_eq!(referral["substatus"], substatus, "{referral:#}");
-        // Delivered again: a duplicate, nothing called.
-        h.clear_requests().await;
-        let (code, body) = h.deliver(&close).await;
-        assert_eq!(
-            (code, body.as_str()),
-            (200, r#"{"status":"duplicate_skipped"}"#)
-        );
-        assert_eq!(h.partner_center_calls().await, 0);
+        h.redelivery_is_a_duplicate(&close).await;
     }
 
     // The connector's own close raises the message too, as an echo.
