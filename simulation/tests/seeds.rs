@@ -200,3 +200,35 @@ fn defect_5_no_seed_diverges_at_sixty_steps() {
         "",
     );
 }
+
+/// Seed 5849 with no faults, no reconcile, no dropped webhooks and one user per deal: a
+/// Partner Center → CRM run that read its link before a CRM → Partner Center run saved a newer
+/// one merged the record, read again, against the older base: the seller's notes the other run
+/// had just sent counted as a change of both sides, and Partner Center's older notes won and
+/// were written over them, with nothing after to heal it. The run now reads the link again
+/// with the referral.
+#[test]
+fn a_merge_planned_again_uses_the_link_as_it_is_then() {
+    let cfg = Config {
+        faults: FaultRates {
+            transient: 0,
+            precondition: 0,
+            lost_answer: 0,
+            crash: 0,
+            lost_create_answers: false,
+        },
+        drop_webhooks: 0,
+        reconcile: false,
+        concurrent_edits: false,
+        ..Config::default()
+    };
+    let report = run_seed(5849, &cfg);
+    assert!(
+        report.violations.is_empty(),
+        "{}",
+        replay(
+            &report,
+            " --no-faults --no-reconcile --drop 0 --no-concurrent-edits"
+        )
+    );
+}

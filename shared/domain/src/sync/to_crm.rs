@@ -490,13 +490,27 @@ async fn sync_found<X: Ports>(
                         read_first: Some(read),
                         retrying,
                     };
+                    // The link read again too: another sync of this deal may have saved a newer
+                    // one (the base both sides agreed on) since this run read it, and a merge
+                    // against the older base takes that sync's values for a change of the CRM
+                    // and of Partner Center both, a conflict whose winner can write an older
+                    // value over the newer one (simulation seed 5849, no reconcile to heal it).
+                    let link = match &link {
+                        Some(_) => deps
+                            .links
+                            .get_by_referral(&referral_id)
+                            .await
+                            .map_err(Failure::port(record.as_ref()))?
+                            .or_else(|| link.clone()),
+                        None => None,
+                    };
                     return Box::pin(sync_found(
                         deps,
                         journal,
                         event_name,
                         referral_id,
                         *fresh,
-                        link.clone(),
+                        link,
                         claimant,
                     ))
                     .await;
