@@ -52,6 +52,19 @@ impl Default for FaultRates {
     }
 }
 
+impl FaultRates {
+    /// No fault at all (`--no-faults`).
+    pub fn none() -> Self {
+        Self {
+            transient: 0,
+            precondition: 0,
+            lost_answer: 0,
+            crash: 0,
+            lost_create_answers: false,
+        }
+    }
+}
+
 /// What the decorator does with one call, decided from the seed.
 #[derive(Debug)]
 enum Step {

@@ -33,13 +33,7 @@ fn main() {
         cfg.seller_closes = false;
     }
     if args.iter().any(|a| a == "--no-faults") {
-        cfg.faults = cosell_simulation::faults::FaultRates {
-            transient: 0,
-            precondition: 0,
-            lost_answer: 0,
-            crash: 0,
-            lost_create_answers: false,
-        };
+        cfg.faults = cosell_simulation::faults::FaultRates::none();
     }
     if args.iter().any(|a| a == "--undo-fix-of-defect-4") {
         cfg.undone_fix = Some(UndoneFix::NilOperationId);

@@ -102,13 +102,7 @@ fn without_reconciliation_a_dropped_webhook_is_a_lost_change() {
 #[test]
 fn the_simulation_finds_defect_4_when_its_fix_is_undone() {
     let fixed = Config {
-        faults: FaultRates {
-            transient: 0,
-            precondition: 0,
-            lost_answer: 0,
-            crash: 0,
-            lost_create_answers: false,
-        },
+        faults: FaultRates::none(),
         drop_webhooks: 0,
         reconcile: false,
         ..Config::without_known_defects()
@@ -210,13 +204,7 @@ fn defect_5_no_seed_diverges_at_sixty_steps() {
 #[test]
 fn a_merge_planned_again_uses_the_link_as_it_is_then() {
     let cfg = Config {
-        faults: FaultRates {
-            transient: 0,
-            precondition: 0,
-            lost_answer: 0,
-            crash: 0,
-            lost_create_answers: false,
-        },
+        faults: FaultRates::none(),
         drop_webhooks: 0,
         reconcile: false,
         concurrent_edits: false,
