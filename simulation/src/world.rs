@@ -546,6 +546,21 @@ fn crm_not_found(id: &CrmRecordId) -> PortError {
     }
 }
 
+/// Dataverse keeps a won or lost opportunity read-only until it is reopened: a write that
+/// does not reopen it is refused (400, a permanent error naming the fix), as the sandbox and
+/// Dataverse do (docs/dataverse.md#closing-an-opportunity).
+fn refuse_closed(stored: &StoredOpportunity, reopens: bool) -> Result<(), PortError> {
+    match stored.opportunity.stage {
+        Some(stage) if stage.is_closed() && !reopens => Err(PortError::Permanent {
+            service: Service::Dataverse,
+            message: format!(
+                "The opportunity is closed ({stage:?}) and can't be updated. Reopen it first."
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A row version as Dataverse's `@odata.etag` spells it.
 fn row_version(version: u64) -> String {
     format!("W/\"{version}\"")
@@ -754,6 +769,10 @@ impl SimCrm {
                 service: Service::Dataverse,
             });
         }
+        if let Some(stored) = state.opportunities.get(&id) {
+            let reopens = write.opportunity.stage.is_some_and(|s| !s.is_closed());
+            refuse_closed(stored, reopens)?;
+        }
         if let Some(stored) = state.opportunities.get_mut(&id) {
             let new = write.opportunity;
             match write.scope {
@@ -807,6 +826,7 @@ impl SimCrm {
             .opportunities
             .get_mut(id)
             .ok_or_else(|| crm_not_found(id))?;
+        refuse_closed(stored, false)?;
         stored.audit = Some(text.to_owned());
         self.saved(&mut state, id, CONNECTOR_USER);
         Ok(())

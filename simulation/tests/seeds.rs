@@ -220,3 +220,18 @@ fn a_merge_planned_again_uses_the_link_as_it_is_then() {
         )
     );
 }
+
+/// Since the simulated Dataverse keeps a won or lost row read-only (as Dataverse does), these
+/// seeds broke invariants: a seller's close made while the deal's first sync ran had its
+/// write-back refused, reported as the partner's to fix ("reopen it") and never sent to the
+/// referral (695 and others: `MissingCounterpart`, `CloseNotKept`); and Partner Center's change
+/// to a closed row was retried forever (212, 1443, 2832: `TooManyCalls`). The refused write now
+/// runs the sync again, which sends the close; a closed row takes no write and the audit log
+/// says so once.
+#[test]
+fn closes_made_while_a_sync_runs_reach_their_referral_and_nothing_loops() {
+    let cfg = Config::default();
+    for seed in [695, 792, 805, 847, 869, 1017, 1052, 1136, 212, 1443, 2832] {
+        assert_holds(&cfg, seed..seed + 1, &HOLDING, "");
+    }
+}

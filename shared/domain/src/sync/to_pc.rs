@@ -522,6 +522,14 @@ impl Merged {
     /// The link's merge state once `ops` reached Partner Center and the CRM got
     /// [`Merged::crm_values`].
     fn settle(&self, link: &mut Link, sync: &Outbound<'_>, ops: &[PatchOp]) {
+        self.settle_as(link, sync, ops, true);
+    }
+
+    /// [`Merged::settle`], the CRM having got [`Merged::crm_values`] or not (`crm_written`:
+    /// a closed Dataverse row takes no write, and the fields Partner Center won then keep
+    /// their base, so they still count as Partner Center's change once the row is reopened).
+    fn settle_as(&self, link: &mut Link, sync: &Outbound<'_>, ops: &[PatchOp], crm_written: bool) {
+        let to_crm: &[SharedField] = if crm_written { &self.to_crm } else { &[] };
         let mut partner_center = self.partner_center.clone();
         for field in SharedField::ALL {
             let sent = match field {
@@ -535,14 +543,14 @@ impl Merged {
             }
         }
         let mut crm = self.crm.clone();
-        for field in &self.to_crm {
+        for field in to_crm {
             field.copy(&self.partner_center, &mut crm);
         }
         link.synced_fields = agreed_fields(&self.base, &partner_center, &crm);
         // The CRM's content after the write: its next webhook carrying it is nothing new.
-        if !self.to_crm.is_empty() {
+        if !to_crm.is_empty() {
             let mut after = sync.opportunity().clone();
-            for field in &self.to_crm {
+            for field in to_crm {
                 field.copy(&self.partner_center, &mut after);
             }
             link.last_fingerprint_to_pc = Some(after.fingerprint());
@@ -1181,7 +1189,17 @@ async fn update_read<X: Ports>(
         // Nothing for Partner Center, but its changes for the CRM.
         let text = merged.audit_text(journal.entry(AuditEvent::WrittenBack, Some(record)));
         merged.audit_conflicts(journal, record).await?;
-        return to_crm_then_link(deps, journal, sync, referral_id, &merged, &link, &text).await;
+        return to_crm_then_link(
+            deps,
+            journal,
+            sync,
+            referral_id,
+            &merged,
+            &link,
+            &ops,
+            &text,
+        )
+        .await;
     }
 
     // A 412: the referral changed since it was read — perhaps by another sync of this record
@@ -1248,7 +1266,7 @@ async fn updated<X: Ports>(
     let in_sync = merged.conflicts.is_empty() && shows_in_sync(sync.audit, &entry);
     let text = merged.audit_text(entry);
     if !merged.to_crm.is_empty() {
-        return to_crm_then_link(deps, journal, sync, referral_id, merged, &link, &text).await;
+        return to_crm_then_link(deps, journal, sync, referral_id, merged, &link, ops, &text).await;
     }
     journal.keep_link(link, true);
     if is_read_only(record, sync.opportunity()) {
@@ -1267,6 +1285,34 @@ async fn updated<X: Ports>(
     Ok(Outcome::Updated {
         crm: record.clone(),
     })
+}
+
+/// Partner Center's values of `fields` cannot reach a closed Dataverse row (read-only until
+/// reopened): said in the audit log, with what to do; nothing is written to the row (not even
+/// the Audit text). The caller keeps the link with those fields at their base.
+async fn closed_keeps_its_values<A: AuditLog>(
+    journal: &Journal<'_, A>,
+    record: &CrmRecordId,
+    referral_id: ReferralId,
+    fields: &[SharedField],
+) -> Outcome {
+    let names: Vec<&str> = fields.iter().map(|field| field.name()).collect();
+    let reason = format!(
+        "Partner Center changed {} of referral {referral_id} after the opportunity was closed \
+         in Dataverse, where a closed opportunity takes no change: it keeps its values.",
+        names.join(", ")
+    );
+    let fix = "Nothing, if the closed deal's values stand. To take Partner Center's, reopen the \
+               opportunity and enter them (the referral shows them), then close it again."
+        .to_owned();
+    let message = format!("{reason} Fix: {fix}");
+    journal
+        .record(AuditEvent::Failed { reason, fix }, Some(record))
+        .await;
+    Outcome::NeedsAttention {
+        code: "closed_in_crm",
+        message,
+    }
 }
 
 /// Step 6 when the referral is still New and the opportunity on hold but its update fields
@@ -1373,6 +1419,11 @@ async fn write_back<X: Ports>(
 
 /// Partner Center's values (of the fields it won) to the CRM with the Audit text, then the
 /// link: in that order, so a retry finds the sides equal (the conflicts are audited before).
+/// A closed Dataverse row takes none ([`closed_keeps_its_values`]).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the update step's state, passed on as it is"
+)]
 async fn to_crm_then_link<X: Ports>(
     deps: &Deps<'_, X>,
     journal: &Journal<'_, X::Audit>,
@@ -1380,9 +1431,16 @@ async fn to_crm_then_link<X: Ports>(
     referral_id: ReferralId,
     merged: &Merged,
     link: &Link,
+    ops: &[PatchOp],
     text: &str,
 ) -> Result<Outcome, Failure> {
     let record = sync.record;
+    if is_read_only(record, sync.opportunity()) {
+        let mut link = link.clone();
+        merged.settle_as(&mut link, sync, ops, false);
+        journal.keep_link(link, true);
+        return Ok(closed_keeps_its_values(journal, record, referral_id, &merged.to_crm).await);
+    }
     write_values(
         deps,
         record,
@@ -1427,7 +1485,34 @@ async fn write_values<X: Ports>(
         scope: BodyScope::Update,
         if_match,
     };
-    deps.crm.upsert_opportunity(&write).await.map(|_| ())
+    match deps.crm.upsert_opportunity(&write).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(closed_meanwhile(deps, record, error).await),
+    }
+}
+
+/// A write refused because the record was closed while this run synced it (a seller's close
+/// in Dataverse, where a closed row is read-only) is not the partner's to fix: the sync runs
+/// again, finds the record closed, sends the close and writes nothing (simulation seed 695).
+/// Any other refusal, or a record still open, stays as it was. One read, only on a refusal.
+async fn closed_meanwhile<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: &CrmRecordId,
+    error: PortError,
+) -> PortError {
+    if !matches!(error, PortError::Permanent { .. }) || !record.kind().closed_is_read_only() {
+        return error;
+    }
+    match deps.crm.get_opportunity(record).await {
+        Ok(found) if is_read_only(record, &found.opportunity) => PortError::Transient {
+            service: error.service().clone(),
+            reason: "the opportunity was closed (won or lost) while it was synced; it is \
+                     synced again as closed"
+                .to_owned(),
+            retry_after: None,
+        },
+        _ => error,
+    }
 }
 
 /// The write-back of an earlier run that could not finish it: when the record does not carry

@@ -17,7 +17,9 @@ use crate::in_memory::{
     CallCounts, InMemoryAuditLog, InMemoryIdempotencyStore, InMemoryLinkStore, InMemoryRetryQueue,
 };
 use crate::mapping::{BodyScope, MappingConfig};
-use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity, RecordRef};
+use crate::opportunity::{
+    Account, Contact, CrmOpportunity, Opportunity, OpportunityStage, RecordRef,
+};
 use crate::ports::{
     ApiRequest, AuditEvent, CombinedOperation, CrmStore, FoundCustomer, OpportunityWrite,
     PartnerCenter, Patched, PortError, Ports, ReferralQuery, RetryJob, Service, Upserted,
@@ -361,6 +363,18 @@ pub(super) struct FakeCrm {
     pub(super) combined: std::sync::atomic::AtomicBool,
     /// Errors answered to the next upserts after they took effect (a lost answer).
     pub(super) lost_upsert_answers: Mutex<VecDeque<PortError>>,
+    /// Refuse writes to a won or lost row that do not reopen it, as Dataverse does (400).
+    pub(super) closed_read_only: std::sync::atomic::AtomicBool,
+}
+
+/// What Dataverse answers a write to a closed opportunity (the sandbox's wording).
+pub(super) fn closed_row_refused() -> PortError {
+    PortError::Permanent {
+        service: Service::Dataverse,
+        message: "The opportunity is closed (statecode 1 Won) and can't be updated. Reopen it \
+                  first."
+            .to_owned(),
+    }
 }
 
 /// A seller's save of a record.
@@ -517,6 +531,14 @@ impl FakeCrm {
         }
     }
 
+    /// Whether a write setting `stage` is refused on `stored` ([`FakeCrm::closed_read_only`]).
+    fn refuses(&self, stored: &Opportunity, stage: Option<OpportunityStage>) -> bool {
+        self.closed_read_only
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && stored.stage.is_some_and(|s| s.is_closed())
+            && stage.is_none_or(|s| s.is_closed())
+    }
+
     fn upsert_now(&self, write: &OpportunityWrite<'_>) -> Result<Upserted, PortError> {
         self.begin("upsert_opportunity")?;
         self.upsert_unchecked(write)
@@ -569,6 +591,9 @@ impl FakeCrm {
             });
         };
         let stored = state.opportunities.get_mut(&id).unwrap();
+        if self.refuses(&stored.opportunity, write.opportunity.stage) {
+            return Err(closed_row_refused());
+        }
         // `If-Match` with a version the row has moved past: Dataverse answers 412.
         if let Some(expected) = write.if_match
             && expected != "*"
@@ -757,6 +782,9 @@ impl CrmStore for FakeCrm {
                 .opportunities
                 .get_mut(opportunity)
                 .ok_or_else(|| Self::not_found(opportunity))?;
+            if self.refuses(&stored.opportunity, None) {
+                return Err(closed_row_refused());
+            }
             stored.audit = Some(text.to_owned());
             stored.version += 1;
             Ok(())

@@ -1703,3 +1703,126 @@ fn a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_close
         assert_eq!(world.pc.calls.get("patch_referral"), 1);
     }
 }
+
+/// A seller closes the deal in Dataverse while its first sync runs: the referral is created,
+/// and the write-back is refused, the row being closed and read-only by then. That is not the
+/// partner's to fix ("reopen it" would be wrong): the sync runs again, finds the record closed,
+/// closes the referral and writes nothing to the row (simulation seed 695).
+#[test]
+fn a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run() {
+    let world = World::to_pc();
+    world
+        .crm
+        .closed_read_only
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let record = world.crm.seed(seller_opportunity());
+    let change = world.crm_change(&record, 1, SELLER);
+    lock(&world.crm.before_upsert).push_back(Box::new(|o: &mut Opportunity| {
+        o.stage = Some(OpportunityStage::Won);
+    }));
+
+    let first = world.sync_crm(&change, at(100));
+
+    assert!(matches!(first, Outcome::RetryEnqueued { .. }), "{first:?}");
+    let id = world.deal_referral(&record);
+    assert!(
+        !world.audit.entries().iter().any(
+            |e| matches!(&e.event, AuditEvent::Failed { reason, .. } if reason.contains("Reopen"))
+        ),
+        "the partner is not told to reopen the deal"
+    );
+    let writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
+
+    // The retry, or the close's own notification.
+    let again = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
+
+    assert_eq!(
+        again,
+        Outcome::Updated {
+            crm: record.clone()
+        }
+    );
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::closed(ReferralSubstatus::Won))
+    );
+    let stored = world.crm.stored(&record).opportunity;
+    assert_eq!(stored.stage, Some(OpportunityStage::Won));
+    assert_eq!(
+        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        writes,
+        "nothing more is written to the closed row"
+    );
+    assert_eq!(
+        world.links.link(&id).unwrap().last_stage_to_pc,
+        Some(OpportunityStage::Won)
+    );
+}
+
+/// Microsoft changes a referral's notes as the seller closes its deal in Dataverse: the close
+/// reaches the referral, and Partner Center's notes, which won the merge, cannot reach the
+/// closed (read-only) row. That is said once, in the audit log, with what to do, and nothing
+/// is written to the row (simulation seed 1443, which retried the refused write forever).
+#[test]
+fn partner_centers_change_to_a_closed_dataverse_row_is_said_once_and_not_written() {
+    let world = World::to_pc();
+    world
+        .crm
+        .closed_read_only
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (record, id) = world.shared(seller_opportunity());
+    world.pc.edit(id, |r| {
+        r.details.as_mut().unwrap().notes = Some("From Microsoft".into());
+    });
+    world.crm_edit(&record, |o| o.stage = Some(OpportunityStage::Won));
+    let writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
+
+    let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
+
+    let Outcome::NeedsAttention { code, message } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*code, "closed_in_crm");
+    assert!(
+        message.contains("notes") && message.contains("reopen"),
+        "{message}"
+    );
+    assert_eq!(
+        world.pc.referral(id).state(),
+        Some(ReferralState::closed(ReferralSubstatus::Won))
+    );
+    let stored = world.crm.stored(&record).opportunity;
+    assert_eq!(stored.stage, Some(OpportunityStage::Won));
+    assert_eq!(stored.notes.as_deref(), Some("Phase 1"));
+    assert_eq!(
+        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        writes,
+        "nothing is written to the closed row"
+    );
+    let said = |world: &World| {
+        world
+            .audit
+            .entries()
+            .iter()
+            .filter(|e| {
+                e.crm.as_ref() == Some(&record)
+                    && matches!(&e.event, AuditEvent::Failed { fix, .. } if fix.contains("reopen"))
+            })
+            .count()
+    };
+    assert_eq!(said(&world), 1);
+
+    // Redelivered: said once.
+    let again = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(120));
+    assert_eq!(again, Outcome::DuplicateSkipped);
+    assert_eq!(said(&world), 1, "said once");
+    // The fields Partner Center won keep their base: they still count as its change.
+    let link = world.links.link(&id).unwrap();
+    assert_ne!(
+        link.synced_fields.get(SharedField::Notes.name()),
+        Some(&SharedField::Notes.hash(&Opportunity {
+            notes: Some("From Microsoft".into()),
+            ..Opportunity::default()
+        })),
+    );
+}
