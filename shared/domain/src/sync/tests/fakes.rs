@@ -364,7 +364,7 @@ pub(super) struct FakeCrm {
     /// Errors answered to the next upserts after they took effect (a lost answer).
     pub(super) lost_upsert_answers: Mutex<VecDeque<PortError>>,
     /// Refuse writes to a won or lost row that do not reopen it, as Dataverse does (400).
-    pub(super) closed_read_only: std::sync::atomic::AtomicBool,
+    closed_read_only: std::sync::atomic::AtomicBool,
 }
 
 /// What Dataverse answers a write to a closed opportunity (the sandbox's wording).
@@ -529,6 +529,12 @@ impl FakeCrm {
             Some(lost) => Err(lost),
             None => Ok(upserted),
         }
+    }
+
+    /// From now on, refuse writes to a won or lost row as Dataverse does.
+    pub(super) fn keep_closed_rows_read_only(&self) {
+        self.closed_read_only
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether a write setting `stage` is refused on `stored` ([`FakeCrm::closed_read_only`]).

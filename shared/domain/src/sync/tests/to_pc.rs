@@ -114,6 +114,23 @@ impl World {
             .count()
     }
 
+    /// The CRM writes made so far (opportunity upserts and Audit texts).
+    fn crm_writes(&self) -> usize {
+        self.crm.calls.get("upsert_opportunity") + self.crm.calls.get("write_audit")
+    }
+
+    /// The referral is closed as won, and the link says the close was sent.
+    fn assert_closed_as_won(&self, id: ReferralId) {
+        assert_eq!(
+            self.pc.referral(id).state(),
+            Some(ReferralState::closed(ReferralSubstatus::Won))
+        );
+        assert_eq!(
+            self.links.link(&id).unwrap().last_stage_to_pc,
+            Some(OpportunityStage::Won)
+        );
+    }
+
     /// The id of the deal's referral (not an invitation) made from `record`.
     fn deal_referral(&self, record: &CrmRecordId) -> ReferralId {
         lock(&self.pc.referrals)
@@ -413,7 +430,7 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
         "that one write"
     );
     world.crm_edit(&record, |o| o.deal_value = Some(usd(30_000)));
-    let crm_writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
+    let crm_writes = world.crm_writes();
 
     let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
 
@@ -431,7 +448,7 @@ fn a_deal_created_from_a_record_on_hold_takes_partner_centers_accepted_stage_wit
         Some(OpportunityStage::Active)
     );
     assert_eq!(
-        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        world.crm_writes(),
         crm_writes,
         "the stage is agreed: nothing more for the CRM"
     );
@@ -744,14 +761,7 @@ fn a_referral_is_closed_as_won_only_when_the_crm_stage_changes_to_won() {
         }
     );
     assert_eq!(paths(&world.patches()[0].2), ["/status", "/substatus"]);
-    assert_eq!(
-        world.pc.referral(id).state(),
-        Some(ReferralState::closed(ReferralSubstatus::Won))
-    );
-    assert_eq!(
-        world.links.link(&id).unwrap().last_stage_to_pc,
-        Some(OpportunityStage::Won)
-    );
+    world.assert_closed_as_won(id);
 }
 
 #[test]
@@ -1412,9 +1422,7 @@ fn a_plain_update_costs_the_patch_alone() {
         audit.contains(" Created Partner Center referral "),
         "{audit}"
     );
-    let crm_writes =
-        || world.crm.calls.get("write_audit") + world.crm.calls.get("upsert_opportunity");
-    let (writes, pc) = (crm_writes(), world.pc_calls());
+    let (writes, pc) = (world.crm_writes(), world.pc_calls());
 
     world.crm_edit(&record, |o| o.deal_value = Some(usd(35_000)));
     let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(120));
@@ -1426,7 +1434,11 @@ fn a_plain_update_costs_the_patch_alone() {
         }
     );
     assert_eq!(world.pc_calls() - pc, 1, "the PATCH alone");
-    assert_eq!(crm_writes(), writes, "the Audit column already says so");
+    assert_eq!(
+        world.crm_writes(),
+        writes,
+        "the Audit column already says so"
+    );
     assert_eq!(world.crm_audit(&record), audit, "kept with its first time");
     let details = world.pc.referral(id).details.unwrap();
     assert_eq!(details.deal_value, Some(Decimal::from(35_000)));
@@ -1667,11 +1679,7 @@ fn a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_close
         // A closed Dataverse row is read-only: no write-back, no Audit text; the link and the
         // referral's external reference link them, and the audit log says so once.
         assert_eq!(stored.referral_id, None);
-        assert_eq!(
-            world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
-            0,
-            "nothing written to the closed row"
-        );
+        assert_eq!(world.crm_writes(), 0, "nothing written to the closed row");
         let id = world.deal_referral(&record);
         assert!(
             world.audit.entries().iter().any(|e| e.crm.as_ref() == Some(&record)
@@ -1711,10 +1719,7 @@ fn a_record_closed_before_its_first_sync_closes_its_new_referral_and_stays_close
 #[test]
 fn a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run() {
     let world = World::to_pc();
-    world
-        .crm
-        .closed_read_only
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    world.crm.keep_closed_rows_read_only();
     let record = world.crm.seed(seller_opportunity());
     let change = world.crm_change(&record, 1, SELLER);
     lock(&world.crm.before_upsert).push_back(Box::new(|o: &mut Opportunity| {
@@ -1731,7 +1736,7 @@ fn a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run() {
         ),
         "the partner is not told to reopen the deal"
     );
-    let writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
+    let writes = world.crm_writes();
 
     // The retry, or the close's own notification.
     let again = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(200));
@@ -1742,20 +1747,13 @@ fn a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run() {
             crm: record.clone()
         }
     );
-    assert_eq!(
-        world.pc.referral(id).state(),
-        Some(ReferralState::closed(ReferralSubstatus::Won))
-    );
+    world.assert_closed_as_won(id);
     let stored = world.crm.stored(&record).opportunity;
     assert_eq!(stored.stage, Some(OpportunityStage::Won));
     assert_eq!(
-        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        world.crm_writes(),
         writes,
         "nothing more is written to the closed row"
-    );
-    assert_eq!(
-        world.links.link(&id).unwrap().last_stage_to_pc,
-        Some(OpportunityStage::Won)
     );
 }
 
@@ -1766,16 +1764,13 @@ fn a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run() {
 #[test]
 fn partner_centers_change_to_a_closed_dataverse_row_is_said_once_and_not_written() {
     let world = World::to_pc();
-    world
-        .crm
-        .closed_read_only
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    world.crm.keep_closed_rows_read_only();
     let (record, id) = world.shared(seller_opportunity());
     world.pc.edit(id, |r| {
         r.details.as_mut().unwrap().notes = Some("From Microsoft".into());
     });
     world.crm_edit(&record, |o| o.stage = Some(OpportunityStage::Won));
-    let writes = world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit");
+    let writes = world.crm_writes();
 
     let outcome = world.sync_crm(&world.crm_change(&record, 2, SELLER), at(110));
 
@@ -1795,7 +1790,7 @@ fn partner_centers_change_to_a_closed_dataverse_row_is_said_once_and_not_written
     assert_eq!(stored.stage, Some(OpportunityStage::Won));
     assert_eq!(stored.notes.as_deref(), Some("Phase 1"));
     assert_eq!(
-        world.crm.calls.get("upsert_opportunity") + world.crm.calls.get("write_audit"),
+        world.crm_writes(),
         writes,
         "nothing is written to the closed row"
     );
