@@ -847,6 +847,31 @@ async fn dataverse_a_sellers_close_in_the_app_closes_the_referral() {
     assert_eq!(h.partner_center_calls().await, 0);
 }
 
+/// The seller closes the deal after turning sync on and before its create is delivered: the
+/// create's sync finds the row closed, creates the referral and closes it, writes nothing to
+/// the read-only row and reports nothing for the partner to fix; the close's own `Win` then has
+/// nothing left to do. (A close made during that sync, after its read, is the domain's
+/// `a_close_made_while_the_first_sync_runs_is_sent_by_the_next_run`.)
+#[tokio::test]
+async fn dataverse_a_close_made_before_the_create_is_handled_closes_the_new_referral() {
+    let h = Harness::start(Crm::Dataverse).await;
+    let id = h.seed(None, |_| {}).await;
+    let created = h.next_delivery().await;
+    h.close(&id, "win", None).await;
+    let close = h.next_delivery_containing(r#""MessageName":"Win""#).await;
+
+    let (code, body) = h.deliver(&created).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"created"}"#));
+    let (code, body) = h.deliver(&close).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("needs_attention"), "{body}");
+
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 1, "{referrals:#?}");
+    assert_eq!(referrals[0]["status"], "Closed", "{:#}", referrals[0]);
+    assert_eq!(referrals[0]["substatus"], "Won", "{:#}", referrals[0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The log line
 

@@ -490,6 +490,47 @@ for_both_crms! {
     test_and_unknown_events_are_acknowledged_without_calls => test_and_unknown_events_call_nothing;
 }
 
+/// Microsoft changes a referral whose opportunity the seller has won in the Dataverse app: the
+/// closed row is read-only, Dataverse (the sandbox) refuses the write, and the handler says what
+/// happened (`closed_in_crm`, not Dataverse's "reopen it first"), writing nothing more to the
+/// row, not even the Audit text.
+#[tokio::test]
+async fn dataverse_a_change_to_a_referral_whose_deal_was_won_is_said_and_not_written() {
+    let crm = Crm::Dataverse;
+    let h = Harness::start(crm).await;
+    h.seed_referral().await;
+    assert_eq!(h.send("referral-created").await.0, 200);
+    let won = h.the_opportunity().await;
+    let id = won[crm.id_field()].as_str().unwrap().to_owned();
+    h.call(
+        reqwest::Method::POST,
+        &format!("/_sandbox/dataverse/opportunities/{id}/win"),
+        None,
+    )
+    .await;
+    let closed = h.the_opportunity().await;
+    h.change_referral(REFERRAL_ID, |referral| {
+        referral["details"]["notes"] = json!("The customer added a second plant.");
+    })
+    .await;
+
+    let (status, body) = h.send_latest("referral-updated").await;
+
+    assert_eq!(
+        (status, body),
+        (200, json!({ "status": "needs_attention" }))
+    );
+    assert_eq!(
+        h.the_opportunity().await,
+        closed,
+        "nothing written to the row"
+    );
+    assert!(h.audit_events().iter().any(|event| matches!(
+        event,
+        AuditEvent::Failed { reason, fix } if reason.contains("closed in Dataverse") && fix.contains("reopen")
+    )));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios (both CRMs)
 // ---------------------------------------------------------------------------------------------

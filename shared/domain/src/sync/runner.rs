@@ -94,7 +94,38 @@ pub(crate) struct Problem {
     pub crm: Option<CrmRecordId>,
 }
 
+/// [`Problem::closed_in_crm`]'s code.
+pub(crate) const CLOSED_IN_CRM: &str = "closed_in_crm";
+
 impl Problem {
+    /// Partner Center's values of `fields` cannot reach a closed Dataverse row (read-only until
+    /// reopened, docs/dataverse.md#closing-an-opportunity): nothing is written to it, not even
+    /// the Audit text ([`needs_attention`] writes none for this code).
+    pub fn closed_in_crm(
+        record: &CrmRecordId,
+        referral_id: ReferralId,
+        fields: &[super::merge::SharedField],
+    ) -> Self {
+        let names: Vec<&str> = fields.iter().map(|field| field.name()).collect();
+        let changed = if names.is_empty() {
+            "a value".to_owned()
+        } else {
+            names.join(", ")
+        };
+        Self {
+            code: CLOSED_IN_CRM,
+            reason: format!(
+                "Partner Center changed {changed} of referral {referral_id} after the opportunity \
+                 was closed in Dataverse, where a closed opportunity takes no change: it keeps \
+                 its values."
+            ),
+            fix: "Nothing, if the closed deal's values stand. To take Partner Center's, reopen \
+                  the opportunity and enter them (the referral shows them), then close it again."
+                .to_owned(),
+            crm: Some(record.clone()),
+        }
+    }
+
     /// The problem a permanent port error stands for.
     pub fn from_port(error: &PortError, crm: Option<CrmRecordId>) -> Self {
         let service = error.service();
@@ -728,7 +759,8 @@ pub(crate) async fn needs_attention<X: Ports>(
     } = problem;
     let message = format!("{reason} Fix: {fix}");
     let event = AuditEvent::Failed { reason, fix };
-    if let Some(crm) = &crm {
+    // A closed Dataverse row takes no write, not even this one.
+    if let Some(crm) = crm.as_ref().filter(|_| code != CLOSED_IN_CRM) {
         let text = journal.entry(event.clone(), Some(crm)).crm_text();
         // Shown already (the same failure found again, by a redelivery or reconcile): a write
         // would only change its time, cost a CRM call and raise a CRM change of its own, which

@@ -557,6 +557,9 @@ async fn sync_found<X: Ports>(
                 Err(PortError::PreconditionFailed { .. }) if plan.seen.is_some() => {
                     as_seen = false;
                 }
+                Err(error @ PortError::Permanent { .. }) => {
+                    return Err(closed_or(deps, record.as_ref(), referral_id, &plan, error).await);
+                }
                 written => break (plan, written.map_err(Failure::port(record.as_ref()))?),
             }
         };
@@ -652,6 +655,32 @@ fn creating_elsewhere(referral_id: ReferralId) -> Failure {
         ),
         retry_after: Some(CREATE_LOCK_RETRY_AFTER),
     })
+}
+
+/// A write the CRM refused: when the record is a closed Dataverse row (read-only until
+/// reopened), Partner Center's values cannot reach it, which is said as such
+/// ([`Problem::closed_in_crm`]) rather than as the refusal, and nothing more is written to it.
+/// One read, only on a refusal; any other refusal stays as it was.
+async fn closed_or<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: Option<&CrmRecordId>,
+    referral_id: ReferralId,
+    plan: &Plan,
+    error: PortError,
+) -> Failure {
+    let Some(record) = record.filter(|record| record.kind().closed_is_read_only()) else {
+        return Failure::port(record)(error);
+    };
+    match deps.crm.get_opportunity(record).await {
+        Ok(found) if super::is_read_only(record, &found.opportunity) => {
+            let fields: Vec<SharedField> = SharedField::ALL
+                .into_iter()
+                .filter(|field| field.is_set(&plan.to_crm))
+                .collect();
+            Failure::Problem(Problem::closed_in_crm(record, referral_id, &fields))
+        }
+        _ => Failure::port(Some(record))(error),
+    }
 }
 
 /// What a Partner Center → CRM sync writes where: the per-field merge

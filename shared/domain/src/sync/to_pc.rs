@@ -1287,34 +1287,6 @@ async fn updated<X: Ports>(
     })
 }
 
-/// Partner Center's values of `fields` cannot reach a closed Dataverse row (read-only until
-/// reopened): said in the audit log, with what to do; nothing is written to the row (not even
-/// the Audit text). The caller keeps the link with those fields at their base.
-async fn closed_keeps_its_values<A: AuditLog>(
-    journal: &Journal<'_, A>,
-    record: &CrmRecordId,
-    referral_id: ReferralId,
-    fields: &[SharedField],
-) -> Outcome {
-    let names: Vec<&str> = fields.iter().map(|field| field.name()).collect();
-    let reason = format!(
-        "Partner Center changed {} of referral {referral_id} after the opportunity was closed \
-         in Dataverse, where a closed opportunity takes no change: it keeps its values.",
-        names.join(", ")
-    );
-    let fix = "Nothing, if the closed deal's values stand. To take Partner Center's, reopen the \
-               opportunity and enter them (the referral shows them), then close it again."
-        .to_owned();
-    let message = format!("{reason} Fix: {fix}");
-    journal
-        .record(AuditEvent::Failed { reason, fix }, Some(record))
-        .await;
-    Outcome::NeedsAttention {
-        code: "closed_in_crm",
-        message,
-    }
-}
-
 /// Step 6 when the referral is still New and the opportunity on hold but its update fields
 /// differ: Partner Center takes no change before the referral is accepted ("changes made while
 /// on hold don't sync"). Nothing is sent; the link keeps what was last *sent* and the merge's
@@ -1419,7 +1391,7 @@ async fn write_back<X: Ports>(
 
 /// Partner Center's values (of the fields it won) to the CRM with the Audit text, then the
 /// link: in that order, so a retry finds the sides equal (the conflicts are audited before).
-/// A closed Dataverse row takes none ([`closed_keeps_its_values`]).
+/// A closed Dataverse row takes none ([`Problem::closed_in_crm`]).
 #[allow(
     clippy::too_many_arguments,
     reason = "the update step's state, passed on as it is"
@@ -1439,7 +1411,8 @@ async fn to_crm_then_link<X: Ports>(
         let mut link = link.clone();
         merged.settle_as(&mut link, sync, ops, false);
         journal.keep_link(link, true);
-        return Ok(closed_keeps_its_values(journal, record, referral_id, &merged.to_crm).await);
+        let problem = Problem::closed_in_crm(record, referral_id, &merged.to_crm);
+        return Ok(needs_attention(deps, journal, problem).await);
     }
     write_values(
         deps,

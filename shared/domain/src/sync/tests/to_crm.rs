@@ -700,3 +700,47 @@ fn a_failed_write_back_after_the_combined_write_creates_nothing_twice() {
         "found once, before the write"
     );
 }
+
+/// Microsoft changes a referral whose deal the seller has closed in Dataverse, where a closed
+/// row is read-only: the write is refused. That is said as what it is (not as Dataverse's
+/// "reopen it first"), with what to do, and nothing more is written to the row, not even the
+/// Audit text.
+#[test]
+fn partner_centers_change_to_a_closed_dataverse_row_is_said_as_such_and_not_written() {
+    let world = World::new();
+    let (id, crm, _) = world.synced_referral();
+    world.crm.keep_closed_rows_read_only();
+    lock(&world.crm.state)
+        .opportunities
+        .get_mut(&crm)
+        .unwrap()
+        .opportunity
+        .stage = Some(OpportunityStage::Won);
+    let changed = world.pc.edit(id, |r| {
+        r.details.as_mut().unwrap().notes = Some("From Microsoft".into());
+    });
+    let event = webhook("referral-updated", REFERRAL, changed);
+    let audit_before = world.crm.stored(&crm).audit;
+
+    let outcome = world.outcome(&event, at(300));
+
+    let Outcome::NeedsAttention { code, message } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*code, "closed_in_crm");
+    assert!(
+        message.contains("notes") && message.contains("closed in Dataverse"),
+        "{message}"
+    );
+    let stored = world.crm.stored(&crm);
+    assert_eq!(stored.opportunity.notes.as_deref(), Some("Supply chain"));
+    assert_eq!(
+        stored.audit, audit_before,
+        "no Audit text on the closed row"
+    );
+    assert_eq!(world.crm.calls.get("write_audit"), 0);
+    assert!(world.audit.entries().iter().any(|e| {
+        e.crm.as_ref() == Some(&crm)
+            && matches!(&e.event, AuditEvent::Failed { fix, .. } if fix.contains("reopen"))
+    }));
+}
