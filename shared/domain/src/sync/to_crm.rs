@@ -660,7 +660,7 @@ fn creating_elsewhere(referral_id: ReferralId) -> Failure {
 /// A write the CRM refused: when the record is a closed Dataverse row (read-only until
 /// reopened), Partner Center's values cannot reach it, which is said as such
 /// ([`Problem::closed_in_crm`]) rather than as the refusal, and nothing more is written to it.
-/// One read, only on a refusal; any other refusal stays as it was.
+/// Any other refusal stays as it was.
 async fn closed_or<X: Ports>(
     deps: &Deps<'_, X>,
     record: Option<&CrmRecordId>,
@@ -668,18 +668,15 @@ async fn closed_or<X: Ports>(
     plan: &Plan,
     error: PortError,
 ) -> Failure {
-    let Some(record) = record.filter(|record| record.kind().closed_is_read_only()) else {
-        return Failure::port(record)(error);
-    };
-    match deps.crm.get_opportunity(record).await {
-        Ok(found) if super::is_read_only(record, &found.opportunity) => {
+    match record {
+        Some(record) if super::refused_by_a_closed_row(deps, record, &error).await => {
             let fields: Vec<SharedField> = SharedField::ALL
                 .into_iter()
                 .filter(|field| field.is_set(&plan.to_crm))
                 .collect();
             Failure::Problem(Problem::closed_in_crm(record, referral_id, &fields))
         }
-        _ => Failure::port(Some(record))(error),
+        _ => Failure::port(record)(error),
     }
 }
 

@@ -1467,25 +1467,39 @@ async fn write_values<X: Ports>(
 /// A write refused because the record was closed while this run synced it (a seller's close
 /// in Dataverse, where a closed row is read-only) is not the partner's to fix: the sync runs
 /// again, finds the record closed, sends the close and writes nothing (simulation seed 695).
-/// Any other refusal, or a record still open, stays as it was. One read, only on a refusal.
+/// Any other refusal, or a record still open, stays as it was.
 async fn closed_meanwhile<X: Ports>(
     deps: &Deps<'_, X>,
     record: &CrmRecordId,
     error: PortError,
 ) -> PortError {
-    if !matches!(error, PortError::Permanent { .. }) || !record.kind().closed_is_read_only() {
+    if !refused_by_a_closed_row(deps, record, &error).await {
         return error;
     }
-    match deps.crm.get_opportunity(record).await {
-        Ok(found) if is_read_only(record, &found.opportunity) => PortError::Transient {
-            service: error.service().clone(),
-            reason: "the opportunity was closed (won or lost) while it was synced; it is \
-                     synced again as closed"
-                .to_owned(),
-            retry_after: None,
-        },
-        _ => error,
+    PortError::Transient {
+        service: error.service().clone(),
+        reason: "the opportunity was closed (won or lost) while it was synced; it is synced \
+                 again as closed"
+            .to_owned(),
+        retry_after: None,
     }
+}
+
+/// Whether `error`, a CRM write's answer, is a closed Dataverse row's refusal (read-only until
+/// reopened, docs/dataverse.md#closing-an-opportunity): a permanent refusal of a Dataverse
+/// write, and the row, read once, closed. The refusal's own text is not relied on.
+pub(crate) async fn refused_by_a_closed_row<X: Ports>(
+    deps: &Deps<'_, X>,
+    record: &CrmRecordId,
+    error: &PortError,
+) -> bool {
+    matches!(error, PortError::Permanent { .. })
+        && record.kind().closed_is_read_only()
+        && deps
+            .crm
+            .get_opportunity(record)
+            .await
+            .is_ok_and(|found| is_read_only(record, &found.opportunity))
 }
 
 /// The write-back of an earlier run that could not finish it: when the record does not carry
