@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ParseError;
@@ -31,10 +33,17 @@ pub struct WireDateTime {
 
 impl WireDateTime {
     /// Read wire text leniently. Never fails; see [`WireDateTime::instant`].
+    ///
+    /// .NET's `DateTime.MinValue` and `MaxValue` (`0001-01-01T00:00:00`,
+    /// `9999-12-31T23:59:59.9999999`), which .NET services write for a date never set, read as
+    /// no date: kept as text, with no instant. No CRM would take them as a date either
+    /// (Dataverse's dates start in 1753, Salesforce's in 1700).
     pub fn parse(raw: &str) -> Self {
         Self {
             raw: raw.to_owned(),
-            parsed: parse_datetime(raw).ok(),
+            parsed: parse_datetime(raw)
+                .ok()
+                .filter(|(_, date)| !is_unset_sentinel(*date)),
         }
     }
 
@@ -70,7 +79,7 @@ impl WireDateTime {
         self.parsed.map(|(_, date)| date)
     }
 
-    /// Whether the text could be read.
+    /// Whether the text could be read as a date that is set.
     pub fn is_valid(&self) -> bool {
         self.parsed.is_some()
     }
@@ -169,6 +178,11 @@ pub fn parse_datetime(text: &str) -> Result<(DateTime<Utc>, NaiveDate), ParseErr
 /// as written.
 pub fn parse_date(text: &str) -> Result<NaiveDate, ParseError> {
     parse_datetime(text).map(|(_, date)| date)
+}
+
+/// A date in year 1 or in year 9999: .NET's `MinValue` / `MaxValue`, "never set".
+fn is_unset_sentinel(date: NaiveDate) -> bool {
+    !(2..9999).contains(&date.year())
 }
 
 fn with_offset(dt: DateTime<FixedOffset>) -> (DateTime<Utc>, NaiveDate) {
@@ -334,6 +348,26 @@ mod tests {
     }
 
     #[test]
+    fn dot_nets_min_and_max_values_are_no_date() {
+        for text in [
+            "0001-01-01T00:00:00",
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00.0000000Z",
+            "0001-01-01T00:00:00+00:00",
+            "0001-01-01",
+            "9999-12-31T23:59:59.9999999",
+            "9999-12-31T23:59:59.9999999Z",
+        ] {
+            let wire = WireDateTime::parse(text);
+            assert_eq!((wire.date(), wire.instant()), (None, None), "{text}");
+            assert_eq!(wire.as_str(), text, "kept as received");
+        }
+        for text in ["0002-01-01T00:00:00Z", "9998-12-31", "1753-01-01T00:00:00Z"] {
+            assert!(WireDateTime::parse(text).date().is_some(), "{text}");
+        }
+    }
+
+    #[test]
     fn a_date_is_written_as_midnight_utc() {
         let wire = WireDateTime::from_date(date("2018-11-14"));
         assert_eq!(wire.as_str(), "2018-11-14T00:00:00Z");
@@ -357,7 +391,10 @@ mod proptests {
             let _ = parse_date(&text);
             let wire = WireDateTime::parse(&text);
             prop_assert_eq!(wire.as_str(), text.as_str());
-            prop_assert_eq!(wire.is_valid(), parse_datetime(&text).is_ok());
+            prop_assert_eq!(
+                wire.is_valid(),
+                parse_datetime(&text).is_ok_and(|(_, day)| !is_unset_sentinel(day))
+            );
         }
 
         #[test]

@@ -32,6 +32,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::crm_wire::dataverse::WebApiError;
+use crate::crm_wire::truncate_chars;
 use crate::crm_wire::salesforce::RestError;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -561,7 +562,7 @@ pub fn parse_error_body(service: &Service, body: &str) -> ServiceErrorBody {
     };
     ServiceErrorBody {
         code: parsed.code,
-        message: truncate(&without_email_addresses(&message), MESSAGE_LIMIT),
+        message: truncate_chars(&without_email_addresses(&message), MESSAGE_LIMIT),
     }
 }
 
@@ -665,14 +666,6 @@ fn non_empty(text: String) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
 
-/// `text` trimmed and cut to `max` characters, with `…` when cut.
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Retry-After

@@ -55,7 +55,8 @@ pub fn stage_of(
 /// Map a Partner Center referral to the canonical opportunity (PC → CRM).
 ///
 /// Tolerant: an unreadable country, currency or solution id is left out rather than failing
-/// the sync. The customer contact is the first member of `customerProfile.team`. Solutions come
+/// the sync. The customer contact is the first member of `customerProfile.team` with an email
+/// (else the first member). Solutions come
 /// from `details.requirements.solutions` and `SolutionProfile` targets. Visibility is
 /// `consentToShareReferralWithMicrosoftSellers` when present, else whether the referral is
 /// shared or came from Microsoft. Referrals from Partner Center arrive with sync on.
@@ -109,8 +110,17 @@ pub fn referral_to_opportunity(referral: &Referral, config: &MappingConfig) -> O
         .unwrap_or(referral.referral_type == Some(ReferralType::Shared) || from_microsoft);
 
     let referral_id = referral.referral_id().ok();
+    // The first member with an email (the only way a contact is matched), else the first.
     let contact = customer
-        .and_then(|c| c.team.first())
+        .and_then(|c| {
+            let has_email = |member: &&Member| {
+                member
+                    .email
+                    .as_deref()
+                    .is_some_and(|email| !email.trim().is_empty())
+            };
+            c.team.iter().find(has_email).or_else(|| c.team.first())
+        })
         .map(contact_of)
         .filter(|c| !c.is_empty());
 

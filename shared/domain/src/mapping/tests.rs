@@ -189,6 +189,46 @@ fn unreadable_partner_center_values_are_left_out_not_fatal() {
     assert!(!opportunity.visible_to_microsoft);
 }
 
+#[test]
+fn the_customer_contact_is_the_first_team_member_with_an_email() {
+    let referral: Referral = serde_json::from_value(json!({
+        "customerProfile": { "team": [
+            { "firstName": "No", "lastName": "Email", "phoneNumber": "1" },
+            { "firstName": "Joe", "lastName": "Hansen", "email": " " },
+            { "firstName": "Sue", "lastName": "Smith", "email": "sue.smith@contoso.com" }
+        ] }
+    }))
+    .unwrap();
+    let contact = referral_to_opportunity(&referral, &MappingConfig::default())
+        .contact
+        .unwrap();
+    assert_eq!(contact.email.as_deref(), Some("sue.smith@contoso.com"));
+    assert_eq!(contact.last_name.as_deref(), Some("Smith"));
+
+    // Without any email, the first member still names the contact.
+    let referral: Referral = serde_json::from_value(json!({
+        "customerProfile": { "team": [
+            { "firstName": "No", "lastName": "Email" },
+            { "firstName": "Other" }
+        ] }
+    }))
+    .unwrap();
+    let contact = referral_to_opportunity(&referral, &MappingConfig::default())
+        .contact
+        .unwrap();
+    assert_eq!(contact.last_name.as_deref(), Some("Email"));
+}
+
+#[test]
+fn dot_nets_unset_closing_date_is_no_closing_date() {
+    let referral: Referral = serde_json::from_value(json!({
+        "details": { "closingDateTime": "0001-01-01T00:00:00" }
+    }))
+    .unwrap();
+    let opportunity = referral_to_opportunity(&referral, &MappingConfig::default());
+    assert_eq!(opportunity.closing_date, None);
+}
+
 // --- model → Dataverse → model ---------------------------------------------------------------
 
 fn dataverse_links() -> DataverseLinks {
