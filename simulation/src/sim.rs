@@ -916,6 +916,8 @@ fn crm_change(event: &CrmEvent, read: bool, undone: Option<UndoneFix>) -> CrmCha
         // reads the record as it is now (an image may be older than a change synced since).
         opportunity: (!read && !event.snapshot.opportunity.sync).then(|| event.snapshot.clone()),
         modified_at: Some(event.modified_at),
+        // Dataverse's writer is the operation's own.
+        sent_image: None,
     }
 }
 

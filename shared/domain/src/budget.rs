@@ -53,8 +53,8 @@ use crate::ports::{
 };
 use crate::referral::{PatchOp, Referral, ReferralPage};
 use crate::sync::{
-    CrmChange, Delivery, Deps, Handled, Outcome, SyncError, handle_crm_change,
-    handle_partner_center_event, partner_center_event_key, run_retry_job,
+    CrmChange, Delivery, Deps, Handled, Outcome, SyncError, handle_crm_change_known,
+    handle_partner_center_event, is_own_write, partner_center_event_key, run_retry_job,
 };
 use crate::webhook::WebhookEvent;
 
@@ -693,13 +693,14 @@ pub async fn handle_crm_change_within_budget<B, X: Ports>(
 where
     B: ApiBudget,
 {
-    let without_calls = deps.settings.is_connector_write(change.writer.as_deref())
+    let own_write = is_own_write(deps, change).await;
+    let without_calls = own_write
         || change
             .opportunity
             .as_ref()
             .is_some_and(|o| !o.opportunity.sync);
     if without_calls {
-        return Box::pin(handle_crm_change(deps, change, meta)).await;
+        return Box::pin(handle_crm_change_known(deps, change, meta, own_write)).await;
     }
     let reservation = reserve(budget, CallKind::Webhook, meta.now).await;
     if let Some(until) = reservation.deferred_until() {
@@ -711,7 +712,7 @@ where
         return defer(deps.retry_queue, &job, meta.now, until).await;
     }
     metered_run!(budget, reservation, deps, |metered| {
-        handle_crm_change(&metered, change, meta)
+        handle_crm_change_known(&metered, change, meta, own_write)
     })
 }
 

@@ -129,6 +129,8 @@ pub(super) async fn handle<X: Ports>(
             .filter(|(o, carried)| says_sync_off(o, *carried))
             .map(|(o, _)| o),
         modified_at,
+        // The writer is the operation's own (`InitiatingUserId`), not the row's latest.
+        sent_image: None,
     };
     match handle_crm_change_within_budget(
         &app.connector.deps(),

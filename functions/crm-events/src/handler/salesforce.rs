@@ -107,6 +107,7 @@ pub(super) async fn handle<X: Ports>(
             writer: notification
                 .field_text("LastModifiedById")
                 .map(str::to_owned),
+            sent_image: Some(opportunity.opportunity.clone()),
             opportunity: Some(opportunity).filter(|o| says_sync_off(o, carried)),
             modified_at: image_modified(&notification.fields, LAST_MODIFIED_DATE),
         };

@@ -444,6 +444,50 @@ async fn our_own_write_back_echo_calls_partner_center_zero_times(crm: Crm) {
     assert_eq!(h.referrals().await.len(), 1);
 }
 
+/// An Outbound Message carries the record as it is when Salesforce sends it: a seller's change
+/// sent (or sent again) after one of the connector's writes names the connector's user as
+/// `LastModifiedById`. It is synced, not skipped as the connector's own echo.
+#[tokio::test]
+async fn salesforce_a_sellers_change_sent_after_a_connector_write_is_synced() {
+    let h = Harness::start(Crm::Salesforce).await;
+    let id = h.seed(None, |_| {}).await;
+    assert_eq!(h.deliver(&h.next_delivery().await).await.0, 200);
+    // The connector's own write-back, holding what both sides agreed on: an echo, no call.
+    let echo = h.next_delivery().await;
+    h.clear_requests().await;
+    assert_eq!(h.deliver(&echo).await.0, 200);
+    assert_eq!(h.partner_center_calls().await, 0);
+    // The seller raises the amount, a shared field.
+    let mut edited = h.record(&id).await;
+    edited["Amount"] = json!(99000);
+    for key in ["LastModifiedById", "LastModifiedDate", "attributes"] {
+        edited.as_object_mut().unwrap().remove(key);
+    }
+    h.put(&h.crm.opportunity_path(&id), edited).await;
+    let change = h.next_delivery_containing("99000").await;
+    let seller = change
+        .body
+        .lines()
+        .find(|line| line.contains("LastModifiedById"))
+        .unwrap();
+    let sent_after_our_write = change.body.replace(
+        seller,
+        &format!(
+            "<sf:LastModifiedById>{}</sf:LastModifiedById>",
+            Crm::Salesforce.connector_user()
+        ),
+    );
+    h.clear_requests().await;
+
+    let (status, body) = h.deliver(&with_body(&change, &sent_after_our_write)).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert!(h.partner_center_calls().await > 0, "skipped as an echo");
+    let referrals = h.referrals().await;
+    assert_eq!(referrals.len(), 1);
+    assert_eq!(referrals[0]["details"]["dealValue"], json!(99000));
+}
+
 async fn a_missing_solution_calls_nothing_and_the_audit_field_names_the_fix(crm: Crm) {
     let h = Harness::start(crm).await;
     let id = h

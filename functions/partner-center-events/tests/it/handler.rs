@@ -1350,3 +1350,67 @@ async fn real_world_spellings_of_the_event_body_are_read() {
         );
     }
 }
+
+/// A referral from Microsoft whose text is longer than the CRM's columns (Partner Center
+/// documents no lengths) reaches the CRM cut to fit, and its Audit column says which fields were
+/// cut, by name only; on Salesforce, which requires a Close Date, a referral without one gets
+/// one, said the same way.
+async fn a_referral_longer_than_the_crms_columns_is_created_cut_to_fit(crm: Crm) {
+    let h = Harness::start(crm).await;
+    h.seed_referral().await;
+    h.change_referral(REFERRAL_ID, |referral| {
+        referral["name"] = json!(format!("Contoso {}", "n".repeat(320)));
+        referral["details"]["notes"] = json!(format!("Customer {}", "é".repeat(2_500)));
+        referral["details"]
+            .as_object_mut()
+            .unwrap()
+            .remove("closingDateTime");
+    })
+    .await;
+
+    let (status, body) = h.send_latest("referral-created").await;
+
+    assert_eq!((status, &body), (200, &json!({ "status": "created" })));
+    let opportunity = h.the_opportunity().await;
+    let (name_max, notes_max) = match crm {
+        Crm::Dataverse => (300, 2_000),
+        Crm::Salesforce => (120, 32_000),
+    };
+    let name = opportunity[crm.name_field()].as_str().unwrap();
+    assert_eq!(name.chars().count(), name_max);
+    assert!(name.starts_with("Contoso nnn") && name.ends_with('…'));
+    let notes = opportunity[crm.notes_field()].as_str().unwrap();
+    assert_eq!(notes.chars().count(), notes_max.min(2_509), "{crm:?}");
+    let audit = opportunity[crm.audit_field()].as_str().unwrap();
+    assert!(
+        audit.contains(&format!("name cut to {name_max} characters")),
+        "{audit}"
+    );
+    assert_eq!(
+        audit.contains("notes cut"),
+        crm == Crm::Dataverse,
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("nnnn") && !audit.contains("éé"),
+        "no value: {audit}"
+    );
+    match crm {
+        // The referral's creation date plus 90 days.
+        Crm::Salesforce => {
+            assert!(audit.contains("Close Date set to"), "{audit}");
+            assert!(opportunity["CloseDate"].is_string(), "{opportunity}");
+        }
+        Crm::Dataverse => assert!(opportunity["estimatedclosedate"].is_null(), "{opportunity}"),
+    }
+}
+
+#[tokio::test]
+async fn dataverse_a_referral_longer_than_the_crms_columns_is_created_cut_to_fit() {
+    a_referral_longer_than_the_crms_columns_is_created_cut_to_fit(Crm::Dataverse).await;
+}
+
+#[tokio::test]
+async fn salesforce_a_referral_longer_than_the_crms_columns_is_created_cut_to_fit() {
+    a_referral_longer_than_the_crms_columns_is_created_cut_to_fit(Crm::Salesforce).await;
+}

@@ -32,8 +32,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::crm_wire::dataverse::WebApiError;
-use crate::crm_wire::truncate_chars;
 use crate::crm_wire::salesforce::RestError;
+use crate::crm_wire::truncate_chars;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use cosell_domain::{PortError, Service};
@@ -665,7 +665,6 @@ fn non_empty(text: String) -> Option<String> {
     let trimmed = text.trim();
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Retry-After

@@ -7,13 +7,16 @@
 //! names that differ in its org (e.g. `{"salesforce":{"account":{"country":"BillingCountryCode"}}}`
 //! for orgs with State and Country picklists).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use crate::ids::CrmKind;
 use crate::taxonomy::TaxonomyConfig;
 use crate::values::CurrencyCode;
 
 /// The whole mapping configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MappingConfig {
     /// Dataverse (Dynamics 365) column names.
@@ -32,6 +35,27 @@ pub struct MappingConfig {
     /// The allowed Solution Areas (with their plays) and Partner Roles of referrals created
     /// from the CRM (docs/partner-center.md#solution-area-solution-play-and-partner-role).
     pub taxonomy: TaxonomyConfig,
+    /// Column lengths that differ from the CRM's stock ones, by field (`{"notes": 4000}`):
+    /// longer Partner Center text is cut to fit (see [`super::fit`]).
+    pub max_lengths: MaxLengths,
+    /// A referral without a closing date gets, in Salesforce (which requires one), the date it
+    /// was created plus this many days (90).
+    pub salesforce_close_date_days: u32,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            dataverse: DataverseFields::default(),
+            salesforce: SalesforceFields::default(),
+            stages: StageNames::default(),
+            default_currency: None,
+            referral_link_template: None,
+            taxonomy: TaxonomyConfig::default(),
+            max_lengths: MaxLengths::new(),
+            salesforce_close_date_days: 90,
+        }
+    }
 }
 
 impl MappingConfig {
@@ -494,6 +518,85 @@ impl Default for StageNames {
         }
     }
 }
+
+/// A text value the connector writes to a CRM column of limited length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextField {
+    /// The opportunity's name (topic).
+    OpportunityName,
+    /// The opportunity's description: the referral's notes.
+    Notes,
+    /// The account's name.
+    AccountName,
+    /// The account's street.
+    Street,
+    /// The account's city.
+    City,
+    /// The account's state or province.
+    State,
+    /// The account's postal code.
+    PostalCode,
+    /// The contact's first name.
+    FirstName,
+    /// The contact's last name.
+    LastName,
+    /// The contact's email.
+    Email,
+    /// The contact's phone.
+    Phone,
+}
+
+impl TextField {
+    /// The length of the stock column, in characters: Dataverse's `MaxLength` and
+    /// Salesforce's field length (docs/dataverse.md#column-lengths,
+    /// docs/salesforce.md#field-lengths). An org that changed one sets
+    /// [`MappingConfig::max_lengths`].
+    pub fn stock_length(self, crm: CrmKind) -> usize {
+        use TextField as F;
+        match (crm, self) {
+            (CrmKind::Dataverse, F::OpportunityName) => 300,
+            (CrmKind::Dataverse, F::Notes) => 2_000,
+            (CrmKind::Dataverse, F::AccountName) => 160,
+            (CrmKind::Dataverse, F::Street) => 250,
+            (CrmKind::Dataverse, F::City) => 80,
+            (CrmKind::Dataverse, F::State | F::FirstName | F::LastName | F::Phone) => 50,
+            (CrmKind::Dataverse | CrmKind::Salesforce, F::PostalCode) => 20,
+            (CrmKind::Dataverse, F::Email) => 100,
+            (CrmKind::Salesforce, F::OpportunityName) => 120,
+            (CrmKind::Salesforce, F::Notes) => 32_000,
+            (CrmKind::Salesforce, F::AccountName | F::Street) => 255,
+            (CrmKind::Salesforce, F::City | F::FirstName | F::Phone) => 40,
+            (CrmKind::Salesforce, F::State | F::LastName | F::Email) => 80,
+        }
+    }
+
+    /// The field's name in an Audit text.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::OpportunityName => "name",
+            Self::Notes => "notes",
+            Self::AccountName => "account name",
+            Self::Street => "street",
+            Self::City => "city",
+            Self::State => "state",
+            Self::PostalCode => "postal code",
+            Self::FirstName => "contact first name",
+            Self::LastName => "contact last name",
+            Self::Email => "contact email",
+            Self::Phone => "contact phone",
+        }
+    }
+
+    /// Whether a cut value still means something: free text does; an email, a phone number or
+    /// a postal code cut short is another one, so it is left out instead.
+    pub(super) fn can_be_cut(self) -> bool {
+        !matches!(self, Self::Email | Self::Phone | Self::PostalCode)
+    }
+}
+
+/// Overrides of the stock column lengths, by field (`{"notes": 4000}`).
+pub type MaxLengths = BTreeMap<TextField, usize>;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //!
 //! | Direction | Entry point |
 //! |---|---|
-//! | PC → model | [`referral_to_opportunity`] |
+//! | PC → model | [`referral_to_opportunity`]; as the CRM can hold it: [`referral_to_crm_opportunity`] |
 //! | model → PC (create) | [`referral_create_body`] (from a [`NewReferral`]) |
 //! | model → PC (update) | [`referral_patch`] |
 //! | Dataverse → model | [`opportunity_from_dataverse`] |
@@ -18,19 +18,21 @@
 mod common;
 mod config;
 mod dataverse;
+mod fit;
 mod partner_center;
 pub(crate) mod read;
 mod salesforce;
 
 pub use config::{
     DataverseAccountFields, DataverseContactFields, DataverseFields, DataverseOpportunityFields,
-    DataverseStatusCodes, MappingConfig, SalesforceAccountFields, SalesforceContactFields,
-    SalesforceFields, SalesforceOpportunityFields, StageNames,
+    DataverseStatusCodes, MappingConfig, MaxLengths, SalesforceAccountFields,
+    SalesforceContactFields, SalesforceFields, SalesforceOpportunityFields, StageNames, TextField,
 };
 pub use dataverse::{
     DataverseLinks, DataverseRecord, dataverse_account_body, dataverse_contact_body,
     dataverse_opportunity_body, dataverse_state, opportunity_from_dataverse,
 };
+pub use fit::referral_to_crm_opportunity;
 pub use partner_center::{
     held_until_accepted, invites_microsoft, is_shared_deal, microsoft_invitation_body,
     referral_create_body, referral_patch, referral_to_opportunity, shared_deal_body, stage_of,

@@ -65,10 +65,17 @@ pub fn referral_to_opportunity(referral: &Referral, config: &MappingConfig) -> O
     let customer = referral.customer_profile.as_ref();
     let address = customer.and_then(|c| c.address.as_ref());
 
-    let currency = details
+    // The default only stands in for a currency the referral does not give: one it gives
+    // that is not ISO 4217 ("EURO", "US$") leaves the deal value out, never relabelled
+    // (`fit::referral_to_crm_opportunity` says so in the record's Audit column).
+    let currency = match details
         .and_then(|d| d.currency.as_deref())
-        .and_then(|c| CurrencyCode::try_from(c).ok())
-        .or(config.default_currency);
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        Some(text) => CurrencyCode::try_from(text).ok(),
+        None => config.default_currency,
+    };
     let deal_value = details
         .and_then(|d| d.deal_value)
         .zip(currency)

@@ -39,7 +39,9 @@ pub use outcome::{Handled, Outcome, RetryPolicy, SyncError};
 pub use retry::run_retry_job;
 pub use to_crm::{handle_partner_center_event, partner_center_event_key};
 pub use to_pc::{CrmChange, dataverse_change_key, handle_crm_change, salesforce_change_key};
-pub(crate) use to_pc::{is_read_only, refused_by_a_closed_row};
+pub(crate) use to_pc::{
+    handle_crm_change_known, is_own_write, is_read_only, refused_by_a_closed_row,
+};
 
 #[cfg(test)]
 mod tests;

@@ -50,7 +50,7 @@ use super::runner::{
 use crate::datetime::WireDateTime;
 use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, DataverseId, ReferralId, SalesforceId};
-use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_opportunity};
+use crate::mapping::{BodyScope, invites_microsoft, referral_patch, referral_to_crm_opportunity};
 use crate::opportunity::{Account, Contact, CrmOpportunity, Opportunity};
 use crate::ports::{
     AuditEvent, Claim, CrmSeen, CrmStore, FoundCustomer, IdempotencyKey, Link, LinkStore,
@@ -405,7 +405,9 @@ async fn sync_found<X: Ports>(
         None => {}
     }
 
-    let opportunity = referral_to_opportunity(&referral, deps.mapping);
+    // As the CRM can hold it; what had to change to fit goes to the Audit column with the write.
+    let (opportunity, fitted) =
+        referral_to_crm_opportunity(&referral, deps.mapping, deps.crm.kind());
     let fingerprint = opportunity.fingerprint();
 
     if let Some(link) = &link
@@ -522,6 +524,10 @@ async fn sync_found<X: Ports>(
                 AuditEvent::Created
             };
             let mut audit_text = journal.entry(expected, record.as_ref()).crm_text();
+            if !fitted.is_empty() {
+                audit_text.push_str(". To fit the CRM: ");
+                audit_text.push_str(&fitted.join("; "));
+            }
             let conflicts = plan.conflicts();
             if !conflicts.is_empty() {
                 audit_text.push_str(". ");
@@ -1089,7 +1095,9 @@ async fn write_back<X: Ports>(
             let fresh = pc.get_referral(&referral_id).await?;
             // Someone else's change came in between: it raises its own event, which must not
             // look like our echo unless the CRM already holds its content.
-            let same = referral_to_opportunity(&fresh, deps.mapping).fingerprint() == fingerprint;
+            let (fresh_opportunity, _) =
+                referral_to_crm_opportunity(&fresh, deps.mapping, deps.crm.kind());
+            let same = fresh_opportunity.fingerprint() == fingerprint;
             if !needs_write_back(&fresh, crm) {
                 return Ok(if same {
                     Patched::of(&fresh)

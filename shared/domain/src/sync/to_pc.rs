@@ -71,7 +71,7 @@ use crate::error::ParseError;
 use crate::ids::{CrmKind, CrmRecordId, ETag, EngagementId, ReferralId};
 use crate::mapping::{
     BodyScope, MappingConfig, held_until_accepted, invites_microsoft, is_shared_deal,
-    microsoft_invitation_body, referral_create_body, referral_patch, referral_to_opportunity,
+    microsoft_invitation_body, referral_create_body, referral_patch, referral_to_crm_opportunity,
     shared_deal_body, stage_of,
 };
 use crate::opportunity::{CrmOpportunity, Opportunity};
@@ -104,6 +104,13 @@ pub struct CrmChange {
     /// Salesforce `LastModifiedDate`): an image no newer than the last change synced
     /// ([`Link::last_crm_modified`]) is not used (see [`sync_change`]).
     pub modified_at: Option<DateTime<Utc>>,
+    /// The opportunity as a Salesforce Outbound Message carries it. A message holds the record
+    /// as it is when sent, not as its change left it (docs/salesforce.md#delivery-and-retries):
+    /// a seller's change sent, or sent again, after one of the connector's writes names the
+    /// connector as its writer. Such a change is the connector's own only while this image's
+    /// shared fields hold what both sides agreed on ([`Link::agrees_with`]). `None` for
+    /// Dataverse, whose writer is the operation's own.
+    pub sent_image: Option<Opportunity>,
 }
 
 /// The idempotency key of a Dataverse webhook delivery: `dv:<change>:<record>`, where the
@@ -166,8 +173,48 @@ pub async fn handle_crm_change<X: Ports>(
     change: &CrmChange,
     meta: &Delivery,
 ) -> Result<Handled, SyncError> {
+    let own_write = is_own_write(deps, change).await;
+    handle_crm_change_known(deps, change, meta, own_write).await
+}
+
+/// Whether `change` is the connector's own write coming back, to skip without a call: its
+/// writer is the connector's user and, for a Salesforce message, its image holds nothing new for
+/// Partner Center (see [`CrmChange::sent_image`]; one read of the link): in every shared field,
+/// what both sides agreed on, or Partner Center's own value as the link last saw it (the stage a
+/// partner's new deal starts at, written back with its referral id, is the second). A message
+/// without a link to compare with is synced like any other change.
+pub(crate) async fn is_own_write<X: Ports>(deps: &Deps<'_, X>, change: &CrmChange) -> bool {
+    if !deps.settings.is_connector_write(change.writer.as_deref()) {
+        return false;
+    }
+    let Some(image) = &change.sent_image else {
+        return true;
+    };
+    let Ok(Some(link)) = deps.links.get_by_crm(&change.record).await else {
+        return false;
+    };
+    if link.agrees_with(image) {
+        return true;
+    }
+    let Some(referral) = link.referral_seen() else {
+        return false;
+    };
+    let (partner_center, _) = referral_to_crm_opportunity(&referral, deps.mapping, deps.crm.kind());
+    SharedField::ALL.iter().all(|field| {
+        let sent = field.hash(image);
+        link.synced_fields.get(field.name()) == Some(&sent) || field.hash(&partner_center) == sent
+    })
+}
+
+/// [`handle_crm_change`] once [`is_own_write`] is known.
+pub(crate) async fn handle_crm_change_known<X: Ports>(
+    deps: &Deps<'_, X>,
+    change: &CrmChange,
+    meta: &Delivery,
+    own_write: bool,
+) -> Result<Handled, SyncError> {
     let journal = Journal::new(deps.audit, SyncDirection::ToPartnerCenter, meta);
-    if deps.settings.is_connector_write(change.writer.as_deref()) {
+    if own_write {
         journal
             .record(AuditEvent::EchoSkipped, Some(&change.record))
             .await;
@@ -216,6 +263,7 @@ pub(super) async fn run_crm_retry_job<X: Ports>(
                 writer: payload.writer,
                 opportunity: None,
                 modified_at: None,
+                sent_image: None,
             };
             process(deps, &change, meta, journal, key, &job.key, job.attempt).await
         }
@@ -609,8 +657,9 @@ impl Outbound<'_> {
     /// existed the CRM's values are sent, as before the policy; without a link (a referral id
     /// entered by hand, a link an earlier run could not save) each differing field goes to its
     /// owner.
-    fn merged(&self, current: &Referral, mapping: &MappingConfig) -> Merged {
-        let partner_center = referral_to_opportunity(current, mapping);
+    fn merged(&self, current: &Referral, mapping: &MappingConfig, crm: CrmKind) -> Merged {
+        // Partner Center's values as the CRM holds them: a value cut to fit is no change.
+        let (partner_center, _) = referral_to_crm_opportunity(current, mapping, crm);
         let crm = self.opportunity().clone();
         let mut desired = crm.clone();
         let base = self
@@ -760,7 +809,7 @@ async fn create<X: Ports>(
     // either side may have changed since: only what both hold alike is agreed, the rest goes
     // to its owner, audited.
     let mut started = Opportunity::default();
-    let stored = referral_to_opportunity(&created, deps.mapping);
+    let (stored, _) = referral_to_crm_opportunity(&created, deps.mapping, deps.crm.kind());
     // A record closed before its referral existed (won or lost before the first sync, or its
     // close handled before its create): Partner Center starts the deal Active all the same.
     // Writing that stage back would reopen the seller's closed deal, so the close goes the
@@ -1108,7 +1157,7 @@ async fn update_as_seen<X: Ports>(
     if sync.retrying || (!invited && is_shared_deal(sync.opportunity())) {
         return Ok(None);
     }
-    let merged = sync.merged(seen, deps.mapping);
+    let merged = sync.merged(seen, deps.mapping, deps.crm.kind());
     let Ok(ops) = referral_patch(seen, &merged.desired, sync.explicit_close(seen)) else {
         return Ok(None);
     };
@@ -1153,7 +1202,7 @@ async fn update_read<X: Ports>(
     let invited = ensure_invitation(deps, sync, current).await?;
     let explicit_close = sync.explicit_close(current);
     let plan = |referral: &Referral| {
-        let merged = sync.merged(referral, deps.mapping);
+        let merged = sync.merged(referral, deps.mapping, deps.crm.kind());
         referral_patch(referral, &merged.desired, explicit_close)
             .map(|ops| (ops, merged))
             .map_err(|error| Failure::Problem(not_applicable(&error, record)))

@@ -47,6 +47,7 @@ fn seller_webhook(record: &CrmRecordId, saved: &CrmOpportunity, operation: u32) 
         writer: Some(SELLER.into()),
         opportunity: Some(saved.clone()),
         modified_at: None,
+        sent_image: None,
     }
 }
 
@@ -413,4 +414,38 @@ fn a_retry_job_finds_a_crm_write_its_lost_link_did_not_record_and_converges() {
         world.crm.stored(&record).opportunity.notes.as_deref(),
         Some("written by the attempt whose link lost")
     );
+}
+
+#[test]
+fn notes_cut_to_fit_the_crm_are_no_change_to_send_back_to_partner_center() {
+    let world = World::new();
+    let long_notes = format!("Microsoft: {}", "pilot ".repeat(400));
+    let mut referral = co_sell_referral();
+    referral.status = Some(ReferralStatus::Active);
+    referral.substatus = Some(ReferralSubstatus::Accepted);
+    referral.details.as_mut().unwrap().notes = Some(long_notes.clone());
+    let id = world.pc.insert(referral);
+    let Outcome::Created { crm: record } =
+        world.outcome(&webhook("referral-created", REFERRAL, at(1)), at(100))
+    else {
+        panic!("not created");
+    };
+    let stored = world.crm.stored(&record).opportunity;
+    let cut = stored.notes.unwrap();
+    assert_eq!(cut.chars().count(), 2_000);
+
+    // The seller raises the deal value: it reaches Partner Center, the cut notes do not.
+    seller_edits(&world, &record, |o| o.deal_value = Some(usd(60_000)));
+    let saved = crm_read(&world, &record);
+    sync_crm(&world, &seller_webhook(&record, &saved, 2), at(200));
+
+    assert_eq!(pc_deal_value(&world, id), Some(Decimal::from(60_000)));
+    assert_eq!(pc_notes(&world, id).as_ref(), Some(&long_notes));
+    assert!(conflicts(&world).is_empty());
+    // Partner Center's next event leaves both as they are.
+    let event = microsoft_edits(&world, id, |_| {});
+    world.outcome(&event, at(300));
+    assert_eq!(world.crm.stored(&record).opportunity.notes, Some(cut));
+    assert_eq!(pc_notes(&world, id), Some(long_notes));
+    assert!(conflicts(&world).is_empty());
 }

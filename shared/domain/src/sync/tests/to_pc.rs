@@ -69,6 +69,7 @@ impl World {
             writer: Some(writer.into()),
             opportunity: Some(self.crm_read(record)),
             modified_at: None,
+            sent_image: None,
         }
     }
 
