@@ -107,9 +107,9 @@ pub struct CrmChange {
     /// The opportunity as a Salesforce Outbound Message carries it. A message holds the record
     /// as it is when sent, not as its change left it (docs/salesforce.md#delivery-and-retries):
     /// a seller's change sent, or sent again, after one of the connector's writes names the
-    /// connector as its writer. Such a change is the connector's own only while this image's
-    /// shared fields hold what both sides agreed on ([`Link::agrees_with`]). `None` for
-    /// Dataverse, whose writer is the operation's own.
+    /// connector as its writer. Such a change is the connector's own only while this image
+    /// holds nothing new for Partner Center (`is_own_write`). `None` for Dataverse, whose
+    /// writer is the operation's own.
     pub sent_image: Option<Opportunity>,
 }
 
