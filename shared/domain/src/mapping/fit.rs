@@ -303,3 +303,51 @@ mod tests {
         assert!(opportunity.deal_value.is_some());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::proptest_support::wire_text;
+
+    proptest! {
+        /// Whatever text a referral carries, fitting it never panics and every value it keeps
+        /// fits its column.
+        #[test]
+        fn any_referral_text_fits_every_column(
+            name in wire_text(),
+            notes in wire_text(),
+            email in wire_text(),
+            long in 0_usize..400,
+            repeat in wire_text(),
+            date in wire_text(),
+        ) {
+            let referral: Referral = serde_json::from_value(json!({
+                "name": format!("{name}{}", repeat.repeat(long)),
+                "createdDateTime": date,
+                "details": { "notes": format!("{notes}{}", repeat.repeat(long * 8)),
+                             "dealValue": 1, "currency": notes },
+                "customerProfile": { "name": repeat.repeat(long), "team": [
+                    { "email": format!("{email}{}", repeat.repeat(long)), "lastName": name }
+                ] }
+            }))
+            .unwrap();
+            for crm in [CrmKind::Dataverse, CrmKind::Salesforce] {
+                let (fitted, _) =
+                    referral_to_crm_opportunity(&referral, &MappingConfig::default(), crm);
+                let fits = |field: TextField, value: &Option<String>| {
+                    value.as_ref().is_none_or(|v| v.chars().count() <= field.stock_length(crm))
+                };
+                prop_assert!(fits(TextField::OpportunityName, &fitted.name));
+                prop_assert!(fits(TextField::Notes, &fitted.notes));
+                prop_assert!(fits(TextField::AccountName, &fitted.account.name));
+                if let Some(contact) = &fitted.contact {
+                    prop_assert!(fits(TextField::Email, &contact.email));
+                    prop_assert!(fits(TextField::LastName, &contact.last_name));
+                }
+            }
+        }
+    }
+}
